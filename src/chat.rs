@@ -1,0 +1,254 @@
+//! The chat's rules, as pure functions: what a valid `"chat message"` is, and which replay offset a
+//! CONNECT asks for. A [`NewMessage`] exists only once it has passed every rule, so the storage and
+//! broadcast layers never re-check.
+
+use serde_json::Value;
+
+/// The one event the chat knows.
+pub const EVENT: &str = "chat message";
+
+/// Longest accepted `clientOffset`, in characters (Unicode scalar values).
+pub const MAX_OFFSET_CHARS: usize = 255;
+
+/// A message that passed every rule and may be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub content: String,
+    pub client_offset: String,
+}
+
+/// Why an event was refused. The text is what the client reads in its ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    UnknownEvent(String),
+    MessageNotString,
+    MessageTooLarge {
+        bytes: usize,
+        limit: usize,
+    },
+    OffsetMissing,
+    OffsetNotString,
+    OffsetEmpty,
+    OffsetTooLong {
+        chars: usize,
+    },
+    /// The database refused the row for its content (a schema stricter than ours).
+    Refused(String),
+}
+
+impl Rejection {
+    /// A short stable name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::UnknownEvent(_) => "unknown_event",
+            Rejection::MessageNotString => "message_not_string",
+            Rejection::MessageTooLarge { .. } => "message_too_large",
+            Rejection::OffsetMissing => "offset_missing",
+            Rejection::OffsetNotString => "offset_not_string",
+            Rejection::OffsetEmpty => "offset_empty",
+            Rejection::OffsetTooLong { .. } => "offset_too_long",
+            Rejection::Refused(_) => "refused_by_store",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnknownEvent(name) => {
+                write!(
+                    f,
+                    "unknown event {name:?}: this server only handles \"{EVENT}\""
+                )
+            }
+            Rejection::MessageNotString => f.write_str("message must be a string"),
+            Rejection::MessageTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "message too large: {bytes} bytes, the limit is {limit} bytes (UTF-8)"
+                )
+            }
+            Rejection::OffsetMissing => f.write_str("clientOffset is missing"),
+            Rejection::OffsetNotString => f.write_str("clientOffset must be a string"),
+            Rejection::OffsetEmpty => f.write_str("clientOffset must not be empty"),
+            Rejection::OffsetTooLong { chars } => write!(
+                f,
+                "clientOffset too long: {chars} characters, the limit is {MAX_OFFSET_CHARS}"
+            ),
+            Rejection::Refused(reason) => write!(f, "message refused by the database: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Checks an EVENT payload (`[name, ...args]`, already shape-checked by the codec) against the
+/// chat's rules. Takes the array by value so the strings move out without a copy.
+pub fn parse_event(payload: Value, max_message_bytes: usize) -> Result<NewMessage, Rejection> {
+    let Value::Array(items) = payload else {
+        return Err(Rejection::UnknownEvent(String::new()));
+    };
+    let mut items = items.into_iter();
+    match items.next() {
+        Some(Value::String(name)) if name == EVENT => {}
+        Some(Value::String(name)) => return Err(Rejection::UnknownEvent(name)),
+        Some(other) => return Err(Rejection::UnknownEvent(other.to_string())),
+        None => return Err(Rejection::UnknownEvent(String::new())),
+    }
+    let content = match items.next() {
+        Some(Value::String(s)) => s,
+        _ => return Err(Rejection::MessageNotString),
+    };
+    if content.len() > max_message_bytes {
+        return Err(Rejection::MessageTooLarge {
+            bytes: content.len(),
+            limit: max_message_bytes,
+        });
+    }
+    let client_offset = match items.next() {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => return Err(Rejection::OffsetMissing),
+        Some(_) => return Err(Rejection::OffsetNotString),
+    };
+    if client_offset.is_empty() {
+        return Err(Rejection::OffsetEmpty);
+    }
+    // Cheap bound first: 255 characters are at most 1020 bytes.
+    if client_offset.len() > MAX_OFFSET_CHARS {
+        let chars = client_offset.chars().count();
+        if chars > MAX_OFFSET_CHARS {
+            return Err(Rejection::OffsetTooLong { chars });
+        }
+    }
+    Ok(NewMessage {
+        content,
+        client_offset,
+    })
+}
+
+/// The replay start a CONNECT asks for: `auth.serverOffset` when it is a non-negative number
+/// (fractions round down), otherwise 0, which replays everything.
+pub fn server_offset(auth: Option<&Value>) -> u64 {
+    match auth.and_then(|a| a.get("serverOffset")) {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or_else(|| match n.as_f64() {
+            Some(f) if f.is_finite() && f > 0.0 => f as u64, // saturating cast
+            _ => 0,
+        }),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMIT: usize = 65_535;
+
+    fn parse(v: Value) -> Result<NewMessage, Rejection> {
+        parse_event(v, LIMIT)
+    }
+
+    #[test]
+    fn accepts_the_tutorial_event() {
+        assert_eq!(
+            parse(json!(["chat message", "hi 😀", "page-1"])),
+            Ok(NewMessage {
+                content: "hi 😀".into(),
+                client_offset: "page-1".into()
+            })
+        );
+        // Extra arguments are ignored; an empty message is still a message.
+        assert!(parse(json!(["chat message", "", "x", 1, 2])).is_ok());
+    }
+
+    #[test]
+    fn offsets_compare_exactly() {
+        let a = parse(json!(["chat message", "m", "Off "])).unwrap();
+        let b = parse(json!(["chat message", "m", "off"])).unwrap();
+        assert_ne!(a.client_offset, b.client_offset);
+        assert_eq!(a.client_offset, "Off ");
+    }
+
+    #[test]
+    fn refuses_bad_events_with_clear_reasons() {
+        assert_eq!(
+            parse(json!(["chat", "m", "o"])),
+            Err(Rejection::UnknownEvent("chat".into()))
+        );
+        assert_eq!(
+            parse(json!([7, "m", "o"])),
+            Err(Rejection::UnknownEvent("7".into()))
+        );
+        assert_eq!(
+            parse(json!(["chat message", 5, "o"])),
+            Err(Rejection::MessageNotString)
+        );
+        assert_eq!(
+            parse(json!(["chat message"])),
+            Err(Rejection::MessageNotString)
+        );
+        assert_eq!(
+            parse(json!(["chat message", null, "o"])),
+            Err(Rejection::MessageNotString)
+        );
+        assert_eq!(
+            parse(json!(["chat message", "m"])),
+            Err(Rejection::OffsetMissing)
+        );
+        assert_eq!(
+            parse(json!(["chat message", "m", null])),
+            Err(Rejection::OffsetMissing)
+        );
+        assert_eq!(
+            parse(json!(["chat message", "m", 3])),
+            Err(Rejection::OffsetNotString)
+        );
+        assert_eq!(
+            parse(json!(["chat message", "m", ""])),
+            Err(Rejection::OffsetEmpty)
+        );
+        let msg = Rejection::MessageNotString.to_string();
+        assert_eq!(msg, "message must be a string");
+    }
+
+    #[test]
+    fn offset_length_counts_characters() {
+        let ok = "é".repeat(255);
+        assert!(parse(json!(["chat message", "m", ok])).is_ok());
+        let long = "a".repeat(256);
+        assert_eq!(
+            parse(json!(["chat message", "m", long])),
+            Err(Rejection::OffsetTooLong { chars: 256 })
+        );
+    }
+
+    #[test]
+    fn message_size_counts_utf8_bytes() {
+        let exact = "a".repeat(LIMIT);
+        assert!(parse(json!(["chat message", exact, "o"])).is_ok());
+        let over = format!("{}é", "a".repeat(LIMIT - 1));
+        assert_eq!(
+            parse(json!(["chat message", over, "o"])),
+            Err(Rejection::MessageTooLarge {
+                bytes: LIMIT + 1,
+                limit: LIMIT
+            })
+        );
+    }
+
+    #[test]
+    fn server_offset_defaults_to_zero() {
+        assert_eq!(server_offset(None), 0);
+        assert_eq!(server_offset(Some(&json!({}))), 0);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": 12}))), 12);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": 12.9}))), 12);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": -3}))), 0);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": "12"}))), 0);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": null}))), 0);
+        assert_eq!(
+            server_offset(Some(&json!({"serverOffset": 1e300}))),
+            u64::MAX
+        );
+    }
+}

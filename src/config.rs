@@ -1,0 +1,99 @@
+//! Configuration: command-line flags, each with an environment variable behind it and a default
+//! that works on a developer's machine. Parsing only; nothing here opens a socket or a connection.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// relay: a Socket.IO-compatible chat server (WebSocket transport) storing messages in MySQL or
+/// MariaDB. Every flag can also be set through the environment variable shown.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "relay", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port to listen on (0 picks a free one; the chosen address is printed at start).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// MySQL/MariaDB URL; the database is created if missing, the table if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/chat"
+    )]
+    pub database_url: String,
+
+    /// Engine.IO pingInterval: the server pings each client this often (ms).
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO pingTimeout: a client that does not answer a ping within this is closed (ms).
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_timeout_ms: u64,
+
+    /// Engine.IO maxPayload: larger WebSocket messages close the connection with 1009 (bytes).
+    #[arg(long, env = "MAX_PAYLOAD", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(64..=(1u64 << 30)))]
+    pub max_payload: u64,
+
+    /// Largest chat message accepted, in UTF-8 bytes (also capped by the content column: 65535).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65_535, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_message_bytes: u64,
+
+    /// A connection that sends no Socket.IO CONNECT within this is closed (ms).
+    #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+
+    /// A database round longer than this counts as failed: no ack, the client retries (ms).
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, longest wait for open sockets to finish before exiting (ms).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Folder with the page (index.html, app.js, style.css, favicon.svg) and, in
+    /// node_modules/socket.io-client, the client library served at /socket.io/socket.io.js.
+    #[arg(long, env = "STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+}
+
+impl Config {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The defaults, as if relay were started with no flags and an empty environment.
+    pub fn defaults() -> Config {
+        Config::parse_from(["relay"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_bad_values_fail_with_a_reason() {
+        let c =
+            Config::try_parse_from(["relay", "--port", "0", "--ping-interval-ms", "50"]).unwrap();
+        assert_eq!((c.port, c.ping_interval_ms), (0, 50));
+        let err = Config::try_parse_from(["relay", "--port", "99999"]).unwrap_err();
+        assert!(err.to_string().contains("99999"), "{err}");
+        assert!(Config::try_parse_from(["relay", "--ping-timeout-ms", "0"]).is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! Engine.IO v4 packets as they travel over a WebSocket: one packet per text frame,
+//! `<type digit>[data]`, no length prefixes and no record separators (those are polling-only).
+//!
+//! Pure: bytes in, packets out. Nothing here touches a socket, a clock or the database.
+
+use std::fmt::Write as _;
+
+/// An Engine.IO packet received from a client, borrowing the frame's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// `1`: the client closes the session (the stock client never sends it on WebSocket).
+    Close,
+    /// `2[data]`: a client ping. In v4 only the server pings; `2probe` belongs to upgrades.
+    Ping(&'a str),
+    /// `3[data]`: the answer to our ping.
+    Pong(&'a str),
+    /// `4<payload>`: carries one Socket.IO packet.
+    Message(&'a str),
+    /// `5`: upgrade (polling to WebSocket only). Ignored on a WebSocket-only session.
+    Upgrade,
+    /// `6`: noop (polling only). Ignored.
+    Noop,
+}
+
+/// Why a frame is not an Engine.IO packet a client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame was empty.
+    Empty,
+    /// The first character is not a packet type a client sends (`1`-`6`).
+    UnknownType(char),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty Engine.IO packet"),
+            DecodeError::UnknownType(c) => write!(f, "unknown Engine.IO packet type {c:?}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes the text of one WebSocket frame.
+pub fn decode(frame: &str) -> Result<Inbound<'_>, DecodeError> {
+    let mut chars = frame.chars();
+    let kind = chars.next().ok_or(DecodeError::Empty)?;
+    let data = chars.as_str();
+    match kind {
+        '1' => Ok(Inbound::Close),
+        '2' => Ok(Inbound::Ping(data)),
+        '3' => Ok(Inbound::Pong(data)),
+        '4' => Ok(Inbound::Message(data)),
+        '5' => Ok(Inbound::Upgrade),
+        '6' => Ok(Inbound::Noop),
+        // `0` (open) is server-to-client only.
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+/// The server's ping packet.
+pub const PING: &str = "2";
+
+/// Parameters of the open packet, the first frame of every session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake<'a> {
+    pub sid: &'a str,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    pub max_payload: usize,
+}
+
+/// Encodes the open packet. `upgrades` is always empty: this is a WebSocket session already,
+/// and a non-empty list makes the stock client open a second, useless connection.
+pub fn encode_open(h: &Handshake<'_>) -> String {
+    let mut out = String::with_capacity(112);
+    out.push_str("0{\"sid\":");
+    // The sid is our own url-safe id, but encode it as JSON anyway: never trust a format by eye.
+    out.push_str(&serde_json::Value::from(h.sid).to_string());
+    let _ = write!(
+        out,
+        ",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+        h.ping_interval_ms, h.ping_timeout_ms, h.max_payload
+    );
+    out
+}
+
+/// Prefixes a Socket.IO packet with the Engine.IO message type.
+pub fn encode_message(socketio_packet: &str) -> String {
+    let mut out = String::with_capacity(socketio_packet.len() + 1);
+    out.push('4');
+    out.push_str(socketio_packet);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_client_packet_type() {
+        assert_eq!(decode("1"), Ok(Inbound::Close));
+        assert_eq!(decode("2"), Ok(Inbound::Ping("")));
+        assert_eq!(decode("2probe"), Ok(Inbound::Ping("probe")));
+        assert_eq!(decode("3"), Ok(Inbound::Pong("")));
+        assert_eq!(decode("3probe"), Ok(Inbound::Pong("probe")));
+        assert_eq!(decode("40"), Ok(Inbound::Message("0")));
+        assert_eq!(
+            decode("42[\"chat message\",\"é\"]"),
+            Ok(Inbound::Message("2[\"chat message\",\"é\"]"))
+        );
+        assert_eq!(decode("4"), Ok(Inbound::Message("")));
+        assert_eq!(decode("5"), Ok(Inbound::Upgrade));
+        assert_eq!(decode("6"), Ok(Inbound::Noop));
+    }
+
+    #[test]
+    fn rejects_empty_and_unknown_types() {
+        assert_eq!(decode(""), Err(DecodeError::Empty));
+        assert_eq!(decode("0{}"), Err(DecodeError::UnknownType('0')));
+        assert_eq!(decode("7"), Err(DecodeError::UnknownType('7')));
+        assert_eq!(decode("x42"), Err(DecodeError::UnknownType('x')));
+        assert_eq!(decode("é"), Err(DecodeError::UnknownType('é')));
+        assert_eq!(decode(" 3"), Err(DecodeError::UnknownType(' ')));
+    }
+
+    #[test]
+    fn encodes_the_open_packet_exactly() {
+        let open = encode_open(&Handshake {
+            sid: "abc_-12",
+            ping_interval_ms: 25000,
+            ping_timeout_ms: 20000,
+            max_payload: 1_000_000,
+        });
+        assert_eq!(
+            open,
+            r#"0{"sid":"abc_-12","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#
+        );
+        let json: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+        assert_eq!(json["upgrades"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn encodes_messages_and_ping() {
+        assert_eq!(encode_message("0{\"sid\":\"x\"}"), "40{\"sid\":\"x\"}");
+        assert_eq!(PING, "2");
+    }
+}

@@ -1,0 +1,230 @@
+//! HTTP: the page, its assets, the client library, and the Engine.IO endpoint that upgrades to a
+//! WebSocket. Refusals happen here, before any upgrade, with the JSON body Engine.IO servers send;
+//! once upgraded, the connection belongs to [`crate::session`].
+
+use crate::session::{self, Shared};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+/// The socket.io-client release the page is written for (and the CDN fallback serves).
+pub const CLIENT_VERSION: &str = "4.8.3";
+
+/// What request handlers share.
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub static_dir: PathBuf,
+    pub shutdown: watch::Receiver<bool>,
+    /// Every session holds a clone; the server waits until all are dropped.
+    pub sessions: mpsc::Sender<()>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Routes one request.
+pub async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
+    let path = req.uri().path();
+    let reply = match path {
+        "/socket.io/" | "/socket.io" => engine_io(app, peer, req),
+        _ if req.method() != Method::GET && req.method() != Method::HEAD => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        "/" | "/index.html" => asset(&app, "index.html", "text/html; charset=utf-8").await,
+        "/app.js" => asset(&app, "app.js", "text/javascript; charset=utf-8").await,
+        "/style.css" => asset(&app, "style.css", "text/css; charset=utf-8").await,
+        "/favicon.svg" | "/favicon.ico" => asset(&app, "favicon.svg", "image/svg+xml").await,
+        "/socket.io/socket.io.js" => client_library(&app).await,
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(reply)
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Only the page's own files are served, by exact name: nothing else in the folder leaks.
+async fn asset(app: &App, name: &str, content_type: &'static str) -> Reply {
+    match tokio::fs::read(app.static_dir.join(name)).await {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(_) => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/socket.io/socket.io.js`, as socket.io servers offer it: the npm package's minified build when
+/// it is installed under the static folder, otherwise a redirect to the official CDN build of the
+/// same version.
+async fn client_library(app: &App) -> Reply {
+    let path = app
+        .static_dir
+        .join("node_modules/socket.io-client/dist/socket.io.min.js");
+    match tokio::fs::read(path).await {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/javascript; charset=utf-8"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            );
+            r
+        }
+        Err(_) => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::FOUND;
+            let cdn = format!("https://cdn.socket.io/{CLIENT_VERSION}/socket.io.min.js");
+            if let Ok(v) = HeaderValue::from_str(&cdn) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+    }
+}
+
+/// An Engine.IO refusal: HTTP 400 with `{"code":…,"message":…}`.
+fn refuse(code: u8, message: &str) -> Reply {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// `/socket.io/?EIO=4&transport=websocket`: checks the request, answers 101 and hands the upgraded
+/// connection to a session.
+fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Reply {
+    let query = req.uri().query().unwrap_or("");
+    if query_param(query, "EIO") != Some("4") {
+        return refuse(5, "Unsupported protocol version");
+    }
+    if query_param(query, "transport") != Some("websocket") {
+        // Polling is not offered: pages must create the client with transports: ["websocket"].
+        return refuse(0, "Transport unknown");
+    }
+    if query_param(query, "sid").is_some() {
+        // Only a polling session upgrades with a sid, and relay never opens one.
+        return refuse(1, "Session ID unknown");
+    }
+    if req.method() != Method::GET {
+        return refuse(2, "Bad handshake method");
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let upgrade_ok = header_has_token(&req, header::UPGRADE, "websocket")
+        && header_has_token(&req, header::CONNECTION, "upgrade")
+        && req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            == Some(b"13");
+    let Some(key) = key.filter(|_| upgrade_ok) else {
+        return refuse(3, "Bad request");
+    };
+    if *app.shutdown.borrow() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = app.sessions.clone();
+    let limits = &app.shared.limits;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_payload))
+        .max_frame_size(Some(limits.max_payload))
+        // Sized for many mostly idle sockets: chat frames are small, and a flush per turn is the
+        // batching that matters.
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(limits.max_payload.saturating_mul(4).max(1 << 20));
+    let shared = app.shared.clone();
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        let _alive = tracker;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        let started = Instant::now();
+        tracing::debug!(%peer, "websocket opened");
+        let end = session::run(ws, shared, shutdown).await;
+        tracing::info!(%peer, ?end, secs = started.elapsed().as_secs_f32(), "websocket closed");
+    });
+
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params_in_any_order_with_extras() {
+        let q = "foo=1&transport=websocket&EIO=4&t=abc&flag";
+        assert_eq!(query_param(q, "EIO"), Some("4"));
+        assert_eq!(query_param(q, "transport"), Some("websocket"));
+        assert_eq!(query_param(q, "flag"), Some(""));
+        assert_eq!(query_param(q, "sid"), None);
+        assert_eq!(query_param("", "EIO"), None);
+    }
+}

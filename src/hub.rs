@@ -1,0 +1,270 @@
+//! The sequencer: the one task that writes messages and broadcasts them, so that commit order, id
+//! order and delivery order are the same order for every socket.
+//!
+//! Sessions hand it [`Submission`]s over a bounded queue. It drains whatever is queued into one batch
+//! (group commit), stores the batch with one INSERT, then — only after the commit — publishes each
+//! new row to the broadcast channel in id order (encoded once; every socket gets the same bytes),
+//! and only then answers each submitter. It never waits on a socket: publishing and answering are
+//! non-blocking sends, so one slow client cannot stall the chat.
+//!
+//! After a database failure the outcome of the last INSERT is unknown (it may have committed
+//! before the connection broke). The hub then re-reads every row above the last id it published
+//! and publishes those before taking new work, so a message that was committed but never
+//! announced cannot be skipped by live sockets when its sender's retry comes back as a duplicate.
+
+use crate::chat::NewMessage;
+use crate::socketio;
+use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One committed message, ready for the wire.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: u64,
+    /// The whole Engine.IO frame `42["chat message",…,id]`, shared by every socket.
+    pub frame: Utf8Bytes,
+}
+
+impl Delivery {
+    pub fn new(id: u64, content: &str) -> Delivery {
+        Delivery {
+            id,
+            frame: Utf8Bytes::from(socketio::encode_event_text_id(
+                crate::chat::EVENT,
+                content,
+                id,
+            )),
+        }
+    }
+}
+
+/// What the hub tells a session about one of its submissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed and published under this id.
+    Stored(u64),
+    /// The clientOffset was stored before, under this id: acknowledge; nothing was written.
+    Duplicate(u64),
+    /// The database refused the row's content; acknowledge with this error.
+    Refused(String),
+    /// The database failed; do not acknowledge (the client retries with the same offset).
+    Failed,
+}
+
+/// A message on its way to the hub, with where to send the outcome.
+pub struct Submission {
+    pub message: NewMessage,
+    pub ack_id: Option<u64>,
+    pub reply: mpsc::UnboundedSender<(Option<u64>, Outcome)>,
+}
+
+/// The handle sessions hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    submissions: mpsc::Sender<Submission>,
+    deliveries: broadcast::Sender<Delivery>,
+    published: Arc<AtomicU64>,
+}
+
+/// Tuning of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubOptions {
+    /// Submissions that may wait for the writer.
+    pub queue: usize,
+    /// Deliveries a socket may fall behind before it must catch up from the database.
+    pub broadcast_capacity: usize,
+    /// Longest a database round may take before it counts as failed.
+    pub db_timeout: Duration,
+}
+
+impl Hub {
+    /// Starts the writer task. It ends when every [`Hub`] handle is gone and the queue is drained.
+    pub async fn start(
+        store: Store,
+        options: HubOptions,
+    ) -> Result<(Hub, tokio::task::JoinHandle<()>), StoreError> {
+        let start = store.max_id().await?;
+        let (submissions, queue) = mpsc::channel(options.queue.max(1));
+        let (deliveries, _) = broadcast::channel(options.broadcast_capacity.max(1));
+        let published = Arc::new(AtomicU64::new(start));
+        let writer = Writer {
+            store,
+            deliveries: deliveries.clone(),
+            published: published.clone(),
+            unsure: false,
+            db_timeout: options.db_timeout,
+        };
+        let task = tokio::spawn(writer.run(queue));
+        Ok((
+            Hub {
+                submissions,
+                deliveries,
+                published,
+            },
+            task,
+        ))
+    }
+
+    /// Hands a message to the writer; waits only while the queue is full.
+    pub async fn submit(&self, s: Submission) -> Result<(), Submission> {
+        self.submissions.send(s).await.map_err(|e| e.0)
+    }
+
+    /// A receiver of every delivery published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
+        self.deliveries.subscribe()
+    }
+
+    /// The highest id published so far. Every row up to it is committed and has been published.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+}
+
+struct Writer {
+    store: Store,
+    deliveries: broadcast::Sender<Delivery>,
+    published: Arc<AtomicU64>,
+    /// The last write may have committed without our knowing: re-read before new work.
+    unsure: bool,
+    db_timeout: Duration,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Submission>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.commit(&mut batch).await;
+            batch.clear();
+        }
+        tracing::debug!("writer stopped: no more submitters");
+    }
+
+    async fn commit(&mut self, batch: &mut Vec<Submission>) {
+        if self.unsure {
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, count = batch.len(), "database unavailable; messages not acknowledged, clients will retry");
+                reply_all(batch, Outcome::Failed);
+                return;
+            }
+        }
+
+        // A clientOffset repeated inside the batch is stored once; the repeats follow its fate.
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut repeat_of: Vec<Option<usize>> = vec![None; batch.len()];
+        for (i, s) in batch.iter().enumerate() {
+            match first_of.get(s.message.client_offset.as_str()) {
+                Some(&first) => repeat_of[i] = Some(first),
+                None => {
+                    first_of.insert(s.message.client_offset.as_str(), i);
+                    unique.push(i);
+                }
+            }
+        }
+
+        let mut outcomes: Vec<Outcome> = vec![Outcome::Failed; batch.len()];
+        let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
+        match self.insert(&messages).await {
+            Ok(inserted) => {
+                for (&i, result) in unique.iter().zip(inserted) {
+                    outcomes[i] = match result {
+                        Inserted::Stored(id) => Outcome::Stored(id),
+                        Inserted::Duplicate(id) => Outcome::Duplicate(id),
+                    };
+                }
+            }
+            Err(e) if e.is_row_data_error() => {
+                // One row poisons a multi-row INSERT: store them one by one so only it is refused.
+                for (&i, message) in unique.iter().zip(&messages) {
+                    outcomes[i] = match self.insert(&[message]).await {
+                        Ok(r) => match r.first() {
+                            Some(Inserted::Stored(id)) => Outcome::Stored(*id),
+                            Some(Inserted::Duplicate(id)) => Outcome::Duplicate(*id),
+                            None => Outcome::Failed,
+                        },
+                        Err(e) if e.is_row_data_error() => Outcome::Refused(e.server_message()),
+                        Err(e) => {
+                            self.failed(&e);
+                            Outcome::Failed
+                        }
+                    };
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+        for (i, repeat) in repeat_of.iter().enumerate() {
+            if let Some(first) = repeat {
+                outcomes[i] = match outcomes[*first] {
+                    Outcome::Stored(id) | Outcome::Duplicate(id) => Outcome::Duplicate(id),
+                    _ => Outcome::Failed,
+                };
+            }
+        }
+
+        // Publish in id order (batch order is id order), then answer.
+        for (s, outcome) in batch.iter().zip(&outcomes) {
+            if let Outcome::Stored(id) = outcome {
+                self.publish(Delivery::new(*id, &s.message.content));
+            }
+        }
+        for (s, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = s.reply.send((s.ack_id, outcome));
+        }
+    }
+
+    async fn insert(&self, messages: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        match tokio::time::timeout(self.db_timeout, self.store.insert(messages)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::timeout("insert")),
+        }
+    }
+
+    fn failed(&mut self, e: &StoreError) {
+        tracing::warn!(error = %e, "storing messages failed; not acknowledged, clients will retry");
+        self.unsure = true;
+    }
+
+    /// Publishes every committed row above the last published id.
+    async fn reconcile(&mut self) -> Result<(), StoreError> {
+        loop {
+            let after = self.published.load(Ordering::Acquire);
+            let page = tokio::time::timeout(self.db_timeout, self.store.page_after(after, 1000))
+                .await
+                .map_err(|_| StoreError::timeout("reconcile"))??;
+            let full = page.len() == 1000;
+            if !page.is_empty() {
+                tracing::info!(
+                    count = page.len(),
+                    after,
+                    "publishing rows committed during a database failure"
+                );
+            }
+            for row in page {
+                self.publish(Delivery::new(row.id, &row.content));
+            }
+            if !full {
+                self.unsure = false;
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(&self, d: Delivery) {
+        let id = d.id;
+        // An error only means nobody is subscribed right now; the row is stored either way.
+        let _ = self.deliveries.send(d);
+        self.published.store(id, Ordering::Release);
+    }
+}
+
+fn reply_all(batch: &mut Vec<Submission>, outcome: Outcome) {
+    for s in batch.drain(..) {
+        let _ = s.reply.send((s.ack_id, outcome.clone()));
+    }
+}

@@ -1,0 +1,16 @@
+//! relay: a Socket.IO-compatible chat server over raw WebSockets, storing in MySQL/MariaDB.
+//!
+//! Layers, bottom up: [`engineio`] and [`socketio`] are the pure wire codecs; [`chat`] holds the
+//! chat's rules; [`store`] is the database; [`hub`] is the single sequencer that stores and
+//! broadcasts in commit order; [`session`] is one WebSocket connection; [`http`] routes requests
+//! and upgrades; [`server`] binds, accepts and shuts down; [`config`] reads flags and environment.
+
+pub mod chat;
+pub mod config;
+pub mod engineio;
+pub mod http;
+pub mod hub;
+pub mod server;
+pub mod session;
+pub mod socketio;
+pub mod store;

@@ -1,0 +1,193 @@
+//! The server's life: connect the store, start the hub, bind, accept, and shut down in order.
+//!
+//! Shutdown: stop accepting; every session stops reading, waits for the acks of what it already
+//! handed to the hub (the hub commits them), and closes its WebSocket with 1001 — never Socket.IO
+//! `41`, so stock clients reconnect and replay what they missed. The server waits for the sessions
+//! up to a bound, then returns.
+
+use crate::config::Config;
+use crate::http::{self, App};
+use crate::hub::{Hub, HubOptions};
+use crate::session::{Limits, Shared};
+use crate::store::{Store, StoreError};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Why the server could not start. The message names what failed and where.
+#[derive(Debug)]
+pub enum StartError {
+    Database { url: String, error: StoreError },
+    Listen { addr: String, error: std::io::Error },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Database { url, error } => write!(f, "database {url}: {error}"),
+            StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    sessions: mpsc::Receiver<()>,
+    timeout: Duration,
+    store: Store,
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Connects the database, starts the hub and begins accepting connections.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let db_error = |error| StartError::Database {
+        url: redact(&config.database_url),
+        error,
+    };
+    let store = Store::connect(&config.database_url)
+        .await
+        .map_err(db_error)?;
+    let (hub, _writer) = Hub::start(
+        store.clone(),
+        HubOptions {
+            queue: 16 * 1024,
+            broadcast_capacity: 1024,
+            db_timeout: config.db_timeout(),
+        },
+    )
+    .await
+    .map_err(db_error)?;
+    let max_payload = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
+    let limits = Limits {
+        ping_interval: config.ping_interval(),
+        ping_timeout: config.ping_timeout(),
+        max_payload,
+        max_message_bytes: usize::try_from(config.max_message_bytes)
+            .unwrap_or(usize::MAX)
+            .min(store.content_limit()),
+        connect_timeout: config.connect_timeout(),
+        db_timeout: config.db_timeout(),
+    };
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|error| StartError::Listen {
+            addr: addr.clone(),
+            error,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| StartError::Listen { addr, error })?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (sessions_tx, sessions_rx) = mpsc::channel(1);
+    let app = Arc::new(App {
+        shared: Arc::new(Shared {
+            hub,
+            store: store.clone(),
+            limits,
+        }),
+        static_dir: config.static_dir.clone(),
+        shutdown: shutdown_rx.clone(),
+        sessions: sessions_tx,
+    });
+    tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
+    let accept = tokio::spawn(accept_loop(listener, app, shutdown_rx));
+    Ok(Running {
+        addr: local,
+        shutdown: shutdown_tx,
+        accept,
+        sessions: sessions_rx,
+        timeout: config.shutdown_timeout(),
+        store,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::handle(app.clone(), peer, req));
+            let conn = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+impl Running {
+    /// Stops accepting, lets every session finish its acks and close with 1001, and returns when
+    /// they are all gone or the shutdown timeout has passed.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        // The accept loop owned the App and with it the last sender the server kept: recv()
+        // returns None once every session has ended.
+        if tokio::time::timeout(self.timeout, self.sessions.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout: sockets still open are dropped");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("mysql://root@127.0.0.1:3306/chat"),
+            "mysql://root@127.0.0.1:3306/chat"
+        );
+        assert_eq!(
+            redact("mysql://u:secret@db:3306/chat"),
+            "mysql://u:***@db:3306/chat"
+        );
+        assert_eq!(redact("garbage"), "garbage");
+    }
+}

@@ -1,0 +1,596 @@
+//! One WebSocket connection, from the Engine.IO open packet to the close frame.
+//!
+//! A session is a single task and a single loop: it reads the client's frames, keeps the heartbeat,
+//! feeds the socket its messages, and writes everything it has queued with one flush per turn.
+//!
+//! Delivery is a cursor: the id of the last message this socket has been sent. On CONNECT the
+//! session subscribes to the hub *first*, then replays rows above the client's `serverOffset` from
+//! the database page by page, then follows the live broadcast, skipping ids at or below the cursor.
+//! A row published before the subscription was committed before it, so the replay reads it; a row
+//! published after it is in the live channel; the cursor removes the overlap. If the socket falls
+//! so far behind that the broadcast channel overwrites unread messages, the session goes back to
+//! the database from its cursor: never a silent gap, never a duplicate.
+//!
+//! An acknowledgement leaves only once the cursor has reached the acknowledged row, so a sender
+//! always sees its own message before its ack. Nothing a peer sends can panic this code: every
+//! malformed input ends this connection with a close frame that says why.
+
+use crate::chat::{self, Rejection};
+use crate::engineio::{self, Handshake, Inbound};
+use crate::hub::{Delivery, Hub, Outcome, Submission};
+use crate::socketio::{self, Kind, Packet};
+use crate::store::{Row, Store, StoreError};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// Rows per replay page.
+pub const REPLAY_PAGE: usize = 500;
+/// Submissions a socket may have waiting for the database before it stops reading new frames.
+const MAX_IN_FLIGHT: usize = 64;
+/// Live deliveries written per turn of the loop before the session looks at anything else.
+const LIVE_BURST: usize = 256;
+
+/// Protocol and resource limits of every session.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub max_payload: usize,
+    pub max_message_bytes: usize,
+    pub connect_timeout: Duration,
+    pub db_timeout: Duration,
+}
+
+/// What every session shares.
+pub struct Shared {
+    pub hub: Hub,
+    pub store: Store,
+    pub limits: Limits,
+}
+
+/// Why a session ended; each maps to the close frame the client gets.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent a close frame, or Engine.IO `1`.
+    ClientClosed,
+    /// The TCP connection broke or ended without a close frame.
+    ClientGone(String),
+    PingTimeout,
+    ConnectTimeout,
+    /// An undecodable or out-of-order packet.
+    Protocol(String),
+    Binary,
+    TooBig,
+    /// The client does not take our data fast enough.
+    SlowConsumer,
+    /// Replay could not read the database; the client reconnects and tries again.
+    StoreUnavailable,
+    Shutdown,
+}
+
+impl End {
+    fn close_frame(&self) -> Option<(CloseCode, String)> {
+        Some(match self {
+            End::ClientClosed | End::ClientGone(_) => return None,
+            End::PingTimeout => (CloseCode::Normal, "ping timeout".into()),
+            End::ConnectTimeout => (CloseCode::Policy, "no Socket.IO CONNECT in time".into()),
+            End::Protocol(why) => (CloseCode::Protocol, why.clone()),
+            End::Binary => (
+                CloseCode::Unsupported,
+                "binary frames are not supported".into(),
+            ),
+            End::TooBig => (CloseCode::Size, "message exceeds maxPayload".into()),
+            End::SlowConsumer => (CloseCode::Policy, "client too slow to receive".into()),
+            End::StoreUnavailable => (CloseCode::Error, "database unavailable, retry".into()),
+            End::Shutdown => (CloseCode::Away, "server shutting down".into()),
+        })
+    }
+}
+
+type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<Row>, StoreError>> + Send>>;
+
+/// The socket's membership of the main namespace.
+struct Joined {
+    /// The id of the last message sent to this socket.
+    cursor: u64,
+    live: broadcast::Receiver<Delivery>,
+    /// Set while catching up from the database.
+    replay: Option<PageFuture>,
+}
+
+enum Feed {
+    Page(Result<Vec<Row>, StoreError>),
+    Live(Result<Delivery, broadcast::error::RecvError>),
+}
+
+impl Joined {
+    async fn next(joined: &mut Option<Joined>) -> Feed {
+        match joined {
+            Some(Joined {
+                replay: Some(page), ..
+            }) => Feed::Page(page.await),
+            Some(j) => Feed::Live(j.live.recv().await),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    joined: Option<Joined>,
+    /// When the next ping is due, and when the outstanding one expires.
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    /// Until the first CONNECT.
+    connect_due: Option<Instant>,
+    replies: mpsc::UnboundedReceiver<(Option<u64>, Outcome)>,
+    reply_tx: mpsc::UnboundedSender<(Option<u64>, Outcome)>,
+    in_flight: usize,
+    /// Acks waiting for the cursor to reach the row they acknowledge: (row id, frame).
+    acks: VecDeque<(u64, String)>,
+    outbox: Vec<Message>,
+    closing: bool,
+}
+
+/// Runs a session on an upgraded WebSocket until it ends, and returns why.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let now = Instant::now();
+    let (reply_tx, replies) = mpsc::unbounded_channel();
+    let mut session = Session {
+        ws,
+        joined: None,
+        next_ping: now + shared.limits.ping_interval,
+        pong_due: None,
+        connect_due: Some(now + shared.limits.connect_timeout),
+        replies,
+        reply_tx,
+        in_flight: 0,
+        acks: VecDeque::new(),
+        outbox: Vec::with_capacity(4),
+        closing: false,
+        shared,
+    };
+    let end = session.drive(shutdown).await;
+    session.close(&end).await;
+    end
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn drive(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        let sid = new_id();
+        let limits = &self.shared.limits;
+        let open = engineio::encode_open(&Handshake {
+            sid: &sid,
+            ping_interval_ms: limits.ping_interval.as_millis() as u64,
+            ping_timeout_ms: limits.ping_timeout.as_millis() as u64,
+            max_payload: limits.max_payload,
+        });
+        self.send(open);
+        if *shutdown.borrow() {
+            self.closing = true;
+        }
+        loop {
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            if self.closing && self.in_flight == 0 {
+                return End::Shutdown;
+            }
+            let deadline = self.timer();
+            let reading = !self.closing && self.in_flight < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                changed = shutdown.changed(), if !self.closing => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.closing = true;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    if let Err(end) = self.on_timer() {
+                        return end;
+                    }
+                }
+                feed = Joined::next(&mut self.joined) => {
+                    if let Err(end) = self.on_feed(feed) {
+                        return end;
+                    }
+                }
+                Some((ack_id, outcome)) = self.replies.recv() => {
+                    self.on_outcome(ack_id, outcome);
+                }
+                frame = self.ws.next(), if reading => {
+                    if let Err(end) = self.on_frame(frame).await {
+                        return end;
+                    }
+                }
+            }
+            self.release_acks();
+        }
+    }
+
+    fn send(&mut self, text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>) {
+        self.outbox.push(Message::Text(text.into()));
+    }
+
+    /// Writes what is queued with one flush. A client that cannot take it within the ping
+    /// timeout is as good as gone and would only make us buffer.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let ws = &mut self.ws;
+        let outbox = &mut self.outbox;
+        let write = async move {
+            for m in outbox.drain(..) {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        match timeout(self.shared.limits.ping_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::ClientGone(e.to_string())),
+            Err(_) => Err(End::SlowConsumer),
+        }
+    }
+
+    fn timer(&self) -> Instant {
+        let heartbeat = self.pong_due.unwrap_or(self.next_ping);
+        match self.connect_due {
+            Some(c) => c.min(heartbeat),
+            None => heartbeat,
+        }
+    }
+
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if self.connect_due.is_some_and(|due| due <= now) {
+            return Err(End::ConnectTimeout);
+        }
+        match self.pong_due {
+            Some(due) if due <= now => Err(End::PingTimeout),
+            Some(_) => Ok(()),
+            None if self.next_ping <= now => {
+                self.send(engineio::PING);
+                self.pong_due = Some(now + self.shared.limits.ping_timeout);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn on_feed(&mut self, feed: Feed) -> Result<(), End> {
+        let Some(joined) = self.joined.as_mut() else {
+            return Ok(());
+        };
+        match feed {
+            Feed::Page(Ok(rows)) => {
+                let more = rows.len() == REPLAY_PAGE;
+                for row in rows {
+                    if row.id > joined.cursor {
+                        joined.cursor = row.id;
+                        let d = Delivery::new(row.id, &row.content);
+                        self.outbox.push(Message::Text(d.frame));
+                    }
+                }
+                joined.replay = if more {
+                    Some(self.shared.page(joined.cursor))
+                } else {
+                    None
+                };
+                Ok(())
+            }
+            Feed::Page(Err(e)) => {
+                tracing::warn!(error = %e, "replay failed");
+                Err(End::StoreUnavailable)
+            }
+            Feed::Live(Ok(d)) => {
+                deliver(joined, &mut self.outbox, d);
+                // Take what else is already waiting, so that one flush carries it all.
+                for _ in 0..LIVE_BURST {
+                    match joined.live.try_recv() {
+                        Ok(d) => deliver(joined, &mut self.outbox, d),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            joined.replay = Some(self.shared.page(joined.cursor));
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            }
+            Feed::Live(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                tracing::debug!(
+                    missed,
+                    cursor = joined.cursor,
+                    "socket lagged; catching up from the database"
+                );
+                joined.replay = Some(self.shared.page(joined.cursor));
+                Ok(())
+            }
+            Feed::Live(Err(broadcast::error::RecvError::Closed)) => Err(End::Shutdown),
+        }
+    }
+
+    fn on_outcome(&mut self, ack_id: Option<u64>, outcome: Outcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(ack_id) = ack_id else { return };
+        if self.joined.is_none() {
+            return; // the socket left the namespace; its acks are void
+        }
+        match outcome {
+            Outcome::Stored(id) | Outcome::Duplicate(id) => {
+                // Never wait for a row the hub has not published (a foreign writer's).
+                let wait = id.min(self.shared.hub.published());
+                self.acks
+                    .push_back((wait, socketio::encode_empty_ack(ack_id)));
+            }
+            Outcome::Refused(reason) => {
+                let reason = Rejection::Refused(reason).to_string();
+                self.acks.push_back((
+                    0,
+                    socketio::encode_ack(ack_id, &json!([{ "error": reason }])),
+                ));
+            }
+            Outcome::Failed => {
+                tracing::debug!(ack_id, "not acknowledged: the database failed");
+            }
+        }
+    }
+
+    fn release_acks(&mut self) {
+        let Some(joined) = self.joined.as_ref() else {
+            self.acks.clear();
+            return;
+        };
+        while let Some((wait, _)) = self.acks.front() {
+            if *wait > joined.cursor {
+                break;
+            }
+            if let Some((_, frame)) = self.acks.pop_front() {
+                self.outbox.push(Message::Text(frame.into()));
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
+        let text = match frame {
+            None => return Err(End::ClientGone("connection closed".into())),
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => return Err(End::Binary),
+            // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
+            Some(Ok(Message::Close(_))) => return Err(End::ClientClosed),
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                return Err(End::TooBig)
+            }
+            Some(Err(WsError::Utf8(_))) => return Err(End::Protocol("invalid UTF-8".into())),
+            Some(Err(WsError::Protocol(e))) => return Err(End::Protocol(e.to_string())),
+            Some(Err(e)) => return Err(End::ClientGone(e.to_string())),
+        };
+        match engineio::decode(&text) {
+            Ok(Inbound::Message(packet)) => self.on_packet(packet).await,
+            Ok(Inbound::Pong(_)) => {
+                if self.pong_due.take().is_some() {
+                    self.next_ping = Instant::now() + self.shared.limits.ping_interval;
+                }
+                Ok(())
+            }
+            Ok(Inbound::Close) => Err(End::ClientClosed),
+            Ok(Inbound::Ping(_)) => Err(End::Protocol(
+                "Engine.IO v4: only the server sends pings".into(),
+            )),
+            Ok(Inbound::Upgrade | Inbound::Noop) => Ok(()),
+            Err(e) => Err(End::Protocol(e.to_string())),
+        }
+    }
+
+    async fn on_packet(&mut self, text: &str) -> Result<(), End> {
+        let packet = socketio::decode(text).map_err(|e| End::Protocol(e.to_string()))?;
+        let Packet {
+            kind,
+            nsp,
+            id,
+            data,
+        } = packet;
+        if nsp != socketio::MAIN_NSP {
+            if kind == Kind::Connect {
+                self.send(socketio::encode_connect_error(nsp, "Invalid namespace"));
+                return Ok(());
+            }
+            return Err(End::Protocol(format!("namespace {nsp:?} is not connected")));
+        }
+        match (kind, self.joined.is_some()) {
+            (Kind::Connect, false) => {
+                self.join(chat::server_offset(data.as_ref()));
+                Ok(())
+            }
+            (Kind::Connect, true) => Err(End::Protocol("already connected to \"/\"".into())),
+            (_, false) => Err(End::Protocol("packet before CONNECT".into())),
+            (Kind::Disconnect, true) => {
+                self.joined = None;
+                Ok(())
+            }
+            (Kind::Event, true) => self.on_event(id, data).await,
+            // relay never asks for acks; a stray one is harmless.
+            (Kind::Ack, true) => Ok(()),
+            (Kind::ConnectError | Kind::BinaryEvent | Kind::BinaryAck, true) => Err(End::Protocol(
+                format!("unexpected {kind:?} packet from a client"),
+            )),
+        }
+    }
+
+    fn join(&mut self, offset: u64) {
+        // Subscribe before reading history: see the module docs for why this order closes the gap.
+        let live = self.shared.hub.subscribe();
+        // An offset beyond the newest id (a database that was reset) would hide every new message.
+        let cursor = offset.min(self.shared.hub.published());
+        self.connect_due = None;
+        self.send(socketio::encode_connect_ok(&new_id()));
+        self.joined = Some(Joined {
+            cursor,
+            live,
+            replay: Some(self.shared.page(cursor)),
+        });
+    }
+
+    async fn on_event(
+        &mut self,
+        ack_id: Option<u64>,
+        data: Option<serde_json::Value>,
+    ) -> Result<(), End> {
+        let payload = data.unwrap_or_default();
+        match chat::parse_event(payload, self.shared.limits.max_message_bytes) {
+            Ok(message) => {
+                let submission = Submission {
+                    message,
+                    ack_id,
+                    reply: self.reply_tx.clone(),
+                };
+                if self.shared.hub.submit(submission).await.is_err() {
+                    return Err(End::Shutdown);
+                }
+                self.in_flight += 1;
+            }
+            Err(rejection) => {
+                tracing::debug!(kind = rejection.kind(), "refused event: {rejection}");
+                if let Some(ack_id) = ack_id {
+                    let ack =
+                        socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
+                    self.acks.push_back((0, ack));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the close frame that says why, and waits briefly for the client's answer.
+    async fn close(&mut self, end: &End) {
+        let grace = Duration::from_secs(1);
+        match end.close_frame() {
+            None => {
+                // Flushes the answer tungstenite queued for the client's close frame. (The inherent
+                // `WebSocketStream::close` would try to *send* a second close and fail.)
+                let _ = timeout(grace, SinkExt::close(&mut self.ws)).await;
+            }
+            Some((code, mut reason)) => {
+                truncate_utf8(&mut reason, 123);
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = self.flush().await;
+                if timeout(grace, self.ws.close(Some(frame))).await.is_ok() {
+                    // Drain until the client's close frame (or its disconnect), within the grace.
+                    let _ = timeout(grace, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, d: Delivery) {
+    if d.id > joined.cursor {
+        joined.cursor = d.id;
+        outbox.push(Message::Text(d.frame));
+    }
+}
+
+impl Shared {
+    fn page(&self, after: u64) -> PageFuture {
+        let store = self.store.clone();
+        let limit = self.limits.db_timeout;
+        Box::pin(async move {
+            match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::timeout("replay")),
+            }
+        })
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// A fresh 20-character url-safe random id (120 bits), as Engine.IO and Socket.IO sids look.
+pub fn new_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; 15];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: ids only need to be unique here, not secret from the server.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes[..15].copy_from_slice(&nanos.to_le_bytes()[..15]);
+    }
+    let mut out = String::with_capacity(20);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_twenty_url_safe_characters_and_differ() {
+        let a = new_id();
+        let b = new_id();
+        assert_eq!(a.len(), 20);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let mut s = "é".repeat(100);
+        truncate_utf8(&mut s, 123);
+        assert!(s.len() <= 123 && s.is_char_boundary(s.len()));
+        assert_eq!(
+            End::TooBig.close_frame().map(|f| f.0),
+            Some(CloseCode::Size)
+        );
+        assert!(End::ClientClosed.close_frame().is_none());
+    }
+}

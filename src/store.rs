@@ -1,0 +1,349 @@
+//! Durable storage of chat messages in MySQL/MariaDB through mysql_async.
+//!
+//! The store answers three questions: "store these new messages and tell me each one's id (or that
+//! its clientOffset is already taken)", "which rows come after id N" (replay, always in pages), and
+//! "what is the highest id" (the hub's starting point). It never broadcasts and never decides
+//! order: the hub calls [`Store::insert`] from a single task, which is what makes commit order equal
+//! id order.
+
+use crate::chat::NewMessage;
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use std::collections::HashMap;
+use std::fmt;
+
+/// The schema, applied at start when the table is missing (`CREATE TABLE IF NOT EXISTS`).
+pub const SCHEMA: &str = include_str!("../schema.sql");
+
+/// A stored message, as replay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: u64,
+    pub content: String,
+}
+
+/// What became of one message handed to [`Store::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Committed under this id.
+    Stored(u64),
+    /// Its clientOffset was already stored, under this id: a retry. Nothing was written.
+    Duplicate(u64),
+}
+
+/// A storage failure.
+#[derive(Debug)]
+pub struct StoreError {
+    inner: mysql_async::Error,
+    context: &'static str,
+}
+
+/// MySQL server error codes that blame a row's data rather than the database's health: retrying
+/// the same row can never succeed.
+const ROW_DATA_ERRORS: [u16; 4] = [
+    1048, // column cannot be null
+    1366, // incorrect string value
+    1406, // data too long for column
+    1292, // truncated incorrect value
+];
+const ER_DUP_ENTRY: u16 = 1062;
+
+impl StoreError {
+    fn new(context: &'static str) -> impl FnOnce(mysql_async::Error) -> StoreError {
+        move |inner| StoreError { inner, context }
+    }
+
+    /// A database round that took longer than allowed: its outcome is unknown.
+    pub fn timeout(context: &'static str) -> StoreError {
+        StoreError {
+            inner: mysql_async::Error::Other("timed out".into()),
+            context,
+        }
+    }
+
+    /// True when the database refused a row for its content: that row must be answered with an
+    /// error, not retried.
+    pub fn is_row_data_error(&self) -> bool {
+        matches!(&self.inner, mysql_async::Error::Server(e) if ROW_DATA_ERRORS.contains(&e.code))
+    }
+
+    fn is_duplicate(&self) -> bool {
+        matches!(&self.inner, mysql_async::Error::Server(e) if e.code == ER_DUP_ENTRY)
+    }
+
+    /// The database's own message, for an ack error.
+    pub fn server_message(&self) -> String {
+        match &self.inner {
+            mysql_async::Error::Server(e) => e.message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.inner)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The connection pool and what was learnt about the schema at start.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// Bytes the `content` column holds.
+    content_limit: usize,
+    /// `@@auto_increment_increment`: the step between consecutive ids of one multi-row INSERT.
+    id_step: u64,
+}
+
+/// Rows per INSERT statement; the hub never hands more at once.
+pub const MAX_BATCH: usize = 256;
+
+impl Store {
+    /// Connects, creates the database if it is missing (when the URL names one), applies the schema
+    /// and reads the column limits. Errors say which step failed.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let opts = Opts::from_url(url).map_err(|e| StoreError {
+            inner: mysql_async::Error::Url(e),
+            context: "invalid DATABASE_URL",
+        })?;
+        if let Some(db) = opts.db_name() {
+            create_database(&opts, db).await?;
+        }
+        let opts = OptsBuilder::from_opts(opts)
+            // utf8mb4 both ways, and strict mode so that nothing is ever silently truncated.
+            .init(vec![
+                "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+            ])
+            .stmt_cache_size(2 * MAX_BATCH + 16)
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(PoolConstraints::new(1, 16).unwrap_or_default()),
+            );
+        let pool = Pool::new(opts);
+        let mut conn = pool
+            .get_conn()
+            .await
+            .map_err(StoreError::new("cannot connect to the database"))?;
+        conn.query_drop(SCHEMA)
+            .await
+            .map_err(StoreError::new("cannot apply schema.sql"))?;
+        let content_limit: Option<u64> = conn
+            .query_first(
+                "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' \
+                 AND COLUMN_NAME = 'content'",
+            )
+            .await
+            .map_err(StoreError::new("cannot read the messages table's columns"))?;
+        let id_step: Option<u64> = conn
+            .query_first("SELECT @@auto_increment_increment")
+            .await
+            .map_err(StoreError::new("cannot read auto_increment_increment"))?;
+        Ok(Store {
+            pool,
+            content_limit: content_limit
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .unwrap_or(usize::MAX),
+            id_step: id_step.unwrap_or(1).max(1),
+        })
+    }
+
+    /// The most bytes the content column holds.
+    pub fn content_limit(&self) -> usize {
+        self.content_limit
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.ping().await.map_err(StoreError::new("ping failed"))
+    }
+
+    /// The highest stored id, 0 for an empty table.
+    pub async fn max_id(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let id: Option<u64> = conn
+            .query_first("SELECT COALESCE(MAX(id), 0) FROM messages")
+            .await
+            .map_err(StoreError::new("cannot read the highest id"))?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Up to `limit` rows with `id > after`, ascending. Replay calls this page by page, so a long
+    /// history is never held in memory at once.
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_map(
+            "SELECT id, content FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit as u64),
+            |(id, content)| Row { id, content },
+        )
+        .await
+        .map_err(StoreError::new("cannot read messages"))
+    }
+
+    /// Stores the messages not stored yet, in the order given, with one multi-row INSERT, and says
+    /// for each whether it got an id or was a duplicate. `batch` must not repeat a clientOffset and
+    /// must hold at most [`MAX_BATCH`] messages.
+    ///
+    /// Ids: a multi-row INSERT of known row count takes consecutive auto-increment values (every
+    /// `innodb_autoinc_lock_mode`, MySQL 8 and MariaDB), so row k gets `LAST_INSERT_ID() + k*step`;
+    /// the affected-row count is checked before any id is trusted. Duplicates are found first with
+    /// a SELECT, because a plain multi-row INSERT fails whole on one duplicate and `INSERT IGNORE`
+    /// would break the id arithmetic. Only one task writes, so nothing can slip in between; if a
+    /// foreign writer does, the INSERT fails on the unique key and the batch is checked again.
+    pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        debug_assert!(batch.len() <= MAX_BATCH);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let existing = existing_offsets(&mut conn, batch).await?;
+            let fresh: Vec<&NewMessage> = batch
+                .iter()
+                .copied()
+                .filter(|m| !existing.contains_key(m.client_offset.as_bytes()))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(batch
+                    .iter()
+                    .map(|m| Inserted::Duplicate(existing[m.client_offset.as_bytes()]))
+                    .collect());
+            }
+            let sql = format!(
+                "INSERT INTO messages (client_offset, content) VALUES {}",
+                placeholders("(?,?)", fresh.len())
+            );
+            let params: Vec<mysql_async::Value> = fresh
+                .iter()
+                .flat_map(|m| {
+                    [
+                        mysql_async::Value::Bytes(m.client_offset.as_bytes().to_vec()),
+                        mysql_async::Value::Bytes(m.content.as_bytes().to_vec()),
+                    ]
+                })
+                .collect();
+            match conn.exec_drop(sql, params).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let err = StoreError::new("cannot insert messages")(e);
+                    if err.is_duplicate() && attempts < 3 {
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+            let first = conn.last_insert_id().unwrap_or(0);
+            let affected = conn.affected_rows();
+            if first == 0 || affected != fresh.len() as u64 {
+                // Should be impossible; refuse to guess ids rather than mislabel messages.
+                return Err(StoreError {
+                    inner: mysql_async::Error::Other(
+                        format!(
+                            "INSERT of {} rows reported {affected} affected, first id {first}",
+                            fresh.len()
+                        )
+                        .into(),
+                    ),
+                    context: "unexpected INSERT result",
+                });
+            }
+            let mut next = first;
+            return Ok(batch
+                .iter()
+                .map(|m| match existing.get(m.client_offset.as_bytes()) {
+                    Some(&id) => Inserted::Duplicate(id),
+                    None => {
+                        let id = next;
+                        next += self.id_step;
+                        Inserted::Stored(id)
+                    }
+                })
+                .collect());
+        }
+    }
+
+    async fn conn(&self) -> Result<mysql_async::Conn, StoreError> {
+        self.pool
+            .get_conn()
+            .await
+            .map_err(StoreError::new("cannot get a database connection"))
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(self) {
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+/// The clientOffsets of `batch` that are stored already, with their ids.
+async fn existing_offsets(
+    conn: &mut mysql_async::Conn,
+    batch: &[&NewMessage],
+) -> Result<HashMap<Vec<u8>, u64>, StoreError> {
+    let sql = format!(
+        "SELECT client_offset, id FROM messages WHERE client_offset IN ({})",
+        placeholders("?", batch.len())
+    );
+    let params: Vec<mysql_async::Value> = batch
+        .iter()
+        .map(|m| mysql_async::Value::Bytes(m.client_offset.as_bytes().to_vec()))
+        .collect();
+    let found: Vec<(Vec<u8>, u64)> = conn
+        .exec(sql, params)
+        .await
+        .map_err(StoreError::new("cannot look up clientOffsets"))?;
+    Ok(found.into_iter().collect())
+}
+
+fn placeholders(one: &str, n: usize) -> String {
+    let mut s = String::with_capacity((one.len() + 1) * n);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(one);
+    }
+    s
+}
+
+/// `CREATE DATABASE IF NOT EXISTS`, through a connection without a default database. Names outside
+/// `[A-Za-z0-9_$]` are left alone (the operator creates those by hand).
+async fn create_database(opts: &Opts, db: &str) -> Result<(), StoreError> {
+    if db.is_empty()
+        || !db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    {
+        return Ok(());
+    }
+    let bare = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
+    let mut conn = mysql_async::Conn::new(bare)
+        .await
+        .map_err(StoreError::new("cannot connect to the database server"))?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    ))
+    .await
+    .map_err(StoreError::new("cannot create the database"))?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_join_with_commas() {
+        assert_eq!(placeholders("?", 1), "?");
+        assert_eq!(placeholders("(?,?)", 3), "(?,?),(?,?),(?,?)");
+    }
+}

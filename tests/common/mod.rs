@@ -1,0 +1,293 @@
+//! Test support: a real relay on 127.0.0.1:0 against a fresh MariaDB database, and a raw
+//! WebSocket client that speaks Engine.IO/Socket.IO frames by hand.
+//!
+//! The database server is `TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`); each server gets
+//! its own database `relay_test_<random>`, dropped when the test stops it. Set `TEST_LOG=1` to see
+//! the server's logs.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use mysql_async::prelude::*;
+use relay::config::Config;
+use relay::server::Running;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn mysql_base() -> String {
+    std::env::var("TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("relay=debug")),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db: String,
+    pub config: Config,
+    running: Option<Running>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server on a fresh database, after `tune` adjusts the configuration.
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
+        let db = format!(
+            "relay_test_{}",
+            relay::session::new_id().replace(['-', '_'], "x")
+        );
+        let mut config = Config::defaults();
+        config.host = "127.0.0.1".into();
+        config.port = 0;
+        config.database_url = format!("{}/{db}", mysql_base());
+        config.static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/static").into();
+        tune(&mut config);
+        Self::start_config(config, db).await
+    }
+
+    /// Starts a server on a given configuration (to restart on the same database).
+    pub async fn start_config(config: Config, db: String) -> TestServer {
+        init_logs();
+        let running = relay::server::start(&config).await.expect("relay starts");
+        TestServer {
+            addr: running.addr,
+            db,
+            config,
+            running: Some(running),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::open(&self.ws_url()).await
+    }
+
+    /// A client that has joined `/` with the given auth (`None`: a bare `40`).
+    pub async fn joined(&self, auth: Option<Value>) -> Client {
+        let mut c = self.client().await;
+        c.join(auth).await;
+        c
+    }
+
+    /// Graceful shutdown, keeping the database.
+    pub async fn shutdown(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Shuts down and drops the database.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+        drop_database(&self.db).await;
+    }
+
+    /// Runs SQL against this server's database.
+    pub async fn sql<T: FromRow + Send + 'static>(&self, query: &str) -> Vec<T> {
+        let mut conn = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), self.db))
+            .await
+            .expect("test connects to MariaDB");
+        let rows = conn.query(query).await.expect("query");
+        let _ = conn.disconnect().await;
+        rows
+    }
+
+    pub async fn count(&self) -> u64 {
+        self.sql::<u64>("SELECT COUNT(*) FROM messages").await[0]
+    }
+}
+
+pub async fn drop_database(db: &str) {
+    if let Ok(mut conn) = mysql_async::Conn::from_url(mysql_base()).await {
+        let _ = conn
+            .query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+            .await;
+        let _ = conn.disconnect().await;
+    }
+}
+
+/// A raw WebSocket client. `recv_*` answer server pings by themselves unless `auto_pong` is off.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub open: Value,
+    pub auto_pong: bool,
+}
+
+impl Client {
+    /// Connects and reads the Engine.IO open packet.
+    pub async fn open(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        let mut c = Client {
+            ws,
+            open: Value::Null,
+            auto_pong: true,
+        };
+        let first = c.recv_text().await;
+        assert!(
+            first.starts_with('0'),
+            "first frame must be the open packet: {first}"
+        );
+        c.open = serde_json::from_str(&first[1..]).expect("open packet is JSON");
+        c
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next frame, whatever it is, or None when the connection ended.
+    pub async fn recv_raw(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, self.ws.next()).await {
+            Ok(Some(Ok(m))) => Some(m),
+            Ok(Some(Err(_))) | Ok(None) => None,
+            Err(_) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// The next text frame, answering pings on the way.
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            match self.recv_raw().await {
+                Some(Message::Text(t)) if self.auto_pong && t.as_str() == "2" => {
+                    self.send("3").await
+                }
+                Some(Message::Text(t)) => return t.to_string(),
+                Some(Message::Ping(_) | Message::Pong(_)) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that nothing but pings arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => self.send("3").await,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a CONNECT for `/` and returns the Socket.IO sid from the reply.
+    pub async fn join(&mut self, auth: Option<Value>) -> String {
+        match auth {
+            Some(a) => self.send(&format!("40{a}")).await,
+            None => self.send("40").await,
+        }
+        let reply = self.recv_text().await;
+        assert!(
+            reply.starts_with("40{"),
+            "CONNECT reply expected, got {reply}"
+        );
+        let v: Value = serde_json::from_str(&reply[2..]).expect("CONNECT reply is JSON");
+        assert!(v.get("pid").is_none(), "relay never sends pid: {reply}");
+        v["sid"].as_str().expect("sid").to_string()
+    }
+
+    pub async fn emit(&mut self, ack: Option<u64>, msg: &str, offset: &str) {
+        let args = serde_json::json!(["chat message", msg, offset]);
+        match ack {
+            Some(id) => self.send(&format!("42{id}{args}")).await,
+            None => self.send(&format!("42{args}")).await,
+        }
+    }
+
+    /// Reads one chat broadcast `42["chat message",msg,id]`.
+    pub async fn recv_chat(&mut self) -> (String, u64) {
+        let t = self.recv_text().await;
+        parse_chat(&t).unwrap_or_else(|| panic!("expected a chat message, got {t}"))
+    }
+
+    pub async fn recv_chats(&mut self, n: usize) -> Vec<(String, u64)> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.recv_chat().await);
+        }
+        out
+    }
+
+    /// Reads one ACK and returns (ack id, args).
+    pub async fn recv_ack(&mut self) -> (u64, Value) {
+        let t = self.recv_text().await;
+        parse_ack(&t).unwrap_or_else(|| panic!("expected an ack, got {t}"))
+    }
+
+    /// Reads until the connection ends; returns the close frame if there was one.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.recv_raw().await {
+                Some(Message::Close(frame)) => return frame,
+                None => return None,
+                Some(Message::Text(t)) if t.as_str() == "2" => {}
+                Some(Message::Text(t)) => panic!("expected the connection to close, got {t}"),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+pub fn parse_chat(t: &str) -> Option<(String, u64)> {
+    let v: Value = serde_json::from_str(t.strip_prefix("42")?).ok()?;
+    let a = v.as_array()?;
+    if a.len() != 3 || a[0] != "chat message" {
+        return None;
+    }
+    Some((a[1].as_str()?.to_string(), a[2].as_u64()?))
+}
+
+pub fn parse_ack(t: &str) -> Option<(u64, Value)> {
+    let rest = t.strip_prefix("43")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = rest[..digits].parse().ok()?;
+    let args: Value = serde_json::from_str(&rest[digits..]).ok()?;
+    args.is_array().then_some((id, args))
+}
+
+/// A plain HTTP/1.1 request over TCP; returns (status, headers+body text).
+pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    (status, text)
+}
+
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    http_raw(
+        addr,
+        &format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}

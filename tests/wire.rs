@@ -1,0 +1,316 @@
+//! The Engine.IO/Socket.IO wire, end to end: handshake, HTTP refusals, heartbeat, namespaces and
+//! every way a connection is closed for bad input — with a real server, real sockets, real MariaDB.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn open_packet_then_connect_with_fresh_sid() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let open = c.open.clone();
+    assert_eq!(open["upgrades"], json!([]));
+    assert_eq!(open["pingInterval"], json!(25000));
+    assert_eq!(open["pingTimeout"], json!(20000));
+    assert_eq!(open["maxPayload"], json!(1_000_000));
+    let eio_sid = open["sid"].as_str().expect("sid").to_string();
+    assert_eq!(eio_sid.len(), 20);
+    let sid = c.join(Some(json!({"serverOffset": 0}))).await;
+    assert_ne!(
+        sid, eio_sid,
+        "the Socket.IO sid must not reveal the Engine.IO sid"
+    );
+    assert_eq!(sid.len(), 20);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn extra_query_parameters_are_ignored() {
+    let s = TestServer::start().await;
+    let url = format!(
+        "ws://{}/socket.io/?foo=bar&transport=websocket&EIO=4&t=xyz",
+        s.addr
+    );
+    let mut c = Client::open(&url).await;
+    c.join(None).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_happen_before_the_upgrade() {
+    let s = TestServer::start().await;
+    let upgrade = |q: &str| {
+        format!(
+            "GET /socket.io/?{q} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    for (query, code, message) in [
+        (
+            "EIO=3&transport=websocket",
+            5,
+            "Unsupported protocol version",
+        ),
+        ("transport=websocket", 5, "Unsupported protocol version"),
+        ("EIO=4&transport=polling", 0, "Transport unknown"),
+        ("EIO=4", 0, "Transport unknown"),
+        ("EIO=4&transport=websocket&sid=abc", 1, "Session ID unknown"),
+    ] {
+        let (status, text) = http_raw(s.addr, &upgrade(query)).await;
+        assert_eq!(status, 400, "{query}: {text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(v, json!({"code": code, "message": message}), "{query}");
+    }
+    // A plain GET (no upgrade headers) on the right query is a bad request too.
+    let (status, text) = http_get(s.addr, "/socket.io/?EIO=4&transport=websocket").await;
+    assert_eq!(status, 400);
+    assert!(text.contains("\"code\":3"), "{text}");
+    // A polling handshake, as the stock client sends it by default.
+    let (status, _) = http_get(s.addr, "/socket.io/?EIO=4&transport=polling&t=abc").await;
+    assert_eq!(status, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn page_assets_client_library_and_404() {
+    let s = TestServer::start().await;
+    let (status, text) = http_get(s.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("text/html"), "{text}");
+    assert!(
+        text.contains("/socket.io/socket.io.js"),
+        "the page loads the client from the server"
+    );
+    for path in ["/app.js", "/style.css", "/favicon.svg", "/favicon.ico"] {
+        assert_eq!(http_get(s.addr, path).await.0, 200, "{path}");
+    }
+    let (status, text) = http_get(s.addr, "/socket.io/socket.io.js").await;
+    if std::path::Path::new("static/node_modules/socket.io-client/dist/socket.io.min.js").exists() {
+        assert_eq!(status, 200);
+        assert!(text.contains("application/javascript"));
+    } else {
+        assert_eq!(status, 302);
+        assert!(
+            text.contains("location: https://cdn.socket.io/4.8.3/socket.io.min.js"),
+            "{text}"
+        );
+    }
+    for path in [
+        "/nope",
+        "/package.json",
+        "/node_modules/socket.io-client/package.json",
+        "/../Cargo.toml",
+    ] {
+        assert_eq!(http_get(s.addr, path).await.0, 404, "{path}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_pings_and_closes_a_silent_client() {
+    let s = TestServer::start_with(|c| {
+        c.ping_interval_ms = 150;
+        c.ping_timeout_ms = 150;
+    })
+    .await;
+    let mut c = s.client().await;
+    assert_eq!(c.open["pingInterval"], json!(150));
+    c.join(None).await;
+    c.auto_pong = false;
+    // Answer three pings: the connection stays.
+    for _ in 0..3 {
+        assert_eq!(c.recv_text().await, "2");
+        c.send("3").await;
+    }
+    // Then go silent: closed after pingTimeout.
+    assert_eq!(c.recv_text().await, "2");
+    let started = std::time::Instant::now();
+    let frame = c.expect_close().await.expect("close frame");
+    assert!(frame.reason.contains("ping timeout"), "{frame:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connection_without_connect_is_closed_after_the_connect_timeout() {
+    let s = TestServer::start_with(|c| c.connect_timeout_ms = 200).await;
+    let mut c = s.client().await;
+    let frame = c.expect_close().await.expect("close frame");
+    assert_eq!(frame.code, CloseCode::Policy);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_namespace_is_refused_and_the_connection_stays() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    c.send("40/admin,").await;
+    assert_eq!(
+        c.recv_text().await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+    c.send("40/other,{\"token\":1}").await;
+    assert_eq!(
+        c.recv_text().await,
+        r#"44/other,{"message":"Invalid namespace"}"#
+    );
+    // The main namespace still works on the same connection.
+    c.join(None).await;
+    c.emit(Some(0), "still here", "ns-0").await;
+    assert_eq!(c.recv_chat().await.0, "still here");
+    assert_eq!(c.recv_ack().await, (0, json!([])));
+    s.stop().await;
+}
+
+/// Each case: frames to send after the open packet (joined first when `join`), and the close code.
+async fn assert_closed(s: &TestServer, join: bool, frames: &[Message], code: CloseCode) {
+    let mut c = s.client().await;
+    if join {
+        c.join(None).await;
+    }
+    for f in frames {
+        c.ws.send(f.clone()).await.expect("send");
+    }
+    let frame = c
+        .expect_close()
+        .await
+        .unwrap_or_else(|| panic!("{frames:?}: no close frame"));
+    assert_eq!(frame.code, code, "{frames:?}: {frame:?}");
+}
+
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn bad_frames_close_that_connection_only() {
+    let s = TestServer::start().await;
+    let mut bystander = s.joined(None).await;
+    let t = Message::text;
+    let deep = format!(
+        "42[\"chat message\",{}{},\"x\"]",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let cases: Vec<(bool, Vec<Message>, CloseCode)> = vec![
+        (
+            false,
+            vec![t("42[\"chat message\",\"x\",\"y\"]")],
+            CloseCode::Protocol,
+        ), // before CONNECT
+        (false, vec![t("41")], CloseCode::Protocol),
+        (true, vec![t("40")], CloseCode::Protocol), // second CONNECT
+        (true, vec![t("")], CloseCode::Protocol),
+        (true, vec![t("9")], CloseCode::Protocol),
+        (true, vec![t("0{}")], CloseCode::Protocol),
+        (true, vec![t("2")], CloseCode::Protocol), // client ping: wrong heartbeat direction
+        (true, vec![t("4")], CloseCode::Protocol),
+        (true, vec![t("47")], CloseCode::Protocol),
+        (
+            true,
+            vec![t("42abc[\"chat message\"]")],
+            CloseCode::Protocol,
+        ),
+        (true, vec![t("42[\"chat message\"")], CloseCode::Protocol),
+        (true, vec![t("42{}")], CloseCode::Protocol),
+        (true, vec![t("42[]")], CloseCode::Protocol),
+        (true, vec![t("42[\"disconnect\"]")], CloseCode::Protocol),
+        (
+            true,
+            vec![t("42/admin,[\"chat message\",\"x\",\"y\"]")],
+            CloseCode::Protocol,
+        ),
+        (
+            true,
+            vec![t(
+                "451-[\"chat message\",{\"_placeholder\":true,\"num\":0},\"o\"]",
+            )],
+            CloseCode::Protocol,
+        ),
+        (true, vec![t("44{\"message\":\"x\"}")], CloseCode::Protocol),
+        (
+            true,
+            vec![Message::binary(vec![1u8, 2, 3])],
+            CloseCode::Unsupported,
+        ),
+        (true, vec![t(&deep)], CloseCode::Protocol),
+    ];
+    for (join, frames, code) in &cases {
+        assert_closed(&s, *join, frames, *code).await;
+    }
+    // The bystander saw nothing and still chats.
+    bystander.emit(Some(5), "unaffected", "by-0").await;
+    assert_eq!(bystander.recv_chat().await.0, "unaffected");
+    assert_eq!(bystander.recv_ack().await, (5, json!([])));
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_frames_close_with_1009() {
+    let s = TestServer::start_with(|c| c.max_payload = 1000).await;
+    let mut c = s.joined(None).await;
+    let big = format!("42[\"chat message\",\"{}\",\"o\"]", "a".repeat(2000));
+    c.send(&big).await;
+    let frame = c.expect_close().await.expect("close frame");
+    assert_eq!(frame.code, CloseCode::Size);
+    assert_eq!(s.count().await, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn client_close_frames_are_answered() {
+    let s = TestServer::start().await;
+    let mut c = s.joined(None).await;
+    c.ws.close(None).await.expect("close");
+    // The server answers with its own close frame; the stream then ends cleanly.
+    loop {
+        match c.ws.next().await {
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("unclean close: {e}"),
+        }
+    }
+    s.stop().await;
+}
+
+use futures_util::StreamExt;
+
+#[tokio::test]
+async fn engineio_close_upgrade_and_noop() {
+    let s = TestServer::start().await;
+    let mut c = s.joined(None).await;
+    // Upgrade and noop are ignored on a WebSocket session.
+    c.send("5").await;
+    c.send("6").await;
+    c.emit(Some(1), "after noop", "eio-0").await;
+    assert_eq!(c.recv_chat().await.0, "after noop");
+    assert_eq!(c.recv_ack().await.0, 1);
+    // Engine.IO close ends the session.
+    c.send("1").await;
+    assert!(c
+        .expect_close()
+        .await
+        .is_none_or(|f| f.code == CloseCode::Normal));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn socketio_disconnect_leaves_the_namespace_but_keeps_the_connection() {
+    let s = TestServer::start().await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+    a.send("41").await;
+    b.emit(Some(0), "a left", "dc-0").await;
+    assert_eq!(b.recv_chat().await.0, "a left");
+    b.recv_ack().await;
+    a.expect_silence(Duration::from_millis(300)).await;
+    // It may join again: a fresh sid, and replay from its offset.
+    a.join(Some(json!({"serverOffset": 0}))).await;
+    assert_eq!(a.recv_chat().await.0, "a left");
+    s.stop().await;
+}
