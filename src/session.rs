@@ -197,7 +197,9 @@ where
             if let Err(end) = self.flush().await {
                 return end;
             }
-            if self.closing && self.in_flight == 0 {
+            // Shutting down: everything already handed to the hub is committed and acknowledged
+            // before the close frame.
+            if self.closing && self.in_flight == 0 && self.acks.is_empty() {
                 return End::Shutdown;
             }
             let deadline = self.timer();

@@ -268,13 +268,37 @@ pub fn parse_ack(t: &str) -> Option<(u64, Value)> {
     args.is_array().then_some((id, args))
 }
 
-/// A plain HTTP/1.1 request over TCP; returns (status, headers+body text).
+/// A plain HTTP/1.1 request over TCP; returns (status, head and body as text). Reads the head,
+/// then Content-Length bytes, so keep-alive connections do not stall it.
 pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= head_end + 4 + length {
+                    return;
+                }
+            }
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, read).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split_whitespace()

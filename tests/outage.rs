@@ -1,0 +1,230 @@
+//! The database goes away under the chat: relay stays up, acks nothing it has not committed, and
+//! once the database is back the client's retry (same clientOffset, new ack id) is stored and
+//! delivered exactly once — including when the first attempt committed but its reply was lost.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// A TCP proxy in front of MariaDB that the test can cut.
+struct Proxy {
+    port: u16,
+    /// false: new connections are refused.
+    up: Arc<AtomicBool>,
+    pipes: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Armed: once a client sends an INSERT, the packet after it (the execute) is forwarded and
+    /// every answer from then on is swallowed — a commit whose reply never arrives.
+    lose_insert_reply: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            up: Arc::new(AtomicBool::new(true)),
+            pipes: Arc::default(),
+            lose_insert_reply: Arc::default(),
+        };
+        let (up, pipes, lose) = (
+            proxy.up.clone(),
+            proxy.pipes.clone(),
+            proxy.lose_insert_reply.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(pipe(client, lose.clone()));
+                pipes.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        proxy
+    }
+
+    fn url(&self, db: &str) -> String {
+        // prefer_socket=false: otherwise mysql_async moves to the Unix socket, around the proxy.
+        format!(
+            "mysql://root@127.0.0.1:{}/{db}?prefer_socket=false",
+            self.port
+        )
+    }
+
+    /// Drops every open connection and refuses new ones.
+    async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for p in self.pipes.lock().unwrap().drain(..) {
+            p.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(client: TcpStream, lose: Arc<AtomicBool>) {
+    let Ok(server) = TcpStream::connect("127.0.0.1:3306").await else {
+        return;
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let swallowing = Arc::new(AtomicBool::new(false));
+    let to_server = {
+        let swallowing = swallowing.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut insert_seen = false;
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if lose.load(Ordering::SeqCst) {
+                    if insert_seen {
+                        swallowing.store(true, Ordering::SeqCst);
+                        lose.store(false, Ordering::SeqCst);
+                    } else if buf[..n].windows(20).any(|w| w == b"INSERT INTO messages") {
+                        insert_seen = true;
+                    }
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let to_client = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if swallowing.load(Ordering::SeqCst) {
+                continue;
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_server => {}
+        _ = to_client => {}
+    }
+}
+
+async fn server_behind(proxy: &Proxy) -> TestServer {
+    TestServer::start_with(|c| {
+        let db = c
+            .database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        c.database_url = proxy.url(&db);
+        c.db_timeout_ms = 700;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
+    let proxy = Proxy::start().await;
+    let s = server_behind(&proxy).await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+    a.emit(Some(0), "before", "cut-0").await;
+    let (_, first) = a.recv_chat().await;
+    a.recv_ack().await;
+    b.recv_chat().await;
+
+    proxy.cut().await;
+    a.emit(Some(1), "during", "cut-1").await;
+    // No ack, no broadcast while the database is unreachable; the connection stays up.
+    a.expect_silence(Duration::from_millis(1500)).await;
+    b.expect_silence(Duration::from_millis(10)).await;
+
+    proxy.restore();
+    // The stock client's retry: the same arguments under a new ack id, until one is acked.
+    let mut ack = 2;
+    let id = loop {
+        a.emit(Some(ack), "during", "cut-1").await;
+        match tokio::time::timeout(Duration::from_secs(2), a.recv_text()).await {
+            Ok(t) => {
+                let (msg, id) =
+                    parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
+                assert_eq!(msg, "during");
+                assert_eq!(a.recv_ack().await, (ack, json!([])));
+                break id;
+            }
+            Err(_) => ack += 1,
+        }
+        assert!(ack < 10, "the database did not come back");
+    };
+    assert!(id > first);
+    assert_eq!(b.recv_chat().await, ("during".to_string(), id));
+    a.expect_silence(Duration::from_millis(300)).await;
+    b.expect_silence(Duration::from_millis(10)).await;
+    assert_eq!(s.count().await, 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
+    let proxy = Proxy::start().await;
+    let s = server_behind(&proxy).await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+
+    proxy.lose_insert_reply.store(true, Ordering::SeqCst);
+    a.emit(Some(0), "ghost", "lost-0").await;
+    // It commits (seen directly in the database), but relay never hears back: no ack.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.count().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the INSERT never reached the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.expect_silence(Duration::from_millis(1200)).await;
+
+    // Connections through the proxy are cut and come back clean.
+    proxy.cut().await;
+    proxy.restore();
+    // The retry finds the row: the hub first publishes what committed behind its back, then
+    // acknowledges the retry as a duplicate. Everyone sees the message exactly once.
+    let mut ack = 1;
+    let id = loop {
+        a.emit(Some(ack), "ghost", "lost-0").await;
+        match tokio::time::timeout(Duration::from_secs(2), a.recv_text()).await {
+            Ok(t) => {
+                let (msg, id) =
+                    parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
+                assert_eq!(msg, "ghost");
+                assert_eq!(a.recv_ack().await, (ack, json!([])));
+                break id;
+            }
+            Err(_) => ack += 1,
+        }
+        assert!(ack < 10, "the database did not come back");
+    };
+    assert_eq!(b.recv_chat().await, ("ghost".to_string(), id));
+    a.expect_silence(Duration::from_millis(300)).await;
+    b.expect_silence(Duration::from_millis(10)).await;
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
