@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -27,8 +27,8 @@ pub struct App {
     pub shared: Arc<Shared>,
     pub static_dir: PathBuf,
     pub shutdown: watch::Receiver<bool>,
-    /// Every session holds a clone; the server waits until all are dropped.
-    pub sessions: mpsc::Sender<()>,
+    /// Open sessions, which shutdown waits for.
+    pub sessions: Arc<crate::server::Tracker>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -173,7 +173,7 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
     }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let tracker = app.sessions.clone();
+    let tracker = app.sessions.enter();
     let limits = &app.shared.limits;
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_payload))

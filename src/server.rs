@@ -14,10 +14,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Why the server could not start. The message names what failed and where.
@@ -38,12 +39,55 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Counts open WebSocket sessions so that shutdown can wait for them, whatever else (idle HTTP
+/// connections, the hub) still holds the shared state.
+#[derive(Default)]
+pub struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by one session; dropping it counts the session out.
+pub struct TrackerGuard(Arc<Tracker>);
+
+impl Tracker {
+    pub fn enter(self: &Arc<Self>) -> TrackerGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(self.clone())
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Returns once no session is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
-    sessions: mpsc::Receiver<()>,
+    sessions: Arc<Tracker>,
     timeout: Duration,
     store: Store,
 }
@@ -104,7 +148,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(|error| StartError::Listen { addr, error })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (sessions_tx, sessions_rx) = mpsc::channel(1);
+    let sessions = Arc::new(Tracker::default());
     let app = Arc::new(App {
         shared: Arc::new(Shared {
             hub,
@@ -113,7 +157,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown_rx.clone(),
-        sessions: sessions_tx,
+        sessions: sessions.clone(),
     });
     tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
     let accept = tokio::spawn(accept_loop(listener, app, shutdown_rx));
@@ -121,7 +165,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: local,
         shutdown: shutdown_tx,
         accept,
-        sessions: sessions_rx,
+        sessions,
         timeout: config.shutdown_timeout(),
         store,
     })
@@ -143,12 +187,23 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| http::handle(app.clone(), peer, req));
             let conn = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.changed() => {
+                    // Idle keep-alive connections (an open browser tab) close now; a request in
+                    // progress finishes first. Upgraded WebSockets are sessions, not affected.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         });
@@ -159,16 +214,17 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::
 impl Running {
     /// Stops accepting, lets every session finish its acks and close with 1001, and returns when
     /// they are all gone or the shutdown timeout has passed.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
-        // The accept loop owned the App and with it the last sender the server kept: recv()
-        // returns None once every session has ended.
-        if tokio::time::timeout(self.timeout, self.sessions.recv())
+        if tokio::time::timeout(self.timeout, self.sessions.wait_idle())
             .await
             .is_err()
         {
-            tracing::warn!("shutdown timeout: sockets still open are dropped");
+            tracing::warn!(
+                open = self.sessions.live(),
+                "shutdown timeout: sockets still open are dropped"
+            );
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
     }
