@@ -1,0 +1,287 @@
+// Shared helpers for the relay end-to-end suites (node:test).
+//
+// startRelay() runs the real server binary (target/debug/relay, built by
+// `cargo build` in the repository root) on a free port with a fresh MySQL /
+// MariaDB database, and drops that database again in stop().
+//
+// Environment knobs:
+//   RELAY_BIN             path of the server binary (default: <repo>/target/debug/relay)
+//   RELAY_TEST_MYSQL_URL  server URL without database (default: mysql://root@127.0.0.1:3306)
+//   TEST_LOG              when set, the server's stderr is forwarded to this process' stderr
+
+import { spawn, execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { io } from "socket.io-client";
+
+export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+export const RELAY_BIN = process.env.RELAY_BIN
+  ? path.resolve(process.env.RELAY_BIN)
+  : path.join(REPO_ROOT, "target", "debug", "relay");
+const MYSQL_URL = (process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306").replace(/\/+$/, "");
+
+const STARTUP_TIMEOUT_MS = 20000;
+const STOP_TIMEOUT_MS = 15000;
+
+/** Every server still running; killed if this test process exits early. */
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/**
+ * Rejects with `message` if `promise` has not settled within `ms`.
+ * The timer is cleared either way so it never keeps the process alive.
+ */
+export function withTimeout(promise, ms, message) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${message}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function mysqlCliArgs() {
+  const url = new URL(MYSQL_URL);
+  const args = ["-h", url.hostname || "127.0.0.1", "-P", url.port || "3306", "-u", decodeURIComponent(url.username || "root")];
+  if (url.password) args.push(`-p${decodeURIComponent(url.password)}`);
+  return args;
+}
+
+/** Runs one SQL statement with the mariadb CLI; resolves with its stdout. */
+export function mysqlExec(sql) {
+  return new Promise((resolve, reject) => {
+    execFile("mariadb", [...mysqlCliArgs(), "--batch", "--skip-column-names", "-e", sql], { timeout: 15000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`mariadb -e ${JSON.stringify(sql)} failed: ${stderr || err.message}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/**
+ * Starts the relay server. Resolves with {url, port, dbName, proc, stop()} once
+ * the server printed "relay listening on http://...". Pass `dbName` to reuse
+ * the database of an earlier run (a restart); stop({dropDatabase: false})
+ * keeps it.
+ */
+export async function startRelay({ env = {}, dbName: reuseDb } = {}) {
+  if (!existsSync(RELAY_BIN)) {
+    throw new Error(`relay binary not found at ${RELAY_BIN}: run \`cargo build\` in the repository root first (or set RELAY_BIN)`);
+  }
+  const dbName = reuseDb || `relay_node_${randomBytes(6).toString("hex")}`;
+  const proc = spawn(RELAY_BIN, [], {
+    cwd: REPO_ROOT,
+    env: {
+      ...process.env,
+      PORT: "0",
+      HOST: "127.0.0.1",
+      DATABASE_URL: `${MYSQL_URL}/${dbName}`,
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(proc);
+
+  let stderrTail = "";
+  let stdoutAll = "";
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (chunk) => {
+    stderrTail = (stderrTail + chunk).slice(-4000);
+    if (process.env.TEST_LOG) process.stderr.write(chunk);
+  });
+
+  const exited = new Promise((resolve) => {
+    proc.once("exit", (code, signal) => {
+      running.delete(proc);
+      resolve({ code, signal });
+    });
+  });
+
+  const listening = new Promise((resolve, reject) => {
+    proc.once("error", (err) => reject(new Error(`could not start ${RELAY_BIN}: ${err.message}`)));
+    proc.stdout.setEncoding("utf8");
+    proc.stdout.on("data", (chunk) => {
+      if (stdoutAll.length < 8000) stdoutAll += chunk;
+      const m = /listening on (http:\/\/[^\s]+)/.exec(stdoutAll);
+      if (m) resolve(m[1].replace(/\/+$/, ""));
+    });
+    exited.then(({ code, signal }) =>
+      reject(
+        new Error(
+          `relay exited before listening (code ${code}, signal ${signal}).\nstdout:\n${stdoutAll}\nstderr (tail):\n${stderrTail}`,
+        ),
+      ),
+    );
+  });
+
+  let url;
+  try {
+    url = await withTimeout(listening, STARTUP_TIMEOUT_MS, `relay did not print "listening on http://..." (stderr tail:\n${stderrTail})`);
+  } catch (err) {
+    proc.kill("SIGKILL");
+    await exited;
+    await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+    throw err;
+  }
+
+  let stopping = null;
+  async function stop({ dropDatabase = true } = {}) {
+    if (stopping) return stopping;
+    stopping = (async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
+      let result;
+      try {
+        result = await withTimeout(exited, STOP_TIMEOUT_MS, "relay did not exit after SIGTERM");
+      } catch (err) {
+        proc.kill("SIGKILL");
+        await exited;
+        await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+        throw err;
+      }
+      if (dropDatabase) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``);
+      return result;
+    })();
+    return stopping;
+  }
+
+  return { url, port: Number(new URL(url).port), dbName, proc, stop, stderrTail: () => stderrTail };
+}
+
+/** A stock socket.io client configured like the tutorial page (websocket only). */
+export function makeClient(url, { serverOffset = 0, ...opts } = {}) {
+  return io(url, {
+    transports: ["websocket"],
+    auth: { serverOffset },
+    ackTimeout: 10000,
+    retries: 3,
+    forceNew: true,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 500,
+    ...opts,
+  });
+}
+
+/** Resolves once `socket` is connected (now or later). */
+export function connected(socket, ms = 5000, what = "client") {
+  if (socket.connected) return Promise.resolve(socket);
+  let onConnect;
+  let onError;
+  let lastError = "";
+  const p = new Promise((resolve) => {
+    onConnect = () => resolve(socket);
+    onError = (err) => {
+      lastError = err && err.message ? err.message : String(err);
+    };
+    socket.on("connect", onConnect);
+    socket.on("connect_error", onError);
+  });
+  return withTimeout(p, ms, `${what} did not connect`)
+    .catch((err) => {
+      throw new Error(`${err.message}${lastError ? ` (last connect_error: ${lastError})` : ""}`);
+    })
+    .finally(() => {
+      socket.off("connect", onConnect);
+      socket.off("connect_error", onError);
+    });
+}
+
+/** Resolves once `socket` has disconnected (now or later). */
+export function disconnected(socket, ms = 5000, what = "client") {
+  if (!socket.connected) return Promise.resolve();
+  let handler;
+  const p = new Promise((resolve) => {
+    handler = (reason) => resolve(reason);
+    socket.once("disconnect", handler);
+  });
+  return withTimeout(p, ms, `${what} did not disconnect`).finally(() => socket.off("disconnect", handler));
+}
+
+/**
+ * Records every "chat message" a socket receives, as {msg, id}, plus a
+ * shared `log` of {type: "msg" | "ack", ...} entries so tests can check order.
+ */
+export function collect(socket, name = "client") {
+  const messages = [];
+  const log = [];
+  const waiters = new Set();
+  socket.on("chat message", (msg, id, ...rest) => {
+    const entry = { msg, id, extra: rest };
+    messages.push(entry);
+    log.push({ type: "msg", ...entry });
+    for (const w of [...waiters]) w();
+  });
+  return {
+    name,
+    socket,
+    messages,
+    log,
+    /** messages received after index `from`. */
+    since(from) {
+      return messages.slice(from);
+    },
+    /** Waits until predicate(messages) is true. */
+    waitUntil(predicate, description, ms = 5000) {
+      if (predicate(messages)) return Promise.resolve(messages);
+      let check;
+      const p = new Promise((resolve) => {
+        check = () => {
+          if (predicate(messages)) resolve(messages);
+        };
+        waiters.add(check);
+      });
+      return withTimeout(p, ms, `${name}: ${description} (has ${messages.length} messages; last: ${JSON.stringify(messages.slice(-3))})`).finally(() =>
+        waiters.delete(check),
+      );
+    },
+    /** Waits until at least `count` messages arrived in total. */
+    waitForCount(count, ms = 5000) {
+      return this.waitUntil((m) => m.length >= count, `waiting for ${count} messages`, ms);
+    },
+    /** Waits for a message with content `text`; resolves with it. */
+    async waitForText(text, ms = 5000) {
+      await this.waitUntil((m) => m.some((e) => e.msg === text), `waiting for message ${JSON.stringify(text)}`, ms);
+      return messages.find((e) => e.msg === text);
+    },
+  };
+}
+
+/**
+ * Emits with an ack callback; resolves with the callback's arguments as an
+ * array (with `retries` set, a successful ack is [null, ...serverArgs]).
+ * If `log` is given, an {type: "ack"} entry is appended when the ack arrives.
+ */
+export function emitAck(socket, args, { ms = 5000, log } = {}) {
+  const p = new Promise((resolve) => {
+    socket.emit(...args, (...ackArgs) => {
+      if (log) log.push({ type: "ack", args: ackArgs });
+      resolve(ackArgs);
+    });
+  });
+  return withTimeout(p, ms, `no ack for emit ${JSON.stringify(args).slice(0, 200)}`);
+}
+
+let offsetCounter = 0;
+const offsetPrefix = randomBytes(4).toString("hex");
+/** A fresh clientOffset, unique within this test process. */
+export function newOffset(tag = "t") {
+  return `${tag}-${offsetPrefix}-${offsetCounter++}`;
+}
+
+/** Closes clients without throwing. */
+export function closeAll(...sockets) {
+  for (const s of sockets) {
+    try {
+      s?.disconnect();
+    } catch {
+      // ignore
+    }
+  }
+}

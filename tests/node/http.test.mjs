@@ -1,0 +1,104 @@
+// The relay server's plain HTTP side: the page's files and nothing else.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { startRelay, REPO_ROOT } from "./helpers.mjs";
+
+const STATIC = path.join(REPO_ROOT, "static");
+const CLIENT_FILE = path.join(STATIC, "node_modules", "socket.io-client", "dist", "socket.io.min.js");
+
+describe("HTTP", () => {
+  let relay;
+
+  before(async () => {
+    relay = await startRelay();
+  });
+
+  after(async () => {
+    if (relay) await relay.stop();
+  });
+
+  /**
+   * GET with the path sent verbatim (fetch would normalise "../" away) on a
+   * fresh connection (agent: false sends "Connection: close"). Resolves with
+   * {status, headers, body}.
+   */
+  function get(rawPath, { url = relay.url, agent = false } = {}) {
+    const { hostname, port } = new URL(url);
+    return new Promise((resolve, reject) => {
+      const req = http.get({ hostname, port, path: rawPath, agent, timeout: 5000 }, (res) => {
+        const chunks = [];
+        res.on("data", (c) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
+      });
+      req.on("timeout", () => req.destroy(new Error(`GET ${rawPath} timed out`)));
+      req.on("error", reject);
+    });
+  }
+
+  const files = [
+    ["/", "index.html", /^text\/html/],
+    ["/app.js", "app.js", /javascript/],
+    ["/style.css", "style.css", /^text\/css/],
+    ["/favicon.svg", "favicon.svg", /^image\/svg\+xml/],
+    ["/favicon.ico", "favicon.svg", /^image\/svg\+xml/],
+  ];
+  for (const [urlPath, file, type] of files) {
+    it(`GET ${urlPath} serves static/${file}`, async () => {
+      const res = await get(urlPath);
+      assert.equal(res.status, 200);
+      assert.match(res.headers["content-type"] || "", type);
+      assert.equal(res.body, readFileSync(path.join(STATIC, file), "utf8"));
+    });
+  }
+
+  it("GET /socket.io/socket.io.js serves the installed client (or redirects to the CDN)", async () => {
+    const res = await get("/socket.io/socket.io.js");
+    if (existsSync(CLIENT_FILE)) {
+      assert.equal(res.status, 200);
+      assert.match(res.headers["content-type"] || "", /javascript/);
+      assert.equal(res.body, readFileSync(CLIENT_FILE, "utf8"));
+    } else {
+      assert.equal(res.status, 302);
+      assert.equal(res.headers.location, "https://cdn.socket.io/4.8.3/socket.io.min.js");
+    }
+  });
+
+  const notServed = [
+    "/package.json",
+    "/package-lock.json",
+    "/node_modules/socket.io-client/package.json",
+    "/node_modules/socket.io-client/dist/socket.io.min.js",
+    "/static/index.html",
+    "/../Cargo.toml",
+    "/%2e%2e/Cargo.toml",
+    "/app.js/../../Cargo.toml",
+    "/nope",
+  ];
+  for (const urlPath of notServed) {
+    it(`GET ${urlPath} is not served`, async () => {
+      const { status } = await get(urlPath);
+      assert.ok(status >= 400 && status < 500, `expected a 4xx, got ${status}`);
+    });
+  }
+
+  it("exits promptly on SIGTERM while an idle keep-alive HTTP connection is open", { timeout: 30000 }, async () => {
+    // Browsers keep idle HTTP/1.1 connections open for minutes; a restart must not wait for them.
+    const own = await startRelay();
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const res = await get("/", { url: own.url, agent });
+      assert.equal(res.status, 200);
+      const started = Date.now();
+      const exit = await own.stop();
+      const took = Date.now() - started;
+      assert.equal(exit.code, 0, `exit status ${JSON.stringify(exit)}`);
+      assert.ok(took < 2000, `relay took ${took} ms to exit after SIGTERM with one idle keep-alive connection open`);
+    } finally {
+      agent.destroy();
+      await own.stop().catch(() => {});
+    }
+  });
+});
