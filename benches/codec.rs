@@ -38,7 +38,9 @@ fn encode(c: &mut Criterion) {
     g.bench_function("broadcast frame", |b| {
         b.iter(|| socketio::encode_event_text_id(chat::EVENT, black_box(text), black_box(123_456)))
     });
-    g.bench_function("empty ack", |b| b.iter(|| socketio::encode_empty_ack(black_box(17))));
+    g.bench_function("empty ack", |b| {
+        b.iter(|| socketio::encode_empty_ack(black_box(17)))
+    });
     g.finish();
 }
 
@@ -48,18 +50,22 @@ fn fanout(c: &mut Criterion) {
     let text = "hello world, this is a typical chat line 😀";
     for n in [10usize, 100, 1000] {
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::new("encode once, share bytes", n), &n, |b, &n| {
-            let (tx, _) = broadcast::channel::<Delivery>(16);
-            let mut rxs: Vec<_> = (0..n).map(|_| tx.subscribe()).collect();
-            let mut id = 0u64;
-            b.iter(|| {
-                id += 1;
-                let _ = tx.send(Delivery::new(id, text));
-                for rx in &mut rxs {
-                    black_box(rx.try_recv().expect("delivered").frame);
-                }
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("encode once, share bytes", n),
+            &n,
+            |b, &n| {
+                let (tx, _) = broadcast::channel::<Delivery>(16);
+                let mut rxs: Vec<_> = (0..n).map(|_| tx.subscribe()).collect();
+                let mut id = 0u64;
+                b.iter(|| {
+                    id += 1;
+                    let _ = tx.send(Delivery::new(id, text));
+                    for rx in &mut rxs {
+                        black_box(rx.try_recv().expect("delivered").frame);
+                    }
+                })
+            },
+        );
         g.bench_with_input(BenchmarkId::new("encode per socket", n), &n, |b, &n| {
             let (tx, _) = broadcast::channel::<(u64, String)>(16);
             let mut rxs: Vec<_> = (0..n).map(|_| tx.subscribe()).collect();
@@ -69,7 +75,11 @@ fn fanout(c: &mut Criterion) {
                 let _ = tx.send((id, text.to_string()));
                 for rx in &mut rxs {
                     let (id, text) = rx.try_recv().expect("delivered");
-                    black_box(Utf8Bytes::from(socketio::encode_event_text_id(chat::EVENT, &text, id)));
+                    black_box(Utf8Bytes::from(socketio::encode_event_text_id(
+                        chat::EVENT,
+                        &text,
+                        id,
+                    )));
                 }
             })
         });

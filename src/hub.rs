@@ -2,9 +2,11 @@
 //! order and delivery order are the same order for every socket.
 //!
 //! Sessions hand it [`Submission`]s over a bounded queue. It drains whatever is queued into one batch
-//! (group commit), stores the batch with one INSERT, then — only after the commit — publishes each
-//! new row to the broadcast channel in id order (encoded once; every socket gets the same bytes),
-//! and only then answers each submitter. It never waits on a socket: publishing and answering are
+//! (group commit) and stores it with one INSERT. Only after the commit it answers each submitter
+//! and publishes the new rows as one [`Batch`] on the broadcast channel: rows in id order, each
+//! frame encoded once, every socket getting the same bytes. The answer goes first and carries the
+//! batch, so a sender's session can deliver the rows and the ack at once instead of waiting for its
+//! turn among every woken socket. It never waits on a socket: answering and publishing are
 //! non-blocking sends, so one slow client cannot stall the chat.
 //!
 //! After a database failure the outcome of the last INSERT is unknown (it may have committed
@@ -43,6 +45,29 @@ impl Delivery {
     }
 }
 
+/// Rows committed together, published as one item. `prev` is the last id published before them:
+/// a socket whose cursor is below `prev` has missed something and must catch up from the database.
+#[derive(Debug)]
+pub struct Batch {
+    pub prev: u64,
+    pub rows: Vec<Delivery>,
+}
+
+impl Batch {
+    pub fn last(&self) -> u64 {
+        self.rows.last().map_or(self.prev, |d| d.id)
+    }
+}
+
+/// The hub's answer to one submission.
+#[derive(Debug)]
+pub struct Reply {
+    pub ack_id: Option<u64>,
+    pub outcome: Outcome,
+    /// The batch that holds the submission's row, when that row was stored in this round.
+    pub batch: Option<Arc<Batch>>,
+}
+
 /// What the hub tells a session about one of its submissions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -60,14 +85,14 @@ pub enum Outcome {
 pub struct Submission {
     pub message: NewMessage,
     pub ack_id: Option<u64>,
-    pub reply: mpsc::UnboundedSender<(Option<u64>, Outcome)>,
+    pub reply: mpsc::UnboundedSender<Reply>,
 }
 
 /// The handle sessions hold. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
     submissions: mpsc::Sender<Submission>,
-    deliveries: broadcast::Sender<Delivery>,
+    deliveries: broadcast::Sender<Arc<Batch>>,
     published: Arc<AtomicU64>,
 }
 
@@ -76,7 +101,7 @@ pub struct Hub {
 pub struct HubOptions {
     /// Submissions that may wait for the writer.
     pub queue: usize,
-    /// Deliveries a socket may fall behind before it must catch up from the database.
+    /// Batches a socket may fall behind before it must catch up from the database.
     pub broadcast_capacity: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
@@ -115,8 +140,8 @@ impl Hub {
         self.submissions.send(s).await.map_err(|e| e.0)
     }
 
-    /// A receiver of every delivery published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
+    /// A receiver of every batch published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
         self.deliveries.subscribe()
     }
 
@@ -128,7 +153,7 @@ impl Hub {
 
 struct Writer {
     store: Store,
-    deliveries: broadcast::Sender<Delivery>,
+    deliveries: broadcast::Sender<Arc<Batch>>,
     published: Arc<AtomicU64>,
     /// The last write may have committed without our knowing: re-read before new work.
     unsure: bool,
@@ -207,14 +232,39 @@ impl Writer {
             }
         }
 
-        // Publish in id order (batch order is id order), then answer.
-        for (s, outcome) in batch.iter().zip(&outcomes) {
-            if let Outcome::Stored(id) = outcome {
-                self.publish(Delivery::new(*id, &s.message.content));
-            }
-        }
+        // Batch order is id order.
+        let rows: Vec<Delivery> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(s, outcome)| match outcome {
+                Outcome::Stored(id) => Some(Delivery::new(*id, &s.message.content)),
+                _ => None,
+            })
+            .collect();
+        let published = (!rows.is_empty()).then(|| {
+            Arc::new(Batch {
+                prev: self.published.load(Ordering::Acquire),
+                rows,
+            })
+        });
+        // Answer first: the senders' sessions are woken before the crowd the publication wakes.
         for (s, outcome) in batch.drain(..).zip(outcomes) {
-            let _ = s.reply.send((s.ack_id, outcome));
+            let batch = match outcome {
+                Outcome::Stored(id) | Outcome::Duplicate(id)
+                    if published.as_ref().is_some_and(|b| id > b.prev) =>
+                {
+                    published.clone()
+                }
+                _ => None,
+            };
+            let _ = s.reply.send(Reply {
+                ack_id: s.ack_id,
+                outcome,
+                batch,
+            });
+        }
+        if let Some(b) = published {
+            self.publish(b);
         }
     }
 
@@ -245,8 +295,12 @@ impl Writer {
                     "publishing rows committed during a database failure"
                 );
             }
-            for row in page {
-                self.publish(Delivery::new(row.id, &row.content));
+            if !page.is_empty() {
+                let rows = page
+                    .iter()
+                    .map(|r| Delivery::new(r.id, &r.content))
+                    .collect();
+                self.publish(Arc::new(Batch { prev: after, rows }));
             }
             if !full {
                 self.unsure = false;
@@ -255,16 +309,20 @@ impl Writer {
         }
     }
 
-    fn publish(&self, d: Delivery) {
-        let id = d.id;
-        // An error only means nobody is subscribed right now; the row is stored either way.
-        let _ = self.deliveries.send(d);
-        self.published.store(id, Ordering::Release);
+    fn publish(&self, batch: Arc<Batch>) {
+        let last = batch.last();
+        // An error only means nobody is subscribed right now; the rows are stored either way.
+        let _ = self.deliveries.send(batch);
+        self.published.store(last, Ordering::Release);
     }
 }
 
 fn reply_all(batch: &mut Vec<Submission>, outcome: Outcome) {
     for s in batch.drain(..) {
-        let _ = s.reply.send((s.ack_id, outcome.clone()));
+        let _ = s.reply.send(Reply {
+            ack_id: s.ack_id,
+            outcome: outcome.clone(),
+            batch: None,
+        });
     }
 }

@@ -17,7 +17,7 @@
 
 use crate::chat::{self, Rejection};
 use crate::engineio::{self, Handshake, Inbound};
-use crate::hub::{Delivery, Hub, Outcome, Submission};
+use crate::hub::{Batch, Delivery, Hub, Outcome, Reply, Submission};
 use crate::socketio::{self, Kind, Packet};
 use crate::store::{Row, Store, StoreError};
 use futures_util::{SinkExt, StreamExt};
@@ -106,14 +106,14 @@ type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<Row>, StoreError>> + Se
 struct Joined {
     /// The id of the last message sent to this socket.
     cursor: u64,
-    live: broadcast::Receiver<Delivery>,
+    live: broadcast::Receiver<Arc<Batch>>,
     /// Set while catching up from the database.
     replay: Option<PageFuture>,
 }
 
 enum Feed {
     Page(Result<Vec<Row>, StoreError>),
-    Live(Result<Delivery, broadcast::error::RecvError>),
+    Live(Result<Arc<Batch>, broadcast::error::RecvError>),
 }
 
 impl Joined {
@@ -137,8 +137,8 @@ struct Session<S> {
     pong_due: Option<Instant>,
     /// Until the first CONNECT.
     connect_due: Option<Instant>,
-    replies: mpsc::UnboundedReceiver<(Option<u64>, Outcome)>,
-    reply_tx: mpsc::UnboundedSender<(Option<u64>, Outcome)>,
+    replies: mpsc::UnboundedReceiver<Reply>,
+    reply_tx: mpsc::UnboundedSender<Reply>,
     in_flight: usize,
     /// Acks waiting for the cursor to reach the row they acknowledge: (row id, frame).
     acks: VecDeque<(u64, String)>,
@@ -190,9 +190,16 @@ where
             max_payload: limits.max_payload,
         });
         self.send(open);
-        if *shutdown.borrow() {
-            self.closing = true;
-        }
+        // Both futures live as long as the session: recreating them every turn would register
+        // with the timer wheel and with the shutdown channel's waiter list (one lock shared by
+        // every session) each time a socket gets a message.
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopping);
+        let mut armed = self.timer();
+        let timer = sleep_until(armed);
+        tokio::pin!(timer);
         loop {
             if let Err(end) = self.flush().await {
                 return end;
@@ -203,27 +210,29 @@ where
                 return End::Shutdown;
             }
             let deadline = self.timer();
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(deadline);
+            }
             let reading = !self.closing && self.in_flight < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
-                changed = shutdown.changed(), if !self.closing => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        self.closing = true;
-                    }
-                }
-                _ = sleep_until(deadline) => {
+                () = &mut stopping, if !self.closing => self.closing = true,
+                () = &mut timer => {
                     if let Err(end) = self.on_timer() {
                         return end;
                     }
+                    // Re-arm even when the deadline did not move (a connect timeout that fired
+                    // together with nothing else to do cannot loop).
+                    armed = self.timer();
+                    timer.as_mut().reset(armed);
                 }
                 feed = Joined::next(&mut self.joined) => {
                     if let Err(end) = self.on_feed(feed) {
                         return end;
                     }
                 }
-                Some((ack_id, outcome)) = self.replies.recv() => {
-                    self.on_outcome(ack_id, outcome);
-                }
+                Some(reply) = self.replies.recv() => self.on_reply(reply),
                 frame = self.ws.next(), if reading => {
                     if let Err(end) = self.on_frame(frame).await {
                         return end;
@@ -239,7 +248,8 @@ where
     }
 
     /// Writes what is queued with one flush. A client that cannot take it within the ping
-    /// timeout is as good as gone and would only make us buffer.
+    /// timeout is as good as gone and would only make us buffer. The timer is armed only when the
+    /// socket is actually backed up: most flushes complete at once.
     async fn flush(&mut self) -> Result<(), End> {
         if self.outbox.is_empty() {
             return Ok(());
@@ -252,11 +262,20 @@ where
             }
             ws.flush().await
         };
-        match timeout(self.shared.limits.ping_timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::ClientGone(e.to_string())),
-            Err(_) => Err(End::SlowConsumer),
-        }
+        tokio::pin!(write);
+        // Poll once; only a write that cannot finish now gets a timer.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+        let done = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                match timeout(self.shared.limits.ping_timeout, write).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(End::SlowConsumer),
+                }
+            }
+        };
+        done.map_err(|e| End::ClientGone(e.to_string()))
     }
 
     fn timer(&self) -> Instant {
@@ -309,17 +328,28 @@ where
                 tracing::warn!(error = %e, "replay failed");
                 Err(End::StoreUnavailable)
             }
-            Feed::Live(Ok(d)) => {
-                deliver(joined, &mut self.outbox, d);
-                // Take what else is already waiting, so that one flush carries it all.
+            Feed::Live(Ok(batch)) => {
+                let mut next = Some(batch);
+                // Take what else is already waiting (up to a burst), so one flush carries it all.
                 for _ in 0..LIVE_BURST {
+                    if let Some(batch) = next.take() {
+                        if !deliver(joined, &mut self.outbox, &batch) {
+                            joined.replay = Some(self.shared.page(joined.cursor));
+                            break;
+                        }
+                    }
                     match joined.live.try_recv() {
-                        Ok(d) => deliver(joined, &mut self.outbox, d),
+                        Ok(batch) => next = Some(batch),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
                             joined.replay = Some(self.shared.page(joined.cursor));
                             break;
                         }
                         Err(_) => break,
+                    }
+                }
+                if let Some(batch) = next {
+                    if !deliver(joined, &mut self.outbox, &batch) {
+                        joined.replay = Some(self.shared.page(joined.cursor));
                     }
                 }
                 Ok(())
@@ -337,16 +367,30 @@ where
         }
     }
 
-    fn on_outcome(&mut self, ack_id: Option<u64>, outcome: Outcome) {
+    fn on_reply(&mut self, reply: Reply) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let Some(ack_id) = ack_id else { return };
-        if self.joined.is_none() {
+        let Some(joined) = self.joined.as_mut() else {
             return; // the socket left the namespace; its acks are void
+        };
+        // The batch that holds our row: deliver it now rather than wait for the broadcast to
+        // reach this socket (the copy that arrives later is skipped by the cursor).
+        if let Some(batch) = &reply.batch {
+            if joined.replay.is_none() && batch.prev <= joined.cursor {
+                let delivered = deliver(joined, &mut self.outbox, batch);
+                debug_assert!(delivered);
+            }
         }
-        match outcome {
+        let Some(ack_id) = reply.ack_id else { return };
+        match reply.outcome {
             Outcome::Stored(id) | Outcome::Duplicate(id) => {
-                // Never wait for a row the hub has not published (a foreign writer's).
-                let wait = id.min(self.shared.hub.published());
+                // The ack follows its row on this socket. A row of this round is about to be
+                // published; an older duplicate's row was published already — unless a foreign
+                // writer stored it, which the hub never publishes: never wait for that one.
+                let wait = if reply.batch.is_some() {
+                    id
+                } else {
+                    id.min(self.shared.hub.published())
+                };
                 self.acks
                     .push_back((wait, socketio::encode_empty_ack(ack_id)));
             }
@@ -517,11 +561,26 @@ where
     }
 }
 
-fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, d: Delivery) {
-    if d.id > joined.cursor {
-        joined.cursor = d.id;
-        outbox.push(Message::Text(d.frame));
+/// Queues the rows of `batch` this socket has not been sent yet. A batch whose predecessor is
+/// beyond the cursor means rows went missing on the way here: the socket catches up from the
+/// database instead of skipping them.
+#[must_use = "a gap must start a catch-up"]
+fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, batch: &Batch) -> bool {
+    if batch.prev > joined.cursor {
+        tracing::warn!(
+            cursor = joined.cursor,
+            prev = batch.prev,
+            "gap before a batch; catching up from the database"
+        );
+        return false;
     }
+    for d in &batch.rows {
+        if d.id > joined.cursor {
+            joined.cursor = d.id;
+            outbox.push(Message::Text(d.frame.clone()));
+        }
+    }
+    true
 }
 
 impl Shared {

@@ -1,0 +1,643 @@
+//! relay's end-to-end load tool: N WebSocket clients over loopback against a running relay (`--url`)
+//! or one it starts itself (`--spawn`, the release binary on a fresh database, dropped afterwards).
+//! It speaks the wire as the stock client does (one emit in flight per client, awaiting its ack)
+//! and reports acked msg/s, deliveries/s, latency percentiles, order violations, duplicates and
+//! the server's memory per connection.
+//!
+//! ```text
+//! cargo bench --bench load -- persist --spawn                      # 50 clients x 100 messages
+//! cargo bench --bench load -- fanout --spawn --receivers 1000 --senders 4 --seconds 10
+//! cargo bench --bench load -- idle --spawn --sockets 100,1000,5000
+//! cargo bench --bench load -- replay --spawn --backlog 10000
+//! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
+//! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
+//! ```
+//!
+//! Everything runs on this machine: the tool's clients compete with the server for the same cores,
+//! so compare figures taken in one run, not across machines.
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use mysql_async::prelude::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The largest id a JavaScript client can hold: an offset beyond the newest id skips history.
+const NO_HISTORY: u64 = 9_007_199_254_740_991;
+
+/// The last message of a fanout run.
+const SENTINEL: &str = "stop";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Workload {
+    /// Every client sends `--messages`, one at a time awaiting each ack; all receive everything.
+    Persist,
+    /// `--receivers` only read; `--senders` send as fast as their acks allow, for `--seconds`.
+    Fanout,
+    /// `--sockets` connect and stay idle: the server's memory per socket.
+    Idle,
+    /// A `--backlog` of messages is replayed to one reconnecting client.
+    Replay,
+    /// Not a workload: runs the yardstick server (see `raw_server`) on `--port`.
+    RawServer,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "load", about = "End-to-end load against relay over loopback")]
+struct Args {
+    workload: Workload,
+    /// Target a running relay: its WebSocket URL (ws://host:port).
+    #[arg(long)]
+    url: Option<String>,
+    /// Start the release relay binary on a fresh database for each run (and drop it afterwards).
+    #[arg(long)]
+    spawn: bool,
+    /// With --spawn: start the yardstick instead of relay — a raw tokio-tungstenite broadcast
+    /// server with no database, acking at once (the issue's "raw no-DB server").
+    #[arg(long)]
+    baseline: bool,
+    /// raw-server: port to listen on (0: any; the address is printed).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// The running relay's process id, to read its memory (with --url).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Database server for --spawn (a fresh database is created on it).
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    mysql: String,
+    /// persist: clients; a comma list runs one point per value.
+    #[arg(long, default_value = "50", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// persist: messages per client.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    #[arg(long, default_value_t = 1000)]
+    receivers: usize,
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// idle: sockets; a comma list runs one point per value.
+    #[arg(long, default_value = "5000", value_delimiter = ',')]
+    sockets: Vec<usize>,
+    #[arg(long, default_value_t = 10_000)]
+    backlog: usize,
+    /// Ignored: cargo bench passes it to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Target {
+    url: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    db: Option<(String, String)>,
+}
+
+impl Target {
+    async fn new(args: &Args) -> Target {
+        if let Some(url) = &args.url {
+            return Target {
+                url: url.trim_end_matches('/').to_string(),
+                pid: args.pid,
+                child: None,
+                db: None,
+            };
+        }
+        assert!(args.spawn, "give --url of a running relay, or --spawn");
+        let db = format!(
+            "relay_load_{}",
+            std::process::id() as u64 * 1000 + rand_small()
+        );
+        let mut command = if args.baseline {
+            let mut c = Command::new(std::env::current_exe().expect("own path"));
+            c.args(["raw-server", "--bench"]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_relay"))
+        };
+        let mut child = command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("DATABASE_URL", format!("{}/{db}", args.mysql))
+            .env("RUST_LOG", "relay=warn")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the relay binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("relay prints its address");
+        let http = line.trim().rsplit(' ').next().expect("address").to_string();
+        Target {
+            url: http.replacen("http://", "ws://", 1),
+            pid: Some(child.id()),
+            child: Some(child),
+            db: (!args.baseline).then(|| (args.mysql.clone(), db)),
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("{}/socket.io/?EIO=4&transport=websocket", self.url)
+    }
+
+    /// Resident memory of the server, KiB.
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// CPU seconds (user + system) the server has used so far.
+    fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs_of(&format!("/proc/{}/stat", self.pid?))
+    }
+
+    async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        if let Some((mysql, db)) = self.db.take() {
+            if let Ok(mut conn) = mysql_async::Conn::from_url(mysql).await {
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+                    .await;
+                let _ = conn.disconnect().await;
+            }
+        }
+    }
+}
+
+fn cpu_secs_of(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// "server x s, load tool y s" of CPU between two readings.
+fn cpu_report(target: &Target, server0: Option<f64>, tool0: Option<f64>) -> String {
+    let server = target.cpu_secs().zip(server0).map(|(a, b)| a - b);
+    let tool = cpu_secs_of("/proc/self/stat")
+        .zip(tool0)
+        .map(|(a, b)| a - b);
+    match (server, tool) {
+        (Some(s), Some(t)) => format!("CPU: server {s:.2} s, load tool {t:.2} s"),
+        _ => "CPU: n/a".into(),
+    }
+}
+
+fn rand_small() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % 1000)
+        .unwrap_or(0)
+}
+
+/// Connects, reads the open packet, joins `/` with `serverOffset`.
+async fn join(url: &str, offset: u64) -> Ws {
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .expect("websocket connects");
+    let open = next_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "open packet expected: {open}");
+    ws.send(Message::text(format!("40{{\"serverOffset\":{offset}}}")))
+        .await
+        .expect("send");
+    let reply = next_text(&mut ws).await.expect("CONNECT reply");
+    assert!(reply.starts_with("40{"), "CONNECT reply expected: {reply}");
+    ws
+}
+
+async fn next_text(ws: &mut Ws) -> Option<Utf8Bytes> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) if t.as_str() == "2" => ws.send(Message::text("3")).await.ok()?,
+            Ok(Message::Text(t)) => return Some(t),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `42["chat message","<content>",<id>]` → (content, id), without a JSON parser on the hot path.
+fn chat_frame(t: &str) -> Option<(&str, u64)> {
+    let rest = t.strip_prefix("42[\"chat message\",\"")?;
+    let comma = rest.rfind(',')?;
+    let id = rest[comma + 1..].strip_suffix(']')?.parse().ok()?;
+    Some((rest[..comma].strip_suffix('"')?, id))
+}
+
+fn ack_frame(t: &str) -> Option<u64> {
+    t.strip_prefix("43")?.strip_suffix("[]")?.parse().ok()
+}
+
+#[derive(Default)]
+struct Tally {
+    deliveries: u64,
+    violations: u64,
+    duplicates: u64,
+    last_id: u64,
+    /// Microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Tally {
+    fn delivered(&mut self, id: u64) {
+        self.deliveries += 1;
+        if id == self.last_id {
+            self.duplicates += 1;
+        } else if id < self.last_id {
+            self.violations += 1;
+        }
+        self.last_id = self.last_id.max(id);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.deliveries += other.deliveries;
+        self.violations += other.violations;
+        self.duplicates += other.duplicates;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+fn percentiles(mut v: Vec<u32>) -> String {
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    v.sort_unstable();
+    let p = |q: f64| f64::from(v[((v.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(1.0)
+    )
+}
+
+async fn persist(target: &Target, clients: usize, messages: usize) {
+    let url = target.ws_url();
+    let mut sockets = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        sockets.push(join(&url, NO_HISTORY).await);
+    }
+    let run = relay::session::new_id();
+    let expected = (clients * messages) as u64;
+    let start = Instant::now();
+    let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
+    let last_ack = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (n, mut ws) in sockets.into_iter().enumerate() {
+        let (run, last_ack, last_delivery) = (run.clone(), last_ack.clone(), last_delivery.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let emit = |i: usize| {
+                Message::text(format!(
+                    "42{i}[\"chat message\",\"c{n} m{i}\",\"{run}-{n}-{i}\"]"
+                ))
+            };
+            let mut sent_at = Instant::now();
+            ws.send(emit(0)).await.expect("send");
+            let mut next = 1;
+            let mut acked = 0;
+            while acked < messages || tally.deliveries < expected {
+                let Some(t) = next_text(&mut ws).await else {
+                    break;
+                };
+                if let Some((_, id)) = chat_frame(&t) {
+                    tally.delivered(id);
+                    last_delivery.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                } else if ack_frame(&t).is_some() {
+                    tally.latencies.push(sent_at.elapsed().as_micros() as u32);
+                    acked += 1;
+                    last_ack.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    if next < messages {
+                        sent_at = Instant::now();
+                        ws.send(emit(next)).await.expect("send");
+                        next += 1;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for t in tasks {
+        total.merge(t.await.expect("client task"));
+    }
+    let acks_s = Duration::from_micros(last_ack.load(Ordering::Relaxed)).as_secs_f64();
+    let deliveries_s = Duration::from_micros(last_delivery.load(Ordering::Relaxed)).as_secs_f64();
+    let acked = total.latencies.len();
+    println!(
+        "persist clients={clients} messages={messages}: {acked} acked in {acks_s:.2} s = {:.0} acked msg/s; \
+         {} deliveries = {:.0} deliveries/s (expected {}); ack latency {}; order violations {}, duplicates {}; {}",
+        acked as f64 / acks_s,
+        total.deliveries,
+        total.deliveries as f64 / deliveries_s,
+        expected * clients as u64,
+        percentiles(total.latencies),
+        total.violations,
+        total.duplicates,
+        cpu_report(target, server_cpu, tool_cpu),
+    );
+}
+
+async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64) {
+    let url = target.ws_url();
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut recv_tasks = Vec::new();
+    let mut receiver_sockets = Vec::new();
+    for _ in 0..receivers {
+        receiver_sockets.push(join(&url, NO_HISTORY).await);
+    }
+    let mut sender_sockets = Vec::new();
+    for _ in 0..senders {
+        sender_sockets.push(join(&url, NO_HISTORY).await);
+    }
+    let start = Instant::now();
+    let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    for mut ws in receiver_sockets {
+        let last_delivery = last_delivery.clone();
+        recv_tasks.push(tokio::spawn(async move {
+            // No timers on the read path: a receiver stops at the sentinel the tool sends last,
+            // which ordered delivery brings after everything else.
+            let mut tally = Tally::default();
+            while let Some(t) = next_text(&mut ws).await {
+                let Some((content, id)) = chat_frame(&t) else {
+                    continue;
+                };
+                if content == SENTINEL {
+                    break;
+                }
+                tally.delivered(id);
+                if let Some(ts) = content
+                    .strip_prefix("t ")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    let now = epoch.elapsed().as_micros() as u64;
+                    tally.latencies.push(now.saturating_sub(ts) as u32);
+                }
+                last_delivery.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            tally
+        }));
+    }
+    let run = relay::session::new_id();
+    let mut send_tasks = Vec::new();
+    for (n, mut ws) in sender_sockets.into_iter().enumerate() {
+        let (stop, sent, run) = (stop.clone(), sent.clone(), run.clone());
+        send_tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut acks = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let ts = epoch.elapsed().as_micros();
+                let t0 = Instant::now();
+                let frame = format!("42{i}[\"chat message\",\"t {ts}\",\"{run}-{n}-{i}\"]");
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                loop {
+                    let Some(t) = next_text(&mut ws).await else {
+                        return acks;
+                    };
+                    if ack_frame(&t) == Some(i) {
+                        break;
+                    }
+                }
+                acks.push(t0.elapsed().as_micros() as u32);
+                sent.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            acks
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acks = Vec::new();
+    for t in send_tasks {
+        acks.extend(t.await.expect("sender"));
+    }
+    let mut last = join(&url, NO_HISTORY).await;
+    let frame = format!(
+        "420[\"chat message\",\"{SENTINEL}\",\"{}-stop\"]",
+        relay::session::new_id()
+    );
+    last.send(Message::text(frame))
+        .await
+        .expect("send the sentinel");
+    let mut total = Tally::default();
+    for t in recv_tasks {
+        total.merge(t.await.expect("receiver"));
+    }
+    let secs = Duration::from_micros(last_delivery.load(Ordering::Relaxed)).as_secs_f64();
+    let sent = sent.load(Ordering::Relaxed);
+    println!(
+        "fanout receivers={receivers} senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
+         {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
+         order violations {}, duplicates {}; {}",
+        sent as f64 / seconds as f64,
+        total.deliveries,
+        total.deliveries as f64 / secs,
+        sent * receivers as u64,
+        percentiles(total.latencies),
+        percentiles(acks),
+        total.violations,
+        total.duplicates,
+        cpu_report(target, server_cpu, tool_cpu),
+    );
+}
+
+async fn idle(target: &Target, sockets: usize) {
+    let url = target.ws_url();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = target.rss_kib();
+    let mut held = Vec::with_capacity(sockets);
+    for _ in 0..sockets {
+        held.push(join(&url, NO_HISTORY).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = target.rss_kib();
+    match (before, after) {
+        (Some(b), Some(a)) => println!(
+            "idle sockets={sockets}: server RSS {b} KiB -> {a} KiB = {:.2} KiB per socket",
+            (a.saturating_sub(b)) as f64 / sockets as f64
+        ),
+        _ => println!(
+            "idle sockets={sockets}: connected; server memory unknown (give --pid or --spawn)"
+        ),
+    }
+    drop(held);
+}
+
+async fn replay(target: &Target, backlog: usize) {
+    let url = target.ws_url();
+    let mut ws = join(&url, NO_HISTORY).await;
+    let run = relay::session::new_id();
+    let mut first = None;
+    let fill = Instant::now();
+    // Pipelined in windows of 64 (relay reads up to 64 in flight per socket).
+    let mut acked = 0;
+    let mut sent = 0;
+    while acked < backlog {
+        while sent < backlog && sent - acked < 64 {
+            let frame = format!("42{sent}[\"chat message\",\"backlog {sent}\",\"{run}-{sent}\"]");
+            ws.send(Message::text(frame)).await.expect("send");
+            sent += 1;
+        }
+        let t = next_text(&mut ws).await.expect("connection");
+        if let Some((_, id)) = chat_frame(&t) {
+            first.get_or_insert(id);
+        } else if ack_frame(&t).is_some() {
+            acked += 1;
+        }
+    }
+    let fill_s = fill.elapsed().as_secs_f64();
+    let from = first.expect("messages stored") - 1;
+    for round in ["first", "second"] {
+        let t0 = Instant::now();
+        let mut c = join(&url, from).await;
+        let mut tally = Tally::default();
+        while (tally.deliveries as usize) < backlog {
+            let t = next_text(&mut c).await.expect("replay");
+            if let Some((_, id)) = chat_frame(&t) {
+                tally.delivered(id);
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "replay backlog={backlog} ({round} reconnect): {:.0} msg/s ({:.1} ms, connect included); \
+             order violations {}, duplicates {}; backlog stored at {:.0} msg/s by one pipelining client",
+            backlog as f64 / secs,
+            secs * 1000.0,
+            tally.violations,
+            tally.duplicates,
+            backlog as f64 / fill_s,
+        );
+    }
+}
+
+/// The yardstick: what a bare tokio-tungstenite broadcast server does on this machine. Engine.IO
+/// open, CONNECT reply, and for each event: encode once, broadcast on a tokio channel, ack at once.
+/// No database, no ordering or delivery guarantees, default tungstenite buffers.
+async fn raw_server(port: u16) {
+    use tokio::sync::broadcast;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    println!(
+        "raw-server listening on http://{}",
+        listener.local_addr().expect("addr")
+    );
+    let (tx, _) = broadcast::channel::<Utf8Bytes>(1024);
+    let next_id = Arc::new(AtomicU64::new(0));
+    while let Ok((tcp, _)) = listener.accept().await {
+        let _ = tcp.set_nodelay(true);
+        let (tx, next_id) = (tx.clone(), next_id.clone());
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            let open = r#"0{"sid":"raw","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+            if ws.send(Message::text(open)).await.is_err() {
+                return;
+            }
+            let mut rx = tx.subscribe();
+            loop {
+                tokio::select! {
+                    frame = ws.next() => {
+                        let Some(Ok(Message::Text(t))) = frame else { return };
+                        if t.starts_with("40") {
+                            let _ = ws.send(Message::text(r#"40{"sid":"raw"}"#)).await;
+                        } else if let Some(rest) = t.strip_prefix("42") {
+                            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                            let args: serde_json::Value = serde_json::from_str(&rest[digits..]).unwrap_or_default();
+                            let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                            let text = args[1].as_str().unwrap_or_default();
+                            let _ = tx.send(Utf8Bytes::from(relay::socketio::encode_event_text_id("chat message", text, id)));
+                            if digits > 0 {
+                                let _ = ws.send(Message::text(format!("43{}[]", &rest[..digits]))).await;
+                            }
+                        }
+                    }
+                    frame = rx.recv() => match frame {
+                        Ok(f) => if ws.send(Message::Text(f)).await.is_err() { return },
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        match args.workload {
+            Workload::Persist => {
+                for &clients in &args.clients {
+                    let target = Target::new(&args).await;
+                    persist(&target, clients, args.messages).await;
+                    target.stop().await;
+                }
+            }
+            Workload::Idle => {
+                for &sockets in &args.sockets {
+                    let target = Target::new(&args).await;
+                    idle(&target, sockets).await;
+                    target.stop().await;
+                }
+            }
+            Workload::Fanout => {
+                let target = Target::new(&args).await;
+                fanout(&target, args.receivers, args.senders, args.seconds).await;
+                target.stop().await;
+            }
+            Workload::RawServer => {
+                raw_server(
+                    std::env::var("PORT")
+                        .ok()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(args.port),
+                )
+                .await
+            }
+            Workload::Replay => {
+                let target = Target::new(&args).await;
+                replay(&target, args.backlog).await;
+                target.stop().await;
+            }
+        }
+    });
+}
