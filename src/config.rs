@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
 
+    /// Recent messages kept in memory (also capped at 16 MiB), so that replays of recent history
+    /// skip the database; 0 serves every replay from the database.
+    #[arg(long, env = "RECENT_MESSAGES", default_value_t = 16_384)]
+    pub recent_messages: usize,
+
     /// On SIGTERM/SIGINT, longest wait for open sockets to finish before exiting (ms).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

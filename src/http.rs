@@ -180,7 +180,7 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
         .max_frame_size(Some(limits.max_payload))
         // Sized for many mostly idle sockets: chat frames are small, and a flush per turn is the
         // batching that matters.
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.max_payload.saturating_mul(4).max(1 << 20));
     let shared = app.shared.clone();

@@ -15,6 +15,7 @@
 //! announced cannot be skipped by live sockets when its sender's retry comes back as a duplicate.
 
 use crate::chat::NewMessage;
+use crate::recent::{Recent, RecentLimits};
 use crate::socketio;
 use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
 use std::collections::HashMap;
@@ -94,6 +95,7 @@ pub struct Hub {
     submissions: mpsc::Sender<Submission>,
     deliveries: broadcast::Sender<Arc<Batch>>,
     published: Arc<AtomicU64>,
+    recent: Recent,
 }
 
 /// Tuning of the hub.
@@ -105,6 +107,8 @@ pub struct HubOptions {
     pub broadcast_capacity: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
+    /// How much recent history replay serves from memory.
+    pub recent: RecentLimits,
 }
 
 impl Hub {
@@ -114,6 +118,23 @@ impl Hub {
         options: HubOptions,
     ) -> Result<(Hub, tokio::task::JoinHandle<()>), StoreError> {
         let start = store.max_id().await?;
+        // Warm the recent history, so that the reconnects after a restart replay from memory.
+        let newest = store.newest(options.recent.rows).await?;
+        let recent = Recent::new(
+            newest.first().map_or(start, |r| r.id.saturating_sub(1)),
+            options.recent,
+        );
+        let mut prev = newest.first().map_or(start, |r| r.id.saturating_sub(1));
+        for chunk in newest.chunks(MAX_BATCH) {
+            let rows: Vec<Delivery> = chunk
+                .iter()
+                .map(|r| Delivery::new(r.id, &r.content))
+                .collect();
+            let batch = Arc::new(Batch { prev, rows });
+            prev = batch.last();
+            recent.push(batch);
+        }
+        let start = newest.last().map_or(start, |r| r.id.max(start));
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
         let (deliveries, _) = broadcast::channel(options.broadcast_capacity.max(1));
         let published = Arc::new(AtomicU64::new(start));
@@ -121,6 +142,7 @@ impl Hub {
             store,
             deliveries: deliveries.clone(),
             published: published.clone(),
+            recent: recent.clone(),
             unsure: false,
             db_timeout: options.db_timeout,
         };
@@ -130,6 +152,7 @@ impl Hub {
                 submissions,
                 deliveries,
                 published,
+                recent,
             },
             task,
         ))
@@ -145,6 +168,11 @@ impl Hub {
         self.deliveries.subscribe()
     }
 
+    /// The recent history in memory.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
     /// The highest id published so far. Every row up to it is committed and has been published.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Acquire)
@@ -155,6 +183,7 @@ struct Writer {
     store: Store,
     deliveries: broadcast::Sender<Arc<Batch>>,
     published: Arc<AtomicU64>,
+    recent: Recent,
     /// The last write may have committed without our knowing: re-read before new work.
     unsure: bool,
     db_timeout: Duration,
@@ -195,7 +224,14 @@ impl Writer {
 
         let mut outcomes: Vec<Outcome> = vec![Outcome::Failed; batch.len()];
         let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
-        match self.insert(&messages).await {
+        let started = std::time::Instant::now();
+        let inserted = self.insert(&messages).await;
+        tracing::trace!(
+            rows = messages.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        match inserted {
             Ok(inserted) => {
                 for (&i, result) in unique.iter().zip(inserted) {
                     outcomes[i] = match result {
@@ -311,6 +347,9 @@ impl Writer {
 
     fn publish(&self, batch: Arc<Batch>) {
         let last = batch.last();
+        // Into the history first: a session that subscribes and then reads the history must find
+        // every batch published before its subscription there.
+        self.recent.push(batch.clone());
         // An error only means nobody is subscribed right now; the rows are stored either way.
         let _ = self.deliveries.send(batch);
         self.published.store(last, Ordering::Release);

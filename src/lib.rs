@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom up: [`engineio`] and [`socketio`] are the pure wire codecs; [`chat`] holds the
 //! chat's rules; [`store`] is the database; [`hub`] is the single sequencer that stores and
-//! broadcasts in commit order; [`session`] is one WebSocket connection; [`http`] routes requests
+//! broadcasts in commit order, keeping the [`recent`] history in memory; [`session`] is one WebSocket connection; [`http`] routes requests
 //! and upgrades; [`server`] binds, accepts and shuts down; [`config`] reads flags and environment.
 
 pub mod chat;
@@ -10,6 +10,7 @@ pub mod config;
 pub mod engineio;
 pub mod http;
 pub mod hub;
+pub mod recent;
 pub mod server;
 pub mod session;
 pub mod socketio;

@@ -121,6 +121,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             queue: 16 * 1024,
             broadcast_capacity: 1024,
             db_timeout: config.db_timeout(),
+            recent: crate::recent::RecentLimits {
+                rows: config.recent_messages,
+                bytes: 16 << 20,
+            },
         },
     )
     .await

@@ -137,8 +137,9 @@ struct Session<S> {
     pong_due: Option<Instant>,
     /// Until the first CONNECT.
     connect_due: Option<Instant>,
-    replies: mpsc::UnboundedReceiver<Reply>,
-    reply_tx: mpsc::UnboundedSender<Reply>,
+    /// The hub's answers; created at the first submission (an idle socket never needs one, and
+    /// a channel allocates a block of slots up front).
+    replies: Option<(mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>)>,
     in_flight: usize,
     /// Acks waiting for the cursor to reach the row they acknowledge: (row id, frame).
     acks: VecDeque<(u64, String)>,
@@ -156,18 +157,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let now = Instant::now();
-    let (reply_tx, replies) = mpsc::unbounded_channel();
     let mut session = Session {
         ws,
         joined: None,
         next_ping: now + shared.limits.ping_interval,
         pong_due: None,
         connect_due: Some(now + shared.limits.connect_timeout),
-        replies,
-        reply_tx,
+        replies: None,
         in_flight: 0,
         acks: VecDeque::new(),
-        outbox: Vec::with_capacity(4),
+        outbox: Vec::new(),
         closing: false,
         shared,
     };
@@ -232,7 +231,7 @@ where
                         return end;
                     }
                 }
-                Some(reply) = self.replies.recv() => self.on_reply(reply),
+                Some(reply) = next_reply(&mut self.replies) => self.on_reply(reply),
                 frame = self.ws.next(), if reading => {
                     if let Err(end) = self.on_frame(frame).await {
                         return end;
@@ -317,11 +316,10 @@ where
                         self.outbox.push(Message::Text(d.frame));
                     }
                 }
-                joined.replay = if more {
-                    Some(self.shared.page(joined.cursor))
-                } else {
-                    None
-                };
+                joined.replay = None;
+                if more {
+                    self.shared.catch_up(joined, &mut self.outbox);
+                }
                 Ok(())
             }
             Feed::Page(Err(e)) => {
@@ -334,14 +332,14 @@ where
                 for _ in 0..LIVE_BURST {
                     if let Some(batch) = next.take() {
                         if !deliver(joined, &mut self.outbox, &batch) {
-                            joined.replay = Some(self.shared.page(joined.cursor));
+                            self.shared.catch_up(joined, &mut self.outbox);
                             break;
                         }
                     }
                     match joined.live.try_recv() {
                         Ok(batch) => next = Some(batch),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            joined.replay = Some(self.shared.page(joined.cursor));
+                            self.shared.catch_up(joined, &mut self.outbox);
                             break;
                         }
                         Err(_) => break,
@@ -349,18 +347,14 @@ where
                 }
                 if let Some(batch) = next {
                     if !deliver(joined, &mut self.outbox, &batch) {
-                        joined.replay = Some(self.shared.page(joined.cursor));
+                        self.shared.catch_up(joined, &mut self.outbox);
                     }
                 }
                 Ok(())
             }
             Feed::Live(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                tracing::debug!(
-                    missed,
-                    cursor = joined.cursor,
-                    "socket lagged; catching up from the database"
-                );
-                joined.replay = Some(self.shared.page(joined.cursor));
+                tracing::debug!(missed, cursor = joined.cursor, "socket lagged; catching up");
+                self.shared.catch_up(joined, &mut self.outbox);
                 Ok(())
             }
             Feed::Live(Err(broadcast::error::RecvError::Closed)) => Err(End::Shutdown),
@@ -499,8 +493,11 @@ where
         self.joined = Some(Joined {
             cursor,
             live,
-            replay: Some(self.shared.page(cursor)),
+            replay: None,
         });
+        if let Some(joined) = self.joined.as_mut() {
+            self.shared.catch_up(joined, &mut self.outbox);
+        }
     }
 
     async fn on_event(
@@ -514,7 +511,11 @@ where
                 let submission = Submission {
                     message,
                     ack_id,
-                    reply: self.reply_tx.clone(),
+                    reply: self
+                        .replies
+                        .get_or_insert_with(mpsc::unbounded_channel)
+                        .0
+                        .clone(),
                 };
                 if self.shared.hub.submit(submission).await.is_err() {
                     return Err(End::Shutdown);
@@ -561,6 +562,15 @@ where
     }
 }
 
+async fn next_reply(
+    replies: &mut Option<(mpsc::UnboundedSender<Reply>, mpsc::UnboundedReceiver<Reply>)>,
+) -> Option<Reply> {
+    match replies {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Queues the rows of `batch` this socket has not been sent yet. A batch whose predecessor is
 /// beyond the cursor means rows went missing on the way here: the socket catches up from the
 /// database instead of skipping them.
@@ -584,6 +594,25 @@ fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, batch: &Batch) -> boo
 }
 
 impl Shared {
+    /// Brings a socket up to date from its cursor: from the recent history in memory when it
+    /// reaches back far enough, otherwise from the database a page at a time (each page ends by
+    /// calling this again, so replay moves to memory as soon as it can).
+    fn catch_up(&self, joined: &mut Joined, outbox: &mut Vec<Message>) {
+        match self.hub.recent().since(joined.cursor) {
+            Some(batches) => {
+                joined.replay = None;
+                for batch in &batches {
+                    if !deliver(joined, outbox, batch) {
+                        // The history is contiguous, so this cannot happen; be safe anyway.
+                        joined.replay = Some(self.page(joined.cursor));
+                        return;
+                    }
+                }
+            }
+            None => joined.replay = Some(self.page(joined.cursor)),
+        }
+    }
+
     fn page(&self, after: u64) -> PageFuture {
         let store = self.store.clone();
         let limit = self.limits.db_timeout;

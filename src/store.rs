@@ -11,6 +11,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// The schema, applied at start when the table is missing (`CREATE TABLE IF NOT EXISTS`).
 pub const SCHEMA: &str = include_str!("../schema.sql");
@@ -67,6 +68,15 @@ impl StoreError {
         matches!(&self.inner, mysql_async::Error::Server(e) if ROW_DATA_ERRORS.contains(&e.code))
     }
 
+    /// The connection it happened on cannot be used again.
+    fn is_fatal(&self) -> bool {
+        match &self.inner {
+            mysql_async::Error::Server(_) => false,
+            mysql_async::Error::Other(_) => true, // timeouts and impossible results
+            other => other.is_fatal(),
+        }
+    }
+
     fn is_duplicate(&self) -> bool {
         matches!(&self.inner, mysql_async::Error::Server(e) if e.code == ER_DUP_ENTRY)
     }
@@ -92,6 +102,9 @@ impl std::error::Error for StoreError {}
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
+    /// the hub writes, so the lock is never contended.
+    writer: Arc<tokio::sync::Mutex<Option<mysql_async::Conn>>>,
     /// Bytes the `content` column holds.
     content_limit: usize,
     /// `@@auto_increment_increment`: the step between consecutive ids of one multi-row INSERT.
@@ -112,16 +125,23 @@ impl Store {
         if let Some(db) = opts.db_name() {
             create_database(&opts, db).await?;
         }
+        // Reset on return only when the URL asks for it (`?reset_connection=true`).
+        let reset = url.contains("reset_connection=true");
         let opts = OptsBuilder::from_opts(opts)
             // utf8mb4 both ways, and strict mode so that nothing is ever silently truncated.
-            .init(vec![
+            // "setup", not "init": these run again after a connection reset, init ones do not.
+            .setup(vec![
                 "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
                 "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
             ])
             .stmt_cache_size(2 * MAX_BATCH + 16)
             .pool_opts(
                 PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(1, 16).unwrap_or_default()),
+                    .with_constraints(PoolConstraints::new(1, 16).unwrap_or_default())
+                    // relay leaves no state on a connection (no temporary tables, variables or
+                    // open transactions), and a reset on every return to the pool would cost a
+                    // round trip and throw away the prepared statements.
+                    .with_reset_connection(reset),
             );
         let pool = Pool::new(opts);
         let mut conn = pool
@@ -145,6 +165,7 @@ impl Store {
             .map_err(StoreError::new("cannot read auto_increment_increment"))?;
         Ok(Store {
             pool,
+            writer: Arc::default(),
             content_limit: content_limit
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
                 .unwrap_or(usize::MAX),
@@ -186,26 +207,65 @@ impl Store {
         .map_err(StoreError::new("cannot read messages"))
     }
 
+    /// The newest `limit` rows, ascending (to warm the in-memory history at start).
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_map(
+            "SELECT id, content FROM \
+             (SELECT id, content FROM messages ORDER BY id DESC LIMIT ?) newest ORDER BY id",
+            (limit as u64,),
+            |(id, content)| Row { id, content },
+        )
+        .await
+        .map_err(StoreError::new("cannot read the newest messages"))
+    }
+
     /// Stores the messages not stored yet, in the order given, with one multi-row INSERT, and says
     /// for each whether it got an id or was a duplicate. `batch` must not repeat a clientOffset and
     /// must hold at most [`MAX_BATCH`] messages.
     ///
     /// Ids: a multi-row INSERT of known row count takes consecutive auto-increment values (every
     /// `innodb_autoinc_lock_mode`, MySQL 8 and MariaDB), so row k gets `LAST_INSERT_ID() + k*step`;
-    /// the affected-row count is checked before any id is trusted. Duplicates are found first with
-    /// a SELECT, because a plain multi-row INSERT fails whole on one duplicate and `INSERT IGNORE`
-    /// would break the id arithmetic. Only one task writes, so nothing can slip in between; if a
-    /// foreign writer does, the INSERT fails on the unique key and the batch is checked again.
+    /// the affected-row count is checked before any id is trusted. Duplicates: the INSERT is tried
+    /// as it is; a plain multi-row INSERT fails whole on one duplicate (and `INSERT IGNORE` would
+    /// break the id arithmetic), so on a duplicate-key error the stored offsets are looked up and
+    /// the rest inserted. Only one task writes, so nothing slips in between; if a foreign writer
+    /// does, the INSERT fails on the unique key again and the batch is checked again. A refused
+    /// INSERT burns its auto-increment values: ids increase, with gaps.
     pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
         debug_assert!(batch.len() <= MAX_BATCH);
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
+        let mut slot = self.writer.lock().await;
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.conn().await?,
+        };
+        let result = self.insert_on(&mut conn, batch).await;
+        // Keep the connection unless it broke (or a timeout dropped this future mid-query, in
+        // which case it is dropped with it).
+        if !matches!(&result, Err(e) if e.is_fatal()) {
+            *slot = Some(conn);
+        }
+        result
+    }
+
+    async fn insert_on(
+        &self,
+        conn: &mut mysql_async::Conn,
+        batch: &[&NewMessage],
+    ) -> Result<Vec<Inserted>, StoreError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let existing = existing_offsets(&mut conn, batch).await?;
+            // Optimistic first: retries are rare, so one round trip usually does it. Only after
+            // the unique key refused the INSERT (which then wrote nothing) are offsets looked up.
+            let existing = if attempts == 1 {
+                HashMap::new()
+            } else {
+                existing_offsets(conn, batch).await?
+            };
             let fresh: Vec<&NewMessage> = batch
                 .iter()
                 .copied()
@@ -234,7 +294,7 @@ impl Store {
                 Ok(()) => {}
                 Err(e) => {
                     let err = StoreError::new("cannot insert messages")(e);
-                    if err.is_duplicate() && attempts < 3 {
+                    if err.is_duplicate() && attempts < 4 {
                         continue;
                     }
                     return Err(err);
@@ -277,8 +337,11 @@ impl Store {
             .map_err(StoreError::new("cannot get a database connection"))
     }
 
-    /// Closes the pool's connections.
+    /// Closes the pool's connections (the writer's first: the pool waits for every one).
     pub async fn close(self) {
+        if let Some(conn) = self.writer.lock().await.take() {
+            drop(conn);
+        }
         let _ = self.pool.disconnect().await;
     }
 }

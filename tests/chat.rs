@@ -154,52 +154,54 @@ async fn bad_input_is_refused_with_a_clear_ack_and_the_connection_stays() {
 async fn replay_after_server_offset_then_live() {
     let s = TestServer::start().await;
     let mut a = s.joined(None).await;
-    let mut ids = Vec::new();
+    // Every stored message, in id order, as clients must see them.
+    let mut all: Vec<(String, u64)> = Vec::new();
     for i in 0..5 {
         a.emit(Some(i), &format!("m{i}"), &format!("r-{i}")).await;
-        ids.push(a.recv_chat().await.1);
+        all.push(a.recv_chat().await);
         a.recv_ack().await;
     }
-    let expect_from =
-        |k: usize| -> Vec<(String, u64)> { (k..5).map(|i| (format!("m{i}"), ids[i])).collect() };
-    for (auth, from) in [
-        (Some(json!({"serverOffset": ids[1]})), 2),
-        (Some(json!({"serverOffset": ids[4]})), 5),
-        (None, 0),
-        (Some(json!({})), 0),
-        (Some(json!({"serverOffset": "3"})), 0),
-        (Some(json!({"serverOffset": null})), 0),
-        (Some(json!({"serverOffset": -1})), 0),
-        (Some(json!({"serverOffset": ids[2] as f64 + 0.5})), 3),
-    ] {
+    let id = |k: usize| all[k].1;
+    let cases = [
+        (Some(json!({"serverOffset": id(1)})), Some(id(1))),
+        (Some(json!({"serverOffset": id(4)})), Some(id(4))),
+        (None, None),
+        (Some(json!({})), None),
+        (Some(json!({"serverOffset": "3"})), None),
+        (Some(json!({"serverOffset": null})), None),
+        (Some(json!({"serverOffset": -1})), None),
+        (
+            Some(json!({"serverOffset": id(2) as f64 + 0.5})),
+            Some(id(2)),
+        ),
+    ];
+    for (round, (auth, after)) in cases.into_iter().enumerate() {
+        let after = after.unwrap_or(0);
+        let expected: Vec<(String, u64)> = all.iter().filter(|m| m.1 > after).cloned().collect();
         let mut c = s.joined(auth.clone()).await;
         assert_eq!(
-            c.recv_chats(5 - from).await,
-            expect_from(from),
+            c.recv_chats(expected.len()).await,
+            expected,
             "auth {auth:?}"
         );
         c.expect_silence(Duration::from_millis(100)).await;
         // Then live traffic, with nothing delivered twice.
-        a.emit(
-            Some(100),
-            "live",
-            &format!("live-{}", relay::session::new_id()),
-        )
-        .await;
-        let (msg, id) = c.recv_chat().await;
-        assert_eq!(msg, "live");
-        assert!(id > ids[4]);
-        a.recv_chat().await;
-        a.recv_ack().await;
-        s.sql::<u64>(&format!("DELETE FROM messages WHERE id = {id}"))
+        a.emit(Some(100 + round as u64), "live", &format!("live-{round}"))
             .await;
+        let live = c.recv_chat().await;
+        assert_eq!(live.0, "live");
+        assert!(live.1 > all.last().map_or(0, |m| m.1));
+        assert_eq!(a.recv_chat().await, live);
+        a.recv_ack().await;
+        all.push(live);
     }
     s.stop().await;
 }
 
 #[tokio::test]
 async fn replay_of_a_long_history_is_complete_and_in_order() {
-    let s = TestServer::start().await;
+    // A small in-memory history: replay reads the database page by page, then switches to memory.
+    let s = TestServer::start_with(|c| c.recent_messages = 300).await;
     let total = 2 * relay::session::REPLAY_PAGE + 123;
     let values: Vec<String> = (0..total)
         .map(|i| format!("('h-{i}','history {i}')"))
@@ -428,4 +430,47 @@ async fn shutdown_acks_exactly_what_was_stored_and_closes_with_1001() {
     );
     drop(conn);
     drop_database(&s.db).await;
+}
+
+#[tokio::test]
+async fn content_the_database_refuses_is_acked_with_an_error_never_truncated() {
+    let s = TestServer::start().await;
+    let mut a = s.joined(None).await;
+    // Use the connections a few times first: strict mode must survive the pool.
+    for i in 0..3 {
+        a.emit(Some(i), "warm", &format!("w-{i}")).await;
+        a.recv_chat().await;
+        a.recv_ack().await;
+    }
+    // Behind relay's back, the column shrinks below what relay checks for.
+    s.sql::<u64>("ALTER TABLE messages MODIFY content VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL")
+        .await;
+    // Pipelined, so they share one group commit: only the long one may fail.
+    a.emit(Some(10), "short", "db-0").await;
+    a.emit(Some(11), "far too long for ten", "db-1").await;
+    a.emit(Some(12), "also ok", "db-2").await;
+    let mut chats = Vec::new();
+    let mut acks = std::collections::BTreeMap::new();
+    while acks.len() < 3 {
+        let t = a.recv_text().await;
+        if let Some(m) = parse_chat(&t) {
+            chats.push(m.0);
+        } else if let Some((id, args)) = parse_ack(&t) {
+            acks.insert(id, args);
+        }
+    }
+    assert_eq!(chats, vec!["short", "also ok"]);
+    assert_eq!(acks[&10], json!([]));
+    assert_eq!(acks[&12], json!([]));
+    let error = acks[&11][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.starts_with("message refused by the database"),
+        "{error}"
+    );
+    let stored: Vec<String> = s.sql("SELECT content FROM messages ORDER BY id").await;
+    assert_eq!(stored, vec!["warm", "warm", "warm", "short", "also ok"]);
+    s.stop().await;
 }

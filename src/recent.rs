@@ -1,0 +1,197 @@
+//! The recent history in memory: the last published batches, already encoded, so that a socket
+//! replaying a recent offset (every reconnect after a short drop or a restart) is served without
+//! touching the database.
+//!
+//! Bounded by rows and by bytes; the oldest batches go first. `start` is the id after which the
+//! ring holds *every* published row: a cursor at or above it is served entirely from memory.
+//! The writer pushes a batch here before publishing it on the broadcast channel, so a session that
+//! subscribes and then reads the ring can miss nothing (an overlap is skipped by its cursor).
+//! Locked only for pushes and for copying a handful of `Arc`s; never across an `.await`.
+
+use crate::hub::Batch;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+/// Limits of the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RecentLimits {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+struct Ring {
+    batches: VecDeque<Arc<Batch>>,
+    start: u64,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Shared recent history. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    ring: Arc<RwLock<Ring>>,
+    limits: RecentLimits,
+}
+
+fn batch_bytes(b: &Batch) -> usize {
+    b.rows.iter().map(|d| d.frame.len() + 48).sum()
+}
+
+impl Recent {
+    /// An empty ring that holds everything after `start` (the newest id when relay starts).
+    pub fn new(start: u64, limits: RecentLimits) -> Recent {
+        Recent {
+            ring: Arc::new(RwLock::new(Ring {
+                batches: VecDeque::new(),
+                start,
+                rows: 0,
+                bytes: 0,
+            })),
+            limits,
+        }
+    }
+
+    /// Appends a batch (its `prev` must be the last id pushed) and evicts what no longer fits.
+    pub fn push(&self, batch: Arc<Batch>) {
+        let Ok(mut ring) = self.ring.write() else {
+            return;
+        };
+        if batch.rows.is_empty() {
+            return;
+        }
+        let newest = ring.batches.back().map_or(ring.start, |b| b.last());
+        if batch.prev != newest {
+            // Not contiguous (cannot happen with one writer): start over from this batch.
+            ring.batches.clear();
+            ring.rows = 0;
+            ring.bytes = 0;
+            ring.start = batch.prev;
+        }
+        ring.rows += batch.rows.len();
+        ring.bytes += batch_bytes(&batch);
+        ring.batches.push_back(batch);
+        while ring.rows > self.limits.rows || ring.bytes > self.limits.bytes {
+            let Some(old) = ring.batches.pop_front() else {
+                break;
+            };
+            ring.rows -= old.rows.len();
+            ring.bytes -= batch_bytes(&old);
+            ring.start = old.last();
+        }
+    }
+
+    /// Every batch with rows above `cursor`, oldest first, if the ring holds everything after
+    /// `cursor`; `None` when the cursor is older than the ring (replay from the database).
+    pub fn since(&self, cursor: u64) -> Option<Vec<Arc<Batch>>> {
+        let ring = self.ring.read().ok()?;
+        if cursor < ring.start {
+            return None;
+        }
+        let first = ring.batches.partition_point(|b| b.last() <= cursor);
+        Some(ring.batches.range(first..).cloned().collect())
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.ring.read().map_or(0, |r| r.rows)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Delivery;
+
+    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
+        Arc::new(Batch {
+            prev,
+            rows: ids.iter().map(|&id| Delivery::new(id, "x")).collect(),
+        })
+    }
+
+    fn ids(batches: &[Arc<Batch>]) -> Vec<u64> {
+        batches
+            .iter()
+            .flat_map(|b| b.rows.iter().map(|d| d.id))
+            .collect()
+    }
+
+    #[test]
+    fn serves_everything_after_a_covered_cursor() {
+        let r = Recent::new(
+            10,
+            RecentLimits {
+                rows: 100,
+                bytes: 1 << 20,
+            },
+        );
+        assert_eq!(r.since(10).map(|b| ids(&b)), Some(vec![]));
+        assert!(r.since(9).is_none(), "older than the ring");
+        r.push(batch(10, &[11, 12]));
+        r.push(batch(12, &[14]));
+        r.push(batch(14, &[15, 16, 17]));
+        assert_eq!(
+            r.since(10).map(|b| ids(&b)),
+            Some(vec![11, 12, 14, 15, 16, 17])
+        );
+        assert_eq!(r.since(12).map(|b| ids(&b)), Some(vec![14, 15, 16, 17]));
+        // A cursor inside a batch gets that whole batch; the session's cursor skips the overlap.
+        assert_eq!(r.since(15).map(|b| ids(&b)), Some(vec![15, 16, 17]));
+        assert_eq!(r.since(17).map(|b| ids(&b)), Some(vec![]));
+        assert_eq!(r.len(), 6);
+    }
+
+    #[test]
+    fn evicts_oldest_batches_by_rows_and_moves_start() {
+        let r = Recent::new(
+            0,
+            RecentLimits {
+                rows: 4,
+                bytes: 1 << 20,
+            },
+        );
+        r.push(batch(0, &[1, 2]));
+        r.push(batch(2, &[3, 4]));
+        r.push(batch(4, &[5]));
+        assert_eq!(r.len(), 3);
+        assert!(r.since(1).is_none());
+        assert_eq!(r.since(2).map(|b| ids(&b)), Some(vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn evicts_by_bytes() {
+        let one = batch_bytes(&batch(0, &[1]));
+        let r = Recent::new(
+            0,
+            RecentLimits {
+                rows: 1000,
+                bytes: 2 * one,
+            },
+        );
+        for id in 1..=5 {
+            r.push(batch(id - 1, &[id]));
+        }
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.since(3).map(|b| ids(&b)), Some(vec![4, 5]));
+    }
+
+    #[test]
+    fn a_non_contiguous_batch_restarts_the_ring() {
+        let r = Recent::new(
+            0,
+            RecentLimits {
+                rows: 100,
+                bytes: 1 << 20,
+            },
+        );
+        r.push(batch(0, &[1]));
+        r.push(batch(5, &[6]));
+        assert!(r.since(1).is_none());
+        assert_eq!(r.since(5).map(|b| ids(&b)), Some(vec![6]));
+    }
+}
