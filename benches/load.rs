@@ -80,8 +80,9 @@ struct Args {
     /// persist: messages per client.
     #[arg(long, default_value_t = 100)]
     messages: usize,
-    #[arg(long, default_value_t = 1000)]
-    receivers: usize,
+    /// fanout: receivers; a comma list runs one point per value.
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    receivers: Vec<usize>,
     #[arg(long, default_value_t = 4)]
     senders: usize,
     #[arg(long, default_value_t = 10)]
@@ -205,6 +206,16 @@ fn cpu_report(target: &Target, server0: Option<f64>, tool0: Option<f64>) -> Stri
     match (server, tool) {
         (Some(s), Some(t)) => format!("CPU: server {s:.2} s, load tool {t:.2} s"),
         _ => "CPU: n/a".into(),
+    }
+}
+
+fn rss_report(target: &Target, before: Option<u64>, connections: usize) -> String {
+    match (before, target.rss_kib()) {
+        (Some(b), Some(a)) => format!(
+            "{b} -> {a} KiB ({:.1} KiB per connection, under load)",
+            a.saturating_sub(b) as f64 / connections as f64
+        ),
+        _ => "n/a".into(),
     }
 }
 
@@ -368,6 +379,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
 
 async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64) {
     let url = target.ws_url();
+    let rss0 = target.rss_kib();
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -461,7 +473,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     println!(
         "fanout receivers={receivers} senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
-         order violations {}, duplicates {}; {}",
+         order violations {}, duplicates {}; {}; server RSS {}",
         sent as f64 / seconds as f64,
         total.deliveries,
         total.deliveries as f64 / secs,
@@ -471,6 +483,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
         total.violations,
         total.duplicates,
         cpu_report(target, server_cpu, tool_cpu),
+        rss_report(target, rss0, receivers + senders),
     );
 }
 
@@ -620,9 +633,11 @@ fn main() {
                 }
             }
             Workload::Fanout => {
-                let target = Target::new(&args).await;
-                fanout(&target, args.receivers, args.senders, args.seconds).await;
-                target.stop().await;
+                for &receivers in &args.receivers {
+                    let target = Target::new(&args).await;
+                    fanout(&target, receivers, args.senders, args.seconds).await;
+                    target.stop().await;
+                }
             }
             Workload::RawServer => {
                 raw_server(
