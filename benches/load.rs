@@ -611,6 +611,11 @@ async fn raw_server(port: u16) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: nothing to do then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load: an end-to-end load tool; run it with `cargo bench --bench load -- <workload>`");
+        return;
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
