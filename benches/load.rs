@@ -273,6 +273,9 @@ struct Tally {
     last_id: u64,
     /// Microseconds.
     latencies: Vec<u32>,
+    /// When the last delivery arrived, microseconds into the run (kept per task: a shared atomic
+    /// written by every receiver would bounce between the cores).
+    last_at: u64,
 }
 
 impl Tally {
@@ -291,6 +294,7 @@ impl Tally {
         self.violations += other.violations;
         self.duplicates += other.duplicates;
         self.latencies.extend(other.latencies);
+        self.last_at = self.last_at.max(other.last_at);
     }
 }
 
@@ -320,10 +324,9 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
     let last_ack = Arc::new(AtomicU64::new(0));
-    let last_delivery = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (n, mut ws) in sockets.into_iter().enumerate() {
-        let (run, last_ack, last_delivery) = (run.clone(), last_ack.clone(), last_delivery.clone());
+        let (run, last_ack) = (run.clone(), last_ack.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let emit = |i: usize| {
@@ -341,7 +344,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
                 };
                 if let Some((_, id)) = chat_frame(&t) {
                     tally.delivered(id);
-                    last_delivery.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    tally.last_at = start.elapsed().as_micros() as u64;
                 } else if ack_frame(&t).is_some() {
                     tally.latencies.push(sent_at.elapsed().as_micros() as u32);
                     acked += 1;
@@ -361,7 +364,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
         total.merge(t.await.expect("client task"));
     }
     let acks_s = Duration::from_micros(last_ack.load(Ordering::Relaxed)).as_secs_f64();
-    let deliveries_s = Duration::from_micros(last_delivery.load(Ordering::Relaxed)).as_secs_f64();
+    let deliveries_s = Duration::from_micros(total.last_at).as_secs_f64();
     let acked = total.latencies.len();
     println!(
         "persist clients={clients} messages={messages}: {acked} acked in {acks_s:.2} s = {:.0} acked msg/s; \
@@ -394,9 +397,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     }
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
-    let last_delivery = Arc::new(AtomicU64::new(0));
     for mut ws in receiver_sockets {
-        let last_delivery = last_delivery.clone();
         recv_tasks.push(tokio::spawn(async move {
             // No timers on the read path: a receiver stops at the sentinel the tool sends last,
             // which ordered delivery brings after everything else.
@@ -416,7 +417,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
                     let now = epoch.elapsed().as_micros() as u64;
                     tally.latencies.push(now.saturating_sub(ts) as u32);
                 }
-                last_delivery.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tally.last_at = start.elapsed().as_micros() as u64;
             }
             tally
         }));
@@ -468,7 +469,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     for t in recv_tasks {
         total.merge(t.await.expect("receiver"));
     }
-    let secs = Duration::from_micros(last_delivery.load(Ordering::Relaxed)).as_secs_f64();
+    let secs = Duration::from_micros(total.last_at).as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
     println!(
         "fanout receivers={receivers} senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
