@@ -13,6 +13,9 @@
 //! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
 //! ```
 //!
+//! Against a relay you started yourself, set `MAX_MESSAGES_PER_SECOND=0` there (the default limit
+//! of 200 a second per connection is for people, not for this tool).
+//!
 //! Everything runs on this machine: the tool's clients compete with the server for the same cores,
 //! so compare figures taken in one run, not across machines.
 
@@ -131,6 +134,9 @@ impl Target {
             .env("HOST", "127.0.0.1")
             .env("DATABASE_URL", format!("{}/{db}", args.mysql))
             .env("RUST_LOG", "relay=warn")
+            // A load test is not a person typing: lift the per-connection limits.
+            .env("MAX_MESSAGES_PER_SECOND", "0")
+            .env("MAX_CONNECTIONS", "1000000")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::piped())
             .spawn()
@@ -614,7 +620,9 @@ async fn raw_server(port: u16) {
 fn main() {
     // `cargo test --all-targets` runs bench targets too, without `--bench`: nothing to do then.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("load: an end-to-end load tool; run it with `cargo bench --bench load -- <workload>`");
+        println!(
+            "load: an end-to-end load tool; run it with `cargo bench --bench load -- <workload>`"
+        );
         return;
     }
     let args = Args::parse();

@@ -55,6 +55,26 @@ pub struct Config {
     #[arg(long, env = "RECENT_MESSAGES", default_value_t = 16_384)]
     pub recent_messages: usize,
 
+    /// Origins allowed to open a WebSocket, comma-separated (`https://chat.example.com`), or `*`
+    /// for any. Empty: same origin only (the Origin's host must be the request's Host). Requests
+    /// without an Origin header (non-browser clients) are always allowed.
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most open WebSocket connections; beyond it upgrades get HTTP 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Messages a connection may send per second (bursts up to the same number); beyond it the
+    /// ack carries an error, or the connection closes when no ack was asked for. 0: no limit.
+    #[arg(long, env = "MAX_MESSAGES_PER_SECOND", default_value_t = 200)]
+    pub max_messages_per_second: u32,
+
     /// On SIGTERM/SIGINT, longest wait for open sockets to finish before exiting (ms).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

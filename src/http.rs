@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -29,6 +30,9 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// Open sessions, which shutdown waits for.
     pub sessions: Arc<crate::server::Tracker>,
+    /// Browser origins allowed to open sockets; empty: same origin only.
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -50,6 +54,16 @@ pub async fn handle(
         "/style.css" => asset(&app, "style.css", "text/css; charset=utf-8").await,
         "/favicon.svg" | "/favicon.ico" => asset(&app, "favicon.svg", "image/svg+xml").await,
         "/socket.io/socket.io.js" => client_library(&app).await,
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" => ready(&app).await,
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(app.shared.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(reply)
@@ -63,6 +77,45 @@ fn plain(status: StatusCode, body: &'static str) -> Reply {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// Ready: not shutting down, and the database answers.
+async fn ready(app: &App) -> Reply {
+    if *app.shutdown.borrow() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let ping = tokio::time::timeout(app.shared.limits.db_timeout, app.shared.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
+        _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    }
+}
+
+/// Same-origin unless configured: a page on another site must not open a socket with a user's
+/// browser. Clients that send no Origin (not browsers) are not concerned.
+fn origin_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    if !allowed.is_empty() {
+        return false;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Only the page's own files are served, by exact name: nothing else in the folder leaks.
@@ -168,8 +221,22 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
     let Some(key) = key.filter(|_| upgrade_ok) else {
         return refuse(3, "Bad request");
     };
+    let metrics = &app.shared.metrics;
+    if !origin_allowed(&req, &app.allowed_origins) {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        let mut r = refuse(4, "Forbidden: origin not allowed");
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        return r;
+    }
     if *app.shutdown.borrow() {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    if app.sessions.live() >= app.max_connections {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        let mut r = refuse(3, "Too many connections");
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
     }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -199,7 +266,11 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
                 .await;
         let started = Instant::now();
         tracing::debug!(%peer, "websocket opened");
+        let metrics = shared.metrics.clone();
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        metrics.connected.fetch_add(1, Ordering::Relaxed);
         let end = session::run(ws, shared, shutdown).await;
+        metrics.connected.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(%peer, ?end, secs = started.elapsed().as_secs_f32(), "websocket closed");
     });
 

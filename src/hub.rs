@@ -15,6 +15,7 @@
 //! announced cannot be skipped by live sockets when its sender's retry comes back as a duplicate.
 
 use crate::chat::NewMessage;
+use crate::metrics::Metrics;
 use crate::recent::{Recent, RecentLimits};
 use crate::socketio;
 use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
@@ -99,7 +100,7 @@ pub struct Hub {
 }
 
 /// Tuning of the hub.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct HubOptions {
     /// Submissions that may wait for the writer.
     pub queue: usize,
@@ -109,6 +110,7 @@ pub struct HubOptions {
     pub db_timeout: Duration,
     /// How much recent history replay serves from memory.
     pub recent: RecentLimits,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -145,6 +147,7 @@ impl Hub {
             recent: recent.clone(),
             unsure: false,
             db_timeout: options.db_timeout,
+            metrics: options.metrics.clone(),
         };
         let task = tokio::spawn(writer.run(queue));
         Ok((
@@ -184,6 +187,7 @@ struct Writer {
     deliveries: broadcast::Sender<Arc<Batch>>,
     published: Arc<AtomicU64>,
     recent: Recent,
+    metrics: Arc<Metrics>,
     /// The last write may have committed without our knowing: re-read before new work.
     unsure: bool,
     db_timeout: Duration,
@@ -203,6 +207,9 @@ impl Writer {
         if self.unsure {
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, count = batch.len(), "database unavailable; messages not acknowledged, clients will retry");
+                self.metrics
+                    .store_failures
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 reply_all(batch, Outcome::Failed);
                 return;
             }
@@ -231,6 +238,7 @@ impl Writer {
             micros = started.elapsed().as_micros() as u64,
             "group commit"
         );
+        self.metrics.store_round(started.elapsed().as_secs_f64());
         match inserted {
             Ok(inserted) => {
                 for (&i, result) in unique.iter().zip(inserted) {
@@ -268,6 +276,15 @@ impl Writer {
             }
         }
 
+        for outcome in &outcomes {
+            let counter = match outcome {
+                Outcome::Stored(_) => &self.metrics.stored,
+                Outcome::Duplicate(_) => &self.metrics.duplicates,
+                Outcome::Failed => &self.metrics.store_failures,
+                Outcome::Refused(_) => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         // Batch order is id order.
         let rows: Vec<Delivery> = batch
             .iter()

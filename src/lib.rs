@@ -10,6 +10,7 @@ pub mod config;
 pub mod engineio;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod recent;
 pub mod server;
 pub mod session;

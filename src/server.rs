@@ -115,6 +115,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::connect(&config.database_url)
         .await
         .map_err(db_error)?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (hub, _writer) = Hub::start(
         store.clone(),
         HubOptions {
@@ -125,6 +126,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 rows: config.recent_messages,
                 bytes: 16 << 20,
             },
+            metrics: metrics.clone(),
         },
     )
     .await
@@ -139,6 +141,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .min(store.content_limit()),
         connect_timeout: config.connect_timeout(),
         db_timeout: config.db_timeout(),
+        max_messages_per_second: config.max_messages_per_second,
     };
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr)
@@ -158,10 +161,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             hub,
             store: store.clone(),
             limits,
+            metrics,
         }),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown_rx.clone(),
         sessions: sessions.clone(),
+        allowed_origins: config
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect(),
+        max_connections: config.max_connections,
     });
     tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
     let accept = tokio::spawn(accept_loop(listener, app, shutdown_rx));

@@ -25,6 +25,7 @@ use serde_json::json;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,6 +53,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub connect_timeout: Duration,
     pub db_timeout: Duration,
+    /// Events a connection may send per second (and in a burst); 0: unlimited.
+    pub max_messages_per_second: u32,
 }
 
 /// What every session shares.
@@ -59,6 +62,7 @@ pub struct Shared {
     pub hub: Hub,
     pub store: Store,
     pub limits: Limits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a session ended; each maps to the close frame the client gets.
@@ -78,6 +82,8 @@ pub enum End {
     SlowConsumer,
     /// Replay could not read the database; the client reconnects and tries again.
     StoreUnavailable,
+    /// Events beyond the rate limit without an ack id to carry the error.
+    RateLimited,
     Shutdown,
 }
 
@@ -95,6 +101,7 @@ impl End {
             End::TooBig => (CloseCode::Size, "message exceeds maxPayload".into()),
             End::SlowConsumer => (CloseCode::Policy, "client too slow to receive".into()),
             End::StoreUnavailable => (CloseCode::Error, "database unavailable, retry".into()),
+            End::RateLimited => (CloseCode::Policy, "rate limit exceeded".into()),
             End::Shutdown => (CloseCode::Away, "server shutting down".into()),
         })
     }
@@ -145,6 +152,40 @@ struct Session<S> {
     acks: VecDeque<(u64, String)>,
     outbox: Vec<Message>,
     closing: bool,
+    rate: RateLimit,
+}
+
+/// A token bucket: `per_second` tokens a second, holding at most `per_second`.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Runs a session on an upgraded WebSocket until it ends, and returns why.
@@ -168,9 +209,19 @@ where
         acks: VecDeque::new(),
         outbox: Vec::new(),
         closing: false,
+        rate: RateLimit::new(shared.limits.max_messages_per_second),
         shared,
     };
     let end = session.drive(shutdown).await;
+    let refused = match &end {
+        End::Protocol(_) => Some("protocol"),
+        End::Binary => Some("binary"),
+        End::TooBig => Some("too_big"),
+        _ => None,
+    };
+    if let Some(kind) = refused {
+        session.shared.metrics.bad_input(kind);
+    }
     session.close(&end).await;
     end
 }
@@ -253,6 +304,17 @@ where
         if self.outbox.is_empty() {
             return Ok(());
         }
+        let chat = self
+            .outbox
+            .iter()
+            .filter(|m| matches!(m, Message::Text(t) if t.as_bytes().starts_with(b"42")))
+            .count();
+        if chat > 0 {
+            self.shared
+                .metrics
+                .deliveries
+                .fetch_add(chat as u64, Ordering::Relaxed);
+        }
         let ws = &mut self.ws;
         let outbox = &mut self.outbox;
         let write = async move {
@@ -270,7 +332,13 @@ where
             std::task::Poll::Pending => {
                 match timeout(self.shared.limits.ping_timeout, write).await {
                     Ok(r) => r,
-                    Err(_) => return Err(End::SlowConsumer),
+                    Err(_) => {
+                        self.shared
+                            .metrics
+                            .closed_slow
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(End::SlowConsumer);
+                    }
                 }
             }
         };
@@ -309,6 +377,11 @@ where
         match feed {
             Feed::Page(Ok(rows)) => {
                 let more = rows.len() == REPLAY_PAGE;
+                let replayed = rows.iter().filter(|r| r.id > joined.cursor).count();
+                self.shared
+                    .metrics
+                    .replayed_database
+                    .fetch_add(replayed as u64, Ordering::Relaxed);
                 for row in rows {
                     if row.id > joined.cursor {
                         joined.cursor = row.id;
@@ -332,6 +405,10 @@ where
                 for _ in 0..LIVE_BURST {
                     if let Some(batch) = next.take() {
                         if !deliver(joined, &mut self.outbox, &batch) {
+                            self.shared
+                                .metrics
+                                .catch_ups
+                                .fetch_add(1, Ordering::Relaxed);
                             self.shared.catch_up(joined, &mut self.outbox);
                             break;
                         }
@@ -339,6 +416,10 @@ where
                     match joined.live.try_recv() {
                         Ok(batch) => next = Some(batch),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            self.shared
+                                .metrics
+                                .catch_ups
+                                .fetch_add(1, Ordering::Relaxed);
                             self.shared.catch_up(joined, &mut self.outbox);
                             break;
                         }
@@ -347,6 +428,10 @@ where
                 }
                 if let Some(batch) = next {
                     if !deliver(joined, &mut self.outbox, &batch) {
+                        self.shared
+                            .metrics
+                            .catch_ups
+                            .fetch_add(1, Ordering::Relaxed);
                         self.shared.catch_up(joined, &mut self.outbox);
                     }
                 }
@@ -354,6 +439,10 @@ where
             }
             Feed::Live(Err(broadcast::error::RecvError::Lagged(missed))) => {
                 tracing::debug!(missed, cursor = joined.cursor, "socket lagged; catching up");
+                self.shared
+                    .metrics
+                    .catch_ups
+                    .fetch_add(1, Ordering::Relaxed);
                 self.shared.catch_up(joined, &mut self.outbox);
                 Ok(())
             }
@@ -506,6 +595,19 @@ where
         data: Option<serde_json::Value>,
     ) -> Result<(), End> {
         let payload = data.unwrap_or_default();
+        if !self.rate.allow() {
+            self.shared.metrics.bad_input("rate_limited");
+            let Some(ack_id) = ack_id else {
+                return Err(End::RateLimited);
+            };
+            let reason = format!(
+                "rate limit exceeded: at most {} messages per second",
+                self.shared.limits.max_messages_per_second
+            );
+            let ack = socketio::encode_ack(ack_id, &json!([{ "error": reason }]));
+            self.acks.push_back((0, ack));
+            return Ok(());
+        }
         match chat::parse_event(payload, self.shared.limits.max_message_bytes) {
             Ok(message) => {
                 let submission = Submission {
@@ -524,6 +626,7 @@ where
             }
             Err(rejection) => {
                 tracing::debug!(kind = rejection.kind(), "refused event: {rejection}");
+                self.shared.metrics.bad_input(rejection.kind());
                 if let Some(ack_id) = ack_id {
                     let ack =
                         socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
@@ -601,6 +704,7 @@ impl Shared {
         match self.hub.recent().since(joined.cursor) {
             Some(batches) => {
                 joined.replay = None;
+                let before = outbox.len();
                 for batch in &batches {
                     if !deliver(joined, outbox, batch) {
                         // The history is contiguous, so this cannot happen; be safe anyway.
@@ -608,6 +712,9 @@ impl Shared {
                         return;
                     }
                 }
+                self.metrics
+                    .replayed_memory
+                    .fetch_add((outbox.len() - before) as u64, Ordering::Relaxed);
             }
             None => joined.replay = Some(self.page(joined.cursor)),
         }

@@ -152,6 +152,12 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
     b.recv_chat().await;
 
     proxy.cut().await;
+    assert_eq!(
+        http_get(s.addr, "/readyz").await.0,
+        503,
+        "not ready without the database"
+    );
+    assert_eq!(http_get(s.addr, "/healthz").await.0, 200, "but alive");
     a.emit(Some(1), "during", "cut-1").await;
     // No ack, no broadcast while the database is unreachable; the connection stays up.
     a.expect_silence(Duration::from_millis(1500)).await;
@@ -179,6 +185,7 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
     a.expect_silence(Duration::from_millis(300)).await;
     b.expect_silence(Duration::from_millis(10)).await;
     assert_eq!(s.count().await, 2);
+    assert_eq!(http_get(s.addr, "/readyz").await.0, 200, "ready again");
     s.stop().await;
 }
 

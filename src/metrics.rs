@@ -1,0 +1,194 @@
+//! Counters and gauges for `GET /metrics`, in the Prometheus text format (version 0.0.4).
+//!
+//! Plain atomics, bumped where things happen: once per group commit, per flush or per connection —
+//! never once per frame on the fan-out path, where a shared cache line written by every socket would
+//! cost more than the delivery itself. Rendering is the only place that reads them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Kinds of refused input, as labels (the `kind()` names of [`crate::chat::Rejection`] and the
+/// protocol errors that close a connection).
+pub const BAD_INPUT_KINDS: [&str; 12] = [
+    "unknown_event",
+    "message_not_string",
+    "message_too_large",
+    "offset_missing",
+    "offset_not_string",
+    "offset_empty",
+    "offset_too_long",
+    "refused_by_store",
+    "rate_limited",
+    "protocol",
+    "binary",
+    "too_big",
+];
+
+/// Upper bounds of the store latency histogram, in seconds.
+const STORE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connected: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub store_failures: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub replayed_memory: AtomicU64,
+    pub replayed_database: AtomicU64,
+    pub catch_ups: AtomicU64,
+    pub closed_slow: AtomicU64,
+    bad_input: [AtomicU64; BAD_INPUT_KINDS.len()],
+    store_buckets: [AtomicU64; STORE_BUCKETS.len()],
+    store_count: AtomicU64,
+    store_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn bad_input(&self, kind: &str) {
+        if let Some(i) = BAD_INPUT_KINDS.iter().position(|k| *k == kind) {
+            self.bad_input[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One database write round (a group commit) that took `secs`.
+    pub fn store_round(&self, secs: f64) {
+        for (bound, bucket) in STORE_BUCKETS.iter().zip(&self.store_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.store_count.fetch_add(1, Relaxed);
+        self.store_micros.fetch_add((secs * 1e6) as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        one(
+            "relay_connected_sockets",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connected.load(Relaxed),
+        );
+        one(
+            "relay_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        one(
+            "relay_connections_refused_total",
+            "counter",
+            "WebSocket upgrades refused (origin, limits, shutdown).",
+            self.refused_connections.load(Relaxed),
+        );
+        one(
+            "relay_messages_stored_total",
+            "counter",
+            "Messages committed to the database.",
+            self.stored.load(Relaxed),
+        );
+        one(
+            "relay_duplicates_total",
+            "counter",
+            "Messages acknowledged as retries of a stored clientOffset.",
+            self.duplicates.load(Relaxed),
+        );
+        one(
+            "relay_store_failures_total",
+            "counter",
+            "Messages not acknowledged because the database failed.",
+            self.store_failures.load(Relaxed),
+        );
+        one(
+            "relay_broadcast_deliveries_total",
+            "counter",
+            "Chat messages written to sockets, live and replayed.",
+            self.deliveries.load(Relaxed),
+        );
+        one(
+            "relay_catch_ups_total",
+            "counter",
+            "Times a socket fell behind the live channel and caught up from history.",
+            self.catch_ups.load(Relaxed),
+        );
+        one(
+            "relay_sockets_closed_slow_total",
+            "counter",
+            "Sockets closed because they did not take our writes within pingTimeout.",
+            self.closed_slow.load(Relaxed),
+        );
+        let _ = write!(
+            out,
+            "# HELP relay_replayed_messages_total Messages replayed to (re)connecting or lagging sockets.\n\
+             # TYPE relay_replayed_messages_total counter\n\
+             relay_replayed_messages_total{{source=\"memory\"}} {}\n\
+             relay_replayed_messages_total{{source=\"database\"}} {}\n",
+            self.replayed_memory.load(Relaxed),
+            self.replayed_database.load(Relaxed)
+        );
+        out.push_str("# HELP relay_bad_inputs_total Refused client input, by kind.\n# TYPE relay_bad_inputs_total counter\n");
+        for (kind, n) in BAD_INPUT_KINDS.iter().zip(&self.bad_input) {
+            let _ = writeln!(
+                out,
+                "relay_bad_inputs_total{{kind=\"{kind}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP relay_store_seconds Latency of one database write round (a group commit).\n# TYPE relay_store_seconds histogram\n");
+        for (bound, n) in STORE_BUCKETS.iter().zip(&self.store_buckets) {
+            let _ = writeln!(
+                out,
+                "relay_store_seconds_bucket{{le=\"{bound}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        let count = self.store_count.load(Relaxed);
+        let _ = write!(
+            out,
+            "relay_store_seconds_bucket{{le=\"+Inf\"}} {count}\nrelay_store_seconds_sum {}\nrelay_store_seconds_count {count}\n",
+            self.store_micros.load(Relaxed) as f64 / 1e6
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.stored.fetch_add(3, Relaxed);
+        m.bad_input("offset_missing");
+        m.bad_input("no such kind");
+        m.store_round(0.0015);
+        m.store_round(0.2);
+        let text = m.render();
+        assert!(text.contains(
+            "# TYPE relay_messages_stored_total counter\nrelay_messages_stored_total 3\n"
+        ));
+        assert!(text.contains("relay_bad_inputs_total{kind=\"offset_missing\"} 1\n"));
+        assert!(text.contains("relay_store_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("relay_store_seconds_bucket{le=\"0.002\"} 1\n"));
+        assert!(text.contains("relay_store_seconds_bucket{le=\"0.25\"} 2\n"));
+        assert!(text.contains("relay_store_seconds_bucket{le=\"+Inf\"} 2\nrelay_store_seconds_sum 0.2015\nrelay_store_seconds_count 2\n"));
+        // Every line is a comment or `name[{labels}] value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

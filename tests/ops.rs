@@ -1,0 +1,210 @@
+//! What operators rely on: health and readiness, metrics that count what happened, the Origin
+//! check, and limits that answer clearly instead of dropping silently.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = TestServer::start().await;
+    assert_eq!(http_get(s.addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
+
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+    a.emit(Some(0), "counted", "m-0").await;
+    a.recv_chat().await;
+    a.recv_ack().await;
+    b.recv_chat().await;
+    a.emit(Some(1), "counted", "m-0").await; // a duplicate
+    a.recv_ack().await;
+    a.send(r#"422["chat message",5,"m-1"]"#).await; // bad input
+    a.recv_ack().await;
+    let mut late = s.joined(None).await; // replays one message from memory
+    late.recv_chat().await;
+
+    let (status, text) = http_get(s.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    assert_eq!(metric(&text, "relay_connected_sockets"), 3.0);
+    assert_eq!(metric(&text, "relay_messages_stored_total"), 1.0);
+    assert_eq!(metric(&text, "relay_duplicates_total"), 1.0);
+    assert_eq!(metric(&text, "relay_broadcast_deliveries_total"), 3.0);
+    assert_eq!(
+        metric(&text, "relay_replayed_messages_total{source=\"memory\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "relay_bad_inputs_total{kind=\"message_not_string\"}"),
+        1.0
+    );
+    assert!(metric(&text, "relay_store_seconds_count") >= 1.0);
+    s.stop().await;
+}
+
+fn upgrade_with_origin(origin: Option<&str>, host: &str) -> String {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// The status of an upgrade request; a 101 is seen as soon as its head arrives.
+async fn upgrade_status(s: &TestServer, origin: Option<&str>, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(upgrade_with_origin(origin, host).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn websocket_origins_are_checked() {
+    let s = TestServer::start().await;
+    let host = s.addr.to_string();
+    let same = format!("http://{host}");
+    assert_eq!(
+        upgrade_status(&s, None, &host).await,
+        101,
+        "no Origin: not a browser"
+    );
+    assert_eq!(
+        upgrade_status(&s, Some(&same), &host).await,
+        101,
+        "same origin"
+    );
+    assert_eq!(
+        upgrade_status(&s, Some("https://evil.example"), &host).await,
+        403
+    );
+    let (_, text) = http_raw(
+        s.addr,
+        &upgrade_with_origin(Some("https://evil.example"), &host),
+    )
+    .await;
+    assert!(
+        text.contains(r#"{"code":4,"message":"Forbidden: origin not allowed"}"#),
+        "{text}"
+    );
+    s.stop().await;
+
+    let s =
+        TestServer::start_with(|c| c.allowed_origins = vec!["https://chat.example".into()]).await;
+    let host = s.addr.to_string();
+    assert_eq!(
+        upgrade_status(&s, Some("https://chat.example"), &host).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&s, Some(&format!("http://{host}")), &host).await,
+        403
+    );
+    s.stop().await;
+
+    let s = TestServer::start_with(|c| c.allowed_origins = vec!["*".into()]).await;
+    assert_eq!(
+        upgrade_status(&s, Some("https://anywhere.example"), &s.addr.to_string()).await,
+        101
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_clearly() {
+    let s = TestServer::start_with(|c| c.max_connections = 2).await;
+    let _a = s.joined(None).await;
+    let _b = s.joined(None).await;
+    let host = s.addr.to_string();
+    assert_eq!(upgrade_status(&s, None, &host).await, 503);
+    let (_, text) = http_raw(s.addr, &upgrade_with_origin(None, &host)).await;
+    assert!(text.contains("Too many connections"), "{text}");
+    let (_, metrics) = http_get(s.addr, "/metrics").await;
+    assert!(metric(&metrics, "relay_connections_refused_total") >= 2.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn messages_beyond_the_rate_limit_get_an_error_never_a_silent_drop() {
+    let s = TestServer::start_with(|c| c.max_messages_per_second = 5).await;
+    let mut a = s.joined(None).await;
+    for i in 0..12u64 {
+        a.emit(Some(i), &format!("r{i}"), &format!("rate-{i}"))
+            .await;
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    let mut chats = 0;
+    while ok + limited < 12 {
+        let t = a.recv_text().await;
+        if parse_chat(&t).is_some() {
+            chats += 1;
+        } else if let Some((_, args)) = parse_ack(&t) {
+            match args[0]["error"].as_str() {
+                Some(e) => {
+                    assert!(e.contains("rate limit exceeded"), "{e}");
+                    limited += 1;
+                }
+                None => ok += 1,
+            }
+        }
+    }
+    assert!(limited > 0 && ok >= 5, "ok {ok}, limited {limited}");
+    assert_eq!(
+        chats, ok,
+        "what was acked without error was stored and delivered"
+    );
+    assert_eq!(s.count().await, ok as u64);
+    // Without an ack id there is no ack to carry the error: the connection closes, saying why.
+    let mut b = s.joined(None).await;
+    for i in 0..12u64 {
+        b.emit(None, "flood", &format!("flood-{i}")).await;
+    }
+    let frame = loop {
+        match b.recv_raw().await {
+            Some(tokio_tungstenite::tungstenite::Message::Close(f)) => break f,
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    let frame = frame.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_the_start_and_says_where() {
+    // A database URL that points nowhere cannot even start: relay fails fast and says where.
+    let mut config = relay::config::Config::defaults();
+    config.port = 0;
+    config.database_url = "mysql://root@127.0.0.1:1/nothing_here".into();
+    let err = match relay::server::start(&config).await {
+        Ok(_) => panic!("started without a database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
