@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
