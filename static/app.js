@@ -10,14 +10,20 @@
   var messages = document.getElementById("messages");
   var toggleButton = document.getElementById("toggle-btn");
   var notice = document.getElementById("notice");
+  var statusBadge = document.getElementById("status");
 
   // A random id for this page load; every message gets "<pageId>-<n>" as its
   // clientOffset so the server can drop a retried emit it already stored.
   // (socket.id is undefined while offline, so it cannot be used for this.)
   var pageId = randomId();
   var counter = 0;
-  var lastRenderedId = 0;
+  var lastQueuedId = 0;
   var noticeTimer = null;
+  // Messages received but not yet on screen: a long history arrives as thousands of events, and
+  // appending them one by one (a layout and a scroll each) would freeze the page.
+  var pending = [];
+  var frameRequest = null;
+  var fallbackTimer = null;
 
   var socket = io({
     transports: ["websocket"],
@@ -64,26 +70,61 @@
     toggleButton.textContent = socket.active ? "Disconnect" : "Connect";
   }
 
+  function render() {
+    cancelAnimationFrame(frameRequest);
+    clearTimeout(fallbackTimer);
+    frameRequest = fallbackTimer = null;
+    if (pending.length === 0) {
+      return;
+    }
+    var fragment = document.createDocumentFragment();
+    for (var i = 0; i < pending.length; i++) {
+      var item = document.createElement("li");
+      item.dir = "auto"; // right-to-left messages align on their own side
+      item.textContent = pending[i].text;
+      fragment.appendChild(item);
+    }
+    // The offset a reconnect asks from is the last message on screen.
+    socket.auth.serverOffset = pending[pending.length - 1].id;
+    pending = [];
+    messages.appendChild(fragment);
+    window.scrollTo(0, document.body.scrollHeight);
+  }
+
   socket.on("chat message", function (msg, serverOffset) {
-    if (typeof serverOffset !== "number" || serverOffset <= lastRenderedId) {
+    if (typeof serverOffset !== "number" || serverOffset <= lastQueuedId) {
       return; // already shown (or malformed): never render twice
     }
-    lastRenderedId = serverOffset;
-    socket.auth.serverOffset = serverOffset;
-    var item = document.createElement("li");
-    item.dir = "auto"; // right-to-left messages align on their own side
-    item.textContent = String(msg);
-    messages.appendChild(item);
-    window.scrollTo(0, document.body.scrollHeight);
+    lastQueuedId = serverOffset;
+    pending.push({ text: String(msg), id: serverOffset });
+    if (frameRequest === null) {
+      frameRequest = requestAnimationFrame(render);
+      // Background tabs get no animation frames; render anyway, less often.
+      fallbackTimer = setTimeout(render, 250);
+    }
   });
+
+  function showStatus(state, text) {
+    statusBadge.dataset.state = state;
+    statusBadge.textContent = text;
+  }
 
   socket.on("connect", function () {
     hideNotice();
+    showStatus("connected", "connected");
   });
 
-  socket.on("disconnect", function (reason) {
+  socket.on("disconnect", function () {
     if (socket.active) {
-      showNotice("Connection lost, reconnecting\u2026", true);
+      showStatus("reconnecting", "reconnecting\u2026");
+    } else {
+      showStatus("offline", "offline");
+    }
+  });
+
+  socket.on("connect_error", function () {
+    if (socket.active) {
+      showStatus("reconnecting", "reconnecting\u2026");
     }
   });
 
@@ -114,8 +155,10 @@
     if (socket.active) {
       socket.disconnect();
       hideNotice();
+      showStatus("offline", "offline");
     } else {
       socket.connect();
+      showStatus("reconnecting", "connecting\u2026");
     }
     updateToggle();
   });

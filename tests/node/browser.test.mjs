@@ -46,8 +46,9 @@ describe("chat page in Chromium", () => {
     if (relay) await relay.stop();
   });
 
-  async function openPage(name) {
+  async function openPage(name, { url = relay.url, initScript } = {}) {
     const context = await browser.newContext();
+    if (initScript) await context.addInitScript(initScript);
     const page = await context.newPage();
     page.setDefaultTimeout(WAIT_MS);
     page.on("console", (msg) => {
@@ -61,7 +62,7 @@ describe("chat page in Chromium", () => {
     page.on("response", (res) => {
       if (res.status() >= 400) problems.push(`${name} HTTP ${res.status()} for ${res.url()}`);
     });
-    await page.goto(relay.url + "/", { waitUntil: "load" });
+    await page.goto(url + "/", { waitUntil: "load" });
     return page;
   }
 
@@ -122,8 +123,11 @@ describe("chat page in Chromium", () => {
 
     // page 2 disconnects; page 1 sends two messages meanwhile
     const toggle2 = p2.locator("#toggle-btn");
+    const state = (p) => p.evaluate(() => document.getElementById("status").dataset.state);
+    assert.equal(await state(p2), "connected", "the page shows it is connected");
     await toggle2.click();
     await p2.waitForFunction(() => document.getElementById("toggle-btn").textContent === "Connect", null, { timeout: WAIT_MS });
+    assert.equal(await state(p2), "offline", "the page shows it is offline");
     const seenByP2 = [...history];
     history.push("missed one", "missed two");
     await type(p1, "missed one");
@@ -135,6 +139,7 @@ describe("chat page in Chromium", () => {
     await toggle2.click();
     assert.equal(await toggle2.textContent(), "Disconnect");
     await expectMessages(p2, "page2", history);
+    await p2.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
 
     // live traffic after the catch-up: still no duplicates
     history.push("<b>x</b>");
@@ -157,6 +162,41 @@ describe("chat page in Chromium", () => {
     await expectMessages(p2, "page2", history);
 
     await withTimeout(Promise.all([p1.context().close(), p2.context().close()]), 10000, "closing pages");
+  });
+
+  it("a long history renders completely, in order, in batches", { timeout: 60000 }, async () => {
+    // Its own server, without the per-connection rate limit, so one client can store 3,000 fast.
+    const bulkRelay = await startRelay({ env: { MAX_MESSAGES_PER_SECOND: "0" } });
+    try {
+      const { io } = await import("socket.io-client");
+      const sender = io(bulkRelay.url, { transports: ["websocket"], forceNew: true });
+      const run = Math.random().toString(36).slice(2);
+      for (let i = 0; i < 3000; i += 100) {
+        const acks = await Promise.all(
+          Array.from({ length: 100 }, (_, k) =>
+            sender.timeout(10000).emitWithAck("chat message", `bulk ${i + k}`, `${run}-${i + k}`),
+          ),
+        );
+        assert.ok(acks.every((a) => a === undefined), `stored without error: ${JSON.stringify(acks.find(Boolean))}`);
+      }
+      sender.disconnect();
+      // Count how often the list changes: batching means far fewer appends than messages.
+      const countAppends = () => {
+        window.__appends = 0;
+        new MutationObserver((records) => {
+          for (const r of records) if (r.target.id === "messages") window.__appends += 1;
+        }).observe(document, { childList: true, subtree: true });
+      };
+      const page = await openPage("long history", { url: bulkRelay.url, initScript: countAppends });
+      await page.waitForFunction(() => document.querySelectorAll("#messages li").length >= 3000, null, { timeout: 20000 });
+      const texts = await items(page);
+      assert.deepEqual(texts, Array.from({ length: 3000 }, (_, i) => `bulk ${i}`));
+      const appends = await page.evaluate(() => window.__appends);
+      assert.ok(appends > 0 && appends < 300, `3,000 messages rendered in ${appends} appends`);
+      await page.context().close();
+    } finally {
+      await bulkRelay.stop();
+    }
   });
 
   it("no console errors, page errors or failed requests on any page", () => {
