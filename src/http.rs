@@ -265,7 +265,7 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         let started = Instant::now();
-        tracing::debug!(%peer, "websocket opened");
+        tracing::info!(%peer, "websocket opened");
         let metrics = shared.metrics.clone();
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         metrics.connected.fetch_add(1, Ordering::Relaxed);
