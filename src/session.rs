@@ -399,51 +399,31 @@ where
                 tracing::warn!(error = %e, "replay failed");
                 Err(End::StoreUnavailable)
             }
-            Feed::Live(Ok(batch)) => {
-                let mut next = Some(batch);
+            Feed::Live(Ok(first)) => {
                 // Take what else is already waiting (up to a burst), so one flush carries it all.
-                for _ in 0..LIVE_BURST {
-                    if let Some(batch) = next.take() {
-                        if !deliver(joined, &mut self.outbox, &batch) {
-                            self.shared
-                                .metrics
-                                .catch_ups
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.shared.catch_up(joined, &mut self.outbox);
-                            break;
-                        }
+                let mut batch = first;
+                for taken in 1.. {
+                    if !deliver(joined, &mut self.outbox, &batch) {
+                        self.shared.fall_behind(joined, &mut self.outbox);
+                        break;
+                    }
+                    if taken == LIVE_BURST {
+                        break;
                     }
                     match joined.live.try_recv() {
-                        Ok(batch) => next = Some(batch),
+                        Ok(next) => batch = next,
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            self.shared
-                                .metrics
-                                .catch_ups
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.shared.catch_up(joined, &mut self.outbox);
+                            self.shared.fall_behind(joined, &mut self.outbox);
                             break;
                         }
                         Err(_) => break,
-                    }
-                }
-                if let Some(batch) = next {
-                    if !deliver(joined, &mut self.outbox, &batch) {
-                        self.shared
-                            .metrics
-                            .catch_ups
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.shared.catch_up(joined, &mut self.outbox);
                     }
                 }
                 Ok(())
             }
             Feed::Live(Err(broadcast::error::RecvError::Lagged(missed))) => {
                 tracing::debug!(missed, cursor = joined.cursor, "socket lagged; catching up");
-                self.shared
-                    .metrics
-                    .catch_ups
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared.catch_up(joined, &mut self.outbox);
+                self.shared.fall_behind(joined, &mut self.outbox);
                 Ok(())
             }
             Feed::Live(Err(broadcast::error::RecvError::Closed)) => Err(End::Shutdown),
@@ -718,6 +698,12 @@ impl Shared {
             }
             None => joined.replay = Some(self.page(joined.cursor)),
         }
+    }
+
+    /// A socket missed live batches (it lagged, or saw a gap): count it and catch up.
+    fn fall_behind(&self, joined: &mut Joined, outbox: &mut Vec<Message>) {
+        self.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
+        self.catch_up(joined, outbox);
     }
 
     fn page(&self, after: u64) -> PageFuture {

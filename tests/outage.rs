@@ -126,6 +126,24 @@ async fn pipe(client: TcpStream, lose: Arc<AtomicBool>) {
     }
 }
 
+/// What the stock client does after an ack timeout: the same arguments under a new ack id, until
+/// one is acknowledged. Expects the message first (the sender gets its row before its ack) and
+/// returns its id.
+async fn retry_until_acked(c: &mut Client, msg: &str, offset: &str, mut ack: u64) -> u64 {
+    loop {
+        c.emit(Some(ack), msg, offset).await;
+        if let Ok(t) = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await {
+            let (got, id) =
+                parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
+            assert_eq!(got, msg);
+            assert_eq!(c.recv_ack().await, (ack, json!([])));
+            return id;
+        }
+        ack += 1;
+        assert!(ack < 10, "the database did not come back");
+    }
+}
+
 async fn server_behind(proxy: &Proxy) -> TestServer {
     TestServer::start_with(|c| {
         let db = c
@@ -165,21 +183,7 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
 
     proxy.restore();
     // The stock client's retry: the same arguments under a new ack id, until one is acked.
-    let mut ack = 2;
-    let id = loop {
-        a.emit(Some(ack), "during", "cut-1").await;
-        match tokio::time::timeout(Duration::from_secs(2), a.recv_text()).await {
-            Ok(t) => {
-                let (msg, id) =
-                    parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
-                assert_eq!(msg, "during");
-                assert_eq!(a.recv_ack().await, (ack, json!([])));
-                break id;
-            }
-            Err(_) => ack += 1,
-        }
-        assert!(ack < 10, "the database did not come back");
-    };
+    let id = retry_until_acked(&mut a, "during", "cut-1", 2).await;
     assert!(id > first);
     assert_eq!(b.recv_chat().await, ("during".to_string(), id));
     a.expect_silence(Duration::from_millis(300)).await;
@@ -214,21 +218,7 @@ async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
     proxy.restore();
     // The retry finds the row: the hub first publishes what committed behind its back, then
     // acknowledges the retry as a duplicate. Everyone sees the message exactly once.
-    let mut ack = 1;
-    let id = loop {
-        a.emit(Some(ack), "ghost", "lost-0").await;
-        match tokio::time::timeout(Duration::from_secs(2), a.recv_text()).await {
-            Ok(t) => {
-                let (msg, id) =
-                    parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
-                assert_eq!(msg, "ghost");
-                assert_eq!(a.recv_ack().await, (ack, json!([])));
-                break id;
-            }
-            Err(_) => ack += 1,
-        }
-        assert!(ack < 10, "the database did not come back");
-    };
+    let id = retry_until_acked(&mut a, "ghost", "lost-0", 1).await;
     assert_eq!(b.recv_chat().await, ("ghost".to_string(), id));
     a.expect_silence(Duration::from_millis(300)).await;
     b.expect_silence(Duration::from_millis(10)).await;
