@@ -122,11 +122,9 @@ impl Hub {
         let start = store.max_id().await?;
         // Warm the recent history, so that the reconnects after a restart replay from memory.
         let newest = store.newest(options.recent.rows).await?;
-        let recent = Recent::new(
-            newest.first().map_or(start, |r| r.id.saturating_sub(1)),
-            options.recent,
-        );
+        // The history holds every row after the one before its oldest.
         let mut prev = newest.first().map_or(start, |r| r.id.saturating_sub(1));
+        let recent = Recent::new(prev, options.recent);
         for chunk in newest.chunks(MAX_BATCH) {
             let rows: Vec<Delivery> = chunk
                 .iter()
