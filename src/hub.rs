@@ -18,7 +18,7 @@ use crate::chat::NewMessage;
 use crate::metrics::Metrics;
 use crate::recent::{Recent, RecentLimits};
 use crate::socketio;
-use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
+use crate::store::{Inserted, Row, Store, StoreError, MAX_BATCH};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,6 +56,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Stored rows (ascending, all after `prev`), encoded for the wire.
+    pub fn from_rows(prev: u64, rows: &[Row]) -> Arc<Batch> {
+        let rows = rows
+            .iter()
+            .map(|r| Delivery::new(r.id, &r.content))
+            .collect();
+        Arc::new(Batch { prev, rows })
+    }
+
     pub fn last(&self) -> u64 {
         self.rows.last().map_or(self.prev, |d| d.id)
     }
@@ -126,11 +135,7 @@ impl Hub {
         let mut prev = newest.first().map_or(start, |r| r.id.saturating_sub(1));
         let recent = Recent::new(prev, options.recent);
         for chunk in newest.chunks(MAX_BATCH) {
-            let rows: Vec<Delivery> = chunk
-                .iter()
-                .map(|r| Delivery::new(r.id, &r.content))
-                .collect();
-            let batch = Arc::new(Batch { prev, rows });
+            let batch = Batch::from_rows(prev, chunk);
             prev = batch.last();
             recent.push(batch);
         }
@@ -347,11 +352,7 @@ impl Writer {
                 );
             }
             if !page.is_empty() {
-                let rows = page
-                    .iter()
-                    .map(|r| Delivery::new(r.id, &r.content))
-                    .collect();
-                self.publish(Arc::new(Batch { prev: after, rows }));
+                self.publish(Batch::from_rows(after, &page));
             }
             if !full {
                 self.unsure = false;

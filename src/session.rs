@@ -377,11 +377,7 @@ where
         match feed {
             Feed::Page(Ok(rows)) => {
                 let more = rows.len() == REPLAY_PAGE;
-                let replayed = rows.iter().filter(|r| r.id > joined.cursor).count();
-                self.shared
-                    .metrics
-                    .replayed_database
-                    .fetch_add(replayed as u64, Ordering::Relaxed);
+                let before = self.outbox.len();
                 for row in rows {
                     if row.id > joined.cursor {
                         joined.cursor = row.id;
@@ -389,6 +385,10 @@ where
                         self.outbox.push(Message::Text(d.frame));
                     }
                 }
+                self.shared
+                    .metrics
+                    .replayed_database
+                    .fetch_add((self.outbox.len() - before) as u64, Ordering::Relaxed);
                 joined.replay = None;
                 if more {
                     self.shared.catch_up(joined, &mut self.outbox);
@@ -655,15 +655,15 @@ async fn next_reply(
 }
 
 /// Queues the rows of `batch` this socket has not been sent yet. A batch whose predecessor is
-/// beyond the cursor means rows went missing on the way here: the socket catches up from the
-/// database instead of skipping them.
+/// beyond the cursor means rows went missing on the way here: the caller catches the socket up
+/// (from memory or the database) instead of skipping them.
 #[must_use = "a gap must start a catch-up"]
 fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, batch: &Batch) -> bool {
     if batch.prev > joined.cursor {
         tracing::warn!(
             cursor = joined.cursor,
             prev = batch.prev,
-            "gap before a batch; catching up from the database"
+            "gap before a batch; catching up"
         );
         return false;
     }
