@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- persist --spawn                      # 50 clients x 100 messages
+//! cargo bench --bench load -- persist --spawn --store sqlite       # the same on the SQLite store
 //! cargo bench --bench load -- fanout --spawn --receivers 1000 --senders 4 --seconds 10
 //! cargo bench --bench load -- idle --spawn --sockets 100,1000,5000
 //! cargo bench --bench load -- replay --spawn --backlog 10000
@@ -74,7 +75,10 @@ struct Args {
     /// The running relay's process id, to read its memory (with --url).
     #[arg(long)]
     pid: Option<u32>,
-    /// Database server for --spawn (a fresh database is created on it).
+    /// Store for --spawn: a fresh MySQL database, or a fresh SQLite file in the temporary directory.
+    #[arg(long, value_enum, default_value = "mysql")]
+    store: StoreKind,
+    /// Database server for --spawn --store mysql (a fresh database is created on it).
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
     mysql: String,
     /// persist: clients; a comma list runs one point per value.
@@ -100,11 +104,23 @@ struct Args {
     bench: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Mysql,
+    Sqlite,
+}
+
+/// What to remove after a spawned run.
+enum Scratch {
+    Mysql { server: String, db: String },
+    Sqlite { dir: std::path::PathBuf },
+}
+
 struct Target {
     url: String,
     pid: Option<u32>,
     child: Option<Child>,
-    db: Option<(String, String)>,
+    db: Option<Scratch>,
 }
 
 impl Target {
@@ -122,6 +138,22 @@ impl Target {
             "relay_load_{}",
             std::process::id() as u64 * 1000 + rand_small()
         );
+        let (url, scratch) = match args.store {
+            StoreKind::Mysql => (
+                format!("{}/{db}", args.mysql),
+                Scratch::Mysql {
+                    server: args.mysql.clone(),
+                    db,
+                },
+            ),
+            StoreKind::Sqlite => {
+                let dir = std::env::temp_dir().join(&db);
+                (
+                    format!("sqlite:{}", dir.join("chat.db").display()),
+                    Scratch::Sqlite { dir },
+                )
+            }
+        };
         let mut command = if args.baseline {
             let mut c = Command::new(std::env::current_exe().expect("own path"));
             c.args(["raw-server", "--bench"]);
@@ -132,7 +164,7 @@ impl Target {
         let mut child = command
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
-            .env("DATABASE_URL", format!("{}/{db}", args.mysql))
+            .env("DATABASE_URL", url)
             .env("RUST_LOG", "relay=warn")
             // A load test is not a person typing: lift the per-connection limits.
             .env("MAX_MESSAGES_PER_SECOND", "0")
@@ -151,7 +183,7 @@ impl Target {
             url: http.replacen("http://", "ws://", 1),
             pid: Some(child.id()),
             child: Some(child),
-            db: (!args.baseline).then(|| (args.mysql.clone(), db)),
+            db: (!args.baseline).then_some(scratch),
         }
     }
 
@@ -184,13 +216,19 @@ impl Target {
                 .status();
             let _ = child.wait();
         }
-        if let Some((mysql, db)) = self.db.take() {
-            if let Ok(mut conn) = mysql_async::Conn::from_url(mysql).await {
-                let _ = conn
-                    .query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
-                    .await;
-                let _ = conn.disconnect().await;
+        match self.db.take() {
+            Some(Scratch::Mysql { server, db }) => {
+                if let Ok(mut conn) = mysql_async::Conn::from_url(server).await {
+                    let _ = conn
+                        .query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+                        .await;
+                    let _ = conn.disconnect().await;
+                }
             }
+            Some(Scratch::Sqlite { dir }) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            None => {}
         }
     }
 }

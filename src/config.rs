@@ -18,11 +18,13 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// MySQL/MariaDB URL; the database is created if missing, the table if missing.
+    /// Where messages are stored: `sqlite:PATH` (an embedded SQLite file, created if missing) or
+    /// `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (MySQL/MariaDB; the database and the table
+    /// are created if missing).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat"
+        default_value = crate::store::DEFAULT_URL
     )]
     pub database_url: String,
 

@@ -1,19 +1,18 @@
 //! The chat's rules end to end: store once, broadcast to all, ack after commit; dedupe; bad input;
-//! replay; order under concurrent senders; Unicode; graceful shutdown.
+//! replay; order under concurrent senders; Unicode; graceful shutdown. The store-dependent ones run
+//! against both stores (`mysql::` and `sqlite::`).
 
 mod common;
 
 use common::*;
-use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn message_is_stored_broadcast_to_everyone_then_acked() {
-    let s = TestServer::start().await;
+async fn message_is_stored_broadcast_to_everyone_then_acked(backend: Backend) {
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut a = s.joined(Some(json!({"serverOffset": 0}))).await;
     let mut b = s.joined(None).await;
     let mut c = s.joined(None).await;
@@ -24,10 +23,10 @@ async fn message_is_stored_broadcast_to_everyone_then_acked() {
     assert_eq!(a.recv_ack().await, (0, json!([])));
     assert_eq!(b.recv_chat().await, ("hello".to_string(), id));
     assert_eq!(c.recv_chat().await, ("hello".to_string(), id));
-    let rows: Vec<(u64, Vec<u8>, String)> = s
-        .sql("SELECT id, client_offset, content FROM messages")
+    let rows = s
+        .column("SELECT CONCAT(id, ' ', client_offset, ' ', content) FROM messages")
         .await;
-    assert_eq!(rows, vec![(id, b"a-0".to_vec(), "hello".to_string())]);
+    assert_eq!(rows, vec![format!("{id} a-0 hello")]);
     // An emit without an ack id is a valid message too.
     b.emit(None, "no ack", "b-0").await;
     let (_, id2) = a.recv_chat().await;
@@ -38,9 +37,8 @@ async fn message_is_stored_broadcast_to_everyone_then_acked() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn duplicate_offsets_are_acked_never_stored_or_broadcast_twice() {
-    let s = TestServer::start().await;
+async fn duplicate_offsets_are_acked_never_stored_or_broadcast_twice(backend: Backend) {
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut a = s.joined(None).await;
     let mut b = s.joined(None).await;
     a.emit(Some(0), "once", "dup-1").await;
@@ -64,9 +62,8 @@ async fn duplicate_offsets_are_acked_never_stored_or_broadcast_twice() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_offset_twice_in_one_batch_is_stored_once() {
-    let s = TestServer::start().await;
+async fn the_same_offset_twice_in_one_batch_is_stored_once(backend: Backend) {
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut a = s.joined(None).await;
     // Pipelined: both reach the writer together and land in one group commit.
     a.emit(Some(0), "x", "same").await;
@@ -75,7 +72,7 @@ async fn the_same_offset_twice_in_one_batch_is_stored_once() {
     assert_eq!(a.recv_ack().await.0, 0);
     assert_eq!(a.recv_ack().await.0, 1);
     a.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(s.sql::<u64>("SELECT id FROM messages").await, vec![id]);
+    assert_eq!(s.ids().await, vec![id]);
     s.stop().await;
 }
 
@@ -150,9 +147,8 @@ async fn bad_input_is_refused_with_a_clear_ack_and_the_connection_stays() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn replay_after_server_offset_then_live() {
-    let s = TestServer::start().await;
+async fn replay_after_server_offset_then_live(backend: Backend) {
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut a = s.joined(None).await;
     // Every stored message, in id order, as clients must see them.
     let mut all: Vec<(String, u64)> = Vec::new();
@@ -198,15 +194,14 @@ async fn replay_after_server_offset_then_live() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn replay_of_a_long_history_is_complete_and_in_order() {
+async fn replay_of_a_long_history_is_complete_and_in_order(backend: Backend) {
     // A small in-memory history: replay reads the database page by page, then switches to memory.
-    let s = TestServer::start_with(|c| c.recent_messages = 300).await;
+    let s = TestServer::start_on(backend, |c| c.recent_messages = 300).await;
     let total = 2 * relay::session::REPLAY_PAGE + 123;
     let values: Vec<String> = (0..total)
         .map(|i| format!("('h-{i}','history {i}')"))
         .collect();
-    s.sql::<u64>(&format!(
+    s.column(&format!(
         "INSERT INTO messages (client_offset, content) VALUES {}",
         values.join(",")
     ))
@@ -232,9 +227,8 @@ async fn replay_of_a_long_history_is_complete_and_in_order() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn an_offset_beyond_the_newest_id_still_gets_new_messages() {
-    let s = TestServer::start().await;
+async fn an_offset_beyond_the_newest_id_still_gets_new_messages(backend: Backend) {
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut stale = s
         .joined(Some(json!({"serverOffset": 1_000_000_000_000u64})))
         .await;
@@ -302,12 +296,11 @@ async fn collect_all(c: &mut Client, total: usize) -> Vec<u64> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders() {
+async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders(backend: Backend) {
     const SENDERS: usize = 12;
     const EACH: usize = 40;
     const TOTAL: usize = SENDERS * EACH;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(backend, |_| {}).await;
     let mut receivers = Vec::new();
     for _ in 0..3 {
         receivers.push(s.joined(Some(json!({"serverOffset": 0}))).await);
@@ -347,7 +340,7 @@ async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders() 
     let mut late = s.joined(Some(json!({"serverOffset": 0}))).await;
     let late_ids = collect_all(&mut late, TOTAL).await;
 
-    let stored: Vec<u64> = s.sql("SELECT id FROM messages ORDER BY id").await;
+    let stored: Vec<u64> = s.ids().await;
     assert_eq!(stored.len(), TOTAL);
     assert_eq!(
         late_ids, stored,
@@ -372,9 +365,8 @@ async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders() 
     s.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_acks_exactly_what_was_stored_and_closes_with_1001() {
-    let mut s = TestServer::start().await;
+async fn shutdown_acks_exactly_what_was_stored_and_closes_with_1001(backend: Backend) {
+    let mut s = TestServer::start_on(backend, |_| {}).await;
     let mut a = s.joined(None).await;
     // Pipelined emits: shutdown lands while some are in the hub and some are still unread.
     for i in 0..30u64 {
@@ -412,24 +404,17 @@ async fn shutdown_acks_exactly_what_was_stored_and_closes_with_1001() {
         .filter_map(|t| parse_ack(t))
         .map(|(id, _)| format!("sd-{id}"))
         .collect();
-    let mut conn = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+    let stored: BTreeSet<String> = s
+        .column("SELECT client_offset FROM messages")
         .await
-        .unwrap();
-    let stored: Vec<Vec<u8>> = conn
-        .query("SELECT client_offset FROM messages")
-        .await
-        .unwrap();
-    let stored: BTreeSet<String> = stored
         .into_iter()
-        .map(|o| String::from_utf8(o).unwrap())
         .collect();
     assert!(!acked.is_empty());
     assert_eq!(
         acked, stored,
         "every stored message acked, every ack stored"
     );
-    drop(conn);
-    drop_database(&s.db).await;
+    s.remove_database().await;
 }
 
 #[tokio::test]
@@ -474,3 +459,14 @@ async fn content_the_database_refuses_is_acked_with_an_error_never_truncated() {
     assert_eq!(stored, vec!["warm", "warm", "warm", "short", "also ok"]);
     s.stop().await;
 }
+
+on_both_stores!(
+    message_is_stored_broadcast_to_everyone_then_acked,
+    duplicate_offsets_are_acked_never_stored_or_broadcast_twice,
+    the_same_offset_twice_in_one_batch_is_stored_once,
+    replay_after_server_offset_then_live,
+    replay_of_a_long_history_is_complete_and_in_order,
+    an_offset_beyond_the_newest_id_still_gets_new_messages,
+    every_socket_sees_every_message_in_id_order_under_concurrent_senders,
+    shutdown_acks_exactly_what_was_stored_and_closes_with_1001,
+);

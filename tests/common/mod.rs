@@ -1,9 +1,10 @@
-//! Test support: a real relay on 127.0.0.1:0 against a fresh MariaDB database, and a raw
-//! WebSocket client that speaks Engine.IO/Socket.IO frames by hand.
+//! Test support: a real relay on 127.0.0.1:0 against a fresh database (MariaDB, or a SQLite file),
+//! and a raw WebSocket client that speaks Engine.IO/Socket.IO frames by hand.
 //!
-//! The database server is `TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`); each server gets
-//! its own database `relay_test_<random>`, dropped when the test stops it. Set `TEST_LOG=1` to see
-//! the server's logs.
+//! The MySQL server is `TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`); each server gets its
+//! own database `relay_test_<random>`, dropped when the test stops it. A SQLite server gets the
+//! file `relay_test_<random>/chat.db` in the temporary directory, removed the same way. Set
+//! `TEST_LOG=1` to see the server's logs.
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
@@ -36,8 +37,55 @@ fn init_logs() {
     }
 }
 
+/// Which store a test server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Mysql,
+    Sqlite,
+}
+
+impl Backend {
+    /// A fresh database name and the URL relay opens it with.
+    pub fn fresh(self) -> (String, String) {
+        let db = format!(
+            "relay_test_{}",
+            relay::session::new_id().replace(['-', '_'], "x")
+        );
+        let url = match self {
+            Backend::Mysql => format!("{}/{db}", mysql_base()),
+            Backend::Sqlite => format!("sqlite:{}", sqlite_file(&db).display()),
+        };
+        (db, url)
+    }
+}
+
+pub fn sqlite_file(db: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(db).join("chat.db")
+}
+
+/// Generates, from `async fn name(backend: Backend)` functions, one test per backend in modules
+/// `mysql` and `sqlite`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Mysql).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Sqlite).await
+            })*
+        }
+    };
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub backend: Backend,
     pub db: String,
     pub config: Config,
     running: Option<Running>,
@@ -48,16 +96,18 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server on a fresh database, after `tune` adjusts the configuration.
+    /// Starts a server on a fresh MariaDB database, after `tune` adjusts the configuration.
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
-        let db = format!(
-            "relay_test_{}",
-            relay::session::new_id().replace(['-', '_'], "x")
-        );
+        Self::start_on(Backend::Mysql, tune).await
+    }
+
+    /// Starts a server on a fresh database of `backend`, after `tune` adjusts the configuration.
+    pub async fn start_on(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let (db, url) = backend.fresh();
         let mut config = Config::defaults();
         config.host = "127.0.0.1".into();
         config.port = 0;
-        config.database_url = format!("{}/{db}", mysql_base());
+        config.database_url = url;
         config.static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/static").into();
         tune(&mut config);
         Self::start_config(config, db).await
@@ -67,8 +117,14 @@ impl TestServer {
     pub async fn start_config(config: Config, db: String) -> TestServer {
         init_logs();
         let running = relay::server::start(&config).await.expect("relay starts");
+        let backend = if config.database_url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Mysql
+        };
         TestServer {
             addr: running.addr,
+            backend,
             db,
             config,
             running: Some(running),
@@ -100,11 +156,74 @@ impl TestServer {
     /// Shuts down and drops the database.
     pub async fn stop(mut self) {
         self.shutdown().await;
-        drop_database(&self.db).await;
+        self.remove_database().await;
     }
 
-    /// Runs SQL against this server's database.
+    /// Drops the database (the server must be stopped).
+    pub async fn remove_database(&self) {
+        match self.backend {
+            Backend::Mysql => drop_database(&self.db).await,
+            Backend::Sqlite => {
+                let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.db));
+            }
+        }
+    }
+
+    /// Runs SQL on either backend, returning the rows' first columns as strings.
+    pub async fn column(&self, query: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Mysql => {
+                let rows: Vec<mysql_async::Row> = self.sql(query).await;
+                rows.into_iter()
+                    .map(|mut r| match r.take::<mysql_async::Value, _>(0) {
+                        Some(mysql_async::Value::Bytes(b)) => String::from_utf8(b).unwrap(),
+                        Some(mysql_async::Value::Int(i)) => i.to_string(),
+                        Some(mysql_async::Value::UInt(i)) => i.to_string(),
+                        Some(mysql_async::Value::NULL) | None => String::new(),
+                        Some(other) => other.as_sql(true),
+                    })
+                    .collect()
+            }
+            Backend::Sqlite => {
+                let path = sqlite_file(&self.db);
+                let query = query.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                    let mut stmt = conn.prepare(&query).unwrap();
+                    let rows = stmt
+                        .query_map([], |r| {
+                            Ok(match r.get_ref(0)? {
+                                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                                rusqlite::types::ValueRef::Text(t)
+                                | rusqlite::types::ValueRef::Blob(t) => {
+                                    String::from_utf8(t.to_vec()).unwrap()
+                                }
+                                rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                                rusqlite::types::ValueRef::Null => String::new(),
+                            })
+                        })
+                        .unwrap();
+                    rows.collect::<Result<Vec<_>, _>>().unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// Every stored id, ascending.
+    pub async fn ids(&self) -> Vec<u64> {
+        self.column("SELECT id FROM messages ORDER BY id")
+            .await
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    /// Runs SQL against this server's MariaDB database.
     pub async fn sql<T: FromRow + Send + 'static>(&self, query: &str) -> Vec<T> {
+        assert_eq!(self.backend, Backend::Mysql, "sql() is for MySQL servers");
         let mut conn = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), self.db))
             .await
             .expect("test connects to MariaDB");
@@ -114,7 +233,9 @@ impl TestServer {
     }
 
     pub async fn count(&self) -> u64 {
-        self.sql::<u64>("SELECT COUNT(*) FROM messages").await[0]
+        self.column("SELECT COUNT(*) FROM messages").await[0]
+            .parse()
+            .unwrap()
     }
 }
 

@@ -1,43 +1,15 @@
-//! Durable storage of chat messages in MySQL/MariaDB through mysql_async.
-//!
-//! The store answers three questions: "store these new messages and tell me each one's id (or that
-//! its clientOffset is already taken)", "which rows come after id N" (replay, always in pages), and
-//! "what is the highest id" (the hub's starting point). It never broadcasts and never decides
-//! order: the hub calls [`Store::insert`] from a single task, which is what makes commit order equal
-//! id order.
+//! MySQL/MariaDB through mysql_async: a pool for reads, one writer connection whose prepared
+//! multi-row INSERTs stay warm.
 
+use super::{Inserted, Row, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 /// The schema, applied at start when the table is missing (`CREATE TABLE IF NOT EXISTS`).
-pub const SCHEMA: &str = include_str!("../schema.sql");
-
-/// A stored message, as replay reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub id: u64,
-    pub content: String,
-}
-
-/// What became of one message handed to [`Store::insert`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inserted {
-    /// Committed under this id.
-    Stored(u64),
-    /// Its clientOffset was already stored, under this id: a retry. Nothing was written.
-    Duplicate(u64),
-}
-
-/// A storage failure.
-#[derive(Debug)]
-pub struct StoreError {
-    inner: mysql_async::Error,
-    context: &'static str,
-}
+pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// MySQL server error codes that blame a row's data rather than the database's health: retrying
 /// the same row can never succeed.
@@ -49,58 +21,17 @@ const ROW_DATA_ERRORS: [u16; 4] = [
 ];
 const ER_DUP_ENTRY: u16 = 1062;
 
-impl StoreError {
-    fn new(context: &'static str) -> impl FnOnce(mysql_async::Error) -> StoreError {
-        move |inner| StoreError { inner, context }
-    }
-
-    /// A database round that took longer than allowed: its outcome is unknown.
-    pub fn timeout(context: &'static str) -> StoreError {
-        StoreError {
-            inner: mysql_async::Error::Other("timed out".into()),
-            context,
-        }
-    }
-
-    /// True when the database refused a row for its content: that row must be answered with an
-    /// error, not retried.
-    pub fn is_row_data_error(&self) -> bool {
-        matches!(&self.inner, mysql_async::Error::Server(e) if ROW_DATA_ERRORS.contains(&e.code))
-    }
-
-    /// The connection it happened on cannot be used again.
-    fn is_fatal(&self) -> bool {
-        match &self.inner {
-            mysql_async::Error::Server(_) => false,
-            mysql_async::Error::Other(_) => true, // timeouts and impossible results
-            other => other.is_fatal(),
-        }
-    }
-
-    fn is_duplicate(&self) -> bool {
-        matches!(&self.inner, mysql_async::Error::Server(e) if e.code == ER_DUP_ENTRY)
-    }
-
-    /// The database's own message, for an ack error.
-    pub fn server_message(&self) -> String {
-        match &self.inner {
-            mysql_async::Error::Server(e) => e.message.clone(),
-            other => other.to_string(),
-        }
-    }
+pub(super) fn is_row_data_error(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(e) if ROW_DATA_ERRORS.contains(&e.code))
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, self.inner)
-    }
+fn is_duplicate(e: &StoreError) -> bool {
+    matches!(e.mysql_error(), Some(mysql_async::Error::Server(e)) if e.code == ER_DUP_ENTRY)
 }
-
-impl std::error::Error for StoreError {}
 
 /// The connection pool and what was learnt about the schema at start.
 #[derive(Clone)]
-pub struct Store {
+pub struct MysqlStore {
     pool: Pool,
     /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
     /// the hub writes, so the lock is never contended.
@@ -111,17 +42,12 @@ pub struct Store {
     id_step: u64,
 }
 
-/// Rows per INSERT statement; the hub never hands more at once.
-pub const MAX_BATCH: usize = 256;
-
-impl Store {
+impl MysqlStore {
     /// Connects, creates the database if it is missing (when the URL names one), applies the schema
     /// and reads the column limits. Errors say which step failed.
-    pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let opts = Opts::from_url(url).map_err(|e| StoreError {
-            inner: mysql_async::Error::Url(e),
-            context: "invalid DATABASE_URL",
-        })?;
+    pub async fn connect(url: &str) -> Result<MysqlStore, StoreError> {
+        let opts = Opts::from_url(url)
+            .map_err(|e| StoreError::mysql("invalid DATABASE_URL")(mysql_async::Error::Url(e)))?;
         if let Some(db) = opts.db_name() {
             create_database(&opts, db).await?;
         }
@@ -147,10 +73,10 @@ impl Store {
         let mut conn = pool
             .get_conn()
             .await
-            .map_err(StoreError::new("cannot connect to the database"))?;
+            .map_err(StoreError::mysql("cannot connect to the database"))?;
         conn.query_drop(SCHEMA)
             .await
-            .map_err(StoreError::new("cannot apply schema.sql"))?;
+            .map_err(StoreError::mysql("cannot apply schema.sql"))?;
         let content_limit: Option<u64> = conn
             .query_first(
                 "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
@@ -158,12 +84,14 @@ impl Store {
                  AND COLUMN_NAME = 'content'",
             )
             .await
-            .map_err(StoreError::new("cannot read the messages table's columns"))?;
+            .map_err(StoreError::mysql(
+                "cannot read the messages table's columns",
+            ))?;
         let id_step: Option<u64> = conn
             .query_first("SELECT @@auto_increment_increment")
             .await
-            .map_err(StoreError::new("cannot read auto_increment_increment"))?;
-        Ok(Store {
+            .map_err(StoreError::mysql("cannot read auto_increment_increment"))?;
+        Ok(MysqlStore {
             pool,
             writer: Arc::default(),
             content_limit: content_limit
@@ -181,7 +109,7 @@ impl Store {
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        conn.ping().await.map_err(StoreError::new("ping failed"))
+        conn.ping().await.map_err(StoreError::mysql("ping failed"))
     }
 
     /// The highest stored id, 0 for an empty table.
@@ -190,7 +118,7 @@ impl Store {
         let id: Option<u64> = conn
             .query_first("SELECT COALESCE(MAX(id), 0) FROM messages")
             .await
-            .map_err(StoreError::new("cannot read the highest id"))?;
+            .map_err(StoreError::mysql("cannot read the highest id"))?;
         Ok(id.unwrap_or(0))
     }
 
@@ -204,7 +132,7 @@ impl Store {
             |(id, content)| Row { id, content },
         )
         .await
-        .map_err(StoreError::new("cannot read messages"))
+        .map_err(StoreError::mysql("cannot read messages"))
     }
 
     /// The newest `limit` rows, ascending (to warm the in-memory history at start).
@@ -217,7 +145,7 @@ impl Store {
             |(id, content)| Row { id, content },
         )
         .await
-        .map_err(StoreError::new("cannot read the newest messages"))
+        .map_err(StoreError::mysql("cannot read the newest messages"))
     }
 
     /// Stores the messages not stored yet, in the order given, with one multi-row INSERT, and says
@@ -233,10 +161,6 @@ impl Store {
     /// does, the INSERT fails on the unique key again and the batch is checked again. A refused
     /// INSERT burns its auto-increment values: ids increase, with gaps.
     pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
-        debug_assert!(batch.len() <= MAX_BATCH);
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut slot = self.writer.lock().await;
         let mut conn = match slot.take() {
             Some(conn) => conn,
@@ -293,8 +217,8 @@ impl Store {
             match conn.exec_drop(sql, params).await {
                 Ok(()) => {}
                 Err(e) => {
-                    let err = StoreError::new("cannot insert messages")(e);
-                    if err.is_duplicate() && attempts < 4 {
+                    let err = StoreError::mysql("cannot insert messages")(e);
+                    if is_duplicate(&err) && attempts < 4 {
                         continue;
                     }
                     return Err(err);
@@ -304,16 +228,13 @@ impl Store {
             let affected = conn.affected_rows();
             if first == 0 || affected != fresh.len() as u64 {
                 // Should be impossible; refuse to guess ids rather than mislabel messages.
-                return Err(StoreError {
-                    inner: mysql_async::Error::Other(
-                        format!(
-                            "INSERT of {} rows reported {affected} affected, first id {first}",
-                            fresh.len()
-                        )
-                        .into(),
+                return Err(StoreError::other(
+                    "unexpected INSERT result",
+                    format!(
+                        "INSERT of {} rows reported {affected} affected, first id {first}",
+                        fresh.len()
                     ),
-                    context: "unexpected INSERT result",
-                });
+                ));
             }
             let mut next = first;
             return Ok(batch
@@ -334,7 +255,13 @@ impl Store {
         self.pool
             .get_conn()
             .await
-            .map_err(StoreError::new("cannot get a database connection"))
+            .map_err(StoreError::mysql("cannot get a database connection"))
+    }
+
+    /// Waits for the writer connection to be free. A statement abandoned by a timeout took its
+    /// connection with it; the server may still finish it, which nothing on this side can see.
+    pub async fn settle(&self) {
+        drop(self.writer.lock().await);
     }
 
     /// Closes the pool's connections (the writer's first: the pool waits for every one).
@@ -362,7 +289,7 @@ async fn existing_offsets(
     let found: Vec<(Vec<u8>, u64)> = conn
         .exec(sql, params)
         .await
-        .map_err(StoreError::new("cannot look up clientOffsets"))?;
+        .map_err(StoreError::mysql("cannot look up clientOffsets"))?;
     Ok(found.into_iter().collect())
 }
 
@@ -390,12 +317,12 @@ async fn create_database(opts: &Opts, db: &str) -> Result<(), StoreError> {
     let bare = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
     let mut conn = mysql_async::Conn::new(bare)
         .await
-        .map_err(StoreError::new("cannot connect to the database server"))?;
+        .map_err(StoreError::mysql("cannot connect to the database server"))?;
     conn.query_drop(format!(
         "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
     ))
     .await
-    .map_err(StoreError::new("cannot create the database"))?;
+    .map_err(StoreError::mysql("cannot create the database"))?;
     let _ = conn.disconnect().await;
     Ok(())
 }

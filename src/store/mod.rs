@@ -1,0 +1,250 @@
+//! Durable storage of chat messages: one interface, two databases.
+//!
+//! The store answers three questions: "store these new messages and tell me each one's id (or that
+//! its clientOffset is already taken)", "which rows come after id N" (replay, always in pages), and
+//! "what is the highest id" (the hub's starting point). It never broadcasts and never decides
+//! order: the hub calls [`Store::insert`] from a single task, which is what makes commit order equal
+//! id order.
+//!
+//! `DATABASE_URL` picks the implementation: `mysql://…` is MySQL/MariaDB through mysql_async
+//! ([`mysql`]), `sqlite:PATH` an embedded SQLite file ([`sqlite`]), the default. Both keep the same
+//! contract, which `tests/store.rs` checks against each with one suite:
+//! - ids increase in insertion order and are never reused;
+//! - a clientOffset is stored once, matched byte for byte (no case folding, no trailing-space or
+//!   Unicode normalisation), and a retry learns the id of the first copy;
+//! - a batch is committed whole before `insert` returns, or not at all;
+//! - reads see every committed row, in id order, a page at a time.
+
+pub mod mysql;
+pub mod sqlite;
+
+use crate::chat::NewMessage;
+use std::fmt;
+
+/// A stored message, as replay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: u64,
+    pub content: String,
+}
+
+/// What became of one message handed to [`Store::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Committed under this id.
+    Stored(u64),
+    /// Its clientOffset was already stored, under this id: a retry. Nothing was written.
+    Duplicate(u64),
+}
+
+/// Rows per insert; the hub never hands more at once.
+pub const MAX_BATCH: usize = 256;
+
+/// Where the messages live.
+#[derive(Clone)]
+pub enum Store {
+    Mysql(mysql::MysqlStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// The `DATABASE_URL` used when none is given: a SQLite file in the working directory.
+pub const DEFAULT_URL: &str = "sqlite:relay.db";
+
+impl Store {
+    /// Opens the database `url` names, creating what is missing (the MySQL database when the URL
+    /// names one, the SQLite file, the table), and reads the limits it imposes. Errors say which
+    /// step failed.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("mysql://") {
+            mysql::MysqlStore::connect(url).await.map(Store::Mysql)
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            sqlite::SqliteStore::open(rest).await.map(Store::Sqlite)
+        } else {
+            Err(StoreError::other(
+                "invalid DATABASE_URL",
+                "expected mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE or sqlite:PATH".into(),
+            ))
+        }
+    }
+
+    /// Which implementation this is, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Mysql(_) => "mysql",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// The most bytes the content column holds.
+    pub fn content_limit(&self) -> usize {
+        match self {
+            Store::Mysql(s) => s.content_limit(),
+            Store::Sqlite(s) => s.content_limit(),
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Mysql(s) => s.ping().await,
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// The highest stored id, 0 for an empty table.
+    pub async fn max_id(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Mysql(s) => s.max_id().await,
+            Store::Sqlite(s) => s.max_id().await,
+        }
+    }
+
+    /// Up to `limit` rows with `id > after`, ascending. Replay calls this page by page, so a long
+    /// history is never held in memory at once.
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.page_after(after, limit).await,
+            Store::Sqlite(s) => s.page_after(after, limit).await,
+        }
+    }
+
+    /// The newest `limit` rows, ascending (to warm the in-memory history at start).
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.newest(limit).await,
+            Store::Sqlite(s) => s.newest(limit).await,
+        }
+    }
+
+    /// Stores the messages not stored yet, in the order given and in one transaction, and says for
+    /// each whether it got an id or was a duplicate. `batch` must not repeat a clientOffset and
+    /// must hold at most [`MAX_BATCH`] messages. Only one task may call this at a time.
+    pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        debug_assert!(batch.len() <= MAX_BATCH);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Mysql(s) => s.insert(batch).await,
+            Store::Sqlite(s) => s.insert(batch).await,
+        }
+    }
+
+    /// Waits until no write is still running on the database's side: after an `insert` that was
+    /// abandoned (timed out), a read that follows this sees whatever that insert committed.
+    pub async fn settle(&self) {
+        match self {
+            Store::Mysql(s) => s.settle().await,
+            Store::Sqlite(s) => s.settle().await,
+        }
+    }
+
+    /// Closes the connections.
+    pub async fn close(self) {
+        match self {
+            Store::Mysql(s) => s.close().await,
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// A storage failure: what relay was doing, and what the database said.
+#[derive(Debug)]
+pub struct StoreError {
+    cause: Cause,
+    context: &'static str,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Mysql(::mysql_async::Error),
+    Sqlite(rusqlite::Error),
+    /// A database round that took longer than allowed: its outcome is unknown.
+    Timeout,
+    /// Anything else (an impossible result, a bad URL), said in words.
+    Other(String),
+}
+
+impl StoreError {
+    /// A database round that took longer than allowed: its outcome is unknown.
+    pub fn timeout(context: &'static str) -> StoreError {
+        StoreError {
+            cause: Cause::Timeout,
+            context,
+        }
+    }
+
+    pub(crate) fn other(context: &'static str, message: String) -> StoreError {
+        StoreError {
+            cause: Cause::Other(message),
+            context,
+        }
+    }
+
+    pub(crate) fn mysql(context: &'static str) -> impl FnOnce(::mysql_async::Error) -> StoreError {
+        move |e| StoreError {
+            cause: Cause::Mysql(e),
+            context,
+        }
+    }
+
+    pub(crate) fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        move |e| StoreError {
+            cause: Cause::Sqlite(e),
+            context,
+        }
+    }
+
+    /// True when the database refused a row for its content: that row must be answered with an
+    /// error, not retried.
+    pub fn is_row_data_error(&self) -> bool {
+        match &self.cause {
+            Cause::Mysql(e) => mysql::is_row_data_error(e),
+            Cause::Sqlite(e) => sqlite::is_row_data_error(e),
+            Cause::Timeout | Cause::Other(_) => false,
+        }
+    }
+
+    /// True when the error says nothing about the database (a timeout or an impossible result),
+    /// or the connection it happened on cannot be used again.
+    pub(crate) fn is_fatal(&self) -> bool {
+        match &self.cause {
+            Cause::Mysql(::mysql_async::Error::Server(_)) => false,
+            Cause::Mysql(::mysql_async::Error::Other(_)) => true,
+            Cause::Mysql(e) => e.is_fatal(),
+            Cause::Sqlite(_) => false,
+            Cause::Timeout | Cause::Other(_) => true,
+        }
+    }
+
+    pub(crate) fn mysql_error(&self) -> Option<&::mysql_async::Error> {
+        match &self.cause {
+            Cause::Mysql(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The database's own message, for an ack error.
+    pub fn server_message(&self) -> String {
+        match &self.cause {
+            Cause::Mysql(::mysql_async::Error::Server(e)) => e.message.clone(),
+            Cause::Mysql(e) => e.to_string(),
+            Cause::Sqlite(e) => e.to_string(),
+            Cause::Timeout => "timed out".into(),
+            Cause::Other(m) => m.clone(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            Cause::Mysql(e) => write!(f, "{}: {e}", self.context),
+            Cause::Sqlite(e) => write!(f, "{}: {e}", self.context),
+            Cause::Timeout => write!(f, "{}: timed out", self.context),
+            Cause::Other(m) => write!(f, "{}: {m}", self.context),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}

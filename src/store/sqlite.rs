@@ -1,0 +1,315 @@
+//! An embedded SQLite file through rusqlite, with SQLite compiled in: the default store, nothing to
+//! install or run beside relay.
+//!
+//! SQLite is a blocking library, so every call runs on tokio's blocking pool. One writer
+//! connection does all inserts (the hub is the only writer); reads use a few connections of their
+//! own, which WAL mode lets run while a write is in progress. Commits are durable before an ack:
+//! `synchronous = FULL` syncs the WAL on every commit, and the hub commits messages in groups, so
+//! the sync is paid once per group.
+
+use super::{Inserted, Row, StoreError};
+use crate::chat::NewMessage;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The same table as `schema.sql`, in SQLite's words. `AUTOINCREMENT` keeps ids from ever being
+/// reused, even after the newest rows are deleted; `TEXT` compares with the BINARY collation, byte
+/// for byte, as the MySQL `VARBINARY` does.
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
+  id            INTEGER PRIMARY KEY AUTOINCREMENT,
+  client_offset TEXT NOT NULL UNIQUE,
+  content       TEXT NOT NULL
+)";
+
+/// Read connections (and so concurrent reads) at most.
+const READERS: usize = 4;
+/// How long a statement waits for another process's lock on the file before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest string SQLite stores (its default `SQLITE_MAX_LENGTH`).
+const MAX_LENGTH: usize = 1_000_000_000;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// The one writer. Held (owned) by an insert for as long as its blocking work runs, even when
+    /// the caller has given up waiting, so [`SqliteStore::settle`] can wait for it.
+    writer: Arc<tokio::sync::Mutex<Option<Connection>>>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+    /// Bounds the reads running at once (each holds a connection and a blocking thread).
+    reading: Semaphore,
+}
+
+pub(super) fn is_row_data_error(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            f.code == ErrorCode::TooBig
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL
+        }
+        _ => false,
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it when missing) the file `location` names: `PATH`, or `//PATH` as in
+    /// `sqlite://relay.db`, so `sqlite:///var/lib/relay/chat.db` is absolute. Missing parent
+    /// directories are created.
+    pub async fn open(location: &str) -> Result<SqliteStore, StoreError> {
+        let path = parse_location(location)?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::other(
+                        "cannot create the SQLite file's directory",
+                        format!("{}: {e}", dir.display()),
+                    )
+                })?;
+            }
+            let conn = connect(&path).map_err(StoreError::sqlite("cannot open the SQLite file"))?;
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(StoreError::sqlite("cannot set the SQLite journal mode"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode,
+                    "SQLite could not use WAL mode here; reads will wait for writes"
+                );
+            }
+            conn.execute_batch(SCHEMA)
+                .map_err(StoreError::sqlite("cannot create the messages table"))?;
+            Ok((path, conn))
+        })
+        .await
+        .map_err(joined)??;
+        let (path, writer) = opened;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+                readers: Mutex::new(Vec::new()),
+                reading: Semaphore::new(READERS),
+            }),
+        })
+    }
+
+    pub fn content_limit(&self) -> usize {
+        MAX_LENGTH
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read("ping failed", |c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    pub async fn max_id(&self) -> Result<u64, StoreError> {
+        self.read("cannot read the highest id", |c| {
+            c.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(to_id)
+    }
+
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("cannot read messages", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, content FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map((after, limit), row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("cannot read the newest messages", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, content FROM \
+                 (SELECT id, content FROM messages ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )?;
+            let rows = stmt.query_map([limit], row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// One `BEGIN IMMEDIATE … COMMIT` per batch. Each message is an `INSERT … ON CONFLICT DO
+    /// NOTHING`: one that inserted a row has `last_insert_rowid()` as its id; one that did not is a
+    /// duplicate, and its first copy's id is looked up. Any error rolls the whole batch back.
+    pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        let rows: Vec<(String, String)> = batch
+            .iter()
+            .map(|m| (m.client_offset.clone(), m.content.clone()))
+            .collect();
+        let writer = self.inner.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.as_ref().ok_or_else(|| {
+                StoreError::other("cannot insert messages", "store closed".into())
+            })?;
+            insert_batch(conn, &rows).map_err(StoreError::sqlite("cannot insert messages"))
+        })
+        .await
+        .map_err(joined)?
+    }
+
+    /// Waits for an insert still running (one its caller stopped waiting for) to finish.
+    pub async fn settle(&self) {
+        drop(self.inner.writer.lock().await);
+    }
+
+    /// Closes the connections; SQLite checkpoints the WAL into the file when the last one closes.
+    pub async fn close(self) {
+        let writer = self.inner.writer.lock().await.take();
+        let readers = std::mem::take(&mut *lock(&self.inner.readers));
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(readers);
+            drop(writer);
+        })
+        .await;
+    }
+
+    /// Runs `f` on a read connection, on the blocking pool.
+    async fn read<T, F>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .reading
+            .acquire()
+            .await
+            .map_err(|_| StoreError::other(context, "store closed".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match lock(&inner.readers).pop() {
+                Some(conn) => conn,
+                None => connect(&inner.path)?,
+            };
+            let result = f(&conn);
+            lock(&inner.readers).push(conn);
+            result
+        })
+        .await
+        .map_err(joined)?
+        .map_err(StoreError::sqlite(context))
+    }
+}
+
+fn insert_batch(conn: &Connection, rows: &[(String, String)]) -> rusqlite::Result<Vec<Inserted>> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(rows.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (client_offset, content) VALUES (?1, ?2) \
+             ON CONFLICT (client_offset) DO NOTHING",
+        )?;
+        let mut find = tx.prepare_cached("SELECT id FROM messages WHERE client_offset = ?1")?;
+        for (offset, content) in rows {
+            if insert.execute((offset, content))? == 1 {
+                out.push(Inserted::Stored(to_id(tx.last_insert_rowid())));
+            } else {
+                let id: Option<i64> = find.query_row([offset], |r| r.get(0)).optional()?;
+                match id {
+                    Some(id) => out.push(Inserted::Duplicate(to_id(id))),
+                    // The conflict was on something else than the offset: impossible with this
+                    // schema; refuse rather than guess.
+                    None => return Err(rusqlite::Error::QueryReturnedNoRows),
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// A connection with relay's settings.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Durable acks: the WAL is synced at every commit.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: to_id(r.get(0)?),
+        content: r.get(1)?,
+    })
+}
+
+fn to_id(id: i64) -> u64 {
+    u64::try_from(id).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn joined(e: tokio::task::JoinError) -> StoreError {
+    StoreError::other("SQLite task failed", e.to_string())
+}
+
+/// `PATH` or `//PATH` (the part of a `sqlite:` URL after the scheme).
+fn parse_location(location: &str) -> Result<PathBuf, StoreError> {
+    let path = location.strip_prefix("//").unwrap_or(location);
+    let invalid = |why: &str| Err(StoreError::other("invalid DATABASE_URL", why.into()));
+    if path.is_empty() {
+        return invalid("sqlite: needs a file path, as in sqlite:relay.db");
+    }
+    if path == ":memory:" || path.starts_with("file:") {
+        return invalid(
+            "sqlite: takes a plain file path; in-memory databases would lose every message at exit",
+        );
+    }
+    if path.contains('?') {
+        return invalid("sqlite: takes no options, only a file path");
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_location;
+    use std::path::PathBuf;
+
+    #[test]
+    fn locations_are_paths() {
+        assert_eq!(
+            parse_location("relay.db").unwrap(),
+            PathBuf::from("relay.db")
+        );
+        assert_eq!(
+            parse_location("//relay.db").unwrap(),
+            PathBuf::from("relay.db")
+        );
+        assert_eq!(
+            parse_location("///var/lib/relay/chat.db").unwrap(),
+            PathBuf::from("/var/lib/relay/chat.db")
+        );
+        assert_eq!(
+            parse_location("data/x.db").unwrap(),
+            PathBuf::from("data/x.db")
+        );
+    }
+
+    #[test]
+    fn unusable_locations_are_refused() {
+        for bad in ["", "//", ":memory:", "file:x.db", "x.db?mode=ro"] {
+            assert!(parse_location(bad).is_err(), "{bad}");
+        }
+    }
+}

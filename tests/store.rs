@@ -1,0 +1,387 @@
+//! The storage contract, one suite run against both implementations: MySQL/MariaDB (`TEST_MYSQL`,
+//! a fresh database per test) and SQLite (a fresh file per test). Each property is one function
+//! taking a [`Backend`]; the `contract!` macro turns each into a test per backend, so the two can
+//! never drift apart.
+
+mod common;
+
+use relay::chat::NewMessage;
+use relay::store::{Inserted, Row, Store};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Mysql,
+    Sqlite,
+}
+
+/// A fresh, empty database of one backend, removed on [`Fresh::remove`].
+struct Fresh {
+    backend: Backend,
+    url: String,
+    name: String,
+}
+
+impl Fresh {
+    fn new(backend: Backend) -> Fresh {
+        let name = format!(
+            "relay_test_{}",
+            relay::session::new_id().replace(['-', '_'], "x")
+        );
+        let url = match backend {
+            Backend::Mysql => format!("{}/{name}", common::mysql_base()),
+            Backend::Sqlite => format!("sqlite:{}", sqlite_dir(&name).join("chat.db").display()),
+        };
+        Fresh { backend, url, name }
+    }
+
+    async fn open(&self) -> Store {
+        Store::connect(&self.url).await.expect("store opens")
+    }
+
+    /// Runs one SQL statement outside relay, as an operator would.
+    async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Mysql => {
+                use mysql_async::prelude::*;
+                let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
+                conn.query_drop(sql).await.unwrap();
+                let _ = conn.disconnect().await;
+            }
+            Backend::Sqlite => {
+                let path = sqlite_dir(&self.name).join("chat.db");
+                let sql = sql.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.busy_timeout(std::time::Duration::from_secs(5))
+                        .unwrap();
+                    conn.execute_batch(&sql).unwrap();
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    async fn remove(self) {
+        match self.backend {
+            Backend::Mysql => common::drop_database(&self.name).await,
+            Backend::Sqlite => {
+                let _ = std::fs::remove_dir_all(sqlite_dir(&self.name));
+            }
+        }
+    }
+}
+
+fn sqlite_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(name)
+}
+
+fn msg(offset: &str, content: &str) -> NewMessage {
+    NewMessage {
+        client_offset: offset.into(),
+        content: content.into(),
+    }
+}
+
+async fn insert(store: &Store, messages: &[NewMessage]) -> Vec<Inserted> {
+    let refs: Vec<&NewMessage> = messages.iter().collect();
+    store.insert(&refs).await.expect("insert")
+}
+
+fn stored(result: &[Inserted]) -> Vec<u64> {
+    result
+        .iter()
+        .map(|r| match r {
+            Inserted::Stored(id) => *id,
+            Inserted::Duplicate(id) => panic!("expected a new row, got duplicate of {id}"),
+        })
+        .collect()
+}
+
+/// Every row after `after`, read in pages of `page`.
+async fn all_after(store: &Store, mut after: u64, page: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
+    loop {
+        let got = store.page_after(after, page).await.expect("page");
+        assert!(got.len() <= page, "a page holds at most its limit");
+        let full = got.len() == page;
+        if let Some(last) = got.last() {
+            after = last.id;
+        }
+        rows.extend(got);
+        if !full {
+            return rows;
+        }
+    }
+}
+
+async fn empty_store_starts_at_zero(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    assert_eq!(store.max_id().await.unwrap(), 0);
+    assert!(store.page_after(0, 10).await.unwrap().is_empty());
+    assert!(store.newest(10).await.unwrap().is_empty());
+    assert!(store.insert(&[]).await.unwrap().is_empty());
+    store.ping().await.unwrap();
+    assert!(store.content_limit() >= 65_535);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn ids_ascend_in_insertion_order(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let first = stored(
+        &insert(
+            &store,
+            &[msg("a", "one"), msg("b", "two"), msg("c", "three")],
+        )
+        .await,
+    );
+    let second = stored(&insert(&store, &[msg("d", "four")]).await);
+    let ids: Vec<u64> = first.iter().chain(&second).copied().collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(store.max_id().await.unwrap(), ids[3]);
+    let rows = store.page_after(0, 10).await.unwrap();
+    let expected: Vec<Row> = ids
+        .iter()
+        .zip(["one", "two", "three", "four"])
+        .map(|(&id, c)| Row {
+            id,
+            content: c.into(),
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    assert_eq!(store.page_after(ids[1], 10).await.unwrap(), expected[2..]);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn a_retry_gets_the_first_copys_id(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let a = stored(&insert(&store, &[msg("a", "original")]).await)[0];
+    // A retry in a later batch, between new messages: only the new ones are written.
+    let r = insert(
+        &store,
+        &[
+            msg("b", "new"),
+            msg("a", "retried, other text"),
+            msg("c", "newer"),
+        ],
+    )
+    .await;
+    assert!(matches!(r[0], Inserted::Stored(b) if b > a), "{r:?}");
+    assert_eq!(r[1], Inserted::Duplicate(a));
+    assert!(matches!((&r[0], &r[2]), (Inserted::Stored(b), Inserted::Stored(c)) if c > b));
+    // A batch of nothing but retries writes nothing.
+    let again = insert(&store, &[msg("c", "x"), msg("a", "y")]).await;
+    assert_eq!(again[1], Inserted::Duplicate(a));
+    let rows = all_after(&store, 0, 100).await;
+    let contents: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
+    assert_eq!(contents, ["original", "new", "newer"]);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn offsets_match_byte_for_byte(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    // Case, trailing space, Unicode normal forms (é precomposed and decomposed), width.
+    let offsets = ["off", "Off", "off ", "\u{e9}", "e\u{301}", "ａ", "a"];
+    let batch: Vec<NewMessage> = offsets.iter().map(|o| msg(o, o)).collect();
+    let ids = stored(&insert(&store, &batch).await);
+    assert_eq!(ids.len(), offsets.len());
+    // And each is found again exactly.
+    let again = insert(&store, &batch).await;
+    assert_eq!(
+        again,
+        ids.iter()
+            .map(|&id| Inserted::Duplicate(id))
+            .collect::<Vec<_>>()
+    );
+    store.close().await;
+    db.remove().await;
+}
+
+async fn content_round_trips_exactly(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let contents = [
+        "plain".to_string(),
+        "  padded  ".to_string(),
+        "emoji 🎉👩‍👩‍👧 and 𝄞".to_string(),
+        "right-to-left: שלום".to_string(),
+        "lines\nand\ttabs\r\n".to_string(),
+        "quotes ' \" \\ ; -- /*".to_string(),
+        "x".repeat(60_000),
+        String::new(),
+    ];
+    let batch: Vec<NewMessage> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| msg(&format!("o{i}"), c))
+        .collect();
+    stored(&insert(&store, &batch).await);
+    let rows = store.page_after(0, 100).await.unwrap();
+    let back: Vec<String> = rows.into_iter().map(|r| r.content).collect();
+    assert_eq!(back, contents);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn pages_cover_every_row_once(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    let mut n = 0;
+    for size in [1, 256, 7, 100, 256, 80] {
+        let batch: Vec<NewMessage> = (n..n + size)
+            .map(|i| msg(&format!("m{i}"), &format!("message {i}")))
+            .collect();
+        n += size;
+        ids.extend(stored(&insert(&store, &batch).await));
+    }
+    assert_eq!(ids.len(), 700);
+    for page in [1, 97, 500, 1000] {
+        let rows = all_after(&store, 0, page).await;
+        assert_eq!(
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            ids,
+            "pages of {page}"
+        );
+    }
+    let from_middle = all_after(&store, ids[349], 64).await;
+    assert_eq!(from_middle.len(), 350);
+    assert_eq!(from_middle[0].content, "message 350");
+    let newest = store.newest(10).await.unwrap();
+    assert_eq!(newest.iter().map(|r| r.id).collect::<Vec<_>>(), ids[690..]);
+    assert_eq!(store.newest(5000).await.unwrap().len(), 700);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn rows_and_offsets_survive_a_reopen(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let ids = stored(&insert(&store, &[msg("a", "1"), msg("b", "2")]).await);
+    store.close().await;
+
+    let store = db.open().await;
+    assert_eq!(store.max_id().await.unwrap(), ids[1]);
+    let r = insert(&store, &[msg("b", "retry after restart"), msg("c", "3")]).await;
+    assert_eq!(r[0], Inserted::Duplicate(ids[1]));
+    assert!(matches!(r[1], Inserted::Stored(c) if c > ids[1]));
+    assert_eq!(all_after(&store, 0, 10).await.len(), 3);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn ids_are_never_reused(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let ids = stored(&insert(&store, &[msg("a", "1"), msg("b", "2"), msg("c", "3")]).await);
+    // An operator deletes the newest row: a client that saw it must not miss the next one.
+    db.execute(&format!("DELETE FROM messages WHERE id = {}", ids[2]))
+        .await;
+    let next = stored(&insert(&store, &[msg("d", "4")]).await)[0];
+    assert!(next > ids[2], "id {next} reused (deleted {})", ids[2]);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn reads_see_each_commit_as_soon_as_insert_returns(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    // Readers page through the table while the writer commits; each sees ascending ids and,
+    // once an insert has returned, every row it stored.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for b in 0..40 {
+                let batch: Vec<NewMessage> =
+                    (0..25).map(|i| msg(&format!("w{b}-{i}"), "x")).collect();
+                let ids = stored(&insert(&store, &batch).await);
+                last = *ids.last().unwrap();
+                let seen = store.max_id().await.unwrap();
+                assert!(
+                    seen >= last,
+                    "insert returned {last} but max_id says {seen}"
+                );
+            }
+            last
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let store = store.clone();
+        readers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let rows = all_after(&store, 0, 50).await;
+                assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let last = writer.await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(all_after(&store, 0, 300).await.len(), 1000);
+    assert_eq!(store.max_id().await.unwrap(), last);
+    store.close().await;
+    db.remove().await;
+}
+
+async fn the_batch_limit_fits_in_one_insert(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let batch: Vec<NewMessage> = (0..relay::store::MAX_BATCH)
+        .map(|i| msg(&format!("{i:0>255}"), &"y".repeat(200)))
+        .collect();
+    let ids = stored(&insert(&store, &batch).await);
+    assert_eq!(ids.len(), relay::store::MAX_BATCH);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    store.close().await;
+    db.remove().await;
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::Mysql).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+    };
+}
+
+contract!(
+    empty_store_starts_at_zero,
+    ids_ascend_in_insertion_order,
+    a_retry_gets_the_first_copys_id,
+    offsets_match_byte_for_byte,
+    content_round_trips_exactly,
+    pages_cover_every_row_once,
+    rows_and_offsets_survive_a_reopen,
+    ids_are_never_reused,
+    reads_see_each_commit_as_soon_as_insert_returns,
+    the_batch_limit_fits_in_one_insert,
+);
+
+#[tokio::test]
+async fn unknown_urls_are_refused_with_the_expected_forms() {
+    for url in ["postgres://x/y", "relay.db", "sqlite:", "sqlite::memory:"] {
+        let err = Store::connect(url).await.err().expect("refused");
+        assert!(err.to_string().contains("DATABASE_URL"), "{url}: {err}");
+    }
+}
