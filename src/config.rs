@@ -81,8 +81,8 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Folder with the page (index.html, app.js, style.css, favicon.svg) and, in
-    /// node_modules/socket.io-client, the client library served at /socket.io/socket.io.js.
+    /// Folder with the page (index.html, app.js, style.css, favicon.svg). The client library at
+    /// /socket.io/socket.io.js is built into relay.
     #[arg(long, env = "STATIC_DIR", default_value = "static")]
     pub static_dir: PathBuf,
 }

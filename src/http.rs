@@ -20,8 +20,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-/// The socket.io-client release the page is written for (and the CDN fallback serves).
+/// The socket.io-client release the page is written for, and whose browser build relay serves.
 pub const CLIENT_VERSION: &str = "4.8.3";
+
+/// `dist/socket.io.min.js` of the npm package socket.io-client at [`CLIENT_VERSION`], unmodified
+/// (the Node test suite compares it with the package it installs).
+const CLIENT_JS: &[u8] = include_bytes!("../static/vendor/socket.io.min.js");
 
 /// What request handlers share.
 pub struct App {
@@ -53,7 +57,7 @@ pub async fn handle(
         "/app.js" => asset(&app, "app.js", "text/javascript; charset=utf-8").await,
         "/style.css" => asset(&app, "style.css", "text/css; charset=utf-8").await,
         "/favicon.svg" | "/favicon.ico" => asset(&app, "favicon.svg", "image/svg+xml").await,
-        "/socket.io/socket.io.js" => client_library(&app).await,
+        "/socket.io/socket.io.js" => client_library(),
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" => ready(&app).await,
         "/metrics" => {
@@ -132,37 +136,20 @@ async fn asset(app: &App, name: &str, content_type: &'static str) -> Reply {
     }
 }
 
-/// `/socket.io/socket.io.js`, as socket.io servers offer it: the npm package's minified build when
-/// it is installed under the static folder, otherwise a redirect to the official CDN build of the
-/// same version.
-async fn client_library(app: &App) -> Reply {
-    let path = app
-        .static_dir
-        .join("node_modules/socket.io-client/dist/socket.io.min.js");
-    match tokio::fs::read(path).await {
-        Ok(body) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/javascript; charset=utf-8"),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=3600"),
-            );
-            r
-        }
-        Err(_) => {
-            let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = StatusCode::FOUND;
-            let cdn = format!("https://cdn.socket.io/{CLIENT_VERSION}/socket.io.min.js");
-            if let Ok(v) = HeaderValue::from_str(&cdn) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r
-        }
-    }
+/// `/socket.io/socket.io.js`, as socket.io servers offer it: the stock client's minified build,
+/// compiled into relay so the page works offline and from any working directory.
+fn client_library() -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(CLIENT_JS)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
 }
 
 /// An Engine.IO refusal: HTTP 400 with `{"code":…,"message":…}`.

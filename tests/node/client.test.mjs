@@ -5,12 +5,12 @@ import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAl
 
 const TEST_TIMEOUT = 20000;
 
-describe("stock socket.io-client", () => {
+for (const store of ["mysql", "sqlite"]) describe(`stock socket.io-client (${store} store)`, () => {
   let relay;
   const sockets = [];
 
   before(async () => {
-    relay = await startRelay();
+    relay = await startRelay({ store });
   });
 
   after(async () => {

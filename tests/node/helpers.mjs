@@ -1,8 +1,11 @@
 // Shared helpers for the relay end-to-end suites (node:test).
 //
 // startRelay() runs the real server binary (target/debug/relay, built by
-// `cargo build` in the repository root) on a free port with a fresh MySQL /
-// MariaDB database, and drops that database again in stop().
+// `cargo build` in the repository root) on a free port with a fresh database,
+// and removes that database again in stop(). The store is chosen per call
+// (`store`): "mysql" (a fresh MariaDB database), "sqlite" (a fresh SQLite file
+// in the temporary directory) or "default" (no DATABASE_URL at all, run from a
+// fresh temporary directory: relay's out-of-the-box SQLite file).
 //
 // Environment knobs:
 //   RELAY_BIN             path of the server binary (default: <repo>/target/debug/relay)
@@ -11,7 +14,8 @@
 
 import { spawn, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
@@ -72,18 +76,37 @@ export function mysqlExec(sql) {
  * the database of an earlier run (a restart); stop({dropDatabase: false})
  * keeps it.
  */
-export async function startRelay({ env = {}, dbName: reuseDb } = {}) {
+export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } = {}) {
   if (!existsSync(RELAY_BIN)) {
     throw new Error(`relay binary not found at ${RELAY_BIN}: run \`cargo build\` in the repository root first (or set RELAY_BIN)`);
   }
   const dbName = reuseDb || `relay_node_${randomBytes(6).toString("hex")}`;
+  // SQLite stores live in a directory of their own (the working directory for "default").
+  const dir = path.join(os.tmpdir(), dbName);
+  const storeEnv = { ...process.env };
+  delete storeEnv.DATABASE_URL;
+  let cwd = REPO_ROOT;
+  if (store === "mysql") {
+    storeEnv.DATABASE_URL = `${MYSQL_URL}/${dbName}`;
+  } else if (store === "sqlite") {
+    storeEnv.DATABASE_URL = `sqlite:${path.join(dir, "chat.db")}`;
+  } else if (store === "default") {
+    mkdirSync(dir, { recursive: true });
+    cwd = dir;
+    storeEnv.STATIC_DIR = path.join(REPO_ROOT, "static");
+  } else {
+    throw new Error(`unknown store ${store}`);
+  }
+  const dropDatabase = async () => {
+    if (store === "mysql") await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``);
+    else rmSync(dir, { recursive: true, force: true });
+  };
   const proc = spawn(RELAY_BIN, [], {
-    cwd: REPO_ROOT,
+    cwd,
     env: {
-      ...process.env,
+      ...storeEnv,
       PORT: "0",
       HOST: "127.0.0.1",
-      DATABASE_URL: `${MYSQL_URL}/${dbName}`,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -128,12 +151,12 @@ export async function startRelay({ env = {}, dbName: reuseDb } = {}) {
   } catch (err) {
     proc.kill("SIGKILL");
     await exited;
-    await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+    await dropDatabase().catch(() => {});
     throw err;
   }
 
   let stopping = null;
-  async function stop({ dropDatabase = true } = {}) {
+  async function stop({ dropDatabase: drop = true } = {}) {
     if (stopping) return stopping;
     stopping = (async () => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
@@ -143,16 +166,16 @@ export async function startRelay({ env = {}, dbName: reuseDb } = {}) {
       } catch (err) {
         proc.kill("SIGKILL");
         await exited;
-        await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+        await dropDatabase().catch(() => {});
         throw err;
       }
-      if (dropDatabase) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``);
+      if (drop) await dropDatabase();
       return result;
     })();
     return stopping;
   }
 
-  return { url, port: Number(new URL(url).port), dbName, proc, stop, stderrTail: () => stderrTail };
+  return { url, port: Number(new URL(url).port), dbName, store, proc, stop, drop: dropDatabase, stderrTail: () => stderrTail };
 }
 
 /** A stock socket.io client configured like the tutorial page (websocket only). */

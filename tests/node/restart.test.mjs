@@ -3,17 +3,16 @@
 // survive the restart because they live in the database.
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, makeClient, connected, disconnected, collect, emitAck, newOffset, closeAll, mysqlExec } from "./helpers.mjs";
+import { startRelay, makeClient, connected, disconnected, collect, emitAck, newOffset, closeAll } from "./helpers.mjs";
 
-describe("server restart", () => {
+for (const store of ["mysql", "sqlite"]) describe(`server restart (${store} store)`, () => {
   const relays = [];
   const sockets = [];
 
   after(async () => {
     closeAll(...sockets);
     for (const r of relays.reverse()) await r.stop().catch(() => {});
-    const dbName = relays[0]?.dbName;
-    if (dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+    await relays[0]?.drop().catch(() => {});
   });
 
   /** A stock client that keeps socket.auth.serverOffset up to date, like the page. */
@@ -28,7 +27,7 @@ describe("server restart", () => {
   }
 
   it("clients reconnect after SIGTERM + restart and get exactly what they missed", { timeout: 30000 }, async () => {
-    const first = await startRelay();
+    const first = await startRelay({ store });
     relays.push(first);
     const a = pageLikeClient(first.url, "A");
     const b = pageLikeClient(first.url, "B");
@@ -58,7 +57,7 @@ describe("server restart", () => {
     const offlineAck = emitAck(a.socket, ["chat message", offline, newOffset("A")], { ms: 20000 });
 
     const bCountBefore = b.messages.length;
-    const second = await startRelay({ dbName: first.dbName, env: { PORT: String(first.port) } });
+    const second = await startRelay({ store, dbName: first.dbName, env: { PORT: String(first.port) } });
     relays.push(second);
     await Promise.all([connected(a.socket, 10000, "A (after restart)"), connected(b.socket, 10000, "B (after restart)")]);
     assert.deepEqual(await offlineAck, [null], "the message queued while offline was not acked after the restart");
