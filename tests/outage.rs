@@ -1,6 +1,8 @@
 //! The database goes away under the chat: relay stays up, acks nothing it has not committed, and
 //! once the database is back the client's retry (same clientOffset, new ack id) is stored and
-//! delivered exactly once — including when the first attempt committed but its reply was lost.
+//! delivered exactly once — including when the first attempt committed but its reply was lost
+//! (MySQL, through a TCP proxy of the test's own), or committed late (SQLite, locked by another
+//! process).
 
 mod common;
 
@@ -223,5 +225,50 @@ async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
     a.expect_silence(Duration::from_millis(300)).await;
     b.expect_silence(Duration::from_millis(10)).await;
     assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
+
+/// SQLite's outage: another process holds the file's write lock. relay's insert times out (no
+/// ack) but keeps waiting for the lock in the background and commits when it is released. A retry
+/// that arrives while that insert is still waiting must not be acked as a duplicate before the
+/// first copy is published — the hub waits for the abandoned insert (`Store::settle`) first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_process_commits_late_and_is_published_once() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| c.db_timeout_ms = 1000).await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+
+    // Another process takes the write lock and keeps it for 2.5 s.
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let path = sqlite_file(&s.db);
+    let locker = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.await.unwrap();
+    let started = tokio::time::Instant::now();
+
+    // The first attempt times out after 1 s: no ack, no broadcast.
+    a.emit(Some(0), "late", "lock-0").await;
+    a.expect_silence(Duration::from_millis(1700)).await;
+    b.expect_silence(Duration::from_millis(10)).await;
+    // The retry comes while the abandoned insert still waits for the lock (released at 2.5 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(2300),
+        "test too slow to hit the window"
+    );
+    a.emit(Some(1), "late", "lock-0").await;
+    let t = tokio::time::timeout(WAIT, a.recv_text()).await.unwrap();
+    let (got, id) = parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
+    assert_eq!(got, "late");
+    assert_eq!(a.recv_ack().await, (1, json!([])));
+    assert_eq!(b.recv_chat().await, ("late".to_string(), id));
+    a.expect_silence(Duration::from_millis(300)).await;
+    b.expect_silence(Duration::from_millis(10)).await;
+    locker.await.unwrap();
+    assert_eq!(s.ids().await, vec![id]);
     s.stop().await;
 }
