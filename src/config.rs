@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
+    /// A connection must send a complete HTTP request head within this (ms), its first request or
+    /// the next on a kept-alive connection; slower ones (half-open handshakes, idle keep-alives)
+    /// are closed. WebSockets, once upgraded, are governed by the heartbeat instead.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
     /// A database round longer than this counts as failed: no ack, the client retries (ms).
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
@@ -96,6 +102,9 @@ impl Config {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)

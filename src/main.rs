@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    raise_open_file_limit(config.max_connections);
     let running = match relay::server::start(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -32,6 +33,28 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Every socket is a file descriptor, and the usual soft limit (1024) is far below
+/// `MAX_CONNECTIONS`: raise it to the hard limit, as the process may, and say when even that is
+/// short.
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // Sockets, plus the database's connections, the listener and a margin.
+            let wanted = max_connections as u64 + 64;
+            if limit < wanted {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "open-file limit below MAX_CONNECTIONS: connections beyond it will fail; raise `ulimit -n` (hard) or lower MAX_CONNECTIONS"
+                );
+            } else {
+                tracing::debug!(limit, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -12,7 +12,7 @@ use crate::session::{Limits, Shared};
 use crate::store::{Store, StoreError};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -175,7 +175,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         max_connections: config.max_connections,
     });
     tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
-    let accept = tokio::spawn(accept_loop(listener, app, shutdown_rx));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        app,
+        config.header_timeout(),
+        shutdown_rx,
+    ));
     Ok(Running {
         addr: local,
         shutdown: shutdown_tx,
@@ -186,7 +191,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => break,
@@ -206,6 +216,10 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::
         tokio::spawn(async move {
             let service = service_fn(move |req| http::handle(app.clone(), peer, req));
             let conn = http1::Builder::new()
+                // A connection that never completes a request head (a half-open handshake, a
+                // slowloris) is closed instead of holding a descriptor for ever.
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(conn);

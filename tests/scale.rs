@@ -1,0 +1,365 @@
+//! Many sockets on one relay process, and floods of connections that never finish their handshake.
+//!
+//! relay runs here as its own process (the release-or-debug binary cargo built for the tests), on
+//! a fresh SQLite file: its descriptors and the clients' then each fit under one process's limit,
+//! which both raise to the hard limit. Sizes: `SCALE_SOCKETS` (default 10,000) and
+//! `FLOOD_CONNECTIONS` (default 3,000).
+
+mod common;
+
+use common::{parse_ack, parse_chat, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The relay binary on a fresh SQLite file; killed and removed on drop.
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Spawned {
+    fn start(env: &[(&str, String)]) -> Spawned {
+        let (db, url) = common::Backend::Sqlite.fresh();
+        let dir = std::env::temp_dir().join(db);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+        command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "relay=warn")
+            .env("STATIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start the relay binary");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("relay prints its address");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Spawned { child, addr, dir }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
+    }
+
+    /// A gauge or counter from `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = common::http_get(self.addr, "/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn raise_fd_limit(needed: usize) {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).expect("open-file limit");
+    assert!(
+        limit >= needed as u64,
+        "this test needs {needed} open files, the hard limit is {limit}: raise it or lower the size knob"
+    );
+}
+
+/// What one idle socket saw.
+#[derive(Default)]
+struct Seen {
+    joined: AtomicUsize,
+    pings: AtomicUsize,
+    chats: AtomicUsize,
+    closed_1001: AtomicUsize,
+    closed_other: AtomicUsize,
+}
+
+/// A socket that joins `/`, answers pings and counts what it gets until the server closes it.
+/// `slot` bounds the handshakes in progress; it is let go once joined.
+async fn idle_socket(url: String, seen: Arc<Seen>, slot: OwnedSemaphorePermit) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .expect("connect");
+    let open = ws.next().await.expect("open").expect("open");
+    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+    ws.send(Message::text("40")).await.unwrap();
+    let connect = ws.next().await.expect("connect").expect("connect");
+    assert!(connect.to_text().unwrap().starts_with("40{"), "{connect:?}");
+    seen.joined.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            Message::Text(t) if t.as_str() == "2" => {
+                seen.pings.fetch_add(1, Ordering::Relaxed);
+                if ws.send(Message::text("3")).await.is_err() {
+                    break;
+                }
+            }
+            Message::Text(t) if parse_chat(&t).is_some() => {
+                seen.chats.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::Close(frame) => {
+                let counter = match frame.map(|f| f.code) {
+                    Some(CloseCode::Away) => &seen.closed_1001,
+                    _ => &seen.closed_other,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {}
+        }
+    }
+    seen.closed_other.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 5, scenario 6: many concurrent connections on one process stay alive through several
+/// heartbeat rounds, all still get a broadcast, and all are closed with 1001 on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_sockets_stay_alive_through_heartbeat_rounds() {
+    let n = knob("SCALE_SOCKETS", 10_000);
+    raise_fd_limit(n + 256);
+    let interval = Duration::from_millis(1000);
+    let relay = Spawned::start(&[
+        ("PING_INTERVAL_MS", interval.as_millis().to_string()),
+        ("PING_TIMEOUT_MS", "3000".into()),
+        ("MAX_CONNECTIONS", (n + 16).to_string()),
+    ]);
+    let seen = Arc::new(Seen::default());
+    let connecting = Arc::new(Semaphore::new(128));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let slot = connecting.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(idle_socket(
+            relay.ws_url(),
+            seen.clone(),
+            slot,
+        )));
+    }
+    wait_for("every socket to join", Duration::from_secs(120), || {
+        seen.joined.load(Ordering::Relaxed) == n
+    })
+    .await;
+    let join_time = started.elapsed();
+    assert_eq!(relay.metric("relay_connected_sockets").await as usize, n);
+    let rss = relay.rss_kib();
+
+    // Three heartbeat rounds and a bit: everyone pinged, nobody closed.
+    let pings_before = seen.pings.load(Ordering::Relaxed);
+    tokio::time::sleep(interval * 7 / 2).await;
+    let pings = seen.pings.load(Ordering::Relaxed) - pings_before;
+    assert!(
+        pings >= 3 * n,
+        "{pings} pings answered in 3.5 rounds by {n} sockets"
+    );
+    assert_eq!(seen.closed_other.load(Ordering::Relaxed), 0, "sockets lost");
+    assert_eq!(relay.metric("relay_connected_sockets").await as usize, n);
+
+    // And they are alive for chat, not only for pings: a message reaches every one of them.
+    let (mut sender, _) = tokio_tungstenite::connect_async(relay.ws_url())
+        .await
+        .unwrap();
+    sender.next().await.unwrap().unwrap();
+    sender.send(Message::text("40")).await.unwrap();
+    sender.next().await.unwrap().unwrap();
+    sender
+        .send(Message::text(r#"420["chat message","to all","scale-0"]"#))
+        .await
+        .unwrap();
+    loop {
+        let m = tokio::time::timeout(WAIT, sender.next())
+            .await
+            .expect("ack")
+            .unwrap()
+            .unwrap();
+        if parse_ack(m.to_text().unwrap()).is_some() {
+            break;
+        }
+    }
+    wait_for("the broadcast to reach every socket", WAIT, || {
+        seen.chats.load(Ordering::Relaxed) == n
+    })
+    .await;
+
+    // Shutdown closes every one of them with 1001 (going away), so stock clients reconnect.
+    relay.terminate();
+    wait_for("every socket to be closed", Duration::from_secs(30), || {
+        seen.closed_1001.load(Ordering::Relaxed) + seen.closed_other.load(Ordering::Relaxed) == n
+    })
+    .await;
+    assert_eq!(seen.closed_1001.load(Ordering::Relaxed), n);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "{n} sockets joined in {:.1} s; relay RSS {rss} KiB ({:.1} KiB per socket)",
+        join_time.as_secs_f64(),
+        rss as f64 / n as f64
+    );
+}
+
+/// Reads until the server closes the connection; returns false if it stays open past `within`.
+async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Issue 5, scenario 5: thousands of connections that never finish a handshake — silent ones,
+/// ones stuck in the middle of their HTTP request, WebSockets that never send CONNECT — are all
+/// closed by the server within its timeouts, and a real client chats normally meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
+    let n = knob("FLOOD_CONNECTIONS", 3_000);
+    raise_fd_limit(n + 256);
+    let relay = Spawned::start(&[
+        ("HEADER_TIMEOUT_MS", "1500".into()),
+        ("CONNECT_TIMEOUT_MS", "1500".into()),
+    ]);
+    let addr = relay.addr;
+    let upgrade = format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {addr}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let started = Instant::now();
+    let mut flood = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        match i % 3 {
+            0 => {}                                                       // says nothing
+            1 => tcp.write_all(&upgrade.as_bytes()[..60]).await.unwrap(), // stops mid-request
+            _ => tcp.write_all(upgrade.as_bytes()).await.unwrap(),        // upgrades, never joins
+        }
+        flood.push(tcp);
+    }
+    let opened = started.elapsed();
+
+    // Meanwhile a real client joins, sends and is acked as usual.
+    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url())
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text("40")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text(
+        r#"427["chat message","still here","flood-0"]"#,
+    ))
+    .await
+    .unwrap();
+    let mut acked = false;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
+        if let Message::Text(t) = &m {
+            if parse_ack(t).map(|a| a.0) == Some(7) {
+                acked = true;
+                break;
+            }
+        }
+    }
+    assert!(acked, "the real client was not acked during the flood");
+
+    // Every flood connection is closed by the server, none by us.
+    let checks: Vec<_> = flood
+        .into_iter()
+        .map(|tcp| tokio::spawn(closed_by_server(tcp, Duration::from_secs(15))))
+        .collect();
+    let mut still_open = 0;
+    for c in checks {
+        if !c.await.unwrap() {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open, 0,
+        "{still_open} of {n} half-open connections left open"
+    );
+    // And the real client is still connected and served.
+    ws.send(Message::text(r#"428["chat message","after","flood-1"]"#))
+        .await
+        .unwrap();
+    let mut acked = false;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
+        if let Message::Text(t) = &m {
+            if t.as_str() == "2" {
+                ws.send(Message::text("3")).await.unwrap();
+            } else if parse_ack(t).map(|a| a.0) == Some(8) {
+                acked = true;
+                break;
+            }
+        }
+    }
+    assert!(acked, "the real client lost its connection");
+    assert_eq!(relay.metric("relay_connected_sockets").await as usize, 1);
+    println!(
+        "{n} half-open connections opened in {:.1} s, all closed by relay within {:.1} s",
+        opened.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
