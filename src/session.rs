@@ -76,6 +76,8 @@ pub enum End {
     ConnectTimeout,
     /// An undecodable or out-of-order packet.
     Protocol(String),
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
     Binary,
     TooBig,
     /// The client does not take our data fast enough.
@@ -94,6 +96,7 @@ impl End {
             End::PingTimeout => (CloseCode::Normal, "ping timeout".into()),
             End::ConnectTimeout => (CloseCode::Policy, "no Socket.IO CONNECT in time".into()),
             End::Protocol(why) => (CloseCode::Protocol, why.clone()),
+            End::InvalidUtf8 => (CloseCode::Invalid, "text frame is not UTF-8".into()),
             End::Binary => (
                 CloseCode::Unsupported,
                 "binary frames are not supported".into(),
@@ -214,7 +217,7 @@ where
     };
     let end = session.drive(shutdown).await;
     let refused = match &end {
-        End::Protocol(_) => Some("protocol"),
+        End::Protocol(_) | End::InvalidUtf8 => Some("protocol"),
         End::Binary => Some("binary"),
         End::TooBig => Some("too_big"),
         _ => None,
@@ -496,7 +499,7 @@ where
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                 return Err(End::TooBig)
             }
-            Some(Err(WsError::Utf8(_))) => return Err(End::Protocol("invalid UTF-8".into())),
+            Some(Err(WsError::Utf8(_))) => return Err(End::InvalidUtf8),
             Some(Err(WsError::Protocol(e))) => return Err(End::Protocol(e.to_string())),
             Some(Err(e)) => return Err(End::ClientGone(e.to_string())),
         };

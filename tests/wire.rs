@@ -308,3 +308,141 @@ async fn socketio_disconnect_leaves_the_namespace_but_keeps_the_connection() {
     assert_eq!(a.recv_chat().await.0, "a left");
     s.stop().await;
 }
+
+/// A WebSocket opened by hand over TCP, for frames no WebSocket library will send.
+struct RawSocket(tokio::net::TcpStream);
+
+impl RawSocket {
+    async fn open(s: &TestServer) -> RawSocket {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let request = format!(
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            s.addr
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        RawSocket(tcp)
+    }
+
+    /// Sends one frame, masked as a client must unless `masked` is false.
+    async fn frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mut f = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x12, 0x34, 0x56, 0x78];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.0.write_all(&f).await.unwrap();
+    }
+
+    /// Reads server frames until a close frame; its code (`None`: the connection just ended).
+    async fn close_code(&mut self) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut h = [0u8; 2];
+            tokio::time::timeout(WAIT, self.0.read_exact(&mut h))
+                .await
+                .expect("server answered")
+                .ok()?;
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.0.read_exact(&mut b).await.ok()?;
+                    u16::from_be_bytes(b) as usize
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.0.read_exact(&mut b).await.ok()?;
+                    u64::from_be_bytes(b) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.0.read_exact(&mut payload).await.ok()?;
+            if h[0] & 0x0f == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_unmasked_frames_close_that_connection_only() {
+    let s = TestServer::start().await;
+    let mut bystander = s.joined(None).await;
+
+    let mut c = RawSocket::open(&s).await;
+    c.frame(0x1, b"40", true).await;
+    // `42["chat message","\xff\xfe","o"]`: a text frame that is not UTF-8.
+    c.frame(0x1, b"42[\"chat message\",\"\xff\xfe\",\"o\"]", true)
+        .await;
+    assert_eq!(c.close_code().await, Some(1007));
+
+    // A client frame without a mask violates RFC 6455 §5.1.
+    let mut c = RawSocket::open(&s).await;
+    c.frame(0x1, b"40", false).await;
+    assert_eq!(c.close_code().await, Some(1002));
+
+    bystander.emit(Some(1), "unaffected", "raw-0").await;
+    assert_eq!(bystander.recv_chat().await.0, "unaffected");
+    assert_eq!(bystander.recv_ack().await, (1, json!([])));
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_small_packets_is_absorbed_and_the_connection_keeps_working() {
+    let s = TestServer::start().await;
+    let mut bystander = s.joined(None).await;
+    let mut c = RawSocket::open(&s).await;
+    c.frame(0x1, b"40", true).await;
+    // 20,000 Engine.IO noops and WebSocket pings in one burst, then a chat message.
+    for i in 0..20_000 {
+        if i % 2 == 0 {
+            c.frame(0x1, b"6", true).await;
+        } else {
+            c.frame(0x9, b"p", true).await;
+        }
+    }
+    c.frame(
+        0x1,
+        br#"423["chat message","after the flood","flood-0"]"#,
+        true,
+    )
+    .await;
+    assert_eq!(
+        bystander.recv_chat().await.0,
+        "after the flood",
+        "the flooding connection is still served"
+    );
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
