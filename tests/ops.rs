@@ -206,4 +206,18 @@ async fn an_unreachable_database_fails_the_start_and_says_where() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("127.0.0.1:1"), "{err}");
+
+    // The same for a SQLite file that cannot be created, and for a URL of neither kind.
+    for (url, says) in [
+        ("sqlite:/proc/no/such/dir/chat.db", "/proc/no"),
+        ("sqlite:", "needs a file path"),
+        ("postgres://db/chat", "mysql://"),
+    ] {
+        config.database_url = url.into();
+        let err = match relay::server::start(&config).await {
+            Ok(_) => panic!("started with {url}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says) && !err.contains('\n'), "{url}: {err}");
+    }
 }
