@@ -1,4 +1,5 @@
-//! Many sockets on one relay process, and floods of connections that never finish their handshake.
+//! What is only visible from outside relay's process: many sockets on one process, floods of
+//! connections that never finish their handshake, and the memory a stuck reader costs.
 //!
 //! relay runs here as its own process (the release-or-debug binary cargo built for the tests), on
 //! a fresh SQLite file: its descriptors and the clients' then each fit under one process's limit,
@@ -361,5 +362,100 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
         "{n} half-open connections opened in {:.1} s, all closed by relay within {:.1} s",
         opened.as_secs_f64(),
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// Issue 5, scenario 3, measured from outside the process: one client stops reading while another
+/// chats at full speed. The sender's acks never wait for the stuck socket (none takes as long as
+/// the stall it takes relay to give up on it), relay's memory grows by far less than what the stuck
+/// socket was sent, and the stuck socket is closed with 1008 and a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
+    const MESSAGES: usize = 500;
+    const SIZE: usize = 50_000; // 25 MB in all
+    let stall = Duration::from_millis(1500);
+    let relay = Spawned::start(&[
+        ("PING_TIMEOUT_MS", stall.as_millis().to_string()),
+        ("RECENT_MESSAGES", "10".into()),
+        ("MAX_MESSAGES_PER_SECOND", "0".into()),
+    ]);
+    // The stuck client: a tiny receive buffer, joined, then never read again.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(relay.addr).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(relay.ws_url(), tcp)
+        .await
+        .unwrap();
+    stuck.next().await.unwrap().unwrap();
+    stuck.send(Message::text("40")).await.unwrap();
+    stuck.next().await.unwrap().unwrap();
+
+    let mut reader = common::Client::open(&relay.ws_url()).await;
+    reader.join(None).await;
+    let mut sender = common::Client::open(&relay.ws_url()).await;
+    sender.join(None).await;
+    let reading = tokio::spawn(async move {
+        let mut n = 0;
+        while n < MESSAGES {
+            if parse_chat(&reader.recv_text().await).is_some() {
+                n += 1;
+            }
+        }
+        n
+    });
+
+    let base = relay.rss_kib();
+    let mut peak = base;
+    let mut slowest = Duration::ZERO;
+    let big = "y".repeat(SIZE);
+    for i in 0..MESSAGES {
+        let sent = Instant::now();
+        sender
+            .emit(Some(i as u64), &big, &format!("stuck-{i}"))
+            .await;
+        while parse_ack(&sender.recv_text().await).is_none() {}
+        slowest = slowest.max(sent.elapsed());
+        if i % 10 == 0 {
+            peak = peak.max(relay.rss_kib());
+        }
+        // About 100 messages a second: the traffic outlasts the stall relay tolerates.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(WAIT, reading).await.unwrap().unwrap(),
+        MESSAGES
+    );
+    assert!(
+        slowest < stall,
+        "an ack took {slowest:?}: the sender waited on the stuck socket"
+    );
+    let growth_mb = (peak.saturating_sub(base)) as f64 / 1024.0;
+    let sent_mb = (MESSAGES * SIZE) as f64 / 1e6;
+    assert!(
+        growth_mb < sent_mb * 0.6,
+        "relay grew by {growth_mb:.1} MB while the stuck socket was sent {sent_mb:.0} MB"
+    );
+    assert_eq!(relay.metric("relay_sockets_closed_slow_total").await, 1.0);
+
+    // What the stuck client finds when it reads again: whatever fitted in the buffers, then the
+    // end of the connection. (Its close frame, 1008 "client too slow to receive", cannot get
+    // through a socket that takes no writes; relay logs the reason and counts it instead.)
+    let mut chats = 0;
+    let end = loop {
+        match tokio::time::timeout(WAIT, stuck.next()).await {
+            Err(_) => panic!("the stuck socket is still open"),
+            Ok(Some(Ok(Message::Text(t)))) if parse_chat(&t).is_some() => chats += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break format!("close {frame:?}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => break format!("error {e}"),
+            Ok(None) => break "end".to_string(),
+        }
+    };
+    assert!(
+        chats < MESSAGES,
+        "the stuck socket got everything after all"
+    );
+    println!(
+        "slowest ack {slowest:?}; relay RSS grew {growth_mb:.1} MB while {sent_mb:.0} MB went to a stuck socket, which got {chats} and then: {end}"
     );
 }
