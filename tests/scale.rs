@@ -218,26 +218,11 @@ async fn ten_thousand_sockets_stay_alive_through_heartbeat_rounds() {
     assert_eq!(relay.metric("relay_connected_sockets").await as usize, n);
 
     // And they are alive for chat, not only for pings: a message reaches every one of them.
-    let (mut sender, _) = tokio_tungstenite::connect_async(relay.ws_url())
-        .await
-        .unwrap();
-    sender.next().await.unwrap().unwrap();
-    sender.send(Message::text("40")).await.unwrap();
-    sender.next().await.unwrap().unwrap();
-    sender
-        .send(Message::text(r#"420["chat message","to all","scale-0"]"#))
-        .await
-        .unwrap();
-    loop {
-        let m = tokio::time::timeout(WAIT, sender.next())
-            .await
-            .expect("ack")
-            .unwrap()
-            .unwrap();
-        if parse_ack(m.to_text().unwrap()).is_some() {
-            break;
-        }
-    }
+    let mut sender = common::Client::open(&relay.ws_url()).await;
+    sender.join(None).await;
+    sender.emit(Some(0), "to all", "scale-0").await;
+    assert_eq!(sender.recv_chat().await.0, "to all");
+    assert_eq!(sender.recv_ack().await.0, 0);
     wait_for("the broadcast to reach every socket", WAIT, || {
         seen.chats.load(Ordering::Relaxed) == n
     })
@@ -304,27 +289,11 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
     let opened = started.elapsed();
 
     // Meanwhile a real client joins, sends and is acked as usual.
-    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url())
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.send(Message::text("40")).await.unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.send(Message::text(
-        r#"427["chat message","still here","flood-0"]"#,
-    ))
-    .await
-    .unwrap();
-    let mut acked = false;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
-        if let Message::Text(t) = &m {
-            if parse_ack(t).map(|a| a.0) == Some(7) {
-                acked = true;
-                break;
-            }
-        }
-    }
-    assert!(acked, "the real client was not acked during the flood");
+    let mut client = common::Client::open(&relay.ws_url()).await;
+    client.join(None).await;
+    client.emit(Some(7), "still here", "flood-0").await;
+    assert_eq!(client.recv_chat().await.0, "still here");
+    assert_eq!(client.recv_ack().await.0, 7, "acked during the flood");
 
     // Every flood connection is closed by the server, none by us.
     let checks: Vec<_> = flood
@@ -341,22 +310,10 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
         still_open, 0,
         "{still_open} of {n} half-open connections left open"
     );
-    // And the real client is still connected and served.
-    ws.send(Message::text(r#"428["chat message","after","flood-1"]"#))
-        .await
-        .unwrap();
-    let mut acked = false;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
-        if let Message::Text(t) = &m {
-            if t.as_str() == "2" {
-                ws.send(Message::text("3")).await.unwrap();
-            } else if parse_ack(t).map(|a| a.0) == Some(8) {
-                acked = true;
-                break;
-            }
-        }
-    }
-    assert!(acked, "the real client lost its connection");
+    // And the real client is still connected (answering pings on the way) and served.
+    client.emit(Some(8), "after", "flood-1").await;
+    assert_eq!(client.recv_chat().await.0, "after");
+    assert_eq!(client.recv_ack().await.0, 8, "acked after the flood");
     assert_eq!(relay.metric("relay_connected_sockets").await as usize, 1);
     println!(
         "{n} half-open connections opened in {:.1} s, all closed by relay within {:.1} s",

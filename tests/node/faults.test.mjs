@@ -14,7 +14,7 @@ import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout } from "./helpers.mjs";
+import { startRelay, pageLikeClient, makeClient, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout } from "./helpers.mjs";
 import { startProxy } from "./proxy.mjs";
 
 const MYSQL_URL = new URL(process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306");
@@ -260,14 +260,10 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
     await relays[0]?.drop().catch(() => {});
   });
 
-  /** A stock client that keeps socket.auth.serverOffset up to date, like the page. */
-  function pageLikeClient(url, name, opts = {}) {
-    const socket = makeClient(url, { serverOffset: 0, ...opts });
-    sockets.push(socket);
-    const c = collect(socket, name);
-    socket.on("chat message", (_msg, id) => {
-      socket.auth.serverOffset = id;
-    });
+  /** pageLikeClient, its socket closed after the suite. */
+  function pageLike(url, name, opts = {}) {
+    const c = pageLikeClient(url, name, opts);
+    sockets.push(c.socket);
     return c;
   }
 
@@ -283,7 +279,7 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
     const clients = [];
     const closes = [];
     for (let i = 0; i < CLIENTS; i++) {
-      const c = pageLikeClient(first.url, `P${i}`, { ackTimeout: 1000, retries: 50 });
+      const c = pageLike(first.url, `P${i}`, { ackTimeout: 1000, retries: 50 });
       c.socket.on("disconnect", (reason, details) => closes.push({ name: c.name, reason, code: details?.context?.code }));
       clients.push(c);
     }
@@ -328,7 +324,7 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
 
     // A fresh client replays the whole table; the barrier (sent after it joined)
     // makes sure it and every other client have everything committed so far.
-    const fresh = pageLikeClient(second.url, "F");
+    const fresh = pageLike(second.url, "F");
     await connected(fresh.socket, 10000, "F");
     const last = await barrier(clients[0], [...clients, fresh]);
     const table = pairs(fresh);

@@ -308,3 +308,17 @@ export function closeAll(...sockets) {
     }
   }
 }
+
+/**
+ * A stock client that keeps socket.auth.serverOffset at the last id it
+ * received, as the page does, so a reconnect resumes where it stopped.
+ * Returns its collector (see collect()); the socket is `.socket`.
+ */
+export function pageLikeClient(url, name, opts = {}) {
+  const socket = makeClient(url, opts);
+  const c = collect(socket, name);
+  socket.on("chat message", (_msg, id) => {
+    socket.auth.serverOffset = id;
+  });
+  return c;
+}

@@ -3,7 +3,7 @@
 // survive the restart because they live in the database.
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, makeClient, connected, disconnected, collect, emitAck, newOffset, closeAll } from "./helpers.mjs";
+import { startRelay, pageLikeClient, connected, disconnected, emitAck, newOffset, closeAll } from "./helpers.mjs";
 
 for (const store of ["mysql", "sqlite"]) describe(`server restart (${store} store)`, () => {
   const relays = [];
@@ -15,22 +15,18 @@ for (const store of ["mysql", "sqlite"]) describe(`server restart (${store} stor
     await relays[0]?.drop().catch(() => {});
   });
 
-  /** A stock client that keeps socket.auth.serverOffset up to date, like the page. */
-  function pageLikeClient(url, name) {
-    const socket = makeClient(url);
-    sockets.push(socket);
-    const c = collect(socket, name);
-    socket.on("chat message", (_msg, id) => {
-      socket.auth.serverOffset = id;
-    });
+  /** pageLikeClient, its socket closed after the suite. */
+  function pageLike(url, name, opts = {}) {
+    const c = pageLikeClient(url, name, opts);
+    sockets.push(c.socket);
     return c;
   }
 
   it("clients reconnect after SIGTERM + restart and get exactly what they missed", { timeout: 30000 }, async () => {
     const first = await startRelay({ store });
     relays.push(first);
-    const a = pageLikeClient(first.url, "A");
-    const b = pageLikeClient(first.url, "B");
+    const a = pageLike(first.url, "A");
+    const b = pageLike(first.url, "B");
     await Promise.all([connected(a.socket, 5000, "A"), connected(b.socket, 5000, "B")]);
 
     const before = [`before restart 1 ${newOffset()}`, `before restart 2 ${newOffset()}`];
@@ -72,7 +68,7 @@ for (const store of ["mysql", "sqlite"]) describe(`server restart (${store} stor
     );
 
     // The history survived the restart.
-    const fresh = pageLikeClient(second.url, "F");
+    const fresh = pageLike(second.url, "F");
     await fresh.waitForText(live);
     assert.deepEqual(
       fresh.messages.map((m) => m.msg),
