@@ -40,7 +40,7 @@ pub struct Config {
     #[arg(long, env = "MAX_PAYLOAD", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(64..=(1u64 << 30)))]
     pub max_payload: u64,
 
-    /// Largest chat message accepted, in UTF-8 bytes (also capped by the content column: 65535).
+    /// Largest chat message accepted, in UTF-8 bytes (on MySQL also capped by the content column: 65535).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65_535, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_message_bytes: u64,
 
@@ -87,10 +87,11 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Folder with the page (index.html, app.js, style.css, favicon.svg). The client library at
-    /// /socket.io/socket.io.js is built into relay.
-    #[arg(long, env = "STATIC_DIR", default_value = "static")]
-    pub static_dir: PathBuf,
+    /// Folder to serve the page from (index.html, app.js, style.css, favicon.svg), read on every
+    /// request, to change the page without rebuilding. Unset: the page built into relay. The
+    /// client library at /socket.io/socket.io.js is always the built-in one.
+    #[arg(long, env = "STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 }
 
 impl Config {

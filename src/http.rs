@@ -27,10 +27,19 @@ pub const CLIENT_VERSION: &str = "4.8.3";
 /// (the Node test suite compares it with the package it installs).
 const CLIENT_JS: &[u8] = include_bytes!("../static/vendor/socket.io.min.js");
 
+/// The page, built into relay: `static/` as it was when relay was compiled.
+const PAGE: [(&str, &[u8]); 4] = [
+    ("index.html", include_bytes!("../static/index.html")),
+    ("app.js", include_bytes!("../static/app.js")),
+    ("style.css", include_bytes!("../static/style.css")),
+    ("favicon.svg", include_bytes!("../static/favicon.svg")),
+];
+
 /// What request handlers share.
 pub struct App {
     pub shared: Arc<Shared>,
-    pub static_dir: PathBuf,
+    /// Where the page's files are read from on every request; `None`: the built-in copy.
+    pub static_dir: Option<PathBuf>,
     pub shutdown: watch::Receiver<bool>,
     /// Open sessions, which shutdown waits for.
     pub sessions: Arc<crate::server::Tracker>,
@@ -124,9 +133,17 @@ fn origin_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
 
 /// Only the page's own files are served, by exact name: nothing else in the folder leaks.
 async fn asset(app: &App, name: &str, content_type: &'static str) -> Reply {
-    match tokio::fs::read(app.static_dir.join(name)).await {
+    let body = match &app.static_dir {
+        Some(dir) => tokio::fs::read(dir.join(name)).await.map(Bytes::from),
+        None => PAGE
+            .iter()
+            .find(|(file, _)| *file == name)
+            .map(|(_, bytes)| Bytes::from_static(bytes))
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into()),
+    };
+    match body {
         Ok(body) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let mut r = Response::new(Full::new(body));
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -47,7 +47,6 @@ impl Spawned {
             .env("HOST", "127.0.0.1")
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "relay=warn")
-            .env("STATIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
             .stdout(Stdio::piped());
         for (k, v) in env {
             command.env(k, v);

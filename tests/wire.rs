@@ -107,6 +107,26 @@ async fn page_assets_client_library_and_404() {
 }
 
 #[tokio::test]
+async fn without_a_static_dir_the_built_in_page_is_served() {
+    let s = TestServer::start_with(|c| c.static_dir = None).await;
+    for (path, file) in [
+        ("/", "index.html"),
+        ("/app.js", "app.js"),
+        ("/style.css", "style.css"),
+        ("/favicon.svg", "favicon.svg"),
+    ] {
+        let (status, text) = http_get(s.addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        let on_disk =
+            std::fs::read_to_string(format!("{}/static/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        assert!(text.ends_with(&on_disk), "{path} is not static/{file}");
+    }
+    assert_eq!(http_get(s.addr, "/vendor/socket.io.min.js").await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn heartbeat_pings_and_closes_a_silent_client() {
     let s = TestServer::start_with(|c| {
         c.ping_interval_ms = 150;

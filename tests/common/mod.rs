@@ -108,7 +108,7 @@ impl TestServer {
         config.host = "127.0.0.1".into();
         config.port = 0;
         config.database_url = url;
-        config.static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/static").into();
+        config.static_dir = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/static").into());
         tune(&mut config);
         Self::start_config(config, db).await
     }

@@ -4,8 +4,9 @@
 // `cargo build` in the repository root) on a free port with a fresh database,
 // and removes that database again in stop(). The store is chosen per call
 // (`store`): "mysql" (a fresh MariaDB database), "sqlite" (a fresh SQLite file
-// in the temporary directory) or "default" (no DATABASE_URL at all, run from a
-// fresh temporary directory: relay's out-of-the-box SQLite file).
+// in the temporary directory) or "default" (no DATABASE_URL and no STATIC_DIR,
+// run from a fresh temporary directory: relay's out-of-the-box SQLite file and
+// built-in page).
 //
 // Environment knobs:
 //   RELAY_BIN             path of the server binary (default: <repo>/target/debug/relay)
@@ -93,7 +94,7 @@ export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } 
   } else if (store === "default") {
     mkdirSync(dir, { recursive: true });
     cwd = dir;
-    storeEnv.STATIC_DIR = path.join(REPO_ROOT, "static");
+    delete storeEnv.STATIC_DIR; // and the page built into relay
   } else {
     throw new Error(`unknown store ${store}`);
   }
