@@ -137,36 +137,36 @@ async fn asset(app: &App, name: &str, content_type: &'static str) -> Reply {
         Some(dir) => tokio::fs::read(dir.join(name)).await.map(Bytes::from),
         None => PAGE
             .iter()
-            .find(|(file, _)| *file == name)
+            .find(|(page_file, _)| *page_file == name)
             .map(|(_, bytes)| Bytes::from_static(bytes))
             .ok_or_else(|| std::io::ErrorKind::NotFound.into()),
     };
     match body {
-        Ok(body) => {
-            let mut r = Response::new(Full::new(body));
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
-        }
+        Ok(body) => file(body, content_type, "no-cache"),
         Err(_) => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A file's bytes with its type and caching rule.
+fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    r
 }
 
 /// `/socket.io/socket.io.js`, as socket.io servers offer it: the stock client's minified build,
 /// compiled into relay so the page works offline and from any working directory.
 fn client_library() -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from_static(CLIENT_JS)));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/javascript; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    r
+    file(
+        Bytes::from_static(CLIENT_JS),
+        "application/javascript; charset=utf-8",
+        "public, max-age=3600",
+    )
 }
 
 /// An Engine.IO refusal: HTTP 400 with `{"code":…,"message":…}`.
