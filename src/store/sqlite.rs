@@ -199,7 +199,12 @@ impl SqliteStore {
                 None => connect(&inner.path)?,
             };
             let result = f(&conn);
-            lock(&inner.readers).push(conn);
+            // A read whose caller gave up (a timeout) released its permit early, so more than
+            // READERS connections can exist for a moment; only READERS are kept.
+            let mut idle = lock(&inner.readers);
+            if idle.len() < READERS {
+                idle.push(conn);
+            }
             result
         })
         .await
