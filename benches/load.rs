@@ -69,6 +69,10 @@ struct Args {
     /// server with no database, acking at once (the "raw no-DB server").
     #[arg(long)]
     baseline: bool,
+    /// With --baseline (or raw-server): the yardstick writes whatever its broadcast channel holds
+    /// with one flush, as relay does, instead of one flush per frame: the strongest raw server.
+    #[arg(long)]
+    batched: bool,
     /// raw-server: port to listen on (0: any; the address is printed).
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -157,6 +161,9 @@ impl Target {
         let mut command = if args.baseline {
             let mut c = Command::new(std::env::current_exe().expect("own path"));
             c.args(["raw-server", "--bench"]);
+            if args.batched {
+                c.arg("--batched");
+            }
             c
         } else {
             Command::new(env!("CARGO_BIN_EXE_relay"))
@@ -604,7 +611,8 @@ async fn replay(target: &Target, backlog: usize) {
 /// The yardstick: what a bare tokio-tungstenite broadcast server does on this machine. Engine.IO
 /// open, CONNECT reply, and for each event: encode once, broadcast on a tokio channel, ack at once.
 /// No database, no ordering or delivery guarantees, default tungstenite buffers.
-async fn raw_server(port: u16) {
+/// `batched`: a socket's writes are fed while the channel has more, then flushed once.
+async fn raw_server(port: u16, batched: bool) {
     use tokio::sync::broadcast;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -645,6 +653,13 @@ async fn raw_server(port: u16) {
                         }
                     }
                     frame = rx.recv() => match frame {
+                        Ok(f) if batched => {
+                            if ws.feed(Message::Text(f)).await.is_err() { return }
+                            while let Ok(f) = rx.try_recv() {
+                                if ws.feed(Message::Text(f)).await.is_err() { return }
+                            }
+                            if ws.flush().await.is_err() { return }
+                        }
                         Ok(f) => if ws.send(Message::Text(f)).await.is_err() { return },
                         Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => return,
@@ -697,6 +712,7 @@ fn main() {
                         .ok()
                         .and_then(|p| p.parse().ok())
                         .unwrap_or(args.port),
+                    args.batched,
                 )
                 .await
             }
