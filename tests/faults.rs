@@ -76,13 +76,6 @@ async fn a_client_that_stops_reading_is_closed_and_recovers_everything_on_reconn
     s.stop().await;
 }
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Many clients reconnect at once with offsets spread over a long backlog. Scaled for CI;
 /// the full size: `STORM_CLIENTS=2000 STORM_BACKLOG=10000 cargo test --release --test faults storm`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

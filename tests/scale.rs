@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{parse_ack, parse_chat, WAIT};
+use common::{knob, parse_ack, parse_chat, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -23,13 +23,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The relay binary on a fresh SQLite file; killed and removed on drop.
 struct Spawned {
     child: Child,
@@ -40,7 +33,7 @@ struct Spawned {
 impl Spawned {
     fn start(env: &[(&str, String)]) -> Spawned {
         let (db, url) = common::Backend::Sqlite.fresh();
-        let dir = std::env::temp_dir().join(db);
+        let dir = common::sqlite_dir(&db);
         let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
         command
             .env("PORT", "0")

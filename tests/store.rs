@@ -1,19 +1,13 @@
 //! The storage contract, one suite run against both implementations: MySQL/MariaDB (`TEST_MYSQL`,
 //! a fresh database per test) and SQLite (a fresh file per test). Each property is one function
-//! taking a [`Backend`]; the `contract!` macro turns each into a test per backend, so the two can
-//! never drift apart.
+//! taking a [`Backend`]; `on_both_stores!` turns each into a test per backend, so the two can never
+//! drift apart.
 
 mod common;
 
+use common::Backend;
 use relay::chat::NewMessage;
 use relay::store::{Inserted, Row, Store};
-use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Mysql,
-    Sqlite,
-}
 
 /// A fresh, empty database of one backend, removed on [`Fresh::remove`].
 struct Fresh {
@@ -24,14 +18,7 @@ struct Fresh {
 
 impl Fresh {
     fn new(backend: Backend) -> Fresh {
-        let name = format!(
-            "relay_test_{}",
-            relay::session::new_id().replace(['-', '_'], "x")
-        );
-        let url = match backend {
-            Backend::Mysql => format!("{}/{name}", common::mysql_base()),
-            Backend::Sqlite => format!("sqlite:{}", sqlite_dir(&name).join("chat.db").display()),
-        };
+        let (name, url) = backend.fresh();
         Fresh { backend, url, name }
     }
 
@@ -49,7 +36,7 @@ impl Fresh {
                 let _ = conn.disconnect().await;
             }
             Backend::Sqlite => {
-                let path = sqlite_dir(&self.name).join("chat.db");
+                let path = common::sqlite_file(&self.name);
                 let sql = sql.to_string();
                 tokio::task::spawn_blocking(move || {
                     let conn = rusqlite::Connection::open(path).unwrap();
@@ -64,17 +51,8 @@ impl Fresh {
     }
 
     async fn remove(self) {
-        match self.backend {
-            Backend::Mysql => common::drop_database(&self.name).await,
-            Backend::Sqlite => {
-                let _ = std::fs::remove_dir_all(sqlite_dir(&self.name));
-            }
-        }
+        self.backend.remove(&self.name).await
     }
-}
-
-fn sqlite_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(name)
 }
 
 fn msg(offset: &str, content: &str) -> NewMessage {
@@ -348,24 +326,7 @@ async fn the_batch_limit_fits_in_one_insert(backend: Backend) {
     db.remove().await;
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod mysql {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::Backend::Mysql).await
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::Backend::Sqlite).await
-            })*
-        }
-    };
-}
-
-contract!(
+on_both_stores!(
     empty_store_starts_at_zero,
     ids_ascend_in_insertion_order,
     a_retry_gets_the_first_copys_id,

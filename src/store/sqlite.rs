@@ -293,22 +293,14 @@ mod tests {
 
     #[test]
     fn locations_are_paths() {
-        assert_eq!(
-            parse_location("relay.db").unwrap(),
-            PathBuf::from("relay.db")
-        );
-        assert_eq!(
-            parse_location("//relay.db").unwrap(),
-            PathBuf::from("relay.db")
-        );
-        assert_eq!(
-            parse_location("///var/lib/relay/chat.db").unwrap(),
-            PathBuf::from("/var/lib/relay/chat.db")
-        );
-        assert_eq!(
-            parse_location("data/x.db").unwrap(),
-            PathBuf::from("data/x.db")
-        );
+        for (location, path) in [
+            ("relay.db", "relay.db"),
+            ("//relay.db", "relay.db"),
+            ("///var/lib/relay/chat.db", "/var/lib/relay/chat.db"),
+            ("data/x.db", "data/x.db"),
+        ] {
+            assert_eq!(parse_location(location).unwrap(), PathBuf::from(path));
+        }
     }
 
     #[test]

@@ -57,10 +57,33 @@ impl Backend {
         };
         (db, url)
     }
+
+    /// Removes a database made by [`Backend::fresh`] (nothing may have it open).
+    pub async fn remove(self, db: &str) {
+        match self {
+            Backend::Mysql => drop_database(db).await,
+            Backend::Sqlite => {
+                let _ = std::fs::remove_dir_all(sqlite_dir(db));
+            }
+        }
+    }
+}
+
+/// The directory a SQLite test database lives in, alone.
+pub fn sqlite_dir(db: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(db)
 }
 
 pub fn sqlite_file(db: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(db).join("chat.db")
+    sqlite_dir(db).join("chat.db")
+}
+
+/// A size knob of a big test: the environment variable `name`, else `default`.
+pub fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Generates, from `async fn name(backend: Backend)` functions, one test per backend in modules
@@ -161,12 +184,7 @@ impl TestServer {
 
     /// Drops the database (the server must be stopped).
     pub async fn remove_database(&self) {
-        match self.backend {
-            Backend::Mysql => drop_database(&self.db).await,
-            Backend::Sqlite => {
-                let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.db));
-            }
-        }
+        self.backend.remove(&self.db).await
     }
 
     /// Runs SQL on either backend, returning the rows' first columns as strings.
