@@ -137,13 +137,8 @@ async fn a_reconnect_storm_recovers_every_client_completely() {
 
     // Each replayed row was read once: paged reads, no rescans.
     let (_, text) = http_get(s.addr, "/metrics").await;
-    let metric = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
-    let from_db = metric("relay_replayed_messages_total{source=\"database\"}");
-    let from_memory = metric("relay_replayed_messages_total{source=\"memory\"}");
+    let from_db = metric(&text, "relay_replayed_messages_total{source=\"database\"}") as u64;
+    let from_memory = metric(&text, "relay_replayed_messages_total{source=\"memory\"}") as u64;
     let wanted: u64 = (0..clients)
         .map(|n| {
             let offset = if n == 0 {

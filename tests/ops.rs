@@ -7,12 +7,6 @@ use common::*;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
-}
-
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let s = TestServer::start().await;

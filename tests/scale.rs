@@ -65,9 +65,7 @@ impl Spawned {
     /// A gauge or counter from `/metrics`.
     async fn metric(&self, name: &str) -> f64 {
         let (_, body) = common::http_get(self.addr, "/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        common::metric(&body, name)
     }
 
     fn rss_kib(&self) -> u64 {

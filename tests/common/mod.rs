@@ -78,6 +78,13 @@ pub fn sqlite_file(db: &str) -> std::path::PathBuf {
     sqlite_dir(db).join("chat.db")
 }
 
+/// The value of one line of a `/metrics` page, `name` with its labels as relay writes them.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
 /// A size knob of a big test: the environment variable `name`, else `default`.
 pub fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
