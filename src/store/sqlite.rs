@@ -44,7 +44,7 @@ struct Inner {
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
     /// Bounds the reads running at once (each holds a connection and a blocking thread).
-    reading: Semaphore,
+    reading: Arc<Semaphore>,
 }
 
 pub(super) fn is_row_data_error(e: &rusqlite::Error) -> bool {
@@ -95,7 +95,7 @@ impl SqliteStore {
                 path,
                 writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
                 readers: Mutex::new(Vec::new()),
-                reading: Semaphore::new(READERS),
+                reading: Arc::new(Semaphore::new(READERS)),
             }),
         })
     }
@@ -186,10 +186,13 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _permit = self
+        // The permit travels with the blocking work, so a read whose caller gave up (a timeout)
+        // still counts until it is done: never more than READERS connections exist.
+        let permit = self
             .inner
             .reading
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::other(context, "store closed".into()))?;
         let inner = self.inner.clone();
@@ -199,12 +202,8 @@ impl SqliteStore {
                 None => connect(&inner.path)?,
             };
             let result = f(&conn);
-            // A read whose caller gave up (a timeout) released its permit early, so more than
-            // READERS connections can exist for a moment; only READERS are kept.
-            let mut idle = lock(&inner.readers);
-            if idle.len() < READERS {
-                idle.push(conn);
-            }
+            lock(&inner.readers).push(conn);
+            drop(permit);
             result
         })
         .await
