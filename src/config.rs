@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "RECENT_MESSAGES", default_value_t = 16_384)]
     pub recent_messages: usize,
 
+    /// Under load, the fan-out writes to each socket at most once per this many milliseconds,
+    /// so that each write carries every message of the interval (a message after a quiet spell
+    /// goes out at once). 0: write every committed batch as soon as it is published.
+    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 3)]
+    pub fanout_interval_ms: u64,
+
     /// Origins allowed to open a WebSocket, comma-separated (`https://chat.example.com`), or `*`
     /// for any. Empty: same origin only (the Origin's host must be the request's Host). Requests
     /// without an Origin header (non-browser clients) are always allowed.

@@ -2,6 +2,7 @@
 //! WebSocket. Refusals happen here, before any upgrade, with the JSON body Engine.IO servers send;
 //! once upgraded, the connection belongs to [`crate::session`].
 
+use crate::fanout::{Conn, Outlet};
 use crate::session::{self, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -249,10 +251,10 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_payload))
         .max_frame_size(Some(limits.max_payload))
-        // Sized for many mostly idle sockets: chat frames are small, and a flush per turn is the
-        // batching that matters.
+        // Sized for many mostly idle sockets: chat frames are small. No write buffer: every frame
+        // goes whole into the socket's outlet, the one buffer all its output shares.
         .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .max_write_buffer_size(limits.max_payload.saturating_mul(4).max(1 << 20));
     let shared = app.shared.clone();
     let shutdown = app.shutdown.clone();
@@ -265,15 +267,24 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        // The fan-out writes to the TCP socket itself, so take it back from hyper, with whatever
+        // hyper read past the request.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!(%peer, "upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        let outlet = Outlet::new(parts.io.into_inner());
+        let conn = Conn::new(outlet.clone(), parts.read_buf);
+        let ws = WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config)).await;
         let started = Instant::now();
         tracing::info!(%peer, "websocket opened");
         let metrics = shared.metrics.clone();
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         metrics.connected.fetch_add(1, Ordering::Relaxed);
-        let end = session::run(ws, shared, shutdown).await;
+        let end = session::run(ws, outlet, shared, shutdown).await;
         metrics.connected.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(%peer, ?end, secs = started.elapsed().as_secs_f32(), "websocket closed");
     });

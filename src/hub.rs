@@ -3,10 +3,10 @@
 //!
 //! Sessions hand it [`Submission`]s over a bounded queue. It drains whatever is queued into one batch
 //! (group commit) and stores it with one INSERT. Only after the commit it answers each submitter
-//! and publishes the new rows as one [`Batch`] on the broadcast channel: rows in id order, each
-//! frame encoded once, every socket getting the same bytes. The answer goes first and carries the
-//! batch, so a sender's session can deliver the rows and the ack at once instead of waiting for its
-//! turn among every woken socket. It never waits on a socket: answering and publishing are
+//! and publishes the new rows as one [`Batch`] to the fan-out ([`crate::fanout`]): rows in id
+//! order, each frame encoded once, every socket getting the same bytes. The answer goes first and carries the
+//! batch, so a sender's session can deliver the rows and the ack at once instead of waiting for
+//! the fan-out to reach its socket. It never waits on a socket: answering and publishing are
 //! non-blocking sends, so one slow client cannot stall the chat.
 //!
 //! After a database failure the outcome of the last INSERT is unknown (it may have committed
@@ -15,6 +15,7 @@
 //! announced cannot be skipped by live sockets when its sender's retry comes back as a duplicate.
 
 use crate::chat::NewMessage;
+use crate::fanout::{Fanout, Outlet};
 use crate::metrics::Metrics;
 use crate::recent::{Recent, RecentLimits};
 use crate::socketio;
@@ -23,28 +24,28 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio::sync::mpsc;
 
 /// One committed message, ready for the wire.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: u64,
-    /// The whole Engine.IO frame `42["chat message",…,id]`, shared by every socket.
-    pub frame: Utf8Bytes,
+    /// The whole WebSocket frame carrying `42["chat message",…,id]`, shared by every socket.
+    pub wire: Vec<u8>,
 }
 
 impl Delivery {
     pub fn new(id: u64, content: &str) -> Delivery {
         Delivery {
             id,
-            frame: Utf8Bytes::from(socketio::encode_event_text_id(
-                crate::chat::EVENT,
-                content,
-                id,
-            )),
+            wire: crate::fanout::text_frame(encode_chat(id, content).as_bytes()),
         }
     }
+}
+
+/// The Engine.IO packet of one chat message.
+pub fn encode_chat(id: u64, content: &str) -> String {
+    socketio::encode_event_text_id(crate::chat::EVENT, content, id)
 }
 
 /// Rows committed together, published as one item. `prev` is the last id published before them:
@@ -103,7 +104,7 @@ pub struct Submission {
 #[derive(Clone)]
 pub struct Hub {
     submissions: mpsc::Sender<Submission>,
-    deliveries: broadcast::Sender<Arc<Batch>>,
+    fanout: Arc<Fanout>,
     published: Arc<AtomicU64>,
     recent: Recent,
 }
@@ -113,8 +114,10 @@ pub struct Hub {
 pub struct HubOptions {
     /// Submissions that may wait for the writer.
     pub queue: usize,
-    /// Batches a socket may fall behind before it must catch up from the database.
-    pub broadcast_capacity: usize,
+    /// Tasks that write published batches to the sockets (one per core is plenty).
+    pub fanout_shards: usize,
+    /// Under load, the shortest time between two writes of the fan-out to a socket.
+    pub fanout_interval: Duration,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
     /// How much recent history replay serves from memory.
@@ -141,11 +144,15 @@ impl Hub {
         }
         let start = newest.last().map_or(start, |r| r.id.max(start));
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
-        let (deliveries, _) = broadcast::channel(options.broadcast_capacity.max(1));
+        let fanout = Arc::new(Fanout::start(
+            options.fanout_shards,
+            options.fanout_interval,
+            options.metrics.clone(),
+        ));
         let published = Arc::new(AtomicU64::new(start));
         let writer = Writer {
             store,
-            deliveries: deliveries.clone(),
+            fanout: fanout.clone(),
             published: published.clone(),
             recent: recent.clone(),
             unsure: false,
@@ -156,7 +163,7 @@ impl Hub {
         Ok((
             Hub {
                 submissions,
-                deliveries,
+                fanout,
                 published,
                 recent,
             },
@@ -169,9 +176,9 @@ impl Hub {
         self.submissions.send(s).await.map_err(|e| e.0)
     }
 
-    /// A receiver of every batch published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
-        self.deliveries.subscribe()
+    /// Has the fan-out offer every batch published from now on to this socket.
+    pub fn register(&self, outlet: Arc<Outlet>) {
+        self.fanout.register(outlet);
     }
 
     /// The recent history in memory.
@@ -187,7 +194,7 @@ impl Hub {
 
 struct Writer {
     store: Store,
-    deliveries: broadcast::Sender<Arc<Batch>>,
+    fanout: Arc<Fanout>,
     published: Arc<AtomicU64>,
     recent: Recent,
     metrics: Arc<Metrics>,
@@ -303,7 +310,8 @@ impl Writer {
                 rows,
             })
         });
-        // Answer first: the senders' sessions are woken before the crowd the publication wakes.
+        // Answer first: the senders' sessions deliver their batch and ack without waiting for the
+        // fan-out's pass.
         for (s, outcome) in batch.drain(..).zip(outcomes) {
             let batch = match outcome {
                 Outcome::Stored(id) | Outcome::Duplicate(id)
@@ -370,9 +378,8 @@ impl Writer {
         // Into the history first: a session that subscribes and then reads the history must find
         // every batch published before its subscription there.
         self.recent.push(batch.clone());
-        // An error only means nobody is subscribed right now; the rows are stored either way.
-        let _ = self.deliveries.send(batch);
         self.published.store(last, Ordering::Release);
+        self.fanout.publish(&batch);
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod config;
 pub mod engineio;
+pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod metrics;

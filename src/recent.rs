@@ -35,7 +35,7 @@ pub struct Recent {
 }
 
 fn batch_bytes(b: &Batch) -> usize {
-    b.rows.iter().map(|d| d.frame.len() + 48).sum()
+    b.rows.iter().map(|d| d.wire.len() + 48).sum()
 }
 
 impl Recent {
@@ -90,6 +90,11 @@ impl Recent {
         }
         let first = ring.batches.partition_point(|b| b.last() <= cursor);
         Some(ring.batches.range(first..).cloned().collect())
+    }
+
+    /// The id after which the ring holds every row.
+    pub fn start(&self) -> u64 {
+        self.ring.read().map_or(0, |r| r.start)
     }
 
     /// Rows held.

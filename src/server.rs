@@ -120,7 +120,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store.clone(),
         HubOptions {
             queue: 16 * 1024,
-            broadcast_capacity: 1024,
+            fanout_shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fanout_interval: Duration::from_millis(config.fanout_interval_ms),
             db_timeout: config.db_timeout(),
             recent: crate::recent::RecentLimits {
                 rows: config.recent_messages,

@@ -3,13 +3,15 @@
 //! A session is a single task and a single loop: it reads the client's frames, keeps the heartbeat,
 //! feeds the socket its messages, and writes everything it has queued with one flush per turn.
 //!
-//! Delivery is a cursor: the id of the last message this socket has been sent. On CONNECT the
-//! session subscribes to the hub *first*, then replays rows above the client's `serverOffset` from
-//! the database page by page, then follows the live broadcast, skipping ids at or below the cursor.
-//! A row published before the subscription was committed before it, so the replay reads it; a row
-//! published after it is in the live channel; the cursor removes the overlap. If the socket falls
-//! so far behind that the broadcast channel overwrites unread messages, the session goes back to
-//! the database from its cursor: never a silent gap, never a duplicate.
+//! Delivery is a cursor: the id of the last message this socket has been sent, kept in the socket's
+//! [`Outlet`] with its output buffer. On CONNECT the session registers the socket with the fan-out
+//! *first*, then replays rows above the client's `serverOffset`: from the database page by page
+//! while the recent history in memory does not reach back that far, then from memory, and in the
+//! same step under the outlet's lock hands the socket to the fan-out, which writes every later
+//! batch to it directly. A batch published before that step is in memory; one published after it
+//! reaches the fan-out after the registration; the cursor removes any overlap. If the socket falls
+//! so far behind that the fan-out stops feeding it, the session catches it up again the same way:
+//! never a silent gap, never a duplicate.
 //!
 //! An acknowledgement leaves only once the cursor has reached the acknowledged row, so a sender
 //! always sees its own message before its ack. Nothing a peer sends can panic this code: every
@@ -17,7 +19,8 @@
 
 use crate::chat::{self, Rejection};
 use crate::engineio::{self, Handshake, Inbound};
-use crate::hub::{Batch, Delivery, Hub, Outcome, Reply, Submission};
+use crate::fanout::{CatchUp, Conn, Outlet};
+use crate::hub::{Hub, Outcome, Reply, Submission};
 use crate::socketio::{self, Kind, Packet};
 use crate::store::{Row, Store, StoreError};
 use futures_util::{SinkExt, StreamExt};
@@ -28,8 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,8 +43,6 @@ use tokio_tungstenite::WebSocketStream;
 pub const REPLAY_PAGE: usize = 500;
 /// Submissions a socket may have waiting for the database before it stops reading new frames.
 const MAX_IN_FLIGHT: usize = 64;
-/// Live deliveries written per turn of the loop before the session looks at anything else.
-const LIVE_BURST: usize = 256;
 
 /// Protocol and resource limits of every session.
 #[derive(Debug, Clone)]
@@ -110,38 +110,32 @@ impl End {
     }
 }
 
-type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<Row>, StoreError>> + Send>>;
+/// A page of rows after a cursor, and the highest id published before it was read.
+type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Row>, u64), StoreError>> + Send>>;
 
 /// The socket's membership of the main namespace.
 struct Joined {
-    /// The id of the last message sent to this socket.
-    cursor: u64,
-    live: broadcast::Receiver<Arc<Batch>>,
     /// Set while catching up from the database.
     replay: Option<PageFuture>,
 }
 
-enum Feed {
-    Page(Result<Vec<Row>, StoreError>),
-    Live(Result<Arc<Batch>, broadcast::error::RecvError>),
-}
-
-impl Joined {
-    async fn next(joined: &mut Option<Joined>) -> Feed {
-        match joined {
-            Some(Joined {
-                replay: Some(page), ..
-            }) => Feed::Page(page.await),
-            Some(j) => Feed::Live(j.live.recv().await),
-            None => std::future::pending().await,
-        }
+async fn next_page(joined: &mut Option<Joined>) -> Result<(Vec<Row>, u64), StoreError> {
+    match joined {
+        Some(Joined {
+            replay: Some(page), ..
+        }) => page.await,
+        _ => std::future::pending().await,
     }
 }
 
-struct Session<S> {
-    ws: WebSocketStream<S>,
+struct Session {
+    ws: WebSocketStream<Conn>,
+    /// The socket's output, shared with the fan-out.
+    outlet: Arc<Outlet>,
     shared: Arc<Shared>,
     joined: Option<Joined>,
+    /// Known to the fan-out (from the first CONNECT on).
+    registered: bool,
     /// When the next ping is due, and when the outstanding one expires.
     next_ping: Instant,
     pong_due: Option<Instant>,
@@ -153,7 +147,6 @@ struct Session<S> {
     in_flight: usize,
     /// Acks waiting for the cursor to reach the row they acknowledge: (row id, frame).
     acks: VecDeque<(u64, String)>,
-    outbox: Vec<Message>,
     closing: bool,
     rate: RateLimit,
 }
@@ -191,26 +184,26 @@ impl RateLimit {
     }
 }
 
-/// Runs a session on an upgraded WebSocket until it ends, and returns why.
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
+/// Runs a session on an upgraded WebSocket until it ends, and returns why. `outlet` is the one
+/// `ws` writes through.
+pub async fn run(
+    ws: WebSocketStream<Conn>,
+    outlet: Arc<Outlet>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> End {
     let now = Instant::now();
     let mut session = Session {
         ws,
+        outlet,
         joined: None,
+        registered: false,
         next_ping: now + shared.limits.ping_interval,
         pong_due: None,
         connect_due: Some(now + shared.limits.connect_timeout),
         replies: None,
         in_flight: 0,
         acks: VecDeque::new(),
-        outbox: Vec::new(),
         closing: false,
         rate: RateLimit::new(shared.limits.max_messages_per_second),
         shared,
@@ -229,10 +222,7 @@ where
     end
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl Session {
     async fn drive(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
         let sid = new_id();
         let limits = &self.shared.limits;
@@ -242,7 +232,7 @@ where
             ping_timeout_ms: limits.ping_timeout.as_millis() as u64,
             max_payload: limits.max_payload,
         });
-        self.send(open);
+        self.send(&open);
         // Both futures live as long as the session: recreating them every turn would register
         // with the timer wheel and with the shutdown channel's waiter list (one lock shared by
         // every session) each time a socket gets a message.
@@ -254,8 +244,24 @@ where
         let timer = sleep_until(armed);
         tokio::pin!(timer);
         loop {
-            if let Err(end) = self.flush().await {
+            if let Err(end) = self.flush(self.shared.limits.ping_timeout).await {
+                if matches!(end, End::SlowConsumer) {
+                    self.shared
+                        .metrics
+                        .closed_slow
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 return end;
+            }
+            // Only once the socket has drained: a catch-up adds a page or the recent history.
+            if self.joined.as_ref().is_some_and(|j| j.replay.is_none()) && self.outlet.take_behind()
+            {
+                self.shared
+                    .metrics
+                    .catch_ups
+                    .fetch_add(1, Ordering::Relaxed);
+                self.catch_up();
+                continue;
             }
             // Shutting down: everything already handed to the hub is committed and acknowledged
             // before the close frame.
@@ -280,11 +286,12 @@ where
                     armed = self.timer();
                     timer.as_mut().reset(armed);
                 }
-                feed = Joined::next(&mut self.joined) => {
-                    if let Err(end) = self.on_feed(feed) {
+                page = next_page(&mut self.joined) => {
+                    if let Err(end) = self.on_page(page) {
                         return end;
                     }
                 }
+                () = self.outlet.notified() => {}
                 Some(reply) = next_reply(&mut self.replies) => self.on_reply(reply),
                 frame = self.ws.next(), if reading => {
                     if let Err(end) = self.on_frame(frame).await {
@@ -296,54 +303,29 @@ where
         }
     }
 
-    fn send(&mut self, text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>) {
-        self.outbox.push(Message::Text(text.into()));
+    fn send(&self, text: &str) {
+        self.outlet.send_text(text);
     }
 
-    /// Writes what is queued with one flush. A client that cannot take it within the ping
-    /// timeout is as good as gone and would only make us buffer. The timer is armed only when the
-    /// socket is actually backed up: most flushes complete at once.
-    async fn flush(&mut self) -> Result<(), End> {
-        if self.outbox.is_empty() {
+    /// Writes what is queued. A client that cannot take it within `limit` (the ping timeout) is as
+    /// good as gone and would only make us buffer. The timer is armed only when the socket is
+    /// actually backed up: most flushes complete at once.
+    async fn flush(&mut self, limit: Duration) -> Result<(), End> {
+        if !self.outlet.has_pending() {
             return Ok(());
         }
-        let chat = self
-            .outbox
-            .iter()
-            .filter(|m| matches!(m, Message::Text(t) if t.as_bytes().starts_with(b"42")))
-            .count();
-        if chat > 0 {
-            self.shared
-                .metrics
-                .deliveries
-                .fetch_add(chat as u64, Ordering::Relaxed);
-        }
-        let ws = &mut self.ws;
-        let outbox = &mut self.outbox;
-        let write = async move {
-            for m in outbox.drain(..) {
-                ws.feed(m).await?;
-            }
-            ws.flush().await
-        };
+        let outlet = &self.outlet;
+        let write = std::future::poll_fn(|cx| outlet.poll_flush(cx));
         tokio::pin!(write);
         // Poll once; only a write that cannot finish now gets a timer.
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
         let done = match first {
             std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => {
-                match timeout(self.shared.limits.ping_timeout, write).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.shared
-                            .metrics
-                            .closed_slow
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(End::SlowConsumer);
-                    }
-                }
-            }
+            std::task::Poll::Pending => match timeout(limit, write).await {
+                Ok(r) => r,
+                Err(_) => return Err(End::SlowConsumer),
+            },
         };
         done.map_err(|e| End::ClientGone(e.to_string()))
     }
@@ -373,78 +355,75 @@ where
         }
     }
 
-    fn on_feed(&mut self, feed: Feed) -> Result<(), End> {
+    fn on_page(&mut self, page: Result<(Vec<Row>, u64), StoreError>) -> Result<(), End> {
         let Some(joined) = self.joined.as_mut() else {
             return Ok(());
         };
-        match feed {
-            Feed::Page(Ok(rows)) => {
-                let more = rows.len() == REPLAY_PAGE;
-                let before = self.outbox.len();
-                for row in rows {
-                    if row.id > joined.cursor {
-                        joined.cursor = row.id;
-                        let d = Delivery::new(row.id, &row.content);
-                        self.outbox.push(Message::Text(d.frame));
-                    }
-                }
+        joined.replay = None;
+        match page {
+            Ok((rows, published)) => {
+                let n = if rows.is_empty() {
+                    // Nothing after the cursor, though rows up to `published` were committed
+                    // before the read: they were deleted. Carry on after them.
+                    self.outlet.skip_to(published);
+                    0
+                } else {
+                    self.outlet.deliver_rows(&rows)
+                };
+                self.count_delivered(n);
                 self.shared
                     .metrics
                     .replayed_database
-                    .fetch_add((self.outbox.len() - before) as u64, Ordering::Relaxed);
-                joined.replay = None;
-                if more {
-                    self.shared.catch_up(joined, &mut self.outbox);
-                }
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.catch_up();
                 Ok(())
             }
-            Feed::Page(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "replay failed");
                 Err(End::StoreUnavailable)
             }
-            Feed::Live(Ok(first)) => {
-                // Take what else is already waiting (up to a burst), so one flush carries it all.
-                let mut batch = first;
-                for taken in 1.. {
-                    if !deliver(joined, &mut self.outbox, &batch) {
-                        self.shared.fall_behind(joined, &mut self.outbox);
-                        break;
-                    }
-                    if taken == LIVE_BURST {
-                        break;
-                    }
-                    match joined.live.try_recv() {
-                        Ok(next) => batch = next,
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            self.shared.fall_behind(joined, &mut self.outbox);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                Ok(())
+        }
+    }
+
+    /// Brings the socket up to date from its cursor: from the recent history in memory when it
+    /// reaches back far enough (and then the fan-out takes over), otherwise from the database a
+    /// page at a time (each page ends by calling this again, so replay moves to memory as soon as
+    /// it can).
+    fn catch_up(&mut self) {
+        let Some(joined) = self.joined.as_mut() else {
+            return;
+        };
+        match self.outlet.catch_up(self.shared.hub.recent()) {
+            CatchUp::Live(n) => {
+                self.shared
+                    .metrics
+                    .replayed_memory
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.count_delivered(n);
             }
-            Feed::Live(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                tracing::debug!(missed, cursor = joined.cursor, "socket lagged; catching up");
-                self.shared.fall_behind(joined, &mut self.outbox);
-                Ok(())
-            }
-            Feed::Live(Err(broadcast::error::RecvError::Closed)) => Err(End::Shutdown),
+            CatchUp::Page(after) => joined.replay = Some(self.shared.page(after)),
+        }
+    }
+
+    fn count_delivered(&self, n: usize) {
+        if n > 0 {
+            self.shared
+                .metrics
+                .deliveries
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
     fn on_reply(&mut self, reply: Reply) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let Some(joined) = self.joined.as_mut() else {
+        if self.joined.is_none() {
             return; // the socket left the namespace; its acks are void
-        };
-        // The batch that holds our row: deliver it now rather than wait for the broadcast to
-        // reach this socket (the copy that arrives later is skipped by the cursor).
+        }
+        // The batch that holds our row: deliver it now rather than wait for the fan-out to reach
+        // this socket (the fan-out then skips it by the cursor).
         if let Some(batch) = &reply.batch {
-            if joined.replay.is_none() && batch.prev <= joined.cursor {
-                let delivered = deliver(joined, &mut self.outbox, batch);
-                debug_assert!(delivered);
-            }
+            let n = self.outlet.deliver_ahead(self.shared.hub.recent(), batch);
+            self.count_delivered(n);
         }
         let Some(ack_id) = reply.ack_id else { return };
         match reply.outcome {
@@ -474,16 +453,17 @@ where
     }
 
     fn release_acks(&mut self) {
-        let Some(joined) = self.joined.as_ref() else {
+        if self.joined.is_none() {
             self.acks.clear();
             return;
-        };
+        }
         while let Some((wait, _)) = self.acks.front() {
-            if *wait > joined.cursor {
+            // Asks the fan-out for a wake-up when the row is not delivered yet.
+            if *wait > 0 && !self.outlet.reached(*wait) {
                 break;
             }
             if let Some((_, frame)) = self.acks.pop_front() {
-                self.outbox.push(Message::Text(frame.into()));
+                self.send(&frame);
             }
         }
     }
@@ -530,7 +510,7 @@ where
         } = packet;
         if nsp != socketio::MAIN_NSP {
             if kind == Kind::Connect {
-                self.send(socketio::encode_connect_error(nsp, "Invalid namespace"));
+                self.send(&socketio::encode_connect_error(nsp, "Invalid namespace"));
                 return Ok(());
             }
             return Err(End::Protocol(format!("namespace {nsp:?} is not connected")));
@@ -544,6 +524,7 @@ where
             (_, false) => Err(End::Protocol("packet before CONNECT".into())),
             (Kind::Disconnect, true) => {
                 self.joined = None;
+                self.outlet.leave();
                 Ok(())
             }
             (Kind::Event, true) => self.on_event(id, data).await,
@@ -556,20 +537,18 @@ where
     }
 
     fn join(&mut self, offset: u64) {
-        // Subscribe before reading history: see the module docs for why this order closes the gap.
-        let live = self.shared.hub.subscribe();
         // An offset beyond the newest id (a database that was reset) would hide every new message.
         let cursor = offset.min(self.shared.hub.published());
         self.connect_due = None;
-        self.send(socketio::encode_connect_ok(&new_id()));
-        self.joined = Some(Joined {
-            cursor,
-            live,
-            replay: None,
-        });
-        if let Some(joined) = self.joined.as_mut() {
-            self.shared.catch_up(joined, &mut self.outbox);
+        self.send(&socketio::encode_connect_ok(&new_id()));
+        self.outlet.join(cursor);
+        // Registered before reading history: see the module docs for why this order closes the gap.
+        if !self.registered {
+            self.shared.hub.register(self.outlet.clone());
+            self.registered = true;
         }
+        self.joined = Some(Joined { replay: None });
+        self.catch_up();
     }
 
     async fn on_event(
@@ -628,6 +607,7 @@ where
                 // Flushes the answer tungstenite queued for the client's close frame. (The inherent
                 // `WebSocketStream::close` would try to *send* a second close and fail.)
                 let _ = timeout(grace, SinkExt::close(&mut self.ws)).await;
+                let _ = self.flush(grace).await;
             }
             Some((code, mut reason)) => {
                 truncate_utf8(&mut reason, 123);
@@ -635,7 +615,9 @@ where
                     code,
                     reason: reason.into(),
                 };
-                let _ = self.flush().await;
+                if !matches!(end, End::SlowConsumer) {
+                    let _ = self.flush(grace).await;
+                }
                 if timeout(grace, self.ws.close(Some(frame))).await.is_ok() {
                     // Drain until the client's close frame (or its disconnect), within the grace.
                     let _ = timeout(grace, async {
@@ -657,64 +639,14 @@ async fn next_reply(
     }
 }
 
-/// Queues the rows of `batch` this socket has not been sent yet. A batch whose predecessor is
-/// beyond the cursor means rows went missing on the way here: the caller catches the socket up
-/// (from memory or the database) instead of skipping them.
-#[must_use = "a gap must start a catch-up"]
-fn deliver(joined: &mut Joined, outbox: &mut Vec<Message>, batch: &Batch) -> bool {
-    if batch.prev > joined.cursor {
-        tracing::warn!(
-            cursor = joined.cursor,
-            prev = batch.prev,
-            "gap before a batch; catching up"
-        );
-        return false;
-    }
-    for d in &batch.rows {
-        if d.id > joined.cursor {
-            joined.cursor = d.id;
-            outbox.push(Message::Text(d.frame.clone()));
-        }
-    }
-    true
-}
-
 impl Shared {
-    /// Brings a socket up to date from its cursor: from the recent history in memory when it
-    /// reaches back far enough, otherwise from the database a page at a time (each page ends by
-    /// calling this again, so replay moves to memory as soon as it can).
-    fn catch_up(&self, joined: &mut Joined, outbox: &mut Vec<Message>) {
-        match self.hub.recent().since(joined.cursor) {
-            Some(batches) => {
-                joined.replay = None;
-                let before = outbox.len();
-                for batch in &batches {
-                    if !deliver(joined, outbox, batch) {
-                        // The history is contiguous, so this cannot happen; be safe anyway.
-                        joined.replay = Some(self.page(joined.cursor));
-                        return;
-                    }
-                }
-                self.metrics
-                    .replayed_memory
-                    .fetch_add((outbox.len() - before) as u64, Ordering::Relaxed);
-            }
-            None => joined.replay = Some(self.page(joined.cursor)),
-        }
-    }
-
-    /// A socket missed live batches (it lagged, or saw a gap): count it and catch up.
-    fn fall_behind(&self, joined: &mut Joined, outbox: &mut Vec<Message>) {
-        self.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
-        self.catch_up(joined, outbox);
-    }
-
     fn page(&self, after: u64) -> PageFuture {
         let store = self.store.clone();
         let limit = self.limits.db_timeout;
+        let published = self.hub.published();
         Box::pin(async move {
             match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
-                Ok(r) => r,
+                Ok(r) => r.map(|rows| (rows, published)),
                 Err(_) => Err(StoreError::timeout("replay")),
             }
         })
