@@ -66,7 +66,7 @@ pub struct Config {
     /// Under load, the fan-out writes to each socket at most once per this many milliseconds,
     /// so that each write carries every message of the interval (a message after a quiet spell
     /// goes out at once). 0: write every committed batch as soon as it is published.
-    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 3)]
+    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 5)]
     pub fanout_interval_ms: u64,
 
     /// Origins allowed to open a WebSocket, comma-separated (`https://chat.example.com`), or `*`

@@ -1,4 +1,5 @@
-//! Faults other than the database's (see outage.rs): a client that stops reading.
+//! Faults other than the database's (see outage.rs): a client that stops reading, for good or
+//! for a while.
 
 mod common;
 
@@ -158,5 +159,51 @@ async fn a_reconnect_storm_recovers_every_client_completely() {
         from_db > 0 && from_memory > 0,
         "both sources serve: db {from_db}, memory {from_memory}"
     );
+    s.stop().await;
+}
+
+/// A client that pauses reading (a phone on a slow link) while the chat goes on. relay stops
+/// feeding it live once it has 256 KiB waiting, keeps the connection (the pause is shorter than
+/// the stall it tolerates), and once the socket drains catches it up in place from memory: every
+/// message once, in order, then live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_reading_is_caught_up_in_place() {
+    const MESSAGES: usize = 200;
+    let s = TestServer::start_with(|c| {
+        c.ping_timeout_ms = 20_000;
+        c.max_messages_per_second = 0;
+    })
+    .await;
+    let mut paused = Client::open_with_recv_buffer(s.addr, &s.ws_url(), 4096).await;
+    paused.join(None).await;
+    let mut sender = s.joined(None).await;
+    // 8 MB in all: past what the kernel buffers (the send buffer grows to 4 MiB) and relay's 256 KiB.
+    let big = "p".repeat(40_000);
+    for i in 0..MESSAGES {
+        sender
+            .emit(Some(i as u64), &big, &format!("pause-{i}"))
+            .await;
+        while parse_ack(&sender.recv_text().await).is_none() {}
+    }
+    let (_, text) = http_get(s.addr, "/metrics").await;
+    assert_eq!(metric(&text, "relay_sockets_closed_slow_total"), 0.0);
+
+    // Reading again, it gets everything, once, in order.
+    let got = paused.recv_chats(MESSAGES).await;
+    let ids: Vec<u64> = got.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids, s.ids().await, "every message once, in id order");
+    assert!(got.iter().all(|(t, _)| t.len() == big.len()));
+    let (_, text) = http_get(s.addr, "/metrics").await;
+    assert!(
+        metric(&text, "relay_catch_ups_total") >= 1.0,
+        "the paused socket was fed live throughout: the test did not back it up"
+    );
+    assert_eq!(metric(&text, "relay_sockets_closed_slow_total"), 0.0);
+
+    // And it is live again.
+    sender
+        .emit(Some(1000), "after the pause", "pause-after")
+        .await;
+    assert_eq!(paused.recv_chat().await.0, "after the pause");
     s.stop().await;
 }

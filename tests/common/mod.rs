@@ -300,6 +300,25 @@ impl Client {
         c
     }
 
+    /// As [`Client::open`], with a socket receive buffer of only `bytes`: a client on a slow
+    /// link, whose pauses back relay's writes up at once.
+    pub async fn open_with_recv_buffer(addr: SocketAddr, url: &str, bytes: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("receive buffer");
+        let tcp = socket.connect(addr).await.expect("tcp connects");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("websocket connects");
+        let mut c = Client {
+            ws,
+            open: Value::Null,
+            auto_pong: true,
+        };
+        let first = c.recv_text().await;
+        c.open = serde_json::from_str(&first[1..]).expect("open packet is JSON");
+        c
+    }
+
     pub async fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
