@@ -344,9 +344,12 @@ impl State {
             }
         }
         if written == self.pending.len() {
-            self.pending.clear();
-            if self.pending.capacity() > 64 * 1024 {
-                self.pending = Vec::new(); // a burst is over: give the memory back
+            if self.pending.capacity() > 4096 {
+                // A burst or a big message is over: give the memory back, or every idle socket
+                // keeps as much as the largest write it ever had.
+                self.pending = Vec::new();
+            } else {
+                self.pending.clear();
             }
         } else {
             self.pending.drain(..written);

@@ -4,9 +4,9 @@
 //! Sessions hand it [`Submission`]s over a bounded queue. It drains whatever is queued into one batch
 //! (group commit) and stores it with one INSERT. Only after the commit it answers each submitter
 //! and publishes the new rows as one [`Batch`] to the fan-out ([`crate::fanout`]): rows in id
-//! order, each frame encoded once, every socket getting the same bytes. The answer goes first and carries the
-//! batch, so a sender's session can deliver the rows and the ack at once instead of waiting for
-//! the fan-out to reach its socket. It never waits on a socket: answering and publishing are
+//! order, each frame encoded once, every socket getting the same bytes. The answer goes first and
+//! carries the batch, so a sender's session can deliver the rows and the ack at once instead of
+//! waiting for the fan-out to reach its socket. It never waits on a socket: answering and publishing are
 //! non-blocking sends, so one slow client cannot stall the chat.
 //!
 //! After a database failure the outcome of the last INSERT is unknown (it may have committed
@@ -375,8 +375,8 @@ impl Writer {
 
     fn publish(&self, batch: Arc<Batch>) {
         let last = batch.last();
-        // Into the history first: a session that subscribes and then reads the history must find
-        // every batch published before its subscription there.
+        // Into the history first: a session that registers with the fan-out and then reads the
+        // history must find every batch the fan-out may not offer it there.
         self.recent.push(batch.clone());
         self.published.store(last, Ordering::Release);
         self.fanout.publish(&batch);

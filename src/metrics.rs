@@ -120,7 +120,7 @@ impl Metrics {
         one(
             "relay_catch_ups_total",
             "counter",
-            "Times a socket fell behind the live channel and caught up from history.",
+            "Times a socket fell behind the live fan-out and was caught up from history.",
             self.catch_ups.load(Relaxed),
         );
         one(

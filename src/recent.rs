@@ -4,8 +4,8 @@
 //!
 //! Bounded by rows and by bytes; the oldest batches go first. `start` is the id after which the
 //! ring holds *every* published row: a cursor at or above it is served entirely from memory.
-//! The writer pushes a batch here before publishing it on the broadcast channel, so a session that
-//! subscribes and then reads the ring can miss nothing (an overlap is skipped by its cursor).
+//! The writer pushes a batch here before handing it to the fan-out, so a session that registers
+//! with the fan-out and then reads the ring can miss nothing (an overlap is skipped by its cursor).
 //! Locked only for pushes and for copying a handful of `Arc`s; never across an `.await`.
 
 use crate::hub::Batch;
