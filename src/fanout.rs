@@ -192,12 +192,13 @@ impl Outlet {
         if batch.prev <= state.cursor {
             return state.append(batch);
         }
-        // The fan-out has not brought the batches before it yet: take them from memory.
+        // The fan-out has not brought the batches before it yet: take them from memory. (The hub
+        // answers before it publishes, so the memory may or may not hold `batch` itself yet.)
         let Some(batches) = recent.since(state.cursor) else {
             return 0; // the fan-out brings them in order, or finds the socket behind
         };
         let mut n = 0;
-        for b in &batches {
+        for b in batches.iter().map(|b| &**b).chain(std::iter::once(batch)) {
             if b.prev > state.cursor {
                 break;
             }
