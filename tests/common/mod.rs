@@ -286,6 +286,10 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
+        Client::opened(ws).await
+    }
+
+    async fn opened(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         let mut c = Client {
             ws,
             open: Value::Null,
@@ -309,14 +313,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
             .await
             .expect("websocket connects");
-        let mut c = Client {
-            ws,
-            open: Value::Null,
-            auto_pong: true,
-        };
-        let first = c.recv_text().await;
-        c.open = serde_json::from_str(&first[1..]).expect("open packet is JSON");
-        c
+        Client::opened(ws).await
     }
 
     pub async fn send(&mut self, text: &str) {
