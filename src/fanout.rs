@@ -551,6 +551,10 @@ async fn run_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Delivery;
+    use crate::recent::RecentLimits;
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
     #[test]
@@ -559,16 +563,161 @@ mod tests {
             let payload = "x".repeat(len);
             let ours = text_frame(payload.as_bytes());
             let mut theirs = Vec::new();
-            Frame::message(
-                payload.clone(),
-                tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
-                    tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
-                ),
-                true,
-            )
-            .format(&mut theirs)
-            .expect("format");
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .expect("format");
             assert_eq!(ours, theirs, "length {len}");
         }
+    }
+
+    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
+        Arc::new(Batch {
+            prev,
+            rows: ids.iter().map(|&id| Delivery::new(id, "m")).collect(),
+        })
+    }
+
+    fn recent(start: u64, batches: &[Arc<Batch>]) -> Recent {
+        let r = Recent::new(
+            start,
+            RecentLimits {
+                rows: 1000,
+                bytes: 1 << 20,
+            },
+        );
+        for b in batches {
+            r.push(b.clone());
+        }
+        r
+    }
+
+    /// An outlet on one end of a loopback connection, and the other end.
+    async fn pair() -> (Arc<Outlet>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Outlet::new(server), client)
+    }
+
+    /// The ids of the chat frames the peer has received, read until `n` arrived.
+    async fn received(peer: &mut TcpStream, n: usize) -> Vec<u64> {
+        let mut bytes = Vec::new();
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let mut chunk = [0u8; 4096];
+            let got = peer.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "connection ended");
+            bytes.extend_from_slice(&chunk[..got]);
+            ids.clear();
+            let mut at = 0;
+            while at + 2 <= bytes.len() {
+                assert_eq!(bytes[at], 0x81, "a whole text frame");
+                let len = usize::from(bytes[at + 1]);
+                assert!(len < 126, "small frames only here");
+                let Some(payload) = bytes.get(at + 2..at + 2 + len) else {
+                    break;
+                };
+                let text = std::str::from_utf8(payload).unwrap();
+                let id = text.trim_end_matches(']').rsplit(',').next().unwrap();
+                ids.push(id.parse().unwrap());
+                at += 2 + len;
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_feeds_a_socket_only_after_memory_handed_it_over() {
+        let (outlet, mut peer) = pair().await;
+        let (b1, b2, b3) = (batch(0, &[1, 2]), batch(2, &[3]), batch(3, &[4, 5]));
+        outlet.join(0);
+        assert_eq!(
+            outlet.offer(std::slice::from_ref(&b1)),
+            Some(0),
+            "catching up: not fed"
+        );
+        let memory = recent(0, &[b1.clone(), b2.clone()]);
+        assert!(matches!(outlet.catch_up(&memory), CatchUp::Live(3)));
+        // Batches the memory held come again from the fan-out: skipped by the cursor.
+        assert_eq!(outlet.offer(&[b1, b2, b3]), Some(2));
+        assert_eq!(received(&mut peer, 5).await, [1, 2, 3, 4, 5]);
+        assert!(!outlet.take_behind());
+    }
+
+    #[tokio::test]
+    async fn memory_that_does_not_reach_back_sends_catch_up_to_the_database() {
+        let (outlet, _peer) = pair().await;
+        outlet.join(3);
+        let memory = recent(10, &[batch(10, &[11])]);
+        assert!(matches!(outlet.catch_up(&memory), CatchUp::Page(3)));
+        // Still the session's: the fan-out does not feed it meanwhile.
+        assert_eq!(outlet.offer(&[batch(11, &[12])]), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_gap_hands_the_socket_back_to_its_session() {
+        let (outlet, _peer) = pair().await;
+        outlet.join(0);
+        assert!(matches!(outlet.catch_up(&recent(0, &[])), CatchUp::Live(0)));
+        assert_eq!(outlet.offer(&[batch(1, &[2])]), Some(0), "row 1 never came");
+        assert!(outlet.take_behind());
+        assert!(!outlet.take_behind(), "handed back once");
+        assert_eq!(
+            outlet.offer(&[batch(2, &[3])]),
+            Some(0),
+            "not fed while behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_does_not_drain_stops_being_fed_live() {
+        let (outlet, _peer) = pair().await; // the peer never reads
+        outlet.join(0);
+        assert!(matches!(outlet.catch_up(&recent(0, &[])), CatchUp::Live(0)));
+        let big = "x".repeat(60_000);
+        let mut id = 0;
+        let behind = loop {
+            id += 1;
+            let b = Arc::new(Batch {
+                prev: id - 1,
+                rows: vec![Delivery::new(id, &big)],
+            });
+            outlet.offer(&[b]).expect("open");
+            if outlet.take_behind() {
+                break id;
+            }
+            assert!(id < 10_000, "never stopped feeding");
+        };
+        let waiting = outlet.lock().pending.len();
+        assert!(
+            waiting <= LIVE_BACKLOG + 61_000,
+            "{waiting} bytes waiting after {behind} messages"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_gets_its_batch_with_the_ones_the_fan_out_has_not_brought() {
+        let (outlet, mut peer) = pair().await;
+        outlet.join(0);
+        assert!(matches!(outlet.catch_up(&recent(0, &[])), CatchUp::Live(0)));
+        let (b1, b2, b3) = (batch(0, &[1]), batch(1, &[2]), batch(2, &[3]));
+        // The hub answers before it publishes: memory may hold the batch or not.
+        assert_eq!(
+            outlet.deliver_ahead(&recent(0, std::slice::from_ref(&b1)), &b2),
+            2
+        );
+        assert_eq!(outlet.deliver_ahead(&recent(0, &[b1, b2.clone()]), &b3), 1);
+        assert!(outlet.reached(3));
+        assert!(!outlet.reached(4));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(outlet.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(received(&mut peer, 3).await, [1, 2, 3]);
+        assert_eq!(
+            outlet.offer(&[b2]),
+            Some(0),
+            "the fan-out skips what it brought"
+        );
     }
 }
