@@ -35,6 +35,8 @@ use tokio::time::{Duration, Instant};
 /// Bytes a socket may have waiting before the live broadcast stops adding to them; the socket's
 /// session then catches it up from memory or the database once the socket has drained.
 pub const LIVE_BACKLOG: usize = 256 * 1024;
+/// Sockets a fan-out pass writes to before it lets other tasks run.
+const YIELD_EVERY: usize = 256;
 /// Bytes beyond which tungstenite's own writes (pongs, close frames) wait for the socket.
 const HARD_BACKLOG: usize = 4 * LIVE_BACKLOG;
 
@@ -531,13 +533,26 @@ async fn run_shard(
         // After the batches arrived, so a socket registered before one was published gets it.
         outlets.append(&mut joining.lock().unwrap_or_else(|p| p.into_inner()));
         let mut delivered = 0;
-        outlets.retain(|o| match o.offer(&pass) {
-            Some(n) => {
-                delivered += n;
-                true
+        let mut i = 0;
+        let mut since_yield = 0;
+        while i < outlets.len() {
+            match outlets[i].offer(&pass) {
+                Some(n) => {
+                    delivered += n;
+                    i += 1;
+                }
+                None => {
+                    outlets.swap_remove(i);
+                }
             }
-            None => false,
-        });
+            since_yield += 1;
+            if since_yield == YIELD_EVERY {
+                // A pass over thousands of sockets takes milliseconds: let the senders' sessions
+                // and the hub run in between.
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
         if delivered > 0 {
             metrics
                 .deliveries
