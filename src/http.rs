@@ -238,15 +238,14 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Rep
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    if app.sessions.live() >= app.max_connections {
+    let Some(tracker) = app.sessions.try_enter(app.max_connections) else {
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
         let mut r = refuse(3, "Too many connections");
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
-    }
+    };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let tracker = app.sessions.enter();
     let limits = &app.shared.limits;
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_payload))

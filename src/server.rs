@@ -51,9 +51,15 @@ pub struct Tracker {
 pub struct TrackerGuard(Arc<Tracker>);
 
 impl Tracker {
-    pub fn enter(self: &Arc<Self>) -> TrackerGuard {
-        self.live.fetch_add(1, Ordering::AcqRel);
-        TrackerGuard(self.clone())
+    /// Counts a session in, unless `max` are open already. Check and count are one atomic step,
+    /// so a burst of upgrades cannot overshoot the limit.
+    pub fn try_enter(self: &Arc<Self>, max: usize) -> Option<TrackerGuard> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(TrackerGuard(self.clone()))
     }
 
     pub fn live(&self) -> usize {

@@ -139,6 +139,33 @@ async fn connections_beyond_the_limit_are_refused_clearly() {
     s.stop().await;
 }
 
+/// A burst of upgrades at once, on every worker: exactly the limit get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_upgrades_never_passes_the_connection_limit() {
+    const LIMIT: usize = 5;
+    let s = TestServer::start_with(|c| c.max_connections = LIMIT).await;
+    let url = s.ws_url();
+    let attempts: Vec<_> = (0..60)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { tokio_tungstenite::connect_async(url).await.ok() })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for a in attempts {
+        if let Some((ws, _)) = a.await.unwrap() {
+            open.push(ws);
+        }
+    }
+    assert_eq!(open.len(), LIMIT, "upgrades accepted");
+    let (_, text) = http_get(s.addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "relay_connections_refused_total") as usize,
+        60 - LIMIT
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn messages_beyond_the_rate_limit_get_an_error_never_a_silent_drop() {
     let s = TestServer::start_with(|c| c.max_messages_per_second = 5).await;
