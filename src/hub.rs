@@ -349,7 +349,7 @@ impl Writer {
         // An insert this writer gave up on may still be running; what it commits must be read.
         tokio::time::timeout(self.db_timeout, self.store.settle())
             .await
-            .map_err(|_| StoreError::timeout("reconcile"))?;
+            .map_err(|_| StoreError::timeout("reconcile"))??;
         loop {
             let after = self.published.load(Ordering::Acquire);
             let page = tokio::time::timeout(self.db_timeout, self.store.page_after(after, 1000))

@@ -2,7 +2,7 @@
 //! once the database is back the client's retry (same clientOffset, new ack id) is stored and
 //! delivered exactly once — including when the first attempt committed but its reply was lost
 //! (MySQL, through a TCP proxy of the test's own), or committed late (SQLite, locked by another
-//! process).
+//! process), or would have committed late (MySQL, waiting for a row lock inside the server).
 
 mod common;
 
@@ -270,5 +270,60 @@ async fn sqlite_locked_by_another_process_commits_late_and_is_published_once() {
     b.expect_silence(Duration::from_millis(10)).await;
     locker.await.unwrap();
     assert_eq!(s.ids().await, vec![id]);
+    s.stop().await;
+}
+
+/// MySQL's version of the late commit: a foreign transaction holds the lock on an offset, so
+/// relay's INSERT of it waits inside the server past `DB_TIMEOUT_MS` and is abandoned (no ack).
+/// Another client's message is stored meanwhile; then the foreign transaction rolls back. The
+/// abandoned INSERT must not go on to commit behind relay's back under an id below ones already
+/// delivered (live sockets would never get it): before it reads what committed, the hub stops it
+/// in the server (`KILL`). The retry is then stored and delivered to everyone once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_abandoned_in_the_server_cannot_commit_behind_relays_back() {
+    let s = TestServer::start_with(|c| c.db_timeout_ms = 500).await;
+    let mut watcher = s.joined(None).await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+
+    let mut foreign = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .unwrap();
+    use mysql_async::prelude::Queryable;
+    foreign.query_drop("BEGIN").await.unwrap();
+    foreign
+        .query_drop("INSERT INTO messages (client_offset, content) VALUES ('held', 'foreign')")
+        .await
+        .unwrap();
+
+    // Waits on the foreign lock; relay gives up after 0.5 s: no ack.
+    a.emit(Some(1), "mine", "held").await;
+    a.expect_silence(Duration::from_millis(900)).await;
+    // Another message while the abandoned INSERT still waits in the server.
+    b.emit(Some(1), "other", "other-1").await;
+    let (_, other) = b.recv_chat().await;
+    assert_eq!(b.recv_ack().await, (1, json!([])));
+    assert_eq!(watcher.recv_chat().await, ("other".to_string(), other));
+    assert_eq!(a.recv_chat().await, ("other".to_string(), other));
+
+    // The lock goes; an INSERT still waiting for it would commit now.
+    foreign.query_drop("ROLLBACK").await.unwrap();
+    let _ = foreign.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mine = retry_until_acked(&mut a, "mine", "held", 2).await;
+    let mut seen = vec![other];
+    while seen.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(3), watcher.recv_text()).await {
+            Ok(t) => seen.extend(parse_chat(&t).map(|(_, id)| id)),
+            Err(_) => panic!(
+                "the watcher saw {seen:?}; the table holds {:?}: a row committed that live \
+                 sockets never got",
+                s.ids().await
+            ),
+        }
+    }
+    assert_eq!(seen, vec![other, mine], "in id order");
+    assert_eq!(s.ids().await, seen, "each message stored once");
     s.stop().await;
 }

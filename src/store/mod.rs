@@ -131,11 +131,15 @@ impl Store {
     }
 
     /// Waits until no write is still running on the database's side: after an `insert` that was
-    /// abandoned (timed out), a read that follows this sees whatever that insert committed.
-    pub async fn settle(&self) {
+    /// abandoned (timed out), a read that follows this sees whatever that insert committed, and
+    /// it commits nothing later. (SQLite waits for it to finish; MySQL stops it in the server.)
+    pub async fn settle(&self) -> Result<(), StoreError> {
         match self {
             Store::Mysql(s) => s.settle().await,
-            Store::Sqlite(s) => s.settle().await,
+            Store::Sqlite(s) => {
+                s.settle().await;
+                Ok(())
+            }
         }
     }
 

@@ -33,9 +33,15 @@ fn is_duplicate(e: &StoreError) -> bool {
 #[derive(Clone)]
 pub struct MysqlStore {
     pool: Pool,
+    /// For the writer's connection, which is not the pool's: a connection `settle` kills must
+    /// not go back into the pool for a reader to find broken.
+    opts: Opts,
     /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
     /// the hub writes, so the lock is never contended.
     writer: Arc<tokio::sync::Mutex<Option<mysql_async::Conn>>>,
+    /// The server-side id of the writer connection whose INSERT a timeout abandoned mid-statement:
+    /// the server may still be running it.
+    abandoned: Arc<std::sync::Mutex<Option<u32>>>,
     /// Bytes the `content` column holds.
     content_limit: usize,
     /// `@@auto_increment_increment`: the step between consecutive ids of one multi-row INSERT.
@@ -69,7 +75,8 @@ impl MysqlStore {
                     // round trip and throw away the prepared statements.
                     .with_reset_connection(reset),
             );
-        let pool = Pool::new(opts);
+        let opts = Opts::from(opts);
+        let pool = Pool::new(opts.clone());
         let mut conn = pool
             .get_conn()
             .await
@@ -93,7 +100,9 @@ impl MysqlStore {
             .map_err(StoreError::mysql("cannot read auto_increment_increment"))?;
         Ok(MysqlStore {
             pool,
+            opts,
             writer: Arc::default(),
+            abandoned: Arc::default(),
             content_limit: content_limit
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
                 .unwrap_or(usize::MAX),
@@ -164,9 +173,18 @@ impl MysqlStore {
         let mut slot = self.writer.lock().await;
         let mut conn = match slot.take() {
             Some(conn) => conn,
-            None => self.conn().await?,
+            None => mysql_async::Conn::new(self.opts.clone())
+                .await
+                .map_err(StoreError::mysql("cannot get a database connection"))?,
+        };
+        // Should this future be dropped mid-statement (the hub's timeout), the guard records which
+        // server connection may still be running the INSERT, for `settle`.
+        let mut watch = Abandoned {
+            id: Some(conn.id()),
+            to: &self.abandoned,
         };
         let result = self.insert_on(&mut conn, batch).await;
+        watch.id = None;
         // Keep the connection unless it broke (or a timeout dropped this future mid-query, in
         // which case it is dropped with it).
         if !matches!(&result, Err(e) if e.is_fatal()) {
@@ -258,22 +276,68 @@ impl MysqlStore {
             .map_err(StoreError::mysql("cannot get a database connection"))
     }
 
-    /// Waits for the writer connection to be free. A statement abandoned by a timeout took its
-    /// connection with it; the server may still finish it, which nothing on this side can see.
-    pub async fn settle(&self) {
-        drop(self.writer.lock().await);
+    /// Waits until no INSERT of this store can still commit. One abandoned by a timeout may still
+    /// be running in the server (waiting for a lock, say) and commit after the caller has read
+    /// what is there: it is stopped with `KILL` (an autocommit INSERT is then rolled back, unless
+    /// it committed already) and waited for until its connection is gone.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let abandoned = *self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(id) = abandoned else {
+            return Ok(());
+        };
+        let mut conn = self.conn().await?;
+        match conn.query_drop(format!("KILL {id}")).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_THREAD => {}
+            Err(e) => return Err(StoreError::mysql("cannot stop an abandoned INSERT")(e)),
+        }
+        // KILL only flags the thread; it is done once it has left the process list.
+        loop {
+            let left: Option<u64> = conn
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+                    (id,),
+                )
+                .await
+                .map_err(StoreError::mysql("cannot watch an abandoned INSERT"))?;
+            if left.unwrap_or(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::info!(connection = id, "stopped an INSERT abandoned by a timeout");
+        *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
-    /// Closes the pool's connections (the writer's first: the pool waits for every one).
+    /// Closes the writer's connection and the pool's.
     pub async fn close(self) {
         if let Some(conn) = self.writer.lock().await.take() {
-            drop(conn);
+            let _ = conn.disconnect().await;
         }
         let _ = self.pool.disconnect().await;
     }
 }
 
 /// The clientOffsets of `batch` that are stored already, with their ids.
+/// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
+const ER_NO_SUCH_THREAD: u16 = 1094;
+
+/// Records a writer connection's id when the INSERT running on it is dropped unfinished.
+struct Abandoned<'a> {
+    id: Option<u32>,
+    to: &'a std::sync::Mutex<Option<u32>>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            *self.to.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        }
+    }
+}
+
 async fn existing_offsets(
     conn: &mut mysql_async::Conn,
     batch: &[&NewMessage],
