@@ -114,7 +114,7 @@ impl Metrics {
         one(
             "relay_broadcast_deliveries_total",
             "counter",
-            "Chat messages written to sockets, live and replayed.",
+            "Chat messages handed to sockets (into their output buffers), live and replayed.",
             self.deliveries.load(Relaxed),
         );
         one(
