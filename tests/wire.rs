@@ -334,15 +334,22 @@ struct RawSocket(tokio::net::TcpStream);
 
 impl RawSocket {
     async fn open(s: &TestServer) -> RawSocket {
+        Self::open_with(s, &[]).await
+    }
+
+    /// Opens with `early` bytes sent in the same write as the upgrade request, before its answer.
+    async fn open_with(s: &TestServer, early: &[u8]) -> RawSocket {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        let request = format!(
+        let mut request = format!(
             "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\n\
              Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             s.addr
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
+        )
+        .into_bytes();
+        request.extend_from_slice(early);
+        tcp.write_all(&request).await.unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8];
@@ -360,27 +367,32 @@ impl RawSocket {
     /// Sends one frame, masked as a client must unless `masked` is false.
     async fn frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
         use tokio::io::AsyncWriteExt;
-        let mut f = vec![0x80 | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(mask_bit | n as u8),
-            n if n <= 0xffff => {
-                f.push(mask_bit | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
+        self.0
+            .write_all(&client_frame(opcode, payload, masked))
+            .await
+            .unwrap();
+    }
+
+    /// The payload of the next text frame from the server.
+    async fn text(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut h = [0u8; 2];
+        tokio::time::timeout(WAIT, self.0.read_exact(&mut h))
+            .await
+            .expect("server answered")
+            .unwrap();
+        assert_eq!(h[0], 0x81, "a text frame");
+        let len = match h[1] {
+            126 => {
+                let mut b = [0u8; 2];
+                self.0.read_exact(&mut b).await.unwrap();
+                u16::from_be_bytes(b) as usize
             }
-            n => {
-                f.push(mask_bit | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [0x12, 0x34, 0x56, 0x78];
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            f.extend_from_slice(payload);
-        }
-        self.0.write_all(&f).await.unwrap();
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.0.read_exact(&mut payload).await.unwrap();
+        String::from_utf8(payload).unwrap()
     }
 
     /// Reads server frames until a close frame; its code (`None`: the connection just ended).
@@ -412,6 +424,31 @@ impl RawSocket {
             }
         }
     }
+}
+
+/// One client frame, masked as a client must unless `masked` is false.
+fn client_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
 }
 
 #[tokio::test]
@@ -463,6 +500,27 @@ async fn a_flood_of_small_packets_is_absorbed_and_the_connection_keeps_working()
         "after the flood",
         "the flooding connection is still served"
     );
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
+
+/// A client may send its first frames right behind the upgrade request, before the 101 arrives;
+/// the HTTP server has read them already, and they must reach the WebSocket all the same.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_not_lost() {
+    let s = TestServer::start().await;
+    let mut early = client_frame(0x1, b"40", true);
+    early.extend(client_frame(
+        0x1,
+        br#"421["chat message","early","early-0"]"#,
+        true,
+    ));
+    let mut c = RawSocket::open_with(&s, &early).await;
+    assert!(c.text().await.starts_with("0{"), "the open packet");
+    assert!(c.text().await.starts_with("40{"), "the CONNECT answer");
+    let chat = c.text().await;
+    assert!(chat.starts_with(r#"42["chat message","early","#), "{chat}");
+    assert_eq!(c.text().await, "431[]");
     assert_eq!(s.count().await, 1);
     s.stop().await;
 }
