@@ -65,8 +65,8 @@ pub struct Config {
 
     /// Under load, the fan-out writes to each socket at most once per this many milliseconds,
     /// so that each write carries every message of the interval (a message after a quiet spell
-    /// goes out at once). 0: write every committed batch as soon as it is published.
-    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 5)]
+    /// goes out at once). 0: write every committed batch as soon as it is published. At most 1000.
+    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 
     /// Origins allowed to open a WebSocket, comma-separated (`https://chat.example.com`), or `*`
@@ -138,5 +138,7 @@ mod tests {
         let err = Config::try_parse_from(["relay", "--port", "99999"]).unwrap_err();
         assert!(err.to_string().contains("99999"), "{err}");
         assert!(Config::try_parse_from(["relay", "--ping-timeout-ms", "0"]).is_err());
+        let err = Config::try_parse_from(["relay", "--fanout-interval-ms", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("0..=1000"), "{err}");
     }
 }
