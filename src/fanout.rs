@@ -140,10 +140,6 @@ impl Outlet {
         !self.lock().pending.is_empty()
     }
 
-    pub fn cursor(&self) -> u64 {
-        self.lock().cursor
-    }
-
     /// Writes what is queued until the kernel has taken all of it.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.lock();

@@ -92,11 +92,6 @@ impl Recent {
         Some(ring.batches.range(first..).cloned().collect())
     }
 
-    /// The id after which the ring holds every row.
-    pub fn start(&self) -> u64 {
-        self.ring.read().map_or(0, |r| r.start)
-    }
-
     /// Rows held.
     pub fn len(&self) -> usize {
         self.ring.read().map_or(0, |r| r.rows)

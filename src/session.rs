@@ -1,7 +1,8 @@
 //! One WebSocket connection, from the Engine.IO open packet to the close frame.
 //!
 //! A session is a single task and a single loop: it reads the client's frames, keeps the heartbeat,
-//! feeds the socket its messages, and writes everything it has queued with one flush per turn.
+//! replays history to the socket, acknowledges, and writes everything it has queued with one flush
+//! per turn. Live messages are written by the fan-out ([`crate::fanout`]), not by this task.
 //!
 //! Delivery is a cursor: the id of the last message this socket has been sent, kept in the socket's
 //! [`Outlet`] with its output buffer. On CONNECT the session registers the socket with the fan-out
