@@ -262,6 +262,8 @@ impl Session {
                     .catch_ups
                     .fetch_add(1, Ordering::Relaxed);
                 self.catch_up();
+                // Acks held back for rows the catch-up just delivered go with them.
+                self.release_acks();
                 continue;
             }
             // Shutting down: everything already handed to the hub is committed and acknowledged
