@@ -212,8 +212,8 @@ impl Outlet {
         for row in rows {
             if row.id > state.cursor {
                 state.cursor = row.id;
-                let frame = crate::hub::encode_chat(row.id, &row.content);
-                push_text_frame(&mut state.pending, frame.as_bytes());
+                let d = crate::hub::Delivery::new(row.id, &row.content);
+                state.pending.extend_from_slice(&d.wire);
                 n += 1;
             }
         }

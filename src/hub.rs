@@ -6,8 +6,8 @@
 //! and publishes the new rows as one [`Batch`] to the fan-out ([`crate::fanout`]): rows in id
 //! order, each frame encoded once, every socket getting the same bytes. The answer goes first and
 //! carries the batch, so a sender's session can deliver the rows and the ack at once instead of
-//! waiting for the fan-out to reach its socket. It never waits on a socket: answering and publishing are
-//! non-blocking sends, so one slow client cannot stall the chat.
+//! waiting for the fan-out to reach its socket. It never waits on a socket: answering and
+//! publishing are non-blocking sends, so one slow client cannot stall the chat.
 //!
 //! After a database failure the outcome of the last INSERT is unknown (it may have committed
 //! before the connection broke). The hub then re-reads every row above the last id it published
@@ -38,14 +38,11 @@ impl Delivery {
     pub fn new(id: u64, content: &str) -> Delivery {
         Delivery {
             id,
-            wire: crate::fanout::text_frame(encode_chat(id, content).as_bytes()),
+            wire: crate::fanout::text_frame(
+                socketio::encode_event_text_id(crate::chat::EVENT, content, id).as_bytes(),
+            ),
         }
     }
-}
-
-/// The Engine.IO packet of one chat message.
-pub fn encode_chat(id: u64, content: &str) -> String {
-    socketio::encode_event_text_id(crate::chat::EVENT, content, id)
 }
 
 /// Rows committed together, published as one item. `prev` is the last id published before them:

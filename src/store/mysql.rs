@@ -320,7 +320,6 @@ impl MysqlStore {
     }
 }
 
-/// The clientOffsets of `batch` that are stored already, with their ids.
 /// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
 const ER_NO_SUCH_THREAD: u16 = 1094;
 
@@ -338,6 +337,7 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+/// The clientOffsets of `batch` that are stored already, with their ids.
 async fn existing_offsets(
     conn: &mut mysql_async::Conn,
     batch: &[&NewMessage],
