@@ -4,8 +4,9 @@
 //! `cargo bench --bench codec`; compare within one run, these machines are noisy.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use relay::hub::Delivery;
-use relay::{chat, engineio, fanout, socketio};
+use relay::chat;
+use relay::delivery::batch::Message;
+use relay::protocol::{engineio, socketio, websocket};
 use std::hint::black_box;
 
 const EVENT_FRAME: &str = r#"421["chat message","hello world, this is a typical chat line 😀","Xy3kPqZ8a1b2c3d4e5f6-17"]"#;
@@ -57,10 +58,10 @@ fn fanout(c: &mut Criterion) {
                 let mut id = 0u64;
                 b.iter(|| {
                     id += 1;
-                    let d = Delivery::new(id, text);
+                    let m = Message::encode(id, text);
                     for buf in &mut buffers {
                         buf.clear();
-                        buf.extend_from_slice(&d.wire);
+                        buf.extend_from_slice(m.ws_frame());
                     }
                     black_box(&buffers);
                 })
@@ -73,7 +74,7 @@ fn fanout(c: &mut Criterion) {
                 for buf in &mut buffers {
                     buf.clear();
                     let packet = socketio::encode_event_text_id(chat::EVENT, text, id);
-                    fanout::push_text_frame(buf, packet.as_bytes());
+                    websocket::push_text_frame(buf, packet.as_bytes());
                 }
                 black_box(&buffers);
             })

@@ -12,6 +12,7 @@
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
 //! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
+//! cargo bench --bench load -- fanout --spawn --relay ../old/target/release/relay  # another build
 //! ```
 //!
 //! Against a relay you started yourself, set `MAX_MESSAGES_PER_SECOND=0` there (the default limit
@@ -65,6 +66,10 @@ struct Args {
     /// Start the release relay binary on a fresh database for each run (and drop it afterwards).
     #[arg(long)]
     spawn: bool,
+    /// With --spawn: the relay binary to start (default: the one this build made), so that two
+    /// builds can be measured side by side in one sitting.
+    #[arg(long)]
+    relay: Option<std::path::PathBuf>,
     /// With --spawn: start the yardstick instead of relay — a raw tokio-tungstenite broadcast
     /// server with no database, acking at once (the issue's "raw no-DB server").
     #[arg(long)]
@@ -166,7 +171,11 @@ impl Target {
             }
             c
         } else {
-            Command::new(env!("CARGO_BIN_EXE_relay"))
+            Command::new(
+                args.relay
+                    .clone()
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
+            )
         };
         let mut child = command
             .env("PORT", "0")
@@ -370,7 +379,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
     for _ in 0..clients {
         sockets.push(join(&url, NO_HISTORY).await);
     }
-    let run = relay::session::new_id();
+    let run = relay::protocol::sid::new_sid();
     let expected = (clients * messages) as u64;
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
@@ -473,7 +482,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
             tally
         }));
     }
-    let run = relay::session::new_id();
+    let run = relay::protocol::sid::new_sid();
     let mut send_tasks = Vec::new();
     for (n, mut ws) in sender_sockets.into_iter().enumerate() {
         let (stop, sent, run) = (stop.clone(), sent.clone(), run.clone());
@@ -511,7 +520,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     let mut last = join(&url, NO_HISTORY).await;
     let frame = format!(
         "420[\"chat message\",\"{SENTINEL}\",\"{}-stop\"]",
-        relay::session::new_id()
+        relay::protocol::sid::new_sid()
     );
     last.send(Message::text(frame))
         .await
@@ -564,7 +573,7 @@ async fn idle(target: &Target, sockets: usize) {
 async fn replay(target: &Target, backlog: usize) {
     let url = target.ws_url();
     let mut ws = join(&url, NO_HISTORY).await;
-    let run = relay::session::new_id();
+    let run = relay::protocol::sid::new_sid();
     let mut first = None;
     let fill = Instant::now();
     // Pipelined in windows of 64 (relay reads up to 64 in flight per socket).
@@ -646,7 +655,7 @@ async fn raw_server(port: u16, batched: bool) {
                             let args: serde_json::Value = serde_json::from_str(&rest[digits..]).unwrap_or_default();
                             let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
                             let text = args[1].as_str().unwrap_or_default();
-                            let _ = tx.send(Utf8Bytes::from(relay::socketio::encode_event_text_id("chat message", text, id)));
+                            let _ = tx.send(Utf8Bytes::from(relay::protocol::socketio::encode_event_text_id("chat message", text, id)));
                             if digits > 0 {
                                 let _ = ws.send(Message::text(format!("43{}[]", &rest[..digits]))).await;
                             }

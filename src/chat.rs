@@ -1,7 +1,10 @@
 //! The chat's rules, as pure functions: what a valid `"chat message"` is, and which replay offset a
 //! CONNECT asks for. A [`NewMessage`] exists only once it has passed every rule, so the storage and
 //! broadcast layers never re-check.
+//!
+//! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
+use crate::metrics::BadInput;
 use serde_json::Value;
 
 /// The one event the chat knows.
@@ -37,17 +40,17 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A short stable name, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, for logs and metrics.
+    pub fn kind(&self) -> BadInput {
         match self {
-            Rejection::UnknownEvent(_) => "unknown_event",
-            Rejection::MessageNotString => "message_not_string",
-            Rejection::MessageTooLarge { .. } => "message_too_large",
-            Rejection::OffsetMissing => "offset_missing",
-            Rejection::OffsetNotString => "offset_not_string",
-            Rejection::OffsetEmpty => "offset_empty",
-            Rejection::OffsetTooLong { .. } => "offset_too_long",
-            Rejection::Refused(_) => "refused_by_store",
+            Rejection::UnknownEvent(_) => BadInput::UnknownEvent,
+            Rejection::MessageNotString => BadInput::MessageNotString,
+            Rejection::MessageTooLarge { .. } => BadInput::MessageTooLarge,
+            Rejection::OffsetMissing => BadInput::OffsetMissing,
+            Rejection::OffsetNotString => BadInput::OffsetNotString,
+            Rejection::OffsetEmpty => BadInput::OffsetEmpty,
+            Rejection::OffsetTooLong { .. } => BadInput::OffsetTooLong,
+            Rejection::Refused(_) => BadInput::RefusedByStore,
         }
     }
 }

@@ -1,21 +1,26 @@
-//! relay: a Socket.IO-compatible chat server over raw WebSockets, storing in SQLite or MySQL/MariaDB.
+//! relay: a Socket.IO-compatible chat server, storing in SQLite or MySQL/MariaDB.
 //!
-//! Layers, bottom up: [`engineio`] and [`socketio`] are the pure wire codecs; [`chat`] holds the
-//! chat's rules; [`store`] is the database (SQLite or MySQL); [`hub`] is the single sequencer that
-//! stores and publishes in commit order, keeping the [`recent`] history in memory; [`fanout`]
-//! writes every published batch to every socket; [`session`] is one WebSocket connection; [`http`]
-//! routes requests and upgrades; [`server`] binds, accepts and shuts down; [`config`] reads flags
-//! and environment.
+//! Layers, bottom up (a module imports only from layers below it):
+//!
+//! | layer | modules | owns |
+//! | --- | --- | --- |
+//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`chat`] (the chat's rules), [`metrics`] | pure functions and counters |
+//! | storage | [`store`] | the durable log (SQLite or MySQL) |
+//! | delivery | [`delivery`] | batches, the recent history, packet queues, the fan-out |
+//! | sequencer | [`sequencer`] | the one writer: group commit, then publish through its bus |
+//! | Engine.IO | [`engine`] | the transport-neutral session: open, heartbeat, close |
+//! | transports | [`transport`] | WebSocket (polling belongs beside it) |
+//! | Socket.IO | [`namespace`] | the `/` namespace and the chat on it |
+//! | server | [`server`], [`config`] | routing, limits, start and shutdown |
 
 pub mod chat;
 pub mod config;
-pub mod engineio;
-pub mod fanout;
-pub mod http;
-pub mod hub;
+pub mod delivery;
+pub mod engine;
 pub mod metrics;
-pub mod recent;
+pub mod namespace;
+pub mod protocol;
+pub mod sequencer;
 pub mod server;
-pub mod session;
-pub mod socketio;
 pub mod store;
+pub mod transport;

@@ -7,22 +7,64 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Kinds of refused input, as labels (the `kind()` names of [`crate::chat::Rejection`] and the
-/// protocol errors that close a connection).
-pub const BAD_INPUT_KINDS: [&str; 12] = [
-    "unknown_event",
-    "message_not_string",
-    "message_too_large",
-    "offset_missing",
-    "offset_not_string",
-    "offset_empty",
-    "offset_too_long",
-    "refused_by_store",
-    "rate_limited",
-    "protocol",
-    "binary",
-    "too_big",
-];
+/// A kind of refused input, counted in `relay_bad_inputs_total{kind=…}`: the chat's rules
+/// ([`crate::chat::Rejection::kind`]) and the protocol errors that close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadInput {
+    UnknownEvent,
+    MessageNotString,
+    MessageTooLarge,
+    OffsetMissing,
+    OffsetNotString,
+    OffsetEmpty,
+    OffsetTooLong,
+    /// The database refused the row's content.
+    RefusedByStore,
+    /// Events beyond `MAX_MESSAGES_PER_SECOND`.
+    RateLimited,
+    /// Undecodable or out-of-order packets, invalid UTF-8, WebSocket protocol violations.
+    Protocol,
+    /// Binary frames or packets.
+    Binary,
+    /// Messages over `maxPayload`.
+    TooBig,
+}
+
+impl BadInput {
+    /// Every kind, in the order `/metrics` lists them.
+    pub const ALL: [BadInput; 12] = [
+        BadInput::UnknownEvent,
+        BadInput::MessageNotString,
+        BadInput::MessageTooLarge,
+        BadInput::OffsetMissing,
+        BadInput::OffsetNotString,
+        BadInput::OffsetEmpty,
+        BadInput::OffsetTooLong,
+        BadInput::RefusedByStore,
+        BadInput::RateLimited,
+        BadInput::Protocol,
+        BadInput::Binary,
+        BadInput::TooBig,
+    ];
+
+    /// The metric label, stable across releases.
+    pub fn label(self) -> &'static str {
+        match self {
+            BadInput::UnknownEvent => "unknown_event",
+            BadInput::MessageNotString => "message_not_string",
+            BadInput::MessageTooLarge => "message_too_large",
+            BadInput::OffsetMissing => "offset_missing",
+            BadInput::OffsetNotString => "offset_not_string",
+            BadInput::OffsetEmpty => "offset_empty",
+            BadInput::OffsetTooLong => "offset_too_long",
+            BadInput::RefusedByStore => "refused_by_store",
+            BadInput::RateLimited => "rate_limited",
+            BadInput::Protocol => "protocol",
+            BadInput::Binary => "binary",
+            BadInput::TooBig => "too_big",
+        }
+    }
+}
 
 /// Upper bounds of the store latency histogram, in seconds.
 const STORE_BUCKETS: [f64; 12] = [
@@ -42,17 +84,16 @@ pub struct Metrics {
     pub replayed_database: AtomicU64,
     pub catch_ups: AtomicU64,
     pub closed_slow: AtomicU64,
-    bad_input: [AtomicU64; BAD_INPUT_KINDS.len()],
+    bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
     store_count: AtomicU64,
     store_micros: AtomicU64,
 }
 
 impl Metrics {
-    pub fn bad_input(&self, kind: &str) {
-        if let Some(i) = BAD_INPUT_KINDS.iter().position(|k| *k == kind) {
-            self.bad_input[i].fetch_add(1, Relaxed);
-        }
+    /// Counts one refused input.
+    pub fn bad_input(&self, kind: BadInput) {
+        self.bad_input[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// One database write round (a group commit) that took `secs`.
@@ -139,10 +180,11 @@ impl Metrics {
             self.replayed_database.load(Relaxed)
         );
         out.push_str("# HELP relay_bad_inputs_total Refused client input, by kind.\n# TYPE relay_bad_inputs_total counter\n");
-        for (kind, n) in BAD_INPUT_KINDS.iter().zip(&self.bad_input) {
+        for (kind, n) in BadInput::ALL.iter().zip(&self.bad_input) {
             let _ = writeln!(
                 out,
-                "relay_bad_inputs_total{{kind=\"{kind}\"}} {}",
+                "relay_bad_inputs_total{{kind=\"{}\"}} {}",
+                kind.label(),
                 n.load(Relaxed)
             );
         }
@@ -172,8 +214,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.stored.fetch_add(3, Relaxed);
-        m.bad_input("offset_missing");
-        m.bad_input("no such kind");
+        m.bad_input(BadInput::OffsetMissing);
         m.store_round(0.0015);
         m.store_round(0.2);
         let text = m.render();
@@ -181,6 +222,10 @@ mod tests {
             "# TYPE relay_messages_stored_total counter\nrelay_messages_stored_total 3\n"
         ));
         assert!(text.contains("relay_bad_inputs_total{kind=\"offset_missing\"} 1\n"));
+        assert!(text.contains("relay_bad_inputs_total{kind=\"too_big\"} 0\n"));
+        for (i, kind) in BadInput::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "ALL is in declaration order");
+        }
         assert!(text.contains("relay_store_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("relay_store_seconds_bucket{le=\"0.002\"} 1\n"));
         assert!(text.contains("relay_store_seconds_bucket{le=\"0.25\"} 2\n"));

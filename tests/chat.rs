@@ -197,7 +197,7 @@ async fn replay_after_server_offset_then_live(backend: Backend) {
 async fn replay_of_a_long_history_is_complete_and_in_order(backend: Backend) {
     // A small in-memory history: replay reads the database page by page, then switches to memory.
     let s = TestServer::start_on(backend, |c| c.recent_messages = 300).await;
-    let total = 2 * relay::session::REPLAY_PAGE + 123;
+    let total = 2 * relay::namespace::REPLAY_PAGE + 123;
     let values: Vec<String> = (0..total)
         .map(|i| format!("('h-{i}','history {i}')"))
         .collect();

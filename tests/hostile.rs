@@ -3,7 +3,8 @@
 //! keeps this inside the test command's time; raise it for a longer soak.
 
 use proptest::prelude::*;
-use relay::{chat, engineio, socketio};
+use relay::chat;
+use relay::protocol::{engineio, socketio};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")

@@ -231,7 +231,7 @@ async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
 /// SQLite's outage: another process holds the file's write lock. relay's insert times out (no
 /// ack) but keeps waiting for the lock in the background and commits when it is released. A retry
 /// that arrives while that insert is still waiting must not be acked as a duplicate before the
-/// first copy is published — the hub waits for the abandoned insert (`Store::settle`) first.
+/// first copy is published — the hub waits for the abandoned insert (`Store::end_abandoned_insert`) first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_locked_by_another_process_commits_late_and_is_published_once() {
     let s = TestServer::start_on(Backend::Sqlite, |c| c.db_timeout_ms = 1000).await;

@@ -15,6 +15,8 @@
 //! - a batch is committed whole before `insert` returns, or not at all;
 //! - reads see every committed row, in id order, a page at a time.
 
+#[cfg(test)]
+pub mod memory;
 pub mod mysql;
 pub mod sqlite;
 
@@ -45,6 +47,9 @@ pub const MAX_BATCH: usize = 256;
 pub enum Store {
     Mysql(mysql::MysqlStore),
     Sqlite(sqlite::SqliteStore),
+    /// Unit tests only: rows in memory, with failures scripted by the test.
+    #[cfg(test)]
+    Memory(memory::MemoryStore),
 }
 
 /// The `DATABASE_URL` used when none is given: a SQLite file in the working directory.
@@ -72,6 +77,8 @@ impl Store {
         match self {
             Store::Mysql(_) => "mysql",
             Store::Sqlite(_) => "sqlite",
+            #[cfg(test)]
+            Store::Memory(_) => "memory",
         }
     }
 
@@ -80,6 +87,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.content_limit(),
             Store::Sqlite(s) => s.content_limit(),
+            #[cfg(test)]
+            Store::Memory(s) => s.content_limit(),
         }
     }
 
@@ -88,6 +97,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.ping().await,
             Store::Sqlite(s) => s.ping().await,
+            #[cfg(test)]
+            Store::Memory(s) => s.ping().await,
         }
     }
 
@@ -96,6 +107,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.max_id().await,
             Store::Sqlite(s) => s.max_id().await,
+            #[cfg(test)]
+            Store::Memory(s) => s.max_id().await,
         }
     }
 
@@ -105,6 +118,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.page_after(after, limit).await,
             Store::Sqlite(s) => s.page_after(after, limit).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.page_after(after, limit).await,
         }
     }
 
@@ -113,6 +128,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.newest(limit).await,
             Store::Sqlite(s) => s.newest(limit).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.newest(limit).await,
         }
     }
 
@@ -127,19 +144,23 @@ impl Store {
         match self {
             Store::Mysql(s) => s.insert(batch).await,
             Store::Sqlite(s) => s.insert(batch).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.insert(batch).await,
         }
     }
 
-    /// Waits until no write is still running on the database's side: after an `insert` that was
+    /// Makes sure no insert this store gave up on can still commit: after an `insert` that was
     /// abandoned (timed out), a read that follows this sees whatever that insert committed, and
     /// it commits nothing later. (SQLite waits for it to finish; MySQL stops it in the server.)
-    pub async fn settle(&self) -> Result<(), StoreError> {
+    pub async fn end_abandoned_insert(&self) -> Result<(), StoreError> {
         match self {
-            Store::Mysql(s) => s.settle().await,
+            Store::Mysql(s) => s.end_abandoned_insert().await,
             Store::Sqlite(s) => {
-                s.settle().await;
+                s.end_abandoned_insert().await;
                 Ok(())
             }
+            #[cfg(test)]
+            Store::Memory(_) => Ok(()),
         }
     }
 
@@ -148,6 +169,8 @@ impl Store {
         match self {
             Store::Mysql(s) => s.close().await,
             Store::Sqlite(s) => s.close().await,
+            #[cfg(test)]
+            Store::Memory(_) => {}
         }
     }
 }
@@ -167,6 +190,9 @@ enum Cause {
     Timeout,
     /// Anything else (an impossible result, a bad URL), said in words.
     Other(String),
+    /// A row the in-memory test store refuses for its content.
+    #[cfg(test)]
+    RowData(String),
 }
 
 impl StoreError {
@@ -181,6 +207,15 @@ impl StoreError {
     pub(crate) fn other(context: &'static str, message: String) -> StoreError {
         StoreError {
             cause: Cause::Other(message),
+            context,
+        }
+    }
+
+    /// A row refused for its content, as the in-memory test store reports it.
+    #[cfg(test)]
+    pub(crate) fn row_data(context: &'static str, message: String) -> StoreError {
+        StoreError {
+            cause: Cause::RowData(message),
             context,
         }
     }
@@ -206,6 +241,8 @@ impl StoreError {
             Cause::Mysql(e) => mysql::is_row_data_error(e),
             Cause::Sqlite(e) => sqlite::is_row_data_error(e),
             Cause::Timeout | Cause::Other(_) => false,
+            #[cfg(test)]
+            Cause::RowData(_) => true,
         }
     }
 
@@ -218,6 +255,8 @@ impl StoreError {
             Cause::Mysql(e) => e.is_fatal(),
             Cause::Sqlite(_) => false,
             Cause::Timeout | Cause::Other(_) => true,
+            #[cfg(test)]
+            Cause::RowData(_) => false,
         }
     }
 
@@ -236,6 +275,8 @@ impl StoreError {
             Cause::Sqlite(e) => e.to_string(),
             Cause::Timeout => "timed out".into(),
             Cause::Other(m) => m.clone(),
+            #[cfg(test)]
+            Cause::RowData(m) => m.clone(),
         }
     }
 }
@@ -247,6 +288,8 @@ impl fmt::Display for StoreError {
             Cause::Sqlite(e) => write!(f, "{}: {e}", self.context),
             Cause::Timeout => write!(f, "{}: timed out", self.context),
             Cause::Other(m) => write!(f, "{}: {m}", self.context),
+            #[cfg(test)]
+            Cause::RowData(m) => write!(f, "{}: {m}", self.context),
         }
     }
 }

@@ -33,7 +33,7 @@ fn is_duplicate(e: &StoreError) -> bool {
 #[derive(Clone)]
 pub struct MysqlStore {
     pool: Pool,
-    /// For the writer's connection, which is not the pool's: a connection `settle` kills must
+    /// For the writer's connection, which is not the pool's: a connection `end_abandoned_insert` kills must
     /// not go back into the pool for a reader to find broken.
     opts: Opts,
     /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
@@ -178,7 +178,7 @@ impl MysqlStore {
                 .map_err(StoreError::mysql("cannot get a database connection"))?,
         };
         // Should this future be dropped mid-statement (the hub's timeout), the guard records which
-        // server connection may still be running the INSERT, for `settle`.
+        // server connection may still be running the INSERT, for `end_abandoned_insert`.
         let mut watch = Abandoned {
             id: Some(conn.id()),
             to: &self.abandoned,
@@ -280,7 +280,7 @@ impl MysqlStore {
     /// be running in the server (waiting for a lock, say) and commit after the caller has read
     /// what is there: it is stopped with `KILL` (an autocommit INSERT is then rolled back, unless
     /// it committed already) and waited for until its connection is gone.
-    pub async fn settle(&self) -> Result<(), StoreError> {
+    pub async fn end_abandoned_insert(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let abandoned = *self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
         let Some(id) = abandoned else {

@@ -39,7 +39,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     /// The one writer. Held (owned) by an insert for as long as its blocking work runs, even when
-    /// the caller has given up waiting, so [`SqliteStore::settle`] can wait for it.
+    /// the caller has given up waiting, so [`SqliteStore::end_abandoned_insert`] can wait for it.
     writer: Arc<tokio::sync::Mutex<Option<Connection>>>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
@@ -165,7 +165,7 @@ impl SqliteStore {
     }
 
     /// Waits for an insert still running (one its caller stopped waiting for) to finish.
-    pub async fn settle(&self) {
+    pub async fn end_abandoned_insert(&self) {
         drop(self.inner.writer.lock().await);
     }
 

@@ -49,7 +49,7 @@ impl Backend {
     pub fn fresh(self) -> (String, String) {
         let db = format!(
             "relay_test_{}",
-            relay::session::new_id().replace(['-', '_'], "x")
+            relay::protocol::sid::new_sid().replace(['-', '_'], "x")
         );
         let url = match self {
             Backend::Mysql => format!("{}/{db}", mysql_base()),

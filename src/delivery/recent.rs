@@ -4,18 +4,21 @@
 //!
 //! Bounded by rows and by bytes; the oldest batches go first. `start` is the id after which the
 //! ring holds *every* published row: a cursor at or above it is served entirely from memory.
-//! The writer pushes a batch here before handing it to the fan-out, so a session that registers
-//! with the fan-out and then reads the ring can miss nothing (an overlap is skipped by its cursor).
-//! Locked only for pushes and for copying a handful of `Arc`s; never across an `.await`.
+//! The broadcaster pushes a batch here before handing it to the fan-out, so a session that
+//! registers with the fan-out and then reads the ring can miss nothing (an overlap is skipped by
+//! its cursor). Locked only for pushes and for copying a handful of `Arc`s; never across an
+//! `.await`. Never reads the database: a cursor older than the ring gets `None`.
 
-use crate::hub::Batch;
+use super::batch::Batch;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 /// Limits of the ring.
 #[derive(Debug, Clone, Copy)]
 pub struct RecentLimits {
+    /// Messages held at most.
     pub rows: usize,
+    /// Bytes held at most (encoded messages and their bookkeeping).
     pub bytes: usize,
 }
 
@@ -35,7 +38,7 @@ pub struct Recent {
 }
 
 fn batch_bytes(b: &Batch) -> usize {
-    b.rows.iter().map(|d| d.wire.len() + 48).sum()
+    b.messages.iter().map(|m| m.size()).sum()
 }
 
 impl Recent {
@@ -57,7 +60,7 @@ impl Recent {
         let Ok(mut ring) = self.ring.write() else {
             return;
         };
-        if batch.rows.is_empty() {
+        if batch.messages.is_empty() {
             return;
         }
         let newest = ring.batches.back().map_or(ring.start, |b| b.last());
@@ -68,14 +71,14 @@ impl Recent {
             ring.bytes = 0;
             ring.start = batch.prev;
         }
-        ring.rows += batch.rows.len();
+        ring.rows += batch.messages.len();
         ring.bytes += batch_bytes(&batch);
         ring.batches.push_back(batch);
         while ring.rows > self.limits.rows || ring.bytes > self.limits.bytes {
             let Some(old) = ring.batches.pop_front() else {
                 break;
             };
-            ring.rows -= old.rows.len();
+            ring.rows -= old.messages.len();
             ring.bytes -= batch_bytes(&old);
             ring.start = old.last();
         }
@@ -105,19 +108,19 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Delivery;
+    use crate::delivery::batch::Message;
 
     fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
         Arc::new(Batch {
             prev,
-            rows: ids.iter().map(|&id| Delivery::new(id, "x")).collect(),
+            messages: ids.iter().map(|&id| Message::encode(id, "x")).collect(),
         })
     }
 
     fn ids(batches: &[Arc<Batch>]) -> Vec<u64> {
         batches
             .iter()
-            .flat_map(|b| b.rows.iter().map(|d| d.id))
+            .flat_map(|b| b.messages.iter().map(|m| m.id))
             .collect()
     }
 

@@ -1,7 +1,8 @@
-//! Engine.IO v4 packets as they travel over a WebSocket: one packet per text frame,
-//! `<type digit>[data]`, no length prefixes and no record separators (those are polling-only).
+//! Engine.IO v4 packets (spec: socketio/engine.io-protocol `README.md`, "Packet encoding"):
+//! `<type digit>[data]`. On a WebSocket each packet is one text frame, with no length prefix and
+//! no record separator (those belong to the polling transport's payloads).
 //!
-//! Pure: bytes in, packets out. Nothing here touches a socket, a clock or the database.
+//! Pure: text in, packets out. Nothing here touches a socket, a clock or the database.
 
 use std::fmt::Write as _;
 
@@ -62,25 +63,30 @@ pub fn decode(frame: &str) -> Result<Inbound<'_>, DecodeError> {
 /// The server's ping packet.
 pub const PING: &str = "2";
 
-/// Parameters of the open packet, the first frame of every session.
+/// Parameters of the open packet, the first packet of every session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake<'a> {
     pub sid: &'a str,
+    /// Transports the client may upgrade to: empty on a WebSocket session (a non-empty list makes
+    /// the stock client open a second, useless connection).
+    pub upgrades: &'a [&'a str],
     pub ping_interval_ms: u64,
     pub ping_timeout_ms: u64,
     pub max_payload: usize,
 }
 
-/// Encodes the open packet. `upgrades` is always empty: this is a WebSocket session already,
-/// and a non-empty list makes the stock client open a second, useless connection.
+/// Encodes the open packet:
+/// `0{"sid":…,"upgrades":[…],"pingInterval":…,"pingTimeout":…,"maxPayload":…}`.
 pub fn encode_open(h: &Handshake<'_>) -> String {
     let mut out = String::with_capacity(112);
     out.push_str("0{\"sid\":");
     // The sid is our own url-safe id, but encode it as JSON anyway: never trust a format by eye.
     out.push_str(&serde_json::Value::from(h.sid).to_string());
+    out.push_str(",\"upgrades\":");
+    out.push_str(&serde_json::Value::from(h.upgrades).to_string());
     let _ = write!(
         out,
-        ",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+        ",\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
         h.ping_interval_ms, h.ping_timeout_ms, h.max_payload
     );
     out
@@ -129,6 +135,7 @@ mod tests {
     fn encodes_the_open_packet_exactly() {
         let open = encode_open(&Handshake {
             sid: "abc_-12",
+            upgrades: &[],
             ping_interval_ms: 25000,
             ping_timeout_ms: 20000,
             max_payload: 1_000_000,

@@ -1,0 +1,86 @@
+//! The delivery path: committed batches on their way to every socket of this process, in order.
+//!
+//! - [`batch`]: a committed message encoded once for every transport, and the batches they
+//!   travel in;
+//! - [`recent`]: the last batches in memory, which replays and catch-ups read first;
+//! - [`queue`]: one client's packet queue and delivery cursor, drained by its transport;
+//! - [`fanout`]: the shard tasks that offer every batch to every queue.
+//!
+//! [`Broadcaster`] ties them together: publishing a batch puts it in the recent history, advances
+//! the published watermark, and hands it to the fan-out, in that order, so a socket that registers
+//! with the fan-out and then reads the history can miss nothing.
+//!
+//! Must not: decide order or ids (the sequencer does), or wait on a socket.
+
+pub mod batch;
+pub mod fanout;
+pub mod queue;
+pub mod recent;
+
+use crate::store::{Row, MAX_BATCH};
+use batch::Batch;
+use fanout::{Fanout, Subscriber};
+use recent::{Recent, RecentLimits};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// This process's side of the chat: what every local socket is delivered from.
+pub struct Broadcaster {
+    recent: Recent,
+    fanout: Fanout,
+    /// The highest id published here. Every row up to it is committed and in the history.
+    published: AtomicU64,
+}
+
+impl Broadcaster {
+    /// Starts from the store's state: `max_id`, the highest stored id, and `newest`, the newest
+    /// rows (ascending) to warm the recent history with, so the reconnects after a restart replay
+    /// from memory.
+    pub fn new(max_id: u64, newest: &[Row], limits: RecentLimits, fanout: Fanout) -> Broadcaster {
+        // The history holds every row after the one before its oldest.
+        let mut prev = newest.first().map_or(max_id, |r| r.id.saturating_sub(1));
+        let recent = Recent::new(prev, limits);
+        for chunk in newest.chunks(MAX_BATCH) {
+            let batch = Batch::from_rows(prev, chunk);
+            prev = batch.last();
+            recent.push(batch);
+        }
+        let start = newest.last().map_or(max_id, |r| r.id.max(max_id));
+        Broadcaster {
+            recent,
+            fanout,
+            published: AtomicU64::new(start),
+        }
+    }
+
+    /// Makes a batch visible to every local socket. Batches must come in order (`prev` of each is
+    /// the `last` of the one before).
+    pub fn publish(&self, batch: Arc<Batch>) {
+        let last = batch.last();
+        // Into the history first: a session that registers with the fan-out and then reads the
+        // history must find every batch the fan-out may not offer it there.
+        self.recent.push(batch.clone());
+        self.published.store(last, Ordering::Release);
+        self.fanout.publish(&batch);
+    }
+
+    /// Has the fan-out offer every batch published from now on to this socket.
+    pub fn register(&self, subscriber: Arc<dyn Subscriber>) {
+        self.fanout.register(subscriber);
+    }
+
+    /// The recent history in memory.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
+    /// The highest id published so far. Every row up to it is committed and has been published.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Ends the fan-out's tasks (at shutdown, once no socket is left).
+    pub fn stop(&self) {
+        self.fanout.stop();
+    }
+}

@@ -1,0 +1,606 @@
+//! The Socket.IO `/` namespace and the chat on it (spec: socketio/socket.io-protocol `Readme.md`;
+//! reference: socket.io's `packages/socket.io/lib/socket.ts`): CONNECT and the history replay,
+//! `"chat message"` events handed to the sequencer, acks in order, DISCONNECT, the connect
+//! timeout and the rate limit.
+//!
+//! One task per connection drives its socket: it waits on its Engine.IO session (packets, the
+//! heartbeat, the fan-out's wake-ups), on the sequencer's receipts and on replay pages, and
+//! writes everything it queued with one flush per turn. Live messages are written by the fan-out
+//! ([`crate::delivery::fanout`]), not by this task.
+//!
+//! Delivery is a cursor: the id of the last message this socket has been sent, kept in its packet
+//! queue. On CONNECT the socket registers with the fan-out *first*, then replays rows above the
+//! client's `serverOffset`: from the database page by page while the recent history in memory does
+//! not reach back that far, then from memory, and in the same step, under the queue's lock, is
+//! handed to the fan-out. A batch published before that step is in memory; one published after it
+//! reaches the fan-out after the registration; the cursor removes any overlap. A socket that falls
+//! behind is caught up again the same way: never a silent gap, never a duplicate.
+//!
+//! Must not: frame packets for a transport, or write to the database (the sequencer does).
+
+pub mod acks;
+pub mod rate;
+
+use crate::chat::{self, Rejection};
+use crate::delivery::queue::CatchUp;
+use crate::delivery::Broadcaster;
+use crate::engine::{DisconnectReason, Incoming, Session, Transport};
+use crate::metrics::{BadInput, Metrics};
+use crate::protocol::sid::new_sid;
+use crate::protocol::socketio::{self, Kind, Packet};
+use crate::sequencer::{Outcome, Receipt, Sequencer, Submission};
+use crate::store::{Row, Store, StoreError};
+use acks::AckQueue;
+use rate::RateLimit;
+use serde_json::json;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+/// Rows per replay page.
+pub const REPLAY_PAGE: usize = 500;
+/// Submissions a socket may have waiting for the database before it stops reading new packets.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// The namespace's limits.
+#[derive(Debug, Clone)]
+pub struct NamespaceConfig {
+    /// Largest chat message, UTF-8 bytes.
+    pub max_message_bytes: usize,
+    /// A socket that sends no CONNECT within this is closed.
+    pub connect_timeout: Duration,
+    /// Longest a replay read may take.
+    pub db_timeout: Duration,
+    /// Events a connection may send per second (and in a burst); 0: unlimited.
+    pub max_messages_per_second: u32,
+}
+
+/// The `/` namespace: what every socket in it shares.
+pub struct Namespace {
+    pub sequencer: Sequencer,
+    pub broadcaster: Arc<Broadcaster>,
+    pub store: Store,
+    pub config: NamespaceConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A page of rows after a cursor, and the highest id published before it was read.
+type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Row>, u64), StoreError>> + Send>>;
+
+/// A receipt channel, created at a socket's first submission (an idle socket never needs one,
+/// and a channel allocates a block of slots up front).
+type Receipts = Option<(
+    mpsc::UnboundedSender<Receipt>,
+    mpsc::UnboundedReceiver<Receipt>,
+)>;
+
+/// One client's socket in `/`, on its Engine.IO session.
+struct Socket<T: Transport> {
+    engine: Session<T>,
+    ns: Arc<Namespace>,
+    /// In the namespace (between CONNECT and DISCONNECT).
+    connected: bool,
+    /// Known to the fan-out (from the first CONNECT on).
+    registered: bool,
+    /// Set while catching up from the database.
+    replay: Option<PageFuture>,
+    receipts: Receipts,
+    in_flight: usize,
+    acks: AckQueue,
+    rate: RateLimit,
+}
+
+/// Serves the namespace on an Engine.IO session until it ends, closes the session, and returns
+/// why it ended.
+pub async fn serve<T: Transport>(mut engine: Session<T>, ns: Arc<Namespace>) -> DisconnectReason {
+    engine.set_deadline(Some(Instant::now() + ns.config.connect_timeout));
+    let mut socket = Socket {
+        engine,
+        connected: false,
+        registered: false,
+        replay: None,
+        receipts: None,
+        in_flight: 0,
+        acks: AckQueue::default(),
+        rate: RateLimit::new(ns.config.max_messages_per_second),
+        ns,
+    };
+    let reason = socket.run().await;
+    let metrics = &socket.ns.metrics;
+    if let Some(kind) = reason.bad_input() {
+        metrics.bad_input(kind);
+    }
+    if reason == DisconnectReason::SlowClient {
+        metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
+    }
+    socket.engine.close(&reason).await;
+    reason
+}
+
+impl<T: Transport> Socket<T> {
+    async fn run(&mut self) -> DisconnectReason {
+        let limit = self.engine.config().ping_timeout;
+        loop {
+            if let Err(reason) = self.engine.flush(limit).await {
+                return reason;
+            }
+            // Only once the socket has drained: a catch-up adds a page or the recent history.
+            if self.connected && self.replay.is_none() && self.engine.queue().take_behind() {
+                self.ns.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
+                self.catch_up();
+                // Acks held back for rows the catch-up just delivered go with them.
+                self.acks.release(self.engine.queue());
+                continue;
+            }
+            // Shutting down: everything already handed to the sequencer is committed and
+            // acknowledged before the session closes.
+            if self.engine.closing() && self.in_flight == 0 && self.acks.is_empty() {
+                return DisconnectReason::ClosingServer;
+            }
+            let reading = self.in_flight < MAX_IN_FLIGHT;
+            let step = tokio::select! {
+                biased;
+                page = next_page(&mut self.replay) => self.on_page(page),
+                Some(receipt) = next_receipt(&mut self.receipts) => {
+                    self.on_receipt(receipt);
+                    Ok(())
+                }
+                incoming = self.engine.next(reading) => match incoming {
+                    Ok(Incoming::Message(text)) => self.on_packet(&text.as_ref()[1..]).await,
+                    Ok(Incoming::Woken) => Ok(()),
+                    Ok(Incoming::Deadline) => Err(DisconnectReason::ConnectTimeout),
+                    Err(reason) => Err(reason),
+                },
+            };
+            if let Err(reason) = step {
+                return reason;
+            }
+            if self.connected {
+                self.acks.release(self.engine.queue());
+            }
+        }
+    }
+
+    fn on_page(
+        &mut self,
+        page: Result<(Vec<Row>, u64), StoreError>,
+    ) -> Result<(), DisconnectReason> {
+        self.replay = None;
+        if !self.connected {
+            return Ok(());
+        }
+        match page {
+            Ok((rows, published)) => {
+                let queue = self.engine.queue();
+                let n = if rows.is_empty() {
+                    // Nothing after the cursor, though rows up to `published` were committed
+                    // before the read: they were deleted. Carry on after them.
+                    queue.skip_to(published);
+                    0
+                } else {
+                    queue.deliver_rows(&rows)
+                };
+                self.count_delivered(n);
+                self.ns
+                    .metrics
+                    .replayed_database
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.catch_up();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replay failed");
+                Err(DisconnectReason::StoreUnavailable)
+            }
+        }
+    }
+
+    /// Brings the socket up to date from its cursor: from the recent history in memory when it
+    /// reaches back far enough (and then the fan-out takes over), otherwise from the database a
+    /// page at a time (each page ends by calling this again, so replay moves to memory as soon as
+    /// it can).
+    fn catch_up(&mut self) {
+        match self.engine.queue().catch_up(self.ns.broadcaster.recent()) {
+            CatchUp::Live(n) => {
+                self.ns
+                    .metrics
+                    .replayed_memory
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.count_delivered(n);
+            }
+            CatchUp::Page(after) => self.replay = Some(self.ns.page(after)),
+        }
+    }
+
+    fn count_delivered(&self, n: usize) {
+        if n > 0 {
+            self.ns
+                .metrics
+                .deliveries
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn on_receipt(&mut self, receipt: Receipt) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if !self.connected {
+            return; // the socket left the namespace; its acks are void
+        }
+        // The batch that holds our row: deliver it now rather than wait for the fan-out to reach
+        // this socket (the fan-out then skips it by the cursor).
+        if let Some(batch) = &receipt.batch {
+            let n = self
+                .engine
+                .queue()
+                .deliver_ahead(self.ns.broadcaster.recent(), batch);
+            self.count_delivered(n);
+        }
+        let Some(ack_id) = receipt.ack_id else { return };
+        match receipt.outcome {
+            Outcome::Stored(id) | Outcome::Duplicate(id) => {
+                // The ack follows its row on this socket. A row of this round is about to be
+                // published; an older duplicate's row was published already — unless a foreign
+                // writer stored it, which the sequencer never publishes: never wait for that one.
+                let wait = if receipt.batch.is_some() {
+                    id
+                } else {
+                    id.min(self.ns.broadcaster.published())
+                };
+                self.acks.push(wait, socketio::encode_empty_ack(ack_id));
+            }
+            Outcome::Refused(reason) => {
+                let reason = Rejection::Refused(reason).to_string();
+                self.acks.push(
+                    0,
+                    socketio::encode_ack(ack_id, &json!([{ "error": reason }])),
+                );
+            }
+            Outcome::Failed => {
+                tracing::debug!(ack_id, "not acknowledged: the database failed");
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, text: &str) -> Result<(), DisconnectReason> {
+        let packet = socketio::decode(text)
+            .map_err(|e| DisconnectReason::PacketParsingError(e.to_string()))?;
+        let Packet {
+            kind,
+            nsp,
+            id,
+            data,
+        } = packet;
+        let protocol = |why: String| Err(DisconnectReason::PacketParsingError(why));
+        if nsp != socketio::MAIN_NSP {
+            if kind == Kind::Connect {
+                self.engine
+                    .send(&socketio::encode_connect_error(nsp, "Invalid namespace"));
+                return Ok(());
+            }
+            return protocol(format!("namespace {nsp:?} is not connected"));
+        }
+        match (kind, self.connected) {
+            (Kind::Connect, false) => {
+                self.join(chat::server_offset(data.as_ref()));
+                Ok(())
+            }
+            (Kind::Connect, true) => protocol("already connected to \"/\"".into()),
+            (_, false) => protocol("packet before CONNECT".into()),
+            (Kind::Disconnect, true) => {
+                self.connected = false;
+                self.replay = None;
+                self.acks.clear();
+                self.engine.queue().leave();
+                Ok(())
+            }
+            (Kind::Event, true) => self.on_event(id, data).await,
+            // relay never asks for acks; a stray one is harmless.
+            (Kind::Ack, true) => Ok(()),
+            (Kind::ConnectError | Kind::BinaryEvent | Kind::BinaryAck, true) => {
+                protocol(format!("unexpected {kind:?} packet from a client"))
+            }
+        }
+    }
+
+    fn join(&mut self, offset: u64) {
+        // An offset beyond the newest id (a database that was reset) would hide every new message.
+        let cursor = offset.min(self.ns.broadcaster.published());
+        self.engine.set_deadline(None);
+        self.engine.send(&socketio::encode_connect_ok(&new_sid()));
+        let queue = self.engine.queue().clone();
+        queue.join(cursor);
+        // Registered before reading history: see the module docs for why this order closes the gap.
+        if !self.registered {
+            self.ns.broadcaster.register(queue);
+            self.registered = true;
+        }
+        self.connected = true;
+        self.catch_up();
+    }
+
+    async fn on_event(
+        &mut self,
+        ack_id: Option<u64>,
+        data: Option<serde_json::Value>,
+    ) -> Result<(), DisconnectReason> {
+        let payload = data.unwrap_or_default();
+        if !self.rate.allow() {
+            self.ns.metrics.bad_input(BadInput::RateLimited);
+            let Some(ack_id) = ack_id else {
+                return Err(DisconnectReason::RateLimited);
+            };
+            let reason = format!(
+                "rate limit exceeded: at most {} messages per second",
+                self.ns.config.max_messages_per_second
+            );
+            let ack = socketio::encode_ack(ack_id, &json!([{ "error": reason }]));
+            self.acks.push(0, ack);
+            return Ok(());
+        }
+        match chat::parse_event(payload, self.ns.config.max_message_bytes) {
+            Ok(message) => {
+                let submission = Submission {
+                    message,
+                    ack_id,
+                    reply_to: self
+                        .receipts
+                        .get_or_insert_with(mpsc::unbounded_channel)
+                        .0
+                        .clone(),
+                };
+                if self.ns.sequencer.submit(submission).await.is_err() {
+                    return Err(DisconnectReason::ClosingServer);
+                }
+                self.in_flight += 1;
+            }
+            Err(rejection) => {
+                tracing::debug!(kind = ?rejection.kind(), "refused event: {rejection}");
+                self.ns.metrics.bad_input(rejection.kind());
+                if let Some(ack_id) = ack_id {
+                    let ack =
+                        socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
+                    self.acks.push(0, ack);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn next_page(replay: &mut Option<PageFuture>) -> Result<(Vec<Row>, u64), StoreError> {
+    match replay {
+        Some(page) => page.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
+    match receipts {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Namespace {
+    /// Reads the page of rows after `after`, with the published watermark from before the read.
+    fn page(&self, after: u64) -> PageFuture {
+        let store = self.store.clone();
+        let limit = self.config.db_timeout;
+        let published = self.broadcaster.published();
+        Box::pin(async move {
+            match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
+                Ok(r) => r.map(|rows| (rows, published)),
+                Err(_) => Err(StoreError::timeout("replay")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Sockets driven over the in-memory transport, with the sequencer on the in-memory store and
+    //! a paused clock: no network, no database.
+    use super::*;
+    use crate::delivery::fanout::Fanout;
+    use crate::delivery::queue::testing::MemorySink;
+    use crate::delivery::queue::PacketQueue;
+    use crate::delivery::recent::RecentLimits;
+    use crate::engine::testing::{ClientEnd, MemoryTransport};
+    use crate::engine::EngineConfig;
+    use crate::sequencer::bus::LocalBus;
+    use crate::sequencer::SequencerOptions;
+    use crate::store::memory::{Fault, MemoryStore};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    struct Chat {
+        ns: Arc<Namespace>,
+        store: MemoryStore,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    }
+
+    fn chat() -> Chat {
+        let store = MemoryStore::new();
+        let metrics = Arc::new(Metrics::default());
+        let tasks = TaskTracker::new();
+        let fanout = Fanout::start(1, Duration::from_millis(5), metrics.clone(), &tasks);
+        let limits = RecentLimits {
+            rows: 100,
+            bytes: 1 << 20,
+        };
+        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout));
+        let sequencer = Sequencer::start(
+            Store::Memory(store.clone()),
+            Box::new(LocalBus(broadcaster.clone())),
+            0,
+            SequencerOptions {
+                queue: 64,
+                db_timeout: Duration::from_secs(5),
+                metrics: metrics.clone(),
+            },
+            &tasks,
+            CancellationToken::new(),
+        );
+        Chat {
+            ns: Arc::new(Namespace {
+                sequencer,
+                broadcaster,
+                store: Store::Memory(store.clone()),
+                config: NamespaceConfig {
+                    max_message_bytes: 100,
+                    connect_timeout: Duration::from_secs(45),
+                    db_timeout: Duration::from_secs(5),
+                    max_messages_per_second: 0,
+                },
+                metrics,
+            }),
+            store,
+            stop: CancellationToken::new(),
+            tasks,
+        }
+    }
+
+    struct Client {
+        to_server: ClientEnd,
+        queue: Arc<PacketQueue<MemorySink>>,
+        /// Packets read so far.
+        seen: usize,
+        ended: tokio::task::JoinHandle<DisconnectReason>,
+    }
+
+    impl Chat {
+        fn connect(&self) -> Client {
+            let (transport, to_server, queue) = MemoryTransport::new();
+            let config = EngineConfig {
+                ping_interval: Duration::from_secs(25),
+                ping_timeout: Duration::from_secs(20),
+                max_payload: 1000,
+            };
+            let session = Session::open(transport, queue.clone(), config, &self.stop);
+            let ended = self.tasks.spawn(serve(session, self.ns.clone()));
+            Client {
+                to_server,
+                queue,
+                seen: 0,
+                ended,
+            }
+        }
+    }
+
+    impl Client {
+        fn send(&self, packet: &str) {
+            self.to_server.send(Ok(packet.into())).unwrap();
+        }
+
+        /// The next packet the socket was sent (waiting on the paused clock for it).
+        async fn next(&mut self) -> String {
+            for _ in 0..10_000 {
+                let p = self.queue.with_sink(|s| s.sent.get(self.seen).cloned());
+                if let Some(p) = p {
+                    self.seen += 1;
+                    return p;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("no packet after {} ones", self.seen);
+        }
+
+        async fn joined(chat: &Chat, auth: &str) -> Client {
+            let mut c = chat.connect();
+            assert!(c.next().await.starts_with("0{\"sid\":"));
+            c.send(&format!("40{auth}"));
+            assert!(c.next().await.starts_with("40{\"sid\":"));
+            c
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_follows_its_row_and_everyone_gets_the_row_once() {
+        let chat = chat();
+        let mut alice = Client::joined(&chat, "").await;
+        let mut bob = Client::joined(&chat, "").await;
+        alice.send("420[\"chat message\",\"hi\",\"a-1\"]");
+        assert_eq!(alice.next().await, "42[\"chat message\",\"hi\",1]");
+        assert_eq!(alice.next().await, "430[]");
+        assert_eq!(bob.next().await, "42[\"chat message\",\"hi\",1]");
+        // A retry: acked, not stored or broadcast again.
+        alice.send("421[\"chat message\",\"hi\",\"a-1\"]");
+        assert_eq!(alice.next().await, "431[]");
+        bob.send("420[\"chat message\",\"yo\",\"b-1\"]");
+        assert_eq!(bob.next().await, "42[\"chat message\",\"yo\",2]");
+        assert_eq!(bob.next().await, "430[]");
+        assert_eq!(alice.next().await, "42[\"chat message\",\"yo\",2]");
+        assert_eq!(chat.store.rows().len(), 2);
+        // Refusals are acked with the reason, in order with the rest.
+        alice.send("422[\"chat message\",5,\"a-2\"]");
+        assert_eq!(
+            alice.next().await,
+            "432[{\"error\":\"message must be a string\"}]"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_replays_after_the_offset_then_goes_live() {
+        let chat = chat();
+        let mut writer = Client::joined(&chat, "").await;
+        for i in 1..=3 {
+            writer.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
+            writer.next().await;
+            writer.next().await;
+        }
+        let mut late = Client::joined(&chat, "{\"serverOffset\":1}").await;
+        assert_eq!(late.next().await, "42[\"chat message\",\"m2\",2]");
+        assert_eq!(late.next().await, "42[\"chat message\",\"m3\",3]");
+        writer.send("429[\"chat message\",\"m4\",\"w-4\"]");
+        assert_eq!(late.next().await, "42[\"chat message\",\"m4\",4]");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_without_connect_is_closed_after_the_connect_timeout() {
+        let chat = chat();
+        let c = chat.connect();
+        let started = Instant::now();
+        let reason = c.ended.await.unwrap();
+        assert_eq!(reason, DisconnectReason::ConnectTimeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(45));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_the_acks_of_what_was_submitted() {
+        let chat = chat();
+        let alice = Client::joined(&chat, "").await;
+        chat.store.script(&[Fault::Slow(Duration::from_secs(1))]);
+        alice.send("420[\"chat message\",\"last\",\"a-1\"]");
+        while chat.store.inserts() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The commit is under way when shutdown begins.
+        chat.stop.cancel();
+        let reason = alice.ended.await.unwrap();
+        assert_eq!(reason, DisconnectReason::ClosingServer);
+        let sent = alice.queue.with_sink(|s| s.sent.clone());
+        assert_eq!(
+            &sent[alice.seen..],
+            ["42[\"chat message\",\"last\",1]", "430[]"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn protocol_errors_end_only_that_socket() {
+        let chat = chat();
+        let mut alice = Client::joined(&chat, "").await;
+        let bob = Client::joined(&chat, "").await;
+        bob.send("42[\"chat message\""); // broken JSON
+        assert!(matches!(
+            bob.ended.await.unwrap(),
+            DisconnectReason::PacketParsingError(_)
+        ));
+        alice.send("420[\"chat message\",\"still here\",\"a-1\"]");
+        assert_eq!(alice.next().await, "42[\"chat message\",\"still here\",1]");
+    }
+}

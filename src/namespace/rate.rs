@@ -1,0 +1,61 @@
+//! The per-connection rate limit on events: a token bucket of `per_second` tokens a second,
+//! holding at most `per_second` (so a burst of that many passes after a quiet second).
+
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket. `per_second == 0`: no limit.
+    pub fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_passes_then_the_rate_refills() {
+        let mut r = RateLimit::new(10);
+        assert_eq!((0..15).filter(|_| r.allow()).count(), 10);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!((0..15).filter(|_| r.allow()).count(), 5);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..15).filter(|_| r.allow()).count(),
+            10,
+            "never more than a second's worth"
+        );
+        let mut free = RateLimit::new(0);
+        assert!((0..10_000).all(|_| free.allow()));
+    }
+}

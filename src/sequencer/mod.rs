@@ -1,0 +1,538 @@
+//! The sequencer: the one task that writes messages and publishes them, so that commit order, id
+//! order and delivery order are the same order for every socket.
+//!
+//! Sessions hand it [`Submission`]s over a bounded queue. It drains whatever is queued into one
+//! group commit and stores it with one INSERT. Only after the commit it answers each submitter
+//! with a [`Receipt`] and publishes the new rows as one [`Batch`] through the [`bus::Bus`]: rows in
+//! id order, each encoded once, every socket getting the same bytes. The receipt goes first and
+//! carries the batch, so a sender's session can deliver the rows and the ack at once instead of
+//! waiting for the fan-out to reach its socket. It never waits on a socket: answering and
+//! publishing are non-blocking sends, so one slow client cannot stall the chat.
+//!
+//! After a database failure the outcome of the last INSERT is unknown (it may have committed
+//! before the connection broke). The sequencer then re-reads every row above the last id it
+//! published and publishes those before taking new work (reconciling), so a message that was
+//! committed but never announced cannot be skipped by live sockets when its sender's retry comes
+//! back as a duplicate.
+//!
+//! Must not: touch a socket, or publish anything out of id order.
+
+pub mod bus;
+
+use crate::chat::NewMessage;
+use crate::delivery::batch::{Batch, Message};
+use crate::metrics::Metrics;
+use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
+use bus::Bus;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Rows a reconcile reads per round.
+const RECONCILE_PAGE: usize = 1000;
+
+/// The sequencer's answer to one submission.
+#[derive(Debug)]
+pub struct Receipt {
+    /// The submission's ack id, handed back.
+    pub ack_id: Option<u64>,
+    pub outcome: Outcome,
+    /// The batch that holds the submission's row, when that row was stored in this round.
+    pub batch: Option<Arc<Batch>>,
+}
+
+/// What became of one submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed and published under this id.
+    Stored(u64),
+    /// The clientOffset was stored before, under this id: acknowledge; nothing was written.
+    Duplicate(u64),
+    /// The database refused the row's content; acknowledge with this error.
+    Refused(String),
+    /// The database failed; do not acknowledge (the client retries with the same offset).
+    Failed,
+}
+
+/// A message on its way to the sequencer, with where to send the receipt.
+pub struct Submission {
+    pub message: NewMessage,
+    pub ack_id: Option<u64>,
+    pub reply_to: mpsc::UnboundedSender<Receipt>,
+}
+
+/// The handle sessions hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Sequencer {
+    submissions: mpsc::Sender<Submission>,
+}
+
+/// Tuning of the sequencer.
+#[derive(Clone)]
+pub struct SequencerOptions {
+    /// Submissions that may wait for the writer.
+    pub queue: usize,
+    /// Longest a database round may take before it counts as failed.
+    pub db_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sequencer {
+    /// Starts the writer task on `tasks`. `published` is the id the first batch follows (the
+    /// highest stored id). The task ends once `stop` is cancelled and what was already submitted
+    /// is committed and answered, or when every handle is gone.
+    pub fn start(
+        store: Store,
+        bus: Box<dyn Bus>,
+        published: u64,
+        options: SequencerOptions,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Sequencer {
+        let (submissions, queue) = mpsc::channel(options.queue.max(1));
+        let writer = Writer {
+            store,
+            bus,
+            published,
+            outcome_unknown: false,
+            db_timeout: options.db_timeout,
+            metrics: options.metrics,
+        };
+        tasks.spawn(writer.run(queue, stop));
+        Sequencer { submissions }
+    }
+
+    /// Hands a message to the writer; waits only while the queue is full. Gives the submission
+    /// back when the sequencer has stopped.
+    pub async fn submit(&self, s: Submission) -> Result<(), Submission> {
+        self.submissions.send(s).await.map_err(|e| e.0)
+    }
+}
+
+struct Writer {
+    store: Store,
+    bus: Box<dyn Bus>,
+    /// The last id published (what the next batch's `prev` is).
+    published: u64,
+    /// The last write may have committed without our knowing: reconcile before new work.
+    outcome_unknown: bool,
+    db_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Submission>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut stopping = false;
+        loop {
+            let received = tokio::select! {
+                biased;
+                n = queue.recv_many(&mut batch, MAX_BATCH) => n,
+                () = stop.cancelled(), if !stopping => {
+                    // Refuse new submissions; commit and answer what is queued, then end.
+                    stopping = true;
+                    queue.close();
+                    continue;
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            self.commit(&mut batch).await;
+            batch.clear();
+        }
+        tracing::debug!("sequencer stopped");
+    }
+
+    async fn commit(&mut self, batch: &mut Vec<Submission>) {
+        if self.outcome_unknown {
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, count = batch.len(), "database unavailable; messages not acknowledged, clients will retry");
+                self.metrics
+                    .store_failures
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                reply_all(batch, Outcome::Failed);
+                return;
+            }
+        }
+
+        // A clientOffset repeated inside the batch is stored once; the repeats follow its fate.
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut repeat_of: Vec<Option<usize>> = vec![None; batch.len()];
+        for (i, s) in batch.iter().enumerate() {
+            match first_of.get(s.message.client_offset.as_str()) {
+                Some(&first) => repeat_of[i] = Some(first),
+                None => {
+                    first_of.insert(s.message.client_offset.as_str(), i);
+                    unique.push(i);
+                }
+            }
+        }
+
+        let mut outcomes: Vec<Outcome> = vec![Outcome::Failed; batch.len()];
+        let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
+        let started = std::time::Instant::now();
+        let inserted = self.insert(&messages).await;
+        tracing::trace!(
+            rows = messages.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        self.metrics.store_round(started.elapsed().as_secs_f64());
+        match inserted {
+            Ok(inserted) => {
+                for (&i, result) in unique.iter().zip(inserted) {
+                    outcomes[i] = result.into();
+                }
+            }
+            Err(e) if e.is_row_data_error() => {
+                // One row poisons a multi-row INSERT: store them one by one so only it is refused.
+                for (&i, message) in unique.iter().zip(&messages) {
+                    outcomes[i] = match self.insert(&[message]).await {
+                        Ok(r) => r.into_iter().next().map_or(Outcome::Failed, Outcome::from),
+                        Err(e) if e.is_row_data_error() => Outcome::Refused(e.server_message()),
+                        Err(e) => {
+                            self.failed(&e);
+                            Outcome::Failed
+                        }
+                    };
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+        for (i, repeat) in repeat_of.iter().enumerate() {
+            if let Some(first) = repeat {
+                outcomes[i] = match outcomes[*first] {
+                    Outcome::Stored(id) | Outcome::Duplicate(id) => Outcome::Duplicate(id),
+                    _ => Outcome::Failed,
+                };
+            }
+        }
+
+        for outcome in &outcomes {
+            let counter = match outcome {
+                Outcome::Stored(_) => &self.metrics.stored,
+                Outcome::Duplicate(_) => &self.metrics.duplicates,
+                Outcome::Failed => &self.metrics.store_failures,
+                Outcome::Refused(_) => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // Batch order is id order.
+        let messages: Vec<Message> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(s, outcome)| match outcome {
+                Outcome::Stored(id) => Some(Message::encode(*id, &s.message.content)),
+                _ => None,
+            })
+            .collect();
+        let published = (!messages.is_empty()).then(|| {
+            Arc::new(Batch {
+                prev: self.published,
+                messages,
+            })
+        });
+        // Answer first: the senders' sessions deliver their batch and ack without waiting for the
+        // fan-out's pass.
+        for (s, outcome) in batch.drain(..).zip(outcomes) {
+            let batch = match outcome {
+                Outcome::Stored(id) | Outcome::Duplicate(id)
+                    if published.as_ref().is_some_and(|b| id > b.prev) =>
+                {
+                    published.clone()
+                }
+                _ => None,
+            };
+            let _ = s.reply_to.send(Receipt {
+                ack_id: s.ack_id,
+                outcome,
+                batch,
+            });
+        }
+        if let Some(b) = published {
+            self.publish(b);
+        }
+    }
+
+    async fn insert(&self, messages: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        match tokio::time::timeout(self.db_timeout, self.store.insert(messages)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::timeout("insert")),
+        }
+    }
+
+    fn failed(&mut self, e: &StoreError) {
+        tracing::warn!(error = %e, "storing messages failed; not acknowledged, clients will retry");
+        self.outcome_unknown = true;
+    }
+
+    /// Publishes every committed row above the last published id.
+    async fn reconcile(&mut self) -> Result<(), StoreError> {
+        // An insert this writer gave up on may still be running; what it commits must be read.
+        tokio::time::timeout(self.db_timeout, self.store.end_abandoned_insert())
+            .await
+            .map_err(|_| StoreError::timeout("reconcile"))??;
+        loop {
+            let after = self.published;
+            let page = tokio::time::timeout(
+                self.db_timeout,
+                self.store.page_after(after, RECONCILE_PAGE),
+            )
+            .await
+            .map_err(|_| StoreError::timeout("reconcile"))??;
+            let full = page.len() == RECONCILE_PAGE;
+            if !page.is_empty() {
+                tracing::info!(
+                    count = page.len(),
+                    after,
+                    "publishing rows committed during a database failure"
+                );
+                self.publish(Batch::from_rows(after, &page));
+            }
+            if !full {
+                self.outcome_unknown = false;
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(&mut self, batch: Arc<Batch>) {
+        self.published = batch.last();
+        self.bus.publish(batch);
+    }
+}
+
+impl From<Inserted> for Outcome {
+    fn from(i: Inserted) -> Outcome {
+        match i {
+            Inserted::Stored(id) => Outcome::Stored(id),
+            Inserted::Duplicate(id) => Outcome::Duplicate(id),
+        }
+    }
+}
+
+fn reply_all(batch: &mut Vec<Submission>, outcome: Outcome) {
+    for s in batch.drain(..) {
+        let _ = s.reply_to.send(Receipt {
+            ack_id: s.ack_id,
+            outcome: outcome.clone(),
+            batch: None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The commit and reconcile paths against the in-memory store, no database, no network.
+    use super::*;
+    use crate::store::memory::{Fault, MemoryStore};
+    use std::sync::Mutex;
+
+    /// A bus that records what is published.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Arc<Batch>>>>);
+
+    impl Bus for Recorder {
+        fn publish(&self, batch: Arc<Batch>) {
+            self.0.lock().unwrap().push(batch);
+        }
+    }
+
+    impl Recorder {
+        /// (prev, ids) of every batch published.
+        fn published(&self) -> Vec<(u64, Vec<u64>)> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|b| (b.prev, b.messages.iter().map(|m| m.id).collect()))
+                .collect()
+        }
+    }
+
+    struct Fixture {
+        store: MemoryStore,
+        bus: Recorder,
+        sequencer: Sequencer,
+        receipts: mpsc::UnboundedReceiver<Receipt>,
+        reply_to: mpsc::UnboundedSender<Receipt>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    }
+
+    fn start(store: MemoryStore, published: u64) -> Fixture {
+        let bus = Recorder::default();
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let sequencer = Sequencer::start(
+            Store::Memory(store.clone()),
+            Box::new(bus.clone()),
+            published,
+            SequencerOptions {
+                queue: 64,
+                db_timeout: Duration::from_secs(5),
+                metrics: Arc::new(Metrics::default()),
+            },
+            &tasks,
+            stop.clone(),
+        );
+        let (reply_to, receipts) = mpsc::unbounded_channel();
+        Fixture {
+            store,
+            bus,
+            sequencer,
+            receipts,
+            reply_to,
+            stop,
+            tasks,
+        }
+    }
+
+    impl Fixture {
+        async fn submit(&self, offset: &str, ack_id: u64) {
+            let s = Submission {
+                message: NewMessage {
+                    content: format!("content of {offset}"),
+                    client_offset: offset.into(),
+                },
+                ack_id: Some(ack_id),
+                reply_to: self.reply_to.clone(),
+            };
+            assert!(self.sequencer.submit(s).await.is_ok());
+        }
+
+        async fn receipt(&mut self) -> Receipt {
+            tokio::time::timeout(Duration::from_secs(5), self.receipts.recv())
+                .await
+                .expect("a receipt in time")
+                .expect("sequencer running")
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.tasks.close();
+            tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+                .await
+                .expect("the writer ends on stop");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_commit_answers_each_submission_and_publishes_one_ordered_batch() {
+        let mut f = start(MemoryStore::new(), 0);
+        // Queued before the writer runs: one group commit.
+        f.submit("a", 0).await;
+        f.submit("b", 1).await;
+        f.submit("a", 2).await; // the same offset again, in the same batch
+        let outcomes: Vec<_> = [f.receipt().await, f.receipt().await, f.receipt().await]
+            .into_iter()
+            .map(|r| (r.ack_id, r.outcome, r.batch.map(|b| b.last())))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (Some(0), Outcome::Stored(1), Some(2)),
+                (Some(1), Outcome::Stored(2), Some(2)),
+                (Some(2), Outcome::Duplicate(1), Some(2)),
+            ]
+        );
+        assert_eq!(f.bus.published(), [(0, vec![1, 2])]);
+        assert_eq!(f.store.inserts(), 1, "one group commit");
+        // A retry in a later round: acked as a duplicate, nothing published.
+        f.submit("b", 3).await;
+        let r = f.receipt().await;
+        assert_eq!(
+            (r.outcome, r.batch.is_none()),
+            (Outcome::Duplicate(2), true)
+        );
+        assert_eq!(f.bus.published().len(), 1);
+        f.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_not_acked_and_what_it_committed_is_published_before_new_work() {
+        let store = MemoryStore::new();
+        let mut f = start(store.clone(), 0);
+        store.script(&[Fault::CommitThenFail]);
+        f.submit("lost-reply", 0).await;
+        assert_eq!(f.receipt().await.outcome, Outcome::Failed);
+        assert!(f.bus.published().is_empty(), "nothing published on failure");
+        // Meanwhile a foreign writer stored a row too.
+        store.insert_foreign("foreign", "x");
+        // The client's retry: the reconcile publishes the committed rows first, then the retry is
+        // a duplicate of the first copy, whose row it follows.
+        f.submit("lost-reply", 1).await;
+        f.submit("fresh", 2).await;
+        let retry = f.receipt().await;
+        let fresh = f.receipt().await;
+        assert_eq!(retry.outcome, Outcome::Duplicate(1));
+        assert_eq!(fresh.outcome, Outcome::Stored(3));
+        assert_eq!(f.bus.published(), [(0, vec![1, 2]), (2, vec![3])]);
+        f.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_that_fails_answers_failed_and_tries_again_next_round() {
+        let store = MemoryStore::new();
+        let mut f = start(store.clone(), 0);
+        store.script(&[Fault::Fail]);
+        f.submit("a", 0).await;
+        assert_eq!(f.receipt().await.outcome, Outcome::Failed);
+        f.submit("a", 1).await;
+        assert_eq!(f.receipt().await.outcome, Outcome::Stored(1));
+        assert_eq!(f.bus.published(), [(0, vec![1])]);
+        f.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_row_the_store_refuses_is_refused_alone() {
+        let store = MemoryStore::new();
+        store.refuse("content of bad");
+        let mut f = start(store.clone(), 0);
+        f.submit("good", 0).await;
+        f.submit("bad", 1).await;
+        f.submit("good2", 2).await;
+        let outcomes: Vec<_> = [f.receipt().await, f.receipt().await, f.receipt().await]
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(outcomes[0], Outcome::Stored(1));
+        assert!(matches!(&outcomes[1], Outcome::Refused(_)), "{outcomes:?}");
+        assert_eq!(outcomes[2], Outcome::Stored(2));
+        assert_eq!(f.bus.published(), [(0, vec![1, 2])]);
+        f.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_commits_what_was_submitted_and_then_refuses() {
+        let mut f = start(MemoryStore::new(), 0);
+        f.submit("a", 0).await;
+        f.stop.cancel();
+        assert_eq!(f.receipt().await.outcome, Outcome::Stored(1));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let s = Submission {
+                    message: NewMessage {
+                        content: "late".into(),
+                        client_offset: "late".into(),
+                    },
+                    ack_id: None,
+                    reply_to: f.reply_to.clone(),
+                };
+                if f.sequencer.submit(s).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("submissions are refused once stopped");
+        f.stop().await;
+    }
+}

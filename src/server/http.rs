@@ -1,0 +1,247 @@
+//! HTTP routing: the page, its assets, the client library, health and metrics, and the Engine.IO
+//! endpoint. Engine.IO refusals happen here, before any upgrade, with the JSON body Engine.IO
+//! servers send; an accepted upgrade becomes a session on its own task.
+//!
+//! Must not: parse Engine.IO packets or hold a session's state.
+
+use super::assets;
+use crate::engine::{self, EngineConfig};
+use crate::namespace::{self, Namespace};
+use crate::transport::websocket;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What request handlers share.
+pub struct App {
+    pub namespace: Arc<Namespace>,
+    pub engine: EngineConfig,
+    /// Longest `/readyz` waits for the database.
+    pub db_timeout: Duration,
+    /// Where the page's files are read from on every request; `None`: the built-in copy.
+    pub static_dir: Option<PathBuf>,
+    pub shutdown: CancellationToken,
+    /// Where sessions run, so shutdown waits for them.
+    pub connections: TaskTracker,
+    /// One permit per open session (`MAX_CONNECTIONS`).
+    pub permits: Arc<Semaphore>,
+    /// Browser origins allowed to open sockets; empty: same origin only.
+    pub allowed_origins: Vec<String>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Routes one request.
+pub async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
+    let path = req.uri().path();
+    let response = match path {
+        "/socket.io/" | "/socket.io" => engine_io(app, peer, req),
+        _ if req.method() != Method::GET && req.method() != Method::HEAD => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        "/socket.io/socket.io.js" => file(
+            Bytes::from_static(assets::CLIENT_JS),
+            "application/javascript; charset=utf-8",
+            "public, max-age=3600",
+        ),
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" => ready(&app).await,
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(app.namespace.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => match assets::page_file(path) {
+            Some((name, content_type)) => {
+                match assets::read_page_file(app.static_dir.as_deref(), name).await {
+                    Ok(body) => file(body, content_type, "no-cache"),
+                    Err(_) => plain(StatusCode::NOT_FOUND, "not found\n"),
+                }
+            }
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    };
+    Ok(response)
+}
+
+fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Ready: not shutting down, and the database answers.
+async fn ready(app: &App) -> HttpResponse {
+    if app.shutdown.is_cancelled() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
+        _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    }
+}
+
+/// Same-origin unless configured: a page on another site must not open a socket with a user's
+/// browser. Clients that send no Origin (not browsers) are not concerned.
+fn origin_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    if !allowed.is_empty() {
+        return false;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// A file's bytes with its type and caching rule.
+fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) -> HttpResponse {
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    r
+}
+
+/// An Engine.IO refusal: `status` with `{"code":…,"message":…}` (engine.io's error codes).
+fn refuse(status: StatusCode, code: u8, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// `/socket.io/?EIO=4&transport=websocket`: checks the request, answers 101 and runs the session
+/// on its own task.
+fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
+    let bad = StatusCode::BAD_REQUEST;
+    let query = req.uri().query().unwrap_or("");
+    if query_param(query, "EIO") != Some("4") {
+        return refuse(bad, 5, "Unsupported protocol version");
+    }
+    if query_param(query, "transport") != Some("websocket") {
+        // Polling is not offered: pages must create the client with transports: ["websocket"].
+        return refuse(bad, 0, "Transport unknown");
+    }
+    if query_param(query, "sid").is_some() {
+        // Only a polling session upgrades with a sid, and relay never opens one.
+        return refuse(bad, 1, "Session ID unknown");
+    }
+    if req.method() != Method::GET {
+        return refuse(bad, 2, "Bad handshake method");
+    }
+    let Some(key) = websocket::upgrade_key(req.headers()) else {
+        return refuse(bad, 3, "Bad request");
+    };
+    let metrics = &app.namespace.metrics;
+    if !origin_allowed(&req, &app.allowed_origins) {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed");
+    }
+    if app.shutdown.is_cancelled() {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    // Held by the session for its whole life: taking the permit is the check and the count.
+    let Ok(permit) = app.permits.clone().try_acquire_owned() else {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many connections");
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_app = app.clone();
+    app.connections.spawn(async move {
+        let _permit = permit;
+        let app = task_app;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(%peer, error = e, "cannot start the WebSocket");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let metrics = app.namespace.metrics.clone();
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        metrics.connected.fetch_add(1, Ordering::Relaxed);
+        let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
+        tracing::info!(%peer, sid = session.sid(), "websocket opened");
+        let reason = namespace::serve(session, app.namespace.clone()).await;
+        metrics.connected.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "websocket closed");
+    });
+    websocket::switching_protocols(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params_in_any_order_with_extras() {
+        let q = "foo=1&transport=websocket&EIO=4&t=abc&flag";
+        assert_eq!(query_param(q, "EIO"), Some("4"));
+        assert_eq!(query_param(q, "transport"), Some("websocket"));
+        assert_eq!(query_param(q, "flag"), Some(""));
+        assert_eq!(query_param(q, "sid"), None);
+        assert_eq!(query_param("", "EIO"), None);
+    }
+}

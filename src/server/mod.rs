@@ -1,0 +1,290 @@
+//! The server's life: connect the store, start the sequencer and the fan-out, bind, accept, and
+//! shut down in order. Routing lives in [`http`], the built-in page in [`assets`].
+//!
+//! Every task is owned. Connections (HTTP and the sessions they upgrade to) run on one
+//! [`TaskTracker`], background work (the sequencer's writer, the fan-out's shards) on another, and
+//! shutdown waits for each in turn: stop accepting; every session stops reading, waits for the
+//! acks of what it already handed to the sequencer, and closes (a WebSocket with 1001, never
+//! Socket.IO `41`, so stock clients reconnect and replay what they missed); then the sequencer
+//! commits what is queued and ends, the fan-out ends, and the store closes. Open sessions are
+//! counted by the permits of one semaphore of `MAX_CONNECTIONS`, each held by its session.
+
+pub mod assets;
+pub mod http;
+
+use crate::config::Config;
+use crate::delivery::fanout::Fanout;
+use crate::delivery::recent::RecentLimits;
+use crate::delivery::Broadcaster;
+use crate::engine::EngineConfig;
+use crate::metrics::Metrics;
+use crate::namespace::{Namespace, NamespaceConfig};
+use crate::sequencer::bus::LocalBus;
+use crate::sequencer::{Sequencer, SequencerOptions};
+use crate::store::{Store, StoreError};
+use http::App;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the server could not start. The message names what failed and where.
+#[derive(Debug)]
+pub enum StartError {
+    Database { url: String, error: StoreError },
+    Listen { addr: String, error: std::io::Error },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Database { url, error } => write!(f, "database {url}: {error}"),
+            StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// Cancelled to begin shutdown: accepting stops, sessions finish.
+    shutdown: CancellationToken,
+    /// Cancelled once the sessions are gone: the sequencer drains and ends.
+    stop_sequencer: CancellationToken,
+    accept: JoinHandle<()>,
+    /// HTTP connections and the sessions they upgraded to.
+    connections: TaskTracker,
+    /// The sequencer's writer and the fan-out's shards.
+    background: TaskTracker,
+    broadcaster: Arc<Broadcaster>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    timeout: Duration,
+    store: Store,
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Connects the database, starts the sequencer and the fan-out, and begins accepting
+/// connections.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let db_error = |error| StartError::Database {
+        url: redact(&config.database_url),
+        error,
+    };
+    let store = Store::connect(&config.database_url)
+        .await
+        .map_err(db_error)?;
+    let metrics = Arc::new(Metrics::default());
+    let background = TaskTracker::new();
+    let limits = RecentLimits {
+        rows: config.recent_messages,
+        bytes: 16 << 20,
+    };
+    let max_id = store.max_id().await.map_err(db_error)?;
+    // Warm the recent history, so that the reconnects after a restart replay from memory.
+    let newest = store.newest(limits.rows).await.map_err(db_error)?;
+    let fanout = Fanout::start(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        Duration::from_millis(config.fanout_interval_ms),
+        metrics.clone(),
+        &background,
+    );
+    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout));
+    drop(newest);
+    let stop_sequencer = CancellationToken::new();
+    let sequencer = Sequencer::start(
+        store.clone(),
+        Box::new(LocalBus(broadcaster.clone())),
+        broadcaster.published(),
+        SequencerOptions {
+            queue: 16 * 1024,
+            db_timeout: config.db_timeout(),
+            metrics: metrics.clone(),
+        },
+        &background,
+        stop_sequencer.clone(),
+    );
+
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|error| StartError::Listen {
+            addr: addr.clone(),
+            error,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| StartError::Listen { addr, error })?;
+
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let app = Arc::new(App {
+        namespace: Arc::new(Namespace {
+            sequencer,
+            broadcaster: broadcaster.clone(),
+            store: store.clone(),
+            config: NamespaceConfig {
+                max_message_bytes: usize::try_from(config.max_message_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(store.content_limit()),
+                connect_timeout: config.connect_timeout(),
+                db_timeout: config.db_timeout(),
+                max_messages_per_second: config.max_messages_per_second,
+            },
+            metrics,
+        }),
+        engine: EngineConfig {
+            ping_interval: config.ping_interval(),
+            ping_timeout: config.ping_timeout(),
+            max_payload: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
+        },
+        db_timeout: config.db_timeout(),
+        static_dir: config.static_dir.clone(),
+        shutdown: shutdown.clone(),
+        connections: connections.clone(),
+        permits: permits.clone(),
+        allowed_origins: config
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect(),
+    });
+    tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
+    let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));
+    Ok(Running {
+        addr: local,
+        shutdown,
+        stop_sequencer,
+        accept,
+        connections,
+        background,
+        broadcaster,
+        permits,
+        max_connections: config.max_connections,
+        timeout: config.shutdown_timeout(),
+        store,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Duration) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = app.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app_for_conn = app.clone();
+        app.connections.spawn(async move {
+            let shutdown = app_for_conn.shutdown.clone();
+            let app = app_for_conn;
+            let service = service_fn(move |req| http::handle(app.clone(), peer, req));
+            let conn = http1::Builder::new()
+                // A connection that never completes a request head (a half-open handshake, a
+                // slowloris) is closed instead of holding a descriptor for ever.
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    // Idle keep-alive connections (an open browser tab) close now; a request in
+                    // progress finishes first. Upgraded WebSockets are sessions, not affected.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+impl Running {
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.max_connections - self.permits.available_permits()
+    }
+
+    /// Stops accepting, lets every session finish its acks and close with 1001, stops the
+    /// sequencer and the fan-out, and returns when all of them are gone or the shutdown timeout
+    /// has passed.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let _ = (&mut self.accept).await;
+        self.connections.close();
+        if tokio::time::timeout(self.timeout, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.sessions(),
+                "shutdown timeout: sockets still open are dropped"
+            );
+        }
+        // No session is left to submit: the sequencer commits and answers what is queued.
+        self.stop_sequencer.cancel();
+        self.broadcaster.stop();
+        self.background.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: the sequencer did not finish in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("mysql://root@127.0.0.1:3306/chat"),
+            "mysql://root@127.0.0.1:3306/chat"
+        );
+        assert_eq!(
+            redact("mysql://u:secret@db:3306/chat"),
+            "mysql://u:***@db:3306/chat"
+        );
+        assert_eq!(redact("garbage"), "garbage");
+    }
+}

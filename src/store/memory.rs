@@ -1,0 +1,150 @@
+//! Unit tests only: the store's contract kept in memory, with faults a test scripts, so that the
+//! sequencer's commit and reconcile paths can be driven without a database.
+//!
+//! Same contract as the real stores: ids increase from 1 and are never reused, a clientOffset is
+//! stored once, a batch is stored whole or not at all.
+
+use super::{Inserted, Row, StoreError};
+use crate::chat::NewMessage;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What the next `insert` does instead of succeeding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails; nothing is stored.
+    Fail,
+    /// Stores the batch, then fails: the caller cannot know it committed (a lost reply).
+    CommitThenFail,
+    /// Takes this long, then succeeds.
+    Slow(std::time::Duration),
+}
+
+#[derive(Default)]
+struct Inner {
+    rows: Vec<Row>,
+    offsets: HashMap<String, u64>,
+    next_id: u64,
+    faults: VecDeque<Fault>,
+    /// Content that is refused as a row-data error, as a strict schema would.
+    refused: Option<String>,
+    inserts: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next inserts meet these faults, in order.
+    pub fn script(&self, faults: &[Fault]) {
+        self.lock().faults.extend(faults);
+    }
+
+    /// Rows with exactly this content are refused for their data.
+    pub fn refuse(&self, content: &str) {
+        self.lock().refused = Some(content.to_string());
+    }
+
+    /// Stores a row as a foreign writer would, behind the sequencer's back.
+    pub fn insert_foreign(&self, offset: &str, content: &str) -> u64 {
+        let mut inner = self.lock();
+        inner.store(offset, content)
+    }
+
+    /// Every stored row, ascending.
+    pub fn rows(&self) -> Vec<Row> {
+        self.lock().rows.clone()
+    }
+
+    /// `insert` calls so far.
+    pub fn inserts(&self) -> usize {
+        self.lock().inserts
+    }
+
+    pub fn content_limit(&self) -> usize {
+        usize::MAX
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    pub async fn max_id(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().rows.last().map_or(0, |r| r.id))
+    }
+
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let inner = self.lock();
+        let first = inner.rows.partition_point(|r| r.id <= after);
+        Ok(inner.rows[first..].iter().take(limit).cloned().collect())
+    }
+
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let inner = self.lock();
+        let first = inner.rows.len().saturating_sub(limit);
+        Ok(inner.rows[first..].to_vec())
+    }
+
+    pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        let fault = {
+            let mut inner = self.lock();
+            inner.inserts += 1;
+            inner.faults.pop_front()
+        };
+        if let Some(Fault::Slow(delay)) = fault {
+            tokio::time::sleep(delay).await;
+        }
+        let mut inner = self.lock();
+        if fault == Some(Fault::Fail) {
+            return Err(StoreError::other(
+                "cannot insert messages",
+                "scripted".into(),
+            ));
+        }
+        if let Some(refused) = &inner.refused {
+            if batch.iter().any(|m| &m.content == refused) {
+                return Err(StoreError::row_data(
+                    "cannot insert messages",
+                    "refused content".into(),
+                ));
+            }
+        }
+        let out = batch
+            .iter()
+            .map(|m| match inner.offsets.get(&m.client_offset) {
+                Some(&id) => Inserted::Duplicate(id),
+                None => Inserted::Stored(inner.store(&m.client_offset, &m.content)),
+            })
+            .collect();
+        if fault == Some(Fault::CommitThenFail) {
+            return Err(StoreError::other(
+                "cannot insert messages",
+                "scripted: committed, reply lost".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl Inner {
+    fn store(&mut self, offset: &str, content: &str) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.offsets.insert(offset.to_string(), id);
+        self.rows.push(Row {
+            id,
+            content: content.to_string(),
+        });
+        id
+    }
+}

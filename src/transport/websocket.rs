@@ -1,0 +1,480 @@
+//! The WebSocket transport (RFC 6455; Engine.IO: one packet per text frame): the HTTP upgrade,
+//! the sink that writes a session's packets to its TCP socket, the byte stream tungstenite parses
+//! the client's frames from, and the close handshake with a close code for every
+//! [`DisconnectReason`].
+//!
+//! After the upgrade relay takes the TCP socket back from hyper. Writes go through the session's
+//! packet queue into one buffer ([`WsSink`]): chat messages as frames encoded once for every
+//! socket, the session's own packets framed here, and tungstenite's control frames (pongs, close
+//! frames) whole, with tungstenite's own write buffer at 0. The fan-out writes into the same
+//! buffer and sends with a non-blocking `write`, so no task per socket wakes for a broadcast.
+//! Reads go straight from the socket to tungstenite ([`ByteStream`]).
+//!
+//! Must not: decode Engine.IO or Socket.IO packets; block or await while the queue's lock is held.
+
+use crate::delivery::batch::Message;
+use crate::delivery::queue::{PacketQueue, PacketSink};
+use crate::engine::{self, DisconnectReason, Transport};
+use crate::protocol::websocket::push_text_frame;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::header::{self, HeaderValue};
+use hyper::{HeaderMap, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Duration};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Bytes beyond which tungstenite's own writes (pongs, close frames) wait for the socket.
+const HARD_BACKLOG: usize = 4 * crate::delivery::queue::LIVE_BACKLOG;
+
+/// The `Sec-WebSocket-Key` of a valid WebSocket upgrade request (`Upgrade: websocket`,
+/// `Connection: upgrade`, `Sec-WebSocket-Version: 13`), or `None`.
+pub fn upgrade_key(headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    let valid = has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            == Some(b"13");
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| valid)
+        .cloned()
+}
+
+/// The `101 Switching Protocols` answer to an upgrade request with `key`.
+pub fn switching_protocols<B: Default>(key: &HeaderValue) -> Response<B> {
+    let mut r = Response::new(B::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// Takes an upgraded connection back from hyper (with whatever hyper read past the request) and
+/// starts the WebSocket on it. `max_payload` bounds a client's message, bytes. Fails only when
+/// the connection is not a TCP stream.
+pub async fn accept(
+    upgraded: hyper::upgrade::Upgraded,
+    max_payload: usize,
+) -> Result<(WsTransport, Arc<PacketQueue<WsSink>>), &'static str> {
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| "upgraded connection is not a TCP stream")?;
+    let tcp = Arc::new(parts.io.into_inner());
+    let queue = Arc::new(PacketQueue::new(WsSink {
+        tcp: Some(tcp.clone()),
+        pending: Vec::new(),
+    }));
+    let stream = ByteStream {
+        queue: queue.clone(),
+        tcp,
+        // A slice of hyper's read buffer keeps all of that buffer alive: copy it out.
+        early: Bytes::copy_from_slice(&parts.read_buf),
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload))
+        // Sized for many mostly idle sockets: chat frames are small. No write buffer: every frame
+        // goes whole into the socket's packet queue, the one buffer all its output shares.
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    Ok((
+        WsTransport {
+            ws,
+            queue: queue.clone(),
+        },
+        queue,
+    ))
+}
+
+/// A session's outgoing bytes on a WebSocket: whole frames not yet taken by the kernel.
+pub struct WsSink {
+    /// `None` once the connection is over.
+    tcp: Option<Arc<TcpStream>>,
+    pending: Vec<u8>,
+}
+
+impl WsSink {
+    /// Writes as much of the buffer as the kernel takes now.
+    fn write_now(&mut self) -> io::Result<()> {
+        let Some(tcp) = self.tcp.as_ref() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let mut written = 0;
+        while written < self.pending.len() {
+            match tcp.try_write(&self.pending[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if written == self.pending.len() {
+            if self.pending.capacity() > 4096 {
+                // A burst or a big message is over: give the memory back, or every idle socket
+                // keeps as much as the largest write it ever had.
+                self.pending = Vec::new();
+            } else {
+                self.pending.clear();
+            }
+        } else {
+            self.pending.drain(..written);
+        }
+        Ok(())
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tcp.as_ref() {
+            Some(tcp) => tcp.poll_write_ready(cx),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl PacketSink for WsSink {
+    fn push_message(&mut self, message: &Message) {
+        self.pending.extend_from_slice(message.ws_frame());
+    }
+
+    fn push_packet(&mut self, packet: &str) {
+        push_text_frame(&mut self.pending, packet.as_bytes());
+    }
+
+    fn backlog(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn send_now(&mut self) -> io::Result<()> {
+        self.write_now()
+    }
+
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            self.write_now()?;
+            if self.pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_write_ready(cx))?;
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.tcp.is_some()
+    }
+
+    fn close(&mut self) {
+        self.tcp = None;
+        self.pending = Vec::new();
+    }
+}
+
+/// The byte stream tungstenite runs on: reads come from the socket (after whatever hyper had read
+/// past the upgrade request), writes go into the session's packet queue, whole.
+pub struct ByteStream {
+    queue: Arc<PacketQueue<WsSink>>,
+    tcp: Arc<TcpStream>,
+    /// Bytes read with the upgrade request that belong to the WebSocket.
+    early: Bytes,
+}
+
+impl Drop for ByteStream {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+impl AsyncRead for ByteStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early.split_to(n));
+            if self.early.is_empty() {
+                self.early = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ByteStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.queue.with_sink(|sink| loop {
+            if sink.pending.len() <= HARD_BACKLOG {
+                // Taken whole: tungstenite hands over whole frames, and a partial write would
+                // leave half a frame for the fan-out to write after.
+                sink.pending.extend_from_slice(buf);
+                // Control frames go out now (an error shows at the next flush or read).
+                let _ = sink.write_now();
+                return Poll::Ready(Ok(buf.len()));
+            }
+            sink.write_now()?;
+            if sink.pending.len() > HARD_BACKLOG {
+                ready!(sink.poll_write_ready(cx))?;
+            }
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.queue.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when the connection ends (`Drop`); here only what is queued goes out.
+        self.queue.poll_flush(cx)
+    }
+}
+
+/// An Engine.IO session's WebSocket.
+pub struct WsTransport {
+    ws: WebSocketStream<ByteStream>,
+    queue: Arc<PacketQueue<WsSink>>,
+}
+
+impl Transport for WsTransport {
+    type Sink = WsSink;
+    type Text = Utf8Bytes;
+    /// A WebSocket session has nothing to upgrade to.
+    const UPGRADES: &'static [&'static str] = &[];
+
+    async fn recv(&mut self) -> Result<Utf8Bytes, DisconnectReason> {
+        loop {
+            return match self.ws.next().await {
+                None => Err(DisconnectReason::TransportError("connection closed".into())),
+                Some(Ok(WsMessage::Text(text))) => Ok(text),
+                Some(Ok(WsMessage::Binary(_))) => Err(DisconnectReason::BinaryUnsupported),
+                // tungstenite answers pings itself (the pong goes out with the next read or
+                // write); pongs and raw frames carry nothing for the session.
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                Some(Ok(WsMessage::Close(_))) => Err(DisconnectReason::TransportClose),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    Err(DisconnectReason::PayloadTooLarge)
+                }
+                Some(Err(WsError::Utf8(_))) => Err(DisconnectReason::InvalidUtf8),
+                Some(Err(WsError::Protocol(e))) => {
+                    Err(DisconnectReason::PacketParsingError(e.to_string()))
+                }
+                Some(Err(e)) => Err(DisconnectReason::TransportError(e.to_string())),
+            };
+        }
+    }
+
+    async fn close(&mut self, reason: &DisconnectReason, grace: Duration) {
+        match close_frame(reason) {
+            None => {
+                // Flushes the answer tungstenite queued for the client's close frame. (The
+                // inherent `WebSocketStream::close` would try to *send* a second close and fail.)
+                let _ = timeout(grace, SinkExt::close(&mut self.ws)).await;
+                let _ = engine::flush(&self.queue, grace).await;
+            }
+            Some((code, mut text)) => {
+                truncate_utf8(&mut text, 123);
+                let frame = CloseFrame {
+                    code,
+                    reason: text.into(),
+                };
+                if *reason != DisconnectReason::SlowClient {
+                    let _ = engine::flush(&self.queue, grace).await;
+                }
+                if timeout(grace, self.ws.close(Some(frame))).await.is_ok() {
+                    // Drain until the client's close frame (or its disconnect), within the grace.
+                    let _ = timeout(grace, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// The close frame that tells the client why, or `None` when the client ended the connection
+/// (its close frame is answered as it is).
+fn close_frame(reason: &DisconnectReason) -> Option<(CloseCode, String)> {
+    use DisconnectReason as R;
+    Some(match reason {
+        R::TransportClose | R::TransportError(_) => return None,
+        R::HeartbeatTimeout => (CloseCode::Normal, "ping timeout".into()),
+        R::ConnectTimeout => (CloseCode::Policy, "no Socket.IO CONNECT in time".into()),
+        R::PacketParsingError(why) => (CloseCode::Protocol, why.clone()),
+        R::InvalidUtf8 => (CloseCode::Invalid, "text frame is not UTF-8".into()),
+        R::BinaryUnsupported => (
+            CloseCode::Unsupported,
+            "binary frames are not supported".into(),
+        ),
+        R::PayloadTooLarge => (CloseCode::Size, "message exceeds maxPayload".into()),
+        R::SlowClient => (CloseCode::Policy, "client too slow to receive".into()),
+        R::StoreUnavailable => (CloseCode::Error, "database unavailable, retry".into()),
+        R::RateLimited => (CloseCode::Policy, "rate limit exceeded".into()),
+        R::ClosingServer => (CloseCode::Away, "server shutting down".into()),
+    })
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::batch::Batch;
+    use crate::delivery::queue::CatchUp;
+    use crate::delivery::recent::{Recent, RecentLimits};
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let mut s = "é".repeat(100);
+        truncate_utf8(&mut s, 123);
+        assert!(s.len() <= 123 && s.is_char_boundary(s.len()));
+        assert_eq!(
+            close_frame(&DisconnectReason::PayloadTooLarge).map(|f| f.0),
+            Some(CloseCode::Size)
+        );
+        assert_eq!(
+            close_frame(&DisconnectReason::ClosingServer).map(|f| f.0),
+            Some(CloseCode::Away)
+        );
+        assert!(close_frame(&DisconnectReason::TransportClose).is_none());
+    }
+
+    /// A sink on one end of a loopback connection, and the other end.
+    async fn pair() -> (Arc<PacketQueue<WsSink>>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let queue = Arc::new(PacketQueue::new(WsSink {
+            tcp: Some(Arc::new(server)),
+            pending: Vec::new(),
+        }));
+        (queue, client)
+    }
+
+    /// The ids of the chat frames the peer has received, read until `n` arrived.
+    async fn received(peer: &mut TcpStream, n: usize) -> Vec<u64> {
+        let mut bytes = Vec::new();
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let mut chunk = [0u8; 4096];
+            let got = peer.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "connection ended");
+            bytes.extend_from_slice(&chunk[..got]);
+            ids.clear();
+            let mut at = 0;
+            while at + 2 <= bytes.len() {
+                assert_eq!(bytes[at], 0x81, "a whole text frame");
+                let len = usize::from(bytes[at + 1]);
+                assert!(len < 126, "small frames only here");
+                let Some(payload) = bytes.get(at + 2..at + 2 + len) else {
+                    break;
+                };
+                let text = std::str::from_utf8(payload).unwrap();
+                let id = text.trim_end_matches(']').rsplit(',').next().unwrap();
+                ids.push(id.parse().unwrap());
+                at += 2 + len;
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_writes_frames_straight_to_the_socket() {
+        let (queue, mut peer) = pair().await;
+        queue.join(0);
+        let empty = Recent::new(
+            0,
+            RecentLimits {
+                rows: 10,
+                bytes: 1 << 20,
+            },
+        );
+        assert_eq!(queue.catch_up(&empty), CatchUp::Live(0));
+        let b = Arc::new(Batch {
+            prev: 0,
+            messages: (1..=3).map(|id| Message::encode(id, "m")).collect(),
+        });
+        assert_eq!(queue.offer(&[b]), Some(3));
+        assert!(!queue.has_backlog(), "taken by the kernel at once");
+        assert_eq!(received(&mut peer, 3).await, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_leaves_a_backlog_the_flush_waits_for() {
+        let (queue, mut peer) = pair().await;
+        let big = "x".repeat(100_000);
+        for _ in 0..100 {
+            queue.send(&big);
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            queue.poll_flush(&mut cx).is_pending(),
+            "10 MB cannot go at once"
+        );
+        assert!(queue.has_backlog());
+        // Once the peer reads, everything goes.
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut chunk = vec![0u8; 1 << 16];
+            while total < 100 * 100_010 {
+                total += peer.read(&mut chunk).await.unwrap();
+            }
+            total
+        });
+        engine::flush(&queue, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap(), 100 * 100_010);
+    }
+}
