@@ -2,8 +2,8 @@
 //!
 //! The store answers three questions: "store these new messages and tell me each one's id (or that
 //! its clientOffset is already taken)", "which rows come after id N" (replay, always in pages), and
-//! "what is the highest id" (the hub's starting point). It never broadcasts and never decides
-//! order: the hub calls [`Store::insert`] from a single task, which is what makes commit order equal
+//! "what is the highest id" (the sequencer's starting point). It never broadcasts and never decides
+//! order: the sequencer calls [`Store::insert`] from a single task, which is what makes commit order equal
 //! id order.
 //!
 //! `DATABASE_URL` picks the implementation: `mysql://…` is MySQL/MariaDB through mysql_async
@@ -39,7 +39,7 @@ pub enum Inserted {
     Duplicate(u64),
 }
 
-/// Rows per insert; the hub never hands more at once.
+/// Rows per insert; the sequencer never hands more at once.
 pub const MAX_BATCH: usize = 256;
 
 /// Where the messages live.

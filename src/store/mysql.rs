@@ -37,7 +37,7 @@ pub struct MysqlStore {
     /// not go back into the pool for a reader to find broken.
     opts: Opts,
     /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
-    /// the hub writes, so the lock is never contended.
+    /// the sequencer writes, so the lock is never contended.
     writer: Arc<tokio::sync::Mutex<Option<mysql_async::Conn>>>,
     /// The server-side id of the writer connection whose INSERT a timeout abandoned mid-statement:
     /// the server may still be running it.
@@ -177,7 +177,7 @@ impl MysqlStore {
                 .await
                 .map_err(StoreError::mysql("cannot get a database connection"))?,
         };
-        // Should this future be dropped mid-statement (the hub's timeout), the guard records which
+        // Should this future be dropped mid-statement (the sequencer's timeout), the guard records which
         // server connection may still be running the INSERT, for `end_abandoned_insert`.
         let mut watch = Abandoned {
             id: Some(conn.id()),

@@ -2,9 +2,9 @@
 //! install or run beside relay.
 //!
 //! SQLite is a blocking library, so every call runs on tokio's blocking pool. One writer
-//! connection does all inserts (the hub is the only writer); reads use a few connections of their
+//! connection does all inserts (the sequencer is the only writer); reads use a few connections of their
 //! own, which WAL mode lets run while a write is in progress. Commits are durable before an ack:
-//! `synchronous = FULL` syncs the WAL on every commit, and the hub commits messages in groups, so
+//! `synchronous = FULL` syncs the WAL on every commit, and the sequencer commits messages in groups, so
 //! the sync is paid once per group.
 
 use super::{Inserted, Row, StoreError};
