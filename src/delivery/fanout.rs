@@ -185,30 +185,12 @@ async fn run_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::batch::Message;
-    use crate::delivery::queue::testing::MemorySink;
-    use crate::delivery::queue::CatchUp;
-    use crate::delivery::recent::{Recent, RecentLimits};
+    use crate::delivery::testing::{batch, make_live, MemorySink};
 
     fn live_queue() -> Arc<PacketQueue<MemorySink>> {
         let q = Arc::new(PacketQueue::new(MemorySink::taking()));
-        q.join(0);
-        let empty = Recent::new(
-            0,
-            RecentLimits {
-                rows: 10,
-                bytes: 1 << 20,
-            },
-        );
-        assert_eq!(q.catch_up(&empty), CatchUp::Live(0));
+        make_live(&q);
         q
-    }
-
-    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
-        Arc::new(Batch {
-            prev,
-            messages: ids.iter().map(|&id| Message::encode(id, "m")).collect(),
-        })
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,8 @@ pub mod batch;
 pub mod fanout;
 pub mod queue;
 pub mod recent;
+#[cfg(test)]
+pub mod testing;
 
 use crate::store::{Row, MAX_BATCH};
 use batch::Batch;

@@ -310,96 +310,10 @@ impl<S: PacketSink> State<S> {
 }
 
 #[cfg(test)]
-pub mod testing {
-    //! An in-memory sink: what a socket was sent, as packet texts, with a connection that takes
-    //! bytes only when the test says so.
-    use super::*;
-
-    #[derive(Default)]
-    pub struct MemorySink {
-        /// Packets the "connection" has taken.
-        pub sent: Vec<String>,
-        /// Packets queued and not yet taken.
-        pub queued: Vec<String>,
-        /// While false, nothing is taken (a client that does not read).
-        pub taking: bool,
-        pub closed: bool,
-    }
-
-    impl MemorySink {
-        pub fn taking() -> MemorySink {
-            MemorySink {
-                taking: true,
-                ..MemorySink::default()
-            }
-        }
-    }
-
-    impl PacketSink for MemorySink {
-        fn push_message(&mut self, message: &Message) {
-            self.queued
-                .push(String::from_utf8_lossy(message.packet()).into_owned());
-        }
-        fn push_packet(&mut self, packet: &str) {
-            self.queued.push(packet.to_string());
-        }
-        fn backlog(&self) -> usize {
-            self.queued.iter().map(String::len).sum()
-        }
-        fn send_now(&mut self) -> io::Result<()> {
-            if self.closed {
-                return Err(io::ErrorKind::BrokenPipe.into());
-            }
-            if self.taking {
-                self.sent.append(&mut self.queued);
-            }
-            Ok(())
-        }
-        fn poll_drained(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.send_now()?;
-            if self.queued.is_empty() {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        }
-        fn is_open(&self) -> bool {
-            !self.closed
-        }
-        fn close(&mut self) {
-            self.closed = true;
-            self.queued.clear();
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::testing::MemorySink;
     use super::*;
-    use crate::delivery::recent::RecentLimits;
+    use crate::delivery::testing::{batch, make_live, recent, MemorySink};
     use std::sync::Arc;
-
-    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
-        Arc::new(Batch {
-            prev,
-            messages: ids.iter().map(|&id| Message::encode(id, "m")).collect(),
-        })
-    }
-
-    fn recent(start: u64, batches: &[Arc<Batch>]) -> Recent {
-        let r = Recent::new(
-            start,
-            RecentLimits {
-                rows: 1000,
-                bytes: 1 << 20,
-            },
-        );
-        for b in batches {
-            r.push(b.clone());
-        }
-        r
-    }
 
     /// The ids of the chat messages the connection has taken.
     fn sent_ids(q: &PacketQueue<MemorySink>) -> Vec<u64> {
@@ -450,8 +364,7 @@ mod tests {
     #[test]
     fn a_gap_hands_the_socket_back_to_its_session() {
         let q = PacketQueue::new(MemorySink::taking());
-        q.join(0);
-        assert_eq!(q.catch_up(&recent(0, &[])), CatchUp::Live(0));
+        make_live(&q);
         assert_eq!(q.offer(&[batch(1, &[2])]), Some(0), "row 1 never came");
         assert!(q.take_behind());
         assert!(!q.take_behind(), "handed back once");
@@ -461,8 +374,7 @@ mod tests {
     #[test]
     fn a_socket_that_does_not_drain_stops_being_fed_live() {
         let q = PacketQueue::new(MemorySink::default()); // takes nothing
-        q.join(0);
-        assert_eq!(q.catch_up(&recent(0, &[])), CatchUp::Live(0));
+        make_live(&q);
         let big = "x".repeat(60_000);
         let mut id = 0;
         let behind = loop {
@@ -487,8 +399,7 @@ mod tests {
     #[test]
     fn a_sender_gets_its_batch_with_the_ones_the_fan_out_has_not_brought() {
         let q = PacketQueue::new(MemorySink::taking());
-        q.join(0);
-        assert_eq!(q.catch_up(&recent(0, &[])), CatchUp::Live(0));
+        make_live(&q);
         let (b1, b2, b3) = (batch(0, &[1]), batch(1, &[2]), batch(2, &[3]));
         // The sequencer answers before it publishes: memory may hold the batch or not.
         assert_eq!(
@@ -507,8 +418,7 @@ mod tests {
     #[test]
     fn a_closed_queue_is_forgotten_by_the_fan_out() {
         let q = PacketQueue::new(MemorySink::taking());
-        q.join(0);
-        assert_eq!(q.catch_up(&recent(0, &[])), CatchUp::Live(0));
+        make_live(&q);
         q.close();
         assert_eq!(q.offer(&[batch(0, &[1])]), None);
     }

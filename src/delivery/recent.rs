@@ -108,14 +108,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::batch::Message;
-
-    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
-        Arc::new(Batch {
-            prev,
-            messages: ids.iter().map(|&id| Message::encode(id, "x")).collect(),
-        })
-    }
+    use crate::delivery::testing::batch;
 
     fn ids(batches: &[Arc<Batch>]) -> Vec<u64> {
         batches

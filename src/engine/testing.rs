@@ -3,8 +3,8 @@
 //! reads what the session queued from the [`MemorySink`].
 
 use super::{DisconnectReason, Transport};
-use crate::delivery::queue::testing::MemorySink;
 use crate::delivery::queue::PacketQueue;
+use crate::delivery::testing::MemorySink;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Duration;

@@ -46,23 +46,13 @@ impl AckQueue {
 mod tests {
     use super::*;
     use crate::delivery::batch::{Batch, Message};
-    use crate::delivery::queue::testing::MemorySink;
-    use crate::delivery::queue::CatchUp;
-    use crate::delivery::recent::{Recent, RecentLimits};
+    use crate::delivery::testing::{make_live, MemorySink};
     use std::sync::Arc;
 
     #[test]
     fn an_ack_follows_its_row_and_keeps_its_place() {
         let queue = PacketQueue::new(MemorySink::taking());
-        queue.join(0);
-        let empty = Recent::new(
-            0,
-            RecentLimits {
-                rows: 10,
-                bytes: 1 << 20,
-            },
-        );
-        assert_eq!(queue.catch_up(&empty), CatchUp::Live(0));
+        make_live(&queue);
         let mut acks = AckQueue::default();
         acks.push(2, "430[]".into());
         acks.push(0, "431[{\"error\":\"x\"}]".into()); // ready, but behind the first

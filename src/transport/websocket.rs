@@ -368,8 +368,7 @@ fn truncate_utf8(s: &mut String, max: usize) {
 mod tests {
     use super::*;
     use crate::delivery::batch::Batch;
-    use crate::delivery::queue::CatchUp;
-    use crate::delivery::recent::{Recent, RecentLimits};
+    use crate::delivery::testing::make_live;
     use tokio::io::AsyncReadExt;
 
     #[test]
@@ -432,15 +431,7 @@ mod tests {
     #[tokio::test]
     async fn the_fan_out_writes_frames_straight_to_the_socket() {
         let (queue, mut peer) = pair().await;
-        queue.join(0);
-        let empty = Recent::new(
-            0,
-            RecentLimits {
-                rows: 10,
-                bytes: 1 << 20,
-            },
-        );
-        assert_eq!(queue.catch_up(&empty), CatchUp::Live(0));
+        make_live(&*queue);
         let b = Arc::new(Batch {
             prev: 0,
             messages: (1..=3).map(|id| Message::encode(id, "m")).collect(),
