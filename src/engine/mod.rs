@@ -258,12 +258,15 @@ impl<T: Transport> Session<T> {
     /// Sends what is queued. A client that cannot take it within `limit` is as good as gone and
     /// would only make the server buffer. The timer is armed only when the connection is backed
     /// up: most flushes complete at once.
-    pub async fn flush(&self, limit: Duration) -> Result<(), DisconnectReason> {
-        flush(&self.queue, limit).await
+    pub fn flush(
+        &self,
+        limit: Duration,
+    ) -> impl Future<Output = Result<(), DisconnectReason>> + Send + '_ {
+        flush(&self.queue, limit)
     }
 
     /// Ends the session: the transport tells the client why and closes.
-    pub async fn close(mut self, reason: &DisconnectReason) {
+    pub async fn close(&mut self, reason: &DisconnectReason) {
         self.transport.close(reason, Duration::from_secs(1)).await;
     }
 }

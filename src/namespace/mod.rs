@@ -38,7 +38,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{timeout, Instant};
 
 /// Rows per replay page.
@@ -96,8 +96,13 @@ struct Socket<T: Transport> {
 
 /// Serves the namespace on an Engine.IO session until it ends, closes the session, and returns
 /// why it ended.
-pub async fn serve<T: Transport>(mut engine: Session<T>, ns: Arc<Namespace>) -> DisconnectReason {
+pub fn serve<T: Transport>(
+    mut engine: Session<T>,
+    ns: Arc<Namespace>,
+) -> impl Future<Output = DisconnectReason> + Send {
     engine.set_deadline(Some(Instant::now() + ns.config.connect_timeout));
+    // Built here and borrowed by the loop, not moved into an `async fn`, which would keep a
+    // second copy of it: an idle socket's task holds the socket and its loop's state, once.
     let mut socket = Socket {
         engine,
         connected: false,
@@ -109,19 +114,25 @@ pub async fn serve<T: Transport>(mut engine: Session<T>, ns: Arc<Namespace>) -> 
         rate: RateLimit::new(ns.config.max_messages_per_second),
         ns,
     };
-    let reason = socket.run().await;
-    let metrics = &socket.ns.metrics;
-    if let Some(kind) = reason.bad_input() {
-        metrics.bad_input(kind);
-    }
-    if reason == DisconnectReason::SlowClient {
-        metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
-    }
-    socket.engine.close(&reason).await;
-    reason
+    async move { socket.serve().await }
 }
 
 impl<T: Transport> Socket<T> {
+    async fn serve(&mut self) -> DisconnectReason {
+        let reason = self.run().await;
+        let metrics = &self.ns.metrics;
+        if let Some(kind) = reason.bad_input() {
+            metrics.bad_input(kind);
+        }
+        if reason == DisconnectReason::SlowClient {
+            metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
+        }
+        // Boxed: the close handshake's state is needed once, at the end, and an idle socket should
+        // not carry room for it all its life.
+        Box::pin(self.engine.close(&reason)).await;
+        reason
+    }
+
     async fn run(&mut self) -> DisconnectReason {
         let limit = self.engine.config().ping_timeout;
         loop {
@@ -150,7 +161,11 @@ impl<T: Transport> Socket<T> {
                     Ok(())
                 }
                 incoming = self.engine.next(reading) => match incoming {
-                    Ok(Incoming::Message(text)) => self.on_packet(&text.as_ref()[1..]).await,
+                    Ok(Incoming::Message(text)) => match self.on_packet(&text.as_ref()[1..]) {
+                        Ok(Some(submission)) => self.submit(submission).await,
+                        Ok(None) => Ok(()),
+                        Err(reason) => Err(reason),
+                    },
                     Ok(Incoming::Woken) => Ok(()),
                     Ok(Incoming::Deadline) => Err(DisconnectReason::ConnectTimeout),
                     Err(reason) => Err(reason),
@@ -265,7 +280,9 @@ impl<T: Transport> Socket<T> {
         }
     }
 
-    async fn on_packet(&mut self, text: &str) -> Result<(), DisconnectReason> {
+    /// Handles one Socket.IO packet; a chat message that passed the rules comes back to be
+    /// submitted. (Not async itself, so the socket's loop holds only the small submit future.)
+    fn on_packet(&mut self, text: &str) -> Result<Option<Submission>, DisconnectReason> {
         let packet = socketio::decode(text)
             .map_err(|e| DisconnectReason::PacketParsingError(e.to_string()))?;
         let Packet {
@@ -279,14 +296,14 @@ impl<T: Transport> Socket<T> {
             if kind == Kind::Connect {
                 self.engine
                     .send(&socketio::encode_connect_error(nsp, "Invalid namespace"));
-                return Ok(());
+                return Ok(None);
             }
             return protocol(format!("namespace {nsp:?} is not connected"));
         }
         match (kind, self.connected) {
             (Kind::Connect, false) => {
                 self.join(chat::server_offset(data.as_ref()));
-                Ok(())
+                Ok(None)
             }
             (Kind::Connect, true) => protocol("already connected to \"/\"".into()),
             (_, false) => protocol("packet before CONNECT".into()),
@@ -295,11 +312,11 @@ impl<T: Transport> Socket<T> {
                 self.replay = None;
                 self.acks.clear();
                 self.engine.queue().leave();
-                Ok(())
+                Ok(None)
             }
-            (Kind::Event, true) => self.on_event(id, data).await,
+            (Kind::Event, true) => self.on_event(id, data),
             // relay never asks for acks; a stray one is harmless.
-            (Kind::Ack, true) => Ok(()),
+            (Kind::Ack, true) => Ok(None),
             (Kind::ConnectError | Kind::BinaryEvent | Kind::BinaryAck, true) => {
                 protocol(format!("unexpected {kind:?} packet from a client"))
             }
@@ -322,11 +339,11 @@ impl<T: Transport> Socket<T> {
         self.catch_up();
     }
 
-    async fn on_event(
+    fn on_event(
         &mut self,
         ack_id: Option<u64>,
         data: Option<serde_json::Value>,
-    ) -> Result<(), DisconnectReason> {
+    ) -> Result<Option<Submission>, DisconnectReason> {
         let payload = data.unwrap_or_default();
         if !self.rate.allow() {
             self.ns.metrics.bad_input(BadInput::RateLimited);
@@ -339,11 +356,11 @@ impl<T: Transport> Socket<T> {
             );
             let ack = socketio::encode_ack(ack_id, &json!([{ "error": reason }]));
             self.acks.push(0, ack);
-            return Ok(());
+            return Ok(None);
         }
         match chat::parse_event(payload, self.ns.config.max_message_bytes) {
             Ok(message) => {
-                let submission = Submission {
+                return Ok(Some(Submission {
                     message,
                     ack_id,
                     reply_to: self
@@ -351,11 +368,7 @@ impl<T: Transport> Socket<T> {
                         .get_or_insert_with(mpsc::unbounded_channel)
                         .0
                         .clone(),
-                };
-                if self.ns.sequencer.submit(submission).await.is_err() {
-                    return Err(DisconnectReason::ClosingServer);
-                }
-                self.in_flight += 1;
+                }));
             }
             Err(rejection) => {
                 tracing::debug!(kind = ?rejection.kind(), "refused event: {rejection}");
@@ -367,6 +380,24 @@ impl<T: Transport> Socket<T> {
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// Hands a message to the sequencer, waiting while its queue is full.
+    async fn submit(&mut self, submission: Submission) -> Result<(), DisconnectReason> {
+        let submitted = match self.ns.sequencer.try_submit(submission) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(()),
+            // Rare (the sequencer's queue holds 16K): the waiting send is boxed, so that every
+            // socket's state does not carry room for a bounded send's future (~500 bytes).
+            Err(TrySendError::Full(submission)) => {
+                let wait: Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                    Box::pin(self.ns.sequencer.submit(submission));
+                wait.await.map_err(drop)
+            }
+        };
+        submitted.map_err(|()| DisconnectReason::ClosingServer)?;
+        self.in_flight += 1;
         Ok(())
     }
 }
@@ -406,9 +437,9 @@ mod tests {
     //! a paused clock: no network, no database.
     use super::*;
     use crate::delivery::fanout::Fanout;
-    use crate::delivery::queue::testing::MemorySink;
     use crate::delivery::queue::PacketQueue;
     use crate::delivery::recent::RecentLimits;
+    use crate::delivery::testing::MemorySink;
     use crate::engine::testing::{ClientEnd, MemoryTransport};
     use crate::engine::EngineConfig;
     use crate::sequencer::bus::LocalBus;

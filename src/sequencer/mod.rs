@@ -106,6 +106,11 @@ impl Sequencer {
         Sequencer { submissions }
     }
 
+    /// Hands a message to the writer if its queue has room, without waiting.
+    pub fn try_submit(&self, s: Submission) -> Result<(), mpsc::error::TrySendError<Submission>> {
+        self.submissions.try_send(s)
+    }
+
     /// Hands a message to the writer; waits only while the queue is full. Gives the submission
     /// back when the sequencer has stopped.
     pub async fn submit(&self, s: Submission) -> Result<(), Submission> {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -200,35 +200,45 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Htt
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task_app = app.clone();
-    app.connections.spawn(async move {
-        let _permit = permit;
-        let app = task_app;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(%peer, error = e, "cannot start the WebSocket");
-                return;
-            }
-        };
-        let started = Instant::now();
-        let metrics = app.namespace.metrics.clone();
-        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        metrics.connected.fetch_add(1, Ordering::Relaxed);
-        let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
-        tracing::info!(%peer, sid = session.sid(), "websocket opened");
-        let reason = namespace::serve(session, app.namespace.clone()).await;
-        metrics.connected.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "websocket closed");
-    });
+    app.connections
+        .spawn(serve_websocket(app.clone(), peer, on_upgrade, permit));
     websocket::switching_protocols(&key)
+}
+
+/// Runs a session on an upgraded connection until it ends. `permit` counts it against
+/// `MAX_CONNECTIONS` for as long as it runs.
+async fn serve_websocket(
+    app: Arc<App>,
+    peer: SocketAddr,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    permit: OwnedSemaphorePermit,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(%peer, error = e, "cannot start the WebSocket");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let metrics = &app.namespace.metrics;
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    metrics.connected.fetch_add(1, Ordering::Relaxed);
+    let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
+    tracing::info!(%peer, sid = session.sid(), "websocket opened");
+    // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
+    // hold the session's state alone, not room for the upgrade's as well.
+    let reason = namespace::serve(session, app.namespace.clone()).await;
+    metrics.connected.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "websocket closed");
+    drop(permit);
 }
 
 #[cfg(test)]
