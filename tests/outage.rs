@@ -55,11 +55,9 @@ impl Proxy {
     }
 
     fn url(&self, db: &str) -> String {
-        // prefer_socket=false: otherwise mysql_async moves to the Unix socket, around the proxy.
-        format!(
-            "mysql://root@127.0.0.1:{}/{db}?prefer_socket=false",
-            self.port
-        )
+        // As a user writes it: relay must stay on this endpoint (mysql_async alone would move to
+        // the server's Unix socket, around the proxy, and the cut would not cut).
+        format!("mysql://root@127.0.0.1:{}/{db}", self.port)
     }
 
     /// Drops every open connection and refuses new ones.

@@ -54,6 +54,12 @@ impl MysqlStore {
     pub async fn connect(url: &str) -> Result<MysqlStore, StoreError> {
         let opts = Opts::from_url(url)
             .map_err(|e| StoreError::mysql("invalid DATABASE_URL")(mysql_async::Error::Url(e)))?;
+        // The endpoint given is the endpoint used. mysql_async's default `prefer_socket` asks a
+        // server reached on 127.0.0.1 for its Unix socket and moves there, around any TCP proxy in
+        // between (ProxySQL, HAProxy, a TLS tunnel); a socket only when the URL asks for one
+        // (`?socket=…`, or `?prefer_socket=true`).
+        let prefer_socket = url_has_param(url, "prefer_socket") && opts.prefer_socket();
+        let opts = Opts::from(OptsBuilder::from_opts(opts).prefer_socket(prefer_socket));
         if let Some(db) = opts.db_name() {
             create_database(&opts, db).await?;
         }
@@ -357,6 +363,15 @@ async fn existing_offsets(
     Ok(found.into_iter().collect())
 }
 
+/// Whether the URL's query names `key` (`?key=…` or `&key=…`).
+fn url_has_param(url: &str, key: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == key)
+    })
+}
+
 fn placeholders(one: &str, n: usize) -> String {
     let mut s = String::with_capacity((one.len() + 1) * n);
     for i in 0..n {
@@ -393,7 +408,16 @@ async fn create_database(opts: &Opts, db: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::{placeholders, url_has_param};
+
+    #[test]
+    fn url_params_are_found_by_name() {
+        let url = "mysql://u@127.0.0.1:3306/chat?reset_connection=true&prefer_socket=true";
+        assert!(url_has_param(url, "prefer_socket"));
+        assert!(url_has_param(url, "reset_connection"));
+        assert!(!url_has_param(url, "socket"));
+        assert!(!url_has_param("mysql://u@h/prefer_socket", "prefer_socket"));
+    }
 
     #[test]
     fn placeholders_join_with_commas() {

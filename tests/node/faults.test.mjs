@@ -154,8 +154,8 @@ describe("database outage under 20 stock clients (mysql store)", () => {
       store: "mysql",
       dbName,
       env: {
-        // prefer_socket=false: otherwise mysql_async moves to the Unix socket, around the proxy.
-        DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`,
+        // As a user writes it: relay must stay on this endpoint, not move to the Unix socket.
+        DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}`,
         DB_TIMEOUT_MS: "700",
         MAX_MESSAGES_PER_SECOND: "0",
       },
