@@ -20,7 +20,7 @@ fn decode(c: &mut Criterion) {
                 unreachable!()
             };
             let packet = socketio::decode(p).expect("valid");
-            chat::parse_event(packet.data.unwrap_or_default(), 65_535).expect("valid")
+            chat::parse_event(packet.data.unwrap_or_default(), 65_535, false).expect("valid")
         })
     });
     g.bench_function("connect with auth", |b| {

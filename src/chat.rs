@@ -35,6 +35,9 @@ pub enum Rejection {
     OffsetTooLong {
         chars: usize,
     },
+    /// The clientOffset held a lone UTF-16 surrogate (read as U+FFFD, it could match another
+    /// client's offset).
+    OffsetNotUnicode,
     /// The database refused the row for its content (a schema stricter than ours).
     Refused(String),
 }
@@ -50,6 +53,7 @@ impl Rejection {
             Rejection::OffsetNotString => BadInput::OffsetNotString,
             Rejection::OffsetEmpty => BadInput::OffsetEmpty,
             Rejection::OffsetTooLong { .. } => BadInput::OffsetTooLong,
+            Rejection::OffsetNotUnicode => BadInput::OffsetNotUnicode,
             Rejection::Refused(_) => BadInput::RefusedByStore,
         }
     }
@@ -78,6 +82,9 @@ impl std::fmt::Display for Rejection {
                 f,
                 "clientOffset too long: {chars} characters, the limit is {MAX_OFFSET_CHARS}"
             ),
+            Rejection::OffsetNotUnicode => {
+                f.write_str("clientOffset must be valid Unicode (it holds a lone UTF-16 surrogate)")
+            }
             Rejection::Refused(reason) => write!(f, "message refused by the database: {reason}"),
         }
     }
@@ -86,8 +93,15 @@ impl std::fmt::Display for Rejection {
 impl std::error::Error for Rejection {}
 
 /// Checks an EVENT payload (`[name, ...args]`, already shape-checked by the codec) against the
-/// chat's rules. Takes the array by value so the strings move out without a copy.
-pub fn parse_event(payload: Value, max_message_bytes: usize) -> Result<NewMessage, Rejection> {
+/// chat's rules. Takes the array by value so the strings move out without a copy. `lossy`: the
+/// decoder replaced a lone UTF-16 surrogate with U+FFFD somewhere in the packet; a message keeps
+/// the U+FFFD (it is text for people), a clientOffset holding one is refused (it is a key, and two
+/// different offsets would become one).
+pub fn parse_event(
+    payload: Value,
+    max_message_bytes: usize,
+    lossy: bool,
+) -> Result<NewMessage, Rejection> {
     let Value::Array(items) = payload else {
         return Err(Rejection::UnknownEvent(String::new()));
     };
@@ -116,6 +130,9 @@ pub fn parse_event(payload: Value, max_message_bytes: usize) -> Result<NewMessag
     if client_offset.is_empty() {
         return Err(Rejection::OffsetEmpty);
     }
+    if lossy && client_offset.contains('\u{FFFD}') {
+        return Err(Rejection::OffsetNotUnicode);
+    }
     // Cheap bound first: 255 characters are at most 1020 bytes.
     if client_offset.len() > MAX_OFFSET_CHARS {
         let chars = client_offset.chars().count();
@@ -130,13 +147,18 @@ pub fn parse_event(payload: Value, max_message_bytes: usize) -> Result<NewMessag
 }
 
 /// The replay start a CONNECT asks for: `auth.serverOffset` when it is a non-negative number
-/// (fractions round down), otherwise 0, which replays everything.
+/// (fractions round down, beyond 64 bits saturates), or a string of decimal digits (pages that
+/// keep the offset in `localStorage`, a `data-` attribute or a URL send one; the tutorial's SQL
+/// compares it as the number it holds); otherwise 0, which replays everything.
 pub fn server_offset(auth: Option<&Value>) -> u64 {
     match auth.and_then(|a| a.get("serverOffset")) {
         Some(Value::Number(n)) => n.as_u64().unwrap_or_else(|| match n.as_f64() {
             Some(f) if f.is_finite() && f > 0.0 => f as u64, // saturating cast
             _ => 0,
         }),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().unwrap_or(u64::MAX) // only digits: fails only beyond 64 bits
+        }
         _ => 0,
     }
 }
@@ -149,7 +171,7 @@ mod tests {
     const LIMIT: usize = 65_535;
 
     fn parse(v: Value) -> Result<NewMessage, Rejection> {
-        parse_event(v, LIMIT)
+        parse_event(v, LIMIT, false)
     }
 
     #[test]
@@ -247,7 +269,19 @@ mod tests {
         assert_eq!(server_offset(Some(&json!({"serverOffset": 12}))), 12);
         assert_eq!(server_offset(Some(&json!({"serverOffset": 12.9}))), 12);
         assert_eq!(server_offset(Some(&json!({"serverOffset": -3}))), 0);
-        assert_eq!(server_offset(Some(&json!({"serverOffset": "12"}))), 0);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": "12"}))), 12);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": "007"}))), 7);
+        assert_eq!(
+            server_offset(Some(&json!({"serverOffset": "99999999999999999999999"}))),
+            u64::MAX
+        );
+        for other in ["", "-5", "5x", " 5", "1e3", "5.0", "abc"] {
+            assert_eq!(
+                server_offset(Some(&json!({ "serverOffset": other }))),
+                0,
+                "{other:?}"
+            );
+        }
         assert_eq!(server_offset(Some(&json!({"serverOffset": null}))), 0);
         assert_eq!(
             server_offset(Some(&json!({"serverOffset": 1e300}))),

@@ -18,6 +18,7 @@ pub enum BadInput {
     OffsetNotString,
     OffsetEmpty,
     OffsetTooLong,
+    OffsetNotUnicode,
     /// The database refused the row's content.
     RefusedByStore,
     /// Events beyond `MAX_MESSAGES_PER_SECOND`.
@@ -32,7 +33,7 @@ pub enum BadInput {
 
 impl BadInput {
     /// Every kind, in the order `/metrics` lists them.
-    pub const ALL: [BadInput; 12] = [
+    pub const ALL: [BadInput; 13] = [
         BadInput::UnknownEvent,
         BadInput::MessageNotString,
         BadInput::MessageTooLarge,
@@ -40,6 +41,7 @@ impl BadInput {
         BadInput::OffsetNotString,
         BadInput::OffsetEmpty,
         BadInput::OffsetTooLong,
+        BadInput::OffsetNotUnicode,
         BadInput::RefusedByStore,
         BadInput::RateLimited,
         BadInput::Protocol,
@@ -57,6 +59,7 @@ impl BadInput {
             BadInput::OffsetNotString => "offset_not_string",
             BadInput::OffsetEmpty => "offset_empty",
             BadInput::OffsetTooLong => "offset_too_long",
+            BadInput::OffsetNotUnicode => "offset_not_unicode",
             BadInput::RefusedByStore => "refused_by_store",
             BadInput::RateLimited => "rate_limited",
             BadInput::Protocol => "protocol",

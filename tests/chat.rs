@@ -163,7 +163,12 @@ async fn replay_after_server_offset_then_live(backend: Backend) {
         (Some(json!({"serverOffset": id(4)})), Some(id(4))),
         (None, None),
         (Some(json!({})), None),
-        (Some(json!({"serverOffset": "3"})), None),
+        // Digits as text count as the number (issue 14); other text as 0.
+        (
+            Some(json!({"serverOffset": id(3).to_string()})),
+            Some(id(3)),
+        ),
+        (Some(json!({"serverOffset": "three"})), None),
         (Some(json!({"serverOffset": null})), None),
         (Some(json!({"serverOffset": -1})), None),
         (

@@ -62,7 +62,7 @@ fn decode_everything(text: &str) {
         }
         assert!(packet.nsp.starts_with('/'));
         if packet.kind == socketio::Kind::Event {
-            let _ = chat::parse_event(packet.data.unwrap_or_default(), 65_535);
+            let _ = chat::parse_event(packet.data.unwrap_or_default(), 65_535, packet.lossy);
         }
     }
 }
@@ -111,8 +111,8 @@ fn every_valid_chat_event_round_trips() {
                 };
                 let p = socketio::decode(inner).expect("valid event");
                 prop_assert_eq!(p.id, Some(ack));
-                let m =
-                    chat::parse_event(p.data.unwrap_or_default(), 65_535).expect("valid message");
+                let m = chat::parse_event(p.data.unwrap_or_default(), 65_535, p.lossy)
+                    .expect("valid message");
                 prop_assert_eq!(&m.content, &msg);
                 prop_assert_eq!(&m.client_offset, &offset);
                 // And the broadcast of it decodes back to the same text.

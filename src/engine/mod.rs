@@ -71,6 +71,15 @@ impl DisconnectReason {
     }
 }
 
+/// What a transport received: a text packet, or a binary message (on WebSocket a binary frame;
+/// on polling a `b<base64>` packet), which carries an attachment of a binary Socket.IO packet.
+#[derive(Debug)]
+pub enum Received<Text> {
+    Text(Text),
+    /// A binary message of this many bytes (its content is not needed: relay stores text).
+    Binary(usize),
+}
+
 /// A transport carrying one session: how packets arrive and how the session ends.
 pub trait Transport: Send + 'static {
     /// Where the session's packets go (the transport drains it).
@@ -80,9 +89,11 @@ pub trait Transport: Send + 'static {
     /// Transports this one may upgrade to, for the open packet.
     const UPGRADES: &'static [&'static str];
 
-    /// The next Engine.IO packet the client sent, as text. Transport-level control (WebSocket
-    /// pings, for instance) is handled inside. An error ends the session.
-    fn recv(&mut self) -> impl Future<Output = Result<Self::Text, DisconnectReason>> + Send;
+    /// The next Engine.IO packet the client sent. Transport-level control (WebSocket pings, for
+    /// instance) is handled inside. An error ends the session.
+    fn recv(
+        &mut self,
+    ) -> impl Future<Output = Result<Received<Self::Text>, DisconnectReason>> + Send;
 
     /// Ends the transport, telling the client `reason` where it can, after sending what is
     /// queued (unless the client is too slow to take it); waits at most about `grace`.
@@ -107,6 +118,8 @@ pub struct EngineConfig {
 pub enum Incoming<Text> {
     /// A message packet (`4…`): its payload, a Socket.IO packet, starts at byte 1 of the text.
     Message(Text),
+    /// A binary message of this many bytes (an attachment of a binary Socket.IO packet).
+    Binary(usize),
     /// Anything else (a ping went out, a pong came, the fan-out has news, shutdown began): the
     /// caller flushes and looks at its state again.
     Woken,
@@ -217,7 +230,10 @@ impl<T: Transport> Session<T> {
             }
             () = &mut self.timer => self.on_timer(),
             () = self.queue.notified() => Ok(Incoming::Woken),
-            text = self.transport.recv(), if reading => self.on_packet(text?),
+            received = self.transport.recv(), if reading => match received? {
+                Received::Text(text) => self.on_packet(text),
+                Received::Binary(len) => Ok(Incoming::Binary(len)),
+            },
         }
     }
 
@@ -339,9 +355,9 @@ mod tests {
         let mut session = Session::open(transport, queue.clone(), config(), &stop);
         assert!(matches!(session.next(true).await, Ok(Incoming::Woken))); // ping at 300
         tokio::time::advance(Duration::from_millis(100)).await;
-        client.send(Ok("3".into())).unwrap();
+        client.send(Ok(Received::Text("3".into()))).unwrap();
         assert!(matches!(session.next(true).await, Ok(Incoming::Woken))); // pong at 400
-        client.send(Ok("40".into())).unwrap();
+        client.send(Ok(Received::Text("40".into()))).unwrap();
         match session.next(true).await {
             Ok(Incoming::Message(text)) => assert_eq!(text, "40"),
             other => panic!("{other:?}"),
@@ -358,7 +374,7 @@ mod tests {
         let (transport, client, queue) = MemoryTransport::new();
         let stop = CancellationToken::new();
         let mut session = Session::open(transport, queue, config(), &stop);
-        client.send(Ok("2".into())).unwrap();
+        client.send(Ok(Received::Text("2".into()))).unwrap();
         // Backpressure: not read; the ping timer fires first.
         assert!(matches!(session.next(false).await, Ok(Incoming::Woken)));
         assert!(matches!(

@@ -2,17 +2,17 @@
 //! network. The test holds the client's end: it sends packet texts (or a transport error) and
 //! reads what the session queued from the [`MemorySink`].
 
-use super::{DisconnectReason, Transport};
+use super::{DisconnectReason, Received, Transport};
 use crate::delivery::queue::PacketQueue;
 use crate::delivery::testing::MemorySink;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Duration;
 
-pub type ClientEnd = mpsc::UnboundedSender<Result<String, DisconnectReason>>;
+pub type ClientEnd = mpsc::UnboundedSender<Result<Received<String>, DisconnectReason>>;
 
 pub struct MemoryTransport {
-    inbound: mpsc::UnboundedReceiver<Result<String, DisconnectReason>>,
+    inbound: mpsc::UnboundedReceiver<Result<Received<String>, DisconnectReason>>,
     /// The reason the session closed with, once it has.
     pub closed: Arc<Mutex<Option<DisconnectReason>>>,
     queue: Arc<PacketQueue<MemorySink>>,
@@ -41,7 +41,7 @@ impl Transport for MemoryTransport {
     type Text = String;
     const UPGRADES: &'static [&'static str] = &[];
 
-    async fn recv(&mut self) -> Result<String, DisconnectReason> {
+    async fn recv(&mut self) -> Result<Received<String>, DisconnectReason> {
         match self.inbound.recv().await {
             Some(r) => r,
             None => Err(DisconnectReason::TransportError(

@@ -1,6 +1,12 @@
 //! Socket.IO v5 packets: `<type>[<attachments>-][<nsp>,][<ack id>][<JSON>]`, the payload of an
-//! Engine.IO message. Decoding follows the reference parser (socket.io-parser 4.x) including its
-//! payload shape rules; binary packets are recognised only to be refused.
+//! Engine.IO message. Decoding follows the reference parser (socket.io-parser 4.x,
+//! `packages/socket.io-parser/lib/index.ts`) including its payload shape rules and its binary
+//! packets' attachment count and placeholders.
+//!
+//! JSON is read as JavaScript's `JSON.parse` reads it, not stricter: a lone UTF-16 surrogate
+//! escape (`"\ud83d"`, half an emoji cut by `slice`) becomes U+FFFD, as WHATWG's USVString
+//! conversion does, and the packet says so ([`Packet::lossy`]); a number beyond the double range
+//! (`1e400`, Infinity in JavaScript) becomes the largest finite double of its sign.
 //!
 //! Pure: text in, packets out; the encoders return whole Engine.IO frames (`4` included), ready
 //! for the wire. Nothing here touches a socket or the database.
@@ -27,15 +33,22 @@ pub struct Packet<'a> {
     pub nsp: &'a str,
     pub id: Option<u64>,
     pub data: Option<Value>,
+    /// Binary packets: how many binary attachments follow (each in a frame of its own).
+    pub attachments: usize,
+    /// A lone UTF-16 surrogate in the JSON was replaced with U+FFFD.
+    pub lossy: bool,
 }
+
+/// Most attachments one binary packet may announce.
+pub const MAX_ATTACHMENTS: usize = 10;
 
 /// Why a text is not a valid Socket.IO packet. Every variant closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     Empty,
     UnknownType(char),
-    /// `5`/`6`: binary packets need attachment frames; relay does not take them.
-    Binary,
+    /// `5`/`6` without a valid `<count>-`, or with more than [`MAX_ATTACHMENTS`].
+    IllegalAttachments,
     /// The ack id does not fit in 64 bits.
     AckIdOverflow,
     /// The payload is not JSON.
@@ -49,7 +62,7 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::Empty => f.write_str("empty Socket.IO packet"),
             DecodeError::UnknownType(c) => write!(f, "unknown Socket.IO packet type {c:?}"),
-            DecodeError::Binary => f.write_str("binary Socket.IO packets are not supported"),
+            DecodeError::IllegalAttachments => f.write_str("illegal attachments"),
             DecodeError::AckIdOverflow => f.write_str("ack id out of range"),
             DecodeError::InvalidJson(e) => write!(f, "invalid JSON payload: {e}"),
             DecodeError::InvalidPayload(kind) => write!(f, "invalid payload for {kind:?}"),
@@ -80,10 +93,27 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
         '2' => Kind::Event,
         '3' => Kind::Ack,
         '4' => Kind::ConnectError,
-        '5' | '6' => return Err(DecodeError::Binary),
+        '5' => Kind::BinaryEvent,
+        '6' => Kind::BinaryAck,
         other => return Err(DecodeError::UnknownType(other)),
     };
     let mut rest = &text[1..];
+
+    let mut attachments = 0;
+    if matches!(kind, Kind::BinaryEvent | Kind::BinaryAck) {
+        let (count, after) = rest
+            .split_once('-')
+            .ok_or(DecodeError::IllegalAttachments)?;
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(DecodeError::IllegalAttachments);
+        }
+        attachments = count
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_ATTACHMENTS)
+            .ok_or(DecodeError::IllegalAttachments)?;
+        rest = after;
+    }
 
     let nsp = if rest.starts_with('/') {
         let end = rest.find(',').unwrap_or(rest.len());
@@ -105,16 +135,15 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
         None
     };
 
-    let data = if rest.is_empty() {
-        None
+    let (data, lossy) = if rest.is_empty() {
+        (None, false)
     } else {
-        Some(
-            serde_json::from_str::<Value>(rest)
-                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?,
-        )
+        let (value, lossy) = parse_json(rest)?;
+        (Some(value), lossy)
     };
 
-    if !payload_is_valid(kind, data.as_ref()) {
+    if !payload_is_valid(kind, data.as_ref()) || !placeholders_are_valid(data.as_ref(), attachments)
+    {
         return Err(DecodeError::InvalidPayload(kind));
     }
     Ok(Packet {
@@ -122,7 +151,119 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
         nsp,
         id,
         data,
+        attachments,
+        lossy,
     })
+}
+
+/// JSON as `JSON.parse` reads it (see the module docs): serde_json first, and only when it
+/// refuses, once more after [`javascript_json`] rewrote what JavaScript accepts and serde_json
+/// does not. Returns the value and whether a lone surrogate was replaced.
+fn parse_json(text: &str) -> Result<(Value, bool), DecodeError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => Ok((value, false)),
+        Err(e) => match javascript_json(text) {
+            Some((fixed, lossy)) => serde_json::from_str::<Value>(&fixed)
+                .map(|value| (value, lossy))
+                .map_err(|e| DecodeError::InvalidJson(e.to_string())),
+            None => Err(DecodeError::InvalidJson(e.to_string())),
+        },
+    }
+}
+
+/// Rewrites the two things `JSON.parse` accepts that strict JSON parsers refuse: a `\uXXXX`
+/// escape of a lone UTF-16 surrogate becomes `\ufffd` (U+FFFD), and a number beyond the double
+/// range becomes the largest finite double of its sign. Returns `None` when there is neither (the
+/// text is broken some other way), else the text and whether a surrogate was replaced. Scans
+/// bytes: every character JSON's syntax uses is ASCII, so UTF-8 continuation bytes never match.
+pub fn javascript_json(text: &str) -> Option<(String, bool)> {
+    let b = text.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let is_high = |u: u32| (0xD800..0xDC00).contains(&u);
+    let is_low = |u: u32| (0xDC00..0xE000).contains(&u);
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut changed = false;
+    let mut lossy = false;
+    let mut replace = |out: &mut String, from: usize, to: usize, with: &str| {
+        out.push_str(&text[copied..from]);
+        out.push_str(with);
+        copied = to;
+        changed = true;
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (true, b'"') | (false, b'"') => {
+                in_string = !in_string;
+                i += 1;
+            }
+            (true, b'\\') if b.get(i + 1) == Some(&b'u') => match hex4(i + 2) {
+                Some(high) if is_high(high) => {
+                    let paired = b.get(i + 6) == Some(&b'\\')
+                        && b.get(i + 7) == Some(&b'u')
+                        && hex4(i + 8).is_some_and(is_low);
+                    if paired {
+                        i += 12;
+                    } else {
+                        replace(&mut out, i, i + 6, "\\ufffd");
+                        lossy = true;
+                        i += 6;
+                    }
+                }
+                Some(low) if is_low(low) => {
+                    replace(&mut out, i, i + 6, "\\ufffd");
+                    lossy = true;
+                    i += 6;
+                }
+                _ => i += 2,
+            },
+            (true, b'\\') => i += 2,
+            (false, b'-' | b'0'..=b'9') => {
+                let start = i;
+                i += 1;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                match text[start..i].parse::<f64>() {
+                    Ok(f) if f == f64::INFINITY => {
+                        replace(&mut out, start, i, "1.7976931348623157e308")
+                    }
+                    Ok(f) if f == f64::NEG_INFINITY => {
+                        replace(&mut out, start, i, "-1.7976931348623157e308")
+                    }
+                    _ => {}
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some((out, lossy))
+}
+
+/// Binary packets' placeholders (`{"_placeholder":true,"num":k}`) must each name one of the
+/// packet's attachments, as the reference's reconstruction checks ("illegal attachments").
+fn placeholders_are_valid(data: Option<&Value>, attachments: usize) -> bool {
+    fn valid(v: &Value, attachments: usize) -> bool {
+        match v {
+            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => map
+                .get("num")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| (n as usize) < attachments),
+            Value::Object(map) => map.values().all(|v| valid(v, attachments)),
+            Value::Array(items) => items.iter().all(|v| valid(v, attachments)),
+            _ => true,
+        }
+    }
+    data.is_none_or(|d| valid(d, attachments))
 }
 
 /// The reference parser's shape rules (socket.io-parser `isPayloadValid`).
@@ -131,8 +272,8 @@ fn payload_is_valid(kind: Kind, data: Option<&Value>) -> bool {
         (Kind::Connect, None | Some(Value::Object(_))) => true,
         (Kind::Disconnect, None) => true,
         (Kind::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
-        (Kind::Ack, Some(Value::Array(_))) => true,
-        (Kind::Event, Some(Value::Array(items))) => match items.first() {
+        (Kind::Ack | Kind::BinaryAck, Some(Value::Array(_))) => true,
+        (Kind::Event | Kind::BinaryEvent, Some(Value::Array(items))) => match items.first() {
             Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
             Some(Value::Number(_)) => true,
             _ => false,
@@ -213,7 +354,9 @@ mod tests {
                 kind: Kind::Connect,
                 nsp: "/",
                 id: None,
-                data: None
+                data: None,
+                attachments: 0,
+                lossy: false,
             }
         );
         assert_eq!(
@@ -292,11 +435,9 @@ mod tests {
         assert_eq!(decode(""), Err(DecodeError::Empty));
         assert_eq!(decode("7"), Err(DecodeError::UnknownType('7')));
         assert_eq!(decode("a"), Err(DecodeError::UnknownType('a')));
-        assert_eq!(
-            decode("51-[\"x\",{\"_placeholder\":true,\"num\":0}]"),
-            Err(DecodeError::Binary)
-        );
-        assert_eq!(decode("61-0[]"), Err(DecodeError::Binary));
+        assert_eq!(decode("5[\"x\"]"), Err(DecodeError::IllegalAttachments));
+        assert_eq!(decode("5x-[\"x\"]"), Err(DecodeError::IllegalAttachments));
+        assert_eq!(decode("511-[\"x\"]"), Err(DecodeError::IllegalAttachments));
         assert!(matches!(
             decode("2abc[\"x\"]"),
             Err(DecodeError::InvalidJson(_))
@@ -309,10 +450,6 @@ mod tests {
             decode("2[\"x\"] trailing"),
             Err(DecodeError::InvalidJson(_))
         ));
-        assert!(matches!(
-            decode("2[\"\\ud800\"]"),
-            Err(DecodeError::InvalidJson(_))
-        ));
         assert_eq!(
             decode("299999999999999999999999[\"x\"]"),
             Err(DecodeError::AckIdOverflow)
@@ -320,6 +457,74 @@ mod tests {
         // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
         let deep = format!("2[\"x\",{}{}]", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(decode(&deep), Err(DecodeError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn binary_packets_count_their_attachments_and_check_placeholders() {
+        let p = ok("51-0[\"chat message\",{\"_placeholder\":true,\"num\":0},\"o-1\"]");
+        assert_eq!(
+            (p.kind, p.attachments, p.id),
+            (Kind::BinaryEvent, 1, Some(0))
+        );
+        let p = ok("52-/admin,3[\"x\",[{\"_placeholder\":true,\"num\":1}]]");
+        assert_eq!((p.nsp, p.attachments, p.id), ("/admin", 2, Some(3)));
+        let p = ok("61-0[{\"_placeholder\":true,\"num\":0}]");
+        assert_eq!((p.kind, p.attachments), (Kind::BinaryAck, 1));
+        assert_eq!(ok("50-[\"x\"]").attachments, 0);
+        // A placeholder naming an attachment that does not come.
+        for bad in [
+            "51-[\"x\",{\"_placeholder\":true,\"num\":1}]",
+            "51-[\"x\",{\"_placeholder\":true,\"num\":-1}]",
+            "51-[\"x\",{\"_placeholder\":true}]",
+        ] {
+            assert_eq!(
+                decode(bad),
+                Err(DecodeError::InvalidPayload(Kind::BinaryEvent)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            decode("51-{}"),
+            Err(DecodeError::InvalidPayload(Kind::BinaryEvent))
+        );
+    }
+
+    #[test]
+    fn json_is_read_as_javascript_reads_it() {
+        // A lone surrogate, high or low, anywhere: U+FFFD, and the packet says so.
+        let p = ok("2[\"chat message\",\"half \\ud83d\",\"o-1\"]");
+        assert_eq!(
+            p.data,
+            Some(json!(["chat message", "half \u{FFFD}", "o-1"]))
+        );
+        assert!(p.lossy);
+        let p = ok("0{\"serverOffset\":0,\"note\":\"\\udc00\"}");
+        assert_eq!(p.data, Some(json!({"serverOffset": 0, "note": "\u{FFFD}"})));
+        let p = ok("2[\"x\",\"\\ud83d\\ud83d\\ude00\"]");
+        assert_eq!(p.data, Some(json!(["x", "\u{FFFD}😀"])));
+        // A pair stays a pair; an escaped backslash before "ud83d" is no escape at all.
+        let p = ok("2[\"x\",\"\\ud83d\\ude00 \\\\ud83d\"]");
+        assert_eq!(p.data, Some(json!(["x", "😀 \\ud83d"])));
+        assert!(!p.lossy);
+        // Beyond the double range: the largest finite double of its sign, as Infinity would
+        // compare in JavaScript.
+        let p = ok("0{\"serverOffset\":0,\"n\":1e400,\"m\":-1E+999}");
+        assert_eq!(p.data.as_ref().unwrap()["n"], json!(f64::MAX));
+        assert_eq!(p.data.as_ref().unwrap()["m"], json!(f64::MIN));
+        assert!(!p.lossy);
+        let huge = format!("0{{\"serverOffset\":1{}}}", "0".repeat(400));
+        assert_eq!(ok(&huge).data.unwrap()["serverOffset"], json!(f64::MAX));
+        // Digits inside strings are text, not numbers.
+        assert_eq!(ok("2[\"x\",\"1e400\"]").data, Some(json!(["x", "1e400"])));
+        // Still not JSON: refused as before.
+        assert!(matches!(
+            decode("2[\"\\ud83d\""),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            decode("2[1e400,]"),
+            Err(DecodeError::InvalidJson(_))
+        ));
     }
 
     #[test]

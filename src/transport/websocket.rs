@@ -14,7 +14,7 @@
 
 use crate::delivery::batch::Message;
 use crate::delivery::queue::{PacketQueue, PacketSink};
-use crate::engine::{self, DisconnectReason, Transport};
+use crate::engine::{self, DisconnectReason, Received, Transport};
 use crate::protocol::websocket::push_text_frame;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -281,12 +281,12 @@ impl Transport for WsTransport {
     /// A WebSocket session has nothing to upgrade to.
     const UPGRADES: &'static [&'static str] = &[];
 
-    async fn recv(&mut self) -> Result<Utf8Bytes, DisconnectReason> {
+    async fn recv(&mut self) -> Result<Received<Utf8Bytes>, DisconnectReason> {
         loop {
             return match self.ws.next().await {
                 None => Err(DisconnectReason::TransportError("connection closed".into())),
-                Some(Ok(WsMessage::Text(text))) => Ok(text),
-                Some(Ok(WsMessage::Binary(_))) => Err(DisconnectReason::BinaryUnsupported),
+                Some(Ok(WsMessage::Text(text))) => Ok(Received::Text(text)),
+                Some(Ok(WsMessage::Binary(data))) => Ok(Received::Binary(data.len())),
                 // tungstenite answers pings itself (the pong goes out with the next read or
                 // write); pongs and raw frames carry nothing for the session.
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
