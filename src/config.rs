@@ -69,15 +69,11 @@ pub struct Config {
     #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 
-    /// Origins allowed to open a WebSocket, comma-separated (`https://chat.example.com`), or `*`
-    /// for any. Empty: same origin only (the Origin's host must be the request's Host). Requests
-    /// without an Origin header (non-browser clients) are always allowed.
-    #[arg(
-        long,
-        env = "ALLOWED_ORIGINS",
-        default_value = "",
-        value_delimiter = ','
-    )]
+    /// Browser origins allowed to connect besides the server's own page, comma-separated
+    /// (`https://chat.example.com,https://www.example.com`), or `*` for any. The page relay serves
+    /// is always allowed (its Origin is the request's Host); requests without an Origin header
+    /// (non-browser clients) are always allowed. [default: the server's own page only]
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
     /// Most open WebSocket connections; beyond it upgrades get HTTP 503.

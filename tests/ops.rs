@@ -102,6 +102,20 @@ async fn websocket_origins_are_checked() {
         text.contains(r#"{"code":4,"message":"Forbidden: origin not allowed"}"#),
         "{text}"
     );
+    // Origins compare as origins: the scheme's default port, case (issue 14, item 4).
+    for (origin, host, status) in [
+        ("https://chat.example.com", "chat.example.com:443", 101),
+        ("http://chat.example.com", "chat.example.com:80", 101),
+        ("https://Chat.Example.com", "chat.example.COM", 101),
+        ("https://chat.example.com", "chat.example.com:80", 403),
+        ("http://chat.example.com:8080", "chat.example.com", 403),
+    ] {
+        assert_eq!(
+            upgrade_status(&s, Some(origin), host).await,
+            status,
+            "{origin} with Host {host}"
+        );
+    }
     s.stop().await;
 
     let s =
@@ -112,7 +126,16 @@ async fn websocket_origins_are_checked() {
         101
     );
     assert_eq!(
+        upgrade_status(&s, Some("https://chat.example:443"), &host).await,
+        101
+    );
+    // Listing another site keeps the page's own origin allowed.
+    assert_eq!(
         upgrade_status(&s, Some(&format!("http://{host}")), &host).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&s, Some("https://other.example"), &host).await,
         403
     );
     s.stop().await;

@@ -7,9 +7,56 @@ use std::path::Path;
 /// The socket.io-client release the page is written for, and whose browser build relay serves.
 pub const CLIENT_VERSION: &str = "4.8.3";
 
-/// `dist/socket.io.min.js` of the npm package socket.io-client at [`CLIENT_VERSION`], unmodified
-/// (the Node test suite compares it with the package it installs).
-pub const CLIENT_JS: &[u8] = include_bytes!("../../static/vendor/socket.io.min.js");
+/// The files of the npm package socket.io-client at [`CLIENT_VERSION`] (its `dist/`) that the
+/// stock server serves under `/socket.io/` (socket.io's `serveClient`: the builds pages load and
+/// the source maps browsers' devtools ask for), unmodified: the Node test suite compares each
+/// with the package it installs.
+const CLIENT_FILES: [(&str, &[u8]); 8] = [
+    (
+        "socket.io.js",
+        include_bytes!("../../static/vendor/socket.io.js"),
+    ),
+    (
+        "socket.io.js.map",
+        include_bytes!("../../static/vendor/socket.io.js.map"),
+    ),
+    (
+        "socket.io.min.js",
+        include_bytes!("../../static/vendor/socket.io.min.js"),
+    ),
+    (
+        "socket.io.min.js.map",
+        include_bytes!("../../static/vendor/socket.io.min.js.map"),
+    ),
+    (
+        "socket.io.esm.min.js",
+        include_bytes!("../../static/vendor/socket.io.esm.min.js"),
+    ),
+    (
+        "socket.io.esm.min.js.map",
+        include_bytes!("../../static/vendor/socket.io.esm.min.js.map"),
+    ),
+    (
+        "socket.io.msgpack.min.js",
+        include_bytes!("../../static/vendor/socket.io.msgpack.min.js"),
+    ),
+    (
+        "socket.io.msgpack.min.js.map",
+        include_bytes!("../../static/vendor/socket.io.msgpack.min.js.map"),
+    ),
+];
+
+/// The client file a path under `/socket.io/` names, with its bytes and content type.
+pub fn client_file(path: &str) -> Option<(&'static [u8], &'static str)> {
+    let name = path.strip_prefix("/socket.io/")?;
+    let (_, bytes) = CLIENT_FILES.iter().find(|(file, _)| *file == name)?;
+    let content_type = if name.ends_with(".map") {
+        "application/json; charset=utf-8"
+    } else {
+        "application/javascript; charset=utf-8"
+    };
+    Some((bytes, content_type))
+}
 
 /// The page's files, by name, with their content types.
 const PAGE: [(&str, &str, &[u8]); 4] = [
@@ -63,6 +110,20 @@ pub async fn read_page_file(dir: Option<&Path>, name: &str) -> std::io::Result<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_files_are_the_stock_servers() {
+        let (js, t) = client_file("/socket.io/socket.io.js").unwrap();
+        assert!(t.starts_with("application/javascript"));
+        assert!(js.ends_with(b"//# sourceMappingURL=socket.io.js.map\n"));
+        let (min, _) = client_file("/socket.io/socket.io.min.js").unwrap();
+        assert!(min.ends_with(b"//# sourceMappingURL=socket.io.min.js.map\n"));
+        let (map, t) = client_file("/socket.io/socket.io.min.js.map").unwrap();
+        assert!(t.starts_with("application/json"));
+        assert!(map.starts_with(b"{"));
+        assert!(client_file("/socket.io/package.json").is_none());
+        assert!(client_file("/socket.io.js").is_none());
+    }
 
     #[test]
     fn only_the_page_files_are_named() {

@@ -5,6 +5,7 @@
 //! Must not: parse Engine.IO packets or hold a session's state.
 
 use super::assets;
+use super::origin::OriginPolicy;
 use crate::engine::{self, EngineConfig};
 use crate::namespace::{self, Namespace};
 use crate::transport::websocket;
@@ -36,8 +37,8 @@ pub struct App {
     pub connections: TaskTracker,
     /// One permit per open session (`MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
-    /// Browser origins allowed to open sockets; empty: same origin only.
-    pub allowed_origins: Vec<String>,
+    /// Which browser pages may open sessions.
+    pub origins: OriginPolicy,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -54,11 +55,10 @@ pub async fn handle(
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        "/socket.io/socket.io.js" => file(
-            Bytes::from_static(assets::CLIENT_JS),
-            "application/javascript; charset=utf-8",
-            "public, max-age=3600",
-        ),
+        _ if path.starts_with("/socket.io/") => match assets::client_file(path) {
+            Some((bytes, content_type)) => client_file(&req, bytes, content_type),
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        },
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" => ready(&app).await,
         "/metrics" => {
@@ -104,33 +104,6 @@ async fn ready(app: &App) -> HttpResponse {
     }
 }
 
-/// Same-origin unless configured: a page on another site must not open a socket with a user's
-/// browser. Clients that send no Origin (not browsers) are not concerned.
-fn origin_allowed(req: &Request<Incoming>, allowed: &[String]) -> bool {
-    let Some(origin) = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    else {
-        return true;
-    };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    if !allowed.is_empty() {
-        return false;
-    }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
-}
-
 /// A file's bytes with its type and caching rule.
 fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) -> HttpResponse {
     let mut r = Response::new(Full::new(body));
@@ -140,6 +113,36 @@ fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) ->
         header::CACHE_CONTROL,
         HeaderValue::from_static(cache_control),
     );
+    r
+}
+
+/// A file of the client package: cached by version (`ETag`), as the stock server does, so that a
+/// page load revalidates with a 304 instead of fetching it again.
+fn client_file(
+    req: &Request<Incoming>,
+    bytes: &'static [u8],
+    content_type: &'static str,
+) -> HttpResponse {
+    let etag = format!("\"{}\"", assets::CLIENT_VERSION);
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
+    let mut r = if fresh {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        file(
+            Bytes::from_static(bytes),
+            content_type,
+            "public, max-age=3600",
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
     r
 }
 
@@ -185,7 +188,11 @@ fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Htt
         return refuse(bad, 3, "Bad request");
     };
     let metrics = &app.namespace.metrics;
-    if !origin_allowed(&req, &app.allowed_origins) {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if !app
+        .origins
+        .allows(header(header::ORIGIN), header(header::HOST))
+    {
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
         return refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed");
     }

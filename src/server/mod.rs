@@ -11,6 +11,7 @@
 
 pub mod assets;
 pub mod http;
+pub mod origin;
 
 use crate::config::Config;
 use crate::delivery::fanout::Fanout;
@@ -26,6 +27,7 @@ use http::App;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use origin::OriginPolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,13 +40,22 @@ use tokio_util::task::TaskTracker;
 /// Why the server could not start. The message names what failed and where.
 #[derive(Debug)]
 pub enum StartError {
-    Database { url: String, error: StoreError },
-    Listen { addr: String, error: std::io::Error },
+    /// A setting that cannot be used, said in words.
+    Config(String),
+    Database {
+        url: String,
+        error: StoreError,
+    },
+    Listen {
+        addr: String,
+        error: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            StartError::Config(why) => f.write_str(why),
             StartError::Database { url, error } => write!(f, "database {url}: {error}"),
             StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
         }
@@ -89,6 +100,7 @@ pub fn redact(url: &str) -> String {
 /// Connects the database, starts the sequencer and the fan-out, and begins accepting
 /// connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
     let db_error = |error| StartError::Database {
         url: redact(&config.database_url),
         error,
@@ -166,12 +178,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
         connections: connections.clone(),
         permits: permits.clone(),
-        allowed_origins: config
-            .allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_string())
-            .filter(|o| !o.is_empty())
-            .collect(),
+        origins,
     });
     tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
     let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));

@@ -9,7 +9,18 @@ import { startRelay, REPO_ROOT } from "./helpers.mjs";
 
 const STATIC = path.join(REPO_ROOT, "static");
 // The stock client as npm installs it for these tests (the version pinned in package.json).
-const CLIENT_FILE = fileURLToPath(new URL("./node_modules/socket.io-client/dist/socket.io.min.js", import.meta.url));
+const CLIENT_DIST = fileURLToPath(new URL("./node_modules/socket.io-client/dist/", import.meta.url));
+// Every file the stock server serves under /socket.io/ (socket.io's serveClient).
+const CLIENT_FILES = [
+  "socket.io.js",
+  "socket.io.js.map",
+  "socket.io.min.js",
+  "socket.io.min.js.map",
+  "socket.io.esm.min.js",
+  "socket.io.esm.min.js.map",
+  "socket.io.msgpack.min.js",
+  "socket.io.msgpack.min.js.map",
+];
 
 describe("HTTP", () => {
   let relay;
@@ -56,12 +67,34 @@ describe("HTTP", () => {
     });
   }
 
-  it("GET /socket.io/socket.io.js serves the stock client, byte for byte the pinned npm package's build", async () => {
-    const res = await get("/socket.io/socket.io.js");
-    assert.equal(res.status, 200);
-    assert.match(res.headers["content-type"] || "", /javascript/);
-    assert.equal(res.body, readFileSync(CLIENT_FILE, "utf8"));
-    assert.match(res.body, /Socket\.IO v4\.8\.3/);
+  for (const file of CLIENT_FILES) {
+    it(`GET /socket.io/${file} serves the pinned npm package's dist/${file}, byte for byte`, async () => {
+      const res = await get(`/socket.io/${file}`);
+      assert.equal(res.status, 200);
+      assert.match(res.headers["content-type"] || "", file.endsWith(".map") ? /^application\/json/ : /javascript/);
+      assert.equal(res.body, readFileSync(path.join(CLIENT_DIST, file), "utf8"));
+      if (!file.endsWith(".map")) {
+        assert.match(res.body, /Socket\.IO v4\.8\.3/);
+        // The source map the file names is served too (no 404 in devtools).
+        const map = res.body.match(/sourceMappingURL=(\S+)\s*$/)[1];
+        assert.equal((await get(`/socket.io/${map}`)).status, 200, map);
+      }
+    });
+  }
+
+  it("the client files revalidate by version (ETag, 304)", async () => {
+    const first = await get("/socket.io/socket.io.min.js");
+    assert.equal(first.headers.etag, '"4.8.3"');
+    const { hostname, port } = new URL(relay.url);
+    const status = await new Promise((resolve, reject) => {
+      http
+        .get({ hostname, port, path: "/socket.io/socket.io.min.js", agent: false, headers: { "If-None-Match": '"4.8.3"' } }, (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        })
+        .on("error", reject);
+    });
+    assert.equal(status, 304);
   });
 
   const notServed = [
@@ -69,6 +102,8 @@ describe("HTTP", () => {
     "/package-lock.json",
     "/node_modules/socket.io-client/package.json",
     "/node_modules/socket.io-client/dist/socket.io.min.js",
+    "/socket.io/package.json",
+    "/socket.io/socket.io.slim.js",
     "/static/index.html",
     "/../Cargo.toml",
     "/%2e%2e/Cargo.toml",
