@@ -5,10 +5,18 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// relay: a Socket.IO-compatible chat server (WebSocket transport) storing messages in MySQL or
-/// MariaDB. Every flag can also be set through the environment variable shown.
+/// relay: a Socket.IO-compatible chat server storing messages in SQLite or MySQL/MariaDB. Every
+/// flag can also be set through the environment variable shown.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "relay", version, about, long_about = None)]
+#[command(
+    name = "relay",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs go to stderr (colour only on a terminal; NO_COLOR turns it off). RUST_LOG \
+                  filters them: the default is relay=info (start, one line per connection opened \
+                  and closed, warnings); relay=debug says more, relay=warn less."
+)]
 pub struct Config {
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -91,7 +99,7 @@ pub struct Config {
 
     /// Folder to serve the page from (index.html, app.js, style.css, favicon.svg), read on every
     /// request, to change the page without rebuilding. Unset: the page built into relay. The
-    /// client library at /socket.io/socket.io.js is always the built-in one.
+    /// client library under /socket.io/ is always the built-in one.
     #[arg(long, env = "STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use relay::config::Config;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -15,6 +15,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("relay=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 
     raise_open_file_limit(config.max_connections);

@@ -86,6 +86,12 @@ pub struct Metrics {
     pub replayed_memory: AtomicU64,
     pub replayed_database: AtomicU64,
     pub catch_ups: AtomicU64,
+    /// Replay reads that waited for a turn (the database busy, not down).
+    pub replay_reads_queued: AtomicU64,
+    /// Replay reads waiting for a turn now.
+    pub replay_reads_waiting: AtomicU64,
+    /// Replay reads that failed or timed out (their sockets were closed: the database down).
+    pub replay_failures: AtomicU64,
     pub closed_slow: AtomicU64,
     bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
@@ -166,6 +172,24 @@ impl Metrics {
             "counter",
             "Times a socket fell behind the live fan-out and was caught up from history.",
             self.catch_ups.load(Relaxed),
+        );
+        one(
+            "relay_replay_reads_queued_total",
+            "counter",
+            "Replay reads that waited for a turn because the database was busy with others.",
+            self.replay_reads_queued.load(Relaxed),
+        );
+        one(
+            "relay_replay_reads_waiting",
+            "gauge",
+            "Replay reads waiting for a turn now.",
+            self.replay_reads_waiting.load(Relaxed),
+        );
+        one(
+            "relay_replay_failures_total",
+            "counter",
+            "Replay reads that failed or timed out; each closed its socket (1011, retry).",
+            self.replay_failures.load(Relaxed),
         );
         one(
             "relay_sockets_closed_slow_total",

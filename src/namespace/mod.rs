@@ -39,6 +39,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
 
 /// Rows per replay page.
@@ -66,6 +67,10 @@ pub struct Namespace {
     pub store: Store,
     pub config: NamespaceConfig,
     pub metrics: Arc<Metrics>,
+    /// Turns for replay reads ([`Store::read_concurrency`] of them): in a reconnect storm a read
+    /// waits for its turn, however long, instead of counting the wait against `DB_TIMEOUT_MS`
+    /// and closing its socket as if the database were down. Only the read itself is timed.
+    pub replay_reads: Arc<Semaphore>,
 }
 
 /// A page of rows after a cursor, and the highest id published before it was read.
@@ -493,16 +498,34 @@ async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
 }
 
 impl Namespace {
-    /// Reads the page of rows after `after`, with the published watermark from before the read.
+    /// Reads the page of rows after `after`, with the published watermark from before the read:
+    /// waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a database that
+    /// does not answer in that time is down).
     fn page(&self, after: u64) -> PageFuture {
         let store = self.store.clone();
         let limit = self.config.db_timeout;
         let published = self.broadcaster.published();
+        let turns = self.replay_reads.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
+            let _turn = match turns.clone().try_acquire_owned() {
+                Ok(turn) => turn,
+                Err(_) => {
+                    metrics.replay_reads_queued.fetch_add(1, Ordering::Relaxed);
+                    metrics.replay_reads_waiting.fetch_add(1, Ordering::Relaxed);
+                    let turn = turns.acquire_owned().await;
+                    metrics.replay_reads_waiting.fetch_sub(1, Ordering::Relaxed);
+                    turn.map_err(|_| StoreError::other("replay", "server stopping".into()))?
+                }
+            };
+            let read = match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
                 Ok(r) => r.map(|rows| (rows, published)),
                 Err(_) => Err(StoreError::timeout("replay")),
+            };
+            if read.is_err() {
+                metrics.replay_failures.fetch_add(1, Ordering::Relaxed);
             }
+            read
         })
     }
 }
@@ -565,6 +588,7 @@ mod tests {
                     max_messages_per_second: 0,
                 },
                 metrics,
+                replay_reads: Arc::new(Semaphore::new(4)),
             }),
             store,
             stop: CancellationToken::new(),

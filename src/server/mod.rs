@@ -167,6 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 max_messages_per_second: config.max_messages_per_second,
             },
             metrics,
+            replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
         }),
         engine: EngineConfig {
             ping_interval: config.ping_interval(),

@@ -92,6 +92,18 @@ impl Store {
         }
     }
 
+    /// How many reads may usefully run at once: more only queue inside the store (for a pool
+    /// connection or a reader) and count that wait against the caller's timeout.
+    pub fn read_concurrency(&self) -> usize {
+        match self {
+            // Half the pool: the rest stays free for readiness checks and the writer's lookups.
+            Store::Mysql(_) => mysql::POOL_MAX / 2,
+            Store::Sqlite(_) => sqlite::READERS,
+            #[cfg(test)]
+            Store::Memory(_) => 4,
+        }
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
@@ -284,6 +296,11 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.cause {
+            // mysql_async wraps an I/O error twice, each layer saying "Input/output error: ":
+            // say what the OS said, once.
+            Cause::Mysql(::mysql_async::Error::Io(::mysql_async::IoError::Io(e))) => {
+                write!(f, "{}: {e}", self.context)
+            }
             Cause::Mysql(e) => write!(f, "{}: {e}", self.context),
             Cause::Sqlite(e) => write!(f, "{}: {e}", self.context),
             Cause::Timeout => write!(f, "{}: timed out", self.context),
@@ -295,3 +312,22 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_is_said_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = StoreError::mysql("cannot connect to the database server")(
+            ::mysql_async::Error::Io(::mysql_async::IoError::Io(refused)),
+        );
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "cannot connect to the database server: connection refused"
+        );
+        assert!(!text.contains("Input/output error"), "{text}");
+    }
+}

@@ -75,7 +75,7 @@ impl MysqlStore {
             .stmt_cache_size(2 * MAX_BATCH + 16)
             .pool_opts(
                 PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(1, 16).unwrap_or_default())
+                    .with_constraints(PoolConstraints::new(1, POOL_MAX).unwrap_or_default())
                     // relay leaves no state on a connection (no temporary tables, variables or
                     // open transactions), and a reset on every return to the pool would cost a
                     // round trip and throw away the prepared statements.
@@ -325,6 +325,9 @@ impl MysqlStore {
         let _ = self.pool.disconnect().await;
     }
 }
+
+/// Pooled connections at most (reads; the writer has its own).
+pub const POOL_MAX: usize = 16;
 
 /// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
 const ER_NO_SUCH_THREAD: u16 = 1094;

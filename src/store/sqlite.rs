@@ -25,7 +25,7 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
 )";
 
 /// Read connections (and so concurrent reads) at most.
-const READERS: usize = 4;
+pub const READERS: usize = 4;
 /// How long a statement waits for another process's lock on the file before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest string SQLite stores (its default `SQLITE_MAX_LENGTH`).
