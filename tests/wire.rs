@@ -57,7 +57,7 @@ async fn refusals_happen_before_the_upgrade() {
             "Unsupported protocol version",
         ),
         ("transport=websocket", 5, "Unsupported protocol version"),
-        ("EIO=4&transport=polling", 0, "Transport unknown"),
+        ("EIO=4&transport=flashsocket", 0, "Transport unknown"),
         ("EIO=4", 0, "Transport unknown"),
         ("EIO=4&transport=websocket&sid=abc", 1, "Session ID unknown"),
     ] {
@@ -71,9 +71,10 @@ async fn refusals_happen_before_the_upgrade() {
     let (status, text) = http_get(s.addr, "/socket.io/?EIO=4&transport=websocket").await;
     assert_eq!(status, 400);
     assert!(text.contains("\"code\":3"), "{text}");
-    // A polling handshake, as the stock client sends it by default.
-    let (status, _) = http_get(s.addr, "/socket.io/?EIO=4&transport=polling&t=abc").await;
-    assert_eq!(status, 400);
+    // A polling handshake, as the stock client sends it by default: accepted (tests/polling.rs).
+    let (status, text) = http_get(s.addr, "/socket.io/?EIO=4&transport=polling&t=abc").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"upgrades\":[\"websocket\"]"), "{text}");
     s.stop().await;
 }
 
@@ -84,7 +85,7 @@ async fn page_assets_client_library_and_404() {
     assert_eq!(status, 200);
     assert!(text.contains("text/html"), "{text}");
     assert!(
-        text.contains("/socket.io/socket.io.js"),
+        text.contains("/socket.io/socket.io.min.js"),
         "the page loads the client from the server"
     );
     for path in ["/app.js", "/style.css", "/favicon.svg", "/favicon.ico"] {
@@ -239,10 +240,13 @@ async fn bad_frames_close_that_connection_only() {
             CloseCode::Protocol,
         ),
         (
+            // A binary packet's attachment must come before the next packet (tests/inputs.rs
+            // has the binary packets relay reads).
             true,
-            vec![t(
-                "451-[\"chat message\",{\"_placeholder\":true,\"num\":0},\"o\"]",
-            )],
+            vec![
+                t("451-[\"chat message\",{\"_placeholder\":true,\"num\":0},\"o\"]"),
+                t("42[\"chat message\",\"x\",\"y\"]"),
+            ],
             CloseCode::Protocol,
         ),
         (true, vec![t("44{\"message\":\"x\"}")], CloseCode::Protocol),

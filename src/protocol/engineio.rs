@@ -1,6 +1,7 @@
 //! Engine.IO v4 packets (spec: socketio/engine.io-protocol `README.md`, "Packet encoding"):
 //! `<type digit>[data]`. On a WebSocket each packet is one text frame, with no length prefix and
-//! no record separator (those belong to the polling transport's payloads).
+//! no record separator. On HTTP long-polling a body is a payload: packets joined by the record
+//! separator `\x1e`, a binary packet written `b<base64>`.
 //!
 //! Pure: text in, packets out. Nothing here touches a socket, a clock or the database.
 
@@ -62,6 +63,62 @@ pub fn decode(frame: &str) -> Result<Inbound<'_>, DecodeError> {
 
 /// The server's ping packet.
 pub const PING: &str = "2";
+/// The close packet: a polling session the server ends answers its pending GET with it.
+pub const CLOSE: &str = "1";
+/// The noop packet: ends a pending polling GET (the client closed, or the session upgrades).
+pub const NOOP: &str = "6";
+/// The record separator between the packets of a polling payload.
+pub const SEPARATOR: u8 = 0x1e;
+
+/// One packet of a polling payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadPacket<'a> {
+    /// A text packet, as [`decode`] takes it.
+    Text(&'a str),
+    /// A binary message (`b<base64>`) of this many bytes.
+    Binary(usize),
+}
+
+/// Why a polling payload is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// The body is not UTF-8.
+    NotUtf8,
+    /// A `b` packet whose data is not base64.
+    Base64,
+    /// A text packet that is not an Engine.IO packet a client sends.
+    Packet(DecodeError),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::NotUtf8 => f.write_str("polling payload is not UTF-8"),
+            PayloadError::Base64 => f.write_str("binary packet is not base64"),
+            PayloadError::Packet(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// Splits a polling POST body into its packets, checking each: text packets must be packets a
+/// client sends, binary ones valid base64 (standard alphabet, padded, as the stock client writes).
+pub fn decode_payload(body: &[u8]) -> Result<Vec<PayloadPacket<'_>>, PayloadError> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
+    text.split(char::from(SEPARATOR))
+        .map(|packet| match packet.strip_prefix('b') {
+            Some(data) => base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map(|bytes| PayloadPacket::Binary(bytes.len()))
+                .map_err(|_| PayloadError::Base64),
+            None => decode(packet)
+                .map(|_| PayloadPacket::Text(packet))
+                .map_err(PayloadError::Packet),
+        })
+        .collect()
+}
 
 /// Parameters of the open packet, the first packet of every session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +203,32 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
         assert_eq!(json["upgrades"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn decodes_polling_payloads() {
+        assert_eq!(
+            decode_payload(b"40{\"serverOffset\":0}"),
+            Ok(vec![PayloadPacket::Text("40{\"serverOffset\":0}")])
+        );
+        assert_eq!(
+            decode_payload(b"3\x1e42[\"a\"]\x1ebAQIDBA=="),
+            Ok(vec![
+                PayloadPacket::Text("3"),
+                PayloadPacket::Text("42[\"a\"]"),
+                PayloadPacket::Binary(4)
+            ])
+        );
+        assert_eq!(
+            decode_payload(b"abc"),
+            Err(PayloadError::Packet(DecodeError::UnknownType('a')))
+        );
+        assert_eq!(
+            decode_payload(b"4x\x1e"),
+            Err(PayloadError::Packet(DecodeError::Empty))
+        );
+        assert_eq!(decode_payload(b"b!!"), Err(PayloadError::Base64));
+        assert_eq!(decode_payload(b"4\xff"), Err(PayloadError::NotUtf8));
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! HTTP routing: the page, its assets, the client library, health and metrics, and the Engine.IO
-//! endpoint. Engine.IO refusals happen here, before any upgrade, with the JSON body Engine.IO
-//! servers send; an accepted upgrade becomes a session on its own task.
+//! HTTP routing: the page, its assets, the client library, health and metrics; `/socket.io/`
+//! goes to the Engine.IO endpoint ([`super::endpoint`]).
 //!
 //! Must not: parse Engine.IO packets or hold a session's state.
 
 use super::assets;
+use super::endpoint;
 use super::origin::OriginPolicy;
-use crate::engine::{self, EngineConfig};
-use crate::namespace::{self, Namespace};
-use crate::transport::websocket;
+use crate::engine::EngineConfig;
+use crate::namespace::Namespace;
+use crate::transport::polling::PollingSessions;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -17,10 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,9 +38,11 @@ pub struct App {
     pub permits: Arc<Semaphore>,
     /// Which browser pages may open sessions.
     pub origins: OriginPolicy,
+    /// The sessions on HTTP long-polling, by Engine.IO sid.
+    pub polling: PollingSessions,
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request.
 pub async fn handle(
@@ -51,7 +52,7 @@ pub async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     let path = req.uri().path();
     let response = match path {
-        "/socket.io/" | "/socket.io" => engine_io(app, peer, req),
+        "/socket.io/" | "/socket.io" => endpoint::handle(app, peer, req).await,
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -82,7 +83,7 @@ pub async fn handle(
     Ok(response)
 }
 
-fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -144,121 +145,4 @@ fn client_file(
         r.headers_mut().insert(header::ETAG, v);
     }
     r
-}
-
-/// An Engine.IO refusal: `status` with `{"code":…,"message":…}` (engine.io's error codes).
-fn refuse(status: StatusCode, code: u8, message: &str) -> HttpResponse {
-    let body = serde_json::json!({ "code": code, "message": message }).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then_some(v)
-    })
-}
-
-/// `/socket.io/?EIO=4&transport=websocket`: checks the request, answers 101 and runs the session
-/// on its own task.
-fn engine_io(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
-    let bad = StatusCode::BAD_REQUEST;
-    let query = req.uri().query().unwrap_or("");
-    if query_param(query, "EIO") != Some("4") {
-        return refuse(bad, 5, "Unsupported protocol version");
-    }
-    if query_param(query, "transport") != Some("websocket") {
-        // Polling is not offered: pages must create the client with transports: ["websocket"].
-        return refuse(bad, 0, "Transport unknown");
-    }
-    if query_param(query, "sid").is_some() {
-        // Only a polling session upgrades with a sid, and relay never opens one.
-        return refuse(bad, 1, "Session ID unknown");
-    }
-    if req.method() != Method::GET {
-        return refuse(bad, 2, "Bad handshake method");
-    }
-    let Some(key) = websocket::upgrade_key(req.headers()) else {
-        return refuse(bad, 3, "Bad request");
-    };
-    let metrics = &app.namespace.metrics;
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if !app
-        .origins
-        .allows(header(header::ORIGIN), header(header::HOST))
-    {
-        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        return refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed");
-    }
-    if app.shutdown.is_cancelled() {
-        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-    }
-    // Held by the session for its whole life: taking the permit is the check and the count.
-    let Ok(permit) = app.permits.clone().try_acquire_owned() else {
-        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many connections");
-    };
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    app.connections
-        .spawn(serve_websocket(app.clone(), peer, on_upgrade, permit));
-    websocket::switching_protocols(&key)
-}
-
-/// Runs a session on an upgraded connection until it ends. `permit` counts it against
-/// `MAX_CONNECTIONS` for as long as it runs.
-async fn serve_websocket(
-    app: Arc<App>,
-    peer: SocketAddr,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    permit: OwnedSemaphorePermit,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(%peer, error = e, "cannot start the WebSocket");
-            return;
-        }
-    };
-    let started = Instant::now();
-    let metrics = &app.namespace.metrics;
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    metrics.connected.fetch_add(1, Ordering::Relaxed);
-    let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
-    tracing::info!(%peer, sid = session.sid(), "websocket opened");
-    // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
-    // hold the session's state alone, not room for the upgrade's as well.
-    let reason = namespace::serve(session, app.namespace.clone()).await;
-    metrics.connected.fetch_sub(1, Ordering::Relaxed);
-    tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "websocket closed");
-    drop(permit);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::query_param;
-
-    #[test]
-    fn query_params_in_any_order_with_extras() {
-        let q = "foo=1&transport=websocket&EIO=4&t=abc&flag";
-        assert_eq!(query_param(q, "EIO"), Some("4"));
-        assert_eq!(query_param(q, "transport"), Some("websocket"));
-        assert_eq!(query_param(q, "flag"), Some(""));
-        assert_eq!(query_param(q, "sid"), None);
-        assert_eq!(query_param("", "EIO"), None);
-    }
 }

@@ -10,6 +10,7 @@
 //! counted by the permits of one semaphore of `MAX_CONNECTIONS`, each held by its session.
 
 pub mod assets;
+pub mod endpoint;
 pub mod http;
 pub mod origin;
 
@@ -180,6 +181,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         connections: connections.clone(),
         permits: permits.clone(),
         origins,
+        polling: Default::default(),
     });
     tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
     let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));

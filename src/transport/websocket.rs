@@ -73,43 +73,50 @@ pub fn switching_protocols<B: Default>(key: &HeaderValue) -> Response<B> {
     r
 }
 
-/// Takes an upgraded connection back from hyper (with whatever hyper read past the request) and
-/// starts the WebSocket on it. `max_payload` bounds a client's message, bytes. Fails only when
-/// the connection is not a TCP stream.
-pub async fn accept(
+/// Takes an upgraded connection back from hyper: the TCP socket, and whatever hyper read past the
+/// request (the first WebSocket bytes). Fails only when the connection is not a TCP stream.
+pub fn take_tcp(
     upgraded: hyper::upgrade::Upgraded,
-    max_payload: usize,
-) -> Result<(WsTransport, Arc<PacketQueue<WsSink>>), &'static str> {
+) -> Result<(Arc<TcpStream>, Bytes), &'static str> {
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| "upgraded connection is not a TCP stream")?;
-    let tcp = Arc::new(parts.io.into_inner());
-    let queue = Arc::new(PacketQueue::new(WsSink {
-        tcp: Some(tcp.clone()),
-        pending: Vec::new(),
-    }));
-    let stream = ByteStream {
-        queue: queue.clone(),
-        tcp,
-        // A slice of hyper's read buffer keeps all of that buffer alive: copy it out.
-        early: Bytes::copy_from_slice(&parts.read_buf),
-    };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max_payload))
-        .max_frame_size(Some(max_payload))
-        // Sized for many mostly idle sockets: chat frames are small. No write buffer: every frame
-        // goes whole into the socket's packet queue, the one buffer all its output shares.
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    // A slice of hyper's read buffer keeps all of that buffer alive: copy it out.
     Ok((
-        WsTransport {
-            ws,
-            queue: queue.clone(),
-        },
-        queue,
+        Arc::new(parts.io.into_inner()),
+        Bytes::copy_from_slice(&parts.read_buf),
     ))
+}
+
+/// Starts a WebSocket session on an upgraded connection: its own packet queue, and the transport.
+/// `max_payload` bounds a client's message, bytes.
+pub async fn accept(
+    upgraded: hyper::upgrade::Upgraded,
+    max_payload: usize,
+) -> Result<(WsTransport<WsSink>, Arc<PacketQueue<WsSink>>), &'static str> {
+    let (tcp, early) = take_tcp(upgraded)?;
+    let queue = Arc::new(PacketQueue::new(WsSink::new(tcp.clone())));
+    let transport = WsTransport::start(queue.clone(), tcp, early, max_payload).await;
+    Ok((transport, queue))
+}
+
+/// A sink that can carry WebSocket frames: a WebSocket session's own, or a polling session's
+/// while it upgrades to a WebSocket and after.
+pub trait WsCarrier: PacketSink {
+    /// The WebSocket part, if there is one now.
+    fn ws(&mut self) -> Option<&mut WsSink>;
+    /// The WebSocket's byte stream ended: a WebSocket session is over; an upgrade that had not
+    /// completed is abandoned.
+    fn ws_gone(&mut self);
+}
+
+impl WsCarrier for WsSink {
+    fn ws(&mut self) -> Option<&mut WsSink> {
+        Some(self)
+    }
+    fn ws_gone(&mut self) {
+        self.close();
+    }
 }
 
 /// A session's outgoing bytes on a WebSocket: whole frames not yet taken by the kernel.
@@ -120,6 +127,13 @@ pub struct WsSink {
 }
 
 impl WsSink {
+    pub fn new(tcp: Arc<TcpStream>) -> WsSink {
+        WsSink {
+            tcp: Some(tcp),
+            pending: Vec::new(),
+        }
+    }
+
     /// Writes as much of the buffer as the kernel takes now.
     fn write_now(&mut self) -> io::Result<()> {
         let Some(tcp) = self.tcp.as_ref() else {
@@ -196,20 +210,20 @@ impl PacketSink for WsSink {
 
 /// The byte stream tungstenite runs on: reads come from the socket (after whatever hyper had read
 /// past the upgrade request), writes go into the session's packet queue, whole.
-pub struct ByteStream {
-    queue: Arc<PacketQueue<WsSink>>,
+pub struct ByteStream<S: WsCarrier> {
+    queue: Arc<PacketQueue<S>>,
     tcp: Arc<TcpStream>,
     /// Bytes read with the upgrade request that belong to the WebSocket.
     early: Bytes,
 }
 
-impl Drop for ByteStream {
+impl<S: WsCarrier> Drop for ByteStream<S> {
     fn drop(&mut self) {
-        self.queue.close();
+        self.queue.with_sink(|sink| sink.ws_gone());
     }
 }
 
-impl AsyncRead for ByteStream {
+impl<S: WsCarrier> AsyncRead for ByteStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -237,13 +251,16 @@ impl AsyncRead for ByteStream {
     }
 }
 
-impl AsyncWrite for ByteStream {
+impl<S: WsCarrier> AsyncWrite for ByteStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.queue.with_sink(|sink| loop {
+            let Some(sink) = sink.ws() else {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            };
             if sink.pending.len() <= HARD_BACKLOG {
                 // Taken whole: tungstenite hands over whole frames, and a partial write would
                 // leave half a frame for the fan-out to write after.
@@ -260,28 +277,52 @@ impl AsyncWrite for ByteStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.queue.poll_flush(cx)
+        self.queue.with_sink(|sink| match sink.ws() {
+            Some(ws) => ws.poll_drained(cx),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The socket closes when the connection ends (`Drop`); here only what is queued goes out.
-        self.queue.poll_flush(cx)
+        self.poll_flush(cx)
     }
 }
 
-/// An Engine.IO session's WebSocket.
-pub struct WsTransport {
-    ws: WebSocketStream<ByteStream>,
-    queue: Arc<PacketQueue<WsSink>>,
+/// An Engine.IO session's WebSocket, over a sink that carries its frames.
+pub struct WsTransport<S: WsCarrier> {
+    ws: WebSocketStream<ByteStream<S>>,
+    queue: Arc<PacketQueue<S>>,
 }
 
-impl Transport for WsTransport {
-    type Sink = WsSink;
-    type Text = Utf8Bytes;
-    /// A WebSocket session has nothing to upgrade to.
-    const UPGRADES: &'static [&'static str] = &[];
+impl<S: WsCarrier> WsTransport<S> {
+    /// Runs the WebSocket protocol on `tcp` (after the `early` bytes hyper read), writing through
+    /// `queue`, whose sink must carry this socket's frames ([`WsCarrier::ws`]).
+    pub async fn start(
+        queue: Arc<PacketQueue<S>>,
+        tcp: Arc<TcpStream>,
+        early: Bytes,
+        max_payload: usize,
+    ) -> WsTransport<S> {
+        let stream = ByteStream {
+            queue: queue.clone(),
+            tcp,
+            early,
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_payload))
+            .max_frame_size(Some(max_payload))
+            // Sized for many mostly idle sockets: chat frames are small. No write buffer: every
+            // frame goes whole into the socket's packet queue, the one buffer its output shares.
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
+        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+        WsTransport { ws, queue }
+    }
 
-    async fn recv(&mut self) -> Result<Received<Utf8Bytes>, DisconnectReason> {
+    /// The next text or binary message; WebSocket control frames are handled here.
+    pub async fn recv_message(&mut self) -> Result<Received<Utf8Bytes>, DisconnectReason> {
         loop {
             return match self.ws.next().await {
                 None => Err(DisconnectReason::TransportError("connection closed".into())),
@@ -303,7 +344,9 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn close(&mut self, reason: &DisconnectReason, grace: Duration) {
+    /// Ends the WebSocket: the close frame that says why, after what is queued (unless the
+    /// client is too slow to take it), then waits briefly for the client's close.
+    pub async fn close_with(&mut self, reason: &DisconnectReason, grace: Duration) {
         match close_frame(reason) {
             None => {
                 // Flushes the answer tungstenite queued for the client's close frame. (The
@@ -329,6 +372,21 @@ impl Transport for WsTransport {
                 }
             }
         }
+    }
+}
+
+impl Transport for WsTransport<WsSink> {
+    type Sink = WsSink;
+    type Text = Utf8Bytes;
+    /// A WebSocket session has nothing to upgrade to.
+    const UPGRADES: &'static [&'static str] = &[];
+
+    async fn recv(&mut self) -> Result<Received<Utf8Bytes>, DisconnectReason> {
+        self.recv_message().await
+    }
+
+    async fn close(&mut self, reason: &DisconnectReason, grace: Duration) {
+        self.close_with(reason, grace).await
     }
 }
 
@@ -394,10 +452,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let queue = Arc::new(PacketQueue::new(WsSink {
-            tcp: Some(Arc::new(server)),
-            pending: Vec::new(),
-        }));
+        let queue = Arc::new(PacketQueue::new(WsSink::new(Arc::new(server))));
         (queue, client)
     }
 

@@ -1,0 +1,361 @@
+//! The Engine.IO endpoint, `/socket.io/`: handshakes on either transport, polling requests, the
+//! upgrade of a polling session to a WebSocket, and the refusals, with engine.io's error codes
+//! (`packages/engine.io/lib/server.ts`: 0 transport unknown, 1 session ID unknown, 2 bad handshake
+//! method, 3 bad request, 4 forbidden, 5 unsupported protocol version), all answered before any
+//! upgrade. Cross-origin polling from the origins `ALLOWED_ORIGINS` lists gets CORS headers, with
+//! credentials.
+//!
+//! Every accepted session runs on its own task on the server's connection tracker, holding one
+//! `MAX_CONNECTIONS` permit for its life.
+//!
+//! Must not: parse anything beyond the request line and headers (the transports and the session
+//! do), or keep a session's state.
+
+use super::http::{plain, App, HttpResponse};
+use crate::engine::{self, DisconnectReason, Transport};
+use crate::namespace;
+use crate::transport::polling::{PollOutcome, PollingSessions, PostError};
+use crate::transport::websocket;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// An Engine.IO refusal: `status` with `{"code":…,"message":…}` (engine.io's error codes).
+fn refuse(status: StatusCode, code: u8, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad_request(code: u8, message: &str) -> HttpResponse {
+    refuse(StatusCode::BAD_REQUEST, code, message)
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn header(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Routes a request to `/socket.io/`, and adds the CORS headers an allowed cross-origin page
+/// needs to read the answer.
+pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    let origin = header(&req, header::ORIGIN).map(str::to_string);
+    let allowed = app
+        .origins
+        .allows(origin.as_deref(), header(&req, header::HOST));
+    let mut response = if !allowed {
+        app.namespace
+            .metrics
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed")
+    } else if req.method() == Method::OPTIONS {
+        preflight(&req)
+    } else {
+        route(app, peer, req).await
+    };
+    if let (true, Some(origin)) = (allowed, origin) {
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&origin) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    response
+}
+
+/// The CORS preflight of a cross-origin polling request (a page sending credentials or its own
+/// headers): which methods and headers it may use.
+fn preflight(req: &Request<Incoming>) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    let asked = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("content-type"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+async fn route(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    let query = req.uri().query().unwrap_or("");
+    if query_param(query, "EIO") != Some("4") {
+        return bad_request(5, "Unsupported protocol version");
+    }
+    let websocket = match query_param(query, "transport") {
+        Some("websocket") => true,
+        Some("polling") => false,
+        _ => return bad_request(0, "Transport unknown"),
+    };
+    match (query_param(query, "sid").map(str::to_string), websocket) {
+        (None, true) => open_websocket(app, peer, req),
+        (None, false) => open_polling(app, peer, &req),
+        (Some(sid), true) => upgrade(app, &sid, req),
+        (Some(sid), false) => poll(app, &sid, req).await,
+    }
+}
+
+/// Takes a `MAX_CONNECTIONS` permit for a new session, or says why not (boxed: the refusal is
+/// the rare path).
+fn admit(app: &App) -> Result<OwnedSemaphorePermit, Box<HttpResponse>> {
+    let metrics = &app.namespace.metrics;
+    if app.shutdown.is_cancelled() {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return Err(Box::new(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        )));
+    }
+    // Held by the session for its whole life: taking the permit is the check and the count.
+    app.permits.clone().try_acquire_owned().map_err(|_| {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            3,
+            "Too many connections",
+        ))
+    })
+}
+
+/// `GET …&transport=websocket`: answers 101 and runs a WebSocket session on its own task.
+fn open_websocket(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
+    if req.method() != Method::GET {
+        return bad_request(2, "Bad handshake method");
+    }
+    let Some(key) = websocket::upgrade_key(req.headers()) else {
+        return bad_request(3, "Bad request");
+    };
+    let permit = match admit(&app) {
+        Ok(p) => p,
+        Err(refusal) => return *refusal,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    app.connections
+        .spawn(serve_websocket(app.clone(), peer, on_upgrade, permit));
+    websocket::switching_protocols(&key)
+}
+
+/// Runs a session on an upgraded connection until it ends. `permit` counts it against
+/// `MAX_CONNECTIONS` for as long as it runs.
+async fn serve_websocket(
+    app: Arc<App>,
+    peer: SocketAddr,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    permit: OwnedSemaphorePermit,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(%peer, error = e, "cannot start the WebSocket");
+            return;
+        }
+    };
+    let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
+    run_session(&app, peer, session, "websocket").await;
+    drop(permit);
+}
+
+/// Serves the chat on an open Engine.IO session until it ends, counting and logging it.
+async fn run_session<T: Transport>(
+    app: &App,
+    peer: SocketAddr,
+    session: engine::Session<T>,
+    transport: &'static str,
+) -> DisconnectReason {
+    let started = Instant::now();
+    let metrics = &app.namespace.metrics;
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    metrics.connected.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%peer, sid = session.sid(), transport, "session opened");
+    // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
+    // hold the session's state alone, not room for the handshake's as well.
+    let reason = Box::pin(namespace::serve(session, app.namespace.clone())).await;
+    metrics.connected.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "session closed");
+    reason
+}
+
+/// `GET …&transport=polling` without a sid: opens a polling session and answers with its open
+/// packet; the session runs on its own task.
+fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> HttpResponse {
+    if req.method() != Method::GET {
+        return bad_request(2, "Bad handshake method");
+    }
+    let permit = match admit(&app) {
+        Ok(p) => p,
+        Err(refusal) => return *refusal,
+    };
+    let (transport, handle) = PollingSessions::create(app.engine.max_payload);
+    let session = engine::Session::open(
+        transport,
+        handle.queue.clone(),
+        app.engine.clone(),
+        &app.shutdown,
+    );
+    let sid = session.sid().to_string();
+    let open = handle.handshake_payload();
+    app.polling.insert(&sid, handle);
+    let task_app = app.clone();
+    app.connections.spawn(async move {
+        run_session(&task_app, peer, session, "polling").await;
+        task_app.polling.remove(&sid);
+        drop(permit);
+    });
+    payload(open)
+}
+
+/// A polling answer: packets joined by `\x1e`.
+fn payload(body: Vec<u8>) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET` or `POST …&transport=polling&sid=…`: a long poll, or packets from the client.
+async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse {
+    let Some(session) = app.polling.get(sid) else {
+        return bad_request(1, "Session ID unknown");
+    };
+    if session.upgraded() {
+        // The session lives on its WebSocket now.
+        return bad_request(3, "Bad request");
+    }
+    match *req.method() {
+        Method::GET => {
+            let outcome = session.queue.with_sink(|sink| match sink.polling() {
+                Some(buffer) => buffer.poll(),
+                None => PollOutcome::Closed,
+            });
+            match outcome {
+                PollOutcome::Now(packets) => payload(packets),
+                // A session that ended without answering: the close packet, so the client
+                // reconnects.
+                PollOutcome::Wait(rx) => payload(rx.await.unwrap_or_else(|_| b"1".to_vec())),
+                PollOutcome::Duplicate => {
+                    session.close(DisconnectReason::PacketParsingError(
+                        "a second GET while one was waiting".into(),
+                    ));
+                    bad_request(3, "Bad request")
+                }
+                PollOutcome::Closed => bad_request(1, "Session ID unknown"),
+            }
+        }
+        Method::POST => {
+            let limit = app.engine.max_payload;
+            let body = match Limited::new(req.into_body(), limit).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(e) => {
+                    let too_big = e
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some();
+                    if too_big {
+                        session.close(DisconnectReason::PayloadTooLarge);
+                        app.namespace
+                            .metrics
+                            .bad_input(crate::metrics::BadInput::TooBig);
+                        return refuse(StatusCode::PAYLOAD_TOO_LARGE, 3, "Payload too large");
+                    }
+                    return bad_request(3, "Bad request"); // the client went away mid-body
+                }
+            };
+            match session.post(&body).await {
+                Ok(()) => {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+                    r
+                }
+                Err(PostError::Gone) => bad_request(1, "Session ID unknown"),
+                Err(PostError::Overlap | PostError::Invalid(_)) => bad_request(3, "Bad request"),
+            }
+        }
+        _ => bad_request(2, "Bad handshake method"),
+    }
+}
+
+/// `GET …&transport=websocket&sid=…`: a polling session's WebSocket; the session takes it over
+/// once the client has probed it and sent `5`.
+fn upgrade(app: Arc<App>, sid: &str, mut req: Request<Incoming>) -> HttpResponse {
+    let Some(session) = app.polling.get(sid) else {
+        return bad_request(1, "Session ID unknown");
+    };
+    if session.upgraded() {
+        return bad_request(3, "Bad request");
+    }
+    if req.method() != Method::GET {
+        return bad_request(2, "Bad handshake method");
+    }
+    let Some(key) = websocket::upgrade_key(req.headers()) else {
+        return bad_request(3, "Bad request");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    app.connections.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        match websocket::take_tcp(upgraded) {
+            Ok((tcp, early)) => session.upgrade(tcp, early).await,
+            Err(e) => tracing::error!(error = e, "cannot start the WebSocket"),
+        }
+    });
+    websocket::switching_protocols(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params_in_any_order_with_extras() {
+        let q = "foo=1&transport=websocket&EIO=4&t=abc&flag";
+        assert_eq!(query_param(q, "EIO"), Some("4"));
+        assert_eq!(query_param(q, "transport"), Some("websocket"));
+        assert_eq!(query_param(q, "flag"), Some(""));
+        assert_eq!(query_param(q, "sid"), None);
+        assert_eq!(query_param("", "EIO"), None);
+    }
+}

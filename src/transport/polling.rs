@@ -1,0 +1,722 @@
+//! The HTTP long-polling transport (Engine.IO v4, spec: socketio/engine.io-protocol `README.md`,
+//! "HTTP long-polling"; reference: socket.io's `packages/engine.io/lib/transports/polling.ts`),
+//! and the upgrade of a polling session to a WebSocket.
+//!
+//! A session's packets collect in its [`PollBuffer`], joined by `\x1e`; one GET takes everything
+//! there at once, or waits until something comes (a ping at the latest, every `pingInterval`). A
+//! POST carries a payload of packets from the client to the session's [`PollingTransport`], which
+//! hands them to the Engine.IO session one by one; the POST is answered `ok` once the session has
+//! taken them (backpressure). A second GET while one waits, or a second POST while one is being
+//! read, closes the session, as the reference does.
+//!
+//! The upgrade: the client opens a WebSocket with the session's sid and probes it (`2probe`,
+//! answered `3probe`); the waiting GET is answered `6` (noop) so the client can pause polling;
+//! the client sends `5` and from then on the session lives on the WebSocket. Packets still in the
+//! poll buffer at that moment go out on the WebSocket first, in order: nothing lost, nothing twice.
+//! Until `5`, polling keeps working (a failed upgrade changes nothing).
+//!
+//! Must not: decode Socket.IO packets, or decide when a session ends beyond what the client did.
+
+use super::websocket::{WsCarrier, WsSink, WsTransport};
+use crate::delivery::batch::Message;
+use crate::delivery::queue::{PacketQueue, PacketSink, LIVE_BACKLOG};
+use crate::engine::{DisconnectReason, Received, Transport};
+use crate::protocol::engineio::{self, PayloadPacket, SEPARATOR};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Duration;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Packets a POST may hand over before it waits for the session to take them.
+const INBOUND: usize = 16;
+
+/// A polling session's outgoing packets, joined by `\x1e`, and the GET waiting for them.
+#[derive(Default)]
+pub struct PollBuffer {
+    payload: Vec<u8>,
+    /// A GET waiting for packets.
+    waiting: Option<oneshot::Sender<Vec<u8>>>,
+    /// The session waiting until a GET took the payload (or came).
+    drained: Option<Waker>,
+    /// The client probed a WebSocket and pauses polling until the upgrade: what is queued waits
+    /// for the WebSocket.
+    paused: bool,
+    closed: bool,
+}
+
+/// What a GET gets.
+pub enum PollOutcome {
+    /// The packets queued, now.
+    Now(Vec<u8>),
+    /// Packets to come.
+    Wait(oneshot::Receiver<Vec<u8>>),
+    /// Another GET is waiting already: the client broke the protocol.
+    Duplicate,
+    /// The session is over.
+    Closed,
+}
+
+impl PollBuffer {
+    fn push(&mut self, packet: &[u8]) {
+        if self.closed {
+            return;
+        }
+        if !self.payload.is_empty() {
+            self.payload.push(SEPARATOR);
+        }
+        self.payload.extend_from_slice(packet);
+    }
+
+    /// Gives the payload to the waiting GET, if there is one and something to give. A GET whose
+    /// client went away gives it back.
+    fn hand_over(&mut self) {
+        if self.payload.is_empty() {
+            return;
+        }
+        let Some(get) = self.waiting.take() else {
+            return;
+        };
+        match get.send(std::mem::take(&mut self.payload)) {
+            Ok(()) => self.wake_drained(),
+            Err(payload) => self.payload = payload,
+        }
+    }
+
+    /// A GET arrived.
+    pub fn poll(&mut self) -> PollOutcome {
+        if self.closed {
+            return PollOutcome::Closed;
+        }
+        if self.waiting.as_ref().is_some_and(|w| !w.is_closed()) {
+            return PollOutcome::Duplicate;
+        }
+        if self.paused {
+            // A GET that was on its way when the client probed a WebSocket: ended at once with a
+            // noop, so the client's pause completes and it can upgrade.
+            self.push(engineio::NOOP.as_bytes());
+        }
+        if !self.payload.is_empty() {
+            self.wake_drained();
+            return PollOutcome::Now(std::mem::take(&mut self.payload));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting = Some(tx);
+        self.wake_drained();
+        PollOutcome::Wait(rx)
+    }
+
+    fn wake_drained(&mut self) {
+        if let Some(w) = self.drained.take() {
+            w.wake();
+        }
+    }
+
+    /// Ready when the session need not wait for the client: little is queued (a GET takes it
+    /// when it comes; only a backlog the size of the live fan-out's limit waits for one, so that
+    /// a client that stops fetching is bounded as a stuck WebSocket reader is), or the client
+    /// paused polling for an upgrade.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.hand_over();
+        if self.closed || self.paused || self.payload.len() <= LIVE_BACKLOG {
+            Poll::Ready(())
+        } else {
+            self.drained = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Ready once nothing is queued and a GET waits, to be ended (or the buffer is closed).
+    fn poll_ready_to_end(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.hand_over();
+        if self.closed || (self.payload.is_empty() && self.waiting.is_some()) {
+            Poll::Ready(())
+        } else {
+            self.drained = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Ends the waiting GET (if any) with `packet` after what is queued.
+    fn end_poll(&mut self, packet: &str) {
+        if self.waiting.is_some() {
+            self.push(packet.as_bytes());
+            self.hand_over();
+        }
+    }
+
+    /// Takes every queued packet, for the WebSocket the session moves to.
+    fn take_packets(&mut self) -> Vec<String> {
+        let payload = std::mem::take(&mut self.payload);
+        if payload.is_empty() {
+            return Vec::new();
+        }
+        // Packets never hold a raw 0x1e: JSON escapes control characters in strings.
+        payload
+            .split(|b| *b == SEPARATOR)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.payload = Vec::new();
+        self.waiting = None;
+        self.wake_drained();
+    }
+}
+
+/// The sink of a session that began on polling: its poll buffer, then for an upgrade in progress
+/// also the new WebSocket (which carries only the probe until the client sends `5`), then the
+/// WebSocket alone.
+pub enum PollingSink {
+    Polling(PollBuffer),
+    Upgrading { polling: PollBuffer, ws: WsSink },
+    WebSocket(WsSink),
+}
+
+impl PollingSink {
+    fn new() -> PollingSink {
+        PollingSink::Polling(PollBuffer::default())
+    }
+
+    /// The poll buffer, while the session is on polling.
+    pub fn polling(&mut self) -> Option<&mut PollBuffer> {
+        match self {
+            PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => Some(b),
+            PollingSink::WebSocket(_) => None,
+        }
+    }
+
+    /// Takes what is queued (the handshake's answer: the open packet).
+    fn take_payload(&mut self) -> Vec<u8> {
+        self.polling()
+            .map(|b| std::mem::take(&mut b.payload))
+            .unwrap_or_default()
+    }
+
+    /// A WebSocket with this session's sid opened: it carries the probe, polling goes on.
+    fn begin_upgrade(&mut self, ws: WsSink) -> bool {
+        match std::mem::replace(self, PollingSink::new()) {
+            PollingSink::Polling(polling) => {
+                *self = PollingSink::Upgrading { polling, ws };
+                true
+            }
+            other => {
+                *self = other;
+                false // one upgrade at a time
+            }
+        }
+    }
+
+    /// The probe came: answer it on the WebSocket and end the waiting GET, so that the client
+    /// can pause polling.
+    fn probed(&mut self) {
+        if let PollingSink::Upgrading { polling, ws } = self {
+            ws.push_packet("3probe");
+            let _ = ws.send_now();
+            polling.end_poll(engineio::NOOP);
+            polling.paused = true;
+            polling.wake_drained();
+        }
+    }
+
+    /// The client sent `5`: the session moves to the WebSocket, packets still queued for polling
+    /// first.
+    fn finish_upgrade(&mut self) -> bool {
+        match std::mem::replace(self, PollingSink::new()) {
+            PollingSink::Upgrading {
+                mut polling,
+                mut ws,
+            } => {
+                for packet in polling.take_packets() {
+                    ws.push_packet(&packet);
+                }
+                polling.end_poll(engineio::NOOP);
+                polling.close();
+                let _ = ws.send_now();
+                *self = PollingSink::WebSocket(ws);
+                true
+            }
+            other => {
+                *self = other;
+                false
+            }
+        }
+    }
+}
+
+impl PacketSink for PollingSink {
+    fn push_message(&mut self, message: &Message) {
+        match self {
+            PollingSink::WebSocket(ws) => ws.push_message(message),
+            PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => {
+                b.push(message.packet())
+            }
+        }
+    }
+
+    fn push_packet(&mut self, packet: &str) {
+        match self {
+            PollingSink::WebSocket(ws) => ws.push_packet(packet),
+            PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => {
+                b.push(packet.as_bytes())
+            }
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        match self {
+            PollingSink::WebSocket(ws) => ws.backlog(),
+            PollingSink::Polling(b) => b.payload.len(),
+            PollingSink::Upgrading { polling, ws } => polling.payload.len() + ws.backlog(),
+        }
+    }
+
+    fn send_now(&mut self) -> io::Result<()> {
+        match self {
+            PollingSink::WebSocket(ws) => ws.send_now(),
+            PollingSink::Polling(b) => {
+                b.hand_over();
+                Ok(())
+            }
+            PollingSink::Upgrading { polling, ws } => {
+                polling.hand_over();
+                // The probe's WebSocket failing only ends the upgrade (the session sees it).
+                let _ = ws.send_now();
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            PollingSink::WebSocket(ws) => ws.poll_drained(cx),
+            PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => {
+                b.poll_room(cx).map(Ok)
+            }
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            PollingSink::WebSocket(ws) => ws.is_open(),
+            PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => !b.closed,
+        }
+    }
+
+    fn close(&mut self) {
+        match self {
+            PollingSink::WebSocket(ws) => ws.close(),
+            PollingSink::Polling(b) => b.close(),
+            PollingSink::Upgrading { polling, ws } => {
+                polling.close();
+                ws.close();
+            }
+        }
+    }
+}
+
+impl WsCarrier for PollingSink {
+    fn ws(&mut self) -> Option<&mut WsSink> {
+        match self {
+            PollingSink::WebSocket(ws) | PollingSink::Upgrading { ws, .. } => Some(ws),
+            PollingSink::Polling(_) => None,
+        }
+    }
+
+    fn ws_gone(&mut self) {
+        match std::mem::replace(self, PollingSink::new()) {
+            // An upgrade that did not complete: polling goes on as before.
+            PollingSink::Upgrading { mut polling, .. } => {
+                polling.paused = false;
+                *self = PollingSink::Polling(polling);
+            }
+            PollingSink::WebSocket(mut ws) => {
+                ws.close();
+                *self = PollingSink::WebSocket(ws);
+            }
+            polling => *self = polling,
+        }
+    }
+}
+
+/// What the HTTP side hands a polling session.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text packet of a POST.
+    Packet(String),
+    /// A binary packet of a POST (`b<base64>`), this many bytes.
+    Binary(usize),
+    /// A WebSocket opened with this session's sid: the TCP socket and the bytes read with it.
+    Upgrade(Arc<TcpStream>, Bytes),
+    /// The client broke the polling protocol; the session ends.
+    Close(DisconnectReason),
+}
+
+/// A polling session's transport: packets from POSTs, and the WebSocket it may move to.
+pub struct PollingTransport {
+    inbound: mpsc::Receiver<Inbound>,
+    queue: Arc<PacketQueue<PollingSink>>,
+    /// The WebSocket of an upgrade in progress (boxed: most polling sessions never have one
+    /// until they upgrade, and sessions are many).
+    ws: Option<Box<WsTransport<PollingSink>>>,
+    /// The client sent `5`: the session lives on `ws`.
+    upgraded: bool,
+    max_payload: usize,
+}
+
+impl Transport for PollingTransport {
+    type Sink = PollingSink;
+    type Text = PacketText;
+    const UPGRADES: &'static [&'static str] = &["websocket"];
+
+    async fn recv(&mut self) -> Result<Received<PacketText>, DisconnectReason> {
+        loop {
+            if self.upgraded {
+                if let Some(ws) = self.ws.as_mut() {
+                    return ws.recv_message().await.map(|r| match r {
+                        Received::Text(t) => Received::Text(PacketText::Ws(t)),
+                        Received::Binary(n) => Received::Binary(n),
+                    });
+                }
+            }
+            tokio::select! {
+                event = self.inbound.recv() => match event {
+                    Some(Inbound::Packet(text)) => {
+                        return Ok(Received::Text(PacketText::Polling(text)))
+                    }
+                    Some(Inbound::Binary(len)) => return Ok(Received::Binary(len)),
+                    Some(Inbound::Close(reason)) => return Err(reason),
+                    Some(Inbound::Upgrade(tcp, early)) => self.begin_upgrade(tcp, early).await,
+                    None => {
+                        return Err(DisconnectReason::TransportError("session removed".into()))
+                    }
+                },
+                probe = next_ws(&mut self.ws) => self.on_upgrade_packet(probe),
+            }
+        }
+    }
+
+    async fn close(&mut self, reason: &DisconnectReason, grace: Duration) {
+        if self.upgraded {
+            if let Some(ws) = self.ws.as_mut() {
+                ws.close_with(reason, grace).await;
+                return;
+            }
+        }
+        // What the session queued last (the acks of a shutdown) goes with the next GET, and the
+        // GET after it gets the close: wait for those, briefly.
+        if *reason != DisconnectReason::SlowClient {
+            let queue = &self.queue;
+            let ready = std::future::poll_fn(|cx| {
+                queue.with_sink(|sink| match sink.polling() {
+                    Some(b) => b.poll_ready_to_end(cx),
+                    None => Poll::Ready(()),
+                })
+            });
+            let _ = tokio::time::timeout(grace, ready).await;
+        }
+        // A client that closed gets a noop, any other end the close packet.
+        let last = if *reason == DisconnectReason::TransportClose {
+            engineio::NOOP
+        } else {
+            engineio::CLOSE
+        };
+        self.queue.with_sink(|sink| {
+            if let Some(b) = sink.polling() {
+                b.end_poll(last);
+            }
+            sink.close();
+        });
+        self.ws = None;
+    }
+}
+
+/// The next message on the WebSocket of an upgrade in progress; pending without one.
+async fn next_ws(
+    ws: &mut Option<Box<WsTransport<PollingSink>>>,
+) -> Result<Received<Utf8Bytes>, DisconnectReason> {
+    match ws {
+        Some(ws) => ws.recv_message().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl PollingTransport {
+    async fn begin_upgrade(&mut self, tcp: Arc<TcpStream>, early: Bytes) {
+        if !self
+            .queue
+            .with_sink(|sink| sink.begin_upgrade(WsSink::new(tcp.clone())))
+        {
+            return; // an upgrade is under way already: this socket closes as it is dropped
+        }
+        let ws = WsTransport::start(self.queue.clone(), tcp, early, self.max_payload).await;
+        self.ws = Some(Box::new(ws));
+    }
+
+    /// A message on the upgrading WebSocket: the probe, the upgrade itself, or anything else,
+    /// which abandons the upgrade (polling goes on).
+    fn on_upgrade_packet(&mut self, packet: Result<Received<Utf8Bytes>, DisconnectReason>) {
+        match packet.as_ref().map(|r| match r {
+            Received::Text(t) => t.as_str(),
+            Received::Binary(_) => "",
+        }) {
+            Ok("2probe") => self.queue.with_sink(PollingSink::probed),
+            Ok("5") => self.upgraded = self.queue.with_sink(PollingSink::finish_upgrade),
+            _ => {
+                // Dropping the WebSocket's stream hands the sink back to polling.
+                self.ws = None;
+            }
+        }
+    }
+}
+
+/// The text of one packet, as the transport that brought it holds it.
+#[derive(Debug)]
+pub enum PacketText {
+    Polling(String),
+    Ws(Utf8Bytes),
+}
+
+impl AsRef<str> for PacketText {
+    fn as_ref(&self) -> &str {
+        match self {
+            PacketText::Polling(s) => s,
+            PacketText::Ws(t) => t.as_str(),
+        }
+    }
+}
+
+/// One polling session, as its HTTP requests find it.
+pub struct PollingSession {
+    pub queue: Arc<PacketQueue<PollingSink>>,
+    inbound: mpsc::Sender<Inbound>,
+    /// A POST is being read.
+    posting: AtomicBool,
+}
+
+/// Why a POST was refused; each ends the session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PostError {
+    /// Another POST of this session is being read.
+    Overlap,
+    /// The body is not a payload of valid packets.
+    Invalid(String),
+    /// The session is over.
+    Gone,
+}
+
+impl PollingSession {
+    /// Hands a POST's packets to the session, waiting while it is busy with earlier ones.
+    pub async fn post(&self, body: &[u8]) -> Result<(), PostError> {
+        if self.posting.swap(true, Ordering::AcqRel) {
+            self.close(DisconnectReason::PacketParsingError(
+                "overlapping POST requests".into(),
+            ));
+            return Err(PostError::Overlap);
+        }
+        let result = self.forward(body).await;
+        self.posting.store(false, Ordering::Release);
+        result
+    }
+
+    async fn forward(&self, body: &[u8]) -> Result<(), PostError> {
+        let packets = match engineio::decode_payload(body) {
+            Ok(packets) => packets,
+            Err(e) => {
+                self.close(DisconnectReason::PacketParsingError(e.to_string()));
+                return Err(PostError::Invalid(e.to_string()));
+            }
+        };
+        for packet in packets {
+            let event = match packet {
+                PayloadPacket::Text(text) => Inbound::Packet(text.to_string()),
+                PayloadPacket::Binary(len) => Inbound::Binary(len),
+            };
+            self.inbound
+                .send(event)
+                .await
+                .map_err(|_| PostError::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the session for a reason the HTTP side found.
+    pub fn close(&self, reason: DisconnectReason) {
+        let _ = self.inbound.try_send(Inbound::Close(reason));
+    }
+
+    /// Hands the session a WebSocket opened with its sid.
+    pub async fn upgrade(&self, tcp: Arc<TcpStream>, early: Bytes) {
+        let _ = self.inbound.send(Inbound::Upgrade(tcp, early)).await;
+    }
+
+    /// Whether the session has moved to a WebSocket (its polling requests are then refused).
+    pub fn upgraded(&self) -> bool {
+        self.queue.with_sink(|sink| sink.polling().is_none())
+    }
+}
+
+/// The polling sessions of this process, by Engine.IO sid.
+#[derive(Default)]
+pub struct PollingSessions {
+    map: Mutex<HashMap<String, Arc<PollingSession>>>,
+}
+
+impl PollingSessions {
+    /// A new session's transport and queue (its sink empty); register it with
+    /// [`PollingSessions::insert`] once its Engine.IO sid is known.
+    pub fn create(max_payload: usize) -> (PollingTransport, Arc<PollingSession>) {
+        let (tx, rx) = mpsc::channel(INBOUND);
+        let queue = Arc::new(PacketQueue::new(PollingSink::new()));
+        let transport = PollingTransport {
+            inbound: rx,
+            queue: queue.clone(),
+            ws: None,
+            upgraded: false,
+            max_payload,
+        };
+        let session = Arc::new(PollingSession {
+            queue,
+            inbound: tx,
+            posting: AtomicBool::new(false),
+        });
+        (transport, session)
+    }
+
+    pub fn insert(&self, sid: &str, session: Arc<PollingSession>) {
+        self.lock().insert(sid.to_string(), session);
+    }
+
+    pub fn get(&self, sid: &str) -> Option<Arc<PollingSession>> {
+        self.lock().get(sid).cloned()
+    }
+
+    pub fn remove(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PollingSession>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl PollingSession {
+    /// What the handshake GET answers: the open packet the session queued.
+    pub fn handshake_payload(&self) -> Vec<u8> {
+        self.queue.with_sink(PollingSink::take_payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::testing::{batch, make_live};
+
+    fn sink_payload(q: &PacketQueue<PollingSink>) -> PollOutcome {
+        q.with_sink(|s| s.polling().expect("polling").poll())
+    }
+
+    #[tokio::test]
+    async fn a_get_takes_everything_queued_or_waits_for_it() {
+        let q = PacketQueue::new(PollingSink::new());
+        q.send("0{}");
+        q.send("40{\"sid\":\"x\"}");
+        match sink_payload(&q) {
+            PollOutcome::Now(p) => assert_eq!(p, b"0{}\x1e40{\"sid\":\"x\"}"),
+            _ => panic!("queued packets go at once"),
+        }
+        let PollOutcome::Wait(rx) = sink_payload(&q) else {
+            panic!("nothing queued: the GET waits")
+        };
+        assert!(matches!(sink_payload(&q), PollOutcome::Duplicate));
+        make_live(&q);
+        assert_eq!(q.offer(&[batch(0, &[1, 2])]), Some(2));
+        assert_eq!(
+            rx.await.unwrap(),
+            b"42[\"chat message\",\"m\",1]\x1e42[\"chat message\",\"m\",2]"
+        );
+        assert!(!q.has_backlog());
+    }
+
+    #[tokio::test]
+    async fn a_vanished_get_gives_its_packets_back() {
+        let q = PacketQueue::new(PollingSink::new());
+        let PollOutcome::Wait(rx) = sink_payload(&q) else {
+            panic!()
+        };
+        drop(rx);
+        q.send("2");
+        q.with_sink(|s| s.send_now()).unwrap();
+        match sink_payload(&q) {
+            PollOutcome::Now(p) => assert_eq!(p, b"2"),
+            _ => panic!("the ping is still there"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_moves_what_polling_still_holds_to_the_websocket_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let q = PacketQueue::new(PollingSink::new());
+        let PollOutcome::Wait(get) = sink_payload(&q) else {
+            panic!()
+        };
+        assert!(q.with_sink(|s| s.begin_upgrade(WsSink::new(Arc::new(server)))));
+        q.with_sink(PollingSink::probed);
+        assert_eq!(get.await.unwrap(), b"6", "the waiting GET ends with a noop");
+        match sink_payload(&q) {
+            PollOutcome::Now(p) => assert_eq!(p, b"6", "so does a GET that comes after the probe"),
+            _ => panic!("a GET after the probe does not wait"),
+        }
+        q.send("42[\"a\"]"); // while the client pauses polling
+        assert!(q.with_sink(PollingSink::finish_upgrade));
+        q.send("42[\"b\"]");
+        q.with_sink(|s| s.send_now()).unwrap();
+        let mut got = Vec::new();
+        let want = b"\x81\x063probe\x81\x0742[\"a\"]\x81\x0742[\"b\"]";
+        while got.len() < want.len() {
+            let mut chunk = [0u8; 256];
+            let n = tokio::io::AsyncReadExt::read(&mut client, &mut chunk)
+                .await
+                .unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, want);
+        assert!(q.with_sink(|s| s.polling().is_none()), "polling is over");
+    }
+
+    #[test]
+    fn a_failed_upgrade_leaves_polling_as_it_was() {
+        let q = PacketQueue::new(PollingSink::new());
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _client = TcpStream::connect(std_listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = std_listener.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            let server = TcpStream::from_std(server).unwrap();
+            q.send("2");
+            assert!(q.with_sink(|s| s.begin_upgrade(WsSink::new(Arc::new(server)))));
+            q.with_sink(|s| s.ws_gone());
+            match sink_payload(&q) {
+                PollOutcome::Now(p) => assert_eq!(p, b"2"),
+                _ => panic!("polling still holds its packets"),
+            }
+        });
+    }
+}
