@@ -9,6 +9,9 @@
 //! cargo bench --bench load -- persist --spawn --store sqlite       # the same on the SQLite store
 //! cargo bench --bench load -- fanout --spawn --receivers 1000 --senders 4 --seconds 10
 //! cargo bench --bench load -- idle --spawn --sockets 100,1000,5000
+//! cargo bench --bench load -- fanout --spawn --transport polling   # receivers on HTTP long-polling
+//! cargo bench --bench load -- idle --spawn --transport polling --sockets 5000
+//! cargo bench --bench load -- fanout --spawn --transport polling --node-reference  # stock Node server
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
 //! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
@@ -70,6 +73,11 @@ struct Args {
     /// builds can be measured side by side in one sitting.
     #[arg(long)]
     relay: Option<std::path::PathBuf>,
+    /// With --spawn: start the stock Node socket.io server running the tutorial chat (no
+    /// database) instead of relay, as the reference (`benches/node-reference/`; run
+    /// `npm ci --prefix benches/node-reference` once first).
+    #[arg(long)]
+    node_reference: bool,
     /// With --spawn: start the yardstick instead of relay — a raw tokio-tungstenite broadcast
     /// server with no database, acking at once (the issue's "raw no-DB server").
     #[arg(long)]
@@ -108,9 +116,24 @@ struct Args {
     sockets: Vec<usize>,
     #[arg(long, default_value_t = 10_000)]
     backlog: usize,
+    /// idle: seconds to wait after the last socket joined before reading the server's memory.
+    /// Polling clients open a second connection for their POSTs, which relay closes once idle
+    /// for HEADER_TIMEOUT_MS (10 s): wait longer than that to see the steady state.
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
+    /// fanout receivers and idle sockets: on WebSocket, or on HTTP long-polling (senders always
+    /// use WebSocket).
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: TransportKind,
     /// Ignored: cargo bench passes it to every bench target.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Websocket,
+    Polling,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,7 +186,15 @@ impl Target {
                 )
             }
         };
-        let mut command = if args.baseline {
+        let mut command = if args.node_reference {
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/node-reference/server.mjs"
+            );
+            let mut c = Command::new("node");
+            c.arg(script);
+            c
+        } else if args.baseline {
             let mut c = Command::new(std::env::current_exe().expect("own path"));
             c.args(["raw-server", "--bench"]);
             if args.batched {
@@ -199,12 +230,29 @@ impl Target {
             url: http.replacen("http://", "ws://", 1),
             pid: Some(child.id()),
             child: Some(child),
-            db: (!args.baseline).then_some(scratch),
+            db: (!args.baseline && !args.node_reference).then_some(scratch),
         }
     }
 
     fn ws_url(&self) -> String {
         format!("{}/socket.io/?EIO=4&transport=websocket", self.url)
+    }
+
+    fn polling_url(&self) -> String {
+        format!(
+            "{}/socket.io/?EIO=4&transport=polling",
+            self.url.replacen("ws://", "http://", 1)
+        )
+    }
+
+    /// A client joined with `offset`, on `transport`.
+    async fn receiver(&self, transport: TransportKind, http: &HttpClient, offset: u64) -> Receiver {
+        match transport {
+            TransportKind::Websocket => Receiver::Ws(join(&self.ws_url(), offset).await),
+            TransportKind::Polling => {
+                Receiver::Polling(PollClient::join(http.clone(), &self.polling_url(), offset).await)
+            }
+        }
     }
 
     /// Resident memory of the server, KiB.
@@ -300,6 +348,101 @@ async fn join(url: &str, offset: u64) -> Ws {
     let reply = next_text(&mut ws).await.expect("CONNECT reply");
     assert!(reply.starts_with("40{"), "CONNECT reply expected: {reply}");
     ws
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// A stock-client-like HTTP long-polling session: one long GET at a time, pongs by POST.
+struct PollClient {
+    http: HttpClient,
+    /// `…/socket.io/?EIO=4&transport=polling&sid=…`
+    url: String,
+    queue: std::collections::VecDeque<String>,
+}
+
+impl PollClient {
+    async fn request(http: &HttpClient, method: &str, url: &str, body: String) -> Option<String> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .ok()?;
+        let res = http.request(req).await.ok()?;
+        if res.status() != 200 {
+            return None;
+        }
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8(body.to_vec()).ok()
+    }
+
+    async fn join(http: HttpClient, base: &str, offset: u64) -> PollClient {
+        let open = Self::request(&http, "GET", &format!("{base}&t=h"), String::new())
+            .await
+            .expect("polling handshake");
+        let open: serde_json::Value =
+            serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("JSON");
+        let url = format!("{base}&sid={}", open["sid"].as_str().expect("sid"));
+        let mut c = PollClient {
+            http,
+            url,
+            queue: Default::default(),
+        };
+        c.send(format!("40{{\"serverOffset\":{offset}}}")).await;
+        let reply = c.next_text().await.expect("CONNECT reply");
+        assert!(reply.starts_with("40{"), "CONNECT reply expected: {reply}");
+        c
+    }
+
+    async fn send(&mut self, packet: String) -> Option<()> {
+        Self::request(&self.http, "POST", &self.url, packet)
+            .await
+            .map(|_| ())
+    }
+
+    async fn next_text(&mut self) -> Option<String> {
+        loop {
+            if let Some(p) = self.queue.pop_front() {
+                if p == "2" {
+                    self.send("3".into()).await?;
+                    continue;
+                }
+                return Some(p);
+            }
+            let body = Self::request(&self.http, "GET", &self.url, String::new()).await?;
+            if body == "1" {
+                return None;
+            }
+            self.queue.extend(
+                body.split('\u{1e}')
+                    .filter(|p| *p != "6")
+                    .map(str::to_string),
+            );
+        }
+    }
+}
+
+/// A receiving client on either transport.
+enum Receiver {
+    Ws(Ws),
+    Polling(PollClient),
+}
+
+impl Receiver {
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Receiver::Ws(ws) => next_text(ws).await.map(|t| t.to_string()),
+            Receiver::Polling(p) => p.next_text().await,
+        }
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> Option<Utf8Bytes> {
@@ -440,8 +583,15 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
     );
 }
 
-async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64) {
+async fn fanout(
+    target: &Target,
+    receivers: usize,
+    senders: usize,
+    seconds: u64,
+    transport: TransportKind,
+) {
     let url = target.ws_url();
+    let http = http_client();
     let rss0 = target.rss_kib();
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -449,7 +599,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     let mut recv_tasks = Vec::new();
     let mut receiver_sockets = Vec::new();
     for _ in 0..receivers {
-        receiver_sockets.push(join(&url, NO_HISTORY).await);
+        receiver_sockets.push(target.receiver(transport, &http, NO_HISTORY).await);
     }
     let mut sender_sockets = Vec::new();
     for _ in 0..senders {
@@ -457,12 +607,12 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     }
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
-    for mut ws in receiver_sockets {
+    for mut receiver in receiver_sockets {
         recv_tasks.push(tokio::spawn(async move {
             // No timers on the read path: a receiver stops at the sentinel the tool sends last,
             // which ordered delivery brings after everything else.
             let mut tally = Tally::default();
-            while let Some(t) = next_text(&mut ws).await {
+            while let Some(t) = receiver.next_text().await {
                 let Some((content, id)) = chat_frame(&t) else {
                     continue;
                 };
@@ -532,7 +682,7 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     let secs = Duration::from_micros(total.last_at).as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
     println!(
-        "fanout receivers={receivers} senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
+        "fanout receivers={receivers} ({transport:?}) senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
          order violations {}, duplicates {}; {}; server RSS {}",
         sent as f64 / seconds as f64,
@@ -548,26 +698,33 @@ async fn fanout(target: &Target, receivers: usize, senders: usize, seconds: u64)
     );
 }
 
-async fn idle(target: &Target, sockets: usize) {
-    let url = target.ws_url();
+async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle: u64) {
+    let http = http_client();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = target.rss_kib();
     let mut held = Vec::with_capacity(sockets);
     for _ in 0..sockets {
-        held.push(join(&url, NO_HISTORY).await);
+        held.push(target.receiver(transport, &http, NO_HISTORY).await);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Polling clients keep a GET waiting, as the stock client does, and answer pings.
+    let polls: Vec<_> = held
+        .into_iter()
+        .map(|mut r| tokio::spawn(async move { while r.next_text().await.is_some() {} }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = target.rss_kib();
     match (before, after) {
         (Some(b), Some(a)) => println!(
-            "idle sockets={sockets}: server RSS {b} KiB -> {a} KiB = {:.2} KiB per socket",
+            "idle sockets={sockets} ({transport:?}): server RSS {b} KiB -> {a} KiB = {:.2} KiB per socket",
             (a.saturating_sub(b)) as f64 / sockets as f64
         ),
         _ => println!(
             "idle sockets={sockets}: connected; server memory unknown (give --pid or --spawn)"
         ),
     }
-    drop(held);
+    for p in polls {
+        p.abort();
+    }
 }
 
 async fn replay(target: &Target, backlog: usize) {
@@ -704,14 +861,21 @@ fn main() {
             Workload::Idle => {
                 for &sockets in &args.sockets {
                     let target = Target::new(&args).await;
-                    idle(&target, sockets).await;
+                    idle(&target, sockets, args.transport, args.settle).await;
                     target.stop().await;
                 }
             }
             Workload::Fanout => {
                 for &receivers in &args.receivers {
                     let target = Target::new(&args).await;
-                    fanout(&target, receivers, args.senders, args.seconds).await;
+                    fanout(
+                        &target,
+                        receivers,
+                        args.senders,
+                        args.seconds,
+                        args.transport,
+                    )
+                    .await;
                     target.stop().await;
                 }
             }
