@@ -14,3 +14,17 @@ CREATE TABLE IF NOT EXISTS messages (
   PRIMARY KEY (id),
   UNIQUE KEY messages_client_offset (client_offset)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+;
+
+-- Socket.IO connection-state recovery (protocol.md §3, "Recovery"): a session that ended while
+-- connected can be taken up again by its client, with the same socket id, until expires_at.
+-- pid           the client's secret: 20 random url-safe characters, never derived from the sid.
+-- sid           the Socket.IO socket id the client gets back.
+-- expires_at    milliseconds since the Unix epoch; 0 while a client holds the session.
+CREATE TABLE IF NOT EXISTS relay_sessions (
+  pid           VARBINARY(32) NOT NULL,
+  sid           VARBINARY(32) NOT NULL,
+  expires_at    BIGINT UNSIGNED NOT NULL,
+  PRIMARY KEY (pid),
+  KEY relay_sessions_expires_at (expires_at)
+) ENGINE = InnoDB

@@ -35,7 +35,9 @@ fn encode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let text = "hello world, this is a typical chat line 😀 with \"quotes\"";
     g.bench_function("broadcast frame", |b| {
-        b.iter(|| socketio::encode_event_text_id(chat::EVENT, black_box(text), black_box(123_456)))
+        b.iter(|| {
+            socketio::encode_event_text_id(chat::EVENT, black_box(text), black_box(123_456), false)
+        })
     });
     g.bench_function("empty ack", |b| {
         b.iter(|| socketio::encode_empty_ack(black_box(17)))
@@ -58,7 +60,7 @@ fn fanout(c: &mut Criterion) {
                 let mut id = 0u64;
                 b.iter(|| {
                     id += 1;
-                    let m = Message::encode(id, text);
+                    let m = Message::encode(id, text, false);
                     for buf in &mut buffers {
                         buf.clear();
                         buf.extend_from_slice(m.ws_frame());
@@ -73,7 +75,7 @@ fn fanout(c: &mut Criterion) {
                 id += 1;
                 for buf in &mut buffers {
                     buf.clear();
-                    let packet = socketio::encode_event_text_id(chat::EVENT, text, id);
+                    let packet = socketio::encode_event_text_id(chat::EVENT, text, id, false);
                     websocket::push_text_frame(buf, packet.as_bytes());
                 }
                 black_box(&buffers);

@@ -456,11 +456,19 @@ async fn next_text(ws: &mut Ws) -> Option<Utf8Bytes> {
     }
 }
 
-/// `42["chat message","<content>",<id>]` → (content, id), without a JSON parser on the hot path.
+/// `42["chat message","<content>",<id>]` (or with a trailing `,"<id>"` offset, connection-state
+/// recovery's) → (content, id), without a JSON parser on the hot path.
 fn chat_frame(t: &str) -> Option<(&str, u64)> {
-    let rest = t.strip_prefix("42[\"chat message\",\"")?;
+    let rest = t
+        .strip_prefix("42[\"chat message\",\"")?
+        .strip_suffix(']')?;
+    let rest = match rest.strip_suffix('"') {
+        // The offset: `…,<id>,"<id>"`.
+        Some(with_offset) => &with_offset[..with_offset.rfind(",\"")?],
+        None => rest,
+    };
     let comma = rest.rfind(',')?;
-    let id = rest[comma + 1..].strip_suffix(']')?.parse().ok()?;
+    let id = rest[comma + 1..].parse().ok()?;
     Some((rest[..comma].strip_suffix('"')?, id))
 }
 
@@ -812,7 +820,7 @@ async fn raw_server(port: u16, batched: bool) {
                             let args: serde_json::Value = serde_json::from_str(&rest[digits..]).unwrap_or_default();
                             let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
                             let text = args[1].as_str().unwrap_or_default();
-                            let _ = tx.send(Utf8Bytes::from(relay::protocol::socketio::encode_event_text_id("chat message", text, id)));
+                            let _ = tx.send(Utf8Bytes::from(relay::protocol::socketio::encode_event_text_id("chat message", text, id, false)));
                             if digits > 0 {
                                 let _ = ws.send(Message::text(format!("43{}[]", &rest[..digits]))).await;
                             }

@@ -7,8 +7,17 @@
 use crate::metrics::BadInput;
 use serde_json::Value;
 
-/// The one event the chat knows.
+/// The chat's event: a message to store and broadcast.
 pub const EVENT: &str = "chat message";
+
+/// The request for a page of older messages (acked with the page).
+pub const HISTORY_EVENT: &str = "history";
+
+/// Most messages one history page, or a first visit's `historyLimit`, asks for.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// Messages a history page holds when the request does not say.
+pub const DEFAULT_HISTORY_PAGE: usize = 50;
 
 /// Longest accepted `clientOffset`, in characters (Unicode scalar values).
 pub const MAX_OFFSET_CHARS: usize = 255;
@@ -40,6 +49,12 @@ pub enum Rejection {
     OffsetNotUnicode,
     /// The database refused the row for its content (a schema stricter than ours).
     Refused(String),
+    /// A history request whose `before` is not a positive integer.
+    HistoryBefore,
+    /// A history request whose `limit` is not an integer from 1 to [`MAX_HISTORY_PAGE`].
+    HistoryLimit,
+    /// A history request while the socket's previous one is still being read.
+    HistoryBusy,
 }
 
 impl Rejection {
@@ -55,6 +70,9 @@ impl Rejection {
             Rejection::OffsetTooLong { .. } => BadInput::OffsetTooLong,
             Rejection::OffsetNotUnicode => BadInput::OffsetNotUnicode,
             Rejection::Refused(_) => BadInput::RefusedByStore,
+            Rejection::HistoryBefore | Rejection::HistoryLimit | Rejection::HistoryBusy => {
+                BadInput::HistoryRequest
+            }
         }
     }
 }
@@ -86,6 +104,16 @@ impl std::fmt::Display for Rejection {
                 f.write_str("clientOffset must be valid Unicode (it holds a lone UTF-16 surrogate)")
             }
             Rejection::Refused(reason) => write!(f, "message refused by the database: {reason}"),
+            Rejection::HistoryBefore => {
+                f.write_str("history: before must be a positive integer (a message id)")
+            }
+            Rejection::HistoryLimit => write!(
+                f,
+                "history: limit must be an integer from 1 to {MAX_HISTORY_PAGE}"
+            ),
+            Rejection::HistoryBusy => {
+                f.write_str("history: one request at a time; wait for the previous page")
+            }
         }
     }
 }
@@ -146,21 +174,93 @@ pub fn parse_event(
     })
 }
 
+/// The event name of an EVENT payload (`[name, ...args]`), when it is a string.
+pub fn event_name(payload: &Value) -> Option<&str> {
+    payload.as_array()?.first()?.as_str()
+}
+
+/// A non-negative integer given as a JSON number or as a string of decimal digits (pages keep
+/// ids in `localStorage`, `data-` attributes and URLs); fractions round down, beyond 64 bits
+/// saturates.
+fn integer(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Some(f as u64), // saturating cast
+            _ => None,
+        }),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(s.parse::<u64>().unwrap_or(u64::MAX)) // only digits: fails only beyond 64 bits
+        }
+        _ => None,
+    }
+}
+
+/// A request for the page of messages before `before`, at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    pub before: u64,
+    pub limit: usize,
+}
+
+/// Checks `["history", {"before": id, "limit": n}]` (`limit` optional, default
+/// [`DEFAULT_HISTORY_PAGE`]).
+pub fn parse_history(payload: &Value) -> Result<HistoryRequest, Rejection> {
+    let args = payload.get(1);
+    let before = args
+        .and_then(|a| a.get("before"))
+        .and_then(integer)
+        .filter(|b| *b > 0)
+        .ok_or(Rejection::HistoryBefore)?;
+    let limit = match args.and_then(|a| a.get("limit")) {
+        None | Some(Value::Null) => DEFAULT_HISTORY_PAGE,
+        Some(v) => integer(v)
+            .filter(|n| (1..=MAX_HISTORY_PAGE as u64).contains(n))
+            .ok_or(Rejection::HistoryLimit)? as usize,
+    };
+    Ok(HistoryRequest { before, limit })
+}
+
+/// A first visit's cap on the replay: `auth.historyLimit`, a positive integer (at most
+/// [`MAX_HISTORY_PAGE`]); anything else means no cap.
+pub fn history_limit(auth: Option<&Value>) -> Option<usize> {
+    auth.and_then(|a| a.get("historyLimit"))
+        .and_then(integer)
+        .filter(|n| *n > 0)
+        .map(|n| n.min(MAX_HISTORY_PAGE as u64) as usize)
+}
+
+/// What a reconnecting stock client sends to recover its session: `pid` and `offset` (the last
+/// event's trailing string argument, here a message id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryRequest {
+    pub pid: String,
+    pub offset: u64,
+}
+
+/// The recovery a CONNECT asks for: a `pid` of 1 to 64 url-safe characters and an `offset`
+/// holding a message id. Anything else is no recovery request (the ordinary replay applies).
+pub fn recovery_request(auth: Option<&Value>) -> Option<RecoveryRequest> {
+    let auth = auth?;
+    let pid = auth.get("pid")?.as_str()?;
+    let url_safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if pid.is_empty() || pid.len() > 64 || !pid.chars().all(url_safe) {
+        return None;
+    }
+    let offset = integer(auth.get("offset")?)?;
+    Some(RecoveryRequest {
+        pid: pid.to_string(),
+        offset,
+    })
+}
+
 /// The replay start a CONNECT asks for: `auth.serverOffset` when it is a non-negative number
 /// (fractions round down, beyond 64 bits saturates), or a string of decimal digits (pages that
 /// keep the offset in `localStorage`, a `data-` attribute or a URL send one; the tutorial's SQL
 /// compares it as the number it holds); otherwise 0, which replays everything.
 pub fn server_offset(auth: Option<&Value>) -> u64 {
-    match auth.and_then(|a| a.get("serverOffset")) {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or_else(|| match n.as_f64() {
-            Some(f) if f.is_finite() && f > 0.0 => f as u64, // saturating cast
-            _ => 0,
-        }),
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u64>().unwrap_or(u64::MAX) // only digits: fails only beyond 64 bits
-        }
-        _ => 0,
-    }
+    auth.and_then(|a| a.get("serverOffset"))
+        .and_then(integer)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -263,12 +363,83 @@ mod tests {
     }
 
     #[test]
+    fn history_requests_and_limits() {
+        let req = |args: Value| parse_history(&json!(["history", args]));
+        assert_eq!(
+            req(json!({"before": 120, "limit": 20})),
+            Ok(HistoryRequest {
+                before: 120,
+                limit: 20
+            })
+        );
+        assert_eq!(
+            req(json!({"before": "120"})).unwrap().limit,
+            DEFAULT_HISTORY_PAGE
+        );
+        for bad in [
+            json!({}),
+            json!({"before": 0}),
+            json!({"before": -4}),
+            json!({"before": "x"}),
+        ] {
+            assert_eq!(req(bad.clone()), Err(Rejection::HistoryBefore), "{bad}");
+        }
+        for bad in [json!(0), json!(1001), json!("many"), json!(-1)] {
+            assert_eq!(
+                req(json!({"before": 5, "limit": bad})),
+                Err(Rejection::HistoryLimit),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_history(&json!(["history"])),
+            Err(Rejection::HistoryBefore)
+        );
+        assert_eq!(
+            history_limit(Some(&json!({"historyLimit": 100}))),
+            Some(100)
+        );
+        assert_eq!(
+            history_limit(Some(&json!({"historyLimit": 5000}))),
+            Some(1000)
+        );
+        assert_eq!(history_limit(Some(&json!({"historyLimit": 0}))), None);
+        assert_eq!(history_limit(Some(&json!({"historyLimit": "x"}))), None);
+        assert_eq!(history_limit(None), None);
+    }
+
+    #[test]
+    fn recovery_requests_need_a_pid_and_an_offset() {
+        assert_eq!(
+            recovery_request(Some(
+                &json!({"pid": "Ab-_9", "offset": "17", "serverOffset": 3})
+            )),
+            Some(RecoveryRequest {
+                pid: "Ab-_9".into(),
+                offset: 17
+            })
+        );
+        for bad in [
+            json!({"pid": "Ab"}),
+            json!({"offset": "17"}),
+            json!({"pid": "", "offset": "1"}),
+            json!({"pid": "a b", "offset": "1"}),
+            json!({"pid": "x".repeat(65), "offset": "1"}),
+            json!({"pid": "ok", "offset": "1x"}),
+            json!({"pid": 5, "offset": "1"}),
+        ] {
+            assert_eq!(recovery_request(Some(&bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn server_offset_defaults_to_zero() {
         assert_eq!(server_offset(None), 0);
         assert_eq!(server_offset(Some(&json!({}))), 0);
         assert_eq!(server_offset(Some(&json!({"serverOffset": 12}))), 12);
         assert_eq!(server_offset(Some(&json!({"serverOffset": 12.9}))), 12);
         assert_eq!(server_offset(Some(&json!({"serverOffset": -3}))), 0);
+        assert_eq!(server_offset(Some(&json!({"serverOffset": -0.5}))), 0);
         assert_eq!(server_offset(Some(&json!({"serverOffset": "12"}))), 12);
         assert_eq!(server_offset(Some(&json!({"serverOffset": "007"}))), 7);
         assert_eq!(

@@ -93,6 +93,13 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGES_PER_SECOND", default_value_t = 200)]
     pub max_messages_per_second: u32,
 
+    /// Socket.IO connection-state recovery: a client that reconnects within this many ms of
+    /// losing its connection (after a restart too, and on another node) gets its socket id back
+    /// and exactly the messages it missed (`socket.recovered`). 0 turns recovery off (no `pid`
+    /// is sent).
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 120_000)]
+    pub recovery_window_ms: u64,
+
     /// On SIGTERM/SIGINT, longest wait for open sockets to finish before exiting (ms).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

@@ -19,6 +19,8 @@ pub enum BadInput {
     OffsetEmpty,
     OffsetTooLong,
     OffsetNotUnicode,
+    /// A history request with bad bounds, or one too many at once.
+    HistoryRequest,
     /// The database refused the row's content.
     RefusedByStore,
     /// Events beyond `MAX_MESSAGES_PER_SECOND`.
@@ -33,7 +35,7 @@ pub enum BadInput {
 
 impl BadInput {
     /// Every kind, in the order `/metrics` lists them.
-    pub const ALL: [BadInput; 13] = [
+    pub const ALL: [BadInput; 14] = [
         BadInput::UnknownEvent,
         BadInput::MessageNotString,
         BadInput::MessageTooLarge,
@@ -42,6 +44,7 @@ impl BadInput {
         BadInput::OffsetEmpty,
         BadInput::OffsetTooLong,
         BadInput::OffsetNotUnicode,
+        BadInput::HistoryRequest,
         BadInput::RefusedByStore,
         BadInput::RateLimited,
         BadInput::Protocol,
@@ -60,6 +63,7 @@ impl BadInput {
             BadInput::OffsetEmpty => "offset_empty",
             BadInput::OffsetTooLong => "offset_too_long",
             BadInput::OffsetNotUnicode => "offset_not_unicode",
+            BadInput::HistoryRequest => "history_request",
             BadInput::RefusedByStore => "refused_by_store",
             BadInput::RateLimited => "rate_limited",
             BadInput::Protocol => "protocol",
@@ -92,6 +96,13 @@ pub struct Metrics {
     pub replay_reads_waiting: AtomicU64,
     /// Replay reads that failed or timed out (their sockets were closed: the database down).
     pub replay_failures: AtomicU64,
+    /// CONNECTs that recovered their session (same socket id, missed messages from the offset).
+    pub recovered: AtomicU64,
+    /// CONNECTs that asked to recover and could not (unknown or expired pid, unknown offset):
+    /// the ordinary replay applied.
+    pub not_recovered: AtomicU64,
+    /// History pages served.
+    pub history_pages: AtomicU64,
     pub closed_slow: AtomicU64,
     bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
@@ -192,6 +203,12 @@ impl Metrics {
             self.replay_failures.load(Relaxed),
         );
         one(
+            "relay_history_pages_total",
+            "counter",
+            "Pages of older messages served to history requests.",
+            self.history_pages.load(Relaxed),
+        );
+        one(
             "relay_sockets_closed_slow_total",
             "counter",
             "Sockets closed because they did not take our writes within pingTimeout.",
@@ -205,6 +222,15 @@ impl Metrics {
              relay_replayed_messages_total{{source=\"database\"}} {}\n",
             self.replayed_memory.load(Relaxed),
             self.replayed_database.load(Relaxed)
+        );
+        let _ = write!(
+            out,
+            "# HELP relay_recoveries_total CONNECTs that asked for connection-state recovery, by result.\n\
+             # TYPE relay_recoveries_total counter\n\
+             relay_recoveries_total{{result=\"recovered\"}} {}\n\
+             relay_recoveries_total{{result=\"not_recovered\"}} {}\n",
+            self.recovered.load(Relaxed),
+            self.not_recovered.load(Relaxed)
         );
         out.push_str("# HELP relay_bad_inputs_total Refused client input, by kind.\n# TYPE relay_bad_inputs_total counter\n");
         for (kind, n) in BadInput::ALL.iter().zip(&self.bad_input) {

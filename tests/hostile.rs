@@ -116,7 +116,7 @@ fn every_valid_chat_event_round_trips() {
                 prop_assert_eq!(&m.content, &msg);
                 prop_assert_eq!(&m.client_offset, &offset);
                 // And the broadcast of it decodes back to the same text.
-                let out = socketio::encode_event_text_id(chat::EVENT, &m.content, ack);
+                let out = socketio::encode_event_text_id(chat::EVENT, &m.content, ack, false);
                 let back = socketio::decode(&out[1..]).expect("broadcast decodes");
                 prop_assert_eq!(
                     back.data,

@@ -89,8 +89,8 @@ async fn a_polling_session_chats_like_a_websocket() {
             .unwrap_or_else(|| panic!("{p} in {got:?}"))
     };
     let (one, two) = (
-        at("42[\"chat message\",\"one\",1]"),
-        at("42[\"chat message\",\"two\",2]"),
+        at("42[\"chat message\",\"one\",1,\"1\"]"),
+        at("42[\"chat message\",\"two\",2,\"2\"]"),
     );
     assert!(
         one < two && one < at("430[]") && two < at("431[]"),
@@ -269,8 +269,8 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
     assert_eq!(
         texts,
         [
-            "42[\"chat message\",\"during the upgrade\",1]",
-            "42[\"chat message\",\"after\",2]",
+            "42[\"chat message\",\"during the upgrade\",1,\"1\"]",
+            "42[\"chat message\",\"after\",2,\"2\"]",
             "430[]"
         ]
     );

@@ -326,7 +326,80 @@ async fn the_batch_limit_fits_in_one_insert(backend: Backend) {
     db.remove().await;
 }
 
+async fn pages_before_an_id_are_the_newest_rows_below_it(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let batch: Vec<NewMessage> = (0..30)
+        .map(|i| msg(&format!("b{i}"), &format!("before {i}")))
+        .collect();
+    let ids = stored(&insert(&store, &batch).await);
+    let page = store.page_before(ids[20], 5).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), ids[15..20]);
+    assert_eq!(page[0].content, "before 15");
+    // Paging down to the first row, with no duplicate at the seams.
+    let mut seen = Vec::new();
+    let mut before = u64::MAX;
+    loop {
+        let page = store.page_before(before, 7).await.unwrap();
+        let Some(first) = page.first() else { break };
+        before = first.id;
+        seen.splice(0..0, page.iter().map(|r| r.id));
+    }
+    assert_eq!(seen, ids);
+    assert!(store.page_before(ids[0], 10).await.unwrap().is_empty());
+    store.close().await;
+    db.remove().await;
+}
+
+async fn a_saved_session_is_claimed_once_until_it_is_saved_again(backend: Backend) {
+    use relay::store::SessionRecord;
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let record = |pid: &str, sid: &str, expires_at_ms| SessionRecord {
+        pid: pid.into(),
+        sid: sid.into(),
+        expires_at_ms,
+    };
+    let now = 1_000_000;
+    store
+        .save_sessions(
+            &[record("p1", "s1", now + 100), record("p2", "s2", now - 1)],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.claim_session("nope", now).await.unwrap(), None);
+    assert_eq!(
+        store.claim_session("p2", now).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store.claim_session("p1", now).await.unwrap().as_deref(),
+        Some("s1")
+    );
+    assert_eq!(store.claim_session("p1", now).await.unwrap(), None, "held");
+    // The client disconnects again: the same pid can be taken up again.
+    store
+        .save_sessions(&[record("p1", "s1", now + 200)], now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_session("p1", now + 150)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s1")
+    );
+    assert_eq!(store.claim_session("p1", now + 150).await.unwrap(), None);
+    store.close().await;
+    db.remove().await;
+}
+
 on_both_stores!(
+    pages_before_an_id_are_the_newest_rows_below_it,
+    a_saved_session_is_claimed_once_until_it_is_saved_again,
     empty_store_starts_at_zero,
     ids_ascend_in_insertion_order,
     a_retry_gets_the_first_copys_id,

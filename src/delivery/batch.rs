@@ -21,9 +21,10 @@ pub struct Message {
 }
 
 impl Message {
-    /// Encodes row `id` with `content` as the chat broadcast `42["chat message",content,id]`.
-    pub fn encode(id: u64, content: &str) -> Message {
-        let packet = socketio::encode_event_text_id(chat::EVENT, content, id);
+    /// Encodes row `id` with `content` as the chat broadcast `42["chat message",content,id]`,
+    /// and with `offset` the id again as a trailing string (connection-state recovery's offset).
+    pub fn encode(id: u64, content: &str, offset: bool) -> Message {
+        let packet = socketio::encode_event_text_id(chat::EVENT, content, id, offset);
         let frame = websocket::text_frame(packet.as_bytes());
         let header = (frame.len() - packet.len()) as u8; // 2, 4 or 10
         Message {
@@ -34,8 +35,8 @@ impl Message {
     }
 
     /// A stored row, encoded.
-    pub fn from_row(row: &Row) -> Message {
-        Message::encode(row.id, &row.content)
+    pub fn from_row(row: &Row, offset: bool) -> Message {
+        Message::encode(row.id, &row.content, offset)
     }
 
     /// The Engine.IO packet (UTF-8 text), as the polling transport sends it.
@@ -64,11 +65,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Stored rows (ascending, all after `prev`), encoded.
-    pub fn from_rows(prev: u64, rows: &[Row]) -> Arc<Batch> {
+    /// Stored rows (ascending, all after `prev`), encoded (`offset`: see [`Message::encode`]).
+    pub fn from_rows(prev: u64, rows: &[Row], offset: bool) -> Arc<Batch> {
         Arc::new(Batch {
             prev,
-            messages: rows.iter().map(Message::from_row).collect(),
+            messages: rows.iter().map(|r| Message::from_row(r, offset)).collect(),
         })
     }
 
@@ -86,8 +87,8 @@ mod tests {
     fn one_encoding_serves_both_framings() {
         for len in [0usize, 10, 200, 70_000] {
             let content = "é".repeat(len);
-            let m = Message::encode(17, &content);
-            let packet = socketio::encode_event_text_id(chat::EVENT, &content, 17);
+            let m = Message::encode(17, &content, false);
+            let packet = socketio::encode_event_text_id(chat::EVENT, &content, 17, false);
             assert_eq!(m.packet(), packet.as_bytes());
             assert_eq!(m.ws_frame(), websocket::text_frame(packet.as_bytes()));
         }
@@ -107,8 +108,10 @@ mod tests {
                     content: "b".into(),
                 },
             ],
+            true,
         );
+        assert!(b.messages[1].packet().ends_with(b",7,\"7\"]"));
         assert_eq!(b.last(), 7);
-        assert_eq!(Batch::from_rows(4, &[]).last(), 4);
+        assert_eq!(Batch::from_rows(4, &[], false).last(), 4);
     }
 }

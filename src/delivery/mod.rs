@@ -37,13 +37,19 @@ pub struct Broadcaster {
 impl Broadcaster {
     /// Starts from the store's state: `max_id`, the highest stored id, and `newest`, the newest
     /// rows (ascending) to warm the recent history with, so the reconnects after a restart replay
-    /// from memory.
-    pub fn new(max_id: u64, newest: &[Row], limits: RecentLimits, fanout: Fanout) -> Broadcaster {
+    /// from memory. `offset`: chat frames carry recovery offsets ([`batch::Message::encode`]).
+    pub fn new(
+        max_id: u64,
+        newest: &[Row],
+        limits: RecentLimits,
+        fanout: Fanout,
+        offset: bool,
+    ) -> Broadcaster {
         // The history holds every row after the one before its oldest.
         let mut prev = newest.first().map_or(max_id, |r| r.id.saturating_sub(1));
         let recent = Recent::new(prev, limits);
         for chunk in newest.chunks(MAX_BATCH) {
-            let batch = Batch::from_rows(prev, chunk);
+            let batch = Batch::from_rows(prev, chunk, offset);
             prev = batch.last();
             recent.push(batch);
         }

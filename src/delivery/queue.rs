@@ -193,14 +193,15 @@ impl<S: PacketSink> PacketQueue<S> {
         n
     }
 
-    /// Queues the rows of a database page above the cursor. Returns how many.
-    pub fn deliver_rows(&self, rows: &[Row]) -> usize {
+    /// Queues the rows of a database page above the cursor (`offset`: see
+    /// [`Message::encode`]). Returns how many.
+    pub fn deliver_rows(&self, rows: &[Row], offset: bool) -> usize {
         let mut state = self.lock();
         let mut n = 0;
         for row in rows {
             if row.id > state.cursor {
                 state.cursor = row.id;
-                state.sink.push_message(&Message::from_row(row));
+                state.sink.push_message(&Message::from_row(row, offset));
                 n += 1;
             }
         }
@@ -355,7 +356,7 @@ mod tests {
             id,
             content: "r".into(),
         });
-        assert_eq!(q.deliver_rows(&rows), 3);
+        assert_eq!(q.deliver_rows(&rows, false), 3);
         assert_eq!(q.catch_up(&memory), CatchUp::Live(1));
         q.with_sink(|s| s.send_now()).unwrap();
         assert_eq!(sent_ids(&q), [4, 5, 10, 11]);
@@ -381,7 +382,7 @@ mod tests {
             id += 1;
             let b = Arc::new(Batch {
                 prev: id - 1,
-                messages: vec![Message::encode(id, &big)],
+                messages: vec![Message::encode(id, &big, false)],
             });
             q.offer(&[b]).expect("open");
             if q.take_behind() {

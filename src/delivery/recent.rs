@@ -95,6 +95,35 @@ impl Recent {
         Some(ring.batches.range(first..).cloned().collect())
     }
 
+    /// Whether message `id` was published, if the ring reaches back to it (`None`: it does not;
+    /// ask the database).
+    pub fn contains(&self, id: u64) -> Option<bool> {
+        let ring = self.ring.read().ok()?;
+        if id <= ring.start {
+            return None;
+        }
+        let at = ring.batches.partition_point(|b| b.last() < id);
+        Some(
+            ring.batches
+                .get(at)
+                .is_some_and(|b| b.messages.binary_search_by_key(&id, |m| m.id).is_ok()),
+        )
+    }
+
+    /// The id the newest `n` messages start at, if the ring tells: it holds `n` messages, or it
+    /// holds every message ever published (then the oldest is the start, or 1 when empty).
+    pub fn nth_newest(&self, n: usize) -> Option<u64> {
+        let ring = self.ring.read().ok()?;
+        let mut left = n;
+        for batch in ring.batches.iter().rev() {
+            if left <= batch.messages.len() {
+                return Some(batch.messages[batch.messages.len() - left].id);
+            }
+            left -= batch.messages.len();
+        }
+        (ring.start == 0).then(|| ring.batches.front().map_or(1, |b| b.messages[0].id))
+    }
+
     /// Rows held.
     pub fn len(&self) -> usize {
         self.ring.read().map_or(0, |r| r.rows)
@@ -140,6 +169,41 @@ mod tests {
         assert_eq!(r.since(15).map(|b| ids(&b)), Some(vec![15, 16, 17]));
         assert_eq!(r.since(17).map(|b| ids(&b)), Some(vec![]));
         assert_eq!(r.len(), 6);
+    }
+
+    #[test]
+    fn knows_which_ids_it_holds_and_where_the_newest_start() {
+        let r = Recent::new(
+            10,
+            RecentLimits {
+                rows: 100,
+                bytes: 1 << 20,
+            },
+        );
+        r.push(batch(10, &[11, 12]));
+        r.push(batch(12, &[14, 15]));
+        assert_eq!(r.contains(12), Some(true));
+        assert_eq!(r.contains(13), Some(false), "never published");
+        assert_eq!(r.contains(16), Some(false));
+        assert_eq!(r.contains(10), None, "older than the ring");
+        assert_eq!(r.nth_newest(1), Some(15));
+        assert_eq!(r.nth_newest(3), Some(12));
+        assert_eq!(r.nth_newest(4), Some(11));
+        assert_eq!(
+            r.nth_newest(5),
+            None,
+            "the ring does not reach back that far"
+        );
+        let all = Recent::new(
+            0,
+            RecentLimits {
+                rows: 100,
+                bytes: 1 << 20,
+            },
+        );
+        assert_eq!(all.nth_newest(5), Some(1), "nothing yet: everything");
+        all.push(batch(0, &[3, 4]));
+        assert_eq!(all.nth_newest(5), Some(3));
     }
 
     #[test]

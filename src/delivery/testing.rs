@@ -12,7 +12,10 @@ use std::task::{Context, Poll};
 pub fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
     Arc::new(Batch {
         prev,
-        messages: ids.iter().map(|&id| Message::encode(id, "m")).collect(),
+        messages: ids
+            .iter()
+            .map(|&id| Message::encode(id, "m", false))
+            .collect(),
     })
 }
 

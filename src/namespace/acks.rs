@@ -63,7 +63,10 @@ mod tests {
         );
         let batch = Arc::new(Batch {
             prev: 0,
-            messages: vec![Message::encode(1, "a"), Message::encode(2, "b")],
+            messages: vec![
+                Message::encode(1, "a", false),
+                Message::encode(2, "b", false),
+            ],
         });
         queue.offer(&[batch]);
         acks.release(&queue);

@@ -20,6 +20,7 @@
 
 pub mod acks;
 pub mod rate;
+pub mod recovery;
 
 use crate::chat::{self, Rejection};
 use crate::delivery::queue::CatchUp;
@@ -29,9 +30,10 @@ use crate::metrics::{BadInput, Metrics};
 use crate::protocol::sid::new_sid;
 use crate::protocol::socketio::{self, Kind, Packet};
 use crate::sequencer::{Outcome, Receipt, Sequencer, Submission};
-use crate::store::{Row, Store, StoreError};
+use crate::store::{now_ms, Row, Store, StoreError};
 use acks::AckQueue;
 use rate::RateLimit;
+use recovery::RecoveryLog;
 use serde_json::json;
 use std::future::Future;
 use std::pin::Pin;
@@ -71,7 +73,24 @@ pub struct Namespace {
     /// waits for its turn, however long, instead of counting the wait against `DB_TIMEOUT_MS`
     /// and closing its socket as if the database were down. Only the read itself is timed.
     pub replay_reads: Arc<Semaphore>,
+    /// Connection-state recovery, when on (`RECOVERY_WINDOW_MS` > 0).
+    pub recovery: Option<RecoveryLog>,
 }
+
+/// How a CONNECT is answered: the socket id (and pid) it gets, and where its replay starts.
+struct JoinPlan {
+    sid: String,
+    pid: Option<String>,
+    cursor: u64,
+    recovered: bool,
+}
+
+/// A CONNECT being planned (recovery checks, the start of a capped first visit).
+type JoinFuture = Pin<Box<dyn Future<Output = JoinPlan> + Send>>;
+
+/// A history page being read: the ack id it answers, the page size asked, the rows.
+type HistoryFuture =
+    Pin<Box<dyn Future<Output = (u64, usize, Result<Vec<Row>, StoreError>)> + Send>>;
 
 /// A page of rows after a cursor, and the highest id published before it was read.
 type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Row>, u64), StoreError>> + Send>>;
@@ -99,6 +118,12 @@ struct Socket<T: Transport> {
     rate: RateLimit,
     /// A binary packet waiting for its attachments (boxed: rare, and sockets are many).
     reconstructing: Option<Box<Reconstruction>>,
+    /// A CONNECT whose answer is being planned; nothing else is read meanwhile.
+    joining: Option<JoinFuture>,
+    /// A history request being read.
+    history: Option<HistoryFuture>,
+    /// The socket id and pid the client got at CONNECT (the pid with recovery on).
+    identity: Option<(String, Option<String>)>,
 }
 
 /// A binary packet (`5…`/`6…`) whose attachments have not all arrived.
@@ -133,6 +158,9 @@ pub fn serve<T: Transport>(
         acks: AckQueue::default(),
         rate: RateLimit::new(ns.config.max_messages_per_second),
         reconstructing: None,
+        joining: None,
+        history: None,
+        identity: None,
         ns,
     };
     async move { socket.serve().await }
@@ -147,6 +175,13 @@ impl<T: Transport> Socket<T> {
         }
         if reason == DisconnectReason::SlowClient {
             metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
+        }
+        // Ended while connected: the client may take the session up again (not after its own
+        // DISCONNECT, which ends the session for good, as in socket.io).
+        if let (true, Some(log), Some((sid, Some(pid)))) =
+            (self.connected, &self.ns.recovery, self.identity.take())
+        {
+            log.keep(pid, sid);
         }
         // Boxed: the close handshake's state is needed once, at the end, and an idle socket should
         // not carry room for it all its life.
@@ -173,10 +208,20 @@ impl<T: Transport> Socket<T> {
             if self.engine.closing() && self.in_flight == 0 && self.acks.is_empty() {
                 return DisconnectReason::ClosingServer;
             }
-            let reading = self.in_flight < MAX_IN_FLIGHT;
+            let reading = self.in_flight < MAX_IN_FLIGHT && self.joining.is_none();
             let step = tokio::select! {
                 biased;
+                plan = next_of(&mut self.joining) => {
+                    self.joining = None;
+                    self.join(plan);
+                    Ok(())
+                }
                 page = next_page(&mut self.replay) => self.on_page(page),
+                (ack_id, limit, page) = next_of(&mut self.history) => {
+                    self.history = None;
+                    self.on_history_page(ack_id, limit, page);
+                    Ok(())
+                }
                 Some(receipt) = next_receipt(&mut self.receipts) => {
                     self.on_receipt(receipt);
                     Ok(())
@@ -223,7 +268,7 @@ impl<T: Transport> Socket<T> {
                     queue.skip_to(published);
                     0
                 } else {
-                    queue.deliver_rows(&rows)
+                    queue.deliver_rows(&rows, self.ns.recovery.is_some())
                 };
                 self.count_delivered(n);
                 self.ns
@@ -381,15 +426,20 @@ impl<T: Transport> Socket<T> {
             return protocol(format!("namespace {nsp:?} is not connected"));
         }
         match (kind, self.connected) {
-            (Kind::Connect, false) => {
-                self.join(chat::server_offset(data.as_ref()));
+            (Kind::Connect, false) if self.joining.is_none() => {
+                self.on_connect(data.as_ref());
                 Ok(None)
+            }
+            (Kind::Connect, false) => {
+                protocol("a second CONNECT while the first is answered".into())
             }
             (Kind::Connect, true) => protocol("already connected to \"/\"".into()),
             (_, false) => protocol("packet before CONNECT".into()),
             (Kind::Disconnect, true) => {
                 self.connected = false;
                 self.replay = None;
+                self.history = None;
+                self.identity = None;
                 self.acks.clear();
                 self.engine.queue().leave();
                 Ok(None)
@@ -403,11 +453,37 @@ impl<T: Transport> Socket<T> {
         }
     }
 
-    fn join(&mut self, offset: u64) {
+    /// A CONNECT to `/`: answered at once, or once its recovery or capped replay is planned.
+    fn on_connect(&mut self, auth: Option<&serde_json::Value>) {
+        let server_offset = chat::server_offset(auth);
+        let recovery = self
+            .ns
+            .recovery
+            .as_ref()
+            .and_then(|_| chat::recovery_request(auth));
+        let limit = chat::history_limit(auth);
+        if recovery.is_none() && limit.is_none() {
+            let plan = self.ns.fresh_plan(server_offset);
+            self.join(plan);
+        } else {
+            self.joining = Some(Box::pin(self.ns.clone().plan(
+                server_offset,
+                recovery,
+                limit,
+            )));
+        }
+    }
+
+    fn join(&mut self, plan: JoinPlan) {
         // An offset beyond the newest id (a database that was reset) would hide every new message.
-        let cursor = offset.min(self.ns.broadcaster.published());
+        let cursor = plan.cursor.min(self.ns.broadcaster.published());
         self.engine.set_deadline(None);
-        self.engine.send(&socketio::encode_connect_ok(&new_sid()));
+        self.engine
+            .send(&socketio::encode_connect_ok(&plan.sid, plan.pid.as_deref()));
+        if plan.recovered {
+            tracing::debug!(sid = plan.sid, cursor, "session recovered");
+        }
+        self.identity = Some((plan.sid, plan.pid));
         let queue = self.engine.queue().clone();
         queue.join(cursor);
         // Registered before reading history: see the module docs for why this order closes the gap.
@@ -417,6 +493,56 @@ impl<T: Transport> Socket<T> {
         }
         self.connected = true;
         self.catch_up();
+    }
+
+    /// `["history", {"before": id, "limit": n}]`: a page of older messages, in the ack.
+    fn on_history(&mut self, ack_id: Option<u64>, payload: &serde_json::Value) {
+        let request = chat::parse_history(payload).and_then(|r| match self.history {
+            Some(_) => Err(Rejection::HistoryBusy),
+            None => Ok(r),
+        });
+        match (request, ack_id) {
+            (Ok(request), Some(ack_id)) => {
+                self.history = Some(self.ns.history_page(ack_id, request));
+            }
+            (Ok(_), None) => {} // nobody to answer: nothing to read
+            (Err(rejection), ack_id) => self.refuse(ack_id, &rejection),
+        }
+    }
+
+    /// Answers a history request with its page (ascending), or an error to retry.
+    fn on_history_page(&mut self, ack_id: u64, limit: usize, page: Result<Vec<Row>, StoreError>) {
+        let reply = match page {
+            Ok(rows) => {
+                self.ns
+                    .metrics
+                    .history_pages
+                    .fetch_add(1, Ordering::Relaxed);
+                let more = rows.len() == limit;
+                let messages: Vec<serde_json::Value> = rows
+                    .into_iter()
+                    .map(|r| json!({ "id": r.id, "msg": r.content }))
+                    .collect();
+                json!([{ "messages": messages, "more": more }])
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "history page failed");
+                json!([{ "error": "history: database unavailable, try again" }])
+            }
+        };
+        if self.connected {
+            self.acks.push(0, socketio::encode_ack(ack_id, &reply));
+        }
+    }
+
+    /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
+    fn refuse(&mut self, ack_id: Option<u64>, rejection: &Rejection) {
+        tracing::debug!(kind = ?rejection.kind(), "refused event: {rejection}");
+        self.ns.metrics.bad_input(rejection.kind());
+        if let Some(ack_id) = ack_id {
+            let ack = socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
+            self.acks.push(0, ack);
+        }
     }
 
     fn on_event(
@@ -439,6 +565,10 @@ impl<T: Transport> Socket<T> {
             self.acks.push(0, ack);
             return Ok(None);
         }
+        if chat::event_name(&payload) == Some(chat::HISTORY_EVENT) {
+            self.on_history(ack_id, &payload);
+            return Ok(None);
+        }
         match chat::parse_event(payload, self.ns.config.max_message_bytes, lossy) {
             Ok(message) => {
                 return Ok(Some(Submission {
@@ -451,15 +581,7 @@ impl<T: Transport> Socket<T> {
                         .clone(),
                 }));
             }
-            Err(rejection) => {
-                tracing::debug!(kind = ?rejection.kind(), "refused event: {rejection}");
-                self.ns.metrics.bad_input(rejection.kind());
-                if let Some(ack_id) = ack_id {
-                    let ack =
-                        socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
-                    self.acks.push(0, ack);
-                }
-            }
+            Err(rejection) => self.refuse(ack_id, &rejection),
         }
         Ok(None)
     }
@@ -490,6 +612,14 @@ async fn next_page(replay: &mut Option<PageFuture>) -> Result<(Vec<Row>, u64), S
     }
 }
 
+/// The output of a pending future; pending for ever when there is none.
+async fn next_of<T>(pending: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match pending {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
     match receipts {
         Some((_, rx)) => rx.recv().await,
@@ -498,6 +628,100 @@ async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
 }
 
 impl Namespace {
+    /// A fresh socket's plan: a new socket id (and a new pid with recovery on), the replay from
+    /// `server_offset`.
+    fn fresh_plan(&self, server_offset: u64) -> JoinPlan {
+        JoinPlan {
+            sid: new_sid(),
+            pid: self.recovery.as_ref().map(|_| new_sid()),
+            cursor: server_offset,
+            recovered: false,
+        }
+    }
+
+    /// Plans a CONNECT that asked for recovery or a capped replay. A recovery happens only when
+    /// it is provably complete: the offset is a message this node has published, and the pid
+    /// names a session that ended within the window and that no one else took up. Otherwise
+    /// the ordinary replay from `server_offset` applies, capped to the newest `limit` rows.
+    async fn plan(
+        self: Arc<Self>,
+        server_offset: u64,
+        recovery: Option<chat::RecoveryRequest>,
+        limit: Option<usize>,
+    ) -> JoinPlan {
+        if let Some(request) = recovery {
+            if self.offset_is_known(request.offset).await {
+                if let Ok(Some(sid)) = self.store.claim_session(&request.pid, now_ms()).await {
+                    self.metrics.recovered.fetch_add(1, Ordering::Relaxed);
+                    return JoinPlan {
+                        sid,
+                        pid: Some(request.pid),
+                        cursor: request.offset,
+                        recovered: true,
+                    };
+                }
+            }
+            self.metrics.not_recovered.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut plan = self.fresh_plan(server_offset);
+        if let Some(limit) = limit {
+            plan.cursor = plan.cursor.max(self.start_of_newest(limit).await);
+        }
+        plan
+    }
+
+    /// Whether `offset` is the id of a message published here (in memory, or in the database).
+    async fn offset_is_known(&self, offset: u64) -> bool {
+        if offset == 0 || offset > self.broadcaster.published() {
+            return false;
+        }
+        if let Some(held) = self.broadcaster.recent().contains(offset) {
+            return held;
+        }
+        let _turn = self.replay_reads.acquire().await;
+        match timeout(self.config.db_timeout, self.store.page_after(offset - 1, 1)).await {
+            Ok(Ok(rows)) => rows.first().is_some_and(|r| r.id == offset),
+            _ => false,
+        }
+    }
+
+    /// The cursor after which the newest `limit` messages come (0 when there are no more).
+    async fn start_of_newest(&self, limit: usize) -> u64 {
+        if let Some(id) = self.broadcaster.recent().nth_newest(limit) {
+            return id.saturating_sub(1);
+        }
+        let _turn = self.replay_reads.acquire().await;
+        let published = self.broadcaster.published();
+        match timeout(
+            self.config.db_timeout,
+            self.store.page_before(published.saturating_add(1), limit),
+        )
+        .await
+        {
+            Ok(Ok(rows)) if rows.len() == limit => rows[0].id.saturating_sub(1),
+            // Fewer rows than the cap, or no answer: the whole replay (never a gap).
+            _ => 0,
+        }
+    }
+
+    /// Reads a history page (through a replay turn, and within `DB_TIMEOUT_MS` once it has one).
+    fn history_page(self: &Arc<Self>, ack_id: u64, request: chat::HistoryRequest) -> HistoryFuture {
+        let ns = self.clone();
+        Box::pin(async move {
+            let _turn = ns.replay_reads.acquire().await;
+            let page = match timeout(
+                ns.config.db_timeout,
+                ns.store.page_before(request.before, request.limit),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::timeout("history")),
+            };
+            (ack_id, request.limit, page)
+        })
+    }
+
     /// Reads the page of rows after `after`, with the published watermark from before the read:
     /// waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a database that
     /// does not answer in that time is down).
@@ -555,6 +779,11 @@ mod tests {
     }
 
     fn chat() -> Chat {
+        chat_with(None)
+    }
+
+    /// A chat whose sockets can recover for `window` (`None`: recovery off).
+    fn chat_with(window: Option<Duration>) -> Chat {
         let store = MemoryStore::new();
         let metrics = Arc::new(Metrics::default());
         let tasks = TaskTracker::new();
@@ -563,7 +792,7 @@ mod tests {
             rows: 100,
             bytes: 1 << 20,
         };
-        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout));
+        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, window.is_some()));
         let sequencer = Sequencer::start(
             Store::Memory(store.clone()),
             Box::new(LocalBus(broadcaster.clone())),
@@ -571,11 +800,20 @@ mod tests {
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
+                offsets: window.is_some(),
                 metrics: metrics.clone(),
             },
             &tasks,
             CancellationToken::new(),
         );
+        let recovery = window.map(|w| {
+            RecoveryLog::start(
+                Store::Memory(store.clone()),
+                w,
+                &tasks,
+                CancellationToken::new(),
+            )
+        });
         Chat {
             ns: Arc::new(Namespace {
                 sequencer,
@@ -589,6 +827,7 @@ mod tests {
                 },
                 metrics,
                 replay_reads: Arc::new(Semaphore::new(4)),
+                recovery,
             }),
             store,
             stop: CancellationToken::new(),
@@ -721,6 +960,98 @@ mod tests {
             &sent[alice.seen..],
             ["42[\"chat message\",\"last\",1]", "430[]"]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_socket_gets_its_id_back_and_exactly_what_it_missed() {
+        let chat = chat_with(Some(Duration::from_secs(120)));
+        let writer = Client::joined(&chat, "").await;
+        let mut a = chat.connect();
+        a.next().await;
+        a.send("40");
+        let reply: serde_json::Value = serde_json::from_str(&a.next().await[2..]).unwrap();
+        let (sid, pid) = (
+            reply["sid"].as_str().unwrap(),
+            reply["pid"].as_str().unwrap(),
+        );
+        writer.send("420[\"chat message\",\"m1\",\"w-1\"]");
+        assert_eq!(a.next().await, "42[\"chat message\",\"m1\",1,\"1\"]");
+        // The transport breaks; two messages are committed meanwhile.
+        a.to_server
+            .send(Err(DisconnectReason::TransportError("gone".into())))
+            .unwrap();
+        a.ended.await.unwrap();
+        for i in 2..=3 {
+            writer.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
+        }
+        while chat.store.rows().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The stock client reconnects with its pid and the last offset it got.
+        let mut back = chat.connect();
+        back.next().await;
+        back.send(&format!(
+            "40{{\"pid\":\"{pid}\",\"offset\":\"1\",\"serverOffset\":0}}"
+        ));
+        assert_eq!(
+            back.next().await,
+            format!("40{{\"sid\":\"{sid}\",\"pid\":\"{pid}\"}}"),
+            "the same socket id, the same pid: recovered"
+        );
+        assert_eq!(back.next().await, "42[\"chat message\",\"m2\",2,\"2\"]");
+        assert_eq!(back.next().await, "42[\"chat message\",\"m3\",3,\"3\"]");
+        // A second client with the same pid, while the first holds it: not recovered, and the
+        // ordinary replay from serverOffset applies.
+        let mut thief = chat.connect();
+        thief.next().await;
+        thief.send(&format!(
+            "40{{\"pid\":\"{pid}\",\"offset\":\"3\",\"serverOffset\":2}}"
+        ));
+        let reply: serde_json::Value = serde_json::from_str(&thief.next().await[2..]).unwrap();
+        assert_ne!(reply["sid"].as_str(), Some(sid));
+        assert_ne!(reply["pid"].as_str(), Some(pid));
+        assert_eq!(thief.next().await, "42[\"chat message\",\"m3\",3,\"3\"]");
+        // An offset that is not a message: not recovered either.
+        let mut forged = chat.connect();
+        forged.next().await;
+        forged.send(&format!("40{{\"pid\":\"{pid}\",\"offset\":\"99\"}}"));
+        let reply: serde_json::Value = serde_json::from_str(&forged.next().await[2..]).unwrap();
+        assert_ne!(reply["sid"].as_str(), Some(sid));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capped_first_visit_and_history_pages() {
+        let chat = chat();
+        let mut writer = Client::joined(&chat, "").await;
+        for i in 1..=10 {
+            writer.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
+            writer.next().await;
+            writer.next().await;
+        }
+        let mut page = Client::joined(&chat, "{\"serverOffset\":0,\"historyLimit\":3}").await;
+        for i in 8..=10 {
+            assert_eq!(
+                page.next().await,
+                format!("42[\"chat message\",\"m{i}\",{i}]")
+            );
+        }
+        page.send("420[\"history\",{\"before\":8,\"limit\":4}]");
+        assert_eq!(
+            page.next().await,
+            "430[{\"messages\":[{\"id\":4,\"msg\":\"m4\"},{\"id\":5,\"msg\":\"m5\"},\
+             {\"id\":6,\"msg\":\"m6\"},{\"id\":7,\"msg\":\"m7\"}],\"more\":true}]"
+        );
+        page.send("421[\"history\",{\"before\":4,\"limit\":4}]");
+        assert_eq!(
+            page.next().await,
+            "431[{\"messages\":[{\"id\":1,\"msg\":\"m1\"},{\"id\":2,\"msg\":\"m2\"},\
+             {\"id\":3,\"msg\":\"m3\"}],\"more\":false}]"
+        );
+        page.send("422[\"history\",{\"before\":-1}]");
+        assert!(page
+            .next()
+            .await
+            .starts_with("432[{\"error\":\"history: before"));
     }
 
     #[tokio::test(start_paused = true)]

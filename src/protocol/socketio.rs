@@ -282,12 +282,17 @@ fn payload_is_valid(kind: Kind, data: Option<&Value>) -> bool {
     }
 }
 
-/// `40{"sid":"…"}`: a successful CONNECT to the main namespace. Never carries `pid`: relay
-/// recovers through `serverOffset`, not through connection-state recovery.
-pub fn encode_connect_ok(sid: &str) -> String {
-    let mut out = String::with_capacity(sid.len() + 12);
+/// `40{"sid":"…"}`, or `40{"sid":"…","pid":"…"}` with connection-state recovery: a successful
+/// CONNECT to the main namespace. The stock client sets `socket.recovered` when the `pid` is the
+/// one it sent.
+pub fn encode_connect_ok(sid: &str, pid: Option<&str>) -> String {
+    let mut out = String::with_capacity(sid.len() + 40);
     out.push_str("40{\"sid\":");
     out.push_str(&Value::from(sid).to_string());
+    if let Some(pid) = pid {
+        out.push_str(",\"pid\":");
+        out.push_str(&Value::from(pid).to_string());
+    }
     out.push('}');
     out
 }
@@ -319,15 +324,21 @@ pub fn encode_empty_ack(id: u64) -> String {
     out
 }
 
-/// `42["<event>",<text>,<number>]`: the chat broadcast. Encoded once per message; the same bytes go
-/// to every socket.
-pub fn encode_event_text_id(event: &str, text: &str, id: u64) -> String {
-    let mut out = String::with_capacity(text.len() + event.len() + 32);
+/// `42["<event>",<text>,<number>]`: the chat broadcast; with `offset`, `42["<event>",<text>,
+/// <number>,"<number>"]`, the id again as the trailing string argument the stock client keeps as
+/// its connection-state recovery offset (after the numeric id, so `(msg, id)` handlers are
+/// unaffected). Encoded once per message; the same bytes go to every socket.
+pub fn encode_event_text_id(event: &str, text: &str, id: u64, offset: bool) -> String {
+    let mut out = String::with_capacity(text.len() + event.len() + 48);
     out.push_str("42[");
     push_json_str(&mut out, event);
     out.push(',');
     push_json_str(&mut out, text);
-    let _ = write!(out, ",{id}]");
+    if offset {
+        let _ = write!(out, ",{id},\"{id}\"]");
+    } else {
+        let _ = write!(out, ",{id}]");
+    }
     out
 }
 
@@ -536,7 +547,11 @@ mod tests {
 
     #[test]
     fn encoders() {
-        assert_eq!(encode_connect_ok("AbC-_1"), "40{\"sid\":\"AbC-_1\"}");
+        assert_eq!(encode_connect_ok("AbC-_1", None), "40{\"sid\":\"AbC-_1\"}");
+        assert_eq!(
+            encode_connect_ok("AbC-_1", Some("p-1")),
+            "40{\"sid\":\"AbC-_1\",\"pid\":\"p-1\"}"
+        );
         assert_eq!(
             encode_connect_error("/nope", "Invalid namespace"),
             "44/nope,{\"message\":\"Invalid namespace\"}"
@@ -551,15 +566,19 @@ mod tests {
             "437[{\"error\":\"bad\"}]"
         );
         assert_eq!(
-            encode_event_text_id("chat message", "a\"b\\c\n😀", 17),
+            encode_event_text_id("chat message", "a\"b\\c\n😀", 17, false),
             "42[\"chat message\",\"a\\\"b\\\\c\\n😀\",17]"
+        );
+        assert_eq!(
+            encode_event_text_id("chat message", "hi", 17, true),
+            "42[\"chat message\",\"hi\",17,\"17\"]"
         );
     }
 
     #[test]
     fn broadcast_round_trips_through_the_decoder() {
         let text = "mixed: <b>é</b> 😀 \u{202e}rtl \u{0301} \t\r\n\u{1} end";
-        let frame = encode_event_text_id("chat message", text, u64::MAX);
+        let frame = encode_event_text_id("chat message", text, u64::MAX, false);
         let p = ok(&frame[1..]);
         assert_eq!(p.data, Some(json!(["chat message", text, u64::MAX])));
     }

@@ -78,6 +78,8 @@ pub struct SequencerOptions {
     pub queue: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
+    /// Chat frames carry recovery offsets ([`Message::encode`]).
+    pub offsets: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -100,6 +102,7 @@ impl Sequencer {
             published,
             outcome_unknown: false,
             db_timeout: options.db_timeout,
+            offsets: options.offsets,
             metrics: options.metrics,
         };
         tasks.spawn(writer.run(queue, stop));
@@ -126,6 +129,7 @@ struct Writer {
     /// The last write may have committed without our knowing: reconcile before new work.
     outcome_unknown: bool,
     db_timeout: Duration,
+    offsets: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -233,7 +237,7 @@ impl Writer {
             .iter()
             .zip(&outcomes)
             .filter_map(|(s, outcome)| match outcome {
-                Outcome::Stored(id) => Some(Message::encode(*id, &s.message.content)),
+                Outcome::Stored(id) => Some(Message::encode(*id, &s.message.content, self.offsets)),
                 _ => None,
             })
             .collect();
@@ -298,7 +302,7 @@ impl Writer {
                     after,
                     "publishing rows committed during a database failure"
                 );
-                self.publish(Batch::from_rows(after, &page));
+                self.publish(Batch::from_rows(after, &page, self.offsets));
             }
             if !full {
                 self.outcome_unknown = false;
@@ -382,6 +386,7 @@ mod tests {
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
+                offsets: false,
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,

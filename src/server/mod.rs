@@ -20,6 +20,7 @@ use crate::delivery::recent::RecentLimits;
 use crate::delivery::Broadcaster;
 use crate::engine::EngineConfig;
 use crate::metrics::Metrics;
+use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
 use crate::sequencer::bus::LocalBus;
 use crate::sequencer::{Sequencer, SequencerOptions};
@@ -72,6 +73,8 @@ pub struct Running {
     shutdown: CancellationToken,
     /// Cancelled once the sessions are gone: the sequencer drains and ends.
     stop_sequencer: CancellationToken,
+    /// Cancelled once the sessions are gone: the ended sessions' records are written.
+    stop_recovery: CancellationToken,
     accept: JoinHandle<()>,
     /// HTTP connections and the sessions they upgraded to.
     connections: TaskTracker,
@@ -124,9 +127,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics.clone(),
         &background,
     );
-    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout));
+    let recovery = config.recovery_window_ms > 0;
+    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout, recovery));
     drop(newest);
     let stop_sequencer = CancellationToken::new();
+    let stop_recovery = CancellationToken::new();
     let sequencer = Sequencer::start(
         store.clone(),
         Box::new(LocalBus(broadcaster.clone())),
@@ -134,6 +139,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         SequencerOptions {
             queue: 16 * 1024,
             db_timeout: config.db_timeout(),
+            offsets: recovery,
             metrics: metrics.clone(),
         },
         &background,
@@ -169,6 +175,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             },
             metrics,
             replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
+            recovery: recovery.then(|| {
+                RecoveryLog::start(
+                    store.clone(),
+                    Duration::from_millis(config.recovery_window_ms),
+                    &background,
+                    stop_recovery.clone(),
+                )
+            }),
         }),
         engine: EngineConfig {
             ping_interval: config.ping_interval(),
@@ -189,6 +203,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: local,
         shutdown,
         stop_sequencer,
+        stop_recovery,
         accept,
         connections,
         background,
@@ -267,8 +282,10 @@ impl Running {
                 "shutdown timeout: sockets still open are dropped"
             );
         }
-        // No session is left to submit: the sequencer commits and answers what is queued.
+        // No session is left to submit: the sequencer commits and answers what is queued, and
+        // the sessions that ended are kept for their clients to recover.
         self.stop_sequencer.cancel();
+        self.stop_recovery.cancel();
         self.broadcaster.stop();
         self.background.close();
         if tokio::time::timeout(Duration::from_secs(5), self.background.wait())

@@ -4,7 +4,7 @@
 //! Same contract as the real stores: ids increase from 1 and are never reused, a clientOffset is
 //! stored once, a batch is stored whole or not at all.
 
-use super::{Inserted, Row, StoreError};
+use super::{Inserted, Row, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +29,7 @@ struct Inner {
     /// Content that is refused as a row-data error, as a strict schema would.
     refused: Option<String>,
     inserts: usize,
+    sessions: HashMap<String, (String, u64)>,
 }
 
 #[derive(Clone, Default)]
@@ -87,6 +88,44 @@ impl MemoryStore {
         let inner = self.lock();
         let first = inner.rows.partition_point(|r| r.id <= after);
         Ok(inner.rows[first..].iter().take(limit).cloned().collect())
+    }
+
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let inner = self.lock();
+        let end = inner.rows.partition_point(|r| r.id < before);
+        Ok(inner.rows[end.saturating_sub(limit)..end].to_vec())
+    }
+
+    pub async fn save_sessions(
+        &self,
+        records: &[SessionRecord],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for r in records {
+            inner
+                .sessions
+                .insert(r.pid.clone(), (r.sid.clone(), r.expires_at_ms));
+        }
+        inner
+            .sessions
+            .retain(|_, (_, expires)| *expires == 0 || *expires >= now_ms);
+        Ok(())
+    }
+
+    pub async fn claim_session(
+        &self,
+        pid: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut inner = self.lock();
+        match inner.sessions.get_mut(pid) {
+            Some((sid, expires)) if *expires >= now_ms && *expires > 0 => {
+                *expires = 0;
+                Ok(Some(sid.clone()))
+            }
+            _ => Ok(None),
+        }
     }
 
     pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {

@@ -30,6 +30,13 @@ pub struct Row {
     pub content: String,
 }
 
+/// Milliseconds since the Unix epoch, now (session records' clock: shared by every node).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What became of one message handed to [`Store::insert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -37,6 +44,17 @@ pub enum Inserted {
     Stored(u64),
     /// Its clientOffset was already stored, under this id: a retry. Nothing was written.
     Duplicate(u64),
+}
+
+/// A session that may be taken up again (Socket.IO connection-state recovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The client's secret for it.
+    pub pid: String,
+    /// The socket id it had, which the client gets back.
+    pub sid: String,
+    /// Milliseconds since the Unix epoch after which it cannot be taken up.
+    pub expires_at_ms: u64,
 }
 
 /// Rows per insert; the sequencer never hands more at once.
@@ -142,6 +160,51 @@ impl Store {
             Store::Sqlite(s) => s.newest(limit).await,
             #[cfg(test)]
             Store::Memory(s) => s.newest(limit).await,
+        }
+    }
+
+    /// Up to `limit` rows with `id < before`, the newest of them, ascending (a page of history
+    /// before what a client has).
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.page_before(before, limit).await,
+            Store::Sqlite(s) => s.page_before(before, limit).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.page_before(before, limit).await,
+        }
+    }
+
+    /// Stores sessions that may be taken up again (replacing earlier records of the same pids),
+    /// and forgets those that expired before `now_ms`.
+    pub async fn save_sessions(
+        &self,
+        records: &[SessionRecord],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Mysql(s) => s.save_sessions(records, now_ms).await,
+            Store::Sqlite(s) => s.save_sessions(records, now_ms).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.save_sessions(records, now_ms).await,
+        }
+    }
+
+    /// Takes up the session `pid` names if it has not expired at `now_ms` and no client holds
+    /// it: returns its socket id, and marks it held (one claim wins; the record stays, so the
+    /// client can recover again later).
+    pub async fn claim_session(
+        &self,
+        pid: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.claim_session(pid, now_ms).await,
+            Store::Sqlite(s) => s.claim_session(pid, now_ms).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.claim_session(pid, now_ms).await,
         }
     }
 

@@ -1,7 +1,7 @@
 //! MySQL/MariaDB through mysql_async: a pool for reads, one writer connection whose prepared
 //! multi-row INSERTs stay warm.
 
-use super::{Inserted, Row, StoreError, MAX_BATCH};
+use super::{Inserted, Row, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -148,6 +148,79 @@ impl MysqlStore {
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
+    }
+
+    /// Up to `limit` rows with `id < before`, the newest of them, ascending.
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_map(
+            "SELECT id, content FROM \
+             (SELECT id, content FROM messages WHERE id < ? ORDER BY id DESC LIMIT ?) page \
+             ORDER BY id",
+            (before, limit as u64),
+            |(id, content)| Row { id, content },
+        )
+        .await
+        .map_err(StoreError::mysql("cannot read messages"))
+    }
+
+    /// Upserts session records and forgets the expired ones.
+    pub async fn save_sessions(
+        &self,
+        records: &[SessionRecord],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let sql = format!(
+            "INSERT INTO relay_sessions (pid, sid, expires_at) VALUES {} \
+             ON DUPLICATE KEY UPDATE sid = VALUES(sid), expires_at = VALUES(expires_at)",
+            placeholders("(?,?,?)", records.len())
+        );
+        let params: Vec<mysql_async::Value> = records
+            .iter()
+            .flat_map(|r| {
+                [
+                    mysql_async::Value::Bytes(r.pid.as_bytes().to_vec()),
+                    mysql_async::Value::Bytes(r.sid.as_bytes().to_vec()),
+                    mysql_async::Value::UInt(r.expires_at_ms),
+                ]
+            })
+            .collect();
+        conn.exec_drop(sql, params)
+            .await
+            .map_err(StoreError::mysql("cannot save sessions"))?;
+        conn.exec_drop(
+            "DELETE FROM relay_sessions WHERE expires_at > 0 AND expires_at < ?",
+            (now_ms,),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot forget expired sessions"))
+    }
+
+    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins.
+    pub async fn claim_session(
+        &self,
+        pid: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE relay_sessions SET expires_at = 0 WHERE pid = ? AND expires_at >= ?",
+            (pid.as_bytes(), now_ms),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot claim a session"))?;
+        if conn.affected_rows() != 1 {
+            return Ok(None);
+        }
+        let sid: Option<Vec<u8>> = conn
+            .exec_first(
+                "SELECT sid FROM relay_sessions WHERE pid = ?",
+                (pid.as_bytes(),),
+            )
+            .await
+            .map_err(StoreError::mysql("cannot read a session"))?;
+        Ok(sid.and_then(|s| String::from_utf8(s).ok()))
     }
 
     /// The newest `limit` rows, ascending (to warm the in-memory history at start).

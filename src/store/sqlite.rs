@@ -7,7 +7,7 @@
 //! `synchronous = FULL` syncs the WAL on every commit, and the sequencer commits messages in groups, so
 //! the sync is paid once per group.
 
-use super::{Inserted, Row, StoreError};
+use super::{Inserted, Row, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,11 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
   id            INTEGER PRIMARY KEY AUTOINCREMENT,
   client_offset TEXT NOT NULL UNIQUE,
   content       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_sessions (
+  pid           TEXT PRIMARY KEY,
+  sid           TEXT NOT NULL,
+  expires_at    INTEGER NOT NULL
 )";
 
 /// Read connections (and so concurrent reads) at most.
@@ -132,6 +137,92 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("cannot read messages", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, content FROM \
+                 (SELECT id, content FROM messages WHERE id < ?1 ORDER BY id DESC LIMIT ?2) \
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map((before, limit), row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Upserts session records and forgets the expired ones, on the writer (SQLite has one).
+    pub async fn save_sessions(
+        &self,
+        records: &[SessionRecord],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.write("cannot save sessions", move |conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO relay_sessions (pid, sid, expires_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (pid) DO UPDATE SET sid = excluded.sid, \
+                     expires_at = excluded.expires_at",
+                )?;
+                for r in &records {
+                    upsert.execute((&r.pid, &r.sid, to_sql_int(r.expires_at_ms)))?;
+                }
+                tx.execute(
+                    "DELETE FROM relay_sessions WHERE expires_at > 0 AND expires_at < ?1",
+                    [to_sql_int(now_ms)],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins.
+    pub async fn claim_session(
+        &self,
+        pid: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let pid = pid.to_string();
+        self.write("cannot claim a session", move |conn| {
+            let claimed = conn.execute(
+                "UPDATE relay_sessions SET expires_at = 0 WHERE pid = ?1 AND expires_at >= ?2",
+                (&pid, to_sql_int(now_ms)),
+            )?;
+            if claimed != 1 {
+                return Ok(None);
+            }
+            conn.query_row(
+                "SELECT sid FROM relay_sessions WHERE pid = ?1",
+                [&pid],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool. The writer is held (owned) for as
+    /// long as the blocking work runs, even when the caller has given up waiting.
+    async fn write<T, F>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let writer = self.inner.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let conn = writer
+                .as_ref()
+                .ok_or_else(|| StoreError::other(context, "store closed".into()))?;
+            f(conn).map_err(StoreError::sqlite(context))
+        })
+        .await
+        .map_err(joined)?
+    }
+
     pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read the newest messages", move |c| {
@@ -153,15 +244,10 @@ impl SqliteStore {
             .iter()
             .map(|m| (m.client_offset.clone(), m.content.clone()))
             .collect();
-        let writer = self.inner.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            let conn = writer.as_ref().ok_or_else(|| {
-                StoreError::other("cannot insert messages", "store closed".into())
-            })?;
-            insert_batch(conn, &rows).map_err(StoreError::sqlite("cannot insert messages"))
+        self.write("cannot insert messages", move |conn| {
+            insert_batch(conn, &rows)
         })
         .await
-        .map_err(joined)?
     }
 
     /// Waits for an insert still running (one its caller stopped waiting for) to finish.
@@ -253,6 +339,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         id: to_id(r.get(0)?),
         content: r.get(1)?,
     })
+}
+
+fn to_sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn to_id(id: i64) -> u64 {

@@ -489,7 +489,7 @@ mod tests {
         make_live(&*queue);
         let b = Arc::new(Batch {
             prev: 0,
-            messages: (1..=3).map(|id| Message::encode(id, "m")).collect(),
+            messages: (1..=3).map(|id| Message::encode(id, "m", false)).collect(),
         });
         assert_eq!(queue.offer(&[b]), Some(3));
         assert!(!queue.has_backlog(), "taken by the kernel at once");

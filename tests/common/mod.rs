@@ -367,7 +367,11 @@ impl Client {
             "CONNECT reply expected, got {reply}"
         );
         let v: Value = serde_json::from_str(&reply[2..]).expect("CONNECT reply is JSON");
-        assert!(v.get("pid").is_none(), "relay never sends pid: {reply}");
+        assert!(
+            v.get("pid")
+                .is_none_or(|p| p.as_str().is_some_and(|p| p.len() == 20)),
+            "a pid, when recovery is on, is 20 url-safe characters: {reply}"
+        );
         v["sid"].as_str().expect("sid").to_string()
     }
 
@@ -413,13 +417,23 @@ impl Client {
     }
 }
 
+/// `42["chat message",msg,id]`, or with connection-state recovery on (the default)
+/// `42["chat message",msg,id,"id"]`: the trailing offset must be the id.
 pub fn parse_chat(t: &str) -> Option<(String, u64)> {
     let v: Value = serde_json::from_str(t.strip_prefix("42")?).ok()?;
     let a = v.as_array()?;
-    if a.len() != 3 || a[0] != "chat message" {
+    if !(3..=4).contains(&a.len()) || a[0] != "chat message" {
         return None;
     }
-    Some((a[1].as_str()?.to_string(), a[2].as_u64()?))
+    let id = a[2].as_u64()?;
+    if let Some(offset) = a.get(3) {
+        assert_eq!(
+            offset.as_str(),
+            Some(id.to_string().as_str()),
+            "offset of {t}"
+        );
+    }
+    Some((a[1].as_str()?.to_string(), id))
 }
 
 pub fn parse_ack(t: &str) -> Option<(u64, Value)> {
