@@ -100,6 +100,16 @@ pub struct Config {
     #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 120_000)]
     pub recovery_window_ms: u64,
 
+    /// Cluster mode: several relays on one MySQL/MariaDB database form one chat through this
+    /// Redis (redis://HOST[:PORT][/DB]). Unset: a single node.
+    #[arg(long, env = "CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+
+    /// Cluster mode: the name that prefixes the Redis channel and the database lock, so that
+    /// several chats can share one Redis.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "relay")]
+    pub cluster_name: String,
+
     /// On SIGTERM/SIGINT, longest wait for open sockets to finish before exiting (ms).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

@@ -8,12 +8,14 @@
 //! | storage | [`store`] | the durable log (SQLite or MySQL) |
 //! | delivery | [`delivery`] | batches, the recent history, packet queues, the fan-out |
 //! | sequencer | [`sequencer`] | the one writer: group commit, then publish through its bus |
+//! | cluster | [`cluster`] | several relays on one database: the Redis bus, the ordered follower |
 //! | Engine.IO | [`engine`] | the transport-neutral session: open, heartbeat, close |
 //! | transports | [`transport`] | WebSocket (polling belongs beside it) |
 //! | Socket.IO | [`namespace`] | the `/` namespace and the chat on it |
 //! | server | [`server`], [`config`] | routing, limits, start and shutdown |
 
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod engine;

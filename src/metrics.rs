@@ -103,6 +103,21 @@ pub struct Metrics {
     pub not_recovered: AtomicU64,
     /// History pages served.
     pub history_pages: AtomicU64,
+    /// Cluster mode: batches published on the bus, and those that could not be.
+    pub bus_published: AtomicU64,
+    pub bus_publish_failures: AtomicU64,
+    /// Cluster mode: batches received from other nodes, and messages on the bus ignored as not
+    /// batches of this cluster.
+    pub bus_received: AtomicU64,
+    pub bus_rejected: AtomicU64,
+    /// Cluster mode: rows read from the database because the bus did not bring them (in time).
+    pub bus_gap_rows: AtomicU64,
+    /// Cluster mode: times the subscription to the bus was made again.
+    pub bus_reconnects: AtomicU64,
+    /// Cluster mode: 1 while subscribed to the bus.
+    pub bus_up: AtomicU64,
+    /// Cluster mode: this node's id, for `relay_node_info`.
+    pub node: std::sync::OnceLock<String>,
     pub closed_slow: AtomicU64,
     bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
@@ -232,6 +247,63 @@ impl Metrics {
             self.recovered.load(Relaxed),
             self.not_recovered.load(Relaxed)
         );
+        if let Some(node) = self.node.get() {
+            let _ = write!(
+                out,
+                "# HELP relay_node_info This node of the cluster.\n# TYPE relay_node_info gauge\n\
+                 relay_node_info{{node=\"{node}\"}} 1\n"
+            );
+            for (name, kind, help, value) in [
+                (
+                    "relay_bus_up",
+                    "gauge",
+                    "1 while subscribed to the cluster's bus.",
+                    &self.bus_up,
+                ),
+                (
+                    "relay_bus_published_total",
+                    "counter",
+                    "Batches published on the bus.",
+                    &self.bus_published,
+                ),
+                (
+                    "relay_bus_publish_failures_total",
+                    "counter",
+                    "Batches the bus could not take (the other nodes read them from the database).",
+                    &self.bus_publish_failures,
+                ),
+                (
+                    "relay_bus_received_total",
+                    "counter",
+                    "Batches received from other nodes.",
+                    &self.bus_received,
+                ),
+                (
+                    "relay_bus_rejected_total",
+                    "counter",
+                    "Messages on the bus channel ignored as not batches of this cluster.",
+                    &self.bus_rejected,
+                ),
+                (
+                    "relay_bus_gap_rows_total",
+                    "counter",
+                    "Rows read from the database because the bus did not bring them in time.",
+                    &self.bus_gap_rows,
+                ),
+                (
+                    "relay_bus_reconnects_total",
+                    "counter",
+                    "Times the subscription to the bus was made again.",
+                    &self.bus_reconnects,
+                ),
+            ] {
+                let _ = write!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                    value.load(Relaxed)
+                );
+            }
+        }
         out.push_str("# HELP relay_bad_inputs_total Refused client input, by kind.\n# TYPE relay_bad_inputs_total counter\n");
         for (kind, n) in BadInput::ALL.iter().zip(&self.bad_input) {
             let _ = writeln!(

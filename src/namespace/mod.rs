@@ -801,6 +801,7 @@ mod tests {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
                 offsets: window.is_some(),
+                commit_lock: None,
                 metrics: metrics.clone(),
             },
             &tasks,

@@ -8,20 +8,28 @@
 
 use crate::delivery::batch::Batch;
 use crate::delivery::Broadcaster;
+use crate::store::Row;
 use std::sync::Arc;
 
-/// Carries committed batches to every node's sockets, in the order they are published.
+/// Carries committed batches to every node's sockets, in the order they are committed.
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes a batch: its `prev` is the `last` of the batch published before it. Must not
-    /// block: the sequencer calls it between two group commits.
-    fn publish(&self, batch: Arc<Batch>);
+    /// Publishes a batch this node committed: its `prev` is the id committed just before its
+    /// first row (by this node, or with a cluster, by any). `rows` are its messages as stored,
+    /// for a bus that carries them to other nodes. Must not block: the sequencer calls it between
+    /// two group commits.
+    fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>);
+
+    /// Message `id` is committed but this node may not have published it (another node's, or
+    /// one whose commit this node could not confirm): make sure it is published here, in order.
+    /// One node publishes everything it commits: nothing to do.
+    fn catch_up(&self, _id: u64) {}
 }
 
 /// One node: batches go straight to this process's broadcaster.
 pub struct LocalBus(pub Arc<Broadcaster>);
 
 impl Bus for LocalBus {
-    fn publish(&self, batch: Arc<Batch>) {
+    fn publish(&self, batch: Arc<Batch>, _rows: Vec<Row>) {
         self.0.publish(batch);
     }
 }

@@ -22,7 +22,7 @@ pub mod bus;
 use crate::chat::NewMessage;
 use crate::delivery::batch::{Batch, Message};
 use crate::metrics::Metrics;
-use crate::store::{Inserted, Store, StoreError, MAX_BATCH};
+use crate::store::{Inserted, Row, Store, StoreError, MAX_BATCH};
 use bus::Bus;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -80,6 +80,9 @@ pub struct SequencerOptions {
     pub db_timeout: Duration,
     /// Chat frames carry recovery offsets ([`Message::encode`]).
     pub offsets: bool,
+    /// With a cluster: the name of the database lock every node's commits take, so that they
+    /// commit one at a time ([`Store::insert_locked`]); `None` for a single node.
+    pub commit_lock: Option<String>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -103,6 +106,7 @@ impl Sequencer {
             outcome_unknown: false,
             db_timeout: options.db_timeout,
             offsets: options.offsets,
+            commit_lock: options.commit_lock,
             metrics: options.metrics,
         };
         tasks.spawn(writer.run(queue, stop));
@@ -130,6 +134,7 @@ struct Writer {
     outcome_unknown: bool,
     db_timeout: Duration,
     offsets: bool,
+    commit_lock: Option<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -184,6 +189,10 @@ impl Writer {
         }
 
         let mut outcomes: Vec<Outcome> = vec![Outcome::Failed; batch.len()];
+        // The rounds that stored rows: the id committed before each, and its submissions. One
+        // node, or one group INSERT: one round. A row-refused fallback with a cluster: a round per
+        // row (another node may commit in between).
+        let mut rounds: Vec<(u64, Vec<usize>)> = Vec::new();
         let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
         let started = std::time::Instant::now();
         let inserted = self.insert(&messages).await;
@@ -194,16 +203,20 @@ impl Writer {
         );
         self.metrics.store_round(started.elapsed().as_secs_f64());
         match inserted {
-            Ok(inserted) => {
+            Ok((prev, inserted)) => {
                 for (&i, result) in unique.iter().zip(inserted) {
                     outcomes[i] = result.into();
                 }
+                rounds.push((prev, unique.clone()));
             }
             Err(e) if e.is_row_data_error() => {
                 // One row poisons a multi-row INSERT: store them one by one so only it is refused.
                 for (&i, message) in unique.iter().zip(&messages) {
                     outcomes[i] = match self.insert(&[message]).await {
-                        Ok(r) => r.into_iter().next().map_or(Outcome::Failed, Outcome::from),
+                        Ok((prev, r)) => {
+                            rounds.push((prev, vec![i]));
+                            r.into_iter().next().map_or(Outcome::Failed, Outcome::from)
+                        }
                         Err(e) if e.is_row_data_error() => Outcome::Refused(e.server_message()),
                         Err(e) => {
                             self.failed(&e);
@@ -226,36 +239,56 @@ impl Writer {
         for outcome in &outcomes {
             let counter = match outcome {
                 Outcome::Stored(_) => &self.metrics.stored,
-                Outcome::Duplicate(_) => &self.metrics.duplicates,
+                Outcome::Duplicate(id) => {
+                    // Its row may be one this node has not published yet (another node's).
+                    self.bus.catch_up(*id);
+                    &self.metrics.duplicates
+                }
                 Outcome::Failed => &self.metrics.store_failures,
                 Outcome::Refused(_) => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        // Batch order is id order.
-        let messages: Vec<Message> = batch
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(s, outcome)| match outcome {
-                Outcome::Stored(id) => Some(Message::encode(*id, &s.message.content, self.offsets)),
-                _ => None,
-            })
-            .collect();
-        let published = (!messages.is_empty()).then(|| {
-            Arc::new(Batch {
-                prev: self.published,
-                messages,
-            })
-        });
+        // One batch per round, in id order; the messages' contents move into the rows the bus
+        // may carry to other nodes. A single node's rounds follow one another: one batch.
+        if self.commit_lock.is_none() && rounds.len() > 1 {
+            let members = rounds.drain(..).flat_map(|(_, m)| m).collect();
+            rounds.push((0, members));
+        }
+        let mut published: Vec<(Arc<Batch>, Vec<Row>)> = Vec::with_capacity(rounds.len());
+        for (round_prev, members) in rounds {
+            let prev = match self.commit_lock {
+                None => self.published,
+                Some(_) => round_prev,
+            };
+            let mut stored: Vec<(u64, usize)> = members
+                .into_iter()
+                .filter_map(|i| match outcomes[i] {
+                    Outcome::Stored(id) => Some((id, i)),
+                    _ => None,
+                })
+                .collect();
+            if stored.is_empty() {
+                continue;
+            }
+            stored.sort_unstable();
+            let mut messages = Vec::with_capacity(stored.len());
+            let mut rows = Vec::with_capacity(stored.len());
+            for (id, i) in stored {
+                let content = std::mem::take(&mut batch[i].message.content);
+                messages.push(Message::encode(id, &content, self.offsets));
+                rows.push(Row { id, content });
+            }
+            published.push((Arc::new(Batch { prev, messages }), rows));
+        }
         // Answer first: the senders' sessions deliver their batch and ack without waiting for the
         // fan-out's pass.
         for (s, outcome) in batch.drain(..).zip(outcomes) {
             let batch = match outcome {
-                Outcome::Stored(id) | Outcome::Duplicate(id)
-                    if published.as_ref().is_some_and(|b| id > b.prev) =>
-                {
-                    published.clone()
-                }
+                Outcome::Stored(id) | Outcome::Duplicate(id) => published
+                    .iter()
+                    .find(|(b, _)| id > b.prev && id <= b.last())
+                    .map(|(b, _)| b.clone()),
                 _ => None,
             };
             let _ = s.reply_to.send(Receipt {
@@ -264,13 +297,20 @@ impl Writer {
                 batch,
             });
         }
-        if let Some(b) = published {
-            self.publish(b);
+        for (batch, rows) in published {
+            self.publish(batch, rows);
         }
     }
 
-    async fn insert(&self, messages: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
-        match tokio::time::timeout(self.db_timeout, self.store.insert(messages)).await {
+    /// One insert round: the outcomes, and (with a cluster) the id committed before it.
+    async fn insert(&self, messages: &[&NewMessage]) -> Result<(u64, Vec<Inserted>), StoreError> {
+        let round = async {
+            match &self.commit_lock {
+                Some(lock) => self.store.insert_locked(messages, lock).await,
+                None => self.store.insert(messages).await.map(|r| (0, r)),
+            }
+        };
+        match tokio::time::timeout(self.db_timeout, round).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::timeout("insert")),
         }
@@ -287,6 +327,12 @@ impl Writer {
         tokio::time::timeout(self.db_timeout, self.store.end_abandoned_insert())
             .await
             .map_err(|_| StoreError::timeout("reconcile"))??;
+        if self.commit_lock.is_some() {
+            // A cluster's bus reads what it has not published from the database, in order.
+            self.bus.catch_up(u64::MAX);
+            self.outcome_unknown = false;
+            return Ok(());
+        }
         loop {
             let after = self.published;
             let page = tokio::time::timeout(
@@ -302,7 +348,8 @@ impl Writer {
                     after,
                     "publishing rows committed during a database failure"
                 );
-                self.publish(Batch::from_rows(after, &page, self.offsets));
+                let batch = Batch::from_rows(after, &page, self.offsets);
+                self.publish(batch, page);
             }
             if !full {
                 self.outcome_unknown = false;
@@ -311,9 +358,9 @@ impl Writer {
         }
     }
 
-    fn publish(&mut self, batch: Arc<Batch>) {
-        self.published = batch.last();
-        self.bus.publish(batch);
+    fn publish(&mut self, batch: Arc<Batch>, rows: Vec<Row>) {
+        self.published = self.published.max(batch.last());
+        self.bus.publish(batch, rows);
     }
 }
 
@@ -348,7 +395,11 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Arc<Batch>>>>);
 
     impl Bus for Recorder {
-        fn publish(&self, batch: Arc<Batch>) {
+        fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>) {
+            assert_eq!(
+                rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+                batch.messages.iter().map(|m| m.id).collect::<Vec<_>>()
+            );
             self.0.lock().unwrap().push(batch);
         }
     }
@@ -387,6 +438,7 @@ mod tests {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
                 offsets: false,
+                commit_lock: None,
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,

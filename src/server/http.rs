@@ -93,13 +93,20 @@ pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
     r
 }
 
-/// Ready: not shutting down, and the database answers.
+/// Ready: not shutting down, the database answers, and in a cluster the bus is up.
 async fn ready(app: &App) -> HttpResponse {
     if app.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
+    let metrics = &app.namespace.metrics;
+    let bus_down = metrics.node.get().is_some()
+        && metrics.bus_up.load(std::sync::atomic::Ordering::Relaxed) == 0;
     match ping {
+        Ok(Ok(())) if bus_down => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus unavailable (serving from the database)\n",
+        ),
         Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
         _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }

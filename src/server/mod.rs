@@ -14,6 +14,9 @@ pub mod endpoint;
 pub mod http;
 pub mod origin;
 
+use crate::cluster;
+use crate::cluster::follower::Follower;
+use crate::cluster::redis::{Endpoint, RedisBus};
 use crate::config::Config;
 use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
@@ -22,6 +25,8 @@ use crate::engine::EngineConfig;
 use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
+use crate::protocol::sid::new_sid;
+use crate::sequencer::bus::Bus;
 use crate::sequencer::bus::LocalBus;
 use crate::sequencer::{Sequencer, SequencerOptions};
 use crate::store::{Store, StoreError};
@@ -75,6 +80,10 @@ pub struct Running {
     stop_sequencer: CancellationToken,
     /// Cancelled once the sessions are gone: the ended sessions' records are written.
     stop_recovery: CancellationToken,
+    /// Cancelled once the sequencer is done: the cluster's bus and follower end.
+    stop_cluster: CancellationToken,
+    /// The cluster's bus and follower (none for a single node).
+    cluster_tasks: TaskTracker,
     accept: JoinHandle<()>,
     /// HTTP connections and the sessions they upgraded to.
     connections: TaskTracker,
@@ -105,6 +114,21 @@ pub fn redact(url: &str) -> String {
 /// connections.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
+    let redis = match &config.cluster_url {
+        None => None,
+        Some(url) => {
+            cluster::check(url, &config.cluster_name).map_err(StartError::Config)?;
+            if !config.database_url.starts_with("mysql://") {
+                return Err(StartError::Config(
+                    "cluster mode needs a MySQL/MariaDB DATABASE_URL: a SQLite file belongs to one process"
+                        .into(),
+                ));
+            }
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| StartError::Config(format!("CLUSTER_URL: {e}")))?;
+            Some(client)
+        }
+    };
     let db_error = |error| StartError::Database {
         url: redact(&config.database_url),
         error,
@@ -132,14 +156,53 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     drop(newest);
     let stop_sequencer = CancellationToken::new();
     let stop_recovery = CancellationToken::new();
+    let stop_cluster = CancellationToken::new();
+    let cluster_tasks = TaskTracker::new();
+    let max_message_bytes = usize::try_from(config.max_message_bytes)
+        .unwrap_or(usize::MAX)
+        .min(store.content_limit());
+    let (bus, commit_lock): (Box<dyn Bus>, Option<String>) = match redis {
+        None => (Box::new(LocalBus(broadcaster.clone())), None),
+        Some(client) => {
+            let node = new_sid()[..10].to_string();
+            let _ = metrics.node.set(node.clone());
+            let follower = Follower::start(
+                broadcaster.clone(),
+                store.clone(),
+                recovery,
+                config.db_timeout(),
+                metrics.clone(),
+                &cluster_tasks,
+                stop_cluster.clone(),
+            );
+            let bus = RedisBus::start(
+                Endpoint {
+                    client,
+                    channel: cluster::channel(&config.cluster_name),
+                    node,
+                },
+                follower,
+                recovery,
+                max_message_bytes,
+                metrics.clone(),
+                &cluster_tasks,
+                stop_cluster.clone(),
+            );
+            (
+                Box::new(bus),
+                Some(cluster::commit_lock(&config.cluster_name)),
+            )
+        }
+    };
     let sequencer = Sequencer::start(
         store.clone(),
-        Box::new(LocalBus(broadcaster.clone())),
+        bus,
         broadcaster.published(),
         SequencerOptions {
             queue: 16 * 1024,
             db_timeout: config.db_timeout(),
             offsets: recovery,
+            commit_lock,
             metrics: metrics.clone(),
         },
         &background,
@@ -166,9 +229,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             broadcaster: broadcaster.clone(),
             store: store.clone(),
             config: NamespaceConfig {
-                max_message_bytes: usize::try_from(config.max_message_bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(store.content_limit()),
+                max_message_bytes,
                 connect_timeout: config.connect_timeout(),
                 db_timeout: config.db_timeout(),
                 max_messages_per_second: config.max_messages_per_second,
@@ -197,13 +258,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         origins,
         polling: Default::default(),
     });
-    tracing::info!(addr = %local, database = %redact(&config.database_url), "relay started");
+    tracing::info!(
+        addr = %local,
+        database = %redact(&config.database_url),
+        node = metrics_node(&app),
+        "relay started"
+    );
     let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));
     Ok(Running {
         addr: local,
         shutdown,
         stop_sequencer,
         stop_recovery,
+        stop_cluster,
+        cluster_tasks,
         accept,
         connections,
         background,
@@ -213,6 +281,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         timeout: config.shutdown_timeout(),
         store,
     })
+}
+
+/// This node's id in a cluster, for logs ("-" for a single node).
+fn metrics_node(app: &App) -> &str {
+    app.namespace.metrics.node.get().map_or("-", String::as_str)
 }
 
 async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Duration) {
@@ -294,6 +367,10 @@ impl Running {
         {
             tracing::warn!("shutdown: the sequencer did not finish in time");
         }
+        // The last batches are on their way to the bus: the cluster's tasks can end.
+        self.stop_cluster.cancel();
+        self.cluster_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster_tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
     }
 }

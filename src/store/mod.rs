@@ -224,6 +224,29 @@ impl Store {
         }
     }
 
+    /// As [`Store::insert`], for a cluster of relays on one MySQL/MariaDB database: under the
+    /// named lock `lock`, so that commits are serialized across nodes, and returning the highest
+    /// id committed before the batch. SQLite has one writer and no cluster: refused.
+    pub async fn insert_locked(
+        &self,
+        batch: &[&NewMessage],
+        lock: &str,
+    ) -> Result<(u64, Vec<Inserted>), StoreError> {
+        debug_assert!(batch.len() <= MAX_BATCH);
+        match self {
+            Store::Mysql(s) => s.insert_locked(batch, lock).await,
+            Store::Sqlite(_) => Err(StoreError::other(
+                "cannot insert messages",
+                "a cluster needs a MySQL/MariaDB database".into(),
+            )),
+            #[cfg(test)]
+            Store::Memory(s) => {
+                let prev = s.max_id().await?;
+                s.insert(batch).await.map(|r| (prev, r))
+            }
+        }
+    }
+
     /// Makes sure no insert this store gave up on can still commit: after an `insert` that was
     /// abandoned (timed out), a read that follows this sees whatever that insert committed, and
     /// it commits nothing later. (SQLite waits for it to finish; MySQL stops it in the server.)

@@ -249,6 +249,50 @@ impl MysqlStore {
     /// does, the INSERT fails on the unique key again and the batch is checked again. A refused
     /// INSERT burns its auto-increment values: ids increase, with gaps.
     pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        self.on_writer(async |conn| self.insert_on(conn, batch).await)
+            .await
+    }
+
+    /// As [`MysqlStore::insert`], holding the named lock `lock` (MySQL's `GET_LOCK`) while it
+    /// reads the highest committed id and inserts: with every relay of a cluster committing this
+    /// way, commits happen one at a time, so ids are committed in id order across nodes and the
+    /// id read is exactly the one before the batch's first. Returns it with the outcomes. The lock
+    /// goes with the connection if that breaks.
+    pub async fn insert_locked(
+        &self,
+        batch: &[&NewMessage],
+        lock: &str,
+    ) -> Result<(u64, Vec<Inserted>), StoreError> {
+        self.on_writer(async |conn| {
+            let got: Option<Option<i64>> = conn
+                .exec_first("SELECT GET_LOCK(?, ?)", (lock, LOCK_WAIT_SECS))
+                .await
+                .map_err(StoreError::mysql("cannot take the cluster's commit lock"))?;
+            if got.flatten() != Some(1) {
+                return Err(StoreError::other(
+                    "cannot take the cluster's commit lock",
+                    format!("another node held {lock:?} for {LOCK_WAIT_SECS} s"),
+                ));
+            }
+            let prev: Option<u64> = conn
+                .query_first("SELECT COALESCE(MAX(id), 0) FROM messages")
+                .await
+                .map_err(StoreError::mysql("cannot read the highest id"))?;
+            let inserted = self.insert_on(conn, batch).await;
+            // Released on every path; if the connection broke, the server released it already.
+            let _ = conn.exec_drop("DO RELEASE_LOCK(?)", (lock,)).await;
+            inserted.map(|r| (prev.unwrap_or(0), r))
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer's own connection (opened again if it broke). Should the future be
+    /// dropped mid-statement (the sequencer's timeout), the server connection that may still be
+    /// running it is recorded for [`MysqlStore::end_abandoned_insert`].
+    async fn on_writer<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut mysql_async::Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut slot = self.writer.lock().await;
         let mut conn = match slot.take() {
             Some(conn) => conn,
@@ -256,13 +300,11 @@ impl MysqlStore {
                 .await
                 .map_err(StoreError::mysql("cannot get a database connection"))?,
         };
-        // Should this future be dropped mid-statement (the sequencer's timeout), the guard records which
-        // server connection may still be running the INSERT, for `end_abandoned_insert`.
         let mut watch = Abandoned {
             id: Some(conn.id()),
             to: &self.abandoned,
         };
-        let result = self.insert_on(&mut conn, batch).await;
+        let result = f(&mut conn).await;
         watch.id = None;
         // Keep the connection unless it broke (or a timeout dropped this future mid-query, in
         // which case it is dropped with it).
@@ -398,6 +440,9 @@ impl MysqlStore {
         let _ = self.pool.disconnect().await;
     }
 }
+
+/// How long a node waits for the cluster's commit lock before its round counts as failed.
+const LOCK_WAIT_SECS: u64 = 5;
 
 /// Pooled connections at most (reads; the writer has its own).
 pub const POOL_MAX: usize = 16;

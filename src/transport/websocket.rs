@@ -28,7 +28,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Duration};
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -336,6 +336,10 @@ impl<S: WsCarrier> WsTransport<S> {
                     Err(DisconnectReason::PayloadTooLarge)
                 }
                 Some(Err(WsError::Utf8(_))) => Err(DisconnectReason::InvalidUtf8),
+                // A client that went away without a close frame broke nothing.
+                Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => Err(
+                    DisconnectReason::TransportError("reset without a close frame".into()),
+                ),
                 Some(Err(WsError::Protocol(e))) => {
                     Err(DisconnectReason::PacketParsingError(e.to_string()))
                 }

@@ -1,0 +1,347 @@
+//! The follower: what makes a node of a cluster publish every committed message, in order, once,
+//! whatever the bus does.
+//!
+//! Batches come from this node's sequencer and, over the bus, from the others; each carries the
+//! id committed just before it (`prev`, read under the cluster's commit lock). The follower applies
+//! a batch when it follows what this node has published, keeps it aside when something is missing
+//! before it, and reads what is missing from the database — after a short wait for the bus to
+//! bring it, at once when asked ([`Follower::catch_up`]), and on a timer when the bus is quiet
+//! (a message missed last is noticed too). The database is the truth; the bus is the fast path.
+//!
+//! Must not: publish out of order, or publish a row twice.
+
+use crate::delivery::batch::{Batch, Message};
+use crate::delivery::Broadcaster;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a gap may wait for the bus before it is read from the database.
+const GAP_WAIT: Duration = Duration::from_millis(50);
+/// How often the database is asked whether rows were committed that no batch announced, while
+/// the bus is up, and while it is down.
+const QUIET_CHECK: Duration = Duration::from_secs(1);
+const QUIET_CHECK_BUS_DOWN: Duration = Duration::from_millis(250);
+/// Rows read per gap-filling page.
+const FILL_PAGE: usize = 1000;
+
+enum Event {
+    Batch(Arc<Batch>),
+    CatchUp(u64),
+}
+
+/// The follower's handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Follower {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Follower {
+    /// Starts the follower's task on `tasks`: it publishes to `broadcaster`, reads gaps from
+    /// `store`, and ends when `stop` is cancelled.
+    pub fn start(
+        broadcaster: Arc<Broadcaster>,
+        store: Store,
+        offsets: bool,
+        db_timeout: Duration,
+        metrics: Arc<Metrics>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Follower {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            published: broadcaster.published(),
+            broadcaster,
+            store,
+            offsets,
+            db_timeout,
+            metrics,
+            waiting: BTreeMap::new(),
+            gap_since: None,
+            wanted: 0,
+        };
+        tasks.spawn(state.run(rx, stop));
+        Follower { events: tx }
+    }
+
+    /// A committed batch (this node's, or another's from the bus).
+    pub fn offer(&self, batch: Arc<Batch>) {
+        let _ = self.events.send(Event::Batch(batch));
+    }
+
+    /// Message `id` is committed: publish everything up to it (`u64::MAX`: up to the newest).
+    pub fn catch_up(&self, id: u64) {
+        let _ = self.events.send(Event::CatchUp(id));
+    }
+}
+
+struct State {
+    broadcaster: Arc<Broadcaster>,
+    store: Store,
+    offsets: bool,
+    db_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// The last id published here.
+    published: u64,
+    /// Batches that do not follow yet, by their `prev`.
+    waiting: BTreeMap<u64, Arc<Batch>>,
+    /// Since when a batch has been waiting for what comes before it.
+    gap_since: Option<Instant>,
+    /// Publish everything up to this id from the database.
+    wanted: u64,
+}
+
+impl State {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, stop: CancellationToken) {
+        let mut quiet_since = Instant::now();
+        loop {
+            let check = if self.metrics.bus_up.load(Ordering::Relaxed) == 1 {
+                QUIET_CHECK
+            } else {
+                QUIET_CHECK_BUS_DOWN
+            };
+            let wake = match self.gap_since {
+                Some(since) => since + GAP_WAIT,
+                None => quiet_since + check,
+            };
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                event = events.recv() => match event {
+                    None => return,
+                    Some(Event::Batch(batch)) => {
+                        quiet_since = Instant::now();
+                        self.offer(batch);
+                    }
+                    Some(Event::CatchUp(id)) => self.wanted = self.wanted.max(id),
+                },
+                () = sleep_until(wake) => {
+                    quiet_since = Instant::now();
+                    if self.gap_since.is_none() {
+                        // Quiet: anything committed that no batch announced?
+                        match timeout(self.db_timeout, self.store.max_id()).await {
+                            Ok(Ok(max)) => self.wanted = self.wanted.max(max),
+                            _ => tracing::debug!("cannot read the highest id"),
+                        }
+                    } else {
+                        self.wanted = self.wanted.max(self.waiting_first());
+                    }
+                }
+            }
+            if self.wanted > self.published {
+                self.fill().await;
+            }
+        }
+    }
+
+    /// The `prev` of the first batch waiting (what must be read to reach it).
+    fn waiting_first(&self) -> u64 {
+        self.waiting.keys().next().copied().unwrap_or(0)
+    }
+
+    fn offer(&mut self, batch: Arc<Batch>) {
+        if batch.last() <= self.published {
+            return; // published already (this node's own, or read from the database)
+        }
+        if batch.prev > self.published {
+            let keep = self
+                .waiting
+                .get(&batch.prev)
+                .is_none_or(|w| w.last() < batch.last());
+            if keep {
+                self.waiting.insert(batch.prev, batch);
+            }
+            self.gap_since.get_or_insert_with(Instant::now);
+            return;
+        }
+        self.apply(batch);
+        self.apply_waiting();
+    }
+
+    /// Publishes what follows now among the waiting batches.
+    fn apply_waiting(&mut self) {
+        while let Some((&prev, _)) = self.waiting.first_key_value() {
+            if prev > self.published {
+                break;
+            }
+            if let Some(batch) = self.waiting.remove(&prev) {
+                if batch.last() > self.published {
+                    self.apply(batch);
+                }
+            }
+        }
+        if self.waiting.is_empty() {
+            self.gap_since = None;
+        }
+    }
+
+    /// Publishes the part of `batch` after what is published (its `prev` is at most that).
+    fn apply(&mut self, batch: Arc<Batch>) {
+        let batch = if batch.prev == self.published {
+            batch
+        } else {
+            let messages: Vec<Message> = batch
+                .messages
+                .iter()
+                .filter(|m| m.id > self.published)
+                .cloned()
+                .collect();
+            Arc::new(Batch {
+                prev: self.published,
+                messages,
+            })
+        };
+        self.published = batch.last();
+        self.broadcaster.publish(batch);
+    }
+
+    /// Reads from the database everything committed after what is published, and publishes it in
+    /// order (the waiting batches with it). On a failure it stops and tries again at the next
+    /// event or check.
+    async fn fill(&mut self) {
+        loop {
+            let page = timeout(
+                self.db_timeout,
+                self.store.page_after(self.published, FILL_PAGE),
+            )
+            .await;
+            let rows = match page {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the rows the bus did not bring; retrying");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("reading the rows the bus did not bring timed out; retrying");
+                    return;
+                }
+            };
+            let full = rows.len() == FILL_PAGE;
+            if !rows.is_empty() {
+                self.metrics
+                    .bus_gap_rows
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.apply(Batch::from_rows(self.published, &rows, self.offsets));
+                self.apply_waiting();
+            }
+            if !full {
+                break;
+            }
+        }
+        // Everything committed so far is published (a wanted id beyond it was deleted, or is
+        // `u64::MAX`: "the newest").
+        self.wanted = self.published;
+        if !self.waiting.is_empty() {
+            self.gap_since = Some(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::NewMessage;
+    use crate::delivery::fanout::Fanout;
+    use crate::delivery::recent::RecentLimits;
+    use crate::store::memory::MemoryStore;
+
+    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
+        Arc::new(Batch {
+            prev,
+            messages: ids
+                .iter()
+                .map(|&id| Message::encode(id, "m", false))
+                .collect(),
+        })
+    }
+
+    async fn store_with(n: usize) -> MemoryStore {
+        let store = MemoryStore::new();
+        for i in 0..n {
+            let m = NewMessage {
+                content: format!("m{i}"),
+                client_offset: format!("o{i}"),
+            };
+            Store::Memory(store.clone()).insert(&[&m]).await.unwrap();
+        }
+        store
+    }
+
+    fn ids(b: &Broadcaster) -> Vec<u64> {
+        b.recent()
+            .since(0)
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.messages.iter().map(|m| m.id).collect::<Vec<_>>())
+            .collect()
+    }
+
+    async fn follower(store: &MemoryStore) -> (Follower, Arc<Broadcaster>, TaskTracker) {
+        let tasks = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        metrics.bus_up.store(1, Ordering::Relaxed);
+        let fanout = Fanout::start(1, Duration::ZERO, metrics.clone(), &tasks);
+        let limits = RecentLimits {
+            rows: 1000,
+            bytes: 1 << 20,
+        };
+        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, false));
+        let f = Follower::start(
+            broadcaster.clone(),
+            Store::Memory(store.clone()),
+            false,
+            Duration::from_secs(5),
+            metrics,
+            &tasks,
+            CancellationToken::new(),
+        );
+        (f, broadcaster, tasks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_out_of_order_are_published_in_order_once() {
+        let store = store_with(6).await;
+        let (f, b, _tasks) = follower(&store).await;
+        f.offer(batch(2, &[3, 4]));
+        f.offer(batch(0, &[1, 2]));
+        f.offer(batch(0, &[1, 2])); // again, from the bus
+        f.offer(batch(4, &[5, 6]));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(ids(&b), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_the_bus_lost_is_read_from_the_database() {
+        let store = store_with(6).await;
+        let (f, b, _tasks) = follower(&store).await;
+        f.offer(batch(0, &[1, 2]));
+        f.offer(batch(4, &[5, 6])); // 3 and 4 never come over the bus
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(ids(&b), [1, 2], "waits briefly for the bus");
+        tokio::time::sleep(GAP_WAIT * 2).await;
+        assert_eq!(ids(&b), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_bus_is_checked_against_the_database() {
+        let store = store_with(3).await;
+        let (_f, b, _tasks) = follower(&store).await;
+        tokio::time::sleep(QUIET_CHECK * 2).await;
+        assert_eq!(ids(&b), [1, 2, 3], "rows no batch announced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_reads_at_once() {
+        let store = store_with(2).await;
+        let (f, b, _tasks) = follower(&store).await;
+        f.catch_up(2);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(ids(&b), [1, 2]);
+    }
+}

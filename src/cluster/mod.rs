@@ -1,0 +1,64 @@
+//! Cluster mode: several relays on one MySQL/MariaDB database and one Redis form one chat
+//! (`--cluster-url`).
+//!
+//! - Order: every node commits under one database lock (`GET_LOCK('<name>:commit')`, see
+//!   [`crate::store::Store::insert_locked`]), so ids are committed in id order across nodes and
+//!   each batch knows the id committed just before it (`prev`).
+//! - Delivery: each node publishes its batches on Redis ([`redis`]); every node's [`follower`]
+//!   publishes to its own sockets in `prev` order, and reads from the database whatever the bus
+//!   did not bring. Redis is the fast path; the database is the truth.
+//! - Dedupe, acks after commit, replay and recovery work unchanged: they rest on the database.
+//!
+//! Must not: be needed by a single node (unset `--cluster-url` and none of this runs).
+
+pub mod follower;
+pub mod redis;
+
+/// The longest cluster name (it prefixes the Redis channel and the MySQL lock name, at most 64
+/// characters).
+pub const MAX_NAME: usize = 48;
+
+/// Checks a cluster URL and name, and says what is wrong in one line.
+pub fn check(url: &str, name: &str) -> Result<(), String> {
+    if !url.starts_with("redis://") {
+        return Err(format!(
+            "CLUSTER_URL {url:?}: expected redis://HOST[:PORT][/DB] (rediss:// is not supported by this build)"
+        ));
+    }
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(valid) {
+        return Err(format!(
+            "CLUSTER_NAME {name:?}: 1 to {MAX_NAME} characters of A-Z a-z 0-9 - _ ."
+        ));
+    }
+    Ok(())
+}
+
+/// The Redis channel batches travel on.
+pub fn channel(name: &str) -> String {
+    format!("{name}:batches")
+}
+
+/// The database lock commits take.
+pub fn commit_lock(name: &str) -> String {
+    format!("{name}:commit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_names_are_checked() {
+        assert!(check("redis://127.0.0.1:6379/0", "relay").is_ok());
+        assert!(check("rediss://x", "relay")
+            .unwrap_err()
+            .contains("rediss://"));
+        assert!(check("http://x", "relay").is_err());
+        assert!(check("redis://x", "").is_err());
+        assert!(check("redis://x", "a b").is_err());
+        assert!(check("redis://x", &"n".repeat(49)).is_err());
+        assert_eq!(channel("chat-1"), "chat-1:batches");
+        assert_eq!(commit_lock("chat-1"), "chat-1:commit");
+    }
+}
