@@ -1,0 +1,319 @@
+//! Cluster mode: relay processes on one MariaDB database and one Redis of the test's own (a
+//! `redis-server` on a free port, stopped by its PID) form one chat. Every client on every node
+//! sees the table's ids in order, once; a retry on another node is acked, not stored twice; a
+//! node that starts late begins at the database's watermark; a Redis that goes away costs
+//! latency, never a message.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of this test's own.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts it (again) on its port, and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; tests/run installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Stops it (by its PID), and waits until it is gone.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One relay process of the cluster.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    fn start(db: &str, redis: &Redis, cluster: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
+            .env("CLUSTER_URL", redis.url())
+            .env("CLUSTER_NAME", cluster)
+            .env("MAX_MESSAGES_PER_SECOND", "0")
+            .env("RUST_LOG", "relay=warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the relay binary");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("relay prints its address");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("relay did not start: {line:?}"));
+        Node { addr, child }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
+    }
+
+    async fn joined(&self, offset: u64) -> Client {
+        let mut c = Client::open(&self.ws_url()).await;
+        c.join(Some(json!({ "serverOffset": offset }))).await;
+        c
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh database and a cluster name of its own.
+fn fresh() -> (String, String) {
+    let (db, _) = Backend::Mysql.fresh();
+    let cluster = db.replace("relay_test_", "c");
+    (db, cluster)
+}
+
+async fn table(db: &str) -> Vec<u64> {
+    use mysql_async::prelude::*;
+    let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+        .await
+        .expect("MariaDB");
+    let ids: Vec<u64> = conn
+        .query("SELECT id FROM messages ORDER BY id")
+        .await
+        .expect("query");
+    let _ = conn.disconnect().await;
+    ids
+}
+
+/// Reads chat messages until `n` arrived; acks and pings are passed over.
+async fn chats(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let t = c.recv_text().await;
+        if let Some((_, id)) = parse_chat(&t) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Sends `messages` messages, one at a time, each after the previous one's ack.
+async fn send_all(mut c: Client, tag: String, messages: usize) -> Client {
+    for k in 0..messages {
+        c.emit(Some(k as u64), &format!("{tag} {k}"), &format!("{tag}-{k}"))
+            .await;
+        loop {
+            let t = c.recv_text().await;
+            if parse_ack(&t).is_some_and(|(id, _)| id == k as u64) {
+                break;
+            }
+        }
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_on_every_node_sees_the_table_in_order() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        watchers.push(n.joined(0).await);
+    }
+    // 12 senders, 4 on each node, all at once.
+    let per_sender = 15;
+    let mut senders = Vec::new();
+    for (i, n) in nodes.iter().cycle().take(12).enumerate() {
+        let c = n.joined(0).await;
+        senders.push(tokio::spawn(send_all(c, format!("s{i}"), per_sender)));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 12 * per_sender);
+    for (i, w) in watchers.iter_mut().enumerate() {
+        assert_eq!(chats(w, ids.len()).await, ids, "live on node {i}");
+    }
+    // And a replay on every node is the same table.
+    for (i, n) in nodes.iter().enumerate() {
+        let mut fresh = n.joined(0).await;
+        assert_eq!(
+            chats(&mut fresh, ids.len()).await,
+            ids,
+            "replay on node {i}"
+        );
+    }
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_node_is_acked_and_not_stored_twice() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let (a, b) = (
+        Node::start(&db, &redis, &cluster),
+        Node::start(&db, &redis, &cluster),
+    );
+    let mut watcher = b.joined(0).await;
+    let mut on_a = a.joined(0).await;
+    on_a.emit(Some(0), "once", "the-offset").await;
+    let (text, id) = on_a.recv_chat().await;
+    assert_eq!(text, "once");
+    assert_eq!(on_a.recv_ack().await.0, 0);
+    // The client's retry lands on the other node: acked after the row reached this socket,
+    // nothing stored, nothing broadcast again.
+    let mut on_b = b.joined(id).await;
+    on_b.emit(Some(7), "once", "the-offset").await;
+    assert_eq!(on_b.recv_ack().await.0, 7);
+    on_b.emit(Some(8), "barrier", "barrier-1").await;
+    let (barrier, _) = on_b.recv_chat().await;
+    assert_eq!(barrier, "barrier");
+    assert_eq!(
+        chats(&mut watcher, 2).await.len(),
+        2,
+        "the watcher got the row once, then the barrier"
+    );
+    assert_eq!(table(&db).await.len(), 2);
+    drop((a, b));
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_starts_late_begins_at_the_databases_watermark() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let first = Node::start(&db, &redis, &cluster);
+    let sender = first.joined(0).await;
+    let mut sender = send_all(sender, "early".into(), 10).await;
+    let late = Node::start(&db, &redis, &cluster);
+    let mut reader = late.joined(0).await;
+    let early = chats(&mut reader, 10).await;
+    assert_eq!(early, table(&db).await);
+    sender.emit(Some(99), "live", "live-1").await;
+    let (text, id) = reader.recv_chat().await;
+    assert_eq!(text, "live");
+    assert!(id > early[9]);
+    drop((first, late));
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_costs_latency_never_a_message() {
+    let mut redis = Redis::start();
+    let (db, cluster) = fresh();
+    let (a, b) = (
+        Node::start(&db, &redis, &cluster),
+        Node::start(&db, &redis, &cluster),
+    );
+    let mut watch_a = a.joined(0).await;
+    let mut watch_b = b.joined(0).await;
+    let sender_a = a.joined(0).await;
+    let sender_b = b.joined(0).await;
+    let sender_a = send_all(sender_a, "before".into(), 5).await;
+    redis.stop();
+    // Both nodes notice and say so; they keep acking their own clients.
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 0.0).await;
+        let (status, text) = http_get(n.addr, "/readyz").await;
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("bus unavailable"), "{text}");
+    }
+    let sender_a = send_all(sender_a, "during-a".into(), 5).await;
+    let sender_b = send_all(sender_b, "during-b".into(), 5).await;
+    // Meanwhile every node gets the other's messages from the database.
+    assert_eq!(chats(&mut watch_b, 15).await, table(&db).await);
+    redis.restart();
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let _ = send_all(sender_a, "after-a".into(), 5).await;
+    let _ = send_all(sender_b, "after-b".into(), 5).await;
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 25);
+    assert_eq!(chats(&mut watch_a, 25).await, ids);
+    assert_eq!(chats(&mut watch_b, 10).await, ids[15..]);
+    let (_, text) = http_get(b.addr, "/metrics").await;
+    assert!(metric(&text, "relay_bus_gap_rows_total") >= 5.0, "{text}");
+    assert!(metric(&text, "relay_bus_reconnects_total") >= 1.0);
+    drop((a, b));
+    drop_database(&db).await;
+}
+
+/// Polls `/metrics` until `name` equals `value`.
+async fn wait_for_metric_eq(addr: SocketAddr, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(addr, "/metrics").await;
+        if metric(&text, name) == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
