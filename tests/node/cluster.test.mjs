@@ -1,0 +1,187 @@
+// Cluster faults with the stock client (issue 11): three relays on one database and a Redis of
+// the test's own, behind a round-robin TCP balancer of the test's own, as an nginx `upstream`
+// would spread WebSocket clients. A node killed with SIGKILL under load, and a rolling restart
+// (SIGTERM one node at a time, started again) under load: no acked message is lost, nothing is
+// doubled, and every client ends with the table's ids, in order, once.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import net from "node:net";
+import { io } from "socket.io-client";
+import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout } from "./helpers.mjs";
+
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A redis-server of the test's own; stopped by its PID. */
+async function startRedis() {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  for (let i = 0; i < 200; i++) {
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, "127.0.0.1", () => (c.end(), resolve(true)));
+      c.on("error", () => resolve(false));
+    });
+    if (ok) return { port, stop: () => proc.kill("SIGKILL") };
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error("redis-server did not start");
+}
+
+/** A round-robin TCP balancer over `ports`: each connection goes to the next port that accepts. */
+async function startBalancer(ports) {
+  let next = 0;
+  const open = new Set();
+  const server = net.createServer((client) => {
+    open.add(client);
+    client.on("close", () => open.delete(client));
+    client.on("error", () => client.destroy());
+    client.pause();
+    const tryPort = (attempt) => {
+      if (attempt >= ports.length) return client.destroy();
+      const port = ports[next++ % ports.length];
+      const upstream = net.connect(port, "127.0.0.1");
+      upstream.once("connect", () => {
+        upstream.on("error", () => client.destroy());
+        client.on("close", () => upstream.destroy());
+        upstream.on("close", () => client.destroy());
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      });
+      upstream.once("error", () => tryPort(attempt + 1));
+    };
+    tryPort(0);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    close: () => {
+      for (const c of open) c.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** A stock client that keeps its replay offset as the tutorial's page does. */
+function pageClient(url, name) {
+  const socket = io(url, {
+    transports: ["websocket"],
+    auth: { serverOffset: 0 },
+    ackTimeout: 3000,
+    retries: 30,
+    forceNew: true,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 500,
+  });
+  const c = collect(socket, name);
+  socket.on("chat message", (_msg, id) => {
+    socket.auth.serverOffset = id;
+  });
+  return c;
+}
+
+for (const fault of ["SIGKILL of one node", "a rolling restart of every node"]) {
+  describe(`cluster of three, ${fault}, under load`, () => {
+    let redis;
+    let balancer;
+    const relays = [];
+    const sockets = [];
+    let dbName;
+
+    before(async () => {
+      redis = await startRedis();
+    });
+
+    after(async () => {
+      closeAll(...sockets);
+      await balancer?.close();
+      for (const r of relays) await r.stop({ dropDatabase: false }).catch(() => {});
+      if (dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+      redis?.stop();
+    });
+
+    it("no acked message is lost, nothing doubles, every client ends with the table", { timeout: 120000 }, async () => {
+      const env = {
+        CLUSTER_URL: `redis://127.0.0.1:${redis.port}`,
+        CLUSTER_NAME: `c${Date.now()}`,
+        MAX_MESSAGES_PER_SECOND: "0",
+      };
+      const first = await startRelay({ env });
+      dbName = first.dbName;
+      relays.push(first);
+      for (let i = 1; i < 3; i++) relays.push(await startRelay({ dbName, env }));
+      const ports = relays.map((r) => r.port);
+      balancer = await startBalancer(ports);
+
+      const clients = [];
+      for (let i = 0; i < 12; i++) {
+        const c = pageClient(balancer.url, `c${i}`);
+        sockets.push(c.socket);
+        clients.push(c);
+      }
+      await Promise.all(clients.map((c) => connected(c.socket, 15000, c.name)));
+
+      // Six of them send all the time, each message after the previous one's ack.
+      const acked = new Set();
+      let sending = true;
+      const senders = clients.slice(0, 6).map(async (c, i) => {
+        let k = 0;
+        while (sending) {
+          const offset = `${c.name}-${k++}-${newOffset("x")}`;
+          const ack = await emitAck(c.socket, ["chat message", `m ${i} ${k}`, offset], { ms: 100000 });
+          assert.deepEqual(ack, [null], `${offset} acked`);
+          acked.add(offset);
+        }
+      });
+      const ackedAtLeast = async (n) => {
+        const t0 = Date.now();
+        while (acked.size < n) {
+          assert.ok(Date.now() - t0 < 60000, `only ${acked.size} acks of ${n}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await ackedAtLeast(30);
+
+      if (fault.startsWith("SIGKILL")) {
+        relays[1].proc.kill("SIGKILL");
+        await ackedAtLeast(acked.size + 60);
+      } else {
+        for (let i = 0; i < 3; i++) {
+          const exit = await relays[i].stop({ dropDatabase: false });
+          assert.equal(exit.code, 0, `node ${i} exits 0 on SIGTERM`);
+          await ackedAtLeast(acked.size + 20);
+          relays[i] = await startRelay({ dbName, env: { ...env, PORT: String(ports[i]) } });
+        }
+        await ackedAtLeast(acked.size + 20);
+      }
+      sending = false;
+      await withTimeout(Promise.all(senders), 100000, "senders finish");
+
+      const rows = (await mysqlExec(`SELECT id, client_offset FROM \`${dbName}\`.messages ORDER BY id`))
+        .trim()
+        .split("\n")
+        .map((l) => l.split("\t"));
+      const ids = rows.map(([id]) => Number(id));
+      const stored = new Set(rows.map(([, offset]) => offset));
+      assert.equal(stored.size, rows.length, "no clientOffset stored twice");
+      for (const offset of acked) assert.ok(stored.has(offset), `acked ${offset} is stored`);
+      for (const c of clients) {
+        await c.waitForCount(ids.length, 60000);
+        assert.deepEqual(
+          c.messages.map((m) => m.id),
+          ids,
+          `${c.name}: the table, in order, once`,
+        );
+      }
+    });
+  });
+}
