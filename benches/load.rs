@@ -69,6 +69,17 @@ struct Args {
     /// Start the release relay binary on a fresh database for each run (and drop it afterwards).
     #[arg(long)]
     spawn: bool,
+    /// With --spawn: start this many relays on one database as a cluster (through
+    /// --cluster-url's Redis), and spread the clients over them, one node after the other.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// With --spawn: the Redis a cluster of --nodes uses (a channel of the run's own on it).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    cluster_url: String,
+    /// With --spawn and --nodes 1: run that one relay in cluster mode too (the cost of the
+    /// commit lock and the bus on one node).
+    #[arg(long)]
+    cluster: bool,
     /// With --spawn: the relay binary to start (default: the one this build made), so that two
     /// builds can be measured side by side in one sitting.
     #[arg(long)]
@@ -148,10 +159,15 @@ enum Scratch {
     Sqlite { dir: std::path::PathBuf },
 }
 
-struct Target {
+/// One server process of a run.
+struct Node {
     url: String,
     pid: Option<u32>,
     child: Option<Child>,
+}
+
+struct Target {
+    nodes: Vec<Node>,
     db: Option<Scratch>,
 }
 
@@ -159,9 +175,11 @@ impl Target {
     async fn new(args: &Args) -> Target {
         if let Some(url) = &args.url {
             return Target {
-                url: url.trim_end_matches('/').to_string(),
-                pid: args.pid,
-                child: None,
+                nodes: vec![Node {
+                    url: url.trim_end_matches('/').to_string(),
+                    pid: args.pid,
+                    child: None,
+                }],
                 db: None,
             };
         }
@@ -186,99 +204,130 @@ impl Target {
                 )
             }
         };
-        let mut command = if args.node_reference {
-            let script = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/benches/node-reference/server.mjs"
-            );
-            let mut c = Command::new("node");
-            c.arg(script);
-            c
-        } else if args.baseline {
-            let mut c = Command::new(std::env::current_exe().expect("own path"));
-            c.args(["raw-server", "--bench"]);
-            if args.batched {
-                c.arg("--batched");
-            }
-            c
-        } else {
-            Command::new(
-                args.relay
-                    .clone()
-                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
+        let cluster = (args.nodes > 1 || args.cluster).then(|| {
+            format!(
+                "load{}",
+                relay::protocol::sid::new_sid().replace(['-', '_'], "x")
             )
-        };
-        let mut child = command
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "relay=warn")
-            // A load test is not a person typing: lift the per-connection limits.
-            .env("MAX_MESSAGES_PER_SECOND", "0")
-            .env("MAX_CONNECTIONS", "1000000")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the relay binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("relay prints its address");
-        let http = line.trim().rsplit(' ').next().expect("address").to_string();
+        });
+        let mut nodes = Vec::new();
+        for _ in 0..args.nodes.max(1) {
+            let mut command = if args.node_reference {
+                let script = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/benches/node-reference/server.mjs"
+                );
+                let mut c = Command::new("node");
+                c.arg(script);
+                c
+            } else if args.baseline {
+                let mut c = Command::new(std::env::current_exe().expect("own path"));
+                c.args(["raw-server", "--bench"]);
+                if args.batched {
+                    c.arg("--batched");
+                }
+                c
+            } else {
+                Command::new(
+                    args.relay
+                        .clone()
+                        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
+                )
+            };
+            if let Some(name) = &cluster {
+                command
+                    .env("CLUSTER_URL", &args.cluster_url)
+                    .env("CLUSTER_NAME", name);
+            }
+            let mut child = command
+                .env("PORT", "0")
+                .env("HOST", "127.0.0.1")
+                .env("DATABASE_URL", &url)
+                .env("RUST_LOG", "relay=warn")
+                // A load test is not a person typing: lift the per-connection limits.
+                .env("MAX_MESSAGES_PER_SECOND", "0")
+                .env("MAX_CONNECTIONS", "1000000")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the relay binary");
+            let stdout = child.stdout.take().expect("stdout");
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("relay prints its address");
+            let http = line.trim().rsplit(' ').next().expect("address").to_string();
+            nodes.push(Node {
+                url: http.replacen("http://", "ws://", 1),
+                pid: Some(child.id()),
+                child: Some(child),
+            });
+        }
         Target {
-            url: http.replacen("http://", "ws://", 1),
-            pid: Some(child.id()),
-            child: Some(child),
+            nodes,
             db: (!args.baseline && !args.node_reference).then_some(scratch),
         }
     }
 
-    fn ws_url(&self) -> String {
-        format!("{}/socket.io/?EIO=4&transport=websocket", self.url)
-    }
-
-    fn polling_url(&self) -> String {
+    /// The WebSocket URL of the node client `i` goes to (one node after the other).
+    fn ws_url_at(&self, i: usize) -> String {
         format!(
-            "{}/socket.io/?EIO=4&transport=polling",
-            self.url.replacen("ws://", "http://", 1)
+            "{}/socket.io/?EIO=4&transport=websocket",
+            self.nodes[i % self.nodes.len()].url
         )
     }
 
-    /// A client joined with `offset`, on `transport`.
-    async fn receiver(&self, transport: TransportKind, http: &HttpClient, offset: u64) -> Receiver {
+    fn ws_url(&self) -> String {
+        self.ws_url_at(0)
+    }
+
+    fn polling_url_at(&self, i: usize) -> String {
+        format!(
+            "{}/socket.io/?EIO=4&transport=polling",
+            self.nodes[i % self.nodes.len()]
+                .url
+                .replacen("ws://", "http://", 1)
+        )
+    }
+
+    /// Client `i`, joined with `offset`, on `transport`, on its node.
+    async fn receiver(
+        &self,
+        i: usize,
+        transport: TransportKind,
+        http: &HttpClient,
+        offset: u64,
+    ) -> Receiver {
         match transport {
-            TransportKind::Websocket => Receiver::Ws(join(&self.ws_url(), offset).await),
-            TransportKind::Polling => {
-                Receiver::Polling(PollClient::join(http.clone(), &self.polling_url(), offset).await)
-            }
+            TransportKind::Websocket => Receiver::Ws(join(&self.ws_url_at(i), offset).await),
+            TransportKind::Polling => Receiver::Polling(
+                PollClient::join(http.clone(), &self.polling_url_at(i), offset).await,
+            ),
         }
     }
 
-    /// Resident memory of the server, KiB.
+    /// Resident memory of the servers together, KiB.
     fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        self.nodes.iter().map(|n| rss_kib_of(n.pid?)).sum()
     }
 
-    /// CPU seconds (user + system) the server has used so far.
-    fn cpu_secs(&self) -> Option<f64> {
-        cpu_secs_of(&format!("/proc/{}/stat", self.pid?))
+    /// CPU seconds (user + system) each server has used so far.
+    fn cpu_secs_each(&self) -> Option<Vec<f64>> {
+        self.nodes
+            .iter()
+            .map(|n| cpu_secs_of(&format!("/proc/{}/stat", n.pid?)))
+            .collect()
     }
 
     async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+                let _ = child.wait();
+            }
         }
         match self.db.take() {
             Some(Scratch::Mysql { server, db }) => {
@@ -297,6 +346,17 @@ impl Target {
     }
 }
 
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn cpu_secs_of(stat_path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(stat_path).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
@@ -305,14 +365,25 @@ fn cpu_secs_of(stat_path: &str) -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
-/// "server x s, load tool y s" of CPU between two readings.
-fn cpu_report(target: &Target, server0: Option<f64>, tool0: Option<f64>) -> String {
-    let server = target.cpu_secs().zip(server0).map(|(a, b)| a - b);
+/// "server x s, load tool y s" of CPU between two readings (and each node's, for several).
+fn cpu_report(target: &Target, server0: Option<Vec<f64>>, tool0: Option<f64>) -> String {
+    let each: Option<Vec<f64>> = target
+        .cpu_secs_each()
+        .zip(server0)
+        .map(|(a, b)| a.iter().zip(&b).map(|(a, b)| a - b).collect());
     let tool = cpu_secs_of("/proc/self/stat")
         .zip(tool0)
         .map(|(a, b)| a - b);
-    match (server, tool) {
-        (Some(s), Some(t)) => format!("CPU: server {s:.2} s, load tool {t:.2} s"),
+    match (each, tool) {
+        (Some(each), Some(t)) if each.len() > 1 => format!(
+            "CPU: servers {:.2} s ({}), load tool {t:.2} s",
+            each.iter().sum::<f64>(),
+            each.iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+        (Some(each), Some(t)) => format!("CPU: server {:.2} s, load tool {t:.2} s", each[0]),
         _ => "CPU: n/a".into(),
     }
 }
@@ -525,15 +596,14 @@ fn percentiles(mut v: Vec<u32>) -> String {
 }
 
 async fn persist(target: &Target, clients: usize, messages: usize) {
-    let url = target.ws_url();
     let mut sockets = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        sockets.push(join(&url, NO_HISTORY).await);
+    for i in 0..clients {
+        sockets.push(join(&target.ws_url_at(i), NO_HISTORY).await);
     }
     let run = relay::protocol::sid::new_sid();
     let expected = (clients * messages) as u64;
     let start = Instant::now();
-    let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
+    let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
     let last_ack = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (n, mut ws) in sockets.into_iter().enumerate() {
@@ -606,15 +676,15 @@ async fn fanout(
     let sent = Arc::new(AtomicU64::new(0));
     let mut recv_tasks = Vec::new();
     let mut receiver_sockets = Vec::new();
-    for _ in 0..receivers {
-        receiver_sockets.push(target.receiver(transport, &http, NO_HISTORY).await);
+    for i in 0..receivers {
+        receiver_sockets.push(target.receiver(i, transport, &http, NO_HISTORY).await);
     }
     let mut sender_sockets = Vec::new();
-    for _ in 0..senders {
-        sender_sockets.push(join(&url, NO_HISTORY).await);
+    for i in 0..senders {
+        sender_sockets.push(join(&target.ws_url_at(i), NO_HISTORY).await);
     }
     let start = Instant::now();
-    let (server_cpu, tool_cpu) = (target.cpu_secs(), cpu_secs_of("/proc/self/stat"));
+    let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
     for mut receiver in receiver_sockets {
         recv_tasks.push(tokio::spawn(async move {
             // No timers on the read path: a receiver stops at the sentinel the tool sends last,
@@ -711,8 +781,8 @@ async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle:
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = target.rss_kib();
     let mut held = Vec::with_capacity(sockets);
-    for _ in 0..sockets {
-        held.push(target.receiver(transport, &http, NO_HISTORY).await);
+    for i in 0..sockets {
+        held.push(target.receiver(i, transport, &http, NO_HISTORY).await);
     }
     // Polling clients keep a GET waiting, as the stock client does, and answer pings.
     let polls: Vec<_> = held
