@@ -2,9 +2,11 @@
 //! and a raw WebSocket client that speaks Engine.IO/Socket.IO frames by hand.
 //!
 //! The MySQL server is `TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`); each server gets its
-//! own database `relay_test_<random>`, dropped when the test stops it. A SQLite server gets the
-//! file `relay_test_<random>/chat.db` in the temporary directory, removed the same way. Set
-//! `TEST_LOG=1` to see the server's logs.
+//! own database `relay_test_<checkout>_<random>`, dropped when the test stops it. A SQLite server
+//! gets the file `relay_test_<checkout>_<random>/chat.db` in the temporary directory, removed the
+//! same way. `<checkout>` ([`checkout_tag`]) is the same for every run of one checkout and differs
+//! between checkouts, so `tests/run` clears what an interrupted run of this checkout left and
+//! never touches another checkout's. Set `TEST_LOG=1` to see the server's logs.
 //!
 //! Waits: every wait here is for a condition (a frame, a metric, a closed socket); [`WAIT`] only
 //! bounds how long a test may go without the progress it waits for before it fails, and is sized
@@ -26,6 +28,33 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for the next thing it expects (a frame, a metric, a close) before it
 /// fails. Never a sleep: the wait ends as soon as the condition holds.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// This checkout's tag in test database and directory names: FNV-1a (32 bit) of the checkout's
+/// canonical absolute path, as 8 hex digits. `tests/run` and `tests/node/helpers.mjs` compute the
+/// same value from the same path (the path itself is never written anywhere).
+pub fn checkout_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let dir = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        format!("{:08x}", fnv1a32(dir.as_os_str().as_encoded_bytes()))
+    })
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A fresh name for a test database or directory: `relay_test_<checkout>_<random>`.
+pub fn fresh_name() -> String {
+    format!(
+        "relay_test_{}_{}",
+        checkout_tag(),
+        relay::protocol::sid::new_sid().replace(['-', '_'], "x")
+    )
+}
 
 pub fn mysql_base() -> String {
     std::env::var("TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -53,10 +82,7 @@ pub enum Backend {
 impl Backend {
     /// A fresh database name and the URL relay opens it with.
     pub fn fresh(self) -> (String, String) {
-        let db = format!(
-            "relay_test_{}",
-            relay::protocol::sid::new_sid().replace(['-', '_'], "x")
-        );
+        let db = fresh_name();
         let url = match self {
             Backend::Mysql => format!("{}/{db}", mysql_base()),
             Backend::Sqlite => format!("sqlite:{}", sqlite_file(&db).display()),

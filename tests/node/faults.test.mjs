@@ -12,7 +12,6 @@
 //    exactly the table's (id, content) sequence.
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   startRelay,
@@ -25,6 +24,7 @@ import {
   closeAll,
   mysqlExec,
   withTimeout,
+  freshDbName,
   until,
   PATIENCE_MS,
 } from "./helpers.mjs";
@@ -143,7 +143,7 @@ async function barrier(sender, collectors, ms = 2 * PATIENCE_MS) {
 
 describe("database outage under 20 stock clients (mysql store)", () => {
   const MESSAGES = 15;
-  const dbName = `relay_node_${randomBytes(6).toString("hex")}`;
+  const dbName = freshDbName();
   let proxy;
   let relay;
   const sockets = [];

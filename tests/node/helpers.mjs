@@ -8,6 +8,11 @@
 // run from a fresh temporary directory: relay's out-of-the-box SQLite file and
 // built-in page).
 //
+// Names: every database and temporary directory is `relay_node_<checkout>_<hex>`,
+// where <checkout> (checkoutTag()) is the same for every run of one checkout and
+// differs between checkouts, so `tests/run` clears what an interrupted run of
+// this checkout left and never touches another checkout's.
+//
 // Waits: every wait is for a condition; PATIENCE_MS only bounds how long a test
 // goes without what it waits for before it fails, sized for a busy machine.
 //
@@ -18,7 +23,7 @@
 
 import { spawn, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -34,6 +39,22 @@ const MYSQL_URL = (process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3
 export const PATIENCE_MS = 30000;
 const STARTUP_TIMEOUT_MS = 60000;
 const STOP_TIMEOUT_MS = 30000;
+
+/**
+ * This checkout's tag: FNV-1a (32 bit) of the checkout's canonical absolute path,
+ * as 8 hex digits, the same value tests/common/mod.rs and tests/run compute.
+ */
+export function checkoutTag() {
+  const bytes = Buffer.from(realpathSync(REPO_ROOT).replace(/\/+$/, ""), "utf8");
+  let h = 0x811c9dc5;
+  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/** A fresh database (or SQLite directory) name of this checkout. */
+export function freshDbName() {
+  return `relay_node_${checkoutTag()}_${randomBytes(6).toString("hex")}`;
+}
 
 /** Every server still running; killed if this test process exits early. */
 const running = new Set();
@@ -86,7 +107,7 @@ export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } 
   if (!existsSync(RELAY_BIN)) {
     throw new Error(`relay binary not found at ${RELAY_BIN}: run \`cargo build\` in the repository root first (or set RELAY_BIN)`);
   }
-  const dbName = reuseDb || `relay_node_${randomBytes(6).toString("hex")}`;
+  const dbName = reuseDb || freshDbName();
   // SQLite stores live in a directory of their own (the working directory for "default").
   const dir = path.join(os.tmpdir(), dbName);
   const storeEnv = { ...process.env };
