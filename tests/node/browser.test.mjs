@@ -67,7 +67,7 @@ describe("chat page in Chromium", () => {
         "--disable-sync",
         "--disable-quic",
       ],
-      timeout: 30000,
+      timeout: 2 * PATIENCE_MS,
     });
   });
 
