@@ -1,8 +1,14 @@
 // relay chat page: the socket.io tutorial chat (server delivery + client
 // delivery steps), talking to the relay server over WebSocket only.
+//
+// Your own messages show at once, marked: "sending…" (pending) until the
+// server acknowledges them, then "sent"; "not sent: <reason>" when the server
+// refuses one (its error text) or the client gives up after its retries.
 (function () {
   "use strict";
 
+  // The server's default MAX_MESSAGE_BYTES (UTF-8 bytes, not characters). A
+  // server configured lower refuses with its own error, shown on the message.
   var MAX_MESSAGE_BYTES = 65535;
 
   var form = document.getElementById("form");
@@ -19,11 +25,15 @@
   var counter = 0;
   var lastQueuedId = 0;
   var noticeTimer = null;
+  var lengthNotice = false;
   // Messages received but not yet on screen: a long history arrives as thousands of events, and
   // appending them one by one (a layout and a scroll each) would freeze the page.
   var pending = [];
   var frameRequest = null;
   var fallbackTimer = null;
+  // Own messages emitted and not yet acknowledged, oldest first: {text, li, after}. Their rows
+  // stay at the end of the list; messages from the server go above them.
+  var outbox = [];
 
   var socket = io({
     transports: ["websocket"],
@@ -52,16 +62,43 @@
     if (!sticky) {
       noticeTimer = setTimeout(hideNotice, 5000);
     }
+    scrollToEnd();
   }
 
   function hideNotice() {
     clearTimeout(noticeTimer);
     notice.hidden = true;
     notice.textContent = "";
+    lengthNotice = false;
+  }
+
+  function scrollToEnd() {
+    window.scrollTo(0, document.body.scrollHeight);
   }
 
   function utf8Length(text) {
     return new TextEncoder().encode(text).length;
+  }
+
+  function thousands(n) {
+    return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
+  /** The UTF-8 size of `text` when it is over the limit, else 0. */
+  function bytesOverLimit(text) {
+    // A UTF-16 unit is at most 3 UTF-8 bytes: short texts need no count.
+    if (text.length * 3 <= MAX_MESSAGE_BYTES) {
+      return 0;
+    }
+    var bytes = utf8Length(text);
+    return bytes > MAX_MESSAGE_BYTES ? bytes : 0;
+  }
+
+  function tooLong(bytes) {
+    return (
+      "Too long to send: " + thousands(bytes) + " bytes in UTF-8, the limit is " +
+      thousands(MAX_MESSAGE_BYTES) + " bytes."
+    );
   }
 
   function updateToggle() {
@@ -82,13 +119,14 @@
       var item = document.createElement("li");
       item.dir = "auto"; // right-to-left messages align on their own side
       item.textContent = pending[i].text;
+      item.dataset.id = pending[i].id;
       fragment.appendChild(item);
     }
     // The offset a reconnect asks from is the last message on screen.
     socket.auth.serverOffset = pending[pending.length - 1].id;
     pending = [];
-    messages.appendChild(fragment);
-    window.scrollTo(0, document.body.scrollHeight);
+    messages.insertBefore(fragment, outbox.length ? outbox[0].li : null);
+    scrollToEnd();
   }
 
   socket.on("chat message", function (msg, serverOffset) {
@@ -104,13 +142,69 @@
     }
   });
 
+  function mark(li, state, note) {
+    li.dataset.state = state;
+    li.dataset.note = note;
+  }
+
+  /**
+   * The row the server sent for an acknowledged own message: the ack comes after the row, so it
+   * is the first unmarked row with the same text among those received since the emit.
+   */
+  function rowOf(entry) {
+    var found = null;
+    for (var li = messages.lastElementChild; li; li = li.previousElementSibling) {
+      if (!li.dataset.id) {
+        continue; // an own row not (or never) acknowledged
+      }
+      if (Number(li.dataset.id) <= entry.after) {
+        break;
+      }
+      if (!li.dataset.state && li.textContent === entry.text) {
+        found = li;
+      }
+    }
+    return found;
+  }
+
+  function settle(entry, err, reply) {
+    render(); // rows received before this answer go on screen first, above the own rows
+    outbox.splice(outbox.indexOf(entry), 1);
+    if (err) {
+      // The client's retries are used up (no ack within ackTimeout, several times).
+      console.warn("message not acknowledged:", err.message || err);
+      mark(entry.li, "failed", "not sent: " + (err.message || String(err)));
+    } else if (reply && reply.error) {
+      console.warn("message refused:", reply.error);
+      mark(entry.li, "failed", "not sent: " + reply.error);
+    } else {
+      // The server's row for it came before the ack, so it is on screen now.
+      var row = rowOf(entry);
+      if (row) {
+        entry.li.remove();
+        mark(row, "sent", "sent");
+      } else {
+        mark(entry.li, "sent", "sent");
+      }
+    }
+  }
+
+  function pendingNote() {
+    return socket.connected ? "sending\u2026" : "sending when connected\u2026";
+  }
+
   function showStatus(state, text) {
     statusBadge.dataset.state = state;
     statusBadge.textContent = text;
+    for (var i = 0; i < outbox.length; i++) {
+      outbox[i].li.dataset.note = pendingNote();
+    }
   }
 
   socket.on("connect", function () {
-    hideNotice();
+    if (!lengthNotice) {
+      hideNotice();
+    }
     showStatus("connected", "connected");
   });
 
@@ -128,27 +222,48 @@
     }
   });
 
+  input.addEventListener("input", function () {
+    var bytes = bytesOverLimit(input.value);
+    input.setAttribute("aria-invalid", bytes ? "true" : "false");
+    if (bytes) {
+      showNotice(tooLong(bytes), true);
+      lengthNotice = true;
+    } else if (lengthNotice) {
+      hideNotice();
+    }
+  });
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value;
     if (!text) {
       return;
     }
-    if (utf8Length(text) > MAX_MESSAGE_BYTES) {
-      showNotice("Message too long (" + MAX_MESSAGE_BYTES + " bytes at most).");
+    var bytes = bytesOverLimit(text);
+    if (bytes) {
+      // Kept in the input, to be shortened.
+      input.setAttribute("aria-invalid", "true");
+      showNotice(tooLong(bytes), true);
+      lengthNotice = true;
       return;
     }
     var clientOffset = pageId + "-" + counter++;
+    var item = document.createElement("li");
+    item.dir = "auto";
+    item.textContent = text;
+    mark(item, "pending", pendingNote());
+    var entry = { text: text, li: item, after: lastQueuedId };
+    outbox.push(entry);
+    messages.appendChild(item);
     socket.emit("chat message", text, clientOffset, function (err, reply) {
-      if (err) {
-        console.warn("message not acknowledged:", err.message || err);
-        showNotice("Message not delivered: " + (err.message || err));
-      } else if (reply && reply.error) {
-        console.warn("message refused:", reply.error);
-        showNotice("Message refused: " + reply.error);
-      }
+      settle(entry, err, reply);
     });
     input.value = "";
+    input.setAttribute("aria-invalid", "false");
+    if (lengthNotice) {
+      hideNotice();
+    }
+    scrollToEnd();
   });
 
   toggleButton.addEventListener("click", function () {

@@ -311,8 +311,11 @@ async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders(ba
         receivers.push(s.joined(Some(json!({"serverOffset": 0}))).await);
     }
     let mut tasks = Vec::new();
+    // Each sender reports every ack here, so the late joiner can join while traffic flows.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for n in 0..SENDERS {
         let mut c = s.joined(Some(json!({"serverOffset": 0}))).await;
+        let acked_tx = acked_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<u64> = Vec::new();
             for i in 0..EACH {
@@ -328,6 +331,7 @@ async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders(ba
                         seen.push(id);
                     } else if let Some((ack, _)) = parse_ack(&t) {
                         assert_eq!(ack, i as u64);
+                        let _ = acked_tx.send(());
                         break;
                     }
                 }
@@ -340,8 +344,15 @@ async fn every_socket_sees_every_message_in_id_order_under_concurrent_senders(ba
             seen
         }));
     }
-    // A socket that joins mid-traffic: its replay and the live stream must meet without a gap.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A socket that joins mid-traffic (once a third of the messages are acked): its replay and
+    // the live stream must meet without a gap.
+    drop(acked_tx);
+    for _ in 0..TOTAL / 3 {
+        acked_rx
+            .recv()
+            .await
+            .expect("the senders ack a third of their messages");
+    }
     let mut late = s.joined(Some(json!({"serverOffset": 0}))).await;
     let late_ids = collect_all(&mut late, TOTAL).await;
 

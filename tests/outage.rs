@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 /// A TCP proxy in front of MariaDB that the test can cut.
 struct Proxy {
     port: u16,
     /// false: new connections are refused.
     up: Arc<AtomicBool>,
-    pipes: Arc<Mutex<Vec<AbortHandle>>>,
+    pipes: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// Armed: once a client sends an INSERT, the packet after it (the execute) is forwarded and
     /// every answer from then on is swallowed — a commit whose reply never arrives.
     lose_insert_reply: Arc<AtomicBool>,
@@ -48,7 +48,7 @@ impl Proxy {
                     continue;
                 }
                 let task = tokio::spawn(pipe(client, lose.clone()));
-                pipes.lock().unwrap().push(task.abort_handle());
+                pipes.lock().unwrap().push(task);
             }
         });
         proxy
@@ -60,13 +60,16 @@ impl Proxy {
         format!("mysql://root@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Drops every open connection and refuses new ones.
+    /// Drops every open connection and refuses new ones; returns once every connection is
+    /// closed on both sides.
     async fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
-        for p in self.pipes.lock().unwrap().drain(..) {
+        let pipes: Vec<JoinHandle<()>> = self.pipes.lock().unwrap().drain(..).collect();
+        for p in pipes {
             p.abort();
+            // A task that ended (aborted or not) has dropped both of its sockets.
+            let _ = p.await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     fn restore(&self) {
@@ -127,21 +130,47 @@ async fn pipe(client: TcpStream, lose: Arc<AtomicBool>) {
 }
 
 /// What the stock client does after an ack timeout: the same arguments under a new ack id, until
-/// one is acknowledged. Expects the message first (the sender gets its row before its ack) and
-/// returns its id.
-async fn retry_until_acked(c: &mut Client, msg: &str, offset: &str, mut ack: u64) -> u64 {
-    loop {
-        c.emit(Some(ack), msg, offset).await;
-        if let Ok(t) = tokio::time::timeout(Duration::from_secs(2), c.recv_text()).await {
-            let (got, id) =
-                parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
-            assert_eq!(got, msg);
-            assert_eq!(c.recv_ack().await, (ack, json!([])));
-            return id;
+/// one is acknowledged. Expects the message once, before the first ack (the sender gets its row
+/// before its ack), and returns its id.
+///
+/// An attempt that was only slow (a busy machine) is answered late, after the next attempt went
+/// out: any of this call's ack ids counts. Acks come in the order of the attempts, and once the
+/// database answers again every later attempt is acked too (as a duplicate): those are read here,
+/// so nothing of this call is left on the connection.
+async fn retry_until_acked(c: &mut Client, msg: &str, offset: &str, first_ack: u64) -> u64 {
+    /// The stock client's `ackTimeout` in these tests: how long an attempt has before the next.
+    const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut next_ack = first_ack;
+    let mut row: Option<u64> = None;
+    let acked = 'attempts: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database did not come back: {} attempts unanswered",
+            next_ack - first_ack
+        );
+        c.emit(Some(next_ack), msg, offset).await;
+        next_ack += 1;
+        let attempt_ends = tokio::time::Instant::now() + ACK_TIMEOUT;
+        while let Ok(t) = tokio::time::timeout_at(attempt_ends, c.recv_text()).await {
+            if let Some((got, id)) = parse_chat(&t) {
+                assert_eq!(got, msg);
+                assert!(row.is_none(), "the message came twice");
+                row = Some(id);
+            } else if let Some((ack, args)) = parse_ack(&t) {
+                assert!((first_ack..next_ack).contains(&ack), "unexpected ack {t}");
+                assert_eq!(args, json!([]));
+                break 'attempts ack;
+            } else {
+                panic!("expected the message or its ack, got {t}");
+            }
         }
-        ack += 1;
-        assert!(ack < 10, "the database did not come back");
+    };
+    let id = row.expect("the message comes before its ack");
+    for later in acked + 1..next_ack {
+        assert_eq!(c.recv_ack().await, (later, json!([])), "a retry's ack");
     }
+    id
 }
 
 async fn server_behind(proxy: &Proxy) -> TestServer {
@@ -236,37 +265,45 @@ async fn sqlite_locked_by_another_process_commits_late_and_is_published_once() {
     let mut a = s.joined(None).await;
     let mut b = s.joined(None).await;
 
-    // Another process takes the write lock and keeps it for 2.5 s.
+    // Another process takes the write lock and keeps it until the test lets go.
     let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let path = sqlite_file(&s.db);
     let locker = tokio::task::spawn_blocking(move || {
         let conn = rusqlite::Connection::open(path).unwrap();
         conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
         locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(2500));
+        let _ = release_rx.recv();
         conn.execute_batch("COMMIT").unwrap();
     });
     locked_rx.await.unwrap();
-    let started = tokio::time::Instant::now();
 
-    // The first attempt times out after 1 s: no ack, no broadcast.
+    // The first attempt times out: no ack, no broadcast.
     a.emit(Some(0), "late", "lock-0").await;
-    a.expect_silence(Duration::from_millis(1700)).await;
+    wait_for_metric(s.addr, "relay_store_failures_total", |v| v >= 1.0).await;
+    a.expect_silence(Duration::from_millis(10)).await;
     b.expect_silence(Duration::from_millis(10)).await;
-    // The retry comes while the abandoned insert still waits for the lock (released at 2.5 s).
-    assert!(
-        started.elapsed() < Duration::from_millis(2300),
-        "test too slow to hit the window"
-    );
+    // The retry comes while the abandoned insert still waits for the lock. An unknown
+    // namespace's CONNECT, sent behind it, is answered at once: with that answer here, relay has
+    // read the retry (a connection's packets are handled in order).
     a.emit(Some(1), "late", "lock-0").await;
-    let t = tokio::time::timeout(WAIT, a.recv_text()).await.unwrap();
+    a.send("40/barrier,").await;
+    assert_eq!(
+        a.recv_text().await,
+        r#"44/barrier,{"message":"Invalid namespace"}"#
+    );
+    b.expect_silence(Duration::from_millis(10)).await;
+    release_tx.send(()).unwrap();
+    locker.await.unwrap();
+
+    // The insert commits once the lock is gone; the message is published, then the retry acked.
+    let t = a.recv_text().await;
     let (got, id) = parse_chat(&t).unwrap_or_else(|| panic!("expected the message, got {t}"));
     assert_eq!(got, "late");
     assert_eq!(a.recv_ack().await, (1, json!([])));
     assert_eq!(b.recv_chat().await, ("late".to_string(), id));
     a.expect_silence(Duration::from_millis(300)).await;
     b.expect_silence(Duration::from_millis(10)).await;
-    locker.await.unwrap();
     assert_eq!(s.ids().await, vec![id]);
     s.stop().await;
 }
@@ -296,7 +333,8 @@ async fn an_insert_abandoned_in_the_server_cannot_commit_behind_relays_back() {
 
     // Waits on the foreign lock; relay gives up after 0.5 s: no ack.
     a.emit(Some(1), "mine", "held").await;
-    a.expect_silence(Duration::from_millis(900)).await;
+    wait_for_metric(s.addr, "relay_store_failures_total", |v| v >= 1.0).await;
+    a.expect_silence(Duration::from_millis(10)).await;
     // Another message while the abandoned INSERT still waits in the server.
     b.emit(Some(1), "other", "other-1").await;
     let (_, other) = b.recv_chat().await;
@@ -304,15 +342,33 @@ async fn an_insert_abandoned_in_the_server_cannot_commit_behind_relays_back() {
     assert_eq!(watcher.recv_chat().await, ("other".to_string(), other));
     assert_eq!(a.recv_chat().await, ("other".to_string(), other));
 
-    // The lock goes; an INSERT still waiting for it would commit now.
+    // The lock goes; an INSERT still waiting for it would commit now. Wait until no statement
+    // of relay's runs in the server any more (killed, or committed behind relay's back).
     foreign.query_drop("ROLLBACK").await.unwrap();
     let _ = foreign.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let running: Vec<u64> = s
+            .sql(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND COMMAND <> 'Sleep' AND ID <> CONNECTION_ID()",
+            )
+            .await;
+        if running == [0] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay's INSERT still runs in the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let mine = retry_until_acked(&mut a, "mine", "held", 2).await;
+    watcher.patience = WAIT * 2; // the message below says more than "no frame"
     let mut seen = vec![other];
     while seen.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(3), watcher.recv_text()).await {
+        match tokio::time::timeout(WAIT, watcher.recv_text()).await {
             Ok(t) => seen.extend(parse_chat(&t).map(|(_, id)| id)),
             Err(_) => panic!(
                 "the watcher saw {seen:?}; the table holds {:?}: a row committed that live \

@@ -105,39 +105,70 @@ fn raise_fd_limit(needed: usize) {
     );
 }
 
-/// What one idle socket saw.
+/// What the idle sockets saw, counted over all of them.
 #[derive(Default)]
 struct Seen {
     joined: AtomicUsize,
-    pings: AtomicUsize,
+    /// Sockets that have answered at least three pings since they joined.
+    three_rounds: AtomicUsize,
     chats: AtomicUsize,
     closed_1001: AtomicUsize,
     closed_other: AtomicUsize,
+    /// The first thing a socket saw that the protocol does not allow, if any.
+    broken: std::sync::Mutex<Option<String>>,
+}
+
+impl Seen {
+    fn broke(&self, what: String) {
+        self.broken.lock().unwrap().get_or_insert(what);
+    }
+
+    fn check(&self) {
+        if let Some(what) = self.broken.lock().unwrap().as_ref() {
+            panic!("an idle socket failed: {what}");
+        }
+    }
 }
 
 /// A socket that joins `/`, answers pings and counts what it gets until the server closes it.
-/// `slot` bounds the handshakes in progress; it is let go once joined.
+/// It accepts anything the protocol allows: a ping may come at any time, before the CONNECT
+/// reply too. `slot` bounds the handshakes in progress; it is let go once joined.
 async fn idle_socket(url: String, seen: Arc<Seen>, slot: OwnedSemaphorePermit) {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .expect("connect");
-    let open = ws.next().await.expect("open").expect("open");
-    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
-    ws.send(Message::text("40")).await.unwrap();
-    let connect = ws.next().await.expect("connect").expect("connect");
-    assert!(connect.to_text().unwrap().starts_with("40{"), "{connect:?}");
-    seen.joined.fetch_add(1, Ordering::Relaxed);
-    drop(slot);
+    let mut ws = match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
+        Ok((ws, _)) => ws,
+        Err(e) => return seen.broke(format!("connect: {e}")),
+    };
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.starts_with("0{") => {}
+        other => return seen.broke(format!("expected the open packet, got {other:?}")),
+    }
+    if let Err(e) = ws.send(Message::text("40")).await {
+        return seen.broke(format!("send CONNECT: {e}"));
+    }
+    let mut slot = Some(slot);
+    let mut pings_since_join = 0;
     while let Some(Ok(m)) = ws.next().await {
         match m {
             Message::Text(t) if t.as_str() == "2" => {
-                seen.pings.fetch_add(1, Ordering::Relaxed);
+                if slot.is_none() {
+                    pings_since_join += 1;
+                    if pings_since_join == 3 {
+                        seen.three_rounds.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 if ws.send(Message::text("3")).await.is_err() {
                     break;
                 }
+            }
+            Message::Text(t) if slot.is_some() => {
+                if !t.starts_with("40{") {
+                    return seen.broke(format!("expected the CONNECT reply, got {t}"));
+                }
+                seen.joined.fetch_add(1, Ordering::Relaxed);
+                slot = None;
             }
             Message::Text(t) if parse_chat(&t).is_some() => {
                 seen.chats.fetch_add(1, Ordering::Relaxed);
@@ -156,12 +187,32 @@ async fn idle_socket(url: String, seen: Arc<Seen>, slot: OwnedSemaphorePermit) {
     seen.closed_other.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+/// Waits until `count()` reaches `target`. Thousands of sockets on a busy machine take as long
+/// as they take: the wait fails only when the count stops moving for `stalled` (or a socket saw
+/// something the protocol does not allow).
+async fn wait_for(
+    what: &str,
+    seen: &Seen,
+    target: usize,
+    stalled: Duration,
+    count: impl Fn() -> usize,
+) {
+    let mut last = count();
+    let mut moved = Instant::now();
+    while last < target {
+        seen.check();
+        assert!(
+            moved.elapsed() < stalled,
+            "waiting for {what}: stuck at {last} of {target} for {stalled:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count();
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
     }
+    seen.check();
 }
 
 /// Issue 5, scenario 6: many concurrent connections on one process stay alive through several
@@ -170,41 +221,50 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
 async fn ten_thousand_sockets_stay_alive_through_heartbeat_rounds() {
     let n = knob("SCALE_SOCKETS", 10_000);
     raise_fd_limit(n + 256);
-    let interval = Duration::from_millis(1000);
     let relay = Spawned::start(&[
-        ("PING_INTERVAL_MS", interval.as_millis().to_string()),
-        ("PING_TIMEOUT_MS", "3000".into()),
+        // A round every second. The default pingTimeout (20 s) leaves a busy machine time to
+        // answer 10,000 pings: what is tested is that relay keeps pinging and keeps every socket.
+        ("PING_INTERVAL_MS", "1000".into()),
         ("MAX_CONNECTIONS", (n + 16).to_string()),
+        // Closing 10,000 sockets on a busy machine may take longer than the default 10 s.
+        ("SHUTDOWN_TIMEOUT_MS", "120000".into()),
     ]);
     let seen = Arc::new(Seen::default());
     let connecting = Arc::new(Semaphore::new(128));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
+    let stalled = Duration::from_secs(60);
     for _ in 0..n {
-        let slot = connecting.clone().acquire_owned().await.unwrap();
+        let slot = tokio::time::timeout(stalled, connecting.clone().acquire_owned())
+            .await
+            .unwrap_or_else(|_| panic!("no handshake finished for {stalled:?}"))
+            .unwrap();
+        seen.check();
         tasks.push(tokio::spawn(idle_socket(
             relay.ws_url(),
             seen.clone(),
             slot,
         )));
     }
-    wait_for("every socket to join", Duration::from_secs(120), || {
-        seen.joined.load(Ordering::Relaxed) == n
+    wait_for("every socket to join", &seen, n, stalled, || {
+        seen.joined.load(Ordering::Relaxed)
     })
     .await;
     let join_time = started.elapsed();
     assert_eq!(relay.metric("relay_connected_sockets").await as usize, n);
     let rss = relay.rss_kib();
 
-    // Three heartbeat rounds and a bit: everyone pinged, nobody closed.
-    let pings_before = seen.pings.load(Ordering::Relaxed);
-    tokio::time::sleep(interval * 7 / 2).await;
-    let pings = seen.pings.load(Ordering::Relaxed) - pings_before;
-    assert!(
-        pings >= 3 * n,
-        "{pings} pings answered in 3.5 rounds by {n} sockets"
-    );
+    // Three heartbeat rounds for every socket: all pinged, all answered, nobody closed.
+    wait_for(
+        "three pings answered by every socket",
+        &seen,
+        n,
+        stalled,
+        || seen.three_rounds.load(Ordering::Relaxed),
+    )
+    .await;
     assert_eq!(seen.closed_other.load(Ordering::Relaxed), 0, "sockets lost");
+    assert_eq!(seen.closed_1001.load(Ordering::Relaxed), 0, "sockets lost");
     assert_eq!(relay.metric("relay_connected_sockets").await as usize, n);
 
     // And they are alive for chat, not only for pings: a message reaches every one of them.
@@ -213,15 +273,19 @@ async fn ten_thousand_sockets_stay_alive_through_heartbeat_rounds() {
     sender.emit(Some(0), "to all", "scale-0").await;
     assert_eq!(sender.recv_chat().await.0, "to all");
     assert_eq!(sender.recv_ack().await.0, 0);
-    wait_for("the broadcast to reach every socket", WAIT, || {
-        seen.chats.load(Ordering::Relaxed) == n
-    })
+    wait_for(
+        "the broadcast to reach every socket",
+        &seen,
+        n,
+        stalled,
+        || seen.chats.load(Ordering::Relaxed),
+    )
     .await;
 
     // Shutdown closes every one of them with 1001 (going away), so stock clients reconnect.
     relay.terminate();
-    wait_for("every socket to be closed", Duration::from_secs(30), || {
-        seen.closed_1001.load(Ordering::Relaxed) + seen.closed_other.load(Ordering::Relaxed) == n
+    wait_for("every socket to be closed", &seen, n, stalled, || {
+        seen.closed_1001.load(Ordering::Relaxed) + seen.closed_other.load(Ordering::Relaxed)
     })
     .await;
     assert_eq!(seen.closed_1001.load(Ordering::Relaxed), n);
@@ -269,11 +333,13 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
     let mut flood = Vec::with_capacity(n);
     for i in 0..n {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        match i % 3 {
-            0 => {}                                                       // says nothing
-            1 => tcp.write_all(&upgrade.as_bytes()[..60]).await.unwrap(), // stops mid-request
-            _ => tcp.write_all(upgrade.as_bytes()).await.unwrap(),        // upgrades, never joins
-        }
+        // (A write may fail on a busy machine: relay may have timed the connection out before
+        // this task got to write. That connection is closed by the server all the same.)
+        let _ = match i % 3 {
+            0 => Ok(()),                                         // says nothing
+            1 => tcp.write_all(&upgrade.as_bytes()[..60]).await, // stops mid-request
+            _ => tcp.write_all(upgrade.as_bytes()).await,        // upgrades, never joins
+        };
         flood.push(tcp);
     }
     let opened = started.elapsed();
@@ -288,7 +354,7 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
     // Every flood connection is closed by the server, none by us.
     let checks: Vec<_> = flood
         .into_iter()
-        .map(|tcp| tokio::spawn(closed_by_server(tcp, Duration::from_secs(15))))
+        .map(|tcp| tokio::spawn(closed_by_server(tcp, Duration::from_secs(60))))
         .collect();
     let mut still_open = 0;
     for c in checks {
@@ -304,7 +370,15 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
     client.emit(Some(8), "after", "flood-1").await;
     assert_eq!(client.recv_chat().await.0, "after");
     assert_eq!(client.recv_ack().await.0, 8, "acked after the flood");
-    assert_eq!(relay.metric("relay_connected_sockets").await as usize, 1);
+    // The gauge drops when a connection's task ends, just after the client saw it close.
+    let deadline = Instant::now() + WAIT;
+    while relay.metric("relay_connected_sockets").await as usize != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "relay_connected_sockets stays above 1 with every flood connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!(
         "{n} half-open connections opened in {:.1} s, all closed by relay within {:.1} s",
         opened.as_secs_f64(),
@@ -313,16 +387,18 @@ async fn half_open_handshakes_are_closed_and_cost_no_one_else() {
 }
 
 /// Issue 5, scenario 3, measured from outside the process: one client stops reading while another
-/// chats at full speed. The sender's acks never wait for the stuck socket (none takes as long as
-/// the stall it takes relay to give up on it), relay's memory grows by far less than what the stuck
-/// socket was sent, and the stuck socket is closed with 1008 and a reason.
+/// chats at full speed. Every one of the sender's 500 acks comes while the stuck socket is still
+/// open (relay tolerates its stall for far longer than the sending takes, even on a busy
+/// machine): no ack waits for it. relay's memory grows by far less than what the stuck socket was
+/// sent, and once the stall has lasted `PING_TIMEOUT_MS` the stuck socket is closed (1008).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
     const MESSAGES: usize = 500;
     const SIZE: usize = 50_000; // 25 MB in all
-    let stall = Duration::from_millis(1500);
+    /// Emits in flight at once, as a client of several users would have.
+    const WINDOW: usize = 16;
     let relay = Spawned::start(&[
-        ("PING_TIMEOUT_MS", stall.as_millis().to_string()),
+        ("PING_TIMEOUT_MS", "20000".into()),
         ("RECENT_MESSAGES", "10".into()),
         ("MAX_MESSAGES_PER_SECOND", "0".into()),
     ]);
@@ -333,9 +409,17 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
     let (mut stuck, _) = tokio_tungstenite::client_async(relay.ws_url(), tcp)
         .await
         .unwrap();
-    stuck.next().await.unwrap().unwrap();
+    let open = stuck.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
     stuck.send(Message::text("40")).await.unwrap();
-    stuck.next().await.unwrap().unwrap();
+    loop {
+        // (A ping may come first; this client never answers: it is the stuck one.)
+        let reply = tokio::time::timeout(WAIT, stuck.next()).await.unwrap();
+        let reply = reply.unwrap().unwrap();
+        if reply.to_text().unwrap().starts_with("40{") {
+            break;
+        }
+    }
 
     let mut reader = common::Client::open(&relay.ws_url()).await;
     reader.join(None).await;
@@ -353,36 +437,45 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
 
     let base = relay.rss_kib();
     let mut peak = base;
-    let mut slowest = Duration::ZERO;
     let big = "y".repeat(SIZE);
-    for i in 0..MESSAGES {
-        let sent = Instant::now();
-        sender
-            .emit(Some(i as u64), &big, &format!("stuck-{i}"))
-            .await;
-        while parse_ack(&sender.recv_text().await).is_none() {}
-        slowest = slowest.max(sent.elapsed());
-        if i % 10 == 0 {
-            peak = peak.max(relay.rss_kib());
+    let (mut sent, mut acked) = (0, 0);
+    while acked < MESSAGES {
+        while sent < MESSAGES && sent - acked < WINDOW {
+            sender
+                .emit(Some(sent as u64), &big, &format!("stuck-{sent}"))
+                .await;
+            sent += 1;
         }
-        // About 100 messages a second: the traffic outlasts the stall relay tolerates.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if parse_ack(&sender.recv_text().await).is_some() {
+            acked += 1;
+            if acked % 10 == 0 {
+                peak = peak.max(relay.rss_kib());
+            }
+        }
     }
     assert_eq!(
-        tokio::time::timeout(WAIT, reading).await.unwrap().unwrap(),
-        MESSAGES
+        relay.metric("relay_sockets_closed_slow_total").await,
+        0.0,
+        "the stuck socket was closed before the sender's last ack: the sender waited for it, \
+         or sending took longer than the 20 s relay tolerates a stall"
     );
-    assert!(
-        slowest < stall,
-        "an ack took {slowest:?}: the sender waited on the stuck socket"
-    );
+    assert_eq!(reading.await.unwrap(), MESSAGES);
     let growth_mb = (peak.saturating_sub(base)) as f64 / 1024.0;
     let sent_mb = (MESSAGES * SIZE) as f64 / 1e6;
     assert!(
         growth_mb < sent_mb * 0.6,
         "relay grew by {growth_mb:.1} MB while the stuck socket was sent {sent_mb:.0} MB"
     );
-    assert_eq!(relay.metric("relay_sockets_closed_slow_total").await, 1.0);
+
+    // Once its stall has lasted the limit, relay closes it.
+    let deadline = Instant::now() + Duration::from_secs(20) + WAIT;
+    while relay.metric("relay_sockets_closed_slow_total").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck socket was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // What the stuck client finds when it reads again: whatever fitted in the buffers, then the
     // end of the connection. (Its close frame, 1008 "client too slow to receive", cannot get
@@ -403,6 +496,6 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
         "the stuck socket got everything after all"
     );
     println!(
-        "slowest ack {slowest:?}; relay RSS grew {growth_mb:.1} MB while {sent_mb:.0} MB went to a stuck socket, which got {chats} and then: {end}"
+        "relay RSS grew {growth_mb:.1} MB while {sent_mb:.0} MB went to a stuck socket, which got {chats} and then: {end}"
     );
 }

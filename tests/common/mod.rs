@@ -2,9 +2,15 @@
 //! and a raw WebSocket client that speaks Engine.IO/Socket.IO frames by hand.
 //!
 //! The MySQL server is `TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`); each server gets its
-//! own database `relay_test_<random>`, dropped when the test stops it. A SQLite server gets the
-//! file `relay_test_<random>/chat.db` in the temporary directory, removed the same way. Set
-//! `TEST_LOG=1` to see the server's logs.
+//! own database `relay_test_<checkout>_<random>`, dropped when the test stops it. A SQLite server
+//! gets the file `relay_test_<checkout>_<random>/chat.db` in the temporary directory, removed the
+//! same way. `<checkout>` ([`checkout_tag`]) is the same for every run of one checkout and differs
+//! between checkouts, so `tests/run` clears what an interrupted run of this checkout left and
+//! never touches another checkout's. Set `TEST_LOG=1` to see the server's logs.
+//!
+//! Waits: every wait here is for a condition (a frame, a metric, a closed socket); [`WAIT`] only
+//! bounds how long a test may go without the progress it waits for before it fails, and is sized
+//! for a machine that is busy with other work, not for a quiet one.
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +25,36 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for the next thing it expects (a frame, a metric, a close) before it
+/// fails. Never a sleep: the wait ends as soon as the condition holds.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// This checkout's tag in test database and directory names: FNV-1a (32 bit) of the checkout's
+/// canonical absolute path, as 8 hex digits. `tests/run` and `tests/node/helpers.mjs` compute the
+/// same value from the same path (the path itself is never written anywhere).
+pub fn checkout_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let dir = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        format!("{:08x}", fnv1a32(dir.as_os_str().as_encoded_bytes()))
+    })
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A fresh name for a test database or directory: `relay_test_<checkout>_<random>`.
+pub fn fresh_name() -> String {
+    format!(
+        "relay_test_{}_{}",
+        checkout_tag(),
+        relay::protocol::sid::new_sid().replace(['-', '_'], "x")
+    )
+}
 
 pub fn mysql_base() -> String {
     std::env::var("TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -47,10 +82,7 @@ pub enum Backend {
 impl Backend {
     /// A fresh database name and the URL relay opens it with.
     pub fn fresh(self) -> (String, String) {
-        let db = format!(
-            "relay_test_{}",
-            relay::protocol::sid::new_sid().replace(['-', '_'], "x")
-        );
+        let db = fresh_name();
         let url = match self {
             Backend::Mysql => format!("{}/{db}", mysql_base()),
             Backend::Sqlite => format!("sqlite:{}", sqlite_file(&db).display()),
@@ -83,6 +115,24 @@ pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// Polls `/metrics` until `name`'s value satisfies `done`, and returns it. Fails if it does not
+/// within [`WAIT`].
+pub async fn wait_for_metric(addr: SocketAddr, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(addr, "/metrics").await;
+        let value = metric(&text, name);
+        if done(value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is still {value} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A size knob of a big test: the environment variable `name`, else `default`.
@@ -273,11 +323,17 @@ pub async fn drop_database(db: &str) {
     }
 }
 
-/// A raw WebSocket client. `recv_*` answer server pings by themselves unless `auto_pong` is off.
+/// A raw WebSocket client. It accepts whatever the protocol allows at any point: an Engine.IO
+/// ping (`2`) may come before any frame, the CONNECT reply included, and every `recv_*`,
+/// [`Client::expect_silence`] and [`Client::expect_close`] answer it with `3` unless `auto_pong`
+/// is off (then `recv_text` returns it).
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub open: Value,
     pub auto_pong: bool,
+    /// How long `recv_*` wait for the next frame before the test fails ([`WAIT`] by default;
+    /// longer for a client that is idle on purpose while others work).
+    pub patience: Duration,
 }
 
 impl Client {
@@ -294,6 +350,7 @@ impl Client {
             ws,
             open: Value::Null,
             auto_pong: true,
+            patience: WAIT,
         };
         let first = c.recv_text().await;
         assert!(
@@ -322,10 +379,10 @@ impl Client {
 
     /// The next frame, whatever it is, or None when the connection ended.
     pub async fn recv_raw(&mut self) -> Option<Message> {
-        match tokio::time::timeout(WAIT, self.ws.next()).await {
+        match tokio::time::timeout(self.patience, self.ws.next()).await {
             Ok(Some(Ok(m))) => Some(m),
             Ok(Some(Err(_))) | Ok(None) => None,
-            Err(_) => panic!("no frame within {WAIT:?}"),
+            Err(_) => panic!("no frame within {:?}", self.patience),
         }
     }
 
@@ -343,13 +400,19 @@ impl Client {
         }
     }
 
-    /// Asserts that nothing but pings arrives for `d`.
+    /// Asserts that nothing but pings arrives for `d`. (A check that something does *not*
+    /// happen: a busy machine can only make it pass more easily, never fail it.)
     pub async fn expect_silence(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return,
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => self.send("3").await,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                    if self.auto_pong {
+                        self.send("3").await
+                    }
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
                 Ok(other) => panic!("expected silence, got {other:?}"),
             }
         }
@@ -409,7 +472,13 @@ impl Client {
             match self.recv_raw().await {
                 Some(Message::Close(frame)) => return frame,
                 None => return None,
-                Some(Message::Text(t)) if t.as_str() == "2" => {}
+                Some(Message::Text(t)) if t.as_str() == "2" => {
+                    // Still a live connection until it closes: answer, or a close we wait for
+                    // could become a ping timeout on a slow machine.
+                    if self.auto_pong {
+                        let _ = self.ws.send(Message::text("3")).await;
+                    }
+                }
                 Some(Message::Text(t)) => panic!("expected the connection to close, got {t}"),
                 Some(_) => {}
             }

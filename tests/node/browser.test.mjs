@@ -3,10 +3,46 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { chromium } from "playwright-core";
-import { startRelay, withTimeout } from "./helpers.mjs";
+import { io } from "socket.io-client";
+import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName } from "./helpers.mjs";
+import { startProxy } from "./proxy.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const WAIT_MS = 8000;
+// How long a page may take to show what a step waits for: a bound for a hung page, sized for a
+// busy machine, not a speed requirement.
+const WAIT_MS = PATIENCE_MS;
+const MYSQL_URL = new URL(process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306");
+
+/**
+ * An init script: the page's io() gets a short ackTimeout and one retry, so a test sees the
+ * client give up within a second instead of after the page's 4 x 10 s.
+ */
+function shortAckTimeout() {
+  let real;
+  Object.defineProperty(window, "io", {
+    configurable: true,
+    get: () => real,
+    set(stock) {
+      real = Object.assign(function (uri, opts) {
+        if (typeof uri === "object") [uri, opts] = [undefined, uri];
+        return stock(uri, { ...opts, ackTimeout: 500, retries: 1 });
+      }, stock);
+    },
+  });
+}
+
+/** Stores `count` messages through a stock client, waiting for each ack. */
+async function seed(url, count, tag) {
+  const sender = io(url, { transports: ["websocket"], forceNew: true });
+  try {
+    for (let i = 0; i < count; i++) {
+      const ack = await sender.timeout(PATIENCE_MS).emitWithAck("chat message", `${tag} ${i}`, `${tag}-${i}`);
+      assert.equal(ack, undefined, `seed message ${i} stored without error`);
+    }
+  } finally {
+    sender.disconnect();
+  }
+}
 
 describe("chat page in Chromium", () => {
   let relay;
@@ -31,17 +67,26 @@ describe("chat page in Chromium", () => {
         "--disable-sync",
         "--disable-quic",
       ],
-      timeout: 30000,
+      timeout: 2 * PATIENCE_MS,
     });
   });
 
   after(async () => {
+    await closePages();
     if (browser) await browser.close();
     if (relay) await relay.stop();
   });
 
+  /** Browser contexts still open; a test closes its own before it stops its server. */
+  const contexts = new Set();
+  async function closePages() {
+    await Promise.all([...contexts].map((c) => c.close().catch(() => {})));
+    contexts.clear();
+  }
+
   async function openPage(name, { url = relay.url, initScript } = {}) {
     const context = await browser.newContext();
+    contexts.add(context);
     if (initScript) await context.addInitScript(initScript);
     const page = await context.newPage();
     page.setDefaultTimeout(WAIT_MS);
@@ -84,7 +129,7 @@ describe("chat page in Chromium", () => {
     await page.waitForFunction(() => document.getElementById("input").value === "", null, { timeout: WAIT_MS });
   }
 
-  it("page structure and assets", { timeout: 30000 }, async () => {
+  it("page structure and assets", { timeout: 120000 }, async () => {
     const page = await openPage("structure");
     assert.equal(await page.locator("ul#messages").count(), 1);
     assert.equal(await page.locator("form#form input#input").getAttribute("autocomplete"), "off");
@@ -95,10 +140,12 @@ describe("chat page in Chromium", () => {
     assert.ok(hasIo, "window.io missing: /socket.io/socket.io.js did not load");
     const bg = await page.evaluate(() => getComputedStyle(document.getElementById("form")).position);
     assert.equal(bg, "fixed", "the form should be fixed at the bottom");
+    assert.equal(await page.locator("form#form #status").count(), 1, "the status badge sits in the form's bar");
+    assert.equal(await page.locator("#input").getAttribute("maxlength"), null, "maxlength counts UTF-16 units, not the server's bytes");
     await page.context().close();
   });
 
-  it("two pages chat live, catch up after Connect, keep history on reload, render text literally", { timeout: 45000 }, async () => {
+  it("two pages chat live, catch up after Connect, keep history on reload, render text literally", { timeout: 300000 }, async () => {
     const p1 = await openPage("page1");
     const p2 = await openPage("page2");
     const history = [];
@@ -155,10 +202,10 @@ describe("chat page in Chromium", () => {
     await expectMessages(p1, "page1", history);
     await expectMessages(p2, "page2", history);
 
-    await withTimeout(Promise.all([p1.context().close(), p2.context().close()]), 10000, "closing pages");
+    await withTimeout(Promise.all([p1.context().close(), p2.context().close()]), WAIT_MS, "closing pages");
   });
 
-  it("a long history renders completely, in order, in batches", { timeout: 60000 }, async () => {
+  it("a long history renders completely, in order, in batches", { timeout: 300000 }, async () => {
     // Its own server, without the per-connection rate limit, so one client can store 3,000 fast.
     const bulkRelay = await startRelay({ env: { MAX_MESSAGES_PER_SECOND: "0" } });
     try {
@@ -168,7 +215,7 @@ describe("chat page in Chromium", () => {
       for (let i = 0; i < 3000; i += 100) {
         const acks = await Promise.all(
           Array.from({ length: 100 }, (_, k) =>
-            sender.timeout(10000).emitWithAck("chat message", `bulk ${i + k}`, `${run}-${i + k}`),
+            sender.timeout(PATIENCE_MS).emitWithAck("chat message", `bulk ${i + k}`, `${run}-${i + k}`),
           ),
         );
         assert.ok(acks.every((a) => a === undefined), `stored without error: ${JSON.stringify(acks.find(Boolean))}`);
@@ -182,14 +229,222 @@ describe("chat page in Chromium", () => {
         }).observe(document, { childList: true, subtree: true });
       };
       const page = await openPage("long history", { url: bulkRelay.url, initScript: countAppends });
-      await page.waitForFunction(() => document.querySelectorAll("#messages li").length >= 3000, null, { timeout: 20000 });
+      await page.waitForFunction(() => document.querySelectorAll("#messages li").length >= 3000, null, { timeout: 2 * WAIT_MS });
       const texts = await items(page);
       assert.deepEqual(texts, Array.from({ length: 3000 }, (_, i) => `bulk ${i}`));
+      // One append per animation frame at most: how many frames the replay spans depends on the
+      // machine, so the bound is loose; appending message by message would take 3,000.
       const appends = await page.evaluate(() => window.__appends);
-      assert.ok(appends > 0 && appends < 300, `3,000 messages rendered in ${appends} appends`);
+      assert.ok(appends > 0 && appends <= 1500, `3,000 messages rendered in ${appends} appends`);
       await page.context().close();
     } finally {
+      await closePages();
       await bulkRelay.stop();
+    }
+  });
+
+  /** The note drawn under an own message (its ::after content), as the user sees it. */
+  const noteOf = (li) => li.evaluate((el) => getComputedStyle(el, "::after").content.replace(/^"|"$/g, ""));
+
+  /** The one row whose text is `text`. */
+  async function rowWithText(page, text) {
+    const rows = page.locator("#messages > li").filter({ hasText: text });
+    await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].filter((li) => li.textContent === t).length === 1, text, {
+      timeout: WAIT_MS,
+    });
+    return rows.first();
+  }
+
+  it("an own message shows as pending until acked, then as sent, and survives being typed offline", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite" });
+    try {
+      const page = await openPage("pending", { url: own.url });
+      const other = await openPage("pending (other)", { url: own.url });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+
+      // Offline: the message stays on screen, marked pending, and the input is free again.
+      await page.locator("#toggle-btn").click();
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "offline", null, { timeout: WAIT_MS });
+      const text = "typed while offline";
+      await type(page, text);
+      const row = await rowWithText(page, text);
+      assert.equal(await row.getAttribute("data-state"), "pending");
+      assert.match(await noteOf(row), /^sending/);
+      assert.equal(await page.locator("#messages > li").last().textContent(), text, "a pending message is the last row");
+      assert.deepEqual(await items(other), [], "nothing reached the server while offline");
+
+      // Back online: the client sends it, the server acks it, the row says sent, once.
+      await page.locator("#toggle-btn").click();
+      await page.waitForFunction(
+        (t) => {
+          const rows = [...document.querySelectorAll("#messages > li")].filter((li) => li.textContent === t);
+          return rows.length === 1 && rows[0].dataset.state === "sent";
+        },
+        text,
+        { timeout: WAIT_MS },
+      );
+      assert.equal(await noteOf(await rowWithText(page, text)), "sent");
+      assert.equal(await page.locator('#messages > li[data-state="pending"]').count(), 0);
+      await expectMessages(page, "pending", [text]);
+      await expectMessages(other, "pending (other)", [text]);
+      assert.equal(await other.locator("#messages > li[data-state]").count(), 0, "another page's rows carry no own-message mark");
+
+      // Online, the same: pending at once, then sent in its place in the history.
+      await type(other, "from the other page");
+      await type(page, "second");
+      await expectMessages(page, "pending", [text, "from the other page", "second"]);
+      await page.waitForFunction(() => document.querySelector("#messages > li:last-child").dataset.state === "sent", null, { timeout: WAIT_MS });
+      await Promise.all([page.context().close(), other.context().close()]);
+    } finally {
+      await closePages();
+      await own.stop();
+    }
+  });
+
+  it("a message the server refuses shows as not sent, with the server's reason", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite", env: { MAX_MESSAGE_BYTES: "100" } });
+    try {
+      const page = await openPage("refused", { url: own.url });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      const text = "x".repeat(150);
+      await type(page, text);
+      const row = await rowWithText(page, text);
+      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].find((li) => li.textContent === t).dataset.state === "failed", text, {
+        timeout: WAIT_MS,
+      });
+      assert.equal(await noteOf(row), "not sent: message too large: 150 bytes, the limit is 100 bytes (UTF-8)");
+      await page.context().close();
+    } finally {
+      await closePages();
+      await own.stop();
+    }
+  });
+
+  it("a message never acked shows as not sent once the client's retries are used up", { timeout: 300000 }, async () => {
+    const proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
+    const user = MYSQL_URL.username || "root";
+    const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
+    const dbName = freshDbName();
+    let own;
+    try {
+      // Through a proxy the test can cut (prefer_socket=false: not around it).
+      own = await startRelay({
+        store: "mysql",
+        dbName,
+        env: { DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`, DB_TIMEOUT_MS: "300" },
+      });
+      const page = await openPage("never acked", { url: own.url, initScript: shortAckTimeout });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      proxy.cut();
+      const text = "lost in an outage";
+      await type(page, text);
+      const row = await rowWithText(page, text);
+      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].find((li) => li.textContent === t).dataset.state === "failed", text, {
+        timeout: WAIT_MS,
+      });
+      assert.equal(await noteOf(row), "not sent: operation has timed out");
+      assert.equal(await page.locator("#status").getAttribute("data-state"), "connected", "the connection itself stayed up");
+      proxy.restore();
+      // Nothing was stored behind the page's back.
+      assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "0");
+      await page.context().close();
+    } finally {
+      await closePages();
+      proxy.restore();
+      if (own) await own.stop();
+      else await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+      await proxy.close();
+    }
+  });
+
+  it("the input takes what the server takes (65,535 UTF-8 bytes) and says why it refuses more", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite" });
+    try {
+      const page = await openPage("limit", { url: own.url });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      const notice = page.locator("#notice");
+
+      // A paste far beyond the old 20,000-character cut is kept whole.
+      await page.locator("#input").fill("a".repeat(70000));
+      assert.equal(await page.locator("#input").evaluate((el) => el.value.length), 70000);
+      await notice.waitFor({ state: "visible", timeout: WAIT_MS });
+      assert.equal(await notice.textContent(), "Too long to send: 70,000 bytes in UTF-8, the limit is 65,535 bytes.");
+
+      // 32,768 characters, 65,536 bytes: one byte over. Refused by the page, kept in the input.
+      const over = "\u00e9".repeat(32768);
+      await page.locator("#input").fill(over);
+      await page.locator("#input").press("Enter");
+      assert.equal(await notice.textContent(), "Too long to send: 65,536 bytes in UTF-8, the limit is 65,535 bytes.");
+      assert.equal(await page.locator("#input").getAttribute("aria-invalid"), "true");
+      assert.equal(await page.locator("#input").evaluate((el) => el.value.length), over.length, "the refused text stays in the input");
+      assert.equal(await page.locator("#messages > li").count(), 0, "nothing was sent");
+
+      // Exactly the limit: sent, stored, shown whole.
+      const max = "\u00e9".repeat(32767) + "!";
+      await page.locator("#input").fill(max);
+      await notice.waitFor({ state: "hidden", timeout: WAIT_MS });
+      await type(page, max);
+      await page.waitForFunction((n) => {
+        const li = document.querySelector("#messages > li");
+        return li && li.dataset.state === "sent" && li.textContent.length === n;
+      }, max.length, { timeout: WAIT_MS });
+      assert.equal(await page.locator("#messages > li").first().textContent(), max);
+      await page.context().close();
+    } finally {
+      await closePages();
+      await own.stop();
+    }
+  });
+
+  it("the status badge and the notice never cover a message", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite" });
+    try {
+      await seed(own.url, 40, "row");
+      for (const [name, viewport] of [
+        ["desktop", { width: 1280, height: 720 }],
+        ["phone", { width: 360, height: 640 }],
+      ]) {
+        const page = await openPage(`badge (${name})`, { url: own.url });
+        await page.setViewportSize(viewport);
+        await page.waitForFunction(() => document.querySelectorAll("#messages > li").length === 40, null, { timeout: WAIT_MS });
+        // Last, a long pending message (offline) that wraps, with its note under it; and the
+        // notice shown (a paste over the limit).
+        await page.locator("#toggle-btn").click();
+        await type(page, "a last message long enough to wrap on a phone, ".repeat(4).trim());
+        await page.locator("#input").fill("w".repeat(70000));
+        await page.locator("#notice").waitFor({ state: "visible", timeout: WAIT_MS });
+        const geometry = () =>
+          page.evaluate(() => {
+            const box = (el) => el.getBoundingClientRect().toJSON();
+            return {
+              badge: box(document.getElementById("status")),
+              form: box(document.getElementById("form")),
+              rows: [...document.querySelectorAll("#messages > li")].map(box),
+              notice: box(document.getElementById("notice")),
+              noticeShown: !document.getElementById("notice").hidden,
+            };
+          });
+        const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        const inside = (a, b) => a.left >= b.left && a.right <= b.right && a.top >= b.top && a.bottom <= b.bottom;
+
+        await page.evaluate(() => window.scrollTo(0, 0));
+        let g = await geometry();
+        assert.ok(inside(g.badge, g.form), `${name}: the badge is inside the form's bar: ${JSON.stringify(g.badge)} in ${JSON.stringify(g.form)}`);
+        assert.ok(!overlap(g.badge, g.rows[0]), `${name}: the badge covers the first message`);
+
+        await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
+        g = await geometry();
+        assert.ok(inside(g.badge, g.form), `${name}: the badge is inside the form's bar`);
+        const covered = g.rows.filter((r) => overlap(r, g.form) || overlap(r, g.badge));
+        assert.deepEqual(covered, [], `${name}: at the end of the page, the form's bar covers a message`);
+        assert.ok(g.noticeShown, `${name}: the notice is shown`);
+        assert.ok(!overlap(g.notice, g.form), `${name}: the notice is under the form's bar`);
+        assert.deepEqual(g.rows.filter((r) => overlap(r, g.notice)), [], `${name}: the notice covers a message`);
+        await page.context().close();
+      }
+    } finally {
+      await closePages();
+      await own.stop();
     }
   });
 

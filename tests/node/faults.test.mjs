@@ -12,9 +12,22 @@
 //    exactly the table's (id, content) sequence.
 import { describe, it, after } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startRelay, pageLikeClient, makeClient, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout } from "./helpers.mjs";
+import {
+  startRelay,
+  pageLikeClient,
+  makeClient,
+  connected,
+  collect,
+  emitAck,
+  newOffset,
+  closeAll,
+  mysqlExec,
+  withTimeout,
+  freshDbName,
+  until,
+  PATIENCE_MS,
+} from "./helpers.mjs";
 import { startProxy } from "./proxy.mjs";
 
 const MYSQL_URL = new URL(process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306");
@@ -51,8 +64,9 @@ function counter() {
 
 /**
  * Sends `count` messages from `c`, one after another: each emit waits for its
- * ack (the stock client retries on its own), then a random pause. Every text
- * is unique and carries its clientOffset. Resolves with [{offset, text, ack}].
+ * ack (the stock client retries on its own), then a random pause (the pace of
+ * a person typing, not a wait for anything). Every text is unique and carries
+ * its clientOffset. Resolves with [{offset, text, ack}].
  */
 async function sendSequence(c, count, { pause: [min, max], acked, ackMs }) {
   const sent = [];
@@ -119,7 +133,7 @@ async function dbOffsets(dbName) {
  * relay delivers in id order on every socket, so once a socket has it, the
  * socket has everything committed before it.
  */
-async function barrier(sender, collectors, ms = 20000) {
+async function barrier(sender, collectors, ms = 2 * PATIENCE_MS) {
   const offset = newOffset("barrier");
   const text = `barrier ${offset}`;
   assert.deepEqual(await emitAck(sender.socket, ["chat message", text, offset], { ms }), [null], "barrier not acked");
@@ -129,7 +143,7 @@ async function barrier(sender, collectors, ms = 20000) {
 
 describe("database outage under 20 stock clients (mysql store)", () => {
   const MESSAGES = 15;
-  const dbName = `relay_node_${randomBytes(6).toString("hex")}`;
+  const dbName = freshDbName();
   let proxy;
   let relay;
   const sockets = [];
@@ -142,11 +156,11 @@ describe("database outage under 20 stock clients (mysql store)", () => {
     await proxy?.close();
   });
 
-  // Proves: with the database unreachable for ~3 s, relay acks nothing it has
-  // not committed, the stock client's retries (same clientOffset) are stored
+  // Proves: with the database unreachable for a while (until emits have been
+  // retried twice: at least two ack timeouts), relay acks nothing it has not committed, the stock client's retries (same clientOffset) are stored
   // exactly once when it is back, and every socket still gets every row exactly
   // once and in id order — the same rows, with the same ids, as the table.
-  it("every emit is acked, stored once and delivered once to everyone, in order", { timeout: 60000 }, async () => {
+  it("every emit is acked, stored once and delivered once to everyone, in order", { timeout: 300000 }, async () => {
     proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
     const user = MYSQL_URL.username || "root";
     const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
@@ -171,32 +185,32 @@ describe("database outage under 20 stock clients (mysql store)", () => {
       });
       clients.push(collect(socket, `C${i}`));
     }
-    await Promise.all(clients.map((c) => connected(c.socket, 10000, c.name)));
+    await Promise.all(clients.map((c) => connected(c.socket, undefined, c.name)));
 
     const acked = counter();
     const sending = Promise.all(
-      clients.map((c) => sendSequence(c, MESSAGES, { pause: [100, 250], acked, ackMs: 45000 })),
+      clients.map((c) => sendSequence(c, MESSAGES, { pause: [100, 250], acked, ackMs: 4 * PATIENCE_MS })),
     );
 
     // The outage, in the middle of the traffic: after a few acks, while every
     // client still has messages to send.
-    await withTimeout(acked.reached(40), 20000, "40 acks before the outage");
+    await withTimeout(acked.reached(40), 2 * PATIENCE_MS, "40 acks before the outage");
     const ackedBeforeCut = acked.value;
     proxy.cut();
-    const cutAt = Date.now();
     // /readyz must notice (each probe waits at most DB_TIMEOUT_MS).
     let readyDuringCut = null;
-    while (Date.now() - cutAt < 2500) {
+    await until(async () => {
       const res = await fetch(`${relay.url}/readyz`);
       await res.text();
-      if (res.status === 503) {
-        readyDuringCut = 503;
-        break;
-      }
       readyDuringCut = res.status;
-      await sleep(100);
-    }
-    await sleep(Math.max(0, 3000 - (Date.now() - cutAt)));
+      return res.status === 503;
+    }, "/readyz to answer 503 while the database is cut off");
+    // The outage lasts until it has hit the traffic: ten emits retried, one of them twice
+    // (so the database was away for at least two ack timeouts).
+    await until(() => {
+      const retried = [...tries.values()].filter((n) => n > 1);
+      return retried.length >= 10 && retried.some((n) => n > 2);
+    }, "emits retried during the outage");
     const ackedDuringCut = acked.value - ackedBeforeCut;
     proxy.restore();
 
@@ -211,15 +225,11 @@ describe("database outage under 20 stock clients (mysql store)", () => {
     assert.ok(ackedBeforeCut < sent.length, "the outage came after the traffic");
 
     // readyz recovers.
-    let ready;
-    const readyDeadline = Date.now() + 10000;
-    do {
+    await until(async () => {
       const res = await fetch(`${relay.url}/readyz`);
       await res.text();
-      ready = res.status;
-      if (ready !== 200) await sleep(100);
-    } while (ready !== 200 && Date.now() < readyDeadline);
-    assert.equal(ready, 200, "/readyz should answer 200 again once the database is back");
+      return res.status === 200;
+    }, "/readyz to answer 200 again once the database is back");
 
     const last = await barrier(clients[0], clients);
 
@@ -272,7 +282,7 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
   // port the stock clients reconnect by themselves, re-send what was not acked,
   // and each one ends with exactly the table (a fresh client's full replay):
   // no gap, no duplicate, ids in order across the restart.
-  it("20 clients keep sending through SIGTERM + restart and end with exactly the table", { timeout: 60000 }, async () => {
+  it("20 clients keep sending through SIGTERM + restart and end with exactly the table", { timeout: 300000 }, async () => {
     const first = await startRelay({ store, env: { MAX_MESSAGES_PER_SECOND: "0" } });
     relays.push(first);
 
@@ -283,20 +293,21 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
       c.socket.on("disconnect", (reason, details) => closes.push({ name: c.name, reason, code: details?.context?.code }));
       clients.push(c);
     }
-    await Promise.all(clients.map((c) => connected(c.socket, 10000, c.name)));
+    await Promise.all(clients.map((c) => connected(c.socket, undefined, c.name)));
 
     const acked = counter();
     const sending = Promise.all(
-      clients.map((c) => sendSequence(c, MESSAGES, { pause: [10, 60], acked, ackMs: 45000 })),
+      clients.map((c) => sendSequence(c, MESSAGES, { pause: [10, 60], acked, ackMs: 4 * PATIENCE_MS })),
     );
 
     // SIGTERM mid-traffic.
-    await withTimeout(acked.reached(200), 20000, "200 acks before the shutdown");
+    await withTimeout(acked.reached(200), 2 * PATIENCE_MS, "200 acks before the shutdown");
     const ackedAtStop = acked.value;
     const exit = await first.stop({ dropDatabase: false });
     const ackedWhileStopping = acked.value - ackedAtStop;
     assert.equal(exit.code, 0, `relay should exit 0 on SIGTERM, got ${JSON.stringify(exit)}`);
-    await sleep(500);
+    // Restart once every client has noticed the server is gone.
+    await until(() => clients.every((c) => closes.some((x) => x.name === c.name)), "every client to see the shutdown");
     const second = await startRelay({ store, dbName: first.dbName, env: { PORT: String(first.port), MAX_MESSAGES_PER_SECOND: "0" } });
     relays.push(second);
 
@@ -325,7 +336,7 @@ for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (
     // A fresh client replays the whole table; the barrier (sent after it joined)
     // makes sure it and every other client have everything committed so far.
     const fresh = pageLike(second.url, "F");
-    await connected(fresh.socket, 10000, "F");
+    await connected(fresh.socket, undefined, "F");
     const last = await barrier(clients[0], [...clients, fresh]);
     const table = pairs(fresh);
 

@@ -8,6 +8,14 @@
 // run from a fresh temporary directory: relay's out-of-the-box SQLite file and
 // built-in page).
 //
+// Names: every database and temporary directory is `relay_node_<checkout>_<hex>`,
+// where <checkout> (checkoutTag()) is the same for every run of one checkout and
+// differs between checkouts, so `tests/run` clears what an interrupted run of
+// this checkout left and never touches another checkout's.
+//
+// Waits: every wait is for a condition; PATIENCE_MS only bounds how long a test
+// goes without what it waits for before it fails, sized for a busy machine.
+//
 // Environment knobs:
 //   RELAY_BIN             path of the server binary (default: <repo>/target/debug/relay)
 //   RELAY_TEST_MYSQL_URL  server URL without database (default: mysql://root@127.0.0.1:3306)
@@ -15,7 +23,7 @@
 
 import { spawn, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,8 +35,26 @@ export const RELAY_BIN = process.env.RELAY_BIN
   : path.join(REPO_ROOT, "target", "debug", "relay");
 const MYSQL_URL = (process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306").replace(/\/+$/, "");
 
-const STARTUP_TIMEOUT_MS = 20000;
-const STOP_TIMEOUT_MS = 15000;
+/** How long a test waits for what it expects (a connect, an ack, a message) before it fails. */
+export const PATIENCE_MS = 30000;
+const STARTUP_TIMEOUT_MS = 60000;
+const STOP_TIMEOUT_MS = 30000;
+
+/**
+ * This checkout's tag: FNV-1a (32 bit) of the checkout's canonical absolute path,
+ * as 8 hex digits, the same value tests/common/mod.rs and tests/run compute.
+ */
+export function checkoutTag() {
+  const bytes = Buffer.from(realpathSync(REPO_ROOT).replace(/\/+$/, ""), "utf8");
+  let h = 0x811c9dc5;
+  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/** A fresh database (or SQLite directory) name of this checkout. */
+export function freshDbName() {
+  return `relay_node_${checkoutTag()}_${randomBytes(6).toString("hex")}`;
+}
 
 /** Every server still running; killed if this test process exits early. */
 const running = new Set();
@@ -64,7 +90,7 @@ function mysqlCliArgs() {
 /** Runs one SQL statement with the mariadb CLI; resolves with its stdout. */
 export function mysqlExec(sql) {
   return new Promise((resolve, reject) => {
-    execFile("mariadb", [...mysqlCliArgs(), "--batch", "--skip-column-names", "-e", sql], { timeout: 15000 }, (err, stdout, stderr) => {
+    execFile("mariadb", [...mysqlCliArgs(), "--batch", "--skip-column-names", "-e", sql], { timeout: PATIENCE_MS }, (err, stdout, stderr) => {
       if (err) reject(new Error(`mariadb -e ${JSON.stringify(sql)} failed: ${stderr || err.message}`));
       else resolve(stdout);
     });
@@ -81,7 +107,7 @@ export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } 
   if (!existsSync(RELAY_BIN)) {
     throw new Error(`relay binary not found at ${RELAY_BIN}: run \`cargo build\` in the repository root first (or set RELAY_BIN)`);
   }
-  const dbName = reuseDb || `relay_node_${randomBytes(6).toString("hex")}`;
+  const dbName = reuseDb || freshDbName();
   // SQLite stores live in a directory of their own (the working directory for "default").
   const dir = path.join(os.tmpdir(), dbName);
   const storeEnv = { ...process.env };
@@ -193,8 +219,20 @@ export function makeClient(url, { serverOffset = 0, ...opts } = {}) {
   });
 }
 
+/**
+ * Resolves once `predicate()` (sync or async) is true, checking every 20 ms;
+ * rejects after `ms` without it.
+ */
+export async function until(predicate, what, ms = PATIENCE_MS) {
+  const deadline = Date.now() + ms;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 /** Resolves once `socket` is connected (now or later). */
-export function connected(socket, ms = 5000, what = "client") {
+export function connected(socket, ms = PATIENCE_MS, what = "client") {
   if (socket.connected) return Promise.resolve(socket);
   let onConnect;
   let onError;
@@ -218,7 +256,7 @@ export function connected(socket, ms = 5000, what = "client") {
 }
 
 /** Resolves once `socket` has disconnected (now or later). */
-export function disconnected(socket, ms = 5000, what = "client") {
+export function disconnected(socket, ms = PATIENCE_MS, what = "client") {
   if (!socket.connected) return Promise.resolve();
   let handler;
   const p = new Promise((resolve) => {
@@ -252,7 +290,7 @@ export function collect(socket, name = "client") {
       return messages.slice(from);
     },
     /** Waits until predicate(messages) is true. */
-    waitUntil(predicate, description, ms = 5000) {
+    waitUntil(predicate, description, ms = PATIENCE_MS) {
       if (predicate(messages)) return Promise.resolve(messages);
       let check;
       const p = new Promise((resolve) => {
@@ -266,11 +304,11 @@ export function collect(socket, name = "client") {
       );
     },
     /** Waits until at least `count` messages arrived in total. */
-    waitForCount(count, ms = 5000) {
+    waitForCount(count, ms = PATIENCE_MS) {
       return this.waitUntil((m) => m.length >= count, `waiting for ${count} messages`, ms);
     },
     /** Waits for a message with content `text`; resolves with it. */
-    async waitForText(text, ms = 5000) {
+    async waitForText(text, ms = PATIENCE_MS) {
       await this.waitUntil((m) => m.some((e) => e.msg === text), `waiting for message ${JSON.stringify(text)}`, ms);
       return messages.find((e) => e.msg === text);
     },
@@ -282,7 +320,7 @@ export function collect(socket, name = "client") {
  * array (with `retries` set, a successful ack is [null, ...serverArgs]).
  * If `log` is given, an {type: "ack"} entry is appended when the ack arrives.
  */
-export function emitAck(socket, args, { ms = 5000, log } = {}) {
+export function emitAck(socket, args, { ms = PATIENCE_MS, log } = {}) {
   const p = new Promise((resolve) => {
     socket.emit(...args, (...ackArgs) => {
       if (log) log.push({ type: "ack", args: ackArgs });

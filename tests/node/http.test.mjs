@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startRelay, REPO_ROOT } from "./helpers.mjs";
+import { startRelay, REPO_ROOT, PATIENCE_MS } from "./helpers.mjs";
 
 const STATIC = path.join(REPO_ROOT, "static");
 // The stock client as npm installs it for these tests (the version pinned in package.json).
@@ -41,7 +41,7 @@ describe("HTTP", () => {
   function get(rawPath, { url = relay.url, agent = false } = {}) {
     const { hostname, port } = new URL(url);
     return new Promise((resolve, reject) => {
-      const req = http.get({ hostname, port, path: rawPath, agent, timeout: 5000 }, (res) => {
+      const req = http.get({ hostname, port, path: rawPath, agent, timeout: PATIENCE_MS }, (res) => {
         const chunks = [];
         res.on("data", (c) => chunks.push(c));
         res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
@@ -117,18 +117,17 @@ describe("HTTP", () => {
     });
   }
 
-  it("exits promptly on SIGTERM while an idle keep-alive HTTP connection is open", { timeout: 30000 }, async () => {
+  it("exits on SIGTERM while an idle keep-alive HTTP connection is open", { timeout: 120000 }, async () => {
     // Browsers keep idle HTTP/1.1 connections open for minutes; a restart must not wait for them.
-    const own = await startRelay();
+    // With relay's own timeouts (the idle connection's, the shutdown's) at 10 minutes, an exit
+    // within stop()'s patience means it did not wait for the connection.
+    const own = await startRelay({ env: { HEADER_TIMEOUT_MS: "600000", SHUTDOWN_TIMEOUT_MS: "600000" } });
     const agent = new http.Agent({ keepAlive: true });
     try {
       const res = await get("/", { url: own.url, agent });
       assert.equal(res.status, 200);
-      const started = Date.now();
       const exit = await own.stop();
-      const took = Date.now() - started;
       assert.equal(exit.code, 0, `exit status ${JSON.stringify(exit)}`);
-      assert.ok(took < 2000, `relay took ${took} ms to exit after SIGTERM with one idle keep-alive connection open`);
     } finally {
       agent.destroy();
       await own.stop().catch(() => {});
