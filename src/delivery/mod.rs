@@ -24,7 +24,8 @@ use batch::Batch;
 use fanout::{Fanout, Subscriber};
 use recent::{Recent, RecentLimits};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Notify;
 
 /// This process's side of the chat: what every local socket is delivered from.
 pub struct Broadcaster {
@@ -32,6 +33,10 @@ pub struct Broadcaster {
     fanout: Fanout,
     /// The highest id published here. Every row up to it is committed and in the history.
     published: AtomicU64,
+    /// Woken at every publish, for [`Broadcaster::wait_published`].
+    progress: Notify,
+    /// In a cluster: asks this node to publish everything committed up to an id (set once).
+    catch_up: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Broadcaster {
@@ -58,7 +63,39 @@ impl Broadcaster {
             recent,
             fanout,
             published: AtomicU64::new(start),
+            progress: Notify::new(),
+            catch_up: OnceLock::new(),
         }
+    }
+
+    /// In a cluster: how to ask this node to publish what others committed up to an id.
+    pub fn set_catch_up(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.catch_up.set(Box::new(f));
+    }
+
+    /// Waits until id `id` is published here, asking the cluster to catch up to it; `false`
+    /// when it is not within `limit` (or there is no cluster to ask).
+    pub async fn wait_published(&self, id: u64, limit: std::time::Duration) -> bool {
+        if self.published() >= id {
+            return true;
+        }
+        let Some(catch_up) = self.catch_up.get() else {
+            return false;
+        };
+        catch_up(id);
+        tokio::time::timeout(limit, async {
+            loop {
+                let progress = self.progress.notified();
+                tokio::pin!(progress);
+                progress.as_mut().enable();
+                if self.published() >= id {
+                    return;
+                }
+                progress.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Makes a batch visible to every local socket. Batches must come in order (`prev` of each is
@@ -70,6 +107,7 @@ impl Broadcaster {
         self.recent.push(batch.clone());
         self.published.store(last, Ordering::Release);
         self.fanout.publish(&batch);
+        self.progress.notify_waiters();
     }
 
     /// Has the fan-out offer every batch published from now on to this socket.

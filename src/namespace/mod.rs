@@ -462,7 +462,10 @@ impl<T: Transport> Socket<T> {
             .as_ref()
             .and_then(|_| chat::recovery_request(auth));
         let limit = chat::history_limit(auth);
-        if recovery.is_none() && limit.is_none() {
+        // An offset beyond what this node has published: in a cluster this node may be behind
+        // the others (ask, and wait); otherwise the database was reset (the join clamps it).
+        let ahead = server_offset > self.ns.broadcaster.published();
+        if recovery.is_none() && limit.is_none() && !ahead {
             let plan = self.ns.fresh_plan(server_offset);
             self.join(plan);
         } else {
@@ -649,6 +652,15 @@ impl Namespace {
         recovery: Option<chat::RecoveryRequest>,
         limit: Option<usize>,
     ) -> JoinPlan {
+        // A client may know rows this node of a cluster has not published yet.
+        let wanted = recovery
+            .as_ref()
+            .map_or(server_offset, |r| r.offset.max(server_offset));
+        if wanted > self.broadcaster.published() {
+            self.broadcaster
+                .wait_published(wanted, self.config.db_timeout)
+                .await;
+        }
         if let Some(request) = recovery {
             if self.offset_is_known(request.offset).await {
                 if let Ok(Some(sid)) = self.store.claim_session(&request.pid, now_ms()).await {

@@ -175,6 +175,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 &cluster_tasks,
                 stop_cluster.clone(),
             );
+            let asked = follower.clone();
+            broadcaster.set_catch_up(move |id| asked.catch_up(id));
             let bus = RedisBus::start(
                 Endpoint {
                     client,
