@@ -1,5 +1,12 @@
 // relay chat page: the socket.io tutorial chat (server delivery + client
-// delivery steps), talking to the relay server over WebSocket only.
+// delivery steps), with the client's default transports (HTTP long-polling
+// first, then WebSocket where the network allows it).
+//
+// A first visit shows the newest HISTORY_PAGE messages; "Load earlier messages"
+// (or scrolling to the top) pages back through the rest, in order, with no
+// duplicate at the seam, while live messages keep arriving below. A reconnect
+// asks for everything after the last message on screen (and the stock client's
+// connection-state recovery, which relay keeps across restarts, does the same).
 //
 // Your own messages show at once, marked: "sending…" (pending) until the
 // server acknowledges them, then "sent"; "not sent: <reason>" when the server
@@ -10,6 +17,8 @@
   // The server's default MAX_MESSAGE_BYTES (UTF-8 bytes, not characters). A
   // server configured lower refuses with its own error, shown on the message.
   var MAX_MESSAGE_BYTES = 65535;
+  // Messages a first visit shows, and each "load earlier" adds.
+  var HISTORY_PAGE = 100;
 
   var form = document.getElementById("form");
   var input = document.getElementById("input");
@@ -17,6 +26,10 @@
   var toggleButton = document.getElementById("toggle-btn");
   var notice = document.getElementById("notice");
   var statusBadge = document.getElementById("status");
+  var earlierButton = document.getElementById("earlier");
+  // Whether older messages may remain, and whether a page of them is on its way.
+  var earlierMayExist = true;
+  var loadingEarlier = false;
 
   // A random id for this page load; every message gets "<pageId>-<n>" as its
   // clientOffset so the server can drop a retried emit it already stored.
@@ -36,8 +49,8 @@
   var outbox = [];
 
   var socket = io({
-    transports: ["websocket"],
-    auth: { serverOffset: 0 },
+    // historyLimit: a first visit gets the newest page, not the whole history.
+    auth: { serverOffset: 0, historyLimit: HISTORY_PAGE },
     ackTimeout: 10000,
     retries: 3,
   });
@@ -127,6 +140,7 @@
     pending = [];
     messages.insertBefore(fragment, outbox.length ? outbox[0].li : null);
     scrollToEnd();
+    updateEarlier();
   }
 
   socket.on("chat message", function (msg, serverOffset) {
@@ -202,10 +216,73 @@
   }
 
   socket.on("connect", function () {
+    // Only a first visit is capped: a reconnect needs every message it missed.
+    delete socket.auth.historyLimit;
     if (!lengthNotice) {
       hideNotice();
     }
     showStatus("connected", "connected");
+  });
+
+  /** The id of the oldest message on screen, or 0. */
+  function oldestId() {
+    for (var li = messages.firstElementChild; li; li = li.nextElementSibling) {
+      if (li.dataset.id) {
+        return Number(li.dataset.id);
+      }
+    }
+    return 0;
+  }
+
+  function updateEarlier() {
+    earlierButton.hidden = !(earlierMayExist && oldestId() > 1);
+    earlierButton.disabled = loadingEarlier;
+  }
+
+  /** Puts a page of older messages above the oldest on screen, keeping the view where it was. */
+  function prepend(page) {
+    var before = oldestId();
+    var fragment = document.createDocumentFragment();
+    for (var i = 0; i < page.length; i++) {
+      if (before && page[i].id >= before) {
+        continue; // never twice at the seam
+      }
+      var item = document.createElement("li");
+      item.dir = "auto";
+      item.textContent = String(page[i].msg);
+      item.dataset.id = page[i].id;
+      fragment.appendChild(item);
+    }
+    var height = document.body.scrollHeight;
+    messages.insertBefore(fragment, messages.firstChild);
+    window.scrollBy(0, document.body.scrollHeight - height);
+  }
+
+  function loadEarlier() {
+    var before = oldestId();
+    if (loadingEarlier || !earlierMayExist || !before || !socket.connected) {
+      return;
+    }
+    loadingEarlier = true;
+    updateEarlier();
+    socket.emit("history", { before: before, limit: HISTORY_PAGE }, function (err, reply) {
+      loadingEarlier = false;
+      if (err || !reply || reply.error) {
+        showNotice("Could not load earlier messages: " + ((reply && reply.error) || (err && err.message) || "no answer"));
+      } else {
+        render(); // anything received meanwhile first
+        prepend(reply.messages || []);
+        earlierMayExist = Boolean(reply.more);
+      }
+      updateEarlier();
+    });
+  }
+
+  earlierButton.addEventListener("click", loadEarlier);
+  window.addEventListener("scroll", function () {
+    if (window.scrollY === 0 && !earlierButton.hidden) {
+      loadEarlier();
+    }
   });
 
   socket.on("disconnect", function () {
