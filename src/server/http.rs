@@ -93,7 +93,10 @@ pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
     r
 }
 
-/// Ready: not shutting down, the database answers, and in a cluster the bus is up.
+/// Ready: not shutting down and the database answers. In a cluster whose bus (Redis) is down the
+/// node still serves every message (it reads the other nodes' rows from the database), so it
+/// stays ready and says so in the body: every node sees the same Redis, and a balancer that took
+/// them out on it would turn a slower chat into no chat.
 async fn ready(app: &App) -> HttpResponse {
     if app.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -104,8 +107,8 @@ async fn ready(app: &App) -> HttpResponse {
         && metrics.bus_up.load(std::sync::atomic::Ordering::Relaxed) == 0;
     match ping {
         Ok(Ok(())) if bus_down => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "bus unavailable (serving from the database)\n",
+            StatusCode::OK,
+            "ready; bus unavailable (other nodes' messages are read from the database)\n",
         ),
         Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
         _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
