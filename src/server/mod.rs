@@ -212,12 +212,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     );
 
     let addr = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|error| StartError::Listen {
-            addr: addr.clone(),
-            error,
-        })?;
+    let listener = listen(&addr).await.map_err(|error| StartError::Listen {
+        addr: addr.clone(),
+        error,
+    })?;
     let local = listener
         .local_addr()
         .map_err(|error| StartError::Listen { addr, error })?;
@@ -375,6 +373,41 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster_tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
     }
+}
+
+/// The listen backlog asked for: room for a reconnect storm (every client of a restarted relay
+/// connecting within milliseconds). The kernel caps it at `net.core.somaxconn` (4096 on current
+/// Linux). tokio's default, 1024, overflowed with 1,000 clients reconnecting at once, and a
+/// dropped SYN costs its client the 1 s retransmit (the load tool's `recover --restart`).
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (`host:port`, names resolved; the first address that binds wins) and listens with
+/// [`LISTEN_BACKLOG`]. Errors: resolution, bind or listen failures (the last one tried).
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does on Unix: a restarted relay rebinds while old connections
+        // are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => match socket.listen(LISTEN_BACKLOG) {
+                Ok(listener) => return Ok(listener),
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 #[cfg(test)]
