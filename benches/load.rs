@@ -13,6 +13,7 @@
 //! cargo bench --bench load -- idle --spawn --transport polling --sockets 5000
 //! cargo bench --bench load -- fanout --spawn --transport polling --node-reference  # stock Node server
 //! cargo bench --bench load -- replay --spawn --backlog 10000
+//! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
 //! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
 //! cargo bench --bench load -- fanout --spawn --relay ../old/target/release/relay  # another build
@@ -55,6 +56,10 @@ enum Workload {
     Idle,
     /// A `--backlog` of messages is replayed to one reconnecting client.
     Replay,
+    /// `--clients` lose their connections (with `--restart`: relay restarts), a `--backlog` is
+    /// stored meanwhile, and all reconnect at once: first with connection-state recovery
+    /// (`pid` + `offset`), then again with only `serverOffset`, to compare.
+    Recover,
     /// Not a workload: runs the yardstick server (see `raw_server`) on `--port`.
     RawServer,
 }
@@ -127,6 +132,10 @@ struct Args {
     sockets: Vec<usize>,
     #[arg(long, default_value_t = 10_000)]
     backlog: usize,
+    /// recover: restart relay (SIGTERM, start again on the port) instead of dropping the
+    /// clients' connections.
+    #[arg(long)]
+    restart: bool,
     /// idle: seconds to wait after the last socket joined before reading the server's memory.
     /// Polling clients open a second connection for their POSTs, which relay closes once idle
     /// for HEADER_TIMEOUT_MS (10 s): wait longer than that to see the steady state.
@@ -169,6 +178,65 @@ struct Node {
 struct Target {
     nodes: Vec<Node>,
     db: Option<Scratch>,
+    /// How the spawned relays were started (None: --url, --baseline, --node-reference), so
+    /// that `restart` can start one again on its port.
+    relay: Option<RelaySpec>,
+}
+
+/// What a spawned relay node is started with.
+#[derive(Clone)]
+struct RelaySpec {
+    binary: std::path::PathBuf,
+    database_url: String,
+    /// CLUSTER_URL and CLUSTER_NAME, in cluster mode.
+    cluster: Option<(String, String)>,
+}
+
+impl RelaySpec {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        if let Some((url, name)) = &self.cluster {
+            c.env("CLUSTER_URL", url).env("CLUSTER_NAME", name);
+        }
+        c
+    }
+}
+
+/// Starts `command` as a server node listening on `port` (0: any) with the run's settings, and
+/// waits for its `listening on` line.
+fn start_node(mut command: Command, database_url: &str, port: u16) -> Node {
+    let mut child = command
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "relay=warn")
+        // A load test is not a person typing: lift the per-connection limits.
+        .env("MAX_MESSAGES_PER_SECOND", "0")
+        .env("MAX_CONNECTIONS", "1000000")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the server binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the server prints its address");
+    let http = line.trim().rsplit(' ').next().expect("address").to_string();
+    Node {
+        url: http.replacen("http://", "ws://", 1),
+        pid: Some(child.id()),
+        child: Some(child),
+    }
+}
+
+/// SIGTERM, then waits for the process to exit.
+fn stop_child(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }
 
 impl Target {
@@ -181,6 +249,7 @@ impl Target {
                     child: None,
                 }],
                 db: None,
+                relay: None,
             };
         }
         assert!(args.spawn, "give --url of a running relay, or --spawn");
@@ -210,9 +279,17 @@ impl Target {
                 relay::protocol::sid::new_sid().replace(['-', '_'], "x")
             )
         });
+        let spec = RelaySpec {
+            binary: args
+                .relay
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
+            database_url: url.clone(),
+            cluster: cluster.map(|name| (args.cluster_url.clone(), name)),
+        };
         let mut nodes = Vec::new();
         for _ in 0..args.nodes.max(1) {
-            let mut command = if args.node_reference {
+            let command = if args.node_reference {
                 let script = concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/benches/node-reference/server.mjs"
@@ -228,45 +305,34 @@ impl Target {
                 }
                 c
             } else {
-                Command::new(
-                    args.relay
-                        .clone()
-                        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
-                )
+                spec.command()
             };
-            if let Some(name) = &cluster {
-                command
-                    .env("CLUSTER_URL", &args.cluster_url)
-                    .env("CLUSTER_NAME", name);
-            }
-            let mut child = command
-                .env("PORT", "0")
-                .env("HOST", "127.0.0.1")
-                .env("DATABASE_URL", &url)
-                .env("RUST_LOG", "relay=warn")
-                // A load test is not a person typing: lift the per-connection limits.
-                .env("MAX_MESSAGES_PER_SECOND", "0")
-                .env("MAX_CONNECTIONS", "1000000")
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start the relay binary");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .expect("relay prints its address");
-            let http = line.trim().rsplit(' ').next().expect("address").to_string();
-            nodes.push(Node {
-                url: http.replacen("http://", "ws://", 1),
-                pid: Some(child.id()),
-                child: Some(child),
-            });
+            nodes.push(start_node(command, &url, 0));
         }
+        let relay = !args.baseline && !args.node_reference;
         Target {
             nodes,
-            db: (!args.baseline && !args.node_reference).then_some(scratch),
+            db: relay.then_some(scratch),
+            relay: relay.then_some(spec),
         }
+    }
+
+    /// Stops node `i` with SIGTERM (its sockets are closed with 1001) and starts it again on the
+    /// same port and database.
+    fn restart(&mut self, i: usize) {
+        let spec = self
+            .relay
+            .clone()
+            .expect("restart needs a relay started with --spawn");
+        let node = &mut self.nodes[i];
+        let port: u16 = node
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("node port");
+        stop_child(node.child.take().expect("a spawned node"));
+        *node = start_node(spec.command(), &spec.database_url, port);
     }
 
     /// The WebSocket URL of the node client `i` goes to (one node after the other).
@@ -321,12 +387,8 @@ impl Target {
 
     async fn stop(mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(child.id().to_string())
-                    .status();
-                let _ = child.wait();
+            if let Some(child) = node.child.take() {
+                stop_child(child);
             }
         }
         match self.db.take() {
@@ -852,6 +914,188 @@ async fn replay(target: &Target, backlog: usize) {
     }
 }
 
+/// Connects and sends the CONNECT packet with `auth` (a JSON object); returns the socket and the
+/// CONNECT reply's JSON (`{"sid":…,"pid":…}`).
+async fn join_with(url: &str, auth: &str) -> Option<(Ws, serde_json::Value)> {
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .ok()?;
+    let open = next_text(&mut ws).await?;
+    assert!(open.starts_with('0'), "open packet expected: {open}");
+    ws.send(Message::text(format!("40{auth}"))).await.ok()?;
+    let reply = next_text(&mut ws).await?;
+    let json = reply.strip_prefix("40")?;
+    Some((ws, serde_json::from_str(json).ok()?))
+}
+
+/// The trailing offset argument of a chat event (`…,<id>,"<offset>"]`), as recovery sends it.
+fn recovery_offset(t: &str) -> Option<&str> {
+    t.strip_suffix("\"]")?.rsplit_once(",\"").map(|(_, o)| o)
+}
+
+/// Stores `count` messages through one pipelining client (64 in flight); returns the first id.
+async fn fill(url: &str, count: usize) -> u64 {
+    let mut ws = join(url, NO_HISTORY).await;
+    let run = relay::protocol::sid::new_sid();
+    let (mut first, mut sent, mut acked) = (None, 0, 0);
+    while acked < count {
+        while sent < count && sent - acked < 64 {
+            let frame = format!("42{sent}[\"chat message\",\"backlog {sent}\",\"{run}-{sent}\"]");
+            ws.send(Message::text(frame)).await.expect("send");
+            sent += 1;
+        }
+        let t = next_text(&mut ws).await.expect("connection");
+        if let Some((_, id)) = chat_frame(&t) {
+            first.get_or_insert(id);
+        } else if ack_frame(&t).is_some() {
+            acked += 1;
+        }
+    }
+    let _ = ws.close(None).await;
+    first.expect("messages stored")
+}
+
+/// One client of the `recover` workload: its session as the server last knew it.
+struct Recovering {
+    sid: String,
+    pid: String,
+    /// The recovery offset of the last message it received (the marker).
+    offset: String,
+    /// The id of that message.
+    id: u64,
+}
+
+/// The `recover` workload (issue 13's recovery storm): see `Workload::Recover`.
+async fn recover(target: &mut Target, clients: usize, backlog: usize, restart: bool) {
+    // Every client joins, receives one marker message, and notes its session.
+    let mut sockets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let (ws, reply) = join_with(
+            &target.ws_url_at(i),
+            &format!("{{\"serverOffset\":{NO_HISTORY}}}"),
+        )
+        .await
+        .expect("join");
+        let pid = reply["pid"]
+            .as_str()
+            .expect("relay sends a pid: RECOVERY_WINDOW_MS is not 0");
+        sockets.push((
+            ws,
+            reply["sid"].as_str().expect("sid").to_string(),
+            pid.to_string(),
+        ));
+    }
+    let marker = fill(&target.ws_url(), 1).await;
+    let mut sessions = Vec::with_capacity(clients);
+    for (mut ws, sid, pid) in sockets {
+        loop {
+            let t = next_text(&mut ws).await.expect("the marker");
+            if let Some((_, id)) = chat_frame(&t) {
+                let offset = recovery_offset(&t).expect("an offset argument").to_string();
+                sessions.push((
+                    ws,
+                    Recovering {
+                        sid,
+                        pid,
+                        offset,
+                        id,
+                    },
+                ));
+                break;
+            }
+        }
+    }
+    assert!(sessions.iter().all(|(_, r)| r.id == marker));
+    // They lose their connections: a restart closes them all with 1001; else each drops its TCP
+    // connection without a close frame, as a network does.
+    let sessions: Vec<Recovering> = if restart {
+        let t0 = Instant::now();
+        for i in 0..target.nodes.len() {
+            target.restart(i);
+        }
+        println!(
+            "recover: relay restarted in {:.0} ms",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        sessions.into_iter().map(|(_, r)| r).collect()
+    } else {
+        sessions
+            .into_iter()
+            .map(|(ws, r)| {
+                drop(ws);
+                r
+            })
+            .collect()
+    };
+    let first = fill(&target.ws_url(), backlog).await;
+    assert_eq!(first, marker + 1, "the backlog follows the marker");
+    let sessions = Arc::new(sessions);
+    for recovery in [true, false] {
+        let t0 = Instant::now();
+        let mut tasks = Vec::with_capacity(clients);
+        for i in 0..clients {
+            let (url, sessions) = (target.ws_url_at(i), sessions.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = &sessions[i];
+                let auth = if recovery {
+                    format!(
+                        "{{\"serverOffset\":{},\"pid\":\"{}\",\"offset\":\"{}\"}}",
+                        r.id, r.pid, r.offset
+                    )
+                } else {
+                    format!("{{\"serverOffset\":{}}}", r.id)
+                };
+                let (mut ws, reply) = join_with(&url, &auth).await.expect("rejoin");
+                let recovered =
+                    reply["pid"].as_str() == Some(&r.pid) && reply["sid"].as_str() == Some(&r.sid);
+                let mut tally = Tally::default();
+                let mut expect = r.id + 1;
+                let mut gaps = 0;
+                while (tally.deliveries as usize) < backlog {
+                    let Some(t) = next_text(&mut ws).await else {
+                        break;
+                    };
+                    if let Some((_, id)) = chat_frame(&t) {
+                        if id > expect {
+                            gaps += 1;
+                        }
+                        expect = id + 1;
+                        tally.delivered(id);
+                    }
+                }
+                tally.latencies.push(t0.elapsed().as_micros() as u32);
+                (recovered, gaps, tally, ws)
+            }));
+        }
+        let (mut recovered, mut gaps, mut total, mut open) = (0, 0, Tally::default(), Vec::new());
+        for t in tasks {
+            let (r, g, tally, ws) = t.await.expect("client task");
+            recovered += usize::from(r);
+            gaps += g;
+            total.merge(tally);
+            open.push(ws);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "recover clients={clients} backlog={backlog} ({}{}): all done in {:.0} ms, {:.0} msg/s; \
+             recovered {recovered}/{clients} (same sid and pid); per client {}; \
+             deliveries {} (expected {}), gaps {gaps}, order violations {}, duplicates {}",
+            if recovery { "pid + offset" } else { "serverOffset only" },
+            if restart { ", after a restart" } else { ", after dropped connections" },
+            secs * 1000.0,
+            total.deliveries as f64 / secs,
+            percentiles(total.latencies),
+            total.deliveries,
+            clients * backlog,
+            total.violations,
+            total.duplicates,
+        );
+        // Drop them before the next round, as lost connections.
+        drop(open);
+    }
+}
+
 /// The yardstick: what a bare tokio-tungstenite broadcast server does on this machine. Engine.IO
 /// open, CONNECT reply, and for each event: encode once, broadcast on a tokio channel, ack at once.
 /// No database, no ordering or delivery guarantees, default tungstenite buffers.
@@ -966,6 +1210,13 @@ fn main() {
                     args.batched,
                 )
                 .await
+            }
+            Workload::Recover => {
+                for &clients in &args.clients {
+                    let mut target = Target::new(&args).await;
+                    recover(&mut target, clients, args.backlog, args.restart).await;
+                    target.stop().await;
+                }
             }
             Workload::Replay => {
                 let target = Target::new(&args).await;
