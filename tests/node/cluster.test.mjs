@@ -185,3 +185,65 @@ for (const fault of ["SIGKILL of one node", "a rolling restart of every node"]) 
     });
   });
 }
+
+describe("cluster of two, connection-state recovery on the other node", () => {
+  let redis;
+  let balancer;
+  const relays = [];
+  const sockets = [];
+  let dbName;
+
+  before(async () => {
+    redis = await startRedis();
+  });
+
+  after(async () => {
+    closeAll(...sockets);
+    await balancer?.close();
+    for (const r of relays) await r.stop({ dropDatabase: false }).catch(() => {});
+    if (dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+    redis?.stop();
+  });
+
+  it("a client recovers its socket id and exactly what it missed on whichever node it reaches", { timeout: 120000 }, async () => {
+    const env = { CLUSTER_URL: `redis://127.0.0.1:${redis.port}`, CLUSTER_NAME: `r${Date.now()}`, MAX_MESSAGES_PER_SECOND: "0" };
+    const first = await startRelay({ env });
+    dbName = first.dbName;
+    relays.push(first, await startRelay({ dbName, env }));
+    // Round robin over two nodes: each reconnect of the reader lands on the other node.
+    balancer = await startBalancer(relays.map((r) => r.port));
+    const reader = pageClient(balancer.url, "reader");
+    sockets.push(reader.socket);
+    await connected(reader.socket, 15000, "reader");
+    const id = reader.socket.id;
+    // The writer talks to the first node directly, so the balancer's turns stay the reader's.
+    const writer = pageClient(relays[0].url, "writer");
+    sockets.push(writer.socket);
+    await connected(writer.socket, 15000, "writer");
+    let sending = true;
+    let n = 0;
+    const traffic = (async () => {
+      while (sending) {
+        assert.deepEqual(await emitAck(writer.socket, ["chat message", `x ${n++}`, newOffset("x")], { ms: 60000 }), [null]);
+      }
+    })();
+    for (let round = 0; round < 4; round++) {
+      await reader.waitForCount(reader.messages.length + 5, 30000);
+      const back = new Promise((resolve) => reader.socket.once("connect", resolve));
+      reader.socket.io.engine.close();
+      await withTimeout(back, 30000, `round ${round}: reconnect`);
+      assert.equal(reader.socket.recovered, true, `round ${round}: recovered on node ${(round + 1) % 2}`);
+      assert.equal(reader.socket.id, id, `round ${round}: the same socket id`);
+    }
+    await reader.waitForCount(reader.messages.length + 5, 30000);
+    sending = false;
+    await traffic;
+    const ids = (await mysqlExec(`SELECT id FROM \`${dbName}\`.messages ORDER BY id`)).trim().split("\n").map(Number);
+    await reader.waitForCount(ids.length, 30000);
+    assert.deepEqual(
+      reader.messages.map((m) => m.id),
+      ids,
+      "every message once, in order, across four recoveries on alternating nodes",
+    );
+  });
+});
