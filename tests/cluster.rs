@@ -83,7 +83,13 @@ struct Node {
 
 impl Node {
     fn start(db: &str, redis: &Redis, cluster: &str) -> Node {
+        Node::start_with(db, redis, cluster, &[])
+    }
+
+    /// A node with `env` set besides the cluster's settings.
+    fn start_with(db: &str, redis: &Redis, cluster: &str, env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .envs(env.iter().copied())
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
@@ -257,6 +263,29 @@ async fn a_node_that_starts_late_begins_at_the_databases_watermark() {
     assert_eq!(text, "live");
     assert!(id > early[9]);
     drop((first, late));
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_beyond_the_database_joins_after_one_read_not_after_the_timeout() {
+    // A client of a database that was reset knows ids the cluster never had. Its node reads the
+    // database once and joins it (no replay, then live traffic), rather than waiting for those
+    // rows until DB_TIMEOUT_MS — here ten minutes, so waiting would fail this test's patience.
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let node = Node::start_with(&db, &redis, &cluster, &[("DB_TIMEOUT_MS", "600000")]);
+    let sender = node.joined(0).await;
+    let mut sender = send_all(sender, "before".into(), 3).await;
+    for round in 0..3 {
+        let mut stale = node.joined(1_000_000).await;
+        sender
+            .emit(Some(100 + round), "live", &format!("live-{round}"))
+            .await;
+        let (text, id) = stale.recv_chat().await;
+        assert_eq!(text, "live", "no replay, then live traffic");
+        assert_eq!(Some(&id), table(&db).await.last());
+    }
+    drop(node);
     drop_database(&db).await;
 }
 

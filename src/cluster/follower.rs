@@ -17,7 +17,7 @@ use crate::store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +33,8 @@ const FILL_PAGE: usize = 1000;
 
 enum Event {
     Batch(Arc<Batch>),
-    CatchUp(u64),
+    /// Publish up to the id; answer on the sender once the database was read after this request.
+    CatchUp(u64, Option<oneshot::Sender<()>>),
 }
 
 /// The follower's handle. Cheap to clone.
@@ -65,6 +66,7 @@ impl Follower {
             waiting: BTreeMap::new(),
             gap_since: None,
             wanted: 0,
+            asked: Vec::new(),
         };
         tasks.spawn(state.run(rx, stop));
         Follower { events: tx }
@@ -77,7 +79,17 @@ impl Follower {
 
     /// Message `id` is committed: publish everything up to it (`u64::MAX`: up to the newest).
     pub fn catch_up(&self, id: u64) {
-        let _ = self.events.send(Event::CatchUp(id));
+        let _ = self.events.send(Event::CatchUp(id, None));
+    }
+
+    /// Like [`Follower::catch_up`], for a client that knows message `id`: the receiver resolves
+    /// once `id` is published here or the database was read after this call (so everything
+    /// committed before the call is published: an `id` still beyond it is not in the database).
+    /// It is dropped, unresolved, if the follower stops.
+    pub fn read_through(&self, id: u64) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.events.send(Event::CatchUp(id, Some(tx)));
+        rx
     }
 }
 
@@ -95,6 +107,8 @@ struct State {
     gap_since: Option<Instant>,
     /// Publish everything up to this id from the database.
     wanted: u64,
+    /// Answered after the next complete read of the database (`Follower::read_through`).
+    asked: Vec<oneshot::Sender<()>>,
 }
 
 impl State {
@@ -119,7 +133,16 @@ impl State {
                         quiet_since = Instant::now();
                         self.offer(batch);
                     }
-                    Some(Event::CatchUp(id)) => self.wanted = self.wanted.max(id),
+                    Some(Event::CatchUp(id, answer)) => {
+                        if id <= self.published {
+                            if let Some(answer) = answer {
+                                let _ = answer.send(());
+                            }
+                        } else {
+                            self.wanted = self.wanted.max(id);
+                            self.asked.extend(answer);
+                        }
+                    }
                 },
                 () = sleep_until(wake) => {
                     quiet_since = Instant::now();
@@ -205,6 +228,8 @@ impl State {
     /// order (the waiting batches with it). On a failure it stops and tries again at the next
     /// event or check.
     async fn fill(&mut self) {
+        // Those who asked before this read began: answered once it is complete.
+        let asked = std::mem::take(&mut self.asked);
         loop {
             let page = timeout(
                 self.db_timeout,
@@ -215,10 +240,12 @@ impl State {
                 Ok(Ok(rows)) => rows,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot read the rows the bus did not bring; retrying");
+                    self.asked.extend(asked);
                     return;
                 }
                 Err(_) => {
                     tracing::warn!("reading the rows the bus did not bring timed out; retrying");
+                    self.asked.extend(asked);
                     return;
                 }
             };
@@ -237,6 +264,9 @@ impl State {
         // Everything committed so far is published (a wanted id beyond it was deleted, or is
         // `u64::MAX`: "the newest").
         self.wanted = self.published;
+        for answer in asked {
+            let _ = answer.send(());
+        }
         if !self.waiting.is_empty() {
             self.gap_since = Some(Instant::now());
         }
@@ -343,5 +373,17 @@ mod tests {
         f.catch_up(2);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(ids(&b), [1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_through_answers_after_one_read_even_for_an_id_beyond_the_database() {
+        let store = store_with(2).await;
+        let (f, b, _tasks) = follower(&store).await;
+        // An id the database does not have (a client of a reset database): one read, then the
+        // answer, not a wait for a row that never comes.
+        f.read_through(1000).await.expect("answered");
+        assert_eq!(ids(&b), [1, 2]);
+        // Already published: answered without a read.
+        f.read_through(2).await.expect("answered");
     }
 }

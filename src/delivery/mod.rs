@@ -25,7 +25,10 @@ use fanout::{Fanout, Subscriber};
 use recent::{Recent, RecentLimits};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
+
+/// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_catch_up`]).
+type CatchUpFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
 
 /// This process's side of the chat: what every local socket is delivered from.
 pub struct Broadcaster {
@@ -36,7 +39,7 @@ pub struct Broadcaster {
     /// Woken at every publish, for [`Broadcaster::wait_published`].
     progress: Notify,
     /// In a cluster: asks this node to publish everything committed up to an id (set once).
-    catch_up: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    catch_up: OnceLock<Box<CatchUpFn>>,
 }
 
 impl Broadcaster {
@@ -68,13 +71,16 @@ impl Broadcaster {
         }
     }
 
-    /// In a cluster: how to ask this node to publish what others committed up to an id.
-    pub fn set_catch_up(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+    /// In a cluster: how to ask this node to publish what others committed up to an id; the
+    /// receiver it returns resolves once the database was read after the request (see
+    /// `cluster::follower::Follower::read_through`).
+    pub fn set_catch_up(&self, f: impl Fn(u64) -> oneshot::Receiver<()> + Send + Sync + 'static) {
         let _ = self.catch_up.set(Box::new(f));
     }
 
-    /// Waits until id `id` is published here, asking the cluster to catch up to it; `false`
-    /// when it is not within `limit` (or there is no cluster to ask).
+    /// Waits until id `id` is published here, asking the cluster to catch up to it. `false` when
+    /// it is not: not within `limit`, no cluster to ask, or the database has no such id (a client
+    /// of a database that was reset; answered after one read, not at the limit).
     pub async fn wait_published(&self, id: u64, limit: std::time::Duration) -> bool {
         if self.published() >= id {
             return true;
@@ -82,8 +88,8 @@ impl Broadcaster {
         let Some(catch_up) = self.catch_up.get() else {
             return false;
         };
-        catch_up(id);
-        tokio::time::timeout(limit, async {
+        let read = catch_up(id);
+        let published = async {
             loop {
                 let progress = self.progress.notified();
                 tokio::pin!(progress);
@@ -93,9 +99,15 @@ impl Broadcaster {
                 }
                 progress.await;
             }
+        };
+        let _ = tokio::time::timeout(limit, async {
+            tokio::select! {
+                _ = read => {}
+                () = published => {}
+            }
         })
-        .await
-        .is_ok()
+        .await;
+        self.published() >= id
     }
 
     /// Makes a batch visible to every local socket. Batches must come in order (`prev` of each is

@@ -176,7 +176,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 stop_cluster.clone(),
             );
             let asked = follower.clone();
-            broadcaster.set_catch_up(move |id| asked.catch_up(id));
+            broadcaster.set_catch_up(move |id| asked.read_through(id));
             let bus = RedisBus::start(
                 Endpoint {
                     client,
