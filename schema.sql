@@ -1,4 +1,5 @@
--- relay's one table. Load by hand with `mariadb chat < schema.sql` (or `mysql chat < schema.sql`);
+-- relay's tables (messages; relay_sessions for connection-state recovery). Load by hand with
+-- `mariadb chat < schema.sql` (or `mysql chat < schema.sql`);
 -- relay also runs this file at start, so it must stay idempotent.
 --
 -- id            BIGINT: at tens of thousands of messages a second an INT runs out in days.
