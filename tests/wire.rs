@@ -552,3 +552,33 @@ async fn frames_sent_with_the_upgrade_request_are_not_lost() {
     assert_eq!(s.count().await, 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed_with_its_code_when_the_code_is_registered() {
+    // RFC 6455 §5.5.1 and the IANA registry: 1014 (Bad Gateway) is a valid code and is echoed
+    // like the others (tungstenite alone answers it with 1002). Codes that must not appear on
+    // the wire are still a protocol error.
+    let s = TestServer::start().await;
+    for (code, answer) in [
+        (1000, 1000),
+        (1001, 1001),
+        (1012, 1012),
+        (1013, 1013),
+        (1014, 1014),
+        (3000, 3000),
+        (4999, 4999),
+        (1004, 1002),
+        (1005, 1002),
+        (1015, 1002),
+        (1016, 1002),
+        (999, 1002),
+    ] {
+        let mut c = RawSocket::open(&s).await;
+        assert!(c.text().await.starts_with('0'), "open packet");
+        let mut payload = u16::to_be_bytes(code).to_vec();
+        payload.extend_from_slice(b"bye");
+        c.frame(0x8, &payload, true).await;
+        assert_eq!(c.close_code().await, Some(answer), "close {code}");
+    }
+    s.stop().await;
+}

@@ -15,7 +15,7 @@
 use crate::delivery::batch::Message;
 use crate::delivery::queue::{PacketQueue, PacketSink};
 use crate::engine::{self, DisconnectReason, Received, Transport};
-use crate::protocol::websocket::push_text_frame;
+use crate::protocol::websocket::{push_text_frame, CloseCodeFix};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{self, HeaderValue};
@@ -215,6 +215,8 @@ pub struct ByteStream<S: WsCarrier> {
     tcp: Arc<TcpStream>,
     /// Bytes read with the upgrade request that belong to the WebSocket.
     early: Bytes,
+    /// Lets a client's close code 1014 through tungstenite (see [`CloseCodeFix`]).
+    close_fix: CloseCodeFix,
 }
 
 impl<S: WsCarrier> Drop for ByteStream<S> {
@@ -229,12 +231,14 @@ impl<S: WsCarrier> AsyncRead for ByteStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         if !self.early.is_empty() {
             let n = self.early.len().min(buf.remaining());
             buf.put_slice(&self.early.split_to(n));
             if self.early.is_empty() {
                 self.early = Bytes::new();
             }
+            self.close_fix.inbound(&mut buf.filled_mut()[before..]);
             return Poll::Ready(Ok(()));
         }
         loop {
@@ -242,6 +246,7 @@ impl<S: WsCarrier> AsyncRead for ByteStream<S> {
             match self.tcp.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
+                    self.close_fix.inbound(&mut buf.filled_mut()[before..]);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -253,10 +258,20 @@ impl<S: WsCarrier> AsyncRead for ByteStream<S> {
 
 impl<S: WsCarrier> AsyncWrite for ByteStream<S> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // The echo of a close whose code 1014 was let through (rare: a copy is fine).
+        let restored;
+        let buf = if self.close_fix.pending() {
+            let mut frames = buf.to_vec();
+            self.close_fix.outbound(&mut frames);
+            restored = frames;
+            &restored[..]
+        } else {
+            buf
+        };
         self.queue.with_sink(|sink| loop {
             let Some(sink) = sink.ws() else {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -305,6 +320,7 @@ impl<S: WsCarrier> WsTransport<S> {
         max_payload: usize,
     ) -> WsTransport<S> {
         let stream = ByteStream {
+            close_fix: CloseCodeFix::default(),
             queue: queue.clone(),
             tcp,
             early,
