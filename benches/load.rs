@@ -869,28 +869,9 @@ async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle:
 
 async fn replay(target: &Target, backlog: usize) {
     let url = target.ws_url();
-    let mut ws = join(&url, NO_HISTORY).await;
-    let run = relay::protocol::sid::new_sid();
-    let mut first = None;
-    let fill = Instant::now();
-    // Pipelined in windows of 64 (relay reads up to 64 in flight per socket).
-    let mut acked = 0;
-    let mut sent = 0;
-    while acked < backlog {
-        while sent < backlog && sent - acked < 64 {
-            let frame = format!("42{sent}[\"chat message\",\"backlog {sent}\",\"{run}-{sent}\"]");
-            ws.send(Message::text(frame)).await.expect("send");
-            sent += 1;
-        }
-        let t = next_text(&mut ws).await.expect("connection");
-        if let Some((_, id)) = chat_frame(&t) {
-            first.get_or_insert(id);
-        } else if ack_frame(&t).is_some() {
-            acked += 1;
-        }
-    }
-    let fill_s = fill.elapsed().as_secs_f64();
-    let from = first.expect("messages stored") - 1;
+    let stored = Instant::now();
+    let from = fill(&url, backlog).await - 1;
+    let fill_s = stored.elapsed().as_secs_f64();
     for round in ["first", "second"] {
         let t0 = Instant::now();
         let mut c = join(&url, from).await;

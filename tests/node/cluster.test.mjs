@@ -89,38 +89,43 @@ function pageClient(url, name) {
   return c;
 }
 
+/**
+ * Inside a describe: a Redis of the suite's own (started before its tests), and what its tests
+ * start — relays (`relays`, on database `dbName`), a `balancer`, client `sockets` — all stopped
+ * and dropped after them.
+ */
+function clusterFixture() {
+  const c = { redis: null, balancer: null, relays: [], sockets: [], dbName: null };
+  before(async () => {
+    c.redis = await startRedis();
+  });
+  after(async () => {
+    closeAll(...c.sockets);
+    await c.balancer?.close();
+    for (const r of c.relays) await r.stop({ dropDatabase: false }).catch(() => {});
+    if (c.dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${c.dbName}\``).catch(() => {});
+    c.redis?.stop();
+  });
+  return c;
+}
+
 for (const fault of ["SIGKILL of one node", "a rolling restart of every node"]) {
   describe(`cluster of three, ${fault}, under load`, () => {
-    let redis;
-    let balancer;
-    const relays = [];
-    const sockets = [];
-    let dbName;
-
-    before(async () => {
-      redis = await startRedis();
-    });
-
-    after(async () => {
-      closeAll(...sockets);
-      await balancer?.close();
-      for (const r of relays) await r.stop({ dropDatabase: false }).catch(() => {});
-      if (dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
-      redis?.stop();
-    });
+    const cluster = clusterFixture();
 
     it("no acked message is lost, nothing doubles, every client ends with the table", { timeout: 120000 }, async () => {
+      const { relays, sockets } = cluster;
       const env = {
-        CLUSTER_URL: `redis://127.0.0.1:${redis.port}`,
+        CLUSTER_URL: `redis://127.0.0.1:${cluster.redis.port}`,
         CLUSTER_NAME: `c${Date.now()}`,
         MAX_MESSAGES_PER_SECOND: "0",
       };
       const first = await startRelay({ env });
-      dbName = first.dbName;
+      const dbName = (cluster.dbName = first.dbName);
       relays.push(first);
       for (let i = 1; i < 3; i++) relays.push(await startRelay({ dbName, env }));
       const ports = relays.map((r) => r.port);
-      balancer = await startBalancer(ports);
+      const balancer = (cluster.balancer = await startBalancer(ports));
 
       const clients = [];
       for (let i = 0; i < 12; i++) {
@@ -187,31 +192,16 @@ for (const fault of ["SIGKILL of one node", "a rolling restart of every node"]) 
 }
 
 describe("cluster of two, connection-state recovery on the other node", () => {
-  let redis;
-  let balancer;
-  const relays = [];
-  const sockets = [];
-  let dbName;
-
-  before(async () => {
-    redis = await startRedis();
-  });
-
-  after(async () => {
-    closeAll(...sockets);
-    await balancer?.close();
-    for (const r of relays) await r.stop({ dropDatabase: false }).catch(() => {});
-    if (dbName) await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
-    redis?.stop();
-  });
+  const cluster = clusterFixture();
 
   it("a client recovers its socket id and exactly what it missed on whichever node it reaches", { timeout: 120000 }, async () => {
-    const env = { CLUSTER_URL: `redis://127.0.0.1:${redis.port}`, CLUSTER_NAME: `r${Date.now()}`, MAX_MESSAGES_PER_SECOND: "0" };
+    const { relays, sockets } = cluster;
+    const env = { CLUSTER_URL: `redis://127.0.0.1:${cluster.redis.port}`, CLUSTER_NAME: `r${Date.now()}`, MAX_MESSAGES_PER_SECOND: "0" };
     const first = await startRelay({ env });
-    dbName = first.dbName;
+    const dbName = (cluster.dbName = first.dbName);
     relays.push(first, await startRelay({ dbName, env }));
     // Round robin over two nodes: each reconnect of the reader lands on the other node.
-    balancer = await startBalancer(relays.map((r) => r.port));
+    const balancer = (cluster.balancer = await startBalancer(relays.map((r) => r.port)));
     const reader = pageClient(balancer.url, "reader");
     sockets.push(reader.socket);
     await connected(reader.socket, 15000, "reader");
