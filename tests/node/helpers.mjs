@@ -205,7 +205,7 @@ export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } 
   return { url, port: Number(new URL(url).port), dbName, store, proc, stop, drop: dropDatabase, stderrTail: () => stderrTail };
 }
 
-/** A stock socket.io client configured like the tutorial page (websocket only). */
+/** A stock socket.io client configured like the tutorial page (WebSocket only, unless `transports` is given). */
 export function makeClient(url, { serverOffset = 0, ...opts } = {}) {
   return io(url, {
     transports: ["websocket"],

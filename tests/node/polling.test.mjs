@@ -3,21 +3,10 @@
 // the upgrade while messages flow.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { io } from "socket.io-client";
-import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec } from "./helpers.mjs";
+import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAll, mysqlExec } from "./helpers.mjs";
 
-/** A stock client as a page creates it: default transports unless `transports` is given. */
-function stockClient(url, { serverOffset = 0, ...opts } = {}) {
-  return io(url, {
-    auth: { serverOffset },
-    ackTimeout: 10000,
-    retries: 3,
-    forceNew: true,
-    reconnectionDelay: 100,
-    reconnectionDelayMax: 500,
-    ...opts,
-  });
-}
+/** A stock client as a page creates it: the stock client's transports (polling, then WebSocket) unless `transports` is given. */
+const stockClient = (url, opts = {}) => makeClient(url, { transports: ["polling", "websocket"], ...opts });
 
 const TRANSPORTS = [
   ["default options (polling, then WebSocket)", {}],
