@@ -1,23 +1,13 @@
 // The stock socket.io-client (Node) against the relay server.
-import { describe, it, before, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAll, PATIENCE_MS } from "./helpers.mjs";
+import { makeClient, connected, collect, emitAck, newOffset, PATIENCE_MS, relayFixture } from "./helpers.mjs";
 
 // Per test: a bound for a hung test, not a speed requirement (a busy machine is slow).
 const TEST_TIMEOUT = 120000;
 
 for (const store of ["mysql", "sqlite"]) describe(`stock socket.io-client (${store} store)`, () => {
-  let relay;
-  const sockets = [];
-
-  before(async () => {
-    relay = await startRelay({ store });
-  });
-
-  after(async () => {
-    closeAll(...sockets);
-    if (relay) await relay.stop();
-  });
+  const { relay, sockets } = relayFixture({ store });
 
   /** A connected stock client plus a collector of its "chat message" events. */
   async function client(name, opts = {}) {

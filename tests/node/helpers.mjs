@@ -21,6 +21,7 @@
 //   RELAY_TEST_MYSQL_URL  server URL without database (default: mysql://root@127.0.0.1:3306)
 //   TEST_LOG              when set, the server's stderr is forwarded to this process' stderr
 
+import { before, after } from "node:test";
 import { spawn, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, realpathSync, rmSync } from "node:fs";
@@ -203,6 +204,25 @@ export async function startRelay({ env = {}, dbName: reuseDb, store = "mysql" } 
   }
 
   return { url, port: Number(new URL(url).port), dbName, store, proc, stop, drop: dropDatabase, stderrTail: () => stderrTail };
+}
+
+/**
+ * Inside a describe: a relay started with `options` (as startRelay) before the suite's tests and
+ * stopped after them, and `sockets`, the clients the tests open, closed after them. `relay` reads
+ * through to the started relay (`relay.url`, `relay.dbName`, …) once `before` has run.
+ */
+export function relayFixture(options = {}) {
+  const sockets = [];
+  let started = null;
+  before(async () => {
+    started = await startRelay(options);
+  });
+  after(async () => {
+    closeAll(...sockets);
+    if (started) await started.stop();
+  });
+  const relay = new Proxy({}, { get: (_, key) => started?.[key] });
+  return { relay, sockets };
 }
 
 /** A stock socket.io client configured like the tutorial page (WebSocket only, unless `transports` is given). */

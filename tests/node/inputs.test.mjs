@@ -2,22 +2,12 @@
 // argument (a binary event with attachments), text cut in the middle of an emoji (a lone UTF-16
 // surrogate, which JSON.stringify writes as an escape), an offset kept as a string. Each gets the
 // reference server's decoding and the chat's ordinary rules; the connection stays.
-import { describe, it, before, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAll } from "./helpers.mjs";
+import { makeClient, connected, collect, emitAck, newOffset, relayFixture } from "./helpers.mjs";
 
 describe("stock socket.io-client inputs", () => {
-  let relay;
-  const sockets = [];
-
-  before(async () => {
-    relay = await startRelay();
-  });
-
-  after(async () => {
-    closeAll(...sockets);
-    if (relay) await relay.stop();
-  });
+  const { relay, sockets } = relayFixture();
 
   async function client(name, opts = {}) {
     const socket = makeClient(relay.url, opts);

@@ -1,9 +1,9 @@
 // The stock socket.io-client on HTTP long-polling: with its default options (polling first, then
 // the upgrade to WebSocket) and with polling only. The chat's promises hold on both, and across
 // the upgrade while messages flow.
-import { describe, it, before, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, makeClient, connected, collect, emitAck, newOffset, closeAll, mysqlExec } from "./helpers.mjs";
+import { makeClient, connected, collect, emitAck, newOffset, mysqlExec, relayFixture } from "./helpers.mjs";
 
 /** A stock client as a page creates it: the stock client's transports (polling, then WebSocket) unless `transports` is given. */
 const stockClient = (url, opts = {}) => makeClient(url, { transports: ["polling", "websocket"], ...opts });
@@ -15,17 +15,7 @@ const TRANSPORTS = [
 
 for (const [label, transportOpts] of TRANSPORTS) {
   describe(`stock client, ${label}`, () => {
-    let relay;
-    const sockets = [];
-
-    before(async () => {
-      relay = await startRelay();
-    });
-
-    after(async () => {
-      closeAll(...sockets);
-      if (relay) await relay.stop();
-    });
+    const { relay, sockets } = relayFixture();
 
     async function client(name, opts = {}) {
       const socket = stockClient(relay.url, { ...transportOpts, ...opts });
@@ -125,17 +115,7 @@ for (const [label, transportOpts] of TRANSPORTS) {
 }
 
 describe("the upgrade under traffic", () => {
-  let relay;
-  const sockets = [];
-
-  before(async () => {
-    relay = await startRelay();
-  });
-
-  after(async () => {
-    closeAll(...sockets);
-    if (relay) await relay.stop();
-  });
+  const { relay, sockets } = relayFixture();
 
   it("20 default clients upgrade while 5 senders send: each sees the whole table, in order, once", async () => {
     const senders = [];

@@ -6,7 +6,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec } from "./helpers.mjs";
+import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, relayFixture } from "./helpers.mjs";
 
 /** A stock client as the tutorial's step 8 creates it (recovery is the client's default). */
 function tutorialClient(url, opts = {}) {
@@ -130,17 +130,7 @@ describe("connection-state recovery", () => {
 });
 
 describe("recovery window", () => {
-  let relay;
-  const sockets = [];
-
-  before(async () => {
-    relay = await startRelay({ env: { RECOVERY_WINDOW_MS: "300" } });
-  });
-
-  after(async () => {
-    closeAll(...sockets);
-    if (relay) await relay.stop();
-  });
+  const { relay, sockets } = relayFixture({ env: { RECOVERY_WINDOW_MS: "300" } });
 
   it("after the window passed, the reconnect is the ordinary replay", async () => {
     const socket = tutorialClient(relay.url, { reconnectionDelay: 1500, reconnectionDelayMax: 1500, randomizationFactor: 0 });
