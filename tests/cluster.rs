@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -88,28 +87,17 @@ impl Node {
 
     /// A node with `env` set besides the cluster's settings.
     fn start_with(db: &str, redis: &Redis, cluster: &str, env: &[(&str, &str)]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .envs(env.iter().copied())
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
-            .env("CLUSTER_URL", redis.url())
-            .env("CLUSTER_NAME", cluster)
-            .env("MAX_MESSAGES_PER_SECOND", "0")
-            .env("RUST_LOG", "relay=warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the relay binary");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("relay prints its address");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("relay did not start: {line:?}"));
+        let (child, addr) = spawn_relay(
+            Command::new(env!("CARGO_BIN_EXE_relay"))
+                .envs(env.iter().copied())
+                .env("HOST", "127.0.0.1")
+                .env("PORT", "0")
+                .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
+                .env("CLUSTER_URL", redis.url())
+                .env("CLUSTER_NAME", cluster)
+                .env("MAX_MESSAGES_PER_SECOND", "0")
+                .env("RUST_LOG", "relay=warn"),
+        );
         Node { addr, child }
     }
 

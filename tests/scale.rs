@@ -10,9 +10,8 @@ mod common;
 
 use common::{knob, parse_ack, parse_chat, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,22 +38,11 @@ impl Spawned {
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("DATABASE_URL", url)
-            .env("RUST_LOG", "relay=warn")
-            .stdout(Stdio::piped());
+            .env("RUST_LOG", "relay=warn");
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("start the relay binary");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("relay prints its address");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let (child, addr) = common::spawn_relay(&mut command);
         Spawned { child, addr, dir }
     }
 

@@ -279,17 +279,8 @@ mod tests {
     use crate::chat::NewMessage;
     use crate::delivery::fanout::Fanout;
     use crate::delivery::recent::RecentLimits;
+    use crate::delivery::testing::batch;
     use crate::store::memory::MemoryStore;
-
-    fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
-        Arc::new(Batch {
-            prev,
-            messages: ids
-                .iter()
-                .map(|&id| Message::encode(id, "m", false))
-                .collect(),
-        })
-    }
 
     async fn store_with(n: usize) -> MemoryStore {
         let store = MemoryStore::new();

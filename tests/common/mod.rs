@@ -25,6 +25,28 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Spawns `command` (relay's binary, its environment already set) with stdout piped, and waits for
+/// its `relay listening on http://ADDR` line. Returns the process and ADDR; panics with the line
+/// read when relay did not start.
+pub fn spawn_relay(command: &mut std::process::Command) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the relay binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("relay prints its address");
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("relay did not start: {line:?}"));
+    (child, addr)
+}
+
 /// How long a test waits for the next thing it expects (a frame, a metric, a close) before it
 /// fails. Never a sleep: the wait ends as soon as the condition holds.
 pub const WAIT: Duration = Duration::from_secs(30);
