@@ -225,6 +225,22 @@ export function relayFixture(options = {}) {
   return { relay, sockets };
 }
 
+/**
+ * Inside a describe whose tests restart relay on one database: `relays`, the processes they start
+ * (the first one's database is dropped), and `sockets`, their clients; all stopped, newest first,
+ * and closed after the tests.
+ */
+export function restartFixture() {
+  const relays = [];
+  const sockets = [];
+  after(async () => {
+    closeAll(...sockets);
+    for (const r of [...relays].reverse()) await r.stop().catch(() => {});
+    await relays[0]?.drop().catch(() => {});
+  });
+  return { relays, sockets };
+}
+
 /** A stock socket.io client configured like the tutorial page (WebSocket only, unless `transports` is given). */
 export function makeClient(url, { serverOffset = 0, ...opts } = {}) {
   return io(url, {

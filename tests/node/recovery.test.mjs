@@ -6,7 +6,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, relayFixture } from "./helpers.mjs";
+import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, relayFixture, restartFixture } from "./helpers.mjs";
 
 /** A stock client as the tutorial's step 8 creates it (recovery is the client's default). */
 function tutorialClient(url, opts = {}) {
@@ -149,14 +149,7 @@ describe("recovery window", () => {
 });
 
 for (const store of ["mysql", "sqlite"]) describe(`recovery across a restart (${store} store)`, () => {
-  const relays = [];
-  const sockets = [];
-
-  after(async () => {
-    closeAll(...sockets);
-    for (const r of relays.reverse()) await r.stop().catch(() => {});
-    await relays[0]?.drop().catch(() => {});
-  });
+  const { relays, sockets } = restartFixture();
 
   it("clients of a relay that restarted recover with their ids and exactly what they missed", async () => {
     const first = await startRelay({ store });

@@ -1,19 +1,12 @@
 // Server shutdown and restart: clients are not kicked (no Socket.IO "41"),
 // they reconnect on their own, resume from their serverOffset, and messages
 // survive the restart because they live in the database.
-import { describe, it, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { startRelay, pageLikeClient, connected, disconnected, emitAck, newOffset, closeAll } from "./helpers.mjs";
+import { startRelay, pageLikeClient, connected, disconnected, emitAck, newOffset, restartFixture } from "./helpers.mjs";
 
 for (const store of ["mysql", "sqlite"]) describe(`server restart (${store} store)`, () => {
-  const relays = [];
-  const sockets = [];
-
-  after(async () => {
-    closeAll(...sockets);
-    for (const r of relays.reverse()) await r.stop().catch(() => {});
-    await relays[0]?.drop().catch(() => {});
-  });
+  const { relays, sockets } = restartFixture();
 
   /** pageLikeClient, its socket closed after the suite. */
   function pageLike(url, name, opts = {}) {
