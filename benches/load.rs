@@ -469,18 +469,10 @@ fn rand_small() -> u64 {
 
 /// Connects, reads the open packet, joins `/` with `serverOffset`.
 async fn join(url: &str, offset: u64) -> Ws {
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    join_with(url, &format!("{{\"serverOffset\":{offset}}}"))
         .await
-        .expect("websocket connects");
-    let open = next_text(&mut ws).await.expect("open packet");
-    assert!(open.starts_with('0'), "open packet expected: {open}");
-    ws.send(Message::text(format!("40{{\"serverOffset\":{offset}}}")))
-        .await
-        .expect("send");
-    let reply = next_text(&mut ws).await.expect("CONNECT reply");
-    assert!(reply.starts_with("40{"), "CONNECT reply expected: {reply}");
-    ws
+        .expect("websocket connects and joins")
+        .0
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
