@@ -450,6 +450,42 @@ fn cpu_report(target: &Target, server0: Option<Vec<f64>>, tool0: Option<f64>) ->
     }
 }
 
+/// In cluster mode: each node's share of the cluster's work, from its `/metrics` (whether it
+/// is the sequencer, messages it forwarded or committed for others, group commits and their
+/// mean time, bus batches out and in, rows read from the database for gaps). Empty otherwise.
+async fn cluster_report(target: &Target) -> String {
+    let http = http_client();
+    let mut lines = Vec::new();
+    for (i, node) in target.nodes.iter().enumerate() {
+        let url = format!("{}/metrics", node.url.replacen("ws://", "http://", 1));
+        let Some(text) = PollClient::request(&http, "GET", &url, String::new()).await else {
+            continue;
+        };
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        if text.lines().all(|l| !l.starts_with("relay_node_info")) {
+            continue; // not in cluster mode
+        }
+        let commits = value("relay_store_seconds_count");
+        lines.push(format!(
+            "node {i}: sequencer {}, forwarded {}, returned {}, committed for others {},              group commits {} (mean {:.2} ms), bus batches out {} in {}, gap rows {}",
+            value("relay_sequencer"),
+            value("relay_forwarded_total"),
+            value("relay_forward_returned_total"),
+            value("relay_forwarded_in_total"),
+            commits,
+            value("relay_store_seconds_sum") * 1000.0 / commits.max(1.0),
+            value("relay_bus_published_total"),
+            value("relay_bus_received_total"),
+            value("relay_bus_gap_rows_total"),
+        ));
+    }
+    lines.iter().map(|l| format!("\n  {l}")).collect()
+}
+
 fn rss_report(target: &Target, before: Option<u64>, connections: usize) -> String {
     match (before, target.rss_kib()) {
         (Some(b), Some(a)) => format!(
@@ -703,7 +739,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
     let acked = total.latencies.len();
     println!(
         "persist clients={clients} messages={messages}: {acked} acked in {acks_s:.2} s = {:.0} acked msg/s; \
-         {} deliveries = {:.0} deliveries/s (expected {}); ack latency {}; order violations {}, duplicates {}; {}",
+         {} deliveries = {:.0} deliveries/s (expected {}); ack latency {}; order violations {}, duplicates {}; {}{}",
         acked as f64 / acks_s,
         total.deliveries,
         total.deliveries as f64 / deliveries_s,
@@ -712,6 +748,7 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
         total.violations,
         total.duplicates,
         cpu_report(target, server_cpu, tool_cpu),
+        cluster_report(target).await,
     );
 }
 
@@ -816,7 +853,7 @@ async fn fanout(
     println!(
         "fanout receivers={receivers} ({transport:?}) senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
-         order violations {}, duplicates {}; {}; server RSS {}",
+         order violations {}, duplicates {}; {}; server RSS {}{}",
         sent as f64 / seconds as f64,
         total.deliveries,
         total.deliveries as f64 / secs,
@@ -827,6 +864,7 @@ async fn fanout(
         total.duplicates,
         cpu_report(target, server_cpu, tool_cpu),
         rss_report(target, rss0, receivers + senders),
+        cluster_report(target).await,
     );
 }
 

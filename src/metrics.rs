@@ -116,6 +116,13 @@ pub struct Metrics {
     pub bus_reconnects: AtomicU64,
     /// Cluster mode: 1 while subscribed to the bus.
     pub bus_up: AtomicU64,
+    /// Cluster mode: 1 while this node is the cluster's sequencer.
+    pub sequencer: AtomicU64,
+    /// Cluster mode: submissions handed to the sequencer node, those that came back unanswered
+    /// (committed here instead), and those this node committed for others.
+    pub forwarded: AtomicU64,
+    pub forward_returned: AtomicU64,
+    pub forwarded_in: AtomicU64,
     /// Cluster mode: this node's id, for `relay_node_info`.
     pub node: std::sync::OnceLock<String>,
     pub closed_slow: AtomicU64,
@@ -259,6 +266,30 @@ impl Metrics {
                     "gauge",
                     "1 while subscribed to the cluster's bus.",
                     &self.bus_up,
+                ),
+                (
+                    "relay_sequencer",
+                    "gauge",
+                    "1 while this node is the cluster's sequencer (it commits every node's messages).",
+                    &self.sequencer,
+                ),
+                (
+                    "relay_forwarded_total",
+                    "counter",
+                    "Messages handed to the sequencer node over the bus.",
+                    &self.forwarded,
+                ),
+                (
+                    "relay_forward_returned_total",
+                    "counter",
+                    "Forwarded messages that came back unanswered and were committed here.",
+                    &self.forward_returned,
+                ),
+                (
+                    "relay_forwarded_in_total",
+                    "counter",
+                    "Messages this node committed for other nodes, as the sequencer.",
+                    &self.forwarded_in,
                 ),
                 (
                     "relay_bus_published_total",

@@ -7,11 +7,16 @@
 //! - Delivery: each node publishes its batches on Redis ([`redis`]); every node's [`follower`]
 //!   publishes to its own sockets in `prev` order, and reads from the database whatever the bus
 //!   did not bring. Redis is the fast path; the database is the truth.
+//! - Throughput: one node holds the sequencer [`lease`] and keeps the commit lock; the others
+//!   [`forward`] their messages to it over Redis, so the cluster's messages meet in one group
+//!   commit. Should forwarding fail, a node commits under the lock itself.
 //! - Dedupe, acks after commit, replay and recovery work unchanged: they rest on the database.
 //!
 //! Must not: be needed by a single node (unset `--cluster-url` and none of this runs).
 
 pub mod follower;
+pub mod forward;
+pub mod lease;
 pub mod redis;
 
 /// The longest cluster name (it prefixes the Redis channel and the MySQL lock name, at most 64
@@ -39,6 +44,11 @@ pub fn channel(name: &str) -> String {
     format!("{name}:batches")
 }
 
+/// A node's own channel: messages forwarded to it, replies to those it forwarded.
+pub fn node_channel(name: &str, node: &str) -> String {
+    format!("{name}:node:{node}")
+}
+
 /// The database lock commits take.
 pub fn commit_lock(name: &str) -> String {
     format!("{name}:commit")
@@ -60,5 +70,6 @@ mod tests {
         assert!(check("redis://x", &"n".repeat(49)).is_err());
         assert_eq!(channel("chat-1"), "chat-1:batches");
         assert_eq!(commit_lock("chat-1"), "chat-1:commit");
+        assert_eq!(node_channel("chat-1", "n1"), "chat-1:node:n1");
     }
 }

@@ -11,19 +11,27 @@
 //! Wire form (JSON): `{"v":1,"node":"<id>","prev":<id>,"rows":[[<id>,"<content>"],…]}`, rows
 //! ascending and all above `prev`.
 //!
+//! Each node also listens on a channel of its own, `<cluster name>:node:<node id>`: messages
+//! forwarded to it as the sequencer, and the replies to those it forwarded ([`super::forward`]).
+//!
 //! Must not: decide order (the follower does), or block the sequencer (publishing is a send to a
 //! task of its own).
 
 use super::follower::Follower;
+use super::forward::{self, Direct, Forwarder, Outgoing, Reply, FORWARD_TIMEOUT};
+use super::lease::Lease;
+use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
 use crate::sequencer::bus::Bus;
+use crate::sequencer::{Receipt, Sequencer, Submission};
 use crate::store::Row;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,60 +39,188 @@ use tokio_util::task::TaskTracker;
 /// Longest pause between two attempts to reach Redis.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Batches from the bus kept to hand to the replies that follow them.
+const RECENT_BATCHES: usize = 64;
+
+/// How often forwarded messages are checked for a reply overdue.
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+
 /// What a node of a cluster publishes through.
 pub struct RedisBus {
     follower: Follower,
-    outbox: mpsc::UnboundedSender<String>,
-    node: String,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    endpoint: Endpoint,
+    forwarder: Forwarder,
+    lease: watch::Receiver<Lease>,
 }
 
-/// Where the bus is: the client, its channel and this node's id.
+/// Where the bus is: the client, the cluster's name, its batch channel and this node's id.
 #[derive(Clone)]
 pub struct Endpoint {
     pub client: redis::Client,
+    pub name: String,
     pub channel: String,
     pub node: String,
 }
 
+/// The sequencer's side of forwarding: takes the messages other nodes forward to this one,
+/// once this node's sequencer runs ([`Inbox::start`]).
+pub struct Inbox {
+    forwards: mpsc::UnboundedReceiver<(String, Vec<(u64, NewMessage)>)>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    endpoint: Endpoint,
+    metrics: Arc<Metrics>,
+}
+
 impl RedisBus {
-    /// Starts the publisher and the subscriber on `tasks`; both end when `stop` is cancelled.
-    /// Batches are published until then, so cancel it after the sequencer stopped.
+    /// Starts the publisher, the subscriber, and the expiry of forwarded messages on `tasks`; all
+    /// end when `stop` is cancelled. Batches are published until then, so cancel it after the
+    /// sequencer stopped. `lease` says where to forward. Returns the bus, the sequencer's side of
+    /// forwarding, and the forwarded messages that come back, for this node's writer
+    /// ([`crate::sequencer::SequencerOptions::returned`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         endpoint: Endpoint,
         follower: Follower,
+        lease: watch::Receiver<Lease>,
         offsets: bool,
         max_message_bytes: usize,
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> RedisBus {
+    ) -> (RedisBus, Inbox, mpsc::UnboundedReceiver<Submission>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tasks.spawn(publish(endpoint.clone(), rx, metrics.clone(), stop.clone()));
+        let (forwarder, returned) =
+            Forwarder::new(&endpoint.node, &endpoint.name, tx.clone(), metrics.clone());
+        let (forwards_tx, forwards) = mpsc::unbounded_channel();
+        tasks.spawn(publish(
+            endpoint.clone(),
+            rx,
+            forwarder.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(subscribe(
             endpoint.clone(),
             follower.clone(),
+            forwarder.clone(),
+            lease.clone(),
+            forwards_tx,
             offsets,
             max_message_bytes,
-            metrics,
-            stop,
+            metrics.clone(),
+            stop.clone(),
         ));
-        RedisBus {
+        tasks.spawn(expire(forwarder.clone(), stop));
+        let inbox = Inbox {
+            forwards,
+            outbox: tx.clone(),
+            endpoint: endpoint.clone(),
+            metrics,
+        };
+        let bus = RedisBus {
             follower,
             outbox: tx,
-            node: endpoint.node,
-        }
+            endpoint,
+            forwarder,
+            lease,
+        };
+        (bus, inbox, returned)
     }
 }
 
 impl Bus for RedisBus {
     fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>) {
-        let payload = encode(&self.node, batch.prev, &rows);
+        let payload = encode(&self.endpoint.node, batch.prev, &rows);
         self.follower.offer(batch);
-        let _ = self.outbox.send(payload);
+        let _ = self.outbox.send(Outgoing {
+            channel: self.endpoint.channel.clone(),
+            payload,
+            forwarded: Vec::new(),
+        });
     }
 
     fn catch_up(&self, id: u64) {
         self.follower.catch_up(id);
+    }
+
+    fn forward(&self, batch: &mut Vec<Submission>) {
+        let Some(sequencer) = self.lease.borrow().sequencer.clone() else {
+            return; // no sequencer known: committed here
+        };
+        self.forwarder.forward(&sequencer, batch);
+    }
+}
+
+impl Inbox {
+    /// Starts taking forwarded messages into `sequencer` on `tasks`, answering each on its
+    /// origin's channel, until `stop`. A message the sequencer cannot take (stopping, queue full)
+    /// is answered `back`: its origin commits it.
+    pub fn start(self, sequencer: Sequencer, tasks: &TaskTracker, stop: CancellationToken) {
+        tasks.spawn(self.run(sequencer, stop));
+    }
+
+    async fn run(mut self, sequencer: Sequencer, stop: CancellationToken) {
+        let (reply_to, mut receipts) = mpsc::unbounded_channel::<Receipt>();
+        // Our key for each forwarded message in the sequencer (its ack id) -> (origin, request).
+        let mut taken: HashMap<u64, (String, u64)> = HashMap::new();
+        let mut next_key = 0u64;
+        let mut done = Vec::new();
+        loop {
+            let mut replies: HashMap<String, Vec<(u64, Reply)>> = HashMap::new();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                n = receipts.recv_many(&mut done, 1024) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for r in done.drain(..) {
+                        let Some((origin, req)) = r.ack_id.and_then(|k| taken.remove(&k)) else {
+                            continue;
+                        };
+                        replies.entry(origin).or_default().push((req, Reply::Done(r.outcome)));
+                    }
+                }
+                forward = self.forwards.recv() => {
+                    let Some((origin, msgs)) = forward else { return };
+                    self.metrics.forwarded_in.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                    for (req, message) in msgs {
+                        next_key += 1;
+                        let submission = Submission {
+                            message,
+                            ack_id: Some(next_key),
+                            reply_to: reply_to.clone(),
+                        };
+                        match sequencer.try_submit(submission) {
+                            Ok(()) => {
+                                taken.insert(next_key, (origin.clone(), req));
+                            }
+                            Err(_) => replies.entry(origin.clone()).or_default().push((req, Reply::Back)),
+                        }
+                    }
+                }
+            }
+            for (origin, replies) in replies {
+                let _ = self.outbox.send(Outgoing {
+                    channel: super::node_channel(&self.endpoint.name, &origin),
+                    payload: forward::encode_replies(&self.endpoint.node, &replies),
+                    forwarded: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+/// Gives back the forwarded messages whose reply is overdue, until `stop`.
+async fn expire(forwarder: Forwarder, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        forwarder.expire(FORWARD_TIMEOUT);
     }
 }
 
@@ -123,22 +259,31 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
     (!rows.is_empty()).then_some((node, prev, rows))
 }
 
+/// Messages published with one round trip at most (a pipeline of PUBLISH commands).
+const PUBLISH_PIPELINE: usize = 64;
+
+/// Publishes what the outbox holds, in order, until `stop`: everything waiting goes in one
+/// pipeline, so a busy node pays one round trip to Redis for many messages instead of queueing
+/// each behind the last one's reply.
 async fn publish(
     endpoint: Endpoint,
-    mut outbox: mpsc::UnboundedReceiver<String>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    forwarder: Forwarder,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut outs: Vec<Outgoing> = Vec::with_capacity(PUBLISH_PIPELINE);
     loop {
-        let payload = tokio::select! {
+        outs.clear();
+        let n = tokio::select! {
             biased;
-            p = outbox.recv() => match p {
-                Some(p) => p,
-                None => return,
-            },
+            n = outbox.recv_many(&mut outs, PUBLISH_PIPELINE) => n,
             () = stop.cancelled() => return,
         };
+        if n == 0 {
+            return;
+        }
         if conn.is_none() {
             conn = endpoint
                 .client
@@ -148,32 +293,54 @@ async fn publish(
                 .ok();
         }
         let Some(c) = conn.as_mut() else {
-            // Redis is down: the batch is dropped from the bus; the other nodes read it from the
-            // database.
-            metrics.bus_publish_failures.fetch_add(1, Ordering::Relaxed);
+            // Redis is down: batches are dropped from the bus (the other nodes read them from the
+            // database); forwarded messages are committed here.
+            metrics
+                .bus_publish_failures
+                .fetch_add(n as u64, Ordering::Relaxed);
+            for out in &outs {
+                forwarder.give_back(&out.forwarded);
+            }
             continue;
         };
-        let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&endpoint.channel)
-            .arg(payload)
-            .query_async(c)
-            .await;
+        let mut pipe = redis::pipe();
+        for out in &mut outs {
+            pipe.cmd("PUBLISH")
+                .arg(&out.channel)
+                .arg(std::mem::take(&mut out.payload));
+        }
+        let sent: redis::RedisResult<Vec<i64>> = pipe.query_async(c).await;
         match sent {
-            Ok(_) => {
-                metrics.bus_published.fetch_add(1, Ordering::Relaxed);
+            Ok(listeners) => {
+                metrics.bus_published.fetch_add(n as u64, Ordering::Relaxed);
+                for (out, listeners) in outs.iter().zip(listeners) {
+                    if listeners == 0 {
+                        // The sequencer node is gone.
+                        forwarder.give_back(&out.forwarded);
+                    }
+                }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "publishing a batch failed");
-                metrics.bus_publish_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "publishing on the bus failed");
+                metrics
+                    .bus_publish_failures
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                for out in &outs {
+                    forwarder.give_back(&out.forwarded);
+                }
                 conn = None;
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn subscribe(
     endpoint: Endpoint,
     follower: Follower,
+    forwarder: Forwarder,
+    lease: watch::Receiver<Lease>,
+    forwards: mpsc::UnboundedSender<(String, Vec<(u64, NewMessage)>)>,
     offsets: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
@@ -181,10 +348,13 @@ async fn subscribe(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let own = super::node_channel(&endpoint.name, &endpoint.node);
+    // The last batches from the bus: a reply to a forwarded message comes after its batch.
+    let mut recent: VecDeque<Arc<Batch>> = VecDeque::with_capacity(RECENT_BATCHES);
     loop {
         let session = async {
             let mut pubsub = endpoint.client.get_async_pubsub().await?;
-            pubsub.subscribe(&endpoint.channel).await?;
+            pubsub.subscribe(&[&endpoint.channel, &own]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = tokio::select! {
@@ -211,11 +381,46 @@ async fn subscribe(
                         m = messages.next() => m,
                     };
                     let Some(msg) = msg else { break };
+                    if msg.get_channel_name() == own {
+                        match forward::decode(msg.get_payload_bytes(), max_message_bytes) {
+                            Some(Direct::Forward { node, msgs }) => {
+                                let _ = forwards.send((node, msgs));
+                            }
+                            Some(Direct::Replies { replies, .. }) => {
+                                let sequencer = lease.borrow().sequencer.clone();
+                                let batch_of = |id: u64| {
+                                    recent
+                                        .iter()
+                                        .rev()
+                                        .find(|b| id > b.prev && id <= b.last())
+                                        .cloned()
+                                };
+                                for id in forwarder.resolve(replies, sequencer.as_deref(), batch_of)
+                                {
+                                    follower.catch_up(id);
+                                }
+                            }
+                            None => {
+                                metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    channel = own,
+                                    bytes = msg.get_payload_bytes().len(),
+                                    "ignored a message on the bus that is not one of this cluster"
+                                );
+                            }
+                        }
+                        continue;
+                    }
                     match decode(msg.get_payload_bytes(), max_message_bytes) {
                         Some((node, _, _)) if node == endpoint.node => {} // ours, offered already
                         Some((_, prev, rows)) => {
                             metrics.bus_received.fetch_add(1, Ordering::Relaxed);
-                            follower.offer(Batch::from_rows(prev, &rows, offsets));
+                            let batch = Batch::from_rows(prev, &rows, offsets);
+                            if recent.len() == RECENT_BATCHES {
+                                recent.pop_front();
+                            }
+                            recent.push_back(batch.clone());
+                            follower.offer(batch);
                         }
                         None => {
                             metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);

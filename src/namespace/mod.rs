@@ -328,10 +328,14 @@ impl<T: Transport> Socket<T> {
         let Some(ack_id) = receipt.ack_id else { return };
         match receipt.outcome {
             Outcome::Stored(id) | Outcome::Duplicate(id) => {
-                // The ack follows its row on this socket. A row of this round is about to be
-                // published; an older duplicate's row was published already — unless a foreign
-                // writer stored it, which the sequencer never publishes: never wait for that one.
-                let wait = if receipt.batch.is_some() {
+                // The ack follows its row on this socket. A row stored now is about to be
+                // published (by this node's sequencer, or with a cluster, by the bus from the
+                // sequencer node it was forwarded to); an older duplicate's row was published
+                // already — unless a foreign writer stored it, which the sequencer never
+                // publishes: never wait for that one.
+                let fresh =
+                    receipt.batch.is_some() || matches!(receipt.outcome, Outcome::Stored(_));
+                let wait = if fresh {
                     id
                 } else {
                     id.min(self.ns.broadcaster.published())
@@ -814,6 +818,8 @@ mod tests {
                 db_timeout: Duration::from_secs(5),
                 offsets: window.is_some(),
                 commit_lock: None,
+                role: None,
+                returned: None,
                 metrics: metrics.clone(),
             },
             &tasks,

@@ -6,10 +6,25 @@
 //! see the difference. Whatever carries it, a batch's `prev` lets a receiver tell a gap and fill
 //! it from the database, so the bus is only ever the fast path, never the truth.
 
+use super::Submission;
 use crate::delivery::batch::Batch;
 use crate::delivery::Broadcaster;
 use crate::store::Row;
 use std::sync::Arc;
+
+/// Where a node commits the submissions of its sockets, as the cluster decides it (a single
+/// node: always [`Role::Commit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Commit here; with a cluster, each group commit takes the commit lock and lets go of it.
+    Commit,
+    /// This node is the cluster's sequencer: commit here, and keep the commit lock from one group
+    /// commit to the next.
+    Sequencer,
+    /// Another node is the sequencer: hand submissions to it ([`Bus::forward`]), so that the
+    /// cluster's messages meet in one group commit.
+    Forward,
+}
 
 /// Carries committed batches to every node's sockets, in the order they are committed.
 pub trait Bus: Send + Sync + 'static {
@@ -23,6 +38,11 @@ pub trait Bus: Send + Sync + 'static {
     /// one whose commit this node could not confirm): make sure it is published here, in order.
     /// One node publishes everything it commits: nothing to do.
     fn catch_up(&self, _id: u64) {}
+
+    /// With [`Role::Forward`]: hands the submissions of `batch` to the cluster's sequencer, which
+    /// answers each through the bus. What it cannot hand over stays in `batch`, to be committed
+    /// here. Must not block.
+    fn forward(&self, _batch: &mut Vec<Submission>) {}
 }
 
 /// One node: batches go straight to this process's broadcaster.

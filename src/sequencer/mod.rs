@@ -23,14 +23,17 @@ use crate::chat::NewMessage;
 use crate::delivery::batch::{Batch, Message};
 use crate::metrics::Metrics;
 use crate::store::{Inserted, Row, Store, StoreError, MAX_BATCH};
-use bus::Bus;
+use bus::{Bus, Role};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How long a cluster's sequencer keeps the commit lock with nothing to commit.
+const KEEP_LOCK_IDLE: Duration = Duration::from_millis(20);
 
 /// Rows a reconcile reads per round.
 const RECONCILE_PAGE: usize = 1000;
@@ -72,7 +75,6 @@ pub struct Sequencer {
 }
 
 /// Tuning of the sequencer.
-#[derive(Clone)]
 pub struct SequencerOptions {
     /// Submissions that may wait for the writer.
     pub queue: usize,
@@ -83,6 +85,11 @@ pub struct SequencerOptions {
     /// With a cluster: the name of the database lock every node's commits take, so that they
     /// commit one at a time ([`Store::insert_locked`]); `None` for a single node.
     pub commit_lock: Option<String>,
+    /// With a cluster: where submissions are committed now ([`Role`]); `None`: always here.
+    pub role: Option<watch::Receiver<Role>>,
+    /// With a cluster: submissions this node forwarded that came back unanswered (the sequencer
+    /// node went away); they are committed here.
+    pub returned: Option<mpsc::UnboundedReceiver<Submission>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -107,9 +114,11 @@ impl Sequencer {
             db_timeout: options.db_timeout,
             offsets: options.offsets,
             commit_lock: options.commit_lock,
+            keep_lock: false,
+            lock_kept: false,
             metrics: options.metrics,
         };
-        tasks.spawn(writer.run(queue, stop));
+        tasks.spawn(writer.run(queue, options.role, options.returned, stop));
         Sequencer { submissions }
     }
 
@@ -135,31 +144,85 @@ struct Writer {
     db_timeout: Duration,
     offsets: bool,
     commit_lock: Option<String>,
+    /// This node is the cluster's sequencer: keep the commit lock between group commits.
+    keep_lock: bool,
+    /// The last group commit may have kept the commit lock: let go of it when no work follows.
+    lock_kept: bool,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<Submission>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Submission>,
+        mut role: Option<watch::Receiver<Role>>,
+        mut returned: Option<mpsc::UnboundedReceiver<Submission>>,
+        stop: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut back = Vec::new();
         let mut stopping = false;
         loop {
-            let received = tokio::select! {
+            let now = role.as_ref().map_or(Role::Commit, |r| *r.borrow());
+            if self.keep_lock && now != Role::Sequencer {
+                // No longer the sequencer: let the next one take the lock.
+                self.release_lock().await;
+            }
+            self.keep_lock = now == Role::Sequencer;
+            tokio::select! {
                 biased;
-                n = queue.recv_many(&mut batch, MAX_BATCH) => n,
+                n = next_returned(&mut returned, &mut back) => {
+                    if n == 0 {
+                        returned = None;
+                        continue;
+                    }
+                    self.metrics.forward_returned.fetch_add(n as u64, Ordering::Relaxed);
+                    std::mem::swap(&mut batch, &mut back);
+                }
+                n = queue.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    // A node on its way out commits what is left itself.
+                    if now == Role::Forward && !stopping {
+                        self.bus.forward(&mut batch);
+                        if batch.is_empty() {
+                            continue;
+                        }
+                    }
+                }
+                // Idle: no one waits longer for the lock than a busy sequencer lets them.
+                () = tokio::time::sleep(KEEP_LOCK_IDLE), if self.lock_kept => {
+                    self.release_lock().await;
+                    continue;
+                }
+                changed = next_change(&mut role) => {
+                    if changed.is_err() {
+                        role = None;
+                    }
+                    continue;
+                }
                 () = stop.cancelled(), if !stopping => {
                     // Refuse new submissions; commit and answer what is queued, then end.
                     stopping = true;
                     queue.close();
                     continue;
                 }
-            };
-            if received == 0 {
-                break;
             }
+            self.lock_kept = self.keep_lock;
             self.commit(&mut batch).await;
             batch.clear();
         }
+        self.release_lock().await;
         tracing::debug!("sequencer stopped");
+    }
+
+    async fn release_lock(&mut self) {
+        if let Some(lock) = &self.commit_lock {
+            self.store.release_lock(lock).await;
+        }
+        self.keep_lock = false;
+        self.lock_kept = false;
     }
 
     async fn commit(&mut self, batch: &mut Vec<Submission>) {
@@ -281,21 +344,36 @@ impl Writer {
             }
             published.push((Arc::new(Batch { prev, messages }), rows));
         }
-        // Answer first: the senders' sessions deliver their batch and ack without waiting for the
-        // fan-out's pass.
-        for (s, outcome) in batch.drain(..).zip(outcomes) {
-            let batch = match outcome {
-                Outcome::Stored(id) | Outcome::Duplicate(id) => published
-                    .iter()
-                    .find(|(b, _)| id > b.prev && id <= b.last())
-                    .map(|(b, _)| b.clone()),
-                _ => None,
-            };
-            let _ = s.reply_to.send(Receipt {
-                ack_id: s.ack_id,
-                outcome,
-                batch,
-            });
+        let receipts: Vec<(Submission, Receipt)> = batch
+            .drain(..)
+            .zip(outcomes)
+            .map(|(s, outcome)| {
+                let batch = match outcome {
+                    Outcome::Stored(id) | Outcome::Duplicate(id) => published
+                        .iter()
+                        .find(|(b, _)| id > b.prev && id <= b.last())
+                        .map(|(b, _)| b.clone()),
+                    _ => None,
+                };
+                let receipt = Receipt {
+                    ack_id: s.ack_id,
+                    outcome,
+                    batch,
+                };
+                (s, receipt)
+            })
+            .collect();
+        // One node answers first: the senders' sessions deliver their batch and ack without
+        // waiting for the fan-out's pass. A cluster's sequencer publishes first: the batch then
+        // reaches the bus before the replies to other nodes' forwarded messages, so their nodes
+        // have it in hand to deliver with the ack ([`Bus::forward`]).
+        if self.commit_lock.is_some() {
+            for (batch, rows) in published.drain(..) {
+                self.publish(batch, rows);
+            }
+        }
+        for (s, receipt) in receipts {
+            let _ = s.reply_to.send(receipt);
         }
         for (batch, rows) in published {
             self.publish(batch, rows);
@@ -306,7 +384,11 @@ impl Writer {
     async fn insert(&self, messages: &[&NewMessage]) -> Result<(u64, Vec<Inserted>), StoreError> {
         let round = async {
             match &self.commit_lock {
-                Some(lock) => self.store.insert_locked(messages, lock).await,
+                Some(lock) => {
+                    self.store
+                        .insert_locked(messages, lock, self.keep_lock)
+                        .await
+                }
                 None => self.store.insert(messages).await.map(|r| (0, r)),
             }
         };
@@ -370,6 +452,29 @@ impl From<Inserted> for Outcome {
             Inserted::Stored(id) => Outcome::Stored(id),
             Inserted::Duplicate(id) => Outcome::Duplicate(id),
         }
+    }
+}
+
+/// The next submissions given back by the cluster's forwarding, into `batch`; 0 once that ended.
+/// Pending for ever without a cluster.
+async fn next_returned(
+    returned: &mut Option<mpsc::UnboundedReceiver<Submission>>,
+    batch: &mut Vec<Submission>,
+) -> usize {
+    match returned {
+        Some(rx) => rx.recv_many(batch, MAX_BATCH).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the role changed (an error once its sender is gone); pending for ever without
+/// a cluster.
+async fn next_change(
+    role: &mut Option<watch::Receiver<Role>>,
+) -> Result<(), watch::error::RecvError> {
+    match role {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -439,6 +544,8 @@ mod tests {
                 db_timeout: Duration::from_secs(5),
                 offsets: false,
                 commit_lock: None,
+                role: None,
+                returned: None,
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,

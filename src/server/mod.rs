@@ -16,6 +16,7 @@ pub mod origin;
 
 use crate::cluster;
 use crate::cluster::follower::Follower;
+use crate::cluster::lease::Lease;
 use crate::cluster::redis::{Endpoint, RedisBus};
 use crate::config::Config;
 use crate::delivery::fanout::Fanout;
@@ -26,8 +27,8 @@ use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
 use crate::protocol::sid::new_sid;
-use crate::sequencer::bus::Bus;
 use crate::sequencer::bus::LocalBus;
+use crate::sequencer::bus::{Bus, Role};
 use crate::sequencer::{Sequencer, SequencerOptions};
 use crate::store::{Store, StoreError};
 use http::App;
@@ -39,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -161,8 +162,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let max_message_bytes = usize::try_from(config.max_message_bytes)
         .unwrap_or(usize::MAX)
         .min(store.content_limit());
-    let (bus, commit_lock): (Box<dyn Bus>, Option<String>) = match redis {
-        None => (Box::new(LocalBus(broadcaster.clone())), None),
+    // Cancelled when shutdown begins (before the sequencer stops): a cluster's sequencer node
+    // gives up its lease then.
+    let shutdown = CancellationToken::new();
+    let mut cluster = None;
+    let mut options = SequencerOptions {
+        queue: 16 * 1024,
+        db_timeout: config.db_timeout(),
+        offsets: recovery,
+        commit_lock: None,
+        role: None,
+        returned: None,
+        metrics: metrics.clone(),
+    };
+    let bus: Box<dyn Bus> = match redis {
+        None => Box::new(LocalBus(broadcaster.clone())),
         Some(client) => {
             let node = new_sid()[..10].to_string();
             let _ = metrics.node.set(node.clone());
@@ -177,39 +191,54 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             );
             let asked = follower.clone();
             broadcaster.set_catch_up(move |id| asked.read_through(id));
-            let bus = RedisBus::start(
+            let (role_tx, role) = watch::channel(Role::Commit);
+            let (lease_tx, lease) = watch::channel(Lease {
+                role: Role::Commit,
+                sequencer: None,
+            });
+            cluster_tasks.spawn(cluster::lease::run(
+                client.clone(),
+                cluster::lease::key(&config.cluster_name),
+                node.clone(),
+                metrics.clone(),
+                role_tx,
+                lease_tx,
+                shutdown.clone(),
+                stop_cluster.clone(),
+            ));
+            let (bus, inbox, returned) = RedisBus::start(
                 Endpoint {
                     client,
+                    name: config.cluster_name.clone(),
                     channel: cluster::channel(&config.cluster_name),
                     node,
                 },
                 follower,
+                lease,
                 recovery,
                 max_message_bytes,
                 metrics.clone(),
                 &cluster_tasks,
                 stop_cluster.clone(),
             );
-            (
-                Box::new(bus),
-                Some(cluster::commit_lock(&config.cluster_name)),
-            )
+            options.commit_lock = Some(cluster::commit_lock(&config.cluster_name));
+            options.role = Some(role);
+            options.returned = Some(returned);
+            cluster = Some(inbox);
+            Box::new(bus)
         }
     };
     let sequencer = Sequencer::start(
         store.clone(),
         bus,
         broadcaster.published(),
-        SequencerOptions {
-            queue: 16 * 1024,
-            db_timeout: config.db_timeout(),
-            offsets: recovery,
-            commit_lock,
-            metrics: metrics.clone(),
-        },
+        options,
         &background,
         stop_sequencer.clone(),
     );
+    if let Some(inbox) = cluster {
+        inbox.start(sequencer.clone(), &cluster_tasks, stop_cluster.clone());
+    }
 
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|error| StartError::Listen {
@@ -220,7 +249,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|error| StartError::Listen { addr, error })?;
 
-    let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {

@@ -226,15 +226,18 @@ impl Store {
 
     /// As [`Store::insert`], for a cluster of relays on one MySQL/MariaDB database: under the
     /// named lock `lock`, so that commits are serialized across nodes, and returning the highest
-    /// id committed before the batch. SQLite has one writer and no cluster: refused.
+    /// id committed before the batch. With `keep` the lock stays taken for the next batch (the
+    /// node is the cluster's sequencer) until [`Store::release_lock`]. SQLite has one writer and
+    /// no cluster: refused.
     pub async fn insert_locked(
         &self,
         batch: &[&NewMessage],
         lock: &str,
+        keep: bool,
     ) -> Result<(u64, Vec<Inserted>), StoreError> {
         debug_assert!(batch.len() <= MAX_BATCH);
         match self {
-            Store::Mysql(s) => s.insert_locked(batch, lock).await,
+            Store::Mysql(s) => s.insert_locked(batch, lock, keep).await,
             Store::Sqlite(_) => Err(StoreError::other(
                 "cannot insert messages",
                 "a cluster needs a MySQL/MariaDB database".into(),
@@ -244,6 +247,13 @@ impl Store {
                 let prev = s.max_id().await?;
                 s.insert(batch).await.map(|r| (prev, r))
             }
+        }
+    }
+
+    /// Lets go of a commit lock [`Store::insert_locked`] kept.
+    pub async fn release_lock(&self, lock: &str) {
+        if let Store::Mysql(s) = self {
+            s.release_lock(lock).await;
         }
     }
 

@@ -8,7 +8,14 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import net from "node:net";
 import { io } from "socket.io-client";
-import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout } from "./helpers.mjs";
+import { startRelay, connected, collect, emitAck, newOffset, closeAll, mysqlExec, withTimeout, until } from "./helpers.mjs";
+
+/** A metric of a relay, read from its `/metrics` (0 when absent). */
+async function metric(relay, name) {
+  const text = await (await fetch(`http://127.0.0.1:${relay.port}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
 
 /** A free TCP port on 127.0.0.1. */
 function freePort() {
@@ -157,8 +164,21 @@ for (const fault of ["SIGKILL of one node", "a rolling restart of every node"]) 
       await ackedAtLeast(30);
 
       if (fault.startsWith("SIGKILL")) {
-        relays[1].proc.kill("SIGKILL");
+        // Kill the sequencer, once the other nodes forward their messages to it: what it had
+        // taken and not answered is committed by the nodes that forwarded it, once.
+        let sequencer = -1;
+        await until(async () => {
+          const roles = await Promise.all(relays.map((r) => metric(r, "relay_sequencer")));
+          const forwarded = await Promise.all(relays.map((r) => metric(r, "relay_forwarded_total")));
+          sequencer = roles.indexOf(1);
+          return sequencer >= 0 && forwarded.some((n) => n > 0);
+        }, "a sequencer node, and messages forwarded to it");
+        relays[sequencer].proc.kill("SIGKILL");
         await ackedAtLeast(acked.size + 60);
+        // Another node took the lease over.
+        const alive = relays.filter((_, i) => i !== sequencer);
+        await until(async () => (await Promise.all(alive.map((r) => metric(r, "relay_sequencer")))).includes(1), "a new sequencer");
+        await ackedAtLeast(acked.size + 30);
       } else {
         for (let i = 0; i < 3; i++) {
           const exit = await relays[i].stop({ dropDatabase: false });

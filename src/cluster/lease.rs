@@ -1,0 +1,180 @@
+//! The sequencer lease: which node of a cluster commits every node's messages
+//! ([`super::forward`]).
+//!
+//! A Redis key, `<cluster name>:sequencer`, holds the id of the node that has the lease, with a
+//! time to live of [`LEASE_TTL`]. Every node runs one script every [`LEASE_RENEW`]: take the key
+//! when it is free, extend it when it is ours, and read whose it is. The result sets this node's
+//! [`Role`] for its writer: the sequencer, a node forwarding to it, or (bus down, Redis not
+//! answering, shutting down) a node committing its own messages under the per-batch commit lock.
+//!
+//! The lease only decides who does the work, never correctness: two nodes that both believe
+//! they hold it still commit one at a time under the commit lock. A node that is going away gives
+//! the lease up first, so the next node takes over within one renewal.
+//!
+//! Must not: be needed for order or dedupe.
+
+use crate::metrics::Metrics;
+use crate::sequencer::bus::Role;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::{timeout, Duration};
+use tokio_util::sync::CancellationToken;
+
+/// How long the lease lasts without renewal (a killed sequencer is replaced within this).
+pub const LEASE_TTL: Duration = Duration::from_millis(2000);
+/// How often every node renews or reads the lease.
+pub const LEASE_RENEW: Duration = Duration::from_millis(500);
+/// How often a node whose bus is down looks whether it is up again.
+const BUS_DOWN_CHECK: Duration = Duration::from_millis(50);
+
+/// Take the lease if free, extend it if ours; return the holder.
+const CLAIM: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return holder
+";
+
+/// Give the lease up if it is ours.
+const RESIGN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// The Redis key of the lease.
+pub fn key(cluster: &str) -> String {
+    format!("{cluster}:sequencer")
+}
+
+/// What the lease says now: this node's role, and the sequencer's node id when another node is
+/// the sequencer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub role: Role,
+    pub sequencer: Option<String>,
+}
+
+impl Lease {
+    fn alone() -> Lease {
+        Lease {
+            role: Role::Commit,
+            sequencer: None,
+        }
+    }
+}
+
+/// Keeps `lease` (and `role`, the writer's view of it) up to date until `stop`; from `resign`
+/// on, this node gives the lease up and commits its own messages. Reads the bus state from
+/// `metrics.bus_up`: with the bus down no node can forward, so every node commits alone.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: redis::Client,
+    key: String,
+    node: String,
+    metrics: Arc<Metrics>,
+    role: watch::Sender<Role>,
+    lease: watch::Sender<Lease>,
+    resign: CancellationToken,
+    stop: CancellationToken,
+) {
+    let claim = redis::Script::new(CLAIM);
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let ttl = LEASE_TTL.as_millis() as u64;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = resign.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let bus_up = metrics.bus_up.load(Ordering::Relaxed) == 1;
+        // Until the bus is up, look often: forwarding starts as soon as it can.
+        wait = if bus_up { LEASE_RENEW } else { BUS_DOWN_CHECK };
+        let now = if !bus_up {
+            Lease::alone()
+        } else {
+            let held = timeout(LEASE_RENEW, async {
+                if conn.is_none() {
+                    conn = Some(client.get_multiplexed_async_connection().await?);
+                }
+                let c = conn.as_mut().expect("connected above");
+                claim
+                    .key(&key)
+                    .arg(&node)
+                    .arg(ttl)
+                    .invoke_async::<String>(c)
+                    .await
+            })
+            .await;
+            match held {
+                Ok(Ok(holder)) if holder == node => Lease {
+                    role: Role::Sequencer,
+                    sequencer: None,
+                },
+                Ok(Ok(holder)) => Lease {
+                    role: Role::Forward,
+                    sequencer: Some(holder),
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot read the sequencer lease");
+                    conn = None;
+                    Lease::alone()
+                }
+                Err(_) => {
+                    tracing::debug!("reading the sequencer lease timed out");
+                    conn = None;
+                    Lease::alone()
+                }
+            }
+        };
+        set(&role, &lease, &metrics, &node, now);
+    }
+    set(&role, &lease, &metrics, &node, Lease::alone());
+    // Give it up, so that the next node need not wait for it to expire.
+    let resigned = timeout(Duration::from_secs(1), async {
+        let mut c = match conn {
+            Some(c) => c,
+            None => client.get_multiplexed_async_connection().await?,
+        };
+        redis::Script::new(RESIGN)
+            .key(&key)
+            .arg(&node)
+            .invoke_async::<i64>(&mut c)
+            .await
+    })
+    .await;
+    if let Ok(Ok(1)) = resigned {
+        tracing::info!(node, "gave up the sequencer lease");
+    }
+}
+
+fn set(
+    role: &watch::Sender<Role>,
+    lease: &watch::Sender<Lease>,
+    metrics: &Metrics,
+    node: &str,
+    now: Lease,
+) {
+    let was = lease.borrow().role;
+    if was != now.role {
+        tracing::info!(node, role = ?now.role, sequencer = ?now.sequencer, "cluster role");
+    }
+    metrics
+        .sequencer
+        .store(u64::from(now.role == Role::Sequencer), Ordering::Relaxed);
+    role.send_if_modified(|r| std::mem::replace(r, now.role) != now.role);
+    lease.send_if_modified(|l| {
+        let changed = *l != now;
+        *l = now;
+        changed
+    });
+}
