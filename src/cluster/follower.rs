@@ -13,6 +13,7 @@
 use crate::delivery::batch::{Batch, Message};
 use crate::delivery::Broadcaster;
 use crate::metrics::Metrics;
+use crate::sequencer::Receipt;
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,8 @@ const FILL_PAGE: usize = 1000;
 
 enum Event {
     Batch(Arc<Batch>),
+    /// Receipts to hand over once what came before them is applied.
+    Answer(Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>),
     /// Publish up to the id; answer on the sender once the database was read after this request.
     CatchUp(u64, Option<oneshot::Sender<()>>),
 }
@@ -75,6 +78,20 @@ impl Follower {
     /// A committed batch (this node's, or another's from the bus).
     pub fn offer(&self, batch: Arc<Batch>) {
         let _ = self.events.send(Event::Batch(batch));
+    }
+
+    /// Sends each receipt to its session once every batch offered before this call has been
+    /// applied if it could be: a receipt for a row of such a batch then finds the row published
+    /// here, and its session delivers the row with the ack at once.
+    pub fn answer(&self, receipts: Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>) {
+        if let Err(e) = self.events.send(Event::Answer(receipts)) {
+            // The follower has stopped: answer directly.
+            if let Event::Answer(receipts) = e.0 {
+                for (to, r) in receipts {
+                    let _ = to.send(r);
+                }
+            }
+        }
     }
 
     /// Message `id` is committed: publish everything up to it (`u64::MAX`: up to the newest).
@@ -132,6 +149,11 @@ impl State {
                     Some(Event::Batch(batch)) => {
                         quiet_since = Instant::now();
                         self.offer(batch);
+                    }
+                    Some(Event::Answer(receipts)) => {
+                        for (to, r) in receipts {
+                            let _ = to.send(r);
+                        }
                     }
                     Some(Event::CatchUp(id, answer)) => {
                         if id <= self.published {
@@ -347,6 +369,25 @@ mod tests {
         assert_eq!(ids(&b), [1, 2], "waits briefly for the bus");
         tokio::time::sleep(GAP_WAIT * 2).await;
         assert_eq!(ids(&b), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receipt_is_handed_over_after_the_batches_offered_before_it() {
+        let store = store_with(2).await;
+        let (f, b, _tasks) = follower(&store).await;
+        let (to, mut receipts) = mpsc::unbounded_channel();
+        f.offer(batch(0, &[1, 2]));
+        f.answer(vec![(
+            to,
+            Receipt {
+                ack_id: Some(7),
+                outcome: crate::sequencer::Outcome::Stored(2),
+                batch: None,
+            },
+        )]);
+        let r = receipts.recv().await.expect("a receipt");
+        assert_eq!(r.ack_id, Some(7));
+        assert_eq!(ids(&b), [1, 2], "its row was published first");
     }
 
     #[tokio::test(start_paused = true)]

@@ -148,6 +148,24 @@ pub struct Outgoing {
     pub forwarded: Vec<u64>,
 }
 
+/// What [`Forwarder::resolve`] answered.
+#[derive(Default)]
+pub struct Resolved {
+    /// Each receipt, with its session's channel.
+    pub receipts: Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>,
+    /// The ids of the duplicates answered.
+    pub duplicates: Vec<u64>,
+}
+
+impl Resolved {
+    /// Sends the receipts at once (tests, and when no follower is at hand).
+    pub fn send(self) {
+        for (to, r) in self.receipts {
+            let _ = to.send(r);
+        }
+    }
+}
+
 /// The origin's side: forwards this node's submissions to the sequencer node, one forward in
 /// flight at a time, and answers them as the replies come. Cheap to clone.
 ///
@@ -259,14 +277,15 @@ impl Forwarder {
     /// carries the batch holding its row when `batch_of` has it (the bus brings the batch before
     /// the replies), so its session delivers the row with the ack at once. Once none is pending,
     /// what was held goes to `sequencer` (or, with none known, back to this node's writer).
-    /// Returns the ids of the duplicates answered: rows this node may not have published yet
-    /// (the caller has its follower catch up to them).
+    /// Returns the receipts, for the caller to hand to the sessions (through its follower, after
+    /// the batches before them), and the ids of the duplicates answered: rows this node may not
+    /// have published yet (the caller has its follower catch up to them).
     pub fn resolve(
         &self,
         replies: Vec<(u64, Reply)>,
         sequencer: Option<&str>,
         batch_of: impl Fn(u64) -> Option<Arc<Batch>>,
-    ) -> Vec<u64> {
+    ) -> Resolved {
         let mut back = Vec::new();
         let mut answered = Vec::with_capacity(replies.len());
         {
@@ -281,24 +300,25 @@ impl Forwarder {
             }
             back.extend(self.next_forward(&mut state, sequencer));
         }
-        let mut duplicates = Vec::new();
+        let mut resolved = Resolved::default();
         for (s, outcome) in answered {
             let batch = match outcome {
                 Outcome::Stored(id) => batch_of(id),
                 Outcome::Duplicate(id) => {
-                    duplicates.push(id);
+                    resolved.duplicates.push(id);
                     None
                 }
                 _ => None,
             };
-            let _ = s.reply_to.send(Receipt {
+            let receipt = Receipt {
                 ack_id: s.ack_id,
                 outcome,
                 batch,
-            });
+            };
+            resolved.receipts.push((s.reply_to, receipt));
         }
         self.send_back(back);
-        duplicates
+        resolved
     }
 
     /// Gives the pending submissions `reqs` back to this node's writer (no node took them).
@@ -497,7 +517,7 @@ mod tests {
         assert_eq!(forwarder.pending(), (4, 0));
 
         // Stored and duplicate are answered; "back" returns to this node's writer.
-        let duplicates = forwarder.resolve(
+        let resolved = forwarder.resolve(
             vec![
                 (reqs[0], Reply::Done(Outcome::Stored(11))),
                 (reqs[1], Reply::Done(Outcome::Duplicate(5))),
@@ -508,7 +528,8 @@ mod tests {
             Some("seq"),
             |id| (id == 11).then(|| crate::delivery::testing::batch(10, &[11])),
         );
-        assert_eq!(duplicates, [5]);
+        assert_eq!(resolved.duplicates, [5]);
+        resolved.send();
         let r0 = receipts.try_recv().unwrap();
         let r1 = receipts.try_recv().unwrap();
         assert_eq!(
@@ -528,11 +549,13 @@ mod tests {
         assert_eq!(returned.try_recv().unwrap().message.client_offset, "o3");
         assert_eq!(forwarder.pending(), (0, 0));
         // A late reply for it is ignored: the writer answers it.
-        forwarder.resolve(
-            vec![(reqs[3], Reply::Done(Outcome::Stored(14)))],
-            Some("seq"),
-            |_| None,
-        );
+        forwarder
+            .resolve(
+                vec![(reqs[3], Reply::Done(Outcome::Stored(14)))],
+                Some("seq"),
+                |_| None,
+            )
+            .send();
         assert!(receipts.try_recv().is_err());
     }
 
@@ -549,20 +572,24 @@ mod tests {
             "held while the first is in flight"
         );
         assert_eq!(forwarder.pending(), (1, 2));
-        forwarder.resolve(
-            vec![(first[0], Reply::Done(Outcome::Stored(1)))],
-            Some("seq"),
-            |_| None,
-        );
+        forwarder
+            .resolve(
+                vec![(first[0], Reply::Done(Outcome::Stored(1)))],
+                Some("seq"),
+                |_| None,
+            )
+            .send();
         let second = forwarded(published.try_recv().unwrap());
         assert_eq!(second.len(), 2, "one forward for both");
         // No sequencer known any more when the second is answered "back": held ones come home.
         forwarder.forward("seq", &mut vec![submission("d", 3, &reply_to)]);
-        forwarder.resolve(
-            second.iter().map(|&r| (r, Reply::Back)).collect(),
-            None,
-            |_| None,
-        );
+        forwarder
+            .resolve(
+                second.iter().map(|&r| (r, Reply::Back)).collect(),
+                None,
+                |_| None,
+            )
+            .send();
         let back: Vec<String> = std::iter::from_fn(|| returned.try_recv().ok())
             .map(|s| s.message.client_offset)
             .collect();

@@ -395,10 +395,12 @@ async fn subscribe(
                                         .find(|b| id > b.prev && id <= b.last())
                                         .cloned()
                                 };
-                                for id in forwarder.resolve(replies, sequencer.as_deref(), batch_of)
-                                {
+                                let resolved =
+                                    forwarder.resolve(replies, sequencer.as_deref(), batch_of);
+                                for id in resolved.duplicates {
                                     follower.catch_up(id);
                                 }
+                                follower.answer(resolved.receipts);
                             }
                             None => {
                                 metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
