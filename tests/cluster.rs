@@ -2,7 +2,8 @@
 //! `redis-server` on a free port, stopped by its PID) form one chat. Every client on every node
 //! sees the table's ids in order, once; a retry on another node is acked, not stored twice; a
 //! node that starts late begins at the database's watermark; a Redis that goes away costs
-//! latency, never a message.
+//! latency, never a message; the nodes forward to the sequencer, and a lease left by a node that
+//! is gone costs nothing.
 
 mod common;
 
@@ -199,6 +200,115 @@ async fn every_client_on_every_node_sees_the_table_in_order() {
             "replay on node {i}"
         );
     }
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+/// Each node's `name` metric.
+async fn metrics_of(nodes: &[Node], name: &str) -> Vec<f64> {
+    let mut values = Vec::new();
+    for n in nodes {
+        let (_, text) = http_get(n.addr, "/metrics").await;
+        values.push(metric(&text, name));
+    }
+    values
+}
+
+/// Waits until exactly one node holds the sequencer lease; returns its index.
+async fn sequencer_of(nodes: &[Node]) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let roles = metrics_of(nodes, "relay_sequencer").await;
+        if roles.iter().filter(|&&r| r == 1.0).count() == 1 {
+            return roles.iter().position(|&r| r == 1.0).unwrap_or(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no single sequencer: {roles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_nodes_forward_to_the_sequencer_and_order_holds() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    let sequencer = sequencer_of(&nodes).await;
+    // Let every node read the lease (renewed every 500 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        watchers.push(n.joined(0).await);
+    }
+    let per_sender = 20;
+    let mut senders = Vec::new();
+    for (i, n) in nodes.iter().cycle().take(9).enumerate() {
+        let c = n.joined(0).await;
+        senders.push(tokio::spawn(send_all(c, format!("s{i}"), per_sender)));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 9 * per_sender, "each message stored once");
+    for (i, w) in watchers.iter_mut().enumerate() {
+        assert_eq!(chats(w, ids.len()).await, ids, "live on node {i}");
+    }
+    // The two other nodes' messages went through the sequencer. (How many exactly is not a
+    // promise: a node that misses a lease renewal on a busy machine commits its own meanwhile.)
+    let forwarded = metrics_of(&nodes, "relay_forwarded_total").await;
+    let taken = metrics_of(&nodes, "relay_forwarded_in_total").await;
+    for i in 0..nodes.len() {
+        if i == sequencer {
+            assert_eq!(forwarded[i], 0.0, "the sequencer commits its own");
+            assert!(taken[i] > 0.0, "and the others': {taken:?}");
+        } else {
+            assert!(forwarded[i] > 0.0, "node {i} forwards: {forwarded:?}");
+        }
+    }
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_by_a_node_that_is_gone_costs_nothing() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    // A sequencer that died a moment ago: its lease is still there, no one listens on its channel.
+    let client = redis::Client::open(redis.url()).expect("redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{cluster}:sequencer"))
+        .arg("gone")
+        .arg("PX")
+        .arg(3000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watcher = nodes[0].joined(0).await;
+    let mut senders = Vec::new();
+    for (i, n) in nodes.iter().cycle().take(4).enumerate() {
+        let c = n.joined(0).await;
+        senders.push(tokio::spawn(send_all(c, format!("g{i}"), 10)));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 40);
+    assert_eq!(chats(&mut watcher, ids.len()).await, ids);
+    // Forwards no one listened to came straight back, and were committed by their own node.
+    let returned = metrics_of(&nodes, "relay_forward_returned_total").await;
+    assert!(returned.iter().sum::<f64>() > 0.0, "{returned:?}");
+    // Once the dead lease expired, one of the nodes took it.
+    sequencer_of(&nodes).await;
     drop(nodes);
     drop_database(&db).await;
 }
