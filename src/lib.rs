@@ -8,7 +8,7 @@
 //! | storage | [`store`] | the durable log (SQLite or MySQL) |
 //! | delivery | [`delivery`] | batches, the recent history, packet queues, the fan-out |
 //! | sequencer | [`sequencer`] | the one writer: group commit, then publish through its bus |
-//! | cluster | [`cluster`] | several relays on one database: the Redis bus, the ordered follower |
+//! | cluster | [`cluster`] | several relays on one database: the Redis bus, the ordered follower, the sequencer lease and forwarding |
 //! | Engine.IO | [`engine`] | the transport-neutral session: open, heartbeat, close |
 //! | transports | [`transport`] | WebSocket (polling belongs beside it) |
 //! | Socket.IO | [`namespace`] | the `/` namespace and the chat on it |
