@@ -182,7 +182,7 @@ struct Inner {
     /// To the publisher.
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// To this node's own writer: the messages given back.
-    returned: mpsc::UnboundedSender<Submission>,
+    local: mpsc::UnboundedSender<Submission>,
     /// This node's id, and the cluster's name (for the sequencer's channel).
     node: String,
     name: String,
@@ -203,26 +203,26 @@ struct Pending {
 }
 
 impl Forwarder {
-    /// A forwarder for node `node` of cluster `name`, publishing through `outbox`, and the
-    /// receiving end of what it gives back (for the writer,
-    /// [`crate::sequencer::SequencerOptions::returned`]).
+    /// A forwarder for node `node` of cluster `name`, publishing through `outbox` and giving
+    /// back to `local`, this node's writer
+    /// ([`crate::sequencer::SequencerOptions::local`]).
     pub fn new(
         node: &str,
         name: &str,
         outbox: mpsc::UnboundedSender<Outgoing>,
+        local: mpsc::UnboundedSender<Submission>,
         metrics: Arc<Metrics>,
-    ) -> (Forwarder, mpsc::UnboundedReceiver<Submission>) {
-        let (returned, rx) = mpsc::unbounded_channel();
+    ) -> Forwarder {
         let inner = Inner {
             state: Mutex::new(State::default()),
             next: AtomicU64::new(1),
             outbox,
-            returned,
+            local,
             node: node.to_string(),
             name: name.to_string(),
             metrics,
         };
-        (Forwarder(Arc::new(inner)), rx)
+        Forwarder(Arc::new(inner))
     }
 
     /// Forwards every submission of `batch` to node `sequencer` (`batch` is left empty): at once,
@@ -386,8 +386,12 @@ impl Forwarder {
     }
 
     fn send_back(&self, back: Vec<Submission>) {
+        self.0
+            .metrics
+            .forward_returned
+            .fetch_add(back.len() as u64, Ordering::Relaxed);
         for s in back {
-            if let Err(e) = self.0.returned.send(s) {
+            if let Err(e) = self.0.local.send(s) {
                 // The writer has stopped: nothing can commit it; the client retries.
                 let s = e.0;
                 let _ = s.reply_to.send(Receipt {
@@ -488,7 +492,8 @@ mod tests {
         mpsc::UnboundedReceiver<Submission>,
     ) {
         let (outbox, published) = mpsc::unbounded_channel();
-        let (f, returned) = Forwarder::new("me", "chat", outbox, Arc::new(Metrics::default()));
+        let (local, returned) = mpsc::unbounded_channel();
+        let f = Forwarder::new("me", "chat", outbox, local, Arc::new(Metrics::default()));
         (f, published, returned)
     }
 

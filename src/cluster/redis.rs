@@ -24,7 +24,7 @@ use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
 use crate::sequencer::bus::Bus;
-use crate::sequencer::{Receipt, Sequencer, Submission};
+use crate::sequencer::{Receipt, Submission};
 use crate::store::Row;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -63,21 +63,23 @@ pub struct Endpoint {
     pub node: String,
 }
 
-/// The sequencer's side of forwarding: takes the messages other nodes forward to this one,
-/// once this node's sequencer runs ([`Inbox::start`]).
-pub struct Inbox {
+/// The sequencer's side of forwarding: takes the messages other nodes forward to this one into
+/// this node's writer (committed here whatever this node's role, so a message is never forwarded
+/// twice), and answers each on its origin's channel.
+struct Inbox {
     forwards: mpsc::UnboundedReceiver<(String, Vec<(u64, NewMessage)>)>,
+    local: mpsc::UnboundedSender<Submission>,
     outbox: mpsc::UnboundedSender<Outgoing>,
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
 }
 
 impl RedisBus {
-    /// Starts the publisher, the subscriber, and the expiry of forwarded messages on `tasks`; all
-    /// end when `stop` is cancelled. Batches are published until then, so cancel it after the
-    /// sequencer stopped. `lease` says where to forward. Returns the bus, the sequencer's side of
-    /// forwarding, and the forwarded messages that come back, for this node's writer
-    /// ([`crate::sequencer::SequencerOptions::returned`]).
+    /// Starts the publisher, the subscriber, the inbox of forwarded messages and their expiry
+    /// on `tasks`; all end when `stop` is cancelled. Batches are published until then, so cancel
+    /// it after the sequencer stopped. `lease` says where to forward. Returns the bus, and what
+    /// this node's writer commits whatever its role
+    /// ([`crate::sequencer::SequencerOptions::local`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         endpoint: Endpoint,
@@ -88,10 +90,16 @@ impl RedisBus {
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> (RedisBus, Inbox, mpsc::UnboundedReceiver<Submission>) {
+    ) -> (RedisBus, mpsc::UnboundedReceiver<Submission>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (forwarder, returned) =
-            Forwarder::new(&endpoint.node, &endpoint.name, tx.clone(), metrics.clone());
+        let (local, local_rx) = mpsc::unbounded_channel();
+        let forwarder = Forwarder::new(
+            &endpoint.node,
+            &endpoint.name,
+            tx.clone(),
+            local.clone(),
+            metrics.clone(),
+        );
         let (forwards_tx, forwards) = mpsc::unbounded_channel();
         tasks.spawn(publish(
             endpoint.clone(),
@@ -111,13 +119,15 @@ impl RedisBus {
             metrics.clone(),
             stop.clone(),
         ));
-        tasks.spawn(expire(forwarder.clone(), stop));
+        tasks.spawn(expire(forwarder.clone(), stop.clone()));
         let inbox = Inbox {
             forwards,
+            local,
             outbox: tx.clone(),
             endpoint: endpoint.clone(),
             metrics,
         };
+        tasks.spawn(inbox.run(stop));
         let bus = RedisBus {
             follower,
             outbox: tx,
@@ -125,7 +135,7 @@ impl RedisBus {
             forwarder,
             lease,
         };
-        (bus, inbox, returned)
+        (bus, local_rx)
     }
 }
 
@@ -153,14 +163,10 @@ impl Bus for RedisBus {
 }
 
 impl Inbox {
-    /// Starts taking forwarded messages into `sequencer` on `tasks`, answering each on its
-    /// origin's channel, until `stop`. A message the sequencer cannot take (stopping, queue full)
-    /// is answered `back`: its origin commits it.
-    pub fn start(self, sequencer: Sequencer, tasks: &TaskTracker, stop: CancellationToken) {
-        tasks.spawn(self.run(sequencer, stop));
-    }
-
-    async fn run(mut self, sequencer: Sequencer, stop: CancellationToken) {
+    /// Takes forwarded messages into this node's writer, answering each on its origin's
+    /// channel, until `stop`. A message the writer cannot take (it has stopped) is answered
+    /// `back`: its origin commits it.
+    async fn run(mut self, stop: CancellationToken) {
         let (reply_to, mut receipts) = mpsc::unbounded_channel::<Receipt>();
         // Our key for each forwarded message in the sequencer (its ack id) -> (origin, request).
         let mut taken: HashMap<u64, (String, u64)> = HashMap::new();
@@ -192,7 +198,7 @@ impl Inbox {
                             ack_id: Some(next_key),
                             reply_to: reply_to.clone(),
                         };
-                        match sequencer.try_submit(submission) {
+                        match self.local.send(submission) {
                             Ok(()) => {
                                 taken.insert(next_key, (origin.clone(), req));
                             }

@@ -819,7 +819,7 @@ mod tests {
                 offsets: window.is_some(),
                 commit_lock: None,
                 role: None,
-                returned: None,
+                local: None,
                 metrics: metrics.clone(),
             },
             &tasks,

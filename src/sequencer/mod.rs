@@ -87,9 +87,10 @@ pub struct SequencerOptions {
     pub commit_lock: Option<String>,
     /// With a cluster: where submissions are committed now ([`Role`]); `None`: always here.
     pub role: Option<watch::Receiver<Role>>,
-    /// With a cluster: submissions this node forwarded that came back unanswered (the sequencer
-    /// node went away); they are committed here.
-    pub returned: Option<mpsc::UnboundedReceiver<Submission>>,
+    /// With a cluster: submissions committed here whatever the role — those other nodes
+    /// forwarded to this one, and those this node forwarded that came back unanswered (the
+    /// sequencer node went away).
+    pub local: Option<mpsc::UnboundedReceiver<Submission>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -118,7 +119,7 @@ impl Sequencer {
             lock_kept: false,
             metrics: options.metrics,
         };
-        tasks.spawn(writer.run(queue, options.role, options.returned, stop));
+        tasks.spawn(writer.run(queue, options.role, options.local, stop));
         Sequencer { submissions }
     }
 
@@ -156,7 +157,7 @@ impl Writer {
         mut self,
         mut queue: mpsc::Receiver<Submission>,
         mut role: Option<watch::Receiver<Role>>,
-        mut returned: Option<mpsc::UnboundedReceiver<Submission>>,
+        mut local: Option<mpsc::UnboundedReceiver<Submission>>,
         stop: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -171,12 +172,11 @@ impl Writer {
             self.keep_lock = now == Role::Sequencer;
             tokio::select! {
                 biased;
-                n = next_returned(&mut returned, &mut back) => {
+                n = next_local(&mut local, &mut back) => {
                     if n == 0 {
-                        returned = None;
+                        local = None;
                         continue;
                     }
-                    self.metrics.forward_returned.fetch_add(n as u64, Ordering::Relaxed);
                     std::mem::swap(&mut batch, &mut back);
                 }
                 n = queue.recv_many(&mut batch, MAX_BATCH) => {
@@ -212,6 +212,14 @@ impl Writer {
             self.lock_kept = self.keep_lock;
             self.commit(&mut batch).await;
             batch.clear();
+        }
+        // What other nodes forwarded meanwhile is committed too (later ones are answered `back`).
+        if let Some(mut local) = local {
+            local.close();
+            while local.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                self.commit(&mut batch).await;
+                batch.clear();
+            }
         }
         self.release_lock().await;
         tracing::debug!("sequencer stopped");
@@ -455,13 +463,13 @@ impl From<Inserted> for Outcome {
     }
 }
 
-/// The next submissions given back by the cluster's forwarding, into `batch`; 0 once that ended.
-/// Pending for ever without a cluster.
-async fn next_returned(
-    returned: &mut Option<mpsc::UnboundedReceiver<Submission>>,
+/// The next submissions to commit here whatever the role, into `batch`; 0 once that channel
+/// ended. Pending for ever without a cluster.
+async fn next_local(
+    local: &mut Option<mpsc::UnboundedReceiver<Submission>>,
     batch: &mut Vec<Submission>,
 ) -> usize {
-    match returned {
+    match local {
         Some(rx) => rx.recv_many(batch, MAX_BATCH).await,
         None => std::future::pending().await,
     }
@@ -545,7 +553,7 @@ mod tests {
                 offsets: false,
                 commit_lock: None,
                 role: None,
-                returned: None,
+                local: None,
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,

@@ -165,14 +165,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Cancelled when shutdown begins (before the sequencer stops): a cluster's sequencer node
     // gives up its lease then.
     let shutdown = CancellationToken::new();
-    let mut cluster = None;
     let mut options = SequencerOptions {
         queue: 16 * 1024,
         db_timeout: config.db_timeout(),
         offsets: recovery,
         commit_lock: None,
         role: None,
-        returned: None,
+        local: None,
         metrics: metrics.clone(),
     };
     let bus: Box<dyn Bus> = match redis {
@@ -206,7 +205,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 shutdown.clone(),
                 stop_cluster.clone(),
             ));
-            let (bus, inbox, returned) = RedisBus::start(
+            let (bus, local) = RedisBus::start(
                 Endpoint {
                     client,
                     name: config.cluster_name.clone(),
@@ -223,8 +222,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             );
             options.commit_lock = Some(cluster::commit_lock(&config.cluster_name));
             options.role = Some(role);
-            options.returned = Some(returned);
-            cluster = Some(inbox);
+            options.local = Some(local);
             Box::new(bus)
         }
     };
@@ -236,9 +234,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         &background,
         stop_sequencer.clone(),
     );
-    if let Some(inbox) = cluster {
-        inbox.start(sequencer.clone(), &cluster_tasks, stop_cluster.clone());
-    }
 
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|error| StartError::Listen {
