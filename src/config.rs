@@ -101,7 +101,7 @@ pub struct Config {
     pub recovery_window_ms: u64,
 
     /// Cluster mode: several relays on one MySQL/MariaDB database form one chat through this
-    /// Redis (redis://HOST[:PORT][/DB]). Unset: a single node.
+    /// Redis (redis://HOST[:PORT][/DB], or rediss://… over TLS). Unset: a single node.
     #[arg(long, env = "CLUSTER_URL")]
     pub cluster_url: Option<String>,
 

@@ -26,6 +26,8 @@ fn free_port() -> u16 {
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// With TLS only (no plain port): the directory holding its certificate and key.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -33,6 +35,85 @@ impl Redis {
         let mut r = Redis {
             port: free_port(),
             child: None,
+            tls: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// One that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA of the test's
+    /// own (`ca.crt` in `dir`; made with the `openssl` command).
+    fn start_tls(dir: &std::path::Path) -> Redis {
+        std::fs::create_dir_all(dir).expect("a directory for the certificates");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [&[&str]; 3] = [
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=relay test CA",
+                ],
+            ]
+            .concat(),
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+            ],
+        ];
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+        for args in steps {
+            let done = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("the openssl command");
+            assert!(done.success(), "openssl {args:?}");
+        }
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            tls: Some(dir.to_path_buf()),
         };
         r.restart();
         r
@@ -40,8 +121,21 @@ impl Redis {
 
     /// Starts it (again) on its port, and waits until it answers.
     fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
@@ -65,13 +159,21 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -309,6 +411,34 @@ async fn a_lease_held_by_a_node_that_is_gone_costs_nothing() {
     assert!(returned.iter().sum::<f64>() > 0.0, "{returned:?}");
     // Once the dead lease expired, one of the nodes took it.
     sequencer_of(&nodes).await;
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_runs_over_tls_with_rediss() {
+    let (db, cluster) = fresh();
+    let redis = Redis::start_tls(&std::env::temp_dir().join(format!("{db}-tls")));
+    let ca = redis.tls.as_ref().map(|d| d.join("ca.crt")).expect("TLS");
+    let ca = ca.to_str().expect("a UTF-8 path");
+    // The relays trust the test's CA as the system's roots are extended: `SSL_CERT_FILE`.
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start_with(&db, &redis, &cluster, &[("SSL_CERT_FILE", ca)]))
+        .collect();
+    for n in &nodes {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let sequencer = sequencer_of(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // both have read the lease
+    let mut watcher = nodes[sequencer].joined(0).await;
+    let other = &nodes[1 - sequencer];
+    let c = other.joined(0).await;
+    send_all(c, "tls".into(), 10).await;
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 10);
+    assert_eq!(chats(&mut watcher, 10).await, ids);
+    let (_, text) = http_get(other.addr, "/metrics").await;
+    assert!(metric(&text, "relay_forwarded_total") > 0.0, "{text}");
     drop(nodes);
     drop_database(&db).await;
 }

@@ -25,9 +25,9 @@ pub const MAX_NAME: usize = 48;
 
 /// Checks a cluster URL and name, and says what is wrong in one line.
 pub fn check(url: &str, name: &str) -> Result<(), String> {
-    if !url.starts_with("redis://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Err(format!(
-            "CLUSTER_URL {url:?}: expected redis://HOST[:PORT][/DB] (rediss:// is not supported by this build)"
+            "CLUSTER_URL {url:?}: expected redis://HOST[:PORT][/DB], or rediss://… for TLS"
         ));
     }
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -61,10 +61,10 @@ mod tests {
     #[test]
     fn urls_and_names_are_checked() {
         assert!(check("redis://127.0.0.1:6379/0", "relay").is_ok());
-        assert!(check("rediss://x", "relay")
+        assert!(check("rediss://redis.example:6380", "relay").is_ok());
+        assert!(check("http://x", "relay")
             .unwrap_err()
             .contains("rediss://"));
-        assert!(check("http://x", "relay").is_err());
         assert!(check("redis://x", "").is_err());
         assert!(check("redis://x", "a b").is_err());
         assert!(check("redis://x", &"n".repeat(49)).is_err());

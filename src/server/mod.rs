@@ -125,6 +125,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                         .into(),
                 ));
             }
+            if url.starts_with("rediss://") {
+                // redis-rs's TLS (rustls) uses the process's crypto provider; the server's
+                // certificate is checked against the system's roots (`SSL_CERT_FILE` /
+                // `SSL_CERT_DIR` to add others). Installing fails only if one is installed.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
             let client = redis::Client::open(url.as_str())
                 .map_err(|e| StartError::Config(format!("CLUSTER_URL: {e}")))?;
             Some(client)
