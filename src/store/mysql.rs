@@ -264,8 +264,8 @@ impl MysqlStore {
     /// next batch then needs neither `GET_LOCK` nor the read of the highest id, since no one else
     /// committed meanwhile; three round trips fewer per group commit. It is kept for at most
     /// [`KEEP_LOCK_FOR`] at a time, so that a node committing on its own meanwhile waits no
-    /// longer; [`MysqlStore::release_lock`] lets go of it sooner. Errors: the lock not granted within `LOCK_WAIT_SECS` (5 s), and those of
-    /// [`MysqlStore::insert`].
+    /// longer; [`MysqlStore::release_lock`] lets go of it sooner. Errors: the lock not granted
+    /// within `LOCK_WAIT_SECS` (5 s), and those of [`MysqlStore::insert`].
     pub async fn insert_locked(
         &self,
         batch: &[&NewMessage],
