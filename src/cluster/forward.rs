@@ -225,16 +225,28 @@ impl Forwarder {
         Forwarder(Arc::new(inner))
     }
 
-    /// Forwards every submission of `batch` to node `sequencer` (`batch` is left empty): at once,
-    /// or, while an earlier forward waits for its replies, with the next forward.
-    pub fn forward(&self, sequencer: &str, batch: &mut Vec<Submission>) {
+    /// Takes the submissions of `batch` to forward them to node `sequencer`: at once, or, while
+    /// an earlier forward waits for its replies, with the next forward (or back to this node's
+    /// writer behind it, if there is no sequencer to forward to by then). With nothing in flight
+    /// and no `sequencer`, it leaves them in `batch`, to be committed here.
+    ///
+    /// So one node's messages keep their order: while any of them is on its way through the
+    /// sequencer, the later ones follow it, whatever the lease says meanwhile.
+    pub fn forward(&self, sequencer: Option<&str>, batch: &mut Vec<Submission>) {
         let mut state = self.lock();
-        if state.pending.is_empty() {
+        if !state.pending.is_empty() || !state.held.is_empty() {
+            state.held.append(batch);
+        } else if let Some(sequencer) = sequencer {
             let fresh = std::mem::take(batch);
             self.send(&mut state, sequencer, fresh);
-        } else {
-            state.held.append(batch);
         }
+    }
+
+    /// Whether submissions of this node are forwarded and not answered, or held: later ones must
+    /// go the same way ([`Forwarder::forward`]).
+    pub fn busy(&self) -> bool {
+        let state = self.lock();
+        !state.pending.is_empty() || !state.held.is_empty()
     }
 
     /// Sends `submissions` as pending forwards, a message of at most [`MAX_BATCH`] each.
@@ -286,19 +298,23 @@ impl Forwarder {
         sequencer: Option<&str>,
         batch_of: impl Fn(u64) -> Option<Arc<Batch>>,
     ) -> Resolved {
-        let mut back = Vec::new();
         let mut answered = Vec::with_capacity(replies.len());
         {
             let mut state = self.lock();
+            let mut back = Vec::new();
             for (req, reply) in replies {
                 if let Some(p) = state.pending.remove(&req) {
                     match reply {
                         Reply::Done(outcome) => answered.push((p.submission, outcome)),
-                        Reply::Back => back.push(p.submission),
+                        Reply::Back => back.push((req, p.submission)),
                     }
                 }
             }
+            back.sort_unstable_by_key(|(req, _)| *req);
+            let mut back: Vec<Submission> = back.into_iter().map(|(_, s)| s).collect();
             back.extend(self.next_forward(&mut state, sequencer));
+            // Under the lock: the writer sees them before it sees nothing in flight.
+            self.send_back(back);
         }
         let mut resolved = Resolved::default();
         for (s, outcome) in answered {
@@ -317,21 +333,18 @@ impl Forwarder {
             };
             resolved.receipts.push((s.reply_to, receipt));
         }
-        self.send_back(back);
         resolved
     }
 
     /// Gives the pending submissions `reqs` back to this node's writer (no node took them).
     pub fn give_back(&self, reqs: &[u64]) {
-        let back = {
-            let mut state = self.lock();
-            let mut back = take_pending(&mut state, reqs);
-            // Nothing is in flight any more: what was held would wait for nothing.
-            if state.pending.is_empty() {
-                back.append(&mut state.held);
-            }
-            back
-        };
+        let mut state = self.lock();
+        let mut back = take_pending(&mut state, reqs);
+        // Nothing is in flight any more: what was held would wait for nothing.
+        if state.pending.is_empty() {
+            back.append(&mut state.held);
+        }
+        // Under the lock: the writer sees them before it sees nothing in flight.
         self.send_back(back);
     }
 
@@ -339,28 +352,28 @@ impl Forwarder {
     /// pending, those held). Returns how many were overdue.
     pub fn expire(&self, timeout: Duration) -> usize {
         let now = Instant::now();
-        let (n, back) = {
-            let mut state = self.lock();
-            let old: Vec<u64> = state
-                .pending
-                .iter()
-                .filter(|(_, p)| now.duration_since(p.since) >= timeout)
-                .map(|(&r, _)| r)
-                .collect();
-            let mut back = take_pending(&mut state, &old);
-            if state.pending.is_empty() {
-                back.append(&mut state.held);
-            }
-            (old.len(), back)
-        };
-        if n > 0 {
-            tracing::warn!(
-                count = n,
-                "the sequencer node did not answer forwarded messages in time; committing them here"
-            );
+        let mut state = self.lock();
+        let mut old: Vec<u64> = state
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) >= timeout)
+            .map(|(&r, _)| r)
+            .collect();
+        if old.is_empty() {
+            return 0;
         }
+        old.sort_unstable(); // in the order they were submitted
+        let mut back = take_pending(&mut state, &old);
+        if state.pending.is_empty() {
+            back.append(&mut state.held);
+        }
+        tracing::warn!(
+            count = old.len(),
+            "the sequencer node did not answer forwarded messages in time; committing them here"
+        );
+        // Under the lock: the writer sees them before it sees nothing in flight.
         self.send_back(back);
-        n
+        old.len()
     }
 
     /// Submissions forwarded and not answered yet, and those held for the next forward.
@@ -516,7 +529,7 @@ mod tests {
         let mut batch: Vec<Submission> = (0..4)
             .map(|i| submission(&format!("o{i}"), i, &reply_to))
             .collect();
-        forwarder.forward("seq", &mut batch);
+        forwarder.forward(Some("seq"), &mut batch);
         assert!(batch.is_empty());
         let reqs = forwarded(published.try_recv().unwrap());
         assert_eq!(forwarder.pending(), (4, 0));
@@ -568,10 +581,10 @@ mod tests {
     fn while_a_forward_is_in_flight_what_comes_goes_together_in_the_next() {
         let (forwarder, mut published, mut returned) = forwarder();
         let (reply_to, _receipts) = mpsc::unbounded_channel();
-        forwarder.forward("seq", &mut vec![submission("a", 0, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("a", 0, &reply_to)]);
         let first = forwarded(published.try_recv().unwrap());
-        forwarder.forward("seq", &mut vec![submission("b", 1, &reply_to)]);
-        forwarder.forward("seq", &mut vec![submission("c", 2, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("c", 2, &reply_to)]);
         assert!(
             published.try_recv().is_err(),
             "held while the first is in flight"
@@ -587,7 +600,7 @@ mod tests {
         let second = forwarded(published.try_recv().unwrap());
         assert_eq!(second.len(), 2, "one forward for both");
         // No sequencer known any more when the second is answered "back": held ones come home.
-        forwarder.forward("seq", &mut vec![submission("d", 3, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("d", 3, &reply_to)]);
         forwarder
             .resolve(
                 second.iter().map(|&r| (r, Reply::Back)).collect(),
@@ -602,11 +615,37 @@ mod tests {
     }
 
     #[test]
+    fn after_the_lease_moves_later_messages_follow_the_one_in_flight_in_order() {
+        let (forwarder, mut published, mut returned) = forwarder();
+        let (reply_to, _receipts) = mpsc::unbounded_channel();
+        // Nothing in flight, no sequencer: committed here.
+        let mut here = vec![submission("a", 0, &reply_to)];
+        forwarder.forward(None, &mut here);
+        assert_eq!(here.len(), 1);
+        assert!(!forwarder.busy());
+        // One in flight; then the lease goes away: later ones are held behind it, not committed
+        // here ahead of it.
+        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &reply_to)]);
+        let first = forwarded(published.try_recv().unwrap());
+        assert!(forwarder.busy());
+        let mut later = vec![submission("c", 2, &reply_to), submission("d", 3, &reply_to)];
+        forwarder.forward(None, &mut later);
+        assert!(later.is_empty(), "held");
+        // Its reply does not come: it and the held ones come back, in the order submitted.
+        forwarder.give_back(&first);
+        let back: Vec<String> = std::iter::from_fn(|| returned.try_recv().ok())
+            .map(|s| s.message.client_offset)
+            .collect();
+        assert_eq!(back, ["b", "c", "d"]);
+        assert!(!forwarder.busy());
+    }
+
+    #[test]
     fn with_the_writer_gone_a_given_back_message_is_answered_failed() {
         let (forwarder, mut published, returned) = forwarder();
         drop(returned);
         let (reply_to, mut receipts) = mpsc::unbounded_channel();
-        forwarder.forward("seq", &mut vec![submission("o", 3, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("o", 3, &reply_to)]);
         let reqs = forwarded(published.try_recv().unwrap());
         forwarder.give_back(&reqs);
         let r = receipts.try_recv().unwrap();

@@ -155,10 +155,12 @@ impl Bus for RedisBus {
     }
 
     fn forward(&self, batch: &mut Vec<Submission>) {
-        let Some(sequencer) = self.lease.borrow().sequencer.clone() else {
-            return; // no sequencer known: committed here
-        };
-        self.forwarder.forward(&sequencer, batch);
+        let sequencer = self.lease.borrow().sequencer.clone();
+        self.forwarder.forward(sequencer.as_deref(), batch);
+    }
+
+    fn forwarding(&self) -> bool {
+        self.forwarder.busy()
     }
 }
 

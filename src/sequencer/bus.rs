@@ -39,10 +39,18 @@ pub trait Bus: Send + Sync + 'static {
     /// One node publishes everything it commits: nothing to do.
     fn catch_up(&self, _id: u64) {}
 
-    /// With [`Role::Forward`]: hands the submissions of `batch` to the cluster's sequencer, which
-    /// answers each through the bus. What it cannot hand over stays in `batch`, to be committed
-    /// here. Must not block.
+    /// With [`Role::Forward`], or while [`Bus::forwarding`]: hands the submissions of `batch` to
+    /// the cluster's sequencer, which answers each through the bus, or holds them behind this
+    /// node's messages already on their way there. What it does not take stays in `batch`, to be
+    /// committed here. Must not block.
     fn forward(&self, _batch: &mut Vec<Submission>) {}
+
+    /// Whether messages of this node are on their way through another node's sequencer: later
+    /// ones must follow them ([`Bus::forward`]) whatever the role says now, so that one node's
+    /// messages are committed in the order they were submitted.
+    fn forwarding(&self) -> bool {
+        false
+    }
 }
 
 /// One node: batches go straight to this process's broadcaster.

@@ -184,12 +184,14 @@ impl Writer {
                         break;
                     }
                     // A node on its way out commits what is left itself.
-                    if now == Role::Forward && !stopping {
+                    if (now == Role::Forward || self.bus.forwarding()) && !stopping {
                         self.bus.forward(&mut batch);
                         if batch.is_empty() {
                             continue;
                         }
                     }
+                    // What forwarding gave back was submitted before these: commit it first.
+                    self.commit_local(&mut local, &mut back).await;
                 }
                 // Idle: no one waits longer for the lock than a busy sequencer lets them.
                 () = tokio::time::sleep(KEEP_LOCK_IDLE), if self.lock_kept => {
@@ -223,6 +225,28 @@ impl Writer {
         }
         self.release_lock().await;
         tracing::debug!("sequencer stopped");
+    }
+
+    /// Commits what waits on the local channel now (see [`SequencerOptions::local`]).
+    async fn commit_local(
+        &mut self,
+        local: &mut Option<mpsc::UnboundedReceiver<Submission>>,
+        into: &mut Vec<Submission>,
+    ) {
+        let Some(rx) = local else { return };
+        loop {
+            while into.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => into.push(s),
+                    Err(_) => break,
+                }
+            }
+            if into.is_empty() {
+                return;
+            }
+            self.commit(into).await;
+            into.clear();
+        }
     }
 
     async fn release_lock(&mut self) {
