@@ -338,6 +338,9 @@ impl Forwarder {
 
     /// Gives the pending submissions `reqs` back to this node's writer (no node took them).
     pub fn give_back(&self, reqs: &[u64]) {
+        if reqs.is_empty() {
+            return; // a batch, not a forward: nothing to give back
+        }
         let mut state = self.lock();
         let mut back = take_pending(&mut state, reqs);
         // Nothing is in flight any more: what was held would wait for nothing.

@@ -216,13 +216,10 @@ impl Writer {
             batch.clear();
         }
         // What other nodes forwarded meanwhile is committed too (later ones are answered `back`).
-        if let Some(mut local) = local {
-            local.close();
-            while local.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                self.commit(&mut batch).await;
-                batch.clear();
-            }
+        if let Some(rx) = local.as_mut() {
+            rx.close();
         }
+        self.commit_local(&mut local, &mut back).await;
         self.release_lock().await;
         tracing::debug!("sequencer stopped");
     }
