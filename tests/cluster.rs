@@ -269,30 +269,37 @@ async fn send_all(mut c: Client, tag: String, messages: usize) -> Client {
     c
 }
 
+/// A watcher on every node, then `senders` clients spread over the nodes, each sending
+/// `per_sender` messages one at a time: every message is stored once, and every watcher sees the
+/// table live, in order. Returns the table's ids.
+async fn chat_across(nodes: &[Node], db: &str, senders: usize, per_sender: usize) -> Vec<u64> {
+    let mut watchers = Vec::new();
+    for n in nodes {
+        watchers.push(n.joined(0).await);
+    }
+    let mut running = Vec::new();
+    for (i, n) in nodes.iter().cycle().take(senders).enumerate() {
+        let c = n.joined(0).await;
+        running.push(tokio::spawn(send_all(c, format!("s{i}"), per_sender)));
+    }
+    for s in running {
+        s.await.expect("sender");
+    }
+    let ids = table(db).await;
+    assert_eq!(ids.len(), senders * per_sender, "each message stored once");
+    for (i, w) in watchers.iter_mut().enumerate() {
+        assert_eq!(chats(w, ids.len()).await, ids, "live on node {i}");
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_on_every_node_sees_the_table_in_order() {
     let redis = Redis::start();
     let (db, cluster) = fresh();
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&db, &redis, &cluster)).collect();
-    let mut watchers = Vec::new();
-    for n in &nodes {
-        watchers.push(n.joined(0).await);
-    }
     // 12 senders, 4 on each node, all at once.
-    let per_sender = 15;
-    let mut senders = Vec::new();
-    for (i, n) in nodes.iter().cycle().take(12).enumerate() {
-        let c = n.joined(0).await;
-        senders.push(tokio::spawn(send_all(c, format!("s{i}"), per_sender)));
-    }
-    for s in senders {
-        s.await.expect("sender");
-    }
-    let ids = table(&db).await;
-    assert_eq!(ids.len(), 12 * per_sender);
-    for (i, w) in watchers.iter_mut().enumerate() {
-        assert_eq!(chats(w, ids.len()).await, ids, "live on node {i}");
-    }
+    let ids = chat_across(&nodes, &db, 12, 15).await;
     // And a replay on every node is the same table.
     for (i, n) in nodes.iter().enumerate() {
         let mut fresh = n.joined(0).await;
@@ -340,24 +347,7 @@ async fn the_other_nodes_forward_to_the_sequencer_and_order_holds() {
     let sequencer = sequencer_of(&nodes).await;
     // Let every node read the lease (renewed every 500 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut watchers = Vec::new();
-    for n in &nodes {
-        watchers.push(n.joined(0).await);
-    }
-    let per_sender = 20;
-    let mut senders = Vec::new();
-    for (i, n) in nodes.iter().cycle().take(9).enumerate() {
-        let c = n.joined(0).await;
-        senders.push(tokio::spawn(send_all(c, format!("s{i}"), per_sender)));
-    }
-    for s in senders {
-        s.await.expect("sender");
-    }
-    let ids = table(&db).await;
-    assert_eq!(ids.len(), 9 * per_sender, "each message stored once");
-    for (i, w) in watchers.iter_mut().enumerate() {
-        assert_eq!(chats(w, ids.len()).await, ids, "live on node {i}");
-    }
+    chat_across(&nodes, &db, 9, 20).await;
     // The two other nodes' messages went through the sequencer. (How many exactly is not a
     // promise: a node that misses a lease renewal on a busy machine commits its own meanwhile.)
     let forwarded = metrics_of(&nodes, "relay_forwarded_total").await;
