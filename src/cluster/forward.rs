@@ -26,7 +26,9 @@ use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
 use crate::sequencer::{Outcome, Receipt, Submission};
 use crate::store::MAX_BATCH;
-use serde_json::{json, Value};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,79 +64,169 @@ pub enum Direct {
 
 /// The wire form of forwarded messages.
 pub fn encode_forward(node: &str, msgs: &[(u64, &NewMessage)]) -> String {
-    let msgs: Vec<Value> = msgs
-        .iter()
-        .map(|(req, m)| json!([req, m.client_offset, m.content]))
-        .collect();
-    json!({ "v": 1, "t": "forward", "node": node, "msgs": msgs }).to_string()
+    /// `[[req,"clientOffset","content"],…]`, serialised straight from the slice.
+    struct Msgs<'a>(&'a [(u64, &'a NewMessage)]);
+    impl Serialize for Msgs<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(
+                self.0
+                    .iter()
+                    .map(|(req, m)| (req, m.client_offset.as_str(), m.content.as_str())),
+            )
+        }
+    }
+    // Fields sorted, as `json!` wrote them: the bytes on the bus are unchanged.
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        msgs: Msgs<'a>,
+        node: &'a str,
+        t: &'static str,
+        v: u8,
+    }
+    let wire = Wire {
+        msgs: Msgs(msgs),
+        node,
+        t: "forward",
+        v: 1,
+    };
+    serde_json::to_string(&wire).expect("a forward always serialises")
 }
 
 /// The wire form of replies.
 pub fn encode_replies(node: &str, replies: &[(u64, Reply)]) -> String {
-    let replies: Vec<Value> = replies
-        .iter()
-        .map(|(req, reply)| match reply {
-            Reply::Done(Outcome::Stored(id)) => json!([req, "stored", id]),
-            Reply::Done(Outcome::Duplicate(id)) => json!([req, "duplicate", id]),
-            Reply::Done(Outcome::Refused(reason)) => json!([req, "refused", reason]),
-            Reply::Done(Outcome::Failed) => json!([req, "failed"]),
-            Reply::Back => json!([req, "back"]),
-        })
-        .collect();
-    json!({ "v": 1, "t": "replies", "node": node, "replies": replies }).to_string()
+    /// `[[req,"stored",id],…]`: two or three elements each.
+    struct Replies<'a>(&'a [(u64, Reply)]);
+    impl Serialize for Replies<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for (req, reply) in self.0 {
+                seq.serialize_element(&ReplyOut(*req, reply))?;
+            }
+            seq.end()
+        }
+    }
+    struct ReplyOut<'a>(u64, &'a Reply);
+    impl Serialize for ReplyOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let (kind, id, reason) = match self.1 {
+                Reply::Done(Outcome::Stored(id)) => ("stored", Some(id), None),
+                Reply::Done(Outcome::Duplicate(id)) => ("duplicate", Some(id), None),
+                Reply::Done(Outcome::Refused(reason)) => ("refused", None, Some(reason)),
+                Reply::Done(Outcome::Failed) => ("failed", None, None),
+                Reply::Back => ("back", None, None),
+            };
+            let third = id.is_some() || reason.is_some();
+            let mut seq = s.serialize_seq(Some(if third { 3 } else { 2 }))?;
+            seq.serialize_element(&self.0)?;
+            seq.serialize_element(kind)?;
+            if let Some(id) = id {
+                seq.serialize_element(id)?;
+            }
+            if let Some(reason) = reason {
+                seq.serialize_element(reason)?;
+            }
+            seq.end()
+        }
+    }
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        node: &'a str,
+        replies: Replies<'a>,
+        t: &'static str,
+        v: u8,
+    }
+    let wire = Wire {
+        node,
+        replies: Replies(replies),
+        t: "replies",
+        v: 1,
+    };
+    serde_json::to_string(&wire).expect("replies always serialise")
+}
+
+/// One reply as read: `[req,"stored"|"duplicate",id]`, `[req,"refused","reason"]`,
+/// `[req,"failed"]` or `[req,"back"]`, nothing else.
+struct ReplyIn(u64, Reply);
+
+impl<'de> Deserialize<'de> for ReplyIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = ReplyIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a reply [req, kind, …]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ReplyIn, A::Error> {
+                let missing = || de::Error::custom("reply too short");
+                let req: u64 = seq.next_element()?.ok_or_else(missing)?;
+                let kind: std::borrow::Cow<'de, str> = seq.next_element()?.ok_or_else(missing)?;
+                let reply = match &*kind {
+                    "stored" => {
+                        Reply::Done(Outcome::Stored(seq.next_element()?.ok_or_else(missing)?))
+                    }
+                    "duplicate" => {
+                        Reply::Done(Outcome::Duplicate(seq.next_element()?.ok_or_else(missing)?))
+                    }
+                    "refused" => {
+                        Reply::Done(Outcome::Refused(seq.next_element()?.ok_or_else(missing)?))
+                    }
+                    "failed" => Reply::Done(Outcome::Failed),
+                    "back" => Reply::Back,
+                    _ => return Err(de::Error::custom("unknown reply")),
+                };
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("reply too long"));
+                }
+                Ok(ReplyIn(req, reply))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 /// A message of either form; `None` for anything else (a message's content over
 /// `max_message_bytes`, an empty or over-long clientOffset, an unknown reply, a wrong type).
 pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    if v.get("v")?.as_u64()? != 1 {
+    #[derive(Deserialize)]
+    struct Wire {
+        v: u64,
+        t: String,
+        node: String,
+        msgs: Option<Vec<(u64, String, String)>>,
+        replies: Option<Vec<ReplyIn>>,
+    }
+    let wire: Wire = serde_json::from_slice(payload).ok()?;
+    if wire.v != 1 {
         return None;
     }
-    let node = v.get("node")?.as_str()?.to_string();
-    match v.get("t")?.as_str()? {
-        "forward" => {
-            let mut msgs = Vec::new();
-            for m in v.get("msgs")?.as_array()? {
-                let [req, offset, content] = m.as_array()?.as_slice() else {
-                    return None;
-                };
-                let (offset, content) = (offset.as_str()?, content.as_str()?);
-                if offset.is_empty()
-                    || offset.chars().count() > MAX_OFFSET_CHARS
+    let node = wire.node;
+    match (wire.t.as_str(), wire.msgs, wire.replies) {
+        ("forward", Some(msgs), _) if !msgs.is_empty() => {
+            let mut out = Vec::with_capacity(msgs.len());
+            for (req, client_offset, content) in msgs {
+                if client_offset.is_empty()
+                    || client_offset.chars().count() > MAX_OFFSET_CHARS
                     || content.len() > max_message_bytes
                 {
                     return None;
                 }
-                msgs.push((
-                    req.as_u64()?,
+                out.push((
+                    req,
                     NewMessage {
-                        content: content.to_string(),
-                        client_offset: offset.to_string(),
+                        content,
+                        client_offset,
                     },
                 ));
             }
-            (!msgs.is_empty()).then_some(Direct::Forward { node, msgs })
+            Some(Direct::Forward { node, msgs: out })
         }
-        "replies" => {
-            let mut replies = Vec::new();
-            for r in v.get("replies")?.as_array()? {
-                let r = r.as_array()?;
-                let req = r.first()?.as_u64()?;
-                let reply = match (r.get(1)?.as_str()?, r.get(2), r.len()) {
-                    ("stored", Some(id), 3) => Reply::Done(Outcome::Stored(id.as_u64()?)),
-                    ("duplicate", Some(id), 3) => Reply::Done(Outcome::Duplicate(id.as_u64()?)),
-                    ("refused", Some(reason), 3) => {
-                        Reply::Done(Outcome::Refused(reason.as_str()?.to_string()))
-                    }
-                    ("failed", None, 2) => Reply::Done(Outcome::Failed),
-                    ("back", None, 2) => Reply::Back,
-                    _ => return None,
-                };
-                replies.push((req, reply));
-            }
-            (!replies.is_empty()).then_some(Direct::Replies { node, replies })
-        }
+        ("replies", _, Some(replies)) if !replies.is_empty() => Some(Direct::Replies {
+            node,
+            replies: replies
+                .into_iter()
+                .map(|ReplyIn(req, r)| (req, r))
+                .collect(),
+        }),
         _ => None,
     }
 }
@@ -450,6 +542,10 @@ mod tests {
         let b = message("o-2", "");
         let payload = encode_forward("n1", &[(7, &a), (8, &b)]);
         assert_eq!(
+            payload,
+            r#"{"msgs":[[7,"o-1","a \"quoted\" 😀"],[8,"o-2",""]],"node":"n1","t":"forward","v":1}"#
+        );
+        assert_eq!(
             decode(payload.as_bytes(), 100),
             Some(Direct::Forward {
                 node: "n1".into(),
@@ -464,6 +560,10 @@ mod tests {
             (5, Reply::Back),
         ];
         let payload = encode_replies("s", &replies);
+        assert_eq!(
+            payload,
+            r#"{"node":"s","replies":[[1,"stored",10],[2,"duplicate",4],[3,"refused","too long"],[4,"failed"],[5,"back"]],"t":"replies","v":1}"#
+        );
         assert_eq!(
             decode(payload.as_bytes(), 100),
             Some(Direct::Replies {
@@ -485,6 +585,12 @@ mod tests {
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"failed",3]]}"#,
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"won"]]}"#,
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"stored","7"]]}"#,
+            r#"{"v":1,"t":"replies","node":"n","replies":[[1,"stored",7,8]]}"#,
+            r#"{"v":1,"t":"replies","node":"n","replies":[]}"#,
+            r#"{"v":1,"t":"replies","node":"n","msgs":[[1,"o","x"]]}"#,
+            r#"{"v":1,"t":"forward","node":"n","replies":[[1,"back"]]}"#,
+            r#"{"v":1,"t":"forward","node":7,"msgs":[[1,"o","x"]]}"#,
+            r#"[1,2]"#,
         ] {
             assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
         }

@@ -27,7 +27,7 @@ use crate::sequencer::bus::Bus;
 use crate::sequencer::{Receipt, Submission};
 use crate::store::Row;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -234,37 +234,55 @@ async fn expire(forwarder: Forwarder, stop: CancellationToken) {
 
 /// A batch's wire form.
 pub fn encode(node: &str, prev: u64, rows: &[Row]) -> String {
-    let rows: Vec<Value> = rows.iter().map(|r| json!([r.id, r.content])).collect();
-    json!({ "v": 1, "node": node, "prev": prev, "rows": rows }).to_string()
+    /// The rows as `[[id,"content"],…]`, serialised straight from the slice.
+    struct Rows<'a>(&'a [Row]);
+    impl Serialize for Rows<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|r| (r.id, r.content.as_str())))
+        }
+    }
+    // Fields in the order `json!` wrote them (sorted), so the bytes on the bus are unchanged.
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        node: &'a str,
+        prev: u64,
+        rows: Rows<'a>,
+        v: u8,
+    }
+    let wire = Wire {
+        node,
+        prev,
+        rows: Rows(rows),
+        v: 1,
+    };
+    serde_json::to_string(&wire).expect("a batch always serialises")
 }
 
 /// A received batch: the node that published it, `prev`, and its rows. `None` for anything that
 /// is not exactly a batch of this form (rows ascending and above `prev`, contents strings of at
 /// most `max_message_bytes`).
 pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, Vec<Row>)> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    if v.get("v")?.as_u64()? != 1 {
+    #[derive(Deserialize)]
+    struct Wire {
+        v: u64,
+        node: String,
+        prev: u64,
+        rows: Vec<(u64, String)>,
+    }
+    let wire: Wire = serde_json::from_slice(payload).ok()?;
+    if wire.v != 1 || wire.rows.is_empty() {
         return None;
     }
-    let node = v.get("node")?.as_str()?.to_string();
-    let prev = v.get("prev")?.as_u64()?;
-    let mut last = prev;
-    let mut rows = Vec::new();
-    for row in v.get("rows")?.as_array()? {
-        let [id, content] = row.as_array()?.as_slice() else {
-            return None;
-        };
-        let (id, content) = (id.as_u64()?, content.as_str()?);
+    let mut last = wire.prev;
+    let mut rows = Vec::with_capacity(wire.rows.len());
+    for (id, content) in wire.rows {
         if id <= last || content.len() > max_message_bytes {
             return None;
         }
         last = id;
-        rows.push(Row {
-            id,
-            content: content.to_string(),
-        });
+        rows.push(Row { id, content });
     }
-    (!rows.is_empty()).then_some((node, prev, rows))
+    Some((wire.node, wire.prev, rows))
 }
 
 /// Messages published with one round trip at most (a pipeline of PUBLISH commands).
@@ -480,6 +498,10 @@ mod tests {
         ];
         let payload = encode("n1", 10, &rows);
         assert_eq!(
+            payload,
+            r#"{"node":"n1","prev":10,"rows":[[11,"a \"quoted\" 😀"],[13,""]],"v":1}"#
+        );
+        assert_eq!(
             decode(payload.as_bytes(), 100),
             Some(("n1".into(), 10, rows))
         );
@@ -493,6 +515,8 @@ mod tests {
             r#"{"v":1,"node":"n","prev":1,"rows":[[2,7]]}"#,
             r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","extra"]]}"#,
             r#"{"v":1,"node":5,"prev":1,"rows":[[2,"x"]]}"#,
+            r#"{"v":1,"node":"n","prev":1}"#,
+            r#"{"v":1,"node":"n","prev":-1,"rows":[[2,"x"]]}"#,
         ] {
             assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
         }
