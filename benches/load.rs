@@ -16,6 +16,7 @@
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
 //! cargo bench --bench load -- persist --url ws://127.0.0.1:3000 --pid 1234
+//! cargo bench --bench load -- fanout --url ws://10.0.0.1:3000,ws://10.0.0.2:3000  # a cluster
 //! cargo bench --bench load -- fanout --spawn --relay ../old/target/release/relay  # another build
 //! ```
 //!
@@ -68,9 +69,10 @@ enum Workload {
 #[command(name = "load", about = "End-to-end load against relay over loopback")]
 struct Args {
     workload: Workload,
-    /// Target a running relay: its WebSocket URL (ws://host:port).
-    #[arg(long)]
-    url: Option<String>,
+    /// Target a running relay: its WebSocket URL (ws://host:port), or a comma list of a running
+    /// cluster's nodes, over which the clients are spread one node after the other.
+    #[arg(long, value_delimiter = ',')]
+    url: Vec<String>,
     /// Start the release relay binary on a fresh database for each run (and drop it afterwards).
     #[arg(long)]
     spawn: bool,
@@ -105,9 +107,10 @@ struct Args {
     /// raw-server: port to listen on (0: any; the address is printed).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// The running relay's process id, to read its memory (with --url).
-    #[arg(long)]
-    pid: Option<u32>,
+    /// The running relays' process ids, in --url's order, to read their memory and CPU (with
+    /// --url; a comma list for several).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// Store for --spawn: a fresh MySQL database, or a fresh SQLite file in the temporary directory.
     #[arg(long, value_enum, default_value = "mysql")]
     store: StoreKind,
@@ -241,13 +244,18 @@ fn stop_child(mut child: Child) {
 
 impl Target {
     async fn new(args: &Args) -> Target {
-        if let Some(url) = &args.url {
+        if !args.url.is_empty() {
             return Target {
-                nodes: vec![Node {
-                    url: url.trim_end_matches('/').to_string(),
-                    pid: args.pid,
-                    child: None,
-                }],
+                nodes: args
+                    .url
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| Node {
+                        url: url.trim_end_matches('/').to_string(),
+                        pid: args.pid.get(i).copied(),
+                        child: None,
+                    })
+                    .collect(),
                 db: None,
                 relay: None,
             };
@@ -453,6 +461,7 @@ fn cpu_report(target: &Target, server0: Option<Vec<f64>>, tool0: Option<f64>) ->
 /// In cluster mode: each node's share of the cluster's work, from its `/metrics` (whether it
 /// is the sequencer, messages it forwarded or committed for others, group commits and their
 /// mean time, bus batches out and in, rows read from the database for gaps). Empty otherwise.
+/// Counters run from each node's start: for nodes given by --url, they include earlier traffic.
 async fn cluster_report(target: &Target) -> String {
     let http = http_client();
     let mut lines = Vec::new();
