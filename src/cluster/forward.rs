@@ -292,6 +292,8 @@ struct State {
 struct Pending {
     submission: Submission,
     since: Instant,
+    /// The node it was forwarded to: the only one whose reply answers it.
+    to: Arc<str>,
 }
 
 impl Forwarder {
@@ -344,6 +346,7 @@ impl Forwarder {
     /// Sends `submissions` as pending forwards, a message of at most [`MAX_BATCH`] each.
     fn send(&self, state: &mut State, sequencer: &str, submissions: Vec<Submission>) {
         let channel = super::node_channel(&self.0.name, sequencer);
+        let to: Arc<str> = Arc::from(sequencer);
         let mut submissions = submissions.into_iter().peekable();
         while submissions.peek().is_some() {
             let chunk: Vec<Submission> = submissions.by_ref().take(MAX_BATCH).collect();
@@ -357,7 +360,15 @@ impl Forwarder {
             let payload = encode_forward(&self.0.node, &msgs);
             let since = Instant::now();
             for (req, submission) in forwarded.iter().zip(chunk) {
-                state.pending.insert(*req, Pending { submission, since });
+                let to = to.clone();
+                state.pending.insert(
+                    *req,
+                    Pending {
+                        submission,
+                        since,
+                        to,
+                    },
+                );
             }
             self.0
                 .metrics
@@ -376,8 +387,9 @@ impl Forwarder {
         }
     }
 
-    /// Answers the pending submissions the replies name; a reply for one that is no longer
-    /// pending (answered, or given back after its timeout) is ignored. A stored message's receipt
+    /// Answers the pending submissions the replies of node `from` name; a reply for one that is
+    /// no longer pending (answered, or given back after its timeout), or that was forwarded to
+    /// another node, is ignored. A stored message's receipt
     /// carries the batch holding its row when `batch_of` has it (the bus brings the batch before
     /// the replies), so its session delivers the row with the ack at once. Once none is pending,
     /// what was held goes to `sequencer` (or, with none known, back to this node's writer).
@@ -386,6 +398,7 @@ impl Forwarder {
     /// have published yet (the caller has its follower catch up to them).
     pub fn resolve(
         &self,
+        from: &str,
         replies: Vec<(u64, Reply)>,
         sequencer: Option<&str>,
         batch_of: impl Fn(u64) -> Option<Arc<Batch>>,
@@ -395,6 +408,14 @@ impl Forwarder {
             let mut state = self.lock();
             let mut back = Vec::new();
             for (req, reply) in replies {
+                if state.pending.get(&req).is_some_and(|p| *p.to != *from) {
+                    self.0.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        from,
+                        "ignored a reply from a node this one did not forward the message to"
+                    );
+                    continue;
+                }
                 if let Some(p) = state.pending.remove(&req) {
                     match reply {
                         Reply::Done(outcome) => answered.push((p.submission, outcome)),
@@ -644,7 +665,19 @@ mod tests {
         assert_eq!(forwarder.pending(), (4, 0));
 
         // Stored and duplicate are answered; "back" returns to this node's writer.
+        // A reply from a node it was not forwarded to answers nothing.
+        forwarder
+            .resolve(
+                "impostor",
+                vec![(reqs[0], Reply::Done(Outcome::Stored(99)))],
+                Some("seq"),
+                |_| None,
+            )
+            .send();
+        assert!(receipts.try_recv().is_err());
+        assert_eq!(forwarder.pending(), (4, 0));
         let resolved = forwarder.resolve(
+            "seq",
             vec![
                 (reqs[0], Reply::Done(Outcome::Stored(11))),
                 (reqs[1], Reply::Done(Outcome::Duplicate(5))),
@@ -678,6 +711,7 @@ mod tests {
         // A late reply for it is ignored: the writer answers it.
         forwarder
             .resolve(
+                "seq",
                 vec![(reqs[3], Reply::Done(Outcome::Stored(14)))],
                 Some("seq"),
                 |_| None,
@@ -701,6 +735,7 @@ mod tests {
         assert_eq!(forwarder.pending(), (1, 2));
         forwarder
             .resolve(
+                "seq",
                 vec![(first[0], Reply::Done(Outcome::Stored(1)))],
                 Some("seq"),
                 |_| None,
@@ -712,6 +747,7 @@ mod tests {
         forwarder.forward(Some("seq"), &mut vec![submission("d", 3, &reply_to)]);
         forwarder
             .resolve(
+                "seq",
                 second.iter().map(|&r| (r, Reply::Back)).collect(),
                 None,
                 |_| None,

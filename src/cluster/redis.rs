@@ -421,7 +421,7 @@ async fn subscribe(
                             Some(Direct::Forward { node, msgs }) => {
                                 let _ = forwards.send((node, msgs));
                             }
-                            Some(Direct::Replies { replies, .. }) => {
+                            Some(Direct::Replies { node, replies }) => {
                                 let sequencer = lease.borrow().sequencer.clone();
                                 let batch_of = |id: u64| {
                                     recent
@@ -430,8 +430,12 @@ async fn subscribe(
                                         .find(|b| id > b.prev && id <= b.last())
                                         .cloned()
                                 };
-                                let resolved =
-                                    forwarder.resolve(replies, sequencer.as_deref(), batch_of);
+                                let resolved = forwarder.resolve(
+                                    &node,
+                                    replies,
+                                    sequencer.as_deref(),
+                                    batch_of,
+                                );
                                 for id in resolved.duplicates {
                                     follower.catch_up(id);
                                 }
