@@ -3,7 +3,8 @@
 //! sees the table's ids in order, once; a retry on another node is acked, not stored twice; a
 //! node that starts late begins at the database's watermark; a Redis that goes away costs
 //! latency, never a message (also stopped for 5 s under continuous load across three nodes); the
-//! nodes forward to the sequencer, and a lease left by a node that is gone costs nothing.
+//! nodes forward to the sequencer, and a lease left by a node that is gone costs nothing; a
+//! sequencer stopped while it holds the commit lock does not stop the others.
 
 mod common;
 
@@ -242,6 +243,46 @@ async fn table(db: &str) -> Vec<u64> {
     ids
 }
 
+/// The prefix of the cluster's Redis keys and channels and of its commit lock's name: its
+/// name and the chat's identity, which the first node recorded in the database.
+async fn prefix_of(db: &str, cluster: &str) -> String {
+    use mysql_async::prelude::*;
+    let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+        .await
+        .expect("MariaDB");
+    let chat: Option<String> = conn
+        .query_first("SELECT chat FROM relay_cluster")
+        .await
+        .expect("the chat's identity");
+    let _ = conn.disconnect().await;
+    format!("{cluster}:{}", chat.expect("a node recorded it"))
+}
+
+/// As [`prefix_of`], before any node started: creates the database and its tables as the first
+/// node would, and records an identity of the test's own.
+async fn prefix_before_start(db: &str, cluster: &str) -> String {
+    use mysql_async::prelude::*;
+    let mut server = mysql_async::Conn::from_url(mysql_base())
+        .await
+        .expect("MariaDB");
+    server
+        .query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+        .await
+        .expect("CREATE DATABASE");
+    let _ = server.disconnect().await;
+    let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+        .await
+        .expect("MariaDB");
+    conn.query_drop(include_str!("../schema.sql"))
+        .await
+        .expect("schema.sql");
+    conn.query_drop("INSERT INTO relay_cluster (one, chat) VALUES (1, 'test-chat')")
+        .await
+        .expect("the chat's identity");
+    let _ = conn.disconnect().await;
+    format!("{cluster}:test-chat")
+}
+
 /// Reads chat messages until `n` arrived; acks and pings are passed over.
 async fn chats(c: &mut Client, n: usize) -> Vec<u64> {
     let mut ids = Vec::with_capacity(n);
@@ -368,6 +409,7 @@ async fn the_other_nodes_forward_to_the_sequencer_and_order_holds() {
 async fn a_lease_held_by_a_node_that_is_gone_costs_nothing() {
     let redis = Redis::start();
     let (db, cluster) = fresh();
+    let prefix = prefix_before_start(&db, &cluster).await;
     // A sequencer that died a moment ago: its lease is still there, no one listens on its channel.
     let client = redis::Client::open(redis.url()).expect("redis URL");
     let mut conn = client
@@ -375,7 +417,7 @@ async fn a_lease_held_by_a_node_that_is_gone_costs_nothing() {
         .await
         .expect("Redis");
     let _: () = redis::cmd("SET")
-        .arg(format!("{cluster}:sequencer"))
+        .arg(format!("{prefix}:sequencer"))
         .arg("gone")
         .arg("PX")
         .arg(3000)
@@ -654,4 +696,157 @@ async fn wait_for_metric_eq(addr: SocketAddr, name: &str, value: f64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Reads until the ack of event `k` arrived.
+async fn await_ack(c: &mut Client, k: u64) {
+    while parse_ack(&c.recv_text().await).is_none_or(|(id, _)| id != k) {}
+}
+
+/// Sends SIGSTOP or SIGCONT (`signal`: "-STOP", "-CONT") to process `pid`.
+fn signal(signal: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("the kill command");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// A sequencer that is stopped (SIGSTOP: what a paused VM or a machine swapping does) while it
+/// holds the commit lock does not stop the other nodes for as long as it is stopped: once its
+/// connection has sat idle with the lock for 2 s, a node that needs the lock ends that
+/// connection. When it runs again it finds its connection gone, and every acked message is still
+/// stored once and seen in the table's order on both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sequencer_holding_the_commit_lock_does_not_stop_the_others() {
+    use mysql_async::prelude::*;
+    use std::sync::{Arc, Mutex};
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    let s = sequencer_of(&nodes).await;
+    let o = 1 - s;
+    tokio::time::sleep(Duration::from_millis(700)).await; // both have read the lease
+    let patient = |mut c: Client| {
+        c.patience = Duration::from_secs(60);
+        c
+    };
+    let mut watchers = [
+        patient(nodes[0].joined(0).await),
+        patient(nodes[1].joined(0).await),
+    ];
+    // A client of the sequencer sends all the time, so its node holds the lock most of the time.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut busy = patient(nodes[s].joined(0).await);
+    let busy = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            for k in 0u64.. {
+                busy.emit(Some(k), &format!("s {k}"), &format!("s-{k}"))
+                    .await;
+                await_ack(&mut busy, k).await;
+                acked.lock().unwrap().push(format!("s-{k}"));
+            }
+        }
+    });
+    let mut other = patient(nodes[o].joined(0).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let lock = format!("{}:commit", prefix_of(&db, &cluster).await);
+    let pid = nodes[s].child.id();
+    let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+        .await
+        .expect("MariaDB");
+    let mut caught = false;
+    for _ in 0..500 {
+        signal("-STOP", pid);
+        let holder: Option<Option<u64>> = conn
+            .exec_first("SELECT IS_USED_LOCK(?)", (&lock,))
+            .await
+            .expect("IS_USED_LOCK");
+        if holder.flatten().is_some() {
+            caught = true;
+            break;
+        }
+        signal("-CONT", pid);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(caught, "never stopped the sequencer while it held the lock");
+
+    // Before, this ack waited for as long as the sequencer was stopped; now it comes once the
+    // forward is given back (2 s) and the stalled connection is seen and ended (2 s more).
+    other
+        .emit(Some(0), "while the sequencer is stopped", "o-0")
+        .await;
+    let acked_meanwhile = tokio::time::timeout(Duration::from_secs(30), async {
+        await_ack(&mut other, 0).await;
+    })
+    .await;
+    signal("-CONT", pid);
+    assert!(
+        acked_meanwhile.is_ok(),
+        "no ack on the other node in 30 s while the sequencer was stopped"
+    );
+
+    // Both nodes commit again afterwards.
+    let mut again = patient(nodes[s].joined(0).await);
+    again.emit(Some(0), "after", "s-after").await;
+    await_ack(&mut again, 0).await;
+    other.emit(Some(1), "after", "o-1").await;
+    await_ack(&mut other, 1).await;
+    busy.abort();
+
+    let rows: Vec<(u64, String)> = conn
+        .query("SELECT id, client_offset FROM messages ORDER BY id")
+        .await
+        .expect("query");
+    let _ = conn.disconnect().await;
+    let stored: std::collections::HashSet<&str> = rows.iter().map(|(_, o)| o.as_str()).collect();
+    let acked = acked.lock().unwrap().clone();
+    for o in acked
+        .iter()
+        .map(String::as_str)
+        .chain(["o-0", "o-1", "s-after"])
+    {
+        assert!(stored.contains(o), "acked {o} is stored");
+    }
+    let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
+    for (i, w) in watchers.iter_mut().enumerate() {
+        assert_eq!(
+            chats(w, ids.len()).await,
+            ids,
+            "node {i}: the table, in order, once"
+        );
+    }
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+/// Two chats (two databases) under one CLUSTER_NAME on one Redis stay two chats: each has its
+/// own sequencer, stores its messages in its own database and delivers only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_under_one_name_on_one_redis_never_mix() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let (other_db, _) = fresh();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    let other = [Node::start(&other_db, &redis, &cluster)];
+    sequencer_of(&nodes).await;
+    sequencer_of(&other).await;
+    assert_ne!(
+        prefix_of(&db, &cluster).await,
+        prefix_of(&other_db, &cluster).await
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await; // every node has read its lease
+    let mut outsider = other[0].joined(0).await;
+    let ids = chat_across(&nodes, &db, 4, 5).await;
+    let outsider_ids = chat_across(&other, &other_db, 1, 3).await;
+    assert_eq!(ids.len(), 20, "the first chat stores its own messages only");
+    assert_eq!(outsider_ids.len(), 3, "the second chat stores its own only");
+    assert_eq!(chats(&mut outsider, 3).await, outsider_ids);
+    outsider.expect_silence(Duration::from_millis(300)).await;
+    drop(nodes);
+    drop(other);
+    drop_database(&db).await;
+    drop_database(&other_db).await;
 }

@@ -183,6 +183,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let bus: Box<dyn Bus> = match redis {
         None => Box::new(LocalBus(broadcaster.clone())),
         Some(client) => {
+            // Keys, channels and the commit lock carry the chat's identity (recorded in its
+            // database): two chats never mix on one Redis or one MySQL server, even under one
+            // CLUSTER_NAME.
+            let chat = store.chat_id(&new_sid()[..12]).await.map_err(db_error)?;
+            let prefix = format!("{}:{chat}", config.cluster_name);
             let node = new_sid()[..10].to_string();
             let _ = metrics.node.set(node.clone());
             let follower = Follower::start(
@@ -203,7 +208,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             });
             cluster_tasks.spawn(cluster::lease::run(
                 client.clone(),
-                cluster::lease::key(&config.cluster_name),
+                cluster::lease::key(&prefix),
                 node.clone(),
                 metrics.clone(),
                 role_tx,
@@ -214,8 +219,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let (bus, local) = RedisBus::start(
                 Endpoint {
                     client,
-                    name: config.cluster_name.clone(),
-                    channel: cluster::channel(&config.cluster_name),
+                    name: prefix.clone(),
+                    channel: cluster::channel(&prefix),
                     node,
                 },
                 follower,
@@ -226,7 +231,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 &cluster_tasks,
                 stop_cluster.clone(),
             );
-            options.commit_lock = Some(cluster::commit_lock(&config.cluster_name));
+            options.commit_lock = Some(cluster::commit_lock(&prefix));
             options.role = Some(role);
             options.local = Some(local);
             Box::new(bus)

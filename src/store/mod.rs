@@ -224,6 +224,19 @@ impl Store {
         }
     }
 
+    /// The chat's identity, for a cluster's Redis keys and channels: the same on every node of
+    /// one database, different for every database (`proposed` if no node recorded one yet).
+    /// SQLite has no cluster: refused.
+    pub async fn chat_id(&self, proposed: &str) -> Result<String, StoreError> {
+        match self {
+            Store::Mysql(s) => s.chat_id(proposed).await,
+            _ => Err(StoreError::other(
+                "cannot read the chat's identity",
+                "a cluster needs a MySQL/MariaDB database".into(),
+            )),
+        }
+    }
+
     /// As [`Store::insert`], for a cluster of relays on one MySQL/MariaDB database: under the
     /// named lock `lock`, so that commits are serialized across nodes, and returning the highest
     /// id committed before the batch. With `keep` the lock stays taken for the next batch (the

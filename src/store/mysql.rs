@@ -128,6 +128,29 @@ impl MysqlStore {
         conn.ping().await.map_err(StoreError::mysql("ping failed"))
     }
 
+    /// The chat's identity for cluster mode (`relay_cluster` in schema.sql): `proposed` if this
+    /// is the first node to ask, else what the first one proposed. The same on every node of one
+    /// database, different for every database.
+    pub async fn chat_id(&self, proposed: &str) -> Result<String, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "INSERT IGNORE INTO relay_cluster (one, chat) VALUES (1, ?)",
+            (proposed,),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot record the chat's identity"))?;
+        let chat: Option<String> = conn
+            .query_first("SELECT chat FROM relay_cluster WHERE one = 1")
+            .await
+            .map_err(StoreError::mysql("cannot read the chat's identity"))?;
+        chat.ok_or_else(|| {
+            StoreError::other(
+                "cannot read the chat's identity",
+                "relay_cluster is empty".into(),
+            )
+        })
+    }
+
     /// The highest stored id, 0 for an empty table.
     pub async fn max_id(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
@@ -277,17 +300,7 @@ impl MysqlStore {
                 let prev = match w.held {
                     Some((prev, _)) => prev,
                     None => {
-                        let got: Option<Option<i64>> = w
-                            .conn
-                            .exec_first("SELECT GET_LOCK(?, ?)", (lock, LOCK_WAIT_SECS))
-                            .await
-                            .map_err(StoreError::mysql("cannot take the cluster's commit lock"))?;
-                        if got.flatten() != Some(1) {
-                            return Err(StoreError::other(
-                                "cannot take the cluster's commit lock",
-                                format!("another node held {lock:?} for {LOCK_WAIT_SECS} s"),
-                            ));
-                        }
+                        take_lock(&mut w.conn, lock).await?;
                         // Taken: from here every failure releases it (below).
                         w.held = Some((0, Instant::now()));
                         let prev: Option<u64> = w
@@ -489,6 +502,65 @@ impl MysqlStore {
 
 /// How long a node waits for the cluster's commit lock before its round counts as failed.
 const LOCK_WAIT_SECS: u64 = 5;
+
+/// A connection that has sat idle this long while holding the commit lock belongs to a stalled
+/// node: a healthy one lets go of it within [`KEEP_LOCK_FOR`], and within 20 ms of going idle.
+const STALLED_HOLDER_SECS: u64 = 2;
+
+/// Takes the commit lock `lock` on `conn`, waiting up to `LOCK_WAIT_SECS`.
+///
+/// The lock belongs to a connection, and a connection stays open while its process is stopped
+/// (SIGSTOP, a paused VM, a machine swapping): without help every node would wait for it as long
+/// as the process is stopped. So after [`STALLED_HOLDER_SECS`] this looks at the holder, and if
+/// its connection has been idle (`Sleep`) at least that long, ends it with `KILL`, which releases
+/// the lock. That is safe: an INSERT it had not finished is rolled back or committed whole, and
+/// the stalled node, once it runs again, finds its connection gone, counts its round as failed
+/// (not acked; the clients retry, deduplicated by their offsets) and takes the lock again like
+/// any node. A holder running a statement is not stalled, only slow, and is left alone. `KILL`
+/// needs the same database user on every node (or the `CONNECTION ADMIN` privilege); without it
+/// the wait goes on as before.
+async fn take_lock(conn: &mut mysql_async::Conn, lock: &str) -> Result<(), StoreError> {
+    let granted = async |conn: &mut mysql_async::Conn, secs: u64| {
+        let got: Option<Option<i64>> = conn
+            .exec_first("SELECT GET_LOCK(?, ?)", (lock, secs))
+            .await
+            .map_err(StoreError::mysql("cannot take the cluster's commit lock"))?;
+        Ok::<_, StoreError>(got.flatten() == Some(1))
+    };
+    if granted(conn, STALLED_HOLDER_SECS).await? {
+        return Ok(());
+    }
+    let stalled: Option<u64> = conn
+        .exec_first(
+            "SELECT ID FROM information_schema.PROCESSLIST \
+             WHERE ID = IS_USED_LOCK(?) AND COMMAND = 'Sleep' AND TIME >= ?",
+            (lock, STALLED_HOLDER_SECS),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot look at the commit lock's holder"))?;
+    if let Some(id) = stalled {
+        match conn.query_drop(format!("KILL {id}")).await {
+            Ok(()) => tracing::warn!(
+                connection = id,
+                lock,
+                "ended the database connection of a stalled node that held the commit lock idle"
+            ),
+            Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_THREAD => {}
+            Err(e) => tracing::warn!(
+                connection = id,
+                error = %e,
+                "a stalled node holds the commit lock, and its connection cannot be ended"
+            ),
+        }
+    }
+    if granted(conn, LOCK_WAIT_SECS - STALLED_HOLDER_SECS).await? {
+        return Ok(());
+    }
+    Err(StoreError::other(
+        "cannot take the cluster's commit lock",
+        format!("another node held {lock:?} for {LOCK_WAIT_SECS} s"),
+    ))
+}
 
 /// The longest a cluster's sequencer keeps the commit lock at a stretch: what a node that commits
 /// its own messages meanwhile (starting up, or cut off from the bus) may wait for it. Taking it
