@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS relay_sessions (
 -- in the commit lock's name, so two chats on one Redis (or one MySQL server) never mix, even
 -- under one CLUSTER_NAME.
 -- one           always 1: the table has one row.
--- chat          12 random url-safe characters.
+-- chat          8 random url-safe characters.
 CREATE TABLE IF NOT EXISTS relay_cluster (
   one           TINYINT UNSIGNED NOT NULL,
   chat          VARBINARY(32) NOT NULL,

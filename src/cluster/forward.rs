@@ -13,7 +13,7 @@
 //! [`FORWARD_TIMEOUT`], or at once when no node listened: committed here, it is stored once, or
 //! found to be a duplicate of the copy the sequencer stored, and acked either way.
 //!
-//! Wire form, JSON on the node's channel `<cluster name>:node:<node id>`:
+//! Wire form, JSON on the node's channel `<prefix>:node:<node id>` (prefix: see [`super`]):
 //! - forward: `{"v":1,"t":"forward","node":"<origin>","msgs":[[<req>,"<clientOffset>","<content>"],…]}`
 //! - replies: `{"v":1,"t":"replies","node":"<sequencer>","replies":[[<req>,"stored",<id>],
 //!   [<req>,"duplicate",<id>],[<req>,"refused","<reason>"],[<req>,"failed"],[<req>,"back"]]}`

@@ -1,11 +1,12 @@
 //! The sequencer lease: which node of a cluster commits every node's messages
 //! ([`super::forward`]).
 //!
-//! A Redis key, `<cluster name>:sequencer`, holds the id of the node that has the lease, with a
-//! time to live of [`LEASE_TTL`]. Every node runs one script every [`LEASE_RENEW`]: take the key
-//! when it is free, extend it when it is ours, and read whose it is. The result sets this node's
-//! [`Role`] for its writer: the sequencer, a node forwarding to it, or (bus down, Redis not
-//! answering, shutting down) a node committing its own messages under the per-batch commit lock.
+//! A Redis key, `<prefix>:sequencer` (prefix: see [`super`]), holds the id of the node that has
+//! the lease, with a time to live of [`LEASE_TTL`]. Every node runs one script every
+//! [`LEASE_RENEW`]: take the key when it is free, extend it when it is ours, and read whose it
+//! is. The result sets this node's [`Role`] for its writer: the sequencer, a node forwarding to
+//! it, or (bus down, Redis not answering, shutting down) a node committing its own messages
+//! under the per-batch commit lock.
 //!
 //! The lease only decides who does the work, never correctness: two nodes that both believe
 //! they hold it still commit one at a time under the commit lock. A node that is going away gives

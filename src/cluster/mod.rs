@@ -1,6 +1,9 @@
 //! Cluster mode: several relays on one MySQL/MariaDB database and one Redis form one chat
 //! (`--cluster-url`).
 //!
+//! - Names: every Redis key and channel, and the commit lock, begin with `<CLUSTER_NAME>:<chat>`,
+//!   `<chat>` being the identity the chat's first node recorded in its database, so two chats
+//!   never mix on one Redis or one MySQL server. Below, `<name>` is that prefix.
 //! - Order: every node commits under one database lock (`GET_LOCK('<name>:commit')`, see
 //!   [`crate::store::Store::insert_locked`]), so ids are committed in id order across nodes and
 //!   each batch knows the id committed just before it (`prev`).
@@ -19,9 +22,13 @@ pub mod forward;
 pub mod lease;
 pub mod redis;
 
-/// The longest cluster name (it prefixes the Redis channel and the MySQL lock name, at most 64
-/// characters).
+/// The longest cluster name. With the chat's identity ([`CHAT_ID_CHARS`]) it prefixes the Redis
+/// keys and channels and the commit lock's name, which MySQL allows 64 characters:
+/// `<name>:<chat>:commit` is at most 48 + 1 + 8 + 7.
 pub const MAX_NAME: usize = 48;
+
+/// The length of a chat's identity (`relay_cluster` in schema.sql): 48 random bits.
+pub const CHAT_ID_CHARS: usize = 8;
 
 /// Checks a cluster URL and name, and says what is wrong in one line.
 pub fn check(url: &str, name: &str) -> Result<(), String> {
@@ -57,6 +64,13 @@ pub fn commit_lock(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_names_fit_mysqls_lock_names() {
+        let name = "n".repeat(MAX_NAME);
+        let chat = "c".repeat(CHAT_ID_CHARS);
+        assert!(commit_lock(&format!("{name}:{chat}")).len() <= 64);
+    }
 
     #[test]
     fn urls_and_names_are_checked() {

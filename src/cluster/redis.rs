@@ -1,5 +1,5 @@
 //! The Redis bus: committed batches travel between the nodes of a cluster over Redis pub/sub
-//! (channel `<cluster name>:batches`), through redis-rs.
+//! (channel `<prefix>:batches`, prefix: see [`super`]), through redis-rs.
 //!
 //! A node publishes each batch it commits (its rows as stored, and the id committed before them)
 //! and hands it to its own [`Follower`] at once; the batches of the other nodes come in through
@@ -11,7 +11,7 @@
 //! Wire form (JSON): `{"v":1,"node":"<id>","prev":<id>,"rows":[[<id>,"<content>"],…]}`, rows
 //! ascending and all above `prev`.
 //!
-//! Each node also listens on a channel of its own, `<cluster name>:node:<node id>`: messages
+//! Each node also listens on a channel of its own, `<prefix>:node:<node id>`: messages
 //! forwarded to it as the sequencer, and the replies to those it forwarded ([`super::forward`]).
 //!
 //! Must not: decide order (the follower does), or block the sequencer (publishing is a send to a
@@ -382,6 +382,7 @@ async fn subscribe(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let mut unreachable_said = false;
     let own = super::node_channel(&endpoint.name, &endpoint.node);
     let ours = own_batch_prefix(&endpoint.node);
     // The last batches from the bus: a reply to a forwarded message comes after its batch.
@@ -399,6 +400,7 @@ async fn subscribe(
         match pubsub {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(50);
+                unreachable_said = false;
                 metrics.bus_up.store(1, Ordering::Relaxed);
                 if first {
                     tracing::info!(node = endpoint.node, channel = endpoint.channel, "bus up");
@@ -482,8 +484,12 @@ async fn subscribe(
                 );
             }
             Err(e) => {
-                if metrics.bus_up.load(Ordering::Relaxed) == 1 || first {
+                // Once per outage (a wrong password or DB index is one that lasts): then quietly.
+                if !unreachable_said {
                     tracing::warn!(node = endpoint.node, error = %e, "bus down: cannot reach Redis");
+                    unreachable_said = true;
+                } else {
+                    tracing::debug!(node = endpoint.node, error = %e, "Redis still unreachable");
                 }
             }
         }

@@ -186,7 +186,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             // Keys, channels and the commit lock carry the chat's identity (recorded in its
             // database): two chats never mix on one Redis or one MySQL server, even under one
             // CLUSTER_NAME.
-            let chat = store.chat_id(&new_sid()[..12]).await.map_err(db_error)?;
+            let chat = store
+                .chat_id(&new_sid()[..cluster::CHAT_ID_CHARS])
+                .await
+                .map_err(db_error)?;
             let prefix = format!("{}:{chat}", config.cluster_name);
             let node = new_sid()[..10].to_string();
             let _ = metrics.node.set(node.clone());
