@@ -32,9 +32,8 @@ CREATE TABLE IF NOT EXISTS relay_sessions (
 ;
 
 -- Cluster mode (protocol.md §4a): the chat's identity, one random value per database, made by
--- the first node that starts in cluster mode. Nodes put it in their Redis keys and channels and
--- in the commit lock's name, so two chats on one Redis (or one MySQL server) never mix, even
--- under one CLUSTER_NAME.
+-- the first node that starts in cluster mode. Nodes put it in their Redis keys and channels, so
+-- two chats on one Redis never mix, even under one CLUSTER_NAME.
 -- one           always 1: the table has one row.
 -- chat          8 random url-safe characters.
 CREATE TABLE IF NOT EXISTS relay_cluster (

@@ -243,8 +243,8 @@ async fn table(db: &str) -> Vec<u64> {
     ids
 }
 
-/// The prefix of the cluster's Redis keys and channels and of its commit lock's name: its
-/// name and the chat's identity, which the first node recorded in the database.
+/// The prefix of the cluster's Redis keys and channels: its name and the chat's identity, which
+/// the first node recorded in the database.
 async fn prefix_of(db: &str, cluster: &str) -> String {
     use mysql_async::prelude::*;
     let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
@@ -752,7 +752,7 @@ async fn a_stopped_sequencer_holding_the_commit_lock_does_not_stop_the_others() 
     let mut other = patient(nodes[o].joined(0).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let lock = format!("{}:commit", prefix_of(&db, &cluster).await);
+    let lock = format!("{cluster}:commit");
     let pid = nodes[s].child.id();
     let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
         .await

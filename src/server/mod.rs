@@ -183,9 +183,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let bus: Box<dyn Bus> = match redis {
         None => Box::new(LocalBus(broadcaster.clone())),
         Some(client) => {
-            // Keys, channels and the commit lock carry the chat's identity (recorded in its
-            // database): two chats never mix on one Redis or one MySQL server, even under one
-            // CLUSTER_NAME.
+            // Redis keys and channels carry the chat's identity (recorded in its database): two
+            // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
+            // every node of one database must take the same lock, including, during a rolling
+            // upgrade, nodes of a version that did not know the identity.
             let chat = store
                 .chat_id(&new_sid()[..cluster::CHAT_ID_CHARS])
                 .await
@@ -234,7 +235,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 &cluster_tasks,
                 stop_cluster.clone(),
             );
-            options.commit_lock = Some(cluster::commit_lock(&prefix));
+            options.commit_lock = Some(cluster::commit_lock(&config.cluster_name));
             options.role = Some(role);
             options.local = Some(local);
             Box::new(bus)
