@@ -656,6 +656,14 @@ async fn redis_stopped_for_five_seconds_under_load_costs_no_message_and_no_order
         assert!(during > 0, "node {i} acked nothing while Redis was down");
         acked.extend(a.into_iter().map(|(o, _)| o));
     }
+    every_ack_stored_and_seen_in_order(&db, &acked, &mut watchers).await;
+    drop(nodes);
+    drop_database(&db).await;
+}
+
+/// Every clientOffset in `acked` is stored, none twice, and each watcher (one per node, joined
+/// before the first message) is sent the table's rows live, in order, once.
+async fn every_ack_stored_and_seen_in_order(db: &str, acked: &[String], watchers: &mut [Client]) {
     use mysql_async::prelude::*;
     let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
         .await
@@ -667,7 +675,7 @@ async fn redis_stopped_for_five_seconds_under_load_costs_no_message_and_no_order
     let _ = conn.disconnect().await;
     let stored: std::collections::HashSet<&str> = rows.iter().map(|(_, o)| o.as_str()).collect();
     assert_eq!(stored.len(), rows.len(), "no clientOffset stored twice");
-    for o in &acked {
+    for o in acked {
         assert!(stored.contains(o.as_str()), "acked {o} is stored");
     }
     let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
@@ -678,8 +686,6 @@ async fn redis_stopped_for_five_seconds_under_load_costs_no_message_and_no_order
             "node {i}: the table, in order, once"
         );
     }
-    drop(nodes);
-    drop_database(&db).await;
 }
 
 /// Polls `/metrics` until `name` equals `value`.
@@ -796,28 +802,10 @@ async fn a_stopped_sequencer_holding_the_commit_lock_does_not_stop_the_others() 
     await_ack(&mut other, 1).await;
     busy.abort();
 
-    let rows: Vec<(u64, String)> = conn
-        .query("SELECT id, client_offset FROM messages ORDER BY id")
-        .await
-        .expect("query");
     let _ = conn.disconnect().await;
-    let stored: std::collections::HashSet<&str> = rows.iter().map(|(_, o)| o.as_str()).collect();
-    let acked = acked.lock().unwrap().clone();
-    for o in acked
-        .iter()
-        .map(String::as_str)
-        .chain(["o-0", "o-1", "s-after"])
-    {
-        assert!(stored.contains(o), "acked {o} is stored");
-    }
-    let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
-    for (i, w) in watchers.iter_mut().enumerate() {
-        assert_eq!(
-            chats(w, ids.len()).await,
-            ids,
-            "node {i}: the table, in order, once"
-        );
-    }
+    let mut acked = acked.lock().unwrap().clone();
+    acked.extend(["o-0", "o-1", "s-after"].map(String::from));
+    every_ack_stored_and_seen_in_order(&db, &acked, &mut watchers).await;
     drop(nodes);
     drop_database(&db).await;
 }
