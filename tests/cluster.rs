@@ -838,3 +838,42 @@ async fn two_chats_under_one_name_on_one_redis_never_mix() {
     drop_database(&db).await;
     drop_database(&other_db).await;
 }
+
+/// A Redis that hangs without closing its connections (SIGSTOP) is seen as a bus down:
+/// `relay_bus_up` 0 and `/readyz` says so, every node acks its own messages and reads the
+/// others' from the database; after it resumes the bus is up again, and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_is_a_bus_down_and_costs_no_message() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    sequencer_of(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // both have read the lease
+    let mut watcher = nodes[1].joined(0).await;
+    let mut sender = nodes[0].joined(0).await;
+    let pid = redis.child.as_ref().expect("running").id();
+    signal("-STOP", pid);
+    for n in &nodes {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 0.0).await;
+    }
+    let (_, ready) = http_get(nodes[0].addr, "/readyz").await;
+    assert!(ready.contains("bus unavailable"), "{ready}");
+    for k in 0..3u64 {
+        sender
+            .emit(Some(k), &format!("hung {k}"), &format!("hung-{k}"))
+            .await;
+        await_ack(&mut sender, k).await;
+    }
+    let during = chats(&mut watcher, 3).await;
+    signal("-CONT", pid);
+    for n in &nodes {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    sender.emit(Some(3), "after", "after").await;
+    await_ack(&mut sender, 3).await;
+    let after = chats(&mut watcher, 1).await;
+    let ids = table(&db).await;
+    assert_eq!([during, after].concat(), ids, "the table, in order, once");
+    drop(nodes);
+    drop_database(&db).await;
+}

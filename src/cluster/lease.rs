@@ -14,6 +14,7 @@
 //!
 //! Must not: be needed for order or dedupe.
 
+use super::BusHealth;
 use crate::metrics::Metrics;
 use crate::sequencer::bus::Role;
 use std::sync::atomic::Ordering;
@@ -73,14 +74,16 @@ impl Lease {
 }
 
 /// Keeps `lease` (and `role`, the writer's view of it) up to date until `stop`; from `resign`
-/// on, this node gives the lease up and commits its own messages. Reads the bus state from
-/// `metrics.bus_up`: with the bus down no node can forward, so every node commits alone.
+/// on, this node gives the lease up and commits its own messages. Reads from `health` whether
+/// this node is subscribed (if not, no node can forward to it, so it commits alone), and tells
+/// it whether Redis answered in time (a Redis that hangs keeps the subscription).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: redis::Client,
     key: String,
     node: String,
     metrics: Arc<Metrics>,
+    health: Arc<BusHealth>,
     role: watch::Sender<Role>,
     lease: watch::Sender<Lease>,
     resign: CancellationToken,
@@ -97,10 +100,13 @@ pub async fn run(
             () = resign.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
         }
-        let bus_up = metrics.bus_up.load(Ordering::Relaxed) == 1;
         // Until the bus is up, look often: forwarding starts as soon as it can.
-        wait = if bus_up { LEASE_RENEW } else { BUS_DOWN_CHECK };
-        let now = if !bus_up {
+        wait = if metrics.bus_up.load(Ordering::Relaxed) == 1 {
+            LEASE_RENEW
+        } else {
+            BUS_DOWN_CHECK
+        };
+        let now = if !health.subscribed() {
             Lease::alone()
         } else {
             let held = timeout(LEASE_RENEW, async {
@@ -116,6 +122,7 @@ pub async fn run(
                     .await
             })
             .await;
+            health.set_answering(matches!(held, Ok(Ok(_))), &metrics);
             match held {
                 Ok(Ok(holder)) if holder == node => Lease {
                     role: Role::Sequencer,

@@ -22,6 +22,10 @@ pub mod forward;
 pub mod lease;
 pub mod redis;
 
+use crate::metrics::Metrics;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
 /// The longest cluster name. It prefixes the commit lock's name, which MySQL allows 64
 /// characters, and with the chat's identity ([`CHAT_ID_CHARS`]) the Redis keys and channels.
 pub const MAX_NAME: usize = 48;
@@ -60,9 +64,74 @@ pub fn commit_lock(name: &str) -> String {
     format!("{name}:commit")
 }
 
+/// Whether the bus works, as two tasks see it: the subscriber (subscribed to the channels) and
+/// the lease task (Redis answered its last call within the lease's renewal period). A Redis that
+/// hangs without closing its connections (stopped, swapping) keeps the subscription but stops
+/// answering. `relay_bus_up` (and `/readyz`) say the bus is up only when both hold; the follower
+/// then checks the database less often.
+pub struct BusHealth {
+    /// (subscribed, answering)
+    state: Mutex<(bool, bool)>,
+}
+
+impl Default for BusHealth {
+    fn default() -> Self {
+        BusHealth {
+            state: Mutex::new((false, true)),
+        }
+    }
+}
+
+impl BusHealth {
+    /// The subscriber got (`true`) or lost (`false`) its subscription.
+    pub fn set_subscribed(&self, subscribed: bool, metrics: &Metrics) {
+        self.update(metrics, |s| s.0 = subscribed);
+    }
+
+    /// Redis answered the lease task's last call in time, or did not.
+    pub fn set_answering(&self, answering: bool, metrics: &Metrics) {
+        self.update(metrics, |s| s.1 = answering);
+    }
+
+    /// Whether this node is subscribed (the lease is worth asking for only then).
+    pub fn subscribed(&self) -> bool {
+        self.lock().0
+    }
+
+    fn update(&self, metrics: &Metrics, change: impl FnOnce(&mut (bool, bool))) {
+        let mut state = self.lock();
+        change(&mut state);
+        // Under the lock: two tasks' updates never store a stale combination.
+        let up = state.0 && state.1;
+        metrics.bus_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bus_is_up_only_while_subscribed_and_answering() {
+        let (health, metrics) = (BusHealth::default(), Metrics::default());
+        let up = || metrics.bus_up.load(Ordering::Relaxed);
+        health.set_subscribed(true, &metrics);
+        assert_eq!(up(), 1);
+        health.set_answering(false, &metrics);
+        assert_eq!(
+            (up(), health.subscribed()),
+            (0, true),
+            "subscribed, Redis silent"
+        );
+        health.set_answering(true, &metrics);
+        assert_eq!(up(), 1);
+        health.set_subscribed(false, &metrics);
+        assert_eq!(up(), 0);
+    }
 
     #[test]
     fn the_longest_names_fit_mysqls_lock_names() {

@@ -20,6 +20,7 @@
 use super::follower::Follower;
 use super::forward::{self, Direct, Forwarder, Outgoing, Reply, FORWARD_TIMEOUT};
 use super::lease::Lease;
+use super::BusHealth;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
@@ -88,6 +89,7 @@ impl RedisBus {
         offsets: bool,
         max_message_bytes: usize,
         metrics: Arc<Metrics>,
+        health: Arc<BusHealth>,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> (RedisBus, mpsc::UnboundedReceiver<Submission>) {
@@ -117,6 +119,7 @@ impl RedisBus {
             offsets,
             max_message_bytes,
             metrics.clone(),
+            health,
             stop.clone(),
         ));
         tasks.spawn(expire(forwarder.clone(), stop.clone()));
@@ -378,6 +381,7 @@ async fn subscribe(
     offsets: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
+    health: Arc<BusHealth>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -401,7 +405,7 @@ async fn subscribe(
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(50);
                 unreachable_said = false;
-                metrics.bus_up.store(1, Ordering::Relaxed);
+                health.set_subscribed(true, &metrics);
                 if first {
                     tracing::info!(node = endpoint.node, channel = endpoint.channel, "bus up");
                 } else {
@@ -493,7 +497,7 @@ async fn subscribe(
                 }
             }
         }
-        metrics.bus_up.store(0, Ordering::Relaxed);
+        health.set_subscribed(false, &metrics);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}

@@ -210,11 +210,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 role: Role::Commit,
                 sequencer: None,
             });
+            let health = Arc::new(cluster::BusHealth::default());
             cluster_tasks.spawn(cluster::lease::run(
                 client.clone(),
                 cluster::lease::key(&prefix),
                 node.clone(),
                 metrics.clone(),
+                health.clone(),
                 role_tx,
                 lease_tx,
                 shutdown.clone(),
@@ -232,6 +234,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 recovery,
                 max_message_bytes,
                 metrics.clone(),
+                health,
                 &cluster_tasks,
                 stop_cluster.clone(),
             );
