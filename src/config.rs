@@ -105,8 +105,11 @@ pub struct Config {
     #[arg(long, env = "CLUSTER_URL")]
     pub cluster_url: Option<String>,
 
-    /// Cluster mode: the name that prefixes the Redis channel and the database lock, so that
-    /// several chats can share one Redis.
+    /// Cluster mode: the name that prefixes the database's commit lock and, with the chat's
+    /// identity (recorded in its database), the Redis keys and channels. Chats on different
+    /// databases do not mix on one Redis even under one name; give each its own name all the
+    /// same (on one MySQL server they would wait for each other's commits, and a database copied
+    /// from another carries its identity).
     #[arg(long, env = "CLUSTER_NAME", default_value = "relay")]
     pub cluster_name: String,
 

@@ -122,7 +122,17 @@ pub async fn run(
                     .await
             })
             .await;
-            health.set_answering(matches!(held, Ok(Ok(_))), &metrics);
+            let answered = matches!(held, Ok(Ok(_)));
+            if health.set_answering(answered, &metrics) {
+                if answered {
+                    tracing::info!(node, "bus up again: Redis answers");
+                } else {
+                    tracing::warn!(
+                        node,
+                        "bus down: Redis did not answer the lease call in time"
+                    );
+                }
+            }
             match held {
                 Ok(Ok(holder)) if holder == node => Lease {
                     role: Role::Sequencer,

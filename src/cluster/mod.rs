@@ -88,9 +88,15 @@ impl BusHealth {
         self.update(metrics, |s| s.0 = subscribed);
     }
 
-    /// Redis answered the lease task's last call in time, or did not.
-    pub fn set_answering(&self, answering: bool, metrics: &Metrics) {
-        self.update(metrics, |s| s.1 = answering);
+    /// Redis answered the lease task's last call in time, or did not. Returns whether that
+    /// changed.
+    pub fn set_answering(&self, answering: bool, metrics: &Metrics) -> bool {
+        let mut changed = false;
+        self.update(metrics, |s| {
+            changed = s.1 != answering;
+            s.1 = answering;
+        });
+        changed
     }
 
     /// Whether this node is subscribed (the lease is worth asking for only then).

@@ -119,6 +119,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
         Some(url) => {
             cluster::check(url, &config.cluster_name).map_err(StartError::Config)?;
+            if config.db_timeout_ms < 3000 {
+                tracing::warn!(
+                    db_timeout_ms = config.db_timeout_ms,
+                    "DB_TIMEOUT_MS below 3000 in cluster mode: a node stalled while holding the \
+                     commit lock is ended only after 2 s of waiting for it, so with this timeout \
+                     every node waits for as long as it is stalled"
+                );
+            }
             if !config.database_url.starts_with("mysql://") {
                 return Err(StartError::Config(
                     "cluster mode needs a MySQL/MariaDB DATABASE_URL: a SQLite file belongs to one process"

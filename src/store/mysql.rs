@@ -516,9 +516,10 @@ const STALLED_HOLDER_SECS: u64 = 2;
 /// the lock. That is safe: an INSERT it had not finished is rolled back or committed whole, and
 /// the stalled node, once it runs again, finds its connection gone, counts its round as failed
 /// (not acked; the clients retry, deduplicated by their offsets) and takes the lock again like
-/// any node. A holder running a statement is not stalled, only slow, and is left alone. `KILL`
-/// needs the same database user on every node (or the `CONNECTION ADMIN` privilege); without it
-/// the wait goes on as before.
+/// any node. A holder running a statement is not stalled, only slow, and is left alone. Seeing
+/// and ending another node's connection needs the same database user on every node (or the
+/// `PROCESS` and `CONNECTION ADMIN` privileges); without them this logs why, and the wait goes
+/// on as before. The sequencer's `DB_TIMEOUT_MS` must leave room for the 2 s of waiting.
 async fn take_lock(conn: &mut mysql_async::Conn, lock: &str) -> Result<(), StoreError> {
     let granted = async |conn: &mut mysql_async::Conn, secs: u64| {
         let got: Option<Option<i64>> = conn
@@ -530,14 +531,32 @@ async fn take_lock(conn: &mut mysql_async::Conn, lock: &str) -> Result<(), Store
     if granted(conn, STALLED_HOLDER_SECS).await? {
         return Ok(());
     }
-    let stalled: Option<u64> = conn
+    // The holder's id is visible to any user; its row in the process list only to the same user
+    // or one with the PROCESS privilege.
+    let holder: Option<(Option<u64>, Option<String>, Option<u64>)> = conn
         .exec_first(
-            "SELECT ID FROM information_schema.PROCESSLIST \
-             WHERE ID = IS_USED_LOCK(?) AND COMMAND = 'Sleep' AND TIME >= ?",
-            (lock, STALLED_HOLDER_SECS),
+            "SELECT h.id, p.COMMAND, p.TIME FROM (SELECT IS_USED_LOCK(?) AS id) h \
+             LEFT JOIN information_schema.PROCESSLIST p ON p.ID = h.id",
+            (lock,),
         )
         .await
         .map_err(StoreError::mysql("cannot look at the commit lock's holder"))?;
+    let stalled = match holder {
+        Some((Some(id), Some(command), Some(time))) => {
+            (command == "Sleep" && time >= STALLED_HOLDER_SECS).then_some(id)
+        }
+        Some((Some(id), None, _)) => {
+            tracing::warn!(
+                connection = id,
+                lock,
+                "the commit lock is held by a connection this database user cannot see: \
+                 a stalled node cannot be ended (use one user on every node, or grant PROCESS \
+                 and CONNECTION ADMIN)"
+            );
+            None
+        }
+        _ => None, // free now, or held by a node that is running a statement
+    };
     if let Some(id) = stalled {
         match conn.query_drop(format!("KILL {id}")).await {
             Ok(()) => tracing::warn!(
