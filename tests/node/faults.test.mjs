@@ -27,6 +27,7 @@ import {
   freshDbName,
   until,
   PATIENCE_MS,
+  restartFixture,
 } from "./helpers.mjs";
 import { startProxy } from "./proxy.mjs";
 
@@ -261,14 +262,7 @@ describe("database outage under 20 stock clients (mysql store)", () => {
 
 for (const store of ["mysql", "sqlite"]) describe(`SIGTERM under load, restart (${store} store)`, () => {
   const MESSAGES = 30;
-  const relays = [];
-  const sockets = [];
-
-  after(async () => {
-    closeAll(...sockets);
-    for (const r of [...relays].reverse()) await r.stop().catch(() => {});
-    await relays[0]?.drop().catch(() => {});
-  });
+  const { relays, sockets } = restartFixture();
 
   /** pageLikeClient, its socket closed after the suite. */
   function pageLike(url, name, opts = {}) {
