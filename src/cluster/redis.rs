@@ -55,10 +55,12 @@ pub struct RedisBus {
     lease: watch::Receiver<Lease>,
 }
 
-/// Where the bus is: the client, the cluster's name, its batch channel and this node's id.
+/// Where the bus is: the client, the prefix of the chat's keys and channels
+/// (`<CLUSTER_NAME>:<chat>`, see [`super`]), its batch channel and this node's id.
 #[derive(Clone)]
 pub struct Endpoint {
     pub client: redis::Client,
+    /// `<CLUSTER_NAME>:<chat>`: the chat's identity keeps two chats on one Redis apart.
     pub name: String,
     pub channel: String,
     pub node: String,
