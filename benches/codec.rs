@@ -6,6 +6,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use relay::chat;
 use relay::delivery::batch::Message;
+use relay::log::{Entry, Wire};
 use relay::protocol::{engineio, socketio, websocket};
 use std::hint::black_box;
 
@@ -57,10 +58,10 @@ fn fanout(c: &mut Criterion) {
             BenchmarkId::new("encode once, copy bytes", n),
             &n,
             |b, _| {
-                let mut id = 0u64;
+                let mut entry = Entry::message(0, text.into());
                 b.iter(|| {
-                    id += 1;
-                    let m = Message::encode(id, text, false);
+                    entry.id += 1;
+                    let m = Message::encode(&entry, Wire::default());
                     for buf in &mut buffers {
                         buf.clear();
                         buf.extend_from_slice(m.ws_frame());

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+pub mod log;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;

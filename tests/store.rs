@@ -7,7 +7,8 @@ mod common;
 
 use common::Backend;
 use relay::chat::NewMessage;
-use relay::store::{Inserted, Row, Store};
+use relay::log::Entry;
+use relay::store::{Inserted, Store};
 
 /// A fresh, empty database of one backend, removed on [`Fresh::remove`].
 struct Fresh {
@@ -78,7 +79,7 @@ fn stored(result: &[Inserted]) -> Vec<u64> {
 }
 
 /// Every row after `after`, read in pages of `page`.
-async fn all_after(store: &Store, mut after: u64, page: usize) -> Vec<Row> {
+async fn all_after(store: &Store, mut after: u64, page: usize) -> Vec<Entry> {
     let mut rows = Vec::new();
     loop {
         let got = store.page_after(after, page).await.expect("page");
@@ -122,13 +123,10 @@ async fn ids_ascend_in_insertion_order(backend: Backend) {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(store.max_id().await.unwrap(), ids[3]);
     let rows = store.page_after(0, 10).await.unwrap();
-    let expected: Vec<Row> = ids
+    let expected: Vec<Entry> = ids
         .iter()
         .zip(["one", "two", "three", "four"])
-        .map(|(&id, c)| Row {
-            id,
-            content: c.into(),
-        })
+        .map(|(&id, c)| Entry::message(id, c.into()))
         .collect();
     assert_eq!(rows, expected);
     assert_eq!(store.page_after(ids[1], 10).await.unwrap(), expected[2..]);
@@ -157,7 +155,7 @@ async fn a_retry_gets_the_first_copys_id(backend: Backend) {
     let again = insert(&store, &[msg("c", "x"), msg("a", "y")]).await;
     assert_eq!(again[1], Inserted::Duplicate(a));
     let rows = all_after(&store, 0, 100).await;
-    let contents: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
+    let contents: Vec<&str> = rows.iter().map(|r| r.content()).collect();
     assert_eq!(contents, ["original", "new", "newer"]);
     store.close().await;
     db.remove().await;
@@ -203,7 +201,7 @@ async fn content_round_trips_exactly(backend: Backend) {
         .collect();
     stored(&insert(&store, &batch).await);
     let rows = store.page_after(0, 100).await.unwrap();
-    let back: Vec<String> = rows.into_iter().map(|r| r.content).collect();
+    let back: Vec<String> = rows.iter().map(|r| r.content().to_string()).collect();
     assert_eq!(back, contents);
     store.close().await;
     db.remove().await;
@@ -232,7 +230,7 @@ async fn pages_cover_every_row_once(backend: Backend) {
     }
     let from_middle = all_after(&store, ids[349], 64).await;
     assert_eq!(from_middle.len(), 350);
-    assert_eq!(from_middle[0].content, "message 350");
+    assert_eq!(from_middle[0].content(), "message 350");
     let newest = store.newest(10).await.unwrap();
     assert_eq!(newest.iter().map(|r| r.id).collect::<Vec<_>>(), ids[690..]);
     assert_eq!(store.newest(5000).await.unwrap().len(), 700);
@@ -335,7 +333,7 @@ async fn pages_before_an_id_are_the_newest_rows_below_it(backend: Backend) {
     let ids = stored(&insert(&store, &batch).await);
     let page = store.page_before(ids[20], 5).await.unwrap();
     assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), ids[15..20]);
-    assert_eq!(page[0].content, "before 15");
+    assert_eq!(page[0].content(), "before 15");
     // Paging down to the first row, with no duplicate at the seams.
     let mut seen = Vec::new();
     let mut before = u64::MAX;

@@ -12,14 +12,15 @@
 
 use crate::delivery::batch::{Batch, Message};
 use crate::delivery::Broadcaster;
+use crate::log::Wire;
 use crate::metrics::Metrics;
 use crate::sequencer::Receipt;
-use crate::store::Store;
+use crate::store::Reader;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, timeout, Duration, Instant};
+use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,27 +45,25 @@ enum Event {
 #[derive(Clone)]
 pub struct Follower {
     events: mpsc::UnboundedSender<Event>,
+    wire: Wire,
 }
 
 impl Follower {
-    /// Starts the follower's task on `tasks`: it publishes to `broadcaster`, reads gaps from
-    /// `store`, and ends when `stop` is cancelled.
+    /// Starts the follower's task on `tasks`: it publishes to `broadcaster`, reads gaps through
+    /// `reader`, and ends when `stop` is cancelled.
     pub fn start(
         broadcaster: Arc<Broadcaster>,
-        store: Store,
-        offsets: bool,
-        db_timeout: Duration,
+        reader: Reader,
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Follower {
         let (tx, rx) = mpsc::unbounded_channel();
+        let wire = broadcaster.wire();
         let state = State {
             published: broadcaster.published(),
             broadcaster,
-            store,
-            offsets,
-            db_timeout,
+            reader,
             metrics,
             waiting: BTreeMap::new(),
             gap_since: None,
@@ -72,7 +71,12 @@ impl Follower {
             asked: Vec::new(),
         };
         tasks.spawn(state.run(rx, stop));
-        Follower { events: tx }
+        Follower { events: tx, wire }
+    }
+
+    /// How the batches offered here must be written ([`Broadcaster::wire`]).
+    pub fn wire(&self) -> Wire {
+        self.wire
     }
 
     /// A committed batch (this node's, or another's from the bus).
@@ -112,9 +116,7 @@ impl Follower {
 
 struct State {
     broadcaster: Arc<Broadcaster>,
-    store: Store,
-    offsets: bool,
-    db_timeout: Duration,
+    reader: Reader,
     metrics: Arc<Metrics>,
     /// The last id published here.
     published: u64,
@@ -170,9 +172,9 @@ impl State {
                     quiet_since = Instant::now();
                     if self.gap_since.is_none() {
                         // Quiet: anything committed that no batch announced?
-                        match timeout(self.db_timeout, self.store.max_id()).await {
-                            Ok(Ok(max)) => self.wanted = self.wanted.max(max),
-                            _ => tracing::debug!("cannot read the highest id"),
+                        match self.reader.max_id().await {
+                            Ok(max) => self.wanted = self.wanted.max(max),
+                            Err(e) => tracing::debug!(error = %e, "quiet check"),
                         }
                     } else {
                         self.wanted = self.wanted.max(self.waiting_first());
@@ -252,36 +254,22 @@ impl State {
     async fn fill(&mut self) {
         // Those who asked before this read began: answered once it is complete.
         let asked = std::mem::take(&mut self.asked);
-        loop {
-            let page = timeout(
-                self.db_timeout,
-                self.store.page_after(self.published, FILL_PAGE),
-            )
-            .await;
-            let rows = match page {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot read the rows the bus did not bring; retrying");
-                    self.asked.extend(asked);
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!("reading the rows the bus did not bring timed out; retrying");
-                    self.asked.extend(asked);
-                    return;
-                }
-            };
-            let full = rows.len() == FILL_PAGE;
-            if !rows.is_empty() {
+        let reader = self.reader.clone();
+        let wire = self.broadcaster.wire();
+        let read = reader
+            .each_page_after(self.published, FILL_PAGE, |_, entries| {
                 self.metrics
                     .bus_gap_rows
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                self.apply(Batch::from_rows(self.published, &rows, self.offsets));
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                self.apply(Batch::encode(self.published, &entries, wire));
                 self.apply_waiting();
-            }
-            if !full {
-                break;
-            }
+                self.published
+            })
+            .await;
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "cannot read the messages the bus did not bring; retrying");
+            self.asked.extend(asked);
+            return;
         }
         // Everything committed so far is published (a wanted id beyond it was deleted, or is
         // `u64::MAX`: "the newest").
@@ -303,6 +291,7 @@ mod tests {
     use crate::delivery::recent::RecentLimits;
     use crate::delivery::testing::batch;
     use crate::store::memory::MemoryStore;
+    use crate::store::Store;
 
     async fn store_with(n: usize) -> MemoryStore {
         let store = MemoryStore::new();
@@ -334,12 +323,10 @@ mod tests {
             rows: 1000,
             bytes: 1 << 20,
         };
-        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, false));
+        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, Wire::default()));
         let f = Follower::start(
             broadcaster.clone(),
-            Store::Memory(store.clone()),
-            false,
-            Duration::from_secs(5),
+            Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
             metrics,
             &tasks,
             CancellationToken::new(),

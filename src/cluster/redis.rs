@@ -23,10 +23,10 @@ use super::lease::Lease;
 use super::BusHealth;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
+use crate::log::{Entry, Wire};
 use crate::metrics::Metrics;
 use crate::sequencer::bus::Bus;
 use crate::sequencer::{Receipt, Submission};
-use crate::store::Row;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
@@ -88,7 +88,6 @@ impl RedisBus {
         endpoint: Endpoint,
         follower: Follower,
         lease: watch::Receiver<Lease>,
-        offsets: bool,
         max_message_bytes: usize,
         metrics: Arc<Metrics>,
         health: Arc<BusHealth>,
@@ -118,7 +117,6 @@ impl RedisBus {
             forwarder.clone(),
             lease.clone(),
             forwards_tx,
-            offsets,
             max_message_bytes,
             metrics.clone(),
             health,
@@ -145,14 +143,18 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>) {
-        let payload = encode(&self.endpoint.node, batch.prev, &rows);
+    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
+        let payload = encode(&self.endpoint.node, batch.prev, &entries);
         self.follower.offer(batch);
         let _ = self.outbox.send(Outgoing {
             channel: self.endpoint.channel.clone(),
             payload,
             forwarded: Vec::new(),
         });
+    }
+
+    fn wire(&self) -> Wire {
+        self.follower.wire()
     }
 
     fn catch_up(&self, id: u64) {
@@ -238,12 +240,12 @@ async fn expire(forwarder: Forwarder, stop: CancellationToken) {
 }
 
 /// A batch's wire form.
-pub fn encode(node: &str, prev: u64, rows: &[Row]) -> String {
-    /// The rows as `[[id,"content"],…]`, serialised straight from the slice.
-    struct Rows<'a>(&'a [Row]);
+pub fn encode(node: &str, prev: u64, entries: &[Entry]) -> String {
+    /// The entries as `[[id,"content"],…]`, serialised straight from the slice.
+    struct Rows<'a>(&'a [Entry]);
     impl Serialize for Rows<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(|r| (r.id, r.content.as_str())))
+            s.collect_seq(self.0.iter().map(|e| (e.id, e.content())))
         }
     }
     // Fields in the order `json!` wrote them (sorted), so the bytes on the bus are unchanged.
@@ -257,7 +259,7 @@ pub fn encode(node: &str, prev: u64, rows: &[Row]) -> String {
     let wire = Wire {
         node,
         prev,
-        rows: Rows(rows),
+        rows: Rows(entries),
         v: 1,
     };
     serde_json::to_string(&wire).expect("a batch always serialises")
@@ -271,10 +273,10 @@ fn own_batch_prefix(node: &str) -> String {
     prefix
 }
 
-/// A received batch: the node that published it, `prev`, and its rows. `None` for anything that
-/// is not exactly a batch of this form (rows ascending and above `prev`, contents strings of at
-/// most `max_message_bytes`).
-pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, Vec<Row>)> {
+/// A received batch: the node that published it, `prev`, and its entries. `None` for anything
+/// that is not exactly a batch of this form (rows ascending and above `prev`, contents strings of
+/// at most `max_message_bytes`).
+pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, Vec<Entry>)> {
     #[derive(Deserialize)]
     struct Wire {
         v: u64,
@@ -293,7 +295,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
             return None;
         }
         last = id;
-        rows.push(Row { id, content });
+        rows.push(Entry::message(id, content));
     }
     Some((wire.node, wire.prev, rows))
 }
@@ -380,7 +382,6 @@ async fn subscribe(
     forwarder: Forwarder,
     lease: watch::Receiver<Lease>,
     forwards: mpsc::UnboundedSender<(String, Vec<(u64, NewMessage)>)>,
-    offsets: bool,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
     health: Arc<BusHealth>,
@@ -467,7 +468,7 @@ async fn subscribe(
                         Some((node, _, _)) if node == endpoint.node => {} // ours, offered already
                         Some((_, prev, rows)) => {
                             metrics.bus_received.fetch_add(1, Ordering::Relaxed);
-                            let batch = Batch::from_rows(prev, &rows, offsets);
+                            let batch = Batch::encode(prev, &rows, follower.wire());
                             if recent.len() == RECENT_BATCHES {
                                 recent.pop_front();
                             }
@@ -515,14 +516,8 @@ mod tests {
     #[test]
     fn batches_round_trip_and_anything_else_is_refused() {
         let rows = vec![
-            Row {
-                id: 11,
-                content: "a \"quoted\" 😀".into(),
-            },
-            Row {
-                id: 13,
-                content: String::new(),
-            },
+            Entry::message(11, "a \"quoted\" 😀".into()),
+            Entry::message(13, String::new()),
         ];
         let payload = encode("n1", 10, &rows);
         assert!(payload.starts_with(&own_batch_prefix("n1")));
@@ -550,14 +545,7 @@ mod tests {
         ] {
             assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
         }
-        let long = encode(
-            "n",
-            0,
-            &[Row {
-                id: 1,
-                content: "x".repeat(101),
-            }],
-        );
+        let long = encode("n", 0, &[Entry::message(1, "x".repeat(101))]);
         assert_eq!(decode(long.as_bytes(), 100), None, "over the message limit");
     }
 }

@@ -1,16 +1,16 @@
-//! What the delivery path carries: committed chat messages, each encoded once as an Engine.IO
+//! What the delivery path carries: committed log entries, each encoded once as an Engine.IO
 //! packet for every transport, and the batches the sequencer publishes them in.
 //!
-//! A [`Message`] holds its packet `42["chat message",<content>,<id>]` inside a whole WebSocket text
-//! frame: the WebSocket transport copies the frame as it is, the polling transport takes the packet
-//! inside it. Encoded once, at commit (or when a replay reads the row), never per socket.
+//! A [`Message`] holds its entry's packet ([`Entry::packet`], e.g. `42["chat message",<content>,<id>]`)
+//! inside a whole WebSocket text frame: the WebSocket transport copies the frame as it is, the
+//! polling transport takes the packet inside it. Encoded once, at commit (or when a replay reads
+//! the entry), never per socket.
 
-use crate::chat;
-use crate::protocol::{socketio, websocket};
-use crate::store::Row;
+use crate::log::{Entry, Wire};
+use crate::protocol::websocket;
 use std::sync::Arc;
 
-/// One committed chat message, ready for any transport.
+/// One committed log entry, ready for any transport.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub id: u64,
@@ -21,22 +21,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// Encodes row `id` with `content` as the chat broadcast `42["chat message",content,id]`,
-    /// and with `offset` the id again as a trailing string (connection-state recovery's offset).
-    pub fn encode(id: u64, content: &str, offset: bool) -> Message {
-        let packet = socketio::encode_event_text_id(chat::EVENT, content, id, offset);
+    /// Encodes `entry` as [`Entry::packet`] writes it for `wire`, in a WebSocket text frame.
+    pub fn encode(entry: &Entry, wire: Wire) -> Message {
+        let packet = entry.packet(wire);
         let frame = websocket::text_frame(packet.as_bytes());
         let header = (frame.len() - packet.len()) as u8; // 2, 4 or 10
         Message {
-            id,
+            id: entry.id,
             frame: frame.into_boxed_slice(),
             header,
         }
-    }
-
-    /// A stored row, encoded.
-    pub fn from_row(row: &Row, offset: bool) -> Message {
-        Message::encode(row.id, &row.content, offset)
     }
 
     /// The Engine.IO packet (UTF-8 text), as the polling transport sends it.
@@ -65,11 +59,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Stored rows (ascending, all after `prev`), encoded (`offset`: see [`Message::encode`]).
-    pub fn from_rows(prev: u64, rows: &[Row], offset: bool) -> Arc<Batch> {
+    /// Committed entries (ascending, all after `prev`), encoded for `wire`.
+    pub fn encode(prev: u64, entries: &[Entry], wire: Wire) -> Arc<Batch> {
         Arc::new(Batch {
             prev,
-            messages: rows.iter().map(|r| Message::from_row(r, offset)).collect(),
+            messages: entries.iter().map(|e| Message::encode(e, wire)).collect(),
         })
     }
 
@@ -86,9 +80,9 @@ mod tests {
     #[test]
     fn one_encoding_serves_both_framings() {
         for len in [0usize, 10, 200, 70_000] {
-            let content = "é".repeat(len);
-            let m = Message::encode(17, &content, false);
-            let packet = socketio::encode_event_text_id(chat::EVENT, &content, 17, false);
+            let entry = Entry::message(17, "é".repeat(len));
+            let m = Message::encode(&entry, Wire::default());
+            let packet = entry.packet(Wire::default());
             assert_eq!(m.packet(), packet.as_bytes());
             assert_eq!(m.ws_frame(), websocket::text_frame(packet.as_bytes()));
         }
@@ -96,22 +90,13 @@ mod tests {
 
     #[test]
     fn a_batch_ends_at_its_last_message_or_its_prev() {
-        let b = Batch::from_rows(
+        let b = Batch::encode(
             4,
-            &[
-                Row {
-                    id: 5,
-                    content: "a".into(),
-                },
-                Row {
-                    id: 7,
-                    content: "b".into(),
-                },
-            ],
-            true,
+            &[Entry::message(5, "a".into()), Entry::message(7, "b".into())],
+            Wire { offsets: true },
         );
         assert!(b.messages[1].packet().ends_with(b",7,\"7\"]"));
         assert_eq!(b.last(), 7);
-        assert_eq!(Batch::from_rows(4, &[], false).last(), 4);
+        assert_eq!(Batch::encode(4, &[], Wire::default()).last(), 4);
     }
 }

@@ -19,7 +19,8 @@ pub mod recent;
 #[cfg(test)]
 pub mod testing;
 
-use crate::store::{Row, MAX_BATCH};
+use crate::log::{Entry, Wire};
+use crate::store::MAX_BATCH;
 use batch::Batch;
 use fanout::{Fanout, Subscriber};
 use recent::{Recent, RecentLimits};
@@ -40,24 +41,27 @@ pub struct Broadcaster {
     progress: Notify,
     /// In a cluster: asks this node to publish everything committed up to an id (set once).
     catch_up: OnceLock<Box<CatchUpFn>>,
+    /// How this process writes entries for its sockets.
+    wire: Wire,
 }
 
 impl Broadcaster {
     /// Starts from the store's state: `max_id`, the highest stored id, and `newest`, the newest
-    /// rows (ascending) to warm the recent history with, so the reconnects after a restart replay
-    /// from memory. `offset`: chat frames carry recovery offsets ([`batch::Message::encode`]).
+    /// entries (ascending) to warm the recent history with, so the reconnects after a restart
+    /// replay from memory. `wire`: how entries are written for sockets, here and by everything
+    /// that publishes to this broadcaster ([`Broadcaster::wire`]).
     pub fn new(
         max_id: u64,
-        newest: &[Row],
+        newest: &[Entry],
         limits: RecentLimits,
         fanout: Fanout,
-        offset: bool,
+        wire: Wire,
     ) -> Broadcaster {
         // The history holds every row after the one before its oldest.
         let mut prev = newest.first().map_or(max_id, |r| r.id.saturating_sub(1));
         let recent = Recent::new(prev, limits);
         for chunk in newest.chunks(MAX_BATCH) {
-            let batch = Batch::from_rows(prev, chunk, offset);
+            let batch = Batch::encode(prev, chunk, wire);
             prev = batch.last();
             recent.push(batch);
         }
@@ -68,7 +72,14 @@ impl Broadcaster {
             published: AtomicU64::new(start),
             progress: Notify::new(),
             catch_up: OnceLock::new(),
+            wire,
         }
+    }
+
+    /// How entries are written for this process's sockets: every batch published here, and
+    /// every replayed page, is encoded with it.
+    pub fn wire(&self) -> Wire {
+        self.wire
     }
 
     /// In a cluster: how to ask this node to publish what others committed up to an id; the

@@ -17,7 +17,7 @@
 
 use super::batch::{Batch, Message};
 use super::recent::Recent;
-use crate::store::Row;
+use crate::log::{Entry, Wire};
 use std::io;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -193,15 +193,15 @@ impl<S: PacketSink> PacketQueue<S> {
         n
     }
 
-    /// Queues the rows of a database page above the cursor (`offset`: see
-    /// [`Message::encode`]). Returns how many.
-    pub fn deliver_rows(&self, rows: &[Row], offset: bool) -> usize {
+    /// Queues the entries of a database page above the cursor, encoded for `wire`. Returns how
+    /// many.
+    pub fn deliver_entries(&self, entries: &[Entry], wire: Wire) -> usize {
         let mut state = self.lock();
         let mut n = 0;
-        for row in rows {
-            if row.id > state.cursor {
-                state.cursor = row.id;
-                state.sink.push_message(&Message::from_row(row, offset));
+        for entry in entries {
+            if entry.id > state.cursor {
+                state.cursor = entry.id;
+                state.sink.push_message(&Message::encode(entry, wire));
                 n += 1;
             }
         }
@@ -352,11 +352,8 @@ mod tests {
         assert_eq!(q.catch_up(&memory), CatchUp::Page(3));
         // Still the session's: the fan-out does not feed it meanwhile.
         assert_eq!(q.offer(&[batch(11, &[12])]), Some(0));
-        let rows = [4, 5, 10].map(|id| Row {
-            id,
-            content: "r".into(),
-        });
-        assert_eq!(q.deliver_rows(&rows, false), 3);
+        let entries = [4, 5, 10].map(|id| Entry::message(id, "r".into()));
+        assert_eq!(q.deliver_entries(&entries, Wire::default()), 3);
         assert_eq!(q.catch_up(&memory), CatchUp::Live(1));
         q.with_sink(|s| s.send_now()).unwrap();
         assert_eq!(sent_ids(&q), [4, 5, 10, 11]);
@@ -382,7 +379,10 @@ mod tests {
             id += 1;
             let b = Arc::new(Batch {
                 prev: id - 1,
-                messages: vec![Message::encode(id, &big, false)],
+                messages: vec![Message::encode(
+                    &Entry::message(id, big.clone()),
+                    Wire::default(),
+                )],
             });
             q.offer(&[b]).expect("open");
             if q.take_behind() {

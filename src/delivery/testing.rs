@@ -4,6 +4,7 @@
 use super::batch::{Batch, Message};
 use super::queue::{CatchUp, PacketQueue, PacketSink};
 use super::recent::{Recent, RecentLimits};
+use crate::log::{Entry, Wire};
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,7 +15,7 @@ pub fn batch(prev: u64, ids: &[u64]) -> Arc<Batch> {
         prev,
         messages: ids
             .iter()
-            .map(|&id| Message::encode(id, "m", false))
+            .map(|&id| Message::encode(&Entry::message(id, "m".into()), Wire::default()))
             .collect(),
     })
 }

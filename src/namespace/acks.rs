@@ -47,6 +47,7 @@ mod tests {
     use super::*;
     use crate::delivery::batch::{Batch, Message};
     use crate::delivery::testing::{make_live, MemorySink};
+    use crate::log::{Entry, Wire};
     use std::sync::Arc;
 
     #[test]
@@ -64,8 +65,8 @@ mod tests {
         let batch = Arc::new(Batch {
             prev: 0,
             messages: vec![
-                Message::encode(1, "a", false),
-                Message::encode(2, "b", false),
+                Message::encode(&Entry::message(1, "a".into()), Wire::default()),
+                Message::encode(&Entry::message(2, "b".into()), Wire::default()),
             ],
         });
         queue.offer(&[batch]);

@@ -26,11 +26,12 @@ use crate::chat::{self, Rejection};
 use crate::delivery::queue::CatchUp;
 use crate::delivery::Broadcaster;
 use crate::engine::{DisconnectReason, Incoming, Session, Transport};
+use crate::log::Entry;
 use crate::metrics::{BadInput, Metrics};
 use crate::protocol::sid::new_sid;
 use crate::protocol::socketio::{self, Kind, Packet};
 use crate::sequencer::{Outcome, Receipt, Sequencer, Submission};
-use crate::store::{now_ms, Row, Store, StoreError};
+use crate::store::{now_ms, Reader, Store, StoreError};
 use acks::AckQueue;
 use rate::RateLimit;
 use recovery::RecoveryLog;
@@ -42,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Semaphore;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 /// Rows per replay page.
 pub const REPLAY_PAGE: usize = 500;
@@ -67,6 +68,8 @@ pub struct Namespace {
     pub sequencer: Sequencer,
     pub broadcaster: Arc<Broadcaster>,
     pub store: Store,
+    /// Replay, history and recovery-check reads, each within `DB_TIMEOUT_MS`.
+    pub reader: Reader,
     pub config: NamespaceConfig,
     pub metrics: Arc<Metrics>,
     /// Turns for replay reads ([`Store::read_concurrency`] of them): in a reconnect storm a read
@@ -90,10 +93,10 @@ type JoinFuture = Pin<Box<dyn Future<Output = JoinPlan> + Send>>;
 
 /// A history page being read: the ack id it answers, the page size asked, the rows.
 type HistoryFuture =
-    Pin<Box<dyn Future<Output = (u64, usize, Result<Vec<Row>, StoreError>)> + Send>>;
+    Pin<Box<dyn Future<Output = (u64, usize, Result<Vec<Entry>, StoreError>)> + Send>>;
 
 /// A page of rows after a cursor, and the highest id published before it was read.
-type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Row>, u64), StoreError>> + Send>>;
+type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Entry>, u64), StoreError>> + Send>>;
 
 /// A receipt channel, created at a socket's first submission (an idle socket never needs one,
 /// and a channel allocates a block of slots up front).
@@ -253,7 +256,7 @@ impl<T: Transport> Socket<T> {
 
     fn on_page(
         &mut self,
-        page: Result<(Vec<Row>, u64), StoreError>,
+        page: Result<(Vec<Entry>, u64), StoreError>,
     ) -> Result<(), DisconnectReason> {
         self.replay = None;
         if !self.connected {
@@ -268,7 +271,7 @@ impl<T: Transport> Socket<T> {
                     queue.skip_to(published);
                     0
                 } else {
-                    queue.deliver_rows(&rows, self.ns.recovery.is_some())
+                    queue.deliver_entries(&rows, self.ns.broadcaster.wire())
                 };
                 self.count_delivered(n);
                 self.ns
@@ -518,7 +521,7 @@ impl<T: Transport> Socket<T> {
     }
 
     /// Answers a history request with its page (ascending), or an error to retry.
-    fn on_history_page(&mut self, ack_id: u64, limit: usize, page: Result<Vec<Row>, StoreError>) {
+    fn on_history_page(&mut self, ack_id: u64, limit: usize, page: Result<Vec<Entry>, StoreError>) {
         let reply = match page {
             Ok(rows) => {
                 self.ns
@@ -528,7 +531,7 @@ impl<T: Transport> Socket<T> {
                 let more = rows.len() == limit;
                 let messages: Vec<serde_json::Value> = rows
                     .into_iter()
-                    .map(|r| json!({ "id": r.id, "msg": r.content }))
+                    .map(|r| json!({ "id": r.id, "msg": r.content() }))
                     .collect();
                 json!([{ "messages": messages, "more": more }])
             }
@@ -612,7 +615,7 @@ impl<T: Transport> Socket<T> {
     }
 }
 
-async fn next_page(replay: &mut Option<PageFuture>) -> Result<(Vec<Row>, u64), StoreError> {
+async fn next_page(replay: &mut Option<PageFuture>) -> Result<(Vec<Entry>, u64), StoreError> {
     match replay {
         Some(page) => page.await,
         None => std::future::pending().await,
@@ -695,9 +698,9 @@ impl Namespace {
             return held;
         }
         let _turn = self.replay_reads.acquire().await;
-        match timeout(self.config.db_timeout, self.store.page_after(offset - 1, 1)).await {
-            Ok(Ok(rows)) => rows.first().is_some_and(|r| r.id == offset),
-            _ => false,
+        match self.reader.after(offset - 1, 1).await {
+            Ok(entries) => entries.first().is_some_and(|e| e.id == offset),
+            Err(_) => false,
         }
     }
 
@@ -708,13 +711,8 @@ impl Namespace {
         }
         let _turn = self.replay_reads.acquire().await;
         let published = self.broadcaster.published();
-        match timeout(
-            self.config.db_timeout,
-            self.store.page_before(published.saturating_add(1), limit),
-        )
-        .await
-        {
-            Ok(Ok(rows)) if rows.len() == limit => rows[0].id.saturating_sub(1),
+        match self.reader.before(published.saturating_add(1), limit).await {
+            Ok(entries) if entries.len() == limit => entries[0].id.saturating_sub(1),
             // Fewer rows than the cap, or no answer: the whole replay (never a gap).
             _ => 0,
         }
@@ -725,15 +723,7 @@ impl Namespace {
         let ns = self.clone();
         Box::pin(async move {
             let _turn = ns.replay_reads.acquire().await;
-            let page = match timeout(
-                ns.config.db_timeout,
-                ns.store.page_before(request.before, request.limit),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::timeout("history")),
-            };
+            let page = ns.reader.before(request.before, request.limit).await;
             (ack_id, request.limit, page)
         })
     }
@@ -742,8 +732,7 @@ impl Namespace {
     /// waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a database that
     /// does not answer in that time is down).
     fn page(&self, after: u64) -> PageFuture {
-        let store = self.store.clone();
-        let limit = self.config.db_timeout;
+        let reader = self.reader.clone();
         let published = self.broadcaster.published();
         let turns = self.replay_reads.clone();
         let metrics = self.metrics.clone();
@@ -758,10 +747,10 @@ impl Namespace {
                     turn.map_err(|_| StoreError::other("replay", "server stopping".into()))?
                 }
             };
-            let read = match timeout(limit, store.page_after(after, REPLAY_PAGE)).await {
-                Ok(r) => r.map(|rows| (rows, published)),
-                Err(_) => Err(StoreError::timeout("replay")),
-            };
+            let read = reader
+                .after(after, REPLAY_PAGE)
+                .await
+                .map(|entries| (entries, published));
             if read.is_err() {
                 metrics.replay_failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -808,7 +797,10 @@ mod tests {
             rows: 100,
             bytes: 1 << 20,
         };
-        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, window.is_some()));
+        let wire = crate::log::Wire {
+            offsets: window.is_some(),
+        };
+        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, wire));
         let sequencer = Sequencer::start(
             Store::Memory(store.clone()),
             Box::new(LocalBus(broadcaster.clone())),
@@ -816,7 +808,6 @@ mod tests {
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
-                offsets: window.is_some(),
                 commit_lock: None,
                 role: None,
                 local: None,
@@ -838,6 +829,7 @@ mod tests {
                 sequencer,
                 broadcaster,
                 store: Store::Memory(store.clone()),
+                reader: Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
                 config: NamespaceConfig {
                     max_message_bytes: 100,
                     connect_timeout: Duration::from_secs(45),

@@ -9,7 +9,7 @@
 use super::Submission;
 use crate::delivery::batch::Batch;
 use crate::delivery::Broadcaster;
-use crate::store::Row;
+use crate::log::{Entry, Wire};
 use std::sync::Arc;
 
 /// Where a node commits the submissions of its sockets, as the cluster decides it (a single
@@ -29,10 +29,14 @@ pub enum Role {
 /// Carries committed batches to every node's sockets, in the order they are committed.
 pub trait Bus: Send + Sync + 'static {
     /// Publishes a batch this node committed: its `prev` is the id committed just before its
-    /// first row (by this node, or with a cluster, by any). `rows` are its messages as stored,
-    /// for a bus that carries them to other nodes. Must not block: the sequencer calls it between
-    /// two group commits.
-    fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>);
+    /// first entry (by this node, or with a cluster, by any). `entries` are its entries as
+    /// stored, for a bus that carries them to other nodes. Must not block: the sequencer calls it
+    /// between two group commits.
+    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>);
+
+    /// How the batches published here are written for sockets (the local broadcaster's
+    /// [`Broadcaster::wire`]).
+    fn wire(&self) -> Wire;
 
     /// Message `id` is committed but this node may not have published it (another node's, or
     /// one whose commit this node could not confirm): make sure it is published here, in order.
@@ -57,7 +61,11 @@ pub trait Bus: Send + Sync + 'static {
 pub struct LocalBus(pub Arc<Broadcaster>);
 
 impl Bus for LocalBus {
-    fn publish(&self, batch: Arc<Batch>, _rows: Vec<Row>) {
+    fn publish(&self, batch: Arc<Batch>, _entries: Vec<Entry>) {
         self.0.publish(batch);
+    }
+
+    fn wire(&self) -> Wire {
+        self.0.wire()
     }
 }

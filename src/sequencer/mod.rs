@@ -21,8 +21,9 @@ pub mod bus;
 
 use crate::chat::NewMessage;
 use crate::delivery::batch::{Batch, Message};
+use crate::log::Entry;
 use crate::metrics::Metrics;
-use crate::store::{Inserted, Row, Store, StoreError, MAX_BATCH};
+use crate::store::{Inserted, Reader, Store, StoreError, MAX_BATCH};
 use bus::{Bus, Role};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -80,8 +81,6 @@ pub struct SequencerOptions {
     pub queue: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
-    /// Chat frames carry recovery offsets ([`Message::encode`]).
-    pub offsets: bool,
     /// With a cluster: the name of the database lock every node's commits take, so that they
     /// commit one at a time ([`Store::insert_locked`]); `None` for a single node.
     pub commit_lock: Option<String>,
@@ -113,7 +112,6 @@ impl Sequencer {
             published,
             outcome_unknown: false,
             db_timeout: options.db_timeout,
-            offsets: options.offsets,
             commit_lock: options.commit_lock,
             keep_lock: false,
             lock_kept: false,
@@ -143,7 +141,6 @@ struct Writer {
     /// The last write may have committed without our knowing: reconcile before new work.
     outcome_unknown: bool,
     db_timeout: Duration,
-    offsets: bool,
     commit_lock: Option<String>,
     /// This node is the cluster's sequencer: keep the commit lock between group commits.
     keep_lock: bool,
@@ -347,7 +344,8 @@ impl Writer {
             let members = rounds.drain(..).flat_map(|(_, m)| m).collect();
             rounds.push((0, members));
         }
-        let mut published: Vec<(Arc<Batch>, Vec<Row>)> = Vec::with_capacity(rounds.len());
+        let wire = self.bus.wire();
+        let mut published: Vec<(Arc<Batch>, Vec<Entry>)> = Vec::with_capacity(rounds.len());
         for (round_prev, members) in rounds {
             let prev = match self.commit_lock {
                 None => self.published,
@@ -365,13 +363,13 @@ impl Writer {
             }
             stored.sort_unstable();
             let mut messages = Vec::with_capacity(stored.len());
-            let mut rows = Vec::with_capacity(stored.len());
+            let mut entries = Vec::with_capacity(stored.len());
             for (id, i) in stored {
-                let content = std::mem::take(&mut batch[i].message.content);
-                messages.push(Message::encode(id, &content, self.offsets));
-                rows.push(Row { id, content });
+                let entry = Entry::message(id, std::mem::take(&mut batch[i].message.content));
+                messages.push(Message::encode(&entry, wire));
+                entries.push(entry);
             }
-            published.push((Arc::new(Batch { prev, messages }), rows));
+            published.push((Arc::new(Batch { prev, messages }), entries));
         }
         let receipts: Vec<(Submission, Receipt)> = batch
             .drain(..)
@@ -444,34 +442,26 @@ impl Writer {
             self.outcome_unknown = false;
             return Ok(());
         }
-        loop {
-            let after = self.published;
-            let page = tokio::time::timeout(
-                self.db_timeout,
-                self.store.page_after(after, RECONCILE_PAGE),
-            )
-            .await
-            .map_err(|_| StoreError::timeout("reconcile"))??;
-            let full = page.len() == RECONCILE_PAGE;
-            if !page.is_empty() {
+        let reader = Reader::new(self.store.clone(), self.db_timeout);
+        let wire = self.bus.wire();
+        reader
+            .each_page_after(self.published, RECONCILE_PAGE, |after, page| {
                 tracing::info!(
                     count = page.len(),
                     after,
-                    "publishing rows committed during a database failure"
+                    "publishing messages committed during a database failure"
                 );
-                let batch = Batch::from_rows(after, &page, self.offsets);
-                self.publish(batch, page);
-            }
-            if !full {
-                self.outcome_unknown = false;
-                return Ok(());
-            }
-        }
+                self.publish(Batch::encode(after, &page, wire), page);
+                self.published
+            })
+            .await?;
+        self.outcome_unknown = false;
+        Ok(())
     }
 
-    fn publish(&mut self, batch: Arc<Batch>, rows: Vec<Row>) {
+    fn publish(&mut self, batch: Arc<Batch>, entries: Vec<Entry>) {
         self.published = self.published.max(batch.last());
-        self.bus.publish(batch, rows);
+        self.bus.publish(batch, entries);
     }
 }
 
@@ -529,12 +519,16 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Arc<Batch>>>>);
 
     impl Bus for Recorder {
-        fn publish(&self, batch: Arc<Batch>, rows: Vec<Row>) {
+        fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
             assert_eq!(
-                rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+                entries.iter().map(|r| r.id).collect::<Vec<_>>(),
                 batch.messages.iter().map(|m| m.id).collect::<Vec<_>>()
             );
             self.0.lock().unwrap().push(batch);
+        }
+
+        fn wire(&self) -> crate::log::Wire {
+            crate::log::Wire::default()
         }
     }
 
@@ -571,7 +565,6 @@ mod tests {
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
-                offsets: false,
                 commit_lock: None,
                 role: None,
                 local: None,

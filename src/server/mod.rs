@@ -23,6 +23,7 @@ use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
 use crate::delivery::Broadcaster;
 use crate::engine::EngineConfig;
+use crate::log::Wire;
 use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
@@ -30,7 +31,7 @@ use crate::protocol::sid::new_sid;
 use crate::sequencer::bus::LocalBus;
 use crate::sequencer::bus::{Bus, Role};
 use crate::sequencer::{Sequencer, SequencerOptions};
-use crate::store::{Store, StoreError};
+use crate::store::{Reader, Store, StoreError};
 use http::App;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -167,7 +168,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         &background,
     );
     let recovery = config.recovery_window_ms > 0;
-    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout, recovery));
+    let wire = Wire { offsets: recovery };
+    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout, wire));
     drop(newest);
     let stop_sequencer = CancellationToken::new();
     let stop_recovery = CancellationToken::new();
@@ -182,7 +184,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut options = SequencerOptions {
         queue: 16 * 1024,
         db_timeout: config.db_timeout(),
-        offsets: recovery,
         commit_lock: None,
         role: None,
         local: None,
@@ -204,9 +205,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let _ = metrics.node.set(node.clone());
             let follower = Follower::start(
                 broadcaster.clone(),
-                store.clone(),
-                recovery,
-                config.db_timeout(),
+                Reader::new(store.clone(), config.db_timeout()),
                 metrics.clone(),
                 &cluster_tasks,
                 stop_cluster.clone(),
@@ -239,7 +238,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 },
                 follower,
                 lease,
-                recovery,
                 max_message_bytes,
                 metrics.clone(),
                 health,
@@ -277,6 +275,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             sequencer,
             broadcaster: broadcaster.clone(),
             store: store.clone(),
+            reader: Reader::new(store.clone(), config.db_timeout()),
             config: NamespaceConfig {
                 max_message_bytes,
                 connect_timeout: config.connect_timeout(),

@@ -4,8 +4,9 @@
 //! Same contract as the real stores: ids increase from 1 and are never reused, a clientOffset is
 //! stored once, a batch is stored whole or not at all.
 
-use super::{Inserted, Row, SessionRecord, StoreError};
+use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
+use crate::log::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,7 +23,7 @@ pub enum Fault {
 
 #[derive(Default)]
 struct Inner {
-    rows: Vec<Row>,
+    rows: Vec<Entry>,
     offsets: HashMap<String, u64>,
     next_id: u64,
     faults: VecDeque<Fault>,
@@ -63,7 +64,7 @@ impl MemoryStore {
     }
 
     /// Every stored row, ascending.
-    pub fn rows(&self) -> Vec<Row> {
+    pub fn rows(&self) -> Vec<Entry> {
         self.lock().rows.clone()
     }
 
@@ -84,13 +85,13 @@ impl MemoryStore {
         Ok(self.lock().rows.last().map_or(0, |r| r.id))
     }
 
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock();
         let first = inner.rows.partition_point(|r| r.id <= after);
         Ok(inner.rows[first..].iter().take(limit).cloned().collect())
     }
 
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock();
         let end = inner.rows.partition_point(|r| r.id < before);
         Ok(inner.rows[end.saturating_sub(limit)..end].to_vec())
@@ -128,7 +129,7 @@ impl MemoryStore {
         }
     }
 
-    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock();
         let first = inner.rows.len().saturating_sub(limit);
         Ok(inner.rows[first..].to_vec())
@@ -180,10 +181,7 @@ impl Inner {
         self.next_id += 1;
         let id = self.next_id;
         self.offsets.insert(offset.to_string(), id);
-        self.rows.push(Row {
-            id,
-            content: content.to_string(),
-        });
+        self.rows.push(Entry::message(id, content.to_string()));
         id
     }
 }

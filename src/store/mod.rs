@@ -21,14 +21,10 @@ pub mod mysql;
 pub mod sqlite;
 
 use crate::chat::NewMessage;
+use crate::log::Entry;
 use std::fmt;
-
-/// A stored message, as replay reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub id: u64,
-    pub content: String,
-}
+use std::future::Future;
+use std::time::Duration;
 
 /// Milliseconds since the Unix epoch, now (session records' clock: shared by every node).
 pub fn now_ms() -> u64 {
@@ -142,9 +138,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` rows with `id > after`, ascending. Replay calls this page by page, so a long
-    /// history is never held in memory at once.
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    /// Up to `limit` entries with `id > after`, ascending. Read through a [`Reader`], page by
+    /// page, so a long history is never held in memory at once.
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         match self {
             Store::Mysql(s) => s.page_after(after, limit).await,
             Store::Sqlite(s) => s.page_after(after, limit).await,
@@ -153,8 +149,8 @@ impl Store {
         }
     }
 
-    /// The newest `limit` rows, ascending (to warm the in-memory history at start).
-    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+    /// The newest `limit` entries, ascending (to warm the in-memory history at start).
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         match self {
             Store::Mysql(s) => s.newest(limit).await,
             Store::Sqlite(s) => s.newest(limit).await,
@@ -163,9 +159,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` rows with `id < before`, the newest of them, ascending (a page of history
-    /// before what a client has).
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    /// Up to `limit` entries with `id < before`, the newest of them, ascending (a page of
+    /// history before what a client has).
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         match self {
             Store::Mysql(s) => s.page_before(before, limit).await,
             Store::Sqlite(s) => s.page_before(before, limit).await,
@@ -293,6 +289,87 @@ impl Store {
             #[cfg(test)]
             Store::Memory(_) => {}
         }
+    }
+}
+
+/// The one way the log is read back — replay, a catch-up, the sequencer's reconcile, a cluster
+/// node's gap fill, history pages, recovery checks: a page of entries on one side of a cursor,
+/// each read within its own deadline (`DB_TIMEOUT_MS`). A read that does not answer in time fails
+/// with a timeout ([`StoreError::timeout`]) and counts as the database being down. Cheap to clone.
+///
+/// Waiting for a turn to read (the replay turns of a reconnect storm) is the caller's policy and
+/// is not counted against the deadline.
+#[derive(Clone)]
+pub struct Reader {
+    store: Store,
+    deadline: Duration,
+}
+
+impl Reader {
+    /// Reads of `store`, each given `deadline`.
+    pub fn new(store: Store, deadline: Duration) -> Reader {
+        Reader { store, deadline }
+    }
+
+    /// The longest a read may take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Up to `limit` entries with `id > cursor`, ascending.
+    pub async fn after(&self, cursor: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.timed(
+            "reading messages after an id",
+            self.store.page_after(cursor, limit),
+        )
+        .await
+    }
+
+    /// Up to `limit` entries with `id < before`, the newest of them, ascending.
+    pub async fn before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.timed(
+            "reading messages before an id",
+            self.store.page_before(before, limit),
+        )
+        .await
+    }
+
+    /// The highest stored id (0 for an empty log).
+    pub async fn max_id(&self) -> Result<u64, StoreError> {
+        self.timed("reading the highest id", self.store.max_id())
+            .await
+    }
+
+    /// Reads every entry after `cursor`, `page` at a time, until a page comes back short. Each
+    /// non-empty page goes to `each` with the cursor it was read after; `each` returns the cursor
+    /// to read after next (the page's last id, or further when the caller learnt of more).
+    /// Stops at the first failed read.
+    pub async fn each_page_after(
+        &self,
+        mut cursor: u64,
+        page: usize,
+        mut each: impl FnMut(u64, Vec<Entry>) -> u64,
+    ) -> Result<(), StoreError> {
+        loop {
+            let entries = self.after(cursor, page).await?;
+            let full = entries.len() == page;
+            if !entries.is_empty() {
+                cursor = each(cursor, entries);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.deadline, read)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::timeout(what)))
     }
 }
 

@@ -1,8 +1,9 @@
 //! MySQL/MariaDB through mysql_async: a pool for reads, one writer connection whose prepared
 //! multi-row INSERTs stay warm.
 
-use super::{Inserted, Row, SessionRecord, StoreError, MAX_BATCH};
+use super::{Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
+use crate::log::Entry;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use std::collections::HashMap;
@@ -163,26 +164,26 @@ impl MysqlStore {
 
     /// Up to `limit` rows with `id > after`, ascending. Replay calls this page by page, so a long
     /// history is never held in memory at once.
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT id, content FROM messages WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit as u64),
-            |(id, content)| Row { id, content },
+            |(id, content)| Entry::message(id, content),
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
     }
 
     /// Up to `limit` rows with `id < before`, the newest of them, ascending.
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT id, content FROM \
              (SELECT id, content FROM messages WHERE id < ? ORDER BY id DESC LIMIT ?) page \
              ORDER BY id",
             (before, limit as u64),
-            |(id, content)| Row { id, content },
+            |(id, content)| Entry::message(id, content),
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
@@ -248,13 +249,13 @@ impl MysqlStore {
     }
 
     /// The newest `limit` rows, ascending (to warm the in-memory history at start).
-    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT id, content FROM \
              (SELECT id, content FROM messages ORDER BY id DESC LIMIT ?) newest ORDER BY id",
             (limit as u64,),
-            |(id, content)| Row { id, content },
+            |(id, content)| Entry::message(id, content),
         )
         .await
         .map_err(StoreError::mysql("cannot read the newest messages"))

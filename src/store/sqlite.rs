@@ -7,8 +7,9 @@
 //! `synchronous = FULL` syncs the WAL on every commit, and the sequencer commits messages in groups, so
 //! the sync is paid once per group.
 
-use super::{Inserted, Row, SessionRecord, StoreError};
+use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
+use crate::log::Entry;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -124,7 +125,7 @@ impl SqliteStore {
         .map(to_id)
     }
 
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read messages", move |c| {
@@ -137,7 +138,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let before = i64::try_from(before).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read messages", move |c| {
@@ -223,7 +224,7 @@ impl SqliteStore {
         .map_err(joined)?
     }
 
-    pub async fn newest(&self, limit: usize) -> Result<Vec<Row>, StoreError> {
+    pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read the newest messages", move |c| {
             let mut stmt = c.prepare_cached(
@@ -334,11 +335,8 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        id: to_id(r.get(0)?),
-        content: r.get(1)?,
-    })
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry::message(to_id(r.get(0)?), r.get(1)?))
 }
 
 fn to_sql_int(v: u64) -> i64 {

@@ -447,6 +447,7 @@ mod tests {
     use super::*;
     use crate::delivery::batch::Batch;
     use crate::delivery::testing::make_live;
+    use crate::log::{Entry, Wire};
     use tokio::io::AsyncReadExt;
 
     #[test]
@@ -509,7 +510,9 @@ mod tests {
         make_live(&*queue);
         let b = Arc::new(Batch {
             prev: 0,
-            messages: (1..=3).map(|id| Message::encode(id, "m", false)).collect(),
+            messages: (1..=3)
+                .map(|id| Message::encode(&Entry::message(id, "m".into()), Wire::default()))
+                .collect(),
         });
         assert_eq!(queue.offer(&[b]), Some(3));
         assert!(!queue.has_backlog(), "taken by the kernel at once");

@@ -1,0 +1,87 @@
+//! The ordered log's entry: one [`Entry`] is what the store keeps, the cluster's bus carries, the
+//! recent history holds and a socket is sent, in one shape from commit to every socket (as
+//! centrifuge's `Publication` travels broker → hub → client).
+//!
+//! An entry has the id the database gave it (ids are the log's order: strictly increasing, never
+//! reused) and a [`Body`]: what happened. Today the one kind is a chat message; the next kinds
+//! (a deletion, a room's event) are more [`Body`] variants on the same ordered chain, each written
+//! for the wire here, in [`Entry::packet`], and nowhere else.
+//!
+//! Pure: no I/O, no framing for a transport (see `delivery::batch` for the frames).
+//!
+//! Must not: decide ids or order (the database and the sequencer do).
+
+use crate::chat;
+use crate::protocol::socketio;
+
+/// One entry of the log, as stored and as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its place in the log: the `messages.id` the database gave it.
+    pub id: u64,
+    pub body: Body,
+}
+
+/// What an entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A chat message (`messages.content`, UTF-8), sent to sockets as the `"chat message"` event.
+    Message { content: String },
+}
+
+/// How entries are written for sockets: one setting for the whole server, decided at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// Socket.IO connection-state recovery is on (`RECOVERY_WINDOW_MS` > 0): every event carries
+    /// its id again as a trailing string, the offset the stock client sends back as `auth.offset`
+    /// (reference: socket.io `packages/socket.io/lib/socket.ts`, `_onconnect`/`emit` with
+    /// `connectionStateRecovery`).
+    pub offsets: bool,
+}
+
+impl Entry {
+    /// A chat message stored under `id`.
+    pub fn message(id: u64, content: String) -> Entry {
+        Entry {
+            id,
+            body: Body::Message { content },
+        }
+    }
+
+    /// The message text (every entry is a message today).
+    pub fn content(&self) -> &str {
+        match &self.body {
+            Body::Message { content } => content,
+        }
+    }
+
+    /// The Socket.IO packet (with its Engine.IO type) that delivers this entry to a socket of
+    /// `/`: `42["chat message",<content>,<id>]`, and with [`Wire::offsets`]
+    /// `42["chat message",<content>,<id>,"<id>"]`. UTF-8 text.
+    pub fn packet(&self, wire: Wire) -> String {
+        match &self.body {
+            Body::Message { content } => {
+                socketio::encode_event_text_id(chat::EVENT, content, self.id, wire.offsets)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_the_tutorials_event_with_or_without_its_offset() {
+        let e = Entry::message(17, "hi \"you\"".into());
+        assert_eq!(
+            e.packet(Wire::default()),
+            "42[\"chat message\",\"hi \\\"you\\\"\",17]"
+        );
+        assert_eq!(
+            e.packet(Wire { offsets: true }),
+            "42[\"chat message\",\"hi \\\"you\\\"\",17,\"17\"]"
+        );
+        assert_eq!(e.content(), "hi \"you\"");
+    }
+}
