@@ -14,7 +14,7 @@ use crate::delivery::batch::{Batch, Message};
 use crate::delivery::Broadcaster;
 use crate::log::Wire;
 use crate::metrics::Metrics;
-use crate::sequencer::Receipt;
+use crate::sequencer::Answer;
 use crate::store::Reader;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -36,7 +36,7 @@ const FILL_PAGE: usize = 1000;
 enum Event {
     Batch(Arc<Batch>),
     /// Receipts to hand over once what came before them is applied.
-    Answer(Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>),
+    Answer(Vec<Answer>),
     /// Publish up to the id; answer on the sender once the database was read after this request.
     CatchUp(u64, Option<oneshot::Sender<()>>),
 }
@@ -87,13 +87,11 @@ impl Follower {
     /// Sends each receipt to its session once every batch offered before this call has been
     /// applied if it could be: a receipt for a row of such a batch then finds the row published
     /// here, and its session delivers the row with the ack at once.
-    pub fn answer(&self, receipts: Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>) {
-        if let Err(e) = self.events.send(Event::Answer(receipts)) {
+    pub fn answer(&self, answers: Vec<Answer>) {
+        if let Err(e) = self.events.send(Event::Answer(answers)) {
             // The follower has stopped: answer directly.
-            if let Event::Answer(receipts) = e.0 {
-                for (to, r) in receipts {
-                    let _ = to.send(r);
-                }
+            if let Event::Answer(answers) = e.0 {
+                answers.into_iter().for_each(Answer::send);
             }
         }
     }
@@ -152,10 +150,8 @@ impl State {
                         quiet_since = Instant::now();
                         self.offer(batch);
                     }
-                    Some(Event::Answer(receipts)) => {
-                        for (to, r) in receipts {
-                            let _ = to.send(r);
-                        }
+                    Some(Event::Answer(answers)) => {
+                        answers.into_iter().for_each(Answer::send);
                     }
                     Some(Event::CatchUp(id, answer)) => {
                         if id <= self.published {
@@ -362,18 +358,18 @@ mod tests {
     async fn a_receipt_is_handed_over_after_the_batches_offered_before_it() {
         let store = store_with(2).await;
         let (f, b, _tasks) = follower(&store).await;
-        let (to, mut receipts) = mpsc::unbounded_channel();
+        let mut receipts = crate::sequencer::Mailbox::default();
+        let message = NewMessage {
+            content: "m".into(),
+            client_offset: "o".into(),
+        };
+        let submission = crate::sequencer::Submission::new(message, Some(7), &receipts);
         f.offer(batch(0, &[1, 2]));
-        f.answer(vec![(
-            to,
-            Receipt {
-                ack_id: Some(7),
-                outcome: crate::sequencer::Outcome::Stored(2),
-                batch: None,
-            },
-        )]);
+        f.answer(vec![
+            submission.answer(crate::sequencer::Outcome::Stored(2), None)
+        ]);
         let r = receipts.recv().await.expect("a receipt");
-        assert_eq!(r.ack_id, Some(7));
+        assert_eq!(r.tag, Some(7));
         assert_eq!(ids(&b), [1, 2], "its row was published first");
     }
 

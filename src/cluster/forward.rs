@@ -24,7 +24,7 @@
 use crate::chat::{NewMessage, MAX_OFFSET_CHARS};
 use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
-use crate::sequencer::{Outcome, Receipt, Submission};
+use crate::sequencer::{Answer, Outcome, Submission};
 use crate::store::MAX_BATCH;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -243,8 +243,8 @@ pub struct Outgoing {
 /// What [`Forwarder::resolve`] answered.
 #[derive(Default)]
 pub struct Resolved {
-    /// Each receipt, with its session's channel.
-    pub receipts: Vec<(mpsc::UnboundedSender<Receipt>, Receipt)>,
+    /// Each receipt, with its submitter's mailbox.
+    pub receipts: Vec<Answer>,
     /// The ids of the duplicates answered.
     pub duplicates: Vec<u64>,
 }
@@ -252,8 +252,8 @@ pub struct Resolved {
 impl Resolved {
     /// Sends the receipts at once (tests, and when no follower is at hand).
     pub fn send(self) {
-        for (to, r) in self.receipts {
-            let _ = to.send(r);
+        for answer in self.receipts {
+            answer.send();
         }
     }
 }
@@ -355,7 +355,7 @@ impl Forwarder {
             let msgs: Vec<(u64, &NewMessage)> = forwarded
                 .iter()
                 .copied()
-                .zip(chunk.iter().map(|s| &s.message))
+                .zip(chunk.iter().map(Submission::message))
                 .collect();
             let payload = encode_forward(&self.0.node, &msgs);
             let since = Instant::now();
@@ -439,12 +439,7 @@ impl Forwarder {
                 }
                 _ => None,
             };
-            let receipt = Receipt {
-                ack_id: s.ack_id,
-                outcome,
-                batch,
-            };
-            resolved.receipts.push((s.reply_to, receipt));
+            resolved.receipts.push(s.answer(outcome, batch));
         }
         resolved
     }
@@ -522,12 +517,7 @@ impl Forwarder {
         for s in back {
             if let Err(e) = self.0.local.send(s) {
                 // The writer has stopped: nothing can commit it; the client retries.
-                let s = e.0;
-                let _ = s.reply_to.send(Receipt {
-                    ack_id: s.ack_id,
-                    outcome: Outcome::Failed,
-                    batch: None,
-                });
+                e.0.answer(Outcome::Failed, None).send();
             }
         }
     }
@@ -549,6 +539,7 @@ fn take_pending(state: &mut State, reqs: &[u64]) -> Vec<Submission> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sequencer::Mailbox;
 
     fn message(offset: &str, content: &str) -> NewMessage {
         NewMessage {
@@ -621,12 +612,8 @@ mod tests {
         assert_eq!(decode(offset.as_bytes(), 100), None, "offset too long");
     }
 
-    fn submission(offset: &str, ack: u64, reply_to: &mpsc::UnboundedSender<Receipt>) -> Submission {
-        Submission {
-            message: message(offset, "x"),
-            ack_id: Some(ack),
-            reply_to: reply_to.clone(),
-        }
+    fn submission(offset: &str, ack: u64, mailbox: &Mailbox) -> Submission {
+        Submission::new(message(offset, "x"), Some(ack), mailbox)
     }
 
     fn forwarder() -> (
@@ -655,9 +642,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_forwarded_message_is_answered_once_or_given_back_once() {
         let (forwarder, mut published, mut returned) = forwarder();
-        let (reply_to, mut receipts) = mpsc::unbounded_channel();
+        let mut receipts = Mailbox::default();
         let mut batch: Vec<Submission> = (0..4)
-            .map(|i| submission(&format!("o{i}"), i, &reply_to))
+            .map(|i| submission(&format!("o{i}"), i, &receipts))
             .collect();
         forwarder.forward(Some("seq"), &mut batch);
         assert!(batch.is_empty());
@@ -697,16 +684,22 @@ mod tests {
             Some(11),
             "the row's batch, from the bus"
         );
-        assert_eq!((r0.ack_id, r0.outcome), (Some(0), Outcome::Stored(11)));
-        assert_eq!((r1.ack_id, r1.outcome), (Some(1), Outcome::Duplicate(5)));
+        assert_eq!((r0.tag, r0.outcome), (Some(0), Outcome::Stored(11)));
+        assert_eq!((r1.tag, r1.outcome), (Some(1), Outcome::Duplicate(5)));
         assert!(receipts.try_recv().is_err(), "one receipt each");
-        assert_eq!(returned.try_recv().unwrap().message.client_offset, "o2");
+        assert_eq!(
+            returned.try_recv().unwrap().message().client_offset.clone(),
+            "o2"
+        );
 
         // The last one has no answer: given back after the timeout, and only then.
         assert_eq!(forwarder.expire(FORWARD_TIMEOUT), 0);
         tokio::time::advance(FORWARD_TIMEOUT).await;
         assert_eq!(forwarder.expire(FORWARD_TIMEOUT), 1);
-        assert_eq!(returned.try_recv().unwrap().message.client_offset, "o3");
+        assert_eq!(
+            returned.try_recv().unwrap().message().client_offset.clone(),
+            "o3"
+        );
         assert_eq!(forwarder.pending(), (0, 0));
         // A late reply for it is ignored: the writer answers it.
         forwarder
@@ -723,11 +716,11 @@ mod tests {
     #[test]
     fn while_a_forward_is_in_flight_what_comes_goes_together_in_the_next() {
         let (forwarder, mut published, mut returned) = forwarder();
-        let (reply_to, _receipts) = mpsc::unbounded_channel();
-        forwarder.forward(Some("seq"), &mut vec![submission("a", 0, &reply_to)]);
+        let receipts = Mailbox::default();
+        forwarder.forward(Some("seq"), &mut vec![submission("a", 0, &receipts)]);
         let first = forwarded(published.try_recv().unwrap());
-        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &reply_to)]);
-        forwarder.forward(Some("seq"), &mut vec![submission("c", 2, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &receipts)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("c", 2, &receipts)]);
         assert!(
             published.try_recv().is_err(),
             "held while the first is in flight"
@@ -744,7 +737,7 @@ mod tests {
         let second = forwarded(published.try_recv().unwrap());
         assert_eq!(second.len(), 2, "one forward for both");
         // No sequencer known any more when the second is answered "back": held ones come home.
-        forwarder.forward(Some("seq"), &mut vec![submission("d", 3, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("d", 3, &receipts)]);
         forwarder
             .resolve(
                 "seq",
@@ -754,7 +747,7 @@ mod tests {
             )
             .send();
         let back: Vec<String> = std::iter::from_fn(|| returned.try_recv().ok())
-            .map(|s| s.message.client_offset)
+            .map(|s| s.message().client_offset.clone())
             .collect();
         assert_eq!(back, ["b", "c", "d"]);
     }
@@ -762,24 +755,24 @@ mod tests {
     #[test]
     fn after_the_lease_moves_later_messages_follow_the_one_in_flight_in_order() {
         let (forwarder, mut published, mut returned) = forwarder();
-        let (reply_to, _receipts) = mpsc::unbounded_channel();
+        let receipts = Mailbox::default();
         // Nothing in flight, no sequencer: committed here.
-        let mut here = vec![submission("a", 0, &reply_to)];
+        let mut here = vec![submission("a", 0, &receipts)];
         forwarder.forward(None, &mut here);
         assert_eq!(here.len(), 1);
         assert!(!forwarder.busy());
         // One in flight; then the lease goes away: later ones are held behind it, not committed
         // here ahead of it.
-        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &reply_to)]);
+        forwarder.forward(Some("seq"), &mut vec![submission("b", 1, &receipts)]);
         let first = forwarded(published.try_recv().unwrap());
         assert!(forwarder.busy());
-        let mut later = vec![submission("c", 2, &reply_to), submission("d", 3, &reply_to)];
+        let mut later = vec![submission("c", 2, &receipts), submission("d", 3, &receipts)];
         forwarder.forward(None, &mut later);
         assert!(later.is_empty(), "held");
         // Its reply does not come: it and the held ones come back, in the order submitted.
         forwarder.give_back(&first);
         let back: Vec<String> = std::iter::from_fn(|| returned.try_recv().ok())
-            .map(|s| s.message.client_offset)
+            .map(|s| s.message().client_offset.clone())
             .collect();
         assert_eq!(back, ["b", "c", "d"]);
         assert!(!forwarder.busy());
@@ -789,11 +782,11 @@ mod tests {
     fn with_the_writer_gone_a_given_back_message_is_answered_failed() {
         let (forwarder, mut published, returned) = forwarder();
         drop(returned);
-        let (reply_to, mut receipts) = mpsc::unbounded_channel();
-        forwarder.forward(Some("seq"), &mut vec![submission("o", 3, &reply_to)]);
+        let mut receipts = Mailbox::default();
+        forwarder.forward(Some("seq"), &mut vec![submission("o", 3, &receipts)]);
         let reqs = forwarded(published.try_recv().unwrap());
         forwarder.give_back(&reqs);
         let r = receipts.try_recv().unwrap();
-        assert_eq!((r.ack_id, r.outcome), (Some(3), Outcome::Failed));
+        assert_eq!((r.tag, r.outcome), (Some(3), Outcome::Failed));
     }
 }

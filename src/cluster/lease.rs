@@ -16,7 +16,6 @@
 
 use super::BusHealth;
 use crate::metrics::Metrics;
-use crate::sequencer::bus::Role;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -50,6 +49,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// Where this node commits its sockets' messages, as the lease decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Commit here; each group commit takes the commit lock and lets go of it.
+    Commit,
+    /// This node is the cluster's sequencer: commit here, and keep the commit lock from one group
+    /// commit to the next.
+    Sequencer,
+    /// Another node is the sequencer: forward submissions to it ([`super::forward`]), so that the
+    /// cluster's messages meet in one group commit.
+    Forward,
+}
 
 /// The Redis key of the lease.
 pub fn key(cluster: &str) -> String {

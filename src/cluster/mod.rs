@@ -17,14 +17,172 @@
 //!
 //! Must not: be needed by a single node (unset `--cluster-url` and none of this runs).
 
+pub mod adapter;
 pub mod follower;
 pub mod forward;
 pub mod lease;
 pub mod redis;
 
+pub use adapter::RedisAdapter;
+
+use crate::delivery::Broadcaster;
 use crate::metrics::Metrics;
+use crate::protocol::sid::new_sid;
+use crate::store::{Reader, Store, StoreError};
+use follower::Follower;
+use lease::{Lease, Role};
+use redis::{Endpoint, RedisBus};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a node needs to join a cluster.
+pub struct Options {
+    /// `CLUSTER_URL`: `redis://…` or `rediss://…`.
+    pub url: String,
+    /// `CLUSTER_NAME`: the prefix of the commit lock, the Redis keys and channels.
+    pub name: String,
+    /// `DB_TIMEOUT_MS`: the deadline of each database read.
+    pub db_timeout: Duration,
+    /// The largest message a forward or a batch from the bus may carry, UTF-8 bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Why a node could not join its cluster.
+#[derive(Debug)]
+pub enum JoinError {
+    /// A setting that cannot be used, said in words.
+    Config(String),
+    /// The chat's identity could not be read from the database.
+    Database(StoreError),
+}
+
+impl Options {
+    /// Checks the settings (see [`check`]) and that the database is one a cluster can share
+    /// (`database_url`: MySQL/MariaDB). Returns the Redis client they name.
+    fn client(&self, database_url: &str) -> Result<::redis::Client, JoinError> {
+        check(&self.url, &self.name).map_err(JoinError::Config)?;
+        if !database_url.starts_with("mysql://") {
+            return Err(JoinError::Config(
+                "cluster mode needs a MySQL/MariaDB DATABASE_URL: a SQLite file belongs to one process"
+                    .into(),
+            ));
+        }
+        if self.url.starts_with("rediss://") {
+            // redis-rs's TLS (rustls) uses the process's crypto provider; the server's
+            // certificate is checked against the system's roots (`SSL_CERT_FILE` /
+            // `SSL_CERT_DIR` to add others). Installing fails only if one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        ::redis::Client::open(self.url.as_str())
+            .map_err(|e| JoinError::Config(format!("CLUSTER_URL: {e}")))
+    }
+
+    /// Checks the settings before anything connects (see [`Options::client`]).
+    pub fn validate(&self, database_url: &str) -> Result<(), JoinError> {
+        self.client(database_url).map(drop)
+    }
+}
+
+/// A node's running part of the cluster: the lease, the bus, the follower and the inbox.
+pub struct Cluster {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    /// Joins the cluster `options` names on `store` (a MySQL/MariaDB database at
+    /// `database_url`): reads the chat's identity (recorded by its first node), starts the lease,
+    /// the follower (publishing to `broadcaster`) and the Redis bus, and returns the adapter the
+    /// sequencer commits through. From `resign` on (shutdown begins), this node gives up the
+    /// sequencer lease. Errors: bad settings, or a database that cannot say the chat's identity.
+    pub async fn join(
+        options: Options,
+        database_url: &str,
+        store: &Store,
+        broadcaster: &Arc<Broadcaster>,
+        metrics: &Arc<Metrics>,
+        resign: CancellationToken,
+    ) -> Result<(Cluster, RedisAdapter), JoinError> {
+        let client = options.client(database_url)?;
+        if options.db_timeout < Duration::from_secs(3) {
+            tracing::warn!(
+                db_timeout_ms = options.db_timeout.as_millis() as u64,
+                "DB_TIMEOUT_MS below 3000 in cluster mode: a node stalled while holding the \
+                 commit lock is ended only after 2 s of waiting for it, so with this timeout \
+                 every node waits for as long as it is stalled"
+            );
+        }
+        // Redis keys and channels carry the chat's identity (recorded in its database): two
+        // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
+        // every node of one database must take the same lock, including, during a rolling
+        // upgrade, nodes of a version that did not know the identity.
+        let chat = store
+            .chat_id(&new_sid()[..CHAT_ID_CHARS])
+            .await
+            .map_err(JoinError::Database)?;
+        let prefix = format!("{}:{chat}", options.name);
+        let node = new_sid()[..10].to_string();
+        let _ = metrics.node.set(node.clone());
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let follower = Follower::start(
+            broadcaster.clone(),
+            Reader::new(store.clone(), options.db_timeout),
+            metrics.clone(),
+            &tasks,
+            stop.clone(),
+        );
+        let asked = follower.clone();
+        broadcaster.set_catch_up(move |id| asked.read_through(id));
+        let (role_tx, role) = watch::channel(Role::Commit);
+        let (lease_tx, lease) = watch::channel(Lease {
+            role: Role::Commit,
+            sequencer: None,
+        });
+        let health = Arc::new(BusHealth::default());
+        tasks.spawn(lease::run(
+            client.clone(),
+            lease::key(&prefix),
+            node.clone(),
+            metrics.clone(),
+            health.clone(),
+            role_tx,
+            lease_tx,
+            resign,
+            stop.clone(),
+        ));
+        let (bus, local) = RedisBus::start(
+            Endpoint {
+                client,
+                name: prefix.clone(),
+                channel: channel(&prefix),
+                node,
+            },
+            follower,
+            lease,
+            options.max_message_bytes,
+            metrics.clone(),
+            health,
+            &tasks,
+            stop.clone(),
+        );
+        let adapter =
+            RedisAdapter::new(bus, store.clone(), commit_lock(&options.name), role, local);
+        Ok((Cluster { tasks, stop }, adapter))
+    }
+
+    /// Ends the lease, the bus and the follower (once the sequencer has stopped: its last
+    /// batches are on their way), waiting at most `limit` for them.
+    pub async fn stop(self, limit: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+    }
+}
 
 /// The longest cluster name. It prefixes the commit lock's name, which MySQL allows 64
 /// characters, and with the chat's identity ([`CHAT_ID_CHARS`]) the Redis keys and channels.

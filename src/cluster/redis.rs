@@ -25,8 +25,7 @@ use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
 use crate::log::{Entry, Wire};
 use crate::metrics::Metrics;
-use crate::sequencer::bus::Bus;
-use crate::sequencer::{Receipt, Submission};
+use crate::sequencer::{Mailbox, Submission};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
@@ -142,8 +141,10 @@ impl RedisBus {
     }
 }
 
-impl Bus for RedisBus {
-    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
+impl RedisBus {
+    /// Publishes a batch this node committed: to this node's follower at once, and on the
+    /// bus for the others (see [`crate::sequencer::adapter::Adapter::publish`]).
+    pub fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
         let payload = encode(&self.endpoint.node, batch.prev, &entries);
         self.follower.offer(batch);
         let _ = self.outbox.send(Outgoing {
@@ -153,20 +154,28 @@ impl Bus for RedisBus {
         });
     }
 
-    fn wire(&self) -> Wire {
+    /// How batches are written for this node's sockets.
+    pub fn wire(&self) -> Wire {
         self.follower.wire()
     }
 
-    fn catch_up(&self, id: u64) {
+    /// Has the follower publish everything committed up to `id` (`u64::MAX`: the newest).
+    pub fn catch_up(&self, id: u64) {
         self.follower.catch_up(id);
     }
 
-    fn forward(&self, batch: &mut Vec<Submission>) {
+    /// Hands the submissions of `batch` to the lease's sequencer node, or holds them behind
+    /// those of this node already on their way ([`Forwarder::forward`]); what it does not take
+    /// stays in `batch`.
+    pub fn forward(&self, batch: &mut Vec<Submission>) {
         let sequencer = self.lease.borrow().sequencer.clone();
         self.forwarder.forward(sequencer.as_deref(), batch);
     }
 
-    fn forwarding(&self) -> bool {
+    /// Whether messages of this node are on their way through another node's sequencer: later
+    /// ones must follow them whatever the role says now, so one node's messages are committed
+    /// in the order they were submitted.
+    pub fn forwarding(&self) -> bool {
         self.forwarder.busy()
     }
 }
@@ -176,8 +185,8 @@ impl Inbox {
     /// channel, until `stop`. A message the writer cannot take (it has stopped) is answered
     /// `back`: its origin commits it.
     async fn run(mut self, stop: CancellationToken) {
-        let (reply_to, mut receipts) = mpsc::unbounded_channel::<Receipt>();
-        // Our key for each forwarded message in the sequencer (its ack id) -> (origin, request).
+        let mut receipts = Mailbox::default();
+        // The tag of each forwarded message taken into the writer -> (origin, request).
         let mut taken: HashMap<u64, (String, u64)> = HashMap::new();
         let mut next_key = 0u64;
         let mut done = Vec::new();
@@ -191,7 +200,7 @@ impl Inbox {
                         return;
                     }
                     for r in done.drain(..) {
-                        let Some((origin, req)) = r.ack_id.and_then(|k| taken.remove(&k)) else {
+                        let Some((origin, req)) = r.tag.and_then(|k| taken.remove(&k)) else {
                             continue;
                         };
                         replies.entry(origin).or_default().push((req, Reply::Done(r.outcome)));
@@ -202,11 +211,7 @@ impl Inbox {
                     self.metrics.forwarded_in.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                     for (req, message) in msgs {
                         next_key += 1;
-                        let submission = Submission {
-                            message,
-                            ack_id: Some(next_key),
-                            reply_to: reply_to.clone(),
-                        };
+                        let submission = Submission::new(message, Some(next_key), &receipts);
                         match self.local.send(submission) {
                             Ok(()) => {
                                 taken.insert(next_key, (origin.clone(), req));

@@ -30,7 +30,7 @@ use crate::log::Entry;
 use crate::metrics::{BadInput, Metrics};
 use crate::protocol::sid::new_sid;
 use crate::protocol::socketio::{self, Kind, Packet};
-use crate::sequencer::{Outcome, Receipt, Sequencer, Submission};
+use crate::sequencer::{Mailbox, Outcome, Receipt, Sequencer, Submission};
 use crate::store::{now_ms, Reader, Store, StoreError};
 use acks::AckQueue;
 use rate::RateLimit;
@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -98,12 +98,9 @@ type HistoryFuture =
 /// A page of rows after a cursor, and the highest id published before it was read.
 type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Entry>, u64), StoreError>> + Send>>;
 
-/// A receipt channel, created at a socket's first submission (an idle socket never needs one,
-/// and a channel allocates a block of slots up front).
-type Receipts = Option<(
-    mpsc::UnboundedSender<Receipt>,
-    mpsc::UnboundedReceiver<Receipt>,
-)>;
+/// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
+/// channel allocates a block of slots up front).
+type Receipts = Option<Mailbox>;
 
 /// One client's socket in `/`, on its Engine.IO session.
 struct Socket<T: Transport> {
@@ -328,7 +325,7 @@ impl<T: Transport> Socket<T> {
                 .deliver_ahead(self.ns.broadcaster.recent(), batch);
             self.count_delivered(n);
         }
-        let Some(ack_id) = receipt.ack_id else { return };
+        let Some(ack_id) = receipt.tag else { return };
         match receipt.outcome {
             Outcome::Stored(id) | Outcome::Duplicate(id) => {
                 // The ack follows its row on this socket. A row stored now is about to be
@@ -581,15 +578,8 @@ impl<T: Transport> Socket<T> {
         }
         match chat::parse_event(payload, self.ns.config.max_message_bytes, lossy) {
             Ok(message) => {
-                return Ok(Some(Submission {
-                    message,
-                    ack_id,
-                    reply_to: self
-                        .receipts
-                        .get_or_insert_with(mpsc::unbounded_channel)
-                        .0
-                        .clone(),
-                }));
+                let mailbox = self.receipts.get_or_insert_with(Mailbox::default);
+                return Ok(Some(Submission::new(message, ack_id, mailbox)));
             }
             Err(rejection) => self.refuse(ack_id, &rejection),
         }
@@ -598,14 +588,14 @@ impl<T: Transport> Socket<T> {
 
     /// Hands a message to the sequencer, waiting while its queue is full.
     async fn submit(&mut self, submission: Submission) -> Result<(), DisconnectReason> {
-        let submitted = match self.ns.sequencer.try_submit(submission) {
+        let submitted = match self.ns.sequencer.try_publish(submission) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(()),
             // Rare (the sequencer's queue holds 16K): the waiting send is boxed, so that every
             // socket's state does not carry room for a bounded send's future (~500 bytes).
             Err(TrySendError::Full(submission)) => {
                 let wait: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                    Box::pin(self.ns.sequencer.submit(submission));
+                    Box::pin(self.ns.sequencer.publish(submission));
                 wait.await.map_err(drop)
             }
         };
@@ -632,7 +622,7 @@ async fn next_of<T>(pending: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>
 
 async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
     match receipts {
-        Some((_, rx)) => rx.recv().await,
+        Some(mailbox) => mailbox.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -770,7 +760,7 @@ mod tests {
     use crate::delivery::testing::MemorySink;
     use crate::engine::testing::{ClientEnd, MemoryTransport};
     use crate::engine::EngineConfig;
-    use crate::sequencer::bus::LocalBus;
+    use crate::sequencer::adapter::LocalAdapter;
     use crate::sequencer::SequencerOptions;
     use crate::store::memory::{Fault, MemoryStore};
     use tokio_util::sync::CancellationToken;
@@ -803,14 +793,11 @@ mod tests {
         let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, wire));
         let sequencer = Sequencer::start(
             Store::Memory(store.clone()),
-            Box::new(LocalBus(broadcaster.clone())),
+            LocalAdapter(broadcaster.clone()),
             0,
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
-                commit_lock: None,
-                role: None,
-                local: None,
                 metrics: metrics.clone(),
             },
             &tasks,

@@ -17,24 +17,21 @@
 //!
 //! Must not: touch a socket, or publish anything out of id order.
 
-pub mod bus;
+pub mod adapter;
 
 use crate::chat::NewMessage;
 use crate::delivery::batch::{Batch, Message};
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::store::{Inserted, Reader, Store, StoreError, MAX_BATCH};
-use bus::{Bus, Role};
+use adapter::Adapter;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long a cluster's sequencer keeps the commit lock with nothing to commit.
-const KEEP_LOCK_IDLE: Duration = Duration::from_millis(20);
 
 /// Rows a reconcile reads per round.
 const RECONCILE_PAGE: usize = 1000;
@@ -42,10 +39,10 @@ const RECONCILE_PAGE: usize = 1000;
 /// The sequencer's answer to one submission.
 #[derive(Debug)]
 pub struct Receipt {
-    /// The submission's ack id, handed back.
-    pub ack_id: Option<u64>,
+    /// The submitter's tag, handed back (a socket's ack id, the cluster inbox's request id).
+    pub tag: Option<u64>,
     pub outcome: Outcome,
-    /// The batch that holds the submission's row, when that row was stored in this round.
+    /// The batch that holds the submission's entry, when it was stored in this round.
     pub batch: Option<Arc<Batch>>,
 }
 
@@ -62,18 +59,108 @@ pub enum Outcome {
     Failed,
 }
 
-/// A message on its way to the sequencer, with where to send the receipt.
-pub struct Submission {
-    pub message: NewMessage,
-    pub ack_id: Option<u64>,
-    pub reply_to: mpsc::UnboundedSender<Receipt>,
+/// Where a submitter's receipts arrive, in the order the sequencer answers them: one per
+/// submitter (a socket, the cluster's inbox), however many submissions it has in flight.
+pub struct Mailbox {
+    tx: mpsc::UnboundedSender<Receipt>,
+    rx: mpsc::UnboundedReceiver<Receipt>,
 }
 
-/// The handle sessions hold. Cheap to clone.
+impl Default for Mailbox {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Mailbox { tx, rx }
+    }
+}
+
+impl Mailbox {
+    /// The next receipt; `None` never comes while the mailbox lives (it holds a sender).
+    pub async fn recv(&mut self) -> Option<Receipt> {
+        self.rx.recv().await
+    }
+
+    /// The next receipt if one is there.
+    pub fn try_recv(&mut self) -> Result<Receipt, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Up to `limit` receipts into `into`, waiting for the first.
+    pub async fn recv_many(&mut self, into: &mut Vec<Receipt>, limit: usize) -> usize {
+        self.rx.recv_many(into, limit).await
+    }
+}
+
+/// A message on its way to be committed, with where its receipt goes. Made by
+/// [`Submission::new`]; answered exactly once, by the sequencer (or by the cluster adapter that
+/// took it elsewhere).
+pub struct Submission {
+    message: NewMessage,
+    tag: Option<u64>,
+    reply_to: mpsc::UnboundedSender<Receipt>,
+}
+
+/// A receipt with where it goes, made by [`Submission::answer`]: whoever holds it decides when
+/// it is sent (a cluster node sends it after the batch it refers to is published).
+pub struct Answer {
+    to: mpsc::UnboundedSender<Receipt>,
+    receipt: Receipt,
+}
+
+impl Answer {
+    /// Hands the receipt to its mailbox (gone if the submitter is).
+    pub fn send(self) {
+        let _ = self.to.send(self.receipt);
+    }
+
+    /// The receipt it carries.
+    pub fn receipt(&self) -> &Receipt {
+        &self.receipt
+    }
+}
+
+impl Submission {
+    /// `message`, answered in `mailbox` with `tag` (the submitter's key for it).
+    pub fn new(message: NewMessage, tag: Option<u64>, mailbox: &Mailbox) -> Submission {
+        Submission {
+            message,
+            tag,
+            reply_to: mailbox.tx.clone(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &NewMessage {
+        &self.message
+    }
+
+    /// Its receipt: `outcome`, and the batch that holds its entry.
+    pub fn answer(self, outcome: Outcome, batch: Option<Arc<Batch>>) -> Answer {
+        Answer {
+            to: self.reply_to,
+            receipt: Receipt {
+                tag: self.tag,
+                outcome,
+                batch,
+            },
+        }
+    }
+}
+
+/// The publish seam: the one way a message enters the log, for a socket, the cluster's inbox
+/// and a server API alike (after centrifuge's `Node.Publish`). Cheap to clone.
+///
+/// Pipelined callers (a socket with many messages in flight) [`Sequencer::publish`] a
+/// [`Submission`] and read receipts from their [`Mailbox`]; a one-off caller awaits
+/// [`Sequencer::request`]. Either way the answer comes after the commit, with the stored id or a
+/// typed refusal ([`Outcome`]).
 #[derive(Clone)]
 pub struct Sequencer {
     submissions: mpsc::Sender<Submission>,
 }
+
+/// The sequencer stopped (the server is shutting down): nothing was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
 
 /// Tuning of the sequencer.
 pub struct SequencerOptions {
@@ -81,25 +168,16 @@ pub struct SequencerOptions {
     pub queue: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
-    /// With a cluster: the name of the database lock every node's commits take, so that they
-    /// commit one at a time ([`Store::insert_locked`]); `None` for a single node.
-    pub commit_lock: Option<String>,
-    /// With a cluster: where submissions are committed now ([`Role`]); `None`: always here.
-    pub role: Option<watch::Receiver<Role>>,
-    /// With a cluster: submissions committed here whatever the role — those other nodes
-    /// forwarded to this one, and those this node forwarded that came back unanswered (the
-    /// sequencer node went away).
-    pub local: Option<mpsc::UnboundedReceiver<Submission>>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Sequencer {
-    /// Starts the writer task on `tasks`. `published` is the id the first batch follows (the
-    /// highest stored id). The task ends once `stop` is cancelled and what was already submitted
-    /// is committed and answered, or when every handle is gone.
+    /// Starts the writer task on `tasks`, committing through `adapter`. `published` is the id
+    /// the first batch follows (the highest stored id). The task ends once `stop` is cancelled
+    /// and what was already submitted is committed and answered, or when every handle is gone.
     pub fn start(
         store: Store,
-        bus: Box<dyn Bus>,
+        adapter: impl Adapter,
         published: u64,
         options: SequencerOptions,
         tasks: &TaskTracker,
@@ -108,72 +186,58 @@ impl Sequencer {
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
         let writer = Writer {
             store,
-            bus,
+            adapter,
             published,
             outcome_unknown: false,
             db_timeout: options.db_timeout,
-            commit_lock: options.commit_lock,
-            keep_lock: false,
-            lock_kept: false,
             metrics: options.metrics,
         };
-        tasks.spawn(writer.run(queue, options.role, options.local, stop));
+        tasks.spawn(writer.run(queue, stop));
         Sequencer { submissions }
     }
 
-    /// Hands a message to the writer if its queue has room, without waiting.
-    pub fn try_submit(&self, s: Submission) -> Result<(), mpsc::error::TrySendError<Submission>> {
+    /// Hands a submission to the writer if its queue has room, without waiting.
+    pub fn try_publish(&self, s: Submission) -> Result<(), mpsc::error::TrySendError<Submission>> {
         self.submissions.try_send(s)
     }
 
-    /// Hands a message to the writer; waits only while the queue is full. Gives the submission
-    /// back when the sequencer has stopped.
-    pub async fn submit(&self, s: Submission) -> Result<(), Submission> {
+    /// Hands a submission to the writer; waits only while the queue is full. Gives the
+    /// submission back when the sequencer has stopped.
+    pub async fn publish(&self, s: Submission) -> Result<(), Submission> {
         self.submissions.send(s).await.map_err(|e| e.0)
+    }
+
+    /// Publishes one message and waits for its outcome (request/response, for a caller with one
+    /// message at a time, such as a server API).
+    pub async fn request(&self, message: NewMessage) -> Result<Outcome, Stopped> {
+        let mut mailbox = Mailbox::default();
+        self.publish(Submission::new(message, None, &mailbox))
+            .await
+            .map_err(|_| Stopped)?;
+        mailbox.recv().await.map(|r| r.outcome).ok_or(Stopped)
     }
 }
 
-struct Writer {
+struct Writer<A> {
     store: Store,
-    bus: Box<dyn Bus>,
+    adapter: A,
     /// The last id published (what the next batch's `prev` is).
     published: u64,
     /// The last write may have committed without our knowing: reconcile before new work.
     outcome_unknown: bool,
     db_timeout: Duration,
-    commit_lock: Option<String>,
-    /// This node is the cluster's sequencer: keep the commit lock between group commits.
-    keep_lock: bool,
-    /// The last group commit may have kept the commit lock: let go of it when no work follows.
-    lock_kept: bool,
     metrics: Arc<Metrics>,
 }
 
-impl Writer {
-    async fn run(
-        mut self,
-        mut queue: mpsc::Receiver<Submission>,
-        mut role: Option<watch::Receiver<Role>>,
-        mut local: Option<mpsc::UnboundedReceiver<Submission>>,
-        stop: CancellationToken,
-    ) {
+impl<A: Adapter> Writer<A> {
+    async fn run(mut self, mut queue: mpsc::Receiver<Submission>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut back = Vec::new();
         let mut stopping = false;
         loop {
-            let now = role.as_ref().map_or(Role::Commit, |r| *r.borrow());
-            if self.keep_lock && now != Role::Sequencer {
-                // No longer the sequencer: let the next one take the lock.
-                self.release_lock().await;
-            }
-            self.keep_lock = now == Role::Sequencer;
             tokio::select! {
                 biased;
-                n = next_local(&mut local, &mut back) => {
-                    if n == 0 {
-                        local = None;
-                        continue;
-                    }
+                _ = self.adapter.next_local(&mut back) => {
                     std::mem::swap(&mut batch, &mut back);
                 }
                 n = queue.recv_many(&mut batch, MAX_BATCH) => {
@@ -181,25 +245,14 @@ impl Writer {
                         break;
                     }
                     // A node on its way out commits what is left itself.
-                    if (now == Role::Forward || self.bus.forwarding()) && !stopping {
-                        self.bus.forward(&mut batch);
+                    if !stopping {
+                        self.adapter.route(&mut batch);
                         if batch.is_empty() {
                             continue;
                         }
                     }
-                    // What forwarding gave back was submitted before these: commit it first.
-                    self.commit_local(&mut local, &mut back).await;
-                }
-                // Idle: no one waits longer for the lock than a busy sequencer lets them.
-                () = tokio::time::sleep(KEEP_LOCK_IDLE), if self.lock_kept => {
-                    self.release_lock().await;
-                    continue;
-                }
-                changed = next_change(&mut role) => {
-                    if changed.is_err() {
-                        role = None;
-                    }
-                    continue;
+                    // What the adapter handed in was submitted before these: commit it first.
+                    self.commit_local(&mut back).await;
                 }
                 () = stop.cancelled(), if !stopping => {
                     // Refuse new submissions; commit and answer what is queued, then end.
@@ -208,47 +261,27 @@ impl Writer {
                     continue;
                 }
             }
-            self.lock_kept = self.keep_lock;
             self.commit(&mut batch).await;
             batch.clear();
         }
-        // What other nodes forwarded meanwhile is committed too (later ones are answered `back`).
-        if let Some(rx) = local.as_mut() {
-            rx.close();
-        }
-        self.commit_local(&mut local, &mut back).await;
-        self.release_lock().await;
+        // What the adapter took in meanwhile is committed too.
+        self.adapter.close_local();
+        self.commit_local(&mut back).await;
+        self.adapter.finish().await;
         tracing::debug!("sequencer stopped");
     }
 
-    /// Commits what waits on the local channel now (see [`SequencerOptions::local`]).
-    async fn commit_local(
-        &mut self,
-        local: &mut Option<mpsc::UnboundedReceiver<Submission>>,
-        into: &mut Vec<Submission>,
-    ) {
-        let Some(rx) = local else { return };
+    /// Commits what the adapter has for this node now ([`Adapter::take_local`]).
+    async fn commit_local(&mut self, into: &mut Vec<Submission>) {
         loop {
-            while into.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(s) => into.push(s),
-                    Err(_) => break,
-                }
-            }
+            let room = MAX_BATCH.saturating_sub(into.len());
+            self.adapter.take_local(into, room);
             if into.is_empty() {
                 return;
             }
             self.commit(into).await;
             into.clear();
         }
-    }
-
-    async fn release_lock(&mut self) {
-        if let Some(lock) = &self.commit_lock {
-            self.store.release_lock(lock).await;
-        }
-        self.keep_lock = false;
-        self.lock_kept = false;
     }
 
     async fn commit(&mut self, batch: &mut Vec<Submission>) {
@@ -330,7 +363,9 @@ impl Writer {
                 Outcome::Stored(_) => &self.metrics.stored,
                 Outcome::Duplicate(id) => {
                     // Its row may be one this node has not published yet (another node's).
-                    self.bus.catch_up(*id);
+                    if self.adapter.shared() {
+                        self.adapter.catch_up(*id);
+                    }
                     &self.metrics.duplicates
                 }
                 Outcome::Failed => &self.metrics.store_failures,
@@ -340,17 +375,15 @@ impl Writer {
         }
         // One batch per round, in id order; the messages' contents move into the rows the bus
         // may carry to other nodes. A single node's rounds follow one another: one batch.
-        if self.commit_lock.is_none() && rounds.len() > 1 {
+        let shared = self.adapter.shared();
+        if !shared && rounds.len() > 1 {
             let members = rounds.drain(..).flat_map(|(_, m)| m).collect();
             rounds.push((0, members));
         }
-        let wire = self.bus.wire();
+        let wire = self.adapter.wire();
         let mut published: Vec<(Arc<Batch>, Vec<Entry>)> = Vec::with_capacity(rounds.len());
         for (round_prev, members) in rounds {
-            let prev = match self.commit_lock {
-                None => self.published,
-                Some(_) => round_prev,
-            };
+            let prev = if shared { round_prev } else { self.published };
             let mut stored: Vec<(u64, usize)> = members
                 .into_iter()
                 .filter_map(|i| match outcomes[i] {
@@ -371,7 +404,7 @@ impl Writer {
             }
             published.push((Arc::new(Batch { prev, messages }), entries));
         }
-        let receipts: Vec<(Submission, Receipt)> = batch
+        let answers: Vec<Answer> = batch
             .drain(..)
             .zip(outcomes)
             .map(|(s, outcome)| {
@@ -382,43 +415,35 @@ impl Writer {
                         .map(|(b, _)| b.clone()),
                     _ => None,
                 };
-                let receipt = Receipt {
-                    ack_id: s.ack_id,
-                    outcome,
-                    batch,
-                };
-                (s, receipt)
+                s.answer(outcome, batch)
             })
             .collect();
         // One node answers first: the senders' sessions deliver their batch and ack without
         // waiting for the fan-out's pass. A cluster's sequencer publishes first: the batch then
         // reaches the bus before the replies to other nodes' forwarded messages, so their nodes
-        // have it in hand to deliver with the ack ([`Bus::forward`]).
-        if self.commit_lock.is_some() {
+        // have it in hand to deliver with the ack ([`Adapter::shared`]).
+        if shared {
             for (batch, rows) in published.drain(..) {
                 self.publish(batch, rows);
             }
         }
-        for (s, receipt) in receipts {
-            let _ = s.reply_to.send(receipt);
+        for answer in answers {
+            answer.send();
         }
         for (batch, rows) in published {
             self.publish(batch, rows);
         }
     }
 
-    /// One insert round: the outcomes, and (with a cluster) the id committed before it.
-    async fn insert(&self, messages: &[&NewMessage]) -> Result<(u64, Vec<Inserted>), StoreError> {
-        let round = async {
-            match &self.commit_lock {
-                Some(lock) => {
-                    self.store
-                        .insert_locked(messages, lock, self.keep_lock)
-                        .await
-                }
-                None => self.store.insert(messages).await.map(|r| (0, r)),
-            }
-        };
+    /// One insert round: the outcomes, and (with a shared log) the id committed before it.
+    async fn insert(
+        &mut self,
+        messages: &[&NewMessage],
+    ) -> Result<(u64, Vec<Inserted>), StoreError> {
+        if messages.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let round = self.adapter.insert(&self.store, messages);
         match tokio::time::timeout(self.db_timeout, round).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::timeout("insert")),
@@ -436,14 +461,14 @@ impl Writer {
         tokio::time::timeout(self.db_timeout, self.store.end_abandoned_insert())
             .await
             .map_err(|_| StoreError::timeout("reconcile"))??;
-        if self.commit_lock.is_some() {
-            // A cluster's bus reads what it has not published from the database, in order.
-            self.bus.catch_up(u64::MAX);
+        if self.adapter.shared() {
+            // The adapter reads what this node has not published from the database, in order.
+            self.adapter.catch_up(u64::MAX);
             self.outcome_unknown = false;
             return Ok(());
         }
         let reader = Reader::new(self.store.clone(), self.db_timeout);
-        let wire = self.bus.wire();
+        let wire = self.adapter.wire();
         reader
             .each_page_after(self.published, RECONCILE_PAGE, |after, page| {
                 tracing::info!(
@@ -461,7 +486,7 @@ impl Writer {
 
     fn publish(&mut self, batch: Arc<Batch>, entries: Vec<Entry>) {
         self.published = self.published.max(batch.last());
-        self.bus.publish(batch, entries);
+        self.adapter.publish(batch, entries);
     }
 }
 
@@ -474,36 +499,9 @@ impl From<Inserted> for Outcome {
     }
 }
 
-/// The next submissions to commit here whatever the role, into `batch`; 0 once that channel
-/// ended. Pending for ever without a cluster.
-async fn next_local(
-    local: &mut Option<mpsc::UnboundedReceiver<Submission>>,
-    batch: &mut Vec<Submission>,
-) -> usize {
-    match local {
-        Some(rx) => rx.recv_many(batch, MAX_BATCH).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the role changed (an error once its sender is gone); pending for ever without
-/// a cluster.
-async fn next_change(
-    role: &mut Option<watch::Receiver<Role>>,
-) -> Result<(), watch::error::RecvError> {
-    match role {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
 fn reply_all(batch: &mut Vec<Submission>, outcome: Outcome) {
     for s in batch.drain(..) {
-        let _ = s.reply_to.send(Receipt {
-            ack_id: s.ack_id,
-            outcome: outcome.clone(),
-            batch: None,
-        });
+        s.answer(outcome.clone(), None).send();
     }
 }
 
@@ -518,7 +516,15 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder(Arc<Mutex<Vec<Arc<Batch>>>>);
 
-    impl Bus for Recorder {
+    impl Adapter for Recorder {
+        async fn insert<'a>(
+            &'a mut self,
+            store: &'a Store,
+            messages: &'a [&'a NewMessage],
+        ) -> Result<(u64, Vec<Inserted>), StoreError> {
+            store.insert(messages).await.map(|r| (0, r))
+        }
+
         fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
             assert_eq!(
                 entries.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -548,8 +554,7 @@ mod tests {
         store: MemoryStore,
         bus: Recorder,
         sequencer: Sequencer,
-        receipts: mpsc::UnboundedReceiver<Receipt>,
-        reply_to: mpsc::UnboundedSender<Receipt>,
+        mailbox: Mailbox,
         stop: CancellationToken,
         tasks: TaskTracker,
     }
@@ -560,26 +565,21 @@ mod tests {
         let stop = CancellationToken::new();
         let sequencer = Sequencer::start(
             Store::Memory(store.clone()),
-            Box::new(bus.clone()),
+            bus.clone(),
             published,
             SequencerOptions {
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
-                commit_lock: None,
-                role: None,
-                local: None,
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,
             stop.clone(),
         );
-        let (reply_to, receipts) = mpsc::unbounded_channel();
         Fixture {
             store,
             bus,
             sequencer,
-            receipts,
-            reply_to,
+            mailbox: Mailbox::default(),
             stop,
             tasks,
         }
@@ -587,19 +587,16 @@ mod tests {
 
     impl Fixture {
         async fn submit(&self, offset: &str, ack_id: u64) {
-            let s = Submission {
-                message: NewMessage {
-                    content: format!("content of {offset}"),
-                    client_offset: offset.into(),
-                },
-                ack_id: Some(ack_id),
-                reply_to: self.reply_to.clone(),
+            let message = NewMessage {
+                content: format!("content of {offset}"),
+                client_offset: offset.into(),
             };
-            assert!(self.sequencer.submit(s).await.is_ok());
+            let s = Submission::new(message, Some(ack_id), &self.mailbox);
+            assert!(self.sequencer.publish(s).await.is_ok());
         }
 
         async fn receipt(&mut self) -> Receipt {
-            tokio::time::timeout(Duration::from_secs(5), self.receipts.recv())
+            tokio::time::timeout(Duration::from_secs(5), self.mailbox.recv())
                 .await
                 .expect("a receipt in time")
                 .expect("sequencer running")
@@ -623,7 +620,7 @@ mod tests {
         f.submit("a", 2).await; // the same offset again, in the same batch
         let outcomes: Vec<_> = [f.receipt().await, f.receipt().await, f.receipt().await]
             .into_iter()
-            .map(|r| (r.ack_id, r.outcome, r.batch.map(|b| b.last())))
+            .map(|r| (r.tag, r.outcome, r.batch.map(|b| b.last())))
             .collect();
         assert_eq!(
             outcomes,
@@ -708,15 +705,11 @@ mod tests {
         assert_eq!(f.receipt().await.outcome, Outcome::Stored(1));
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let s = Submission {
-                    message: NewMessage {
-                        content: "late".into(),
-                        client_offset: "late".into(),
-                    },
-                    ack_id: None,
-                    reply_to: f.reply_to.clone(),
+                let late = NewMessage {
+                    content: "late".into(),
+                    client_offset: "late".into(),
                 };
-                if f.sequencer.submit(s).await.is_err() {
+                if f.sequencer.request(late).await.is_err() {
                     break;
                 }
                 tokio::task::yield_now().await;

@@ -14,10 +14,7 @@ pub mod endpoint;
 pub mod http;
 pub mod origin;
 
-use crate::cluster;
-use crate::cluster::follower::Follower;
-use crate::cluster::lease::Lease;
-use crate::cluster::redis::{Endpoint, RedisBus};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
@@ -27,9 +24,7 @@ use crate::log::Wire;
 use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
-use crate::protocol::sid::new_sid;
-use crate::sequencer::bus::LocalBus;
-use crate::sequencer::bus::{Bus, Role};
+use crate::sequencer::adapter::LocalAdapter;
 use crate::sequencer::{Sequencer, SequencerOptions};
 use crate::store::{Reader, Store, StoreError};
 use http::App;
@@ -41,7 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,23 +73,20 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Cancelled to begin shutdown: accepting stops, sessions finish.
     shutdown: CancellationToken,
-    /// Cancelled once the sessions are gone: the sequencer drains and ends.
-    stop_sequencer: CancellationToken,
-    /// Cancelled once the sessions are gone: the ended sessions' records are written.
-    stop_recovery: CancellationToken,
-    /// Cancelled once the sequencer is done: the cluster's bus and follower end.
-    stop_cluster: CancellationToken,
-    /// The cluster's bus and follower (none for a single node).
-    cluster_tasks: TaskTracker,
     accept: JoinHandle<()>,
     /// HTTP connections and the sessions they upgraded to.
     connections: TaskTracker,
-    /// The sequencer's writer and the fan-out's shards.
-    background: TaskTracker,
-    broadcaster: Arc<Broadcaster>,
     permits: Arc<Semaphore>,
     max_connections: usize,
     timeout: Duration,
+    /// Cancelled once the sessions are gone: the sequencer drains and ends, and the ended
+    /// sessions' recovery records are written.
+    stop_background: CancellationToken,
+    /// The sequencer's writer, the recovery log and the fan-out's shards.
+    background: TaskTracker,
+    broadcaster: Arc<Broadcaster>,
+    /// The lease, bus and follower of a cluster node.
+    cluster: Option<Cluster>,
     store: Store,
 }
 
@@ -112,39 +104,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Connects the database, starts the sequencer and the fan-out, and begins accepting
-/// connections.
+/// Connects the database, starts the sequencer and the fan-out (and with `--cluster-url` joins
+/// the cluster), and begins accepting connections. Errors: a setting that cannot be used, a
+/// database that cannot be reached or read, an address that cannot be bound.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
-    let redis = match &config.cluster_url {
-        None => None,
-        Some(url) => {
-            cluster::check(url, &config.cluster_name).map_err(StartError::Config)?;
-            if config.db_timeout_ms < 3000 {
-                tracing::warn!(
-                    db_timeout_ms = config.db_timeout_ms,
-                    "DB_TIMEOUT_MS below 3000 in cluster mode: a node stalled while holding the \
-                     commit lock is ended only after 2 s of waiting for it, so with this timeout \
-                     every node waits for as long as it is stalled"
-                );
-            }
-            if !config.database_url.starts_with("mysql://") {
-                return Err(StartError::Config(
-                    "cluster mode needs a MySQL/MariaDB DATABASE_URL: a SQLite file belongs to one process"
-                        .into(),
-                ));
-            }
-            if url.starts_with("rediss://") {
-                // redis-rs's TLS (rustls) uses the process's crypto provider; the server's
-                // certificate is checked against the system's roots (`SSL_CERT_FILE` /
-                // `SSL_CERT_DIR` to add others). Installing fails only if one is installed.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| StartError::Config(format!("CLUSTER_URL: {e}")))?;
-            Some(client)
-        }
-    };
+    let cluster = cluster_options(config);
+    if let Some(options) = &cluster {
+        options
+            .validate(&config.database_url)
+            .map_err(|e| join_error(config, e))?;
+    }
     let db_error = |error| StartError::Database {
         url: redact(&config.database_url),
         error,
@@ -154,110 +124,56 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(db_error)?;
     let metrics = Arc::new(Metrics::default());
     let background = TaskTracker::new();
-    let limits = RecentLimits {
-        rows: config.recent_messages,
-        bytes: 16 << 20,
-    };
-    let max_id = store.max_id().await.map_err(db_error)?;
-    // Warm the recent history, so that the reconnects after a restart replay from memory.
-    let newest = store.newest(limits.rows).await.map_err(db_error)?;
-    let fanout = Fanout::start(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
-        Duration::from_millis(config.fanout_interval_ms),
-        metrics.clone(),
-        &background,
+    let broadcaster = Arc::new(
+        warm_broadcaster(&store, config, &metrics, &background)
+            .await
+            .map_err(db_error)?,
     );
-    let recovery = config.recovery_window_ms > 0;
-    let wire = Wire { offsets: recovery };
-    let broadcaster = Arc::new(Broadcaster::new(max_id, &newest, limits, fanout, wire));
-    drop(newest);
-    let stop_sequencer = CancellationToken::new();
-    let stop_recovery = CancellationToken::new();
-    let stop_cluster = CancellationToken::new();
-    let cluster_tasks = TaskTracker::new();
-    let max_message_bytes = usize::try_from(config.max_message_bytes)
-        .unwrap_or(usize::MAX)
-        .min(store.content_limit());
-    // Cancelled when shutdown begins (before the sequencer stops): a cluster's sequencer node
-    // gives up its lease then.
+    // Cancelled when shutdown begins: a cluster's sequencer node gives up its lease then.
     let shutdown = CancellationToken::new();
-    let mut options = SequencerOptions {
+    let stop_background = CancellationToken::new();
+    let options = SequencerOptions {
         queue: 16 * 1024,
         db_timeout: config.db_timeout(),
-        commit_lock: None,
-        role: None,
-        local: None,
         metrics: metrics.clone(),
     };
-    let bus: Box<dyn Bus> = match redis {
-        None => Box::new(LocalBus(broadcaster.clone())),
-        Some(client) => {
-            // Redis keys and channels carry the chat's identity (recorded in its database): two
-            // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
-            // every node of one database must take the same lock, including, during a rolling
-            // upgrade, nodes of a version that did not know the identity.
-            let chat = store
-                .chat_id(&new_sid()[..cluster::CHAT_ID_CHARS])
-                .await
-                .map_err(db_error)?;
-            let prefix = format!("{}:{chat}", config.cluster_name);
-            let node = new_sid()[..10].to_string();
-            let _ = metrics.node.set(node.clone());
-            let follower = Follower::start(
-                broadcaster.clone(),
-                Reader::new(store.clone(), config.db_timeout()),
-                metrics.clone(),
-                &cluster_tasks,
-                stop_cluster.clone(),
+    let published = broadcaster.published();
+    let (sequencer, cluster) = match cluster {
+        None => {
+            let adapter = LocalAdapter(broadcaster.clone());
+            let sequencer = Sequencer::start(
+                store.clone(),
+                adapter,
+                published,
+                options,
+                &background,
+                stop_background.clone(),
             );
-            let asked = follower.clone();
-            broadcaster.set_catch_up(move |id| asked.read_through(id));
-            let (role_tx, role) = watch::channel(Role::Commit);
-            let (lease_tx, lease) = watch::channel(Lease {
-                role: Role::Commit,
-                sequencer: None,
-            });
-            let health = Arc::new(cluster::BusHealth::default());
-            cluster_tasks.spawn(cluster::lease::run(
-                client.clone(),
-                cluster::lease::key(&prefix),
-                node.clone(),
-                metrics.clone(),
-                health.clone(),
-                role_tx,
-                lease_tx,
+            (sequencer, None)
+        }
+        Some(mut options_c) => {
+            options_c.max_message_bytes = max_message_bytes(config, &store);
+            let (cluster, adapter) = Cluster::join(
+                options_c,
+                &config.database_url,
+                &store,
+                &broadcaster,
+                &metrics,
                 shutdown.clone(),
-                stop_cluster.clone(),
-            ));
-            let (bus, local) = RedisBus::start(
-                Endpoint {
-                    client,
-                    name: prefix.clone(),
-                    channel: cluster::channel(&prefix),
-                    node,
-                },
-                follower,
-                lease,
-                max_message_bytes,
-                metrics.clone(),
-                health,
-                &cluster_tasks,
-                stop_cluster.clone(),
+            )
+            .await
+            .map_err(|e| join_error(config, e))?;
+            let sequencer = Sequencer::start(
+                store.clone(),
+                adapter,
+                published,
+                options,
+                &background,
+                stop_background.clone(),
             );
-            options.commit_lock = Some(cluster::commit_lock(&config.cluster_name));
-            options.role = Some(role);
-            options.local = Some(local);
-            Box::new(bus)
+            (sequencer, Some(cluster))
         }
     };
-    let sequencer = Sequencer::start(
-        store.clone(),
-        bus,
-        broadcaster.published(),
-        options,
-        &background,
-        stop_sequencer.clone(),
-    );
 
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|error| StartError::Listen {
@@ -268,31 +184,33 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|error| StartError::Listen { addr, error })?;
 
+    let recovery = (config.recovery_window_ms > 0).then(|| {
+        RecoveryLog::start(
+            store.clone(),
+            Duration::from_millis(config.recovery_window_ms),
+            &background,
+            stop_background.clone(),
+        )
+    });
+    let namespace = Namespace {
+        sequencer,
+        broadcaster: broadcaster.clone(),
+        store: store.clone(),
+        reader: Reader::new(store.clone(), config.db_timeout()),
+        config: NamespaceConfig {
+            max_message_bytes: max_message_bytes(config, &store),
+            connect_timeout: config.connect_timeout(),
+            db_timeout: config.db_timeout(),
+            max_messages_per_second: config.max_messages_per_second,
+        },
+        metrics,
+        replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
+        recovery,
+    };
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
-        namespace: Arc::new(Namespace {
-            sequencer,
-            broadcaster: broadcaster.clone(),
-            store: store.clone(),
-            reader: Reader::new(store.clone(), config.db_timeout()),
-            config: NamespaceConfig {
-                max_message_bytes,
-                connect_timeout: config.connect_timeout(),
-                db_timeout: config.db_timeout(),
-                max_messages_per_second: config.max_messages_per_second,
-            },
-            metrics,
-            replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
-            recovery: recovery.then(|| {
-                RecoveryLog::start(
-                    store.clone(),
-                    Duration::from_millis(config.recovery_window_ms),
-                    &background,
-                    stop_recovery.clone(),
-                )
-            }),
-        }),
+        namespace: Arc::new(namespace),
         engine: EngineConfig {
             ping_interval: config.ping_interval(),
             ping_timeout: config.ping_timeout(),
@@ -316,19 +234,70 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     Ok(Running {
         addr: local,
         shutdown,
-        stop_sequencer,
-        stop_recovery,
-        stop_cluster,
-        cluster_tasks,
         accept,
         connections,
-        background,
-        broadcaster,
         permits,
         max_connections: config.max_connections,
         timeout: config.shutdown_timeout(),
+        stop_background,
+        background,
+        broadcaster,
+        cluster,
         store,
     })
+}
+
+/// The cluster a config asks this node to join (`--cluster-url`), if any.
+fn cluster_options(config: &Config) -> Option<cluster::Options> {
+    config.cluster_url.as_ref().map(|url| cluster::Options {
+        url: url.clone(),
+        name: config.cluster_name.clone(),
+        db_timeout: config.db_timeout(),
+        max_message_bytes: 0, // set once the store says its limit
+    })
+}
+
+fn join_error(config: &Config, e: cluster::JoinError) -> StartError {
+    match e {
+        cluster::JoinError::Config(why) => StartError::Config(why),
+        cluster::JoinError::Database(error) => StartError::Database {
+            url: redact(&config.database_url),
+            error,
+        },
+    }
+}
+
+/// The largest chat message: `MAX_MESSAGE_BYTES`, or less if the content column holds less.
+fn max_message_bytes(config: &Config, store: &Store) -> usize {
+    usize::try_from(config.max_message_bytes)
+        .unwrap_or(usize::MAX)
+        .min(store.content_limit())
+}
+
+/// This process's broadcaster, its fan-out started on `background` and its recent history
+/// warmed with the newest entries, so that the reconnects after a restart replay from memory.
+async fn warm_broadcaster(
+    store: &Store,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    background: &TaskTracker,
+) -> Result<Broadcaster, StoreError> {
+    let limits = RecentLimits {
+        rows: config.recent_messages,
+        bytes: 16 << 20,
+    };
+    let max_id = store.max_id().await?;
+    let newest = store.newest(limits.rows).await?;
+    let fanout = Fanout::start(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        Duration::from_millis(config.fanout_interval_ms),
+        metrics.clone(),
+        background,
+    );
+    let wire = Wire {
+        offsets: config.recovery_window_ms > 0,
+    };
+    Ok(Broadcaster::new(max_id, &newest, limits, fanout, wire))
 }
 
 /// This node's id in a cluster, for logs ("-" for a single node).
@@ -387,12 +356,16 @@ impl Running {
         self.max_connections - self.permits.available_permits()
     }
 
-    /// Stops accepting, lets every session finish its acks and close with 1001, stops the
-    /// sequencer and the fan-out, and returns when all of them are gone or the shutdown timeout
-    /// has passed.
+    /// Shuts down in stages, each waiting for the one before: (1) stop accepting; (2) every
+    /// session finishes its acks and closes with 1001 (up to the shutdown timeout); (3) the
+    /// sequencer commits and answers what is queued, the recovery log writes the ended
+    /// sessions, the fan-out ends (up to 5 s); (4) a cluster node's lease, bus and follower end
+    /// (up to 2 s); (5) the store closes (up to 2 s).
     pub async fn shutdown(mut self) {
+        // 1.
         self.shutdown.cancel();
         let _ = (&mut self.accept).await;
+        // 2.
         self.connections.close();
         if tokio::time::timeout(self.timeout, self.connections.wait())
             .await
@@ -403,10 +376,8 @@ impl Running {
                 "shutdown timeout: sockets still open are dropped"
             );
         }
-        // No session is left to submit: the sequencer commits and answers what is queued, and
-        // the sessions that ended are kept for their clients to recover.
-        self.stop_sequencer.cancel();
-        self.stop_recovery.cancel();
+        // 3. No session is left to submit.
+        self.stop_background.cancel();
         self.broadcaster.stop();
         self.background.close();
         if tokio::time::timeout(Duration::from_secs(5), self.background.wait())
@@ -415,10 +386,11 @@ impl Running {
         {
             tracing::warn!("shutdown: the sequencer did not finish in time");
         }
-        // The last batches are on their way to the bus: the cluster's tasks can end.
-        self.stop_cluster.cancel();
-        self.cluster_tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster_tasks.wait()).await;
+        // 4. The last batches are on their way to the bus.
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop(Duration::from_secs(2)).await;
+        }
+        // 5.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.store.close()).await;
     }
 }

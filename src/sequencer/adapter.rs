@@ -1,0 +1,104 @@
+//! The adapter seam: how the sequencer's group commits reach the log and its batches reach
+//! every socket — the one place where one node and a cluster differ (as socket.io's adapters,
+//! socketioxide's `CoreAdapter` and centrifuge's `Broker` are).
+//!
+//! The sequencer keeps group commit, dedupe and order, and calls its [`Adapter`] for the rest:
+//! [`Adapter::insert`] stores a round, [`Adapter::publish`] hands its batch on, and a few hooks
+//! let an adapter take submissions elsewhere ([`Adapter::route`]) or hand in submissions of its
+//! own ([`Adapter::next_local`]). One process is [`LocalAdapter`]: insert in the store, publish
+//! to this process's [`Broadcaster`]. A cluster's adapter (`crate::cluster::RedisAdapter`) keeps
+//! its commit lock, lease and forwarding behind the same methods, so a different cluster design
+//! is a change inside `cluster/` alone. Whatever carries a batch, its `prev` lets a receiver tell
+//! a gap and fill it from the database, so a bus is only ever the fast path, never the truth.
+
+use super::Submission;
+use crate::chat::NewMessage;
+use crate::delivery::batch::Batch;
+use crate::delivery::Broadcaster;
+use crate::log::{Entry, Wire};
+use crate::store::{Inserted, Store, StoreError};
+use std::future::Future;
+use std::sync::Arc;
+
+/// What the sequencer needs from where it commits and publishes. Every method but the inserts
+/// must not block: the sequencer calls them between two group commits.
+pub trait Adapter: Send + 'static {
+    /// Publishes a batch the sequencer committed: its `prev` is the id committed just before its
+    /// first entry (by this node, or, when [`Adapter::shared`], by any). `entries` are its
+    /// entries as stored, for an adapter that carries them to other nodes.
+    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>);
+
+    /// How batches are written for sockets (the local broadcaster's [`Broadcaster::wire`]).
+    fn wire(&self) -> Wire;
+
+    /// Stores one group commit (at most [`crate::store::MAX_BATCH`] messages, no clientOffset
+    /// twice) and says what became of each; with [`Adapter::shared`], also the id committed
+    /// just before it (0 otherwise). Errors: as [`Store::insert`]. The sequencer gives it its
+    /// deadline (`DB_TIMEOUT_MS`).
+    fn insert<'a>(
+        &'a mut self,
+        store: &'a Store,
+        messages: &'a [&'a NewMessage],
+    ) -> impl Future<Output = Result<(u64, Vec<Inserted>), StoreError>> + Send + 'a;
+
+    /// Whether other writers commit to the same log. Then each round's batch starts at the id
+    /// the insert reports (not where this node left off), batches are published before their
+    /// submitters are answered (other nodes' answers travel behind them), and what this node
+    /// may not have published is caught up by [`Adapter::catch_up`] instead of read back here.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Entry `id` is committed but this node may not have published it (another node's, or one
+    /// whose commit this node could not confirm; `u64::MAX`: the newest): publish it here, in
+    /// order. Called only when [`Adapter::shared`].
+    fn catch_up(&self, _id: u64) {}
+
+    /// Takes out of `batch` the submissions another node commits (the cluster's forwarding);
+    /// what stays is committed here. Not called while the sequencer is stopping.
+    fn route(&mut self, _batch: &mut Vec<Submission>) {}
+
+    /// Waits for submissions that must be committed here whatever [`Adapter::route`] says
+    /// (forwarded to this node, or given back by the node they went to), puts them in `into`
+    /// and returns how many. Between those it does the adapter's own keeping (a cluster lets go
+    /// of an idle commit lock here). Pending for ever for one node.
+    fn next_local<'a>(
+        &'a mut self,
+        _into: &'a mut Vec<Submission>,
+    ) -> impl Future<Output = usize> + Send + 'a {
+        std::future::pending()
+    }
+
+    /// As [`Adapter::next_local`], without waiting: what is there now, up to `room` of it.
+    fn take_local(&mut self, _into: &mut Vec<Submission>, _room: usize) {}
+
+    /// The sequencer stops: take no more local submissions ([`Adapter::take_local`] still
+    /// returns what was taken in before).
+    fn close_local(&mut self) {}
+
+    /// The sequencer's last round is done: let go of what the adapter holds (a commit lock).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+}
+
+/// One process: rounds go into the store, batches straight to this process's broadcaster.
+pub struct LocalAdapter(pub Arc<Broadcaster>);
+
+impl Adapter for LocalAdapter {
+    fn publish(&self, batch: Arc<Batch>, _entries: Vec<Entry>) {
+        self.0.publish(batch);
+    }
+
+    fn wire(&self) -> Wire {
+        self.0.wire()
+    }
+
+    async fn insert<'a>(
+        &'a mut self,
+        store: &'a Store,
+        messages: &'a [&'a NewMessage],
+    ) -> Result<(u64, Vec<Inserted>), StoreError> {
+        store.insert(messages).await.map(|r| (0, r))
+    }
+}
