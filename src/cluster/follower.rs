@@ -19,7 +19,7 @@ use crate::store::Reader;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +54,7 @@ impl Follower {
     pub fn start(
         broadcaster: Arc<Broadcaster>,
         reader: Reader,
+        bus_up: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
@@ -64,6 +65,7 @@ impl Follower {
             published: broadcaster.published(),
             broadcaster,
             reader,
+            bus_up,
             metrics,
             waiting: BTreeMap::new(),
             gap_since: None,
@@ -115,6 +117,8 @@ impl Follower {
 struct State {
     broadcaster: Arc<Broadcaster>,
     reader: Reader,
+    /// Whether the bus is up (the database is then checked less often).
+    bus_up: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     /// The last id published here.
     published: u64,
@@ -132,7 +136,7 @@ impl State {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, stop: CancellationToken) {
         let mut quiet_since = Instant::now();
         loop {
-            let check = if self.metrics.bus_up.load(Ordering::Relaxed) == 1 {
+            let check = if *self.bus_up.borrow() {
                 QUIET_CHECK
             } else {
                 QUIET_CHECK_BUS_DOWN
@@ -313,7 +317,6 @@ mod tests {
     async fn follower(store: &MemoryStore) -> (Follower, Arc<Broadcaster>, TaskTracker) {
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        metrics.bus_up.store(1, Ordering::Relaxed);
         let fanout = Fanout::start(1, Duration::ZERO, metrics.clone(), &tasks);
         let limits = RecentLimits {
             rows: 1000,
@@ -323,6 +326,7 @@ mod tests {
         let f = Follower::start(
             broadcaster.clone(),
             Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
+            watch::channel(true).1,
             metrics,
             &tasks,
             CancellationToken::new(),

@@ -113,7 +113,7 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
         }
         // Until the bus is up, look often: forwarding starts as soon as it can.
-        wait = if metrics.bus_up.load(Ordering::Relaxed) == 1 {
+        wait = if health.up() {
             LEASE_RENEW
         } else {
             BUS_DOWN_CHECK

@@ -91,6 +91,7 @@ impl Options {
 pub struct Cluster {
     tasks: TaskTracker,
     stop: CancellationToken,
+    health: Arc<BusHealth>,
 }
 
 impl Cluster {
@@ -129,9 +130,11 @@ impl Cluster {
         let _ = metrics.node.set(node.clone());
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
+        let health = Arc::new(BusHealth::default());
         let follower = Follower::start(
             broadcaster.clone(),
             Reader::new(store.clone(), options.db_timeout),
+            health.watch(),
             metrics.clone(),
             &tasks,
             stop.clone(),
@@ -143,7 +146,6 @@ impl Cluster {
             role: Role::Commit,
             sequencer: None,
         });
-        let health = Arc::new(BusHealth::default());
         tasks.spawn(lease::run(
             client.clone(),
             lease::key(&prefix),
@@ -166,13 +168,25 @@ impl Cluster {
             lease,
             options.max_message_bytes,
             metrics.clone(),
-            health,
+            health.clone(),
             &tasks,
             stop.clone(),
         );
         let adapter =
             RedisAdapter::new(bus, store.clone(), commit_lock(&options.name), role, local);
-        Ok((Cluster { tasks, stop }, adapter))
+        Ok((
+            Cluster {
+                tasks,
+                stop,
+                health,
+            },
+            adapter,
+        ))
+    }
+
+    /// Follows whether this node's bus is up (for `/readyz`).
+    pub fn bus_up(&self) -> watch::Receiver<bool> {
+        self.health.watch()
     }
 
     /// Ends the lease, the bus and the follower (once the sequencer has stopped: its last
@@ -225,17 +239,20 @@ pub fn commit_lock(name: &str) -> String {
 /// Whether the bus works, as two tasks see it: the subscriber (subscribed to the channels) and
 /// the lease task (Redis answered its last call within the lease's renewal period). A Redis that
 /// hangs without closing its connections (stopped, swapping) keeps the subscription but stops
-/// answering. `relay_bus_up` (and `/readyz`) say the bus is up only when both hold; the follower
-/// then checks the database less often.
+/// answering. The bus is up only when both hold: the follower then checks the database less
+/// often, the lease task renews at its ordinary pace, and `/readyz` says so. Up or down is state
+/// ([`BusHealth::watch`]); `relay_bus_up` only reports it.
 pub struct BusHealth {
     /// (subscribed, answering)
     state: Mutex<(bool, bool)>,
+    up: watch::Sender<bool>,
 }
 
 impl Default for BusHealth {
     fn default() -> Self {
         BusHealth {
             state: Mutex::new((false, true)),
+            up: watch::Sender::new(false),
         }
     }
 }
@@ -262,11 +279,22 @@ impl BusHealth {
         self.lock().0
     }
 
+    /// Whether the bus is up now: subscribed, and Redis answering.
+    pub fn up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Follows whether the bus is up.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
     fn update(&self, metrics: &Metrics, change: impl FnOnce(&mut (bool, bool))) {
         let mut state = self.lock();
         change(&mut state);
         // Under the lock: two tasks' updates never store a stale combination.
         let up = state.0 && state.1;
+        self.up.send_if_modified(|u| std::mem::replace(u, up) != up);
         metrics.bus_up.store(u64::from(up), Ordering::Relaxed);
     }
 
@@ -282,7 +310,7 @@ mod tests {
     #[test]
     fn the_bus_is_up_only_while_subscribed_and_answering() {
         let (health, metrics) = (BusHealth::default(), Metrics::default());
-        let up = || metrics.bus_up.load(Ordering::Relaxed);
+        let up = || u64::from(health.up());
         health.set_subscribed(true, &metrics);
         assert_eq!(up(), 1);
         health.set_answering(false, &metrics);

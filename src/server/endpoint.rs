@@ -11,7 +11,7 @@
 //! Must not: parse anything beyond the request line and headers (the transports and the session
 //! do), or keep a session's state.
 
-use super::http::{plain, App, HttpResponse};
+use super::app::{plain, App, HttpResponse};
 use crate::engine::{self, DisconnectReason, Transport};
 use crate::namespace;
 use crate::transport::polling::{PollOutcome, PollingSessions, PostError};
@@ -208,7 +208,7 @@ async fn run_session<T: Transport>(
     tracing::info!(%peer, sid = session.sid(), transport, "session opened");
     // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
     // hold the session's state alone, not room for the handshake's as well.
-    let reason = Box::pin(namespace::serve(session, app.namespace.clone())).await;
+    let reason = Box::pin(namespace::handler::serve(session, app.namespace.clone())).await;
     metrics.connected.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "session closed");
     reason

@@ -3,12 +3,9 @@
 //!
 //! Must not: parse Engine.IO packets or hold a session's state.
 
+use super::app::{plain, App, HttpResponse};
 use super::assets;
 use super::endpoint;
-use super::origin::OriginPolicy;
-use crate::engine::EngineConfig;
-use crate::namespace::Namespace;
-use crate::transport::polling::PollingSessions;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,33 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// What request handlers share.
-pub struct App {
-    pub namespace: Arc<Namespace>,
-    pub engine: EngineConfig,
-    /// Longest `/readyz` waits for the database.
-    pub db_timeout: Duration,
-    /// Where the page's files are read from on every request; `None`: the built-in copy.
-    pub static_dir: Option<PathBuf>,
-    pub shutdown: CancellationToken,
-    /// Where sessions run, so shutdown waits for them.
-    pub connections: TaskTracker,
-    /// One permit per open session (`MAX_CONNECTIONS`).
-    pub permits: Arc<Semaphore>,
-    /// Which browser pages may open sessions.
-    pub origins: OriginPolicy,
-    /// The sessions on HTTP long-polling, by Engine.IO sid.
-    pub polling: PollingSessions,
-}
-
-pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request.
 pub async fn handle(
@@ -83,16 +54,6 @@ pub async fn handle(
     Ok(response)
 }
 
-pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 /// Ready: not shutting down and the database answers. In a cluster whose bus (Redis) is down the
 /// node still serves every message (it reads the other nodes' rows from the database), so it
 /// stays ready and says so in the body: every node sees the same Redis, and a balancer that took
@@ -102,9 +63,7 @@ async fn ready(app: &App) -> HttpResponse {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
-    let metrics = &app.namespace.metrics;
-    let bus_down = metrics.node.get().is_some()
-        && metrics.bus_up.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    let bus_down = app.bus_up.as_ref().is_some_and(|up| !*up.borrow());
     match ping {
         Ok(Ok(())) if bus_down => plain(
             StatusCode::OK,

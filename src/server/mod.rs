@@ -9,6 +9,7 @@
 //! commits what is queued and ends, the fan-out ends, and the store closes. Open sessions are
 //! counted by the permits of one semaphore of `MAX_CONNECTIONS`, each held by its session.
 
+pub mod app;
 pub mod assets;
 pub mod endpoint;
 pub mod http;
@@ -27,7 +28,7 @@ use crate::namespace::{Namespace, NamespaceConfig};
 use crate::sequencer::adapter::LocalAdapter;
 use crate::sequencer::{Sequencer, SequencerOptions};
 use crate::store::{Reader, Store, StoreError};
-use http::App;
+use app::App;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -223,6 +224,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         permits: permits.clone(),
         origins,
         polling: Default::default(),
+        bus_up: cluster.as_ref().map(Cluster::bus_up),
     });
     tracing::info!(
         addr = %local,

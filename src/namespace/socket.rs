@@ -1,0 +1,210 @@
+//! One client's Socket.IO socket on its Engine.IO session: the packet state machine (spec:
+//! socketio/socket.io-protocol `Readme.md`; reference: socket.io's
+//! `packages/socket.io/lib/client.ts` and socket.io-parser's decoder). It decodes packets,
+//! reassembles binary packets from their attachments, answers a CONNECT to a namespace that does
+//! not exist, enforces the order CONNECT → packets → DISCONNECT and the connect timeout, and
+//! hands what is left to the namespace's handler as [`Inbound`] packets.
+//!
+//! Must not: know events, acks or the chat's rules (the handler does), or frame packets for a
+//! transport (the Engine.IO session does).
+
+use crate::engine::{DisconnectReason, Incoming, Session, Transport};
+use crate::protocol::socketio::{self, Kind, Packet};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A packet for the namespace's handler.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A CONNECT to `/` with its auth payload: answer it with [`Socket::accept`]. Nothing else
+    /// is read until then.
+    Connect(Option<Value>),
+    /// An EVENT (text, or binary once its attachments are in) with the ack id it asks for.
+    /// `lossy`: the decoder replaced a lone UTF-16 surrogate somewhere in `data`.
+    Event {
+        ack_id: Option<u64>,
+        data: Option<Value>,
+        lossy: bool,
+    },
+    /// The client left `/` (its DISCONNECT).
+    Disconnect,
+    /// Nothing for the handler (a ping went out, the fan-out has news, an attachment is still
+    /// awaited, a stray ACK, another namespace refused): flush and look again.
+    Nothing,
+}
+
+/// Where the socket is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before CONNECT, or after DISCONNECT.
+    Out,
+    /// A CONNECT was handed to the handler, not answered yet.
+    Connecting,
+    /// In the namespace.
+    In,
+}
+
+/// A binary packet (`5…`/`6…`) whose attachments have not all arrived.
+struct Reconstruction {
+    kind: Kind,
+    nsp: String,
+    id: Option<u64>,
+    data: Option<Value>,
+    lossy: bool,
+    /// Attachments still to come.
+    missing: usize,
+    /// Bytes of the packet and its attachments so far, bounded by `maxPayload`.
+    bytes: usize,
+}
+
+/// A client's socket in `/` on its Engine.IO session.
+pub struct Socket<T: Transport> {
+    /// The session it runs on (its packet queue, heartbeat and close).
+    pub engine: Session<T>,
+    state: State,
+    /// Boxed: rare, and sockets are many.
+    reconstructing: Option<Box<Reconstruction>>,
+}
+
+impl<T: Transport> Socket<T> {
+    /// A socket on `engine` that must CONNECT within `connect_timeout` (socket.io's
+    /// `connectTimeout`), or is closed with [`DisconnectReason::ConnectTimeout`].
+    pub fn new(mut engine: Session<T>, connect_timeout: std::time::Duration) -> Socket<T> {
+        engine.set_deadline(Some(Instant::now() + connect_timeout));
+        Socket {
+            engine,
+            state: State::Out,
+            reconstructing: None,
+        }
+    }
+
+    /// In the namespace: between the answer to its CONNECT and its DISCONNECT.
+    pub fn connected(&self) -> bool {
+        self.state == State::In
+    }
+
+    /// Whether a CONNECT waits for its answer (nothing else is read meanwhile).
+    pub fn connecting(&self) -> bool {
+        self.state == State::Connecting
+    }
+
+    /// Answers the CONNECT in hand: `40{"sid":…}` (with `"pid"` for connection-state
+    /// recovery); the socket is in the namespace from now on.
+    pub fn accept(&mut self, sid: &str, pid: Option<&str>) {
+        self.engine.set_deadline(None);
+        self.engine.send(&socketio::encode_connect_ok(sid, pid));
+        self.state = State::In;
+    }
+
+    /// The next packet for the handler. `reading`: whether to read the client's packets now (a
+    /// socket with a CONNECT in hand reads none). Errors: the session ended, the connect
+    /// timeout passed, or a protocol error (the socket is to be closed with that reason).
+    pub async fn next(&mut self, reading: bool) -> Result<Inbound, DisconnectReason> {
+        let reading = reading && self.state != State::Connecting;
+        match self.engine.next(reading).await? {
+            Incoming::Message(text) => self.on_packet(&text.as_ref()[1..]),
+            Incoming::Binary(len) => self.on_attachment(len),
+            Incoming::Woken => Ok(Inbound::Nothing),
+            Incoming::Deadline => Err(DisconnectReason::ConnectTimeout),
+        }
+    }
+
+    fn on_packet(&mut self, text: &str) -> Result<Inbound, DisconnectReason> {
+        if self.reconstructing.is_some() {
+            return Err(DisconnectReason::PacketParsingError(
+                "got a text packet while waiting for binary attachments".into(),
+            ));
+        }
+        let packet = socketio::decode(text)
+            .map_err(|e| DisconnectReason::PacketParsingError(e.to_string()))?;
+        if packet.attachments > 0 {
+            // A binary packet: its attachments follow as binary messages; it is handled once they
+            // are all in (socket.io-parser's reconstruction).
+            self.reconstructing = Some(Box::new(Reconstruction {
+                kind: packet.kind,
+                nsp: packet.nsp.to_string(),
+                id: packet.id,
+                data: packet.data,
+                lossy: packet.lossy,
+                missing: packet.attachments,
+                bytes: text.len(),
+            }));
+            return Ok(Inbound::Nothing);
+        }
+        self.dispatch(packet)
+    }
+
+    /// One binary attachment of `len` bytes arrived.
+    fn on_attachment(&mut self, len: usize) -> Result<Inbound, DisconnectReason> {
+        let Some(r) = self.reconstructing.as_mut() else {
+            // A binary message that no binary packet announced.
+            return Err(DisconnectReason::BinaryUnsupported);
+        };
+        r.bytes = r.bytes.saturating_add(len);
+        if r.bytes > self.engine.config().max_payload {
+            return Err(DisconnectReason::PayloadTooLarge);
+        }
+        r.missing -= 1;
+        if r.missing > 0 {
+            return Ok(Inbound::Nothing);
+        }
+        let Some(r) = self.reconstructing.take() else {
+            return Ok(Inbound::Nothing);
+        };
+        // The attachments' bytes are not kept: the chat stores text, and its rules refuse a
+        // placeholder where they want a string.
+        self.dispatch(Packet {
+            kind: r.kind,
+            nsp: &r.nsp,
+            id: r.id,
+            data: r.data,
+            attachments: 0,
+            lossy: r.lossy,
+        })
+    }
+
+    fn dispatch(&mut self, packet: Packet<'_>) -> Result<Inbound, DisconnectReason> {
+        let Packet {
+            kind,
+            nsp,
+            id,
+            data,
+            lossy,
+            ..
+        } = packet;
+        let protocol = |why: String| Err(DisconnectReason::PacketParsingError(why));
+        if nsp != socketio::MAIN_NSP {
+            if kind == Kind::Connect {
+                self.engine
+                    .send(&socketio::encode_connect_error(nsp, "Invalid namespace"));
+                return Ok(Inbound::Nothing);
+            }
+            return protocol(format!("namespace {nsp:?} is not connected"));
+        }
+        match (kind, self.state) {
+            (Kind::Connect, State::Out) => {
+                self.state = State::Connecting;
+                Ok(Inbound::Connect(data))
+            }
+            (Kind::Connect, State::Connecting) => {
+                protocol("a second CONNECT while the first is answered".into())
+            }
+            (Kind::Connect, State::In) => protocol("already connected to \"/\"".into()),
+            (_, State::Out | State::Connecting) => protocol("packet before CONNECT".into()),
+            (Kind::Disconnect, State::In) => {
+                self.state = State::Out;
+                Ok(Inbound::Disconnect)
+            }
+            (Kind::Event | Kind::BinaryEvent, State::In) => Ok(Inbound::Event {
+                ack_id: id,
+                data,
+                lossy,
+            }),
+            // relay never asks for acks; a stray one is harmless.
+            (Kind::Ack | Kind::BinaryAck, State::In) => Ok(Inbound::Nothing),
+            (Kind::ConnectError, State::In) => {
+                protocol(format!("unexpected {kind:?} packet from a client"))
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What every request handler shares: the [`App`] (the namespace, the limits, the session
+//! bookkeeping) and the plain response both the router and the Engine.IO endpoint answer with.
+//!
+//! Must not: route requests or speak Engine.IO.
+
+use super::origin::OriginPolicy;
+use crate::engine::EngineConfig;
+use crate::namespace::Namespace;
+use crate::transport::polling::PollingSessions;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What request handlers share.
+pub struct App {
+    pub namespace: Arc<Namespace>,
+    pub engine: EngineConfig,
+    /// Longest `/readyz` waits for the database.
+    pub db_timeout: Duration,
+    /// Where the page's files are read from on every request; `None`: the built-in copy.
+    pub static_dir: Option<PathBuf>,
+    pub shutdown: CancellationToken,
+    /// Where sessions run, so shutdown waits for them.
+    pub connections: TaskTracker,
+    /// One permit per open session (`MAX_CONNECTIONS`).
+    pub permits: Arc<Semaphore>,
+    /// Which browser pages may open sessions.
+    pub origins: OriginPolicy,
+    /// The sessions on HTTP long-polling, by Engine.IO sid.
+    pub polling: PollingSessions,
+    /// A cluster node's bus health (`true`: up); `None` for a single node.
+    pub bus_up: Option<watch::Receiver<bool>>,
+}
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A plain-text response.
+pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
