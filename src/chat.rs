@@ -4,7 +4,6 @@
 //!
 //! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
-use crate::metrics::BadInput;
 use serde_json::Value;
 
 /// The chat's event: a message to store and broadcast.
@@ -55,25 +54,49 @@ pub enum Rejection {
     HistoryLimit,
     /// A history request while the socket's previous one is still being read.
     HistoryBusy,
+    /// More events than `MAX_MESSAGES_PER_SECOND` allows (and its burst).
+    RateLimited {
+        per_second: u32,
+    },
 }
 
+/// Every kind of refusal, by its metric label (`relay_bad_inputs_total{kind=…}`, stable across
+/// releases), in the order `/metrics` lists them; [`Rejection::kind`] is a position in it.
+pub const REFUSAL_KINDS: [&str; 11] = [
+    "unknown_event",
+    "message_not_string",
+    "message_too_large",
+    "offset_missing",
+    "offset_not_string",
+    "offset_empty",
+    "offset_too_long",
+    "offset_not_unicode",
+    "history_request",
+    "refused_by_store",
+    "rate_limited",
+];
+
 impl Rejection {
-    /// Its kind, for logs and metrics.
-    pub fn kind(&self) -> BadInput {
+    /// Its kind: a position in [`REFUSAL_KINDS`] (the history refusals are one kind).
+    pub fn kind(&self) -> usize {
         match self {
-            Rejection::UnknownEvent(_) => BadInput::UnknownEvent,
-            Rejection::MessageNotString => BadInput::MessageNotString,
-            Rejection::MessageTooLarge { .. } => BadInput::MessageTooLarge,
-            Rejection::OffsetMissing => BadInput::OffsetMissing,
-            Rejection::OffsetNotString => BadInput::OffsetNotString,
-            Rejection::OffsetEmpty => BadInput::OffsetEmpty,
-            Rejection::OffsetTooLong { .. } => BadInput::OffsetTooLong,
-            Rejection::OffsetNotUnicode => BadInput::OffsetNotUnicode,
-            Rejection::Refused(_) => BadInput::RefusedByStore,
-            Rejection::HistoryBefore | Rejection::HistoryLimit | Rejection::HistoryBusy => {
-                BadInput::HistoryRequest
-            }
+            Rejection::UnknownEvent(_) => 0,
+            Rejection::MessageNotString => 1,
+            Rejection::MessageTooLarge { .. } => 2,
+            Rejection::OffsetMissing => 3,
+            Rejection::OffsetNotString => 4,
+            Rejection::OffsetEmpty => 5,
+            Rejection::OffsetTooLong { .. } => 6,
+            Rejection::OffsetNotUnicode => 7,
+            Rejection::HistoryBefore | Rejection::HistoryLimit | Rejection::HistoryBusy => 8,
+            Rejection::Refused(_) => 9,
+            Rejection::RateLimited { .. } => 10,
         }
+    }
+
+    /// Its kind's metric label.
+    pub fn label(&self) -> &'static str {
+        REFUSAL_KINDS[self.kind()]
     }
 }
 
@@ -114,6 +137,10 @@ impl std::fmt::Display for Rejection {
             Rejection::HistoryBusy => {
                 f.write_str("history: one request at a time; wait for the previous page")
             }
+            Rejection::RateLimited { per_second } => write!(
+                f,
+                "rate limit exceeded: at most {per_second} messages per second"
+            ),
         }
     }
 }
@@ -335,6 +362,30 @@ mod tests {
         );
         let msg = Rejection::MessageNotString.to_string();
         assert_eq!(msg, "message must be a string");
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_label_and_history_refusals_share_one() {
+        let all = [
+            Rejection::UnknownEvent(String::new()),
+            Rejection::MessageNotString,
+            Rejection::MessageTooLarge { bytes: 2, limit: 1 },
+            Rejection::OffsetMissing,
+            Rejection::OffsetNotString,
+            Rejection::OffsetEmpty,
+            Rejection::OffsetTooLong { chars: 256 },
+            Rejection::OffsetNotUnicode,
+            Rejection::HistoryBefore,
+            Rejection::Refused(String::new()),
+            Rejection::RateLimited { per_second: 5 },
+        ];
+        let kinds: Vec<usize> = all.iter().map(Rejection::kind).collect();
+        assert_eq!(kinds, (0..REFUSAL_KINDS.len()).collect::<Vec<_>>());
+        assert_eq!(Rejection::HistoryBusy.label(), "history_request");
+        assert_eq!(
+            Rejection::HistoryLimit.kind(),
+            Rejection::HistoryBefore.kind()
+        );
     }
 
     #[test]

@@ -15,15 +15,15 @@
 //! | server | [`server`], [`config`] | routing, limits, start and shutdown |
 
 pub mod chat;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
 pub mod delivery;
-pub mod engine;
+pub(crate) mod engine;
 pub mod log;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod namespace;
 pub mod protocol;
-pub mod sequencer;
+pub(crate) mod sequencer;
 pub mod server;
 pub mod store;
-pub mod transport;
+pub(crate) mod transport;

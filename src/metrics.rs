@@ -4,27 +4,14 @@
 //! never once per frame on the fan-out path, where a shared cache line written by every socket would
 //! cost more than the delivery itself. Rendering is the only place that reads them.
 
+use crate::chat::{Rejection, REFUSAL_KINDS};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A kind of refused input, counted in `relay_bad_inputs_total{kind=…}`: the chat's rules
-/// ([`crate::chat::Rejection::kind`]) and the protocol errors that close a connection.
+/// A protocol error that closes a connection, counted in `relay_bad_inputs_total{kind=…}` after
+/// the chat's refusals ([`crate::chat::REFUSAL_KINDS`], defined with the rules that make them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadInput {
-    UnknownEvent,
-    MessageNotString,
-    MessageTooLarge,
-    OffsetMissing,
-    OffsetNotString,
-    OffsetEmpty,
-    OffsetTooLong,
-    OffsetNotUnicode,
-    /// A history request with bad bounds, or one too many at once.
-    HistoryRequest,
-    /// The database refused the row's content.
-    RefusedByStore,
-    /// Events beyond `MAX_MESSAGES_PER_SECOND`.
-    RateLimited,
     /// Undecodable or out-of-order packets, invalid UTF-8, WebSocket protocol violations.
     Protocol,
     /// Binary frames or packets.
@@ -35,37 +22,11 @@ pub enum BadInput {
 
 impl BadInput {
     /// Every kind, in the order `/metrics` lists them.
-    pub const ALL: [BadInput; 14] = [
-        BadInput::UnknownEvent,
-        BadInput::MessageNotString,
-        BadInput::MessageTooLarge,
-        BadInput::OffsetMissing,
-        BadInput::OffsetNotString,
-        BadInput::OffsetEmpty,
-        BadInput::OffsetTooLong,
-        BadInput::OffsetNotUnicode,
-        BadInput::HistoryRequest,
-        BadInput::RefusedByStore,
-        BadInput::RateLimited,
-        BadInput::Protocol,
-        BadInput::Binary,
-        BadInput::TooBig,
-    ];
+    pub const ALL: [BadInput; 3] = [BadInput::Protocol, BadInput::Binary, BadInput::TooBig];
 
     /// The metric label, stable across releases.
     pub fn label(self) -> &'static str {
         match self {
-            BadInput::UnknownEvent => "unknown_event",
-            BadInput::MessageNotString => "message_not_string",
-            BadInput::MessageTooLarge => "message_too_large",
-            BadInput::OffsetMissing => "offset_missing",
-            BadInput::OffsetNotString => "offset_not_string",
-            BadInput::OffsetEmpty => "offset_empty",
-            BadInput::OffsetTooLong => "offset_too_long",
-            BadInput::OffsetNotUnicode => "offset_not_unicode",
-            BadInput::HistoryRequest => "history_request",
-            BadInput::RefusedByStore => "refused_by_store",
-            BadInput::RateLimited => "rate_limited",
             BadInput::Protocol => "protocol",
             BadInput::Binary => "binary",
             BadInput::TooBig => "too_big",
@@ -126,6 +87,7 @@ pub struct Metrics {
     /// Cluster mode: this node's id, for `relay_node_info`.
     pub node: std::sync::OnceLock<String>,
     pub closed_slow: AtomicU64,
+    refused: [AtomicU64; REFUSAL_KINDS.len()],
     bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
     store_count: AtomicU64,
@@ -133,7 +95,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one refused input.
+    /// Counts one event the chat's rules refused.
+    pub fn refused(&self, rejection: &Rejection) {
+        self.refused[rejection.kind()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one protocol error.
     pub fn bad_input(&self, kind: BadInput) {
         self.bad_input[kind as usize].fetch_add(1, Relaxed);
     }
@@ -336,11 +303,14 @@ impl Metrics {
             }
         }
         out.push_str("# HELP relay_bad_inputs_total Refused client input, by kind.\n# TYPE relay_bad_inputs_total counter\n");
-        for (kind, n) in BadInput::ALL.iter().zip(&self.bad_input) {
+        let labels = REFUSAL_KINDS
+            .iter()
+            .copied()
+            .chain(BadInput::ALL.map(BadInput::label));
+        for (label, n) in labels.zip(self.refused.iter().chain(&self.bad_input)) {
             let _ = writeln!(
                 out,
-                "relay_bad_inputs_total{{kind=\"{}\"}} {}",
-                kind.label(),
+                "relay_bad_inputs_total{{kind=\"{label}\"}} {}",
                 n.load(Relaxed)
             );
         }
@@ -370,7 +340,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.stored.fetch_add(3, Relaxed);
-        m.bad_input(BadInput::OffsetMissing);
+        m.refused(&Rejection::OffsetMissing);
         m.store_round(0.0015);
         m.store_round(0.2);
         let text = m.render();

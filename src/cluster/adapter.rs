@@ -2,7 +2,7 @@
 //! node's group commits share one log with the other nodes.
 //!
 //! - Inserts take the commit lock (`GET_LOCK('<CLUSTER_NAME>:commit')`, see
-//!   [`crate::store::Store::insert_locked`]), so the nodes commit one at a time and each round
+//!   [`MysqlStore::insert_locked`]), so the nodes commit one at a time and each round
 //!   learns the id committed just before it; the sequencer node keeps the lock from one round to
 //!   the next and lets go of it after [`KEEP_LOCK_IDLE`] with nothing to commit, or when it stops
 //!   being the sequencer.
@@ -21,6 +21,7 @@ use crate::delivery::batch::Batch;
 use crate::log::{Entry, Wire};
 use crate::sequencer::adapter::Adapter;
 use crate::sequencer::Submission;
+use crate::store::mysql::MysqlStore;
 use crate::store::{Inserted, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +33,8 @@ pub const KEEP_LOCK_IDLE: Duration = Duration::from_millis(20);
 /// A cluster node's adapter: commit lock, lease role, forwarding, the Redis bus.
 pub struct RedisAdapter {
     bus: RedisBus,
-    /// For letting go of the commit lock between rounds.
-    store: Store,
+    /// The database every node commits to.
+    db: MysqlStore,
     lock: String,
     /// The lease's view of where this node commits; `None` once the lease task is gone
     /// (then: [`Role::Commit`]).
@@ -48,18 +49,18 @@ pub struct RedisAdapter {
 }
 
 impl RedisAdapter {
-    /// An adapter committing into `store` under the database lock `lock`, routing by `role`,
+    /// An adapter committing into `db` under the database lock `lock`, routing by `role`,
     /// taking in `local`, and carrying batches on `bus`.
     pub fn new(
         bus: RedisBus,
-        store: Store,
+        db: MysqlStore,
         lock: String,
         role: watch::Receiver<Role>,
         local: mpsc::UnboundedReceiver<Submission>,
     ) -> RedisAdapter {
         RedisAdapter {
             bus,
-            store,
+            db,
             lock,
             role: Some(role),
             local: Some(local),
@@ -82,7 +83,7 @@ impl RedisAdapter {
     }
 
     async fn release_lock(&mut self) {
-        self.store.release_lock(&self.lock).await;
+        self.db.release_lock(&self.lock).await;
         self.keep_lock = false;
         self.lock_kept = false;
     }
@@ -99,12 +100,12 @@ impl Adapter for RedisAdapter {
 
     async fn insert<'a>(
         &'a mut self,
-        store: &'a Store,
+        _store: &'a Store,
         messages: &'a [&'a NewMessage],
     ) -> Result<(u64, Vec<Inserted>), StoreError> {
         self.follow_role().await;
         self.lock_kept = self.keep_lock;
-        store
+        self.db
             .insert_locked(messages, &self.lock, self.keep_lock)
             .await
     }

@@ -250,7 +250,8 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// Sends the receipts at once (tests, and when no follower is at hand).
+    /// Sends the receipts at once (tests).
+    #[cfg(test)]
     pub fn send(self) {
         for answer in self.receipts {
             answer.send();
@@ -488,6 +489,7 @@ impl Forwarder {
     }
 
     /// Submissions forwarded and not answered yet, and those held for the next forward.
+    #[cfg(test)]
     pub fn pending(&self) -> (usize, usize) {
         let state = self.lock();
         (state.pending.len(), state.held.len())

@@ -5,7 +5,7 @@
 //!   identity the chat's first node recorded in its database, so two chats never mix on one
 //!   Redis (the prefix of [`redis`], [`forward`] and [`lease`]).
 //! - Order: every node commits under one database lock (`GET_LOCK('<CLUSTER_NAME>:commit')`, see
-//!   [`crate::store::Store::insert_locked`]), so ids are committed in id order across nodes and
+//!   [`crate::store::mysql::MysqlStore::insert_locked`], through [`RedisAdapter`]), so ids are committed in id order across nodes and
 //!   each batch knows the id committed just before it (`prev`).
 //! - Delivery: each node publishes its batches on Redis ([`redis`]); every node's [`follower`]
 //!   publishes to its own sockets in `prev` order, and reads from the database whatever the bus
@@ -109,6 +109,11 @@ impl Cluster {
         resign: CancellationToken,
     ) -> Result<(Cluster, RedisAdapter), JoinError> {
         let client = options.client(database_url)?;
+        let Some(db) = store.mysql() else {
+            return Err(JoinError::Config(
+                "cluster mode needs a MySQL/MariaDB database".into(),
+            ));
+        };
         if options.db_timeout < Duration::from_secs(3) {
             tracing::warn!(
                 db_timeout_ms = options.db_timeout.as_millis() as u64,
@@ -121,7 +126,7 @@ impl Cluster {
         // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
         // every node of one database must take the same lock, including, during a rolling
         // upgrade, nodes of a version that did not know the identity.
-        let chat = store
+        let chat = db
             .chat_id(&new_sid()[..CHAT_ID_CHARS])
             .await
             .map_err(JoinError::Database)?;
@@ -172,8 +177,7 @@ impl Cluster {
             &tasks,
             stop.clone(),
         );
-        let adapter =
-            RedisAdapter::new(bus, store.clone(), commit_lock(&options.name), role, local);
+        let adapter = RedisAdapter::new(bus, db.clone(), commit_lock(&options.name), role, local);
         Ok((
             Cluster {
                 tasks,

@@ -13,9 +13,9 @@
 //! Must not: decide order or ids (the sequencer does), or wait on a socket.
 
 pub mod batch;
-pub mod fanout;
-pub mod queue;
-pub mod recent;
+pub(crate) mod fanout;
+pub(crate) mod queue;
+pub(crate) mod recent;
 #[cfg(test)]
 pub mod testing;
 
@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, Notify};
 type CatchUpFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
 
 /// This process's side of the chat: what every local socket is delivered from.
-pub struct Broadcaster {
+pub(crate) struct Broadcaster {
     recent: Recent,
     fanout: Fanout,
     /// The highest id published here. Every row up to it is committed and in the history.

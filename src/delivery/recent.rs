@@ -125,10 +125,12 @@ impl Recent {
     }
 
     /// Rows held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ring.read().map_or(0, |r| r.rows)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

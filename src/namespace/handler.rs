@@ -19,7 +19,6 @@ use crate::chat::{self, Rejection};
 use crate::delivery::queue::CatchUp;
 use crate::engine::{DisconnectReason, Session, Transport};
 use crate::log::Entry;
-use crate::metrics::BadInput;
 use crate::protocol::socketio;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
 use crate::store::StoreError;
@@ -377,8 +376,8 @@ impl<T: Transport> Handler<T> {
 
     /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
     fn refuse(&mut self, ack_id: Option<u64>, rejection: &Rejection) {
-        tracing::debug!(kind = ?rejection.kind(), "refused event: {rejection}");
-        self.ns.metrics.bad_input(rejection.kind());
+        tracing::debug!(kind = rejection.label(), "refused event: {rejection}");
+        self.ns.metrics.refused(rejection);
         if let Some(ack_id) = ack_id {
             let ack = socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
             self.acks.push(0, ack);
@@ -393,16 +392,14 @@ impl<T: Transport> Handler<T> {
     ) -> Result<Option<Submission>, DisconnectReason> {
         let payload = data.unwrap_or_default();
         if !self.rate.allow() {
-            self.ns.metrics.bad_input(BadInput::RateLimited);
-            let Some(ack_id) = ack_id else {
-                return Err(DisconnectReason::RateLimited);
+            let rejection = Rejection::RateLimited {
+                per_second: self.ns.config.max_messages_per_second,
             };
-            let reason = format!(
-                "rate limit exceeded: at most {} messages per second",
-                self.ns.config.max_messages_per_second
-            );
-            let ack = socketio::encode_ack(ack_id, &json!([{ "error": reason }]));
-            self.acks.push(0, ack);
+            if ack_id.is_none() {
+                self.ns.metrics.refused(&rejection);
+                return Err(DisconnectReason::RateLimited);
+            }
+            self.refuse(ack_id, &rejection);
             return Ok(None);
         }
         if chat::event_name(&payload) == Some(chat::HISTORY_EVENT) {

@@ -19,11 +19,11 @@
 //!
 //! Must not: frame packets for a transport, or write to the database (the sequencer does).
 
-pub mod acks;
-pub mod handler;
-pub mod rate;
-pub mod recovery;
-pub mod socket;
+pub(crate) mod acks;
+pub(crate) mod handler;
+pub(crate) mod rate;
+pub(crate) mod recovery;
+pub(crate) mod socket;
 
 use crate::chat;
 use crate::delivery::Broadcaster;
@@ -47,7 +47,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// The namespace's limits.
 #[derive(Debug, Clone)]
-pub struct NamespaceConfig {
+pub(crate) struct NamespaceConfig {
     /// Largest chat message, UTF-8 bytes.
     pub max_message_bytes: usize,
     /// A socket that sends no CONNECT within this is closed.
@@ -59,7 +59,7 @@ pub struct NamespaceConfig {
 }
 
 /// The `/` namespace: what every socket in it shares.
-pub struct Namespace {
+pub(crate) struct Namespace {
     pub sequencer: Sequencer,
     pub broadcaster: Arc<Broadcaster>,
     pub store: Store,

@@ -83,11 +83,6 @@ impl<T: Transport> Socket<T> {
         self.state == State::In
     }
 
-    /// Whether a CONNECT waits for its answer (nothing else is read meanwhile).
-    pub fn connecting(&self) -> bool {
-        self.state == State::Connecting
-    }
-
     /// Answers the CONNECT in hand: `40{"sid":…}` (with `"pid"` for connection-state
     /// recovery); the socket is in the namespace from now on.
     pub fn accept(&mut self, sid: &str, pid: Option<&str>) {

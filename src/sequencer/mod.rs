@@ -80,6 +80,7 @@ impl Mailbox {
     }
 
     /// The next receipt if one is there.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<Receipt, mpsc::error::TryRecvError> {
         self.rx.try_recv()
     }
@@ -110,11 +111,6 @@ impl Answer {
     /// Hands the receipt to its mailbox (gone if the submitter is).
     pub fn send(self) {
         let _ = self.to.send(self.receipt);
-    }
-
-    /// The receipt it carries.
-    pub fn receipt(&self) -> &Receipt {
-        &self.receipt
     }
 }
 
@@ -159,6 +155,7 @@ pub struct Sequencer {
 }
 
 /// The sequencer stopped (the server is shutting down): nothing was taken.
+#[allow(dead_code)] // until the server API (issue 23) publishes through Sequencer::request
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopped;
 
@@ -209,6 +206,7 @@ impl Sequencer {
 
     /// Publishes one message and waits for its outcome (request/response, for a caller with one
     /// message at a time, such as a server API).
+    #[allow(dead_code)] // until the server API (issue 23) publishes through it
     pub async fn request(&self, message: NewMessage) -> Result<Outcome, Stopped> {
         let mut mailbox = Mailbox::default();
         self.publish(Submission::new(message, None, &mailbox))

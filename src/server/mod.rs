@@ -9,11 +9,11 @@
 //! commits what is queued and ends, the fan-out ends, and the store closes. Open sessions are
 //! counted by the permits of one semaphore of `MAX_CONNECTIONS`, each held by its session.
 
-pub mod app;
-pub mod assets;
-pub mod endpoint;
-pub mod http;
-pub mod origin;
+pub(crate) mod app;
+pub(crate) mod assets;
+pub(crate) mod endpoint;
+pub(crate) mod http;
+pub(crate) mod origin;
 
 use crate::cluster::{self, Cluster};
 use crate::config::Config;

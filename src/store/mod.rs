@@ -220,49 +220,13 @@ impl Store {
         }
     }
 
-    /// The chat's identity, for a cluster's Redis keys and channels: the same on every node of
-    /// one database, different for every database (`proposed` if no node recorded one yet).
-    /// SQLite has no cluster: refused.
-    pub async fn chat_id(&self, proposed: &str) -> Result<String, StoreError> {
+    /// The MySQL/MariaDB store, for what only it offers (a cluster's commit lock and the chat's
+    /// identity: [`mysql::MysqlStore::insert_locked`], [`mysql::MysqlStore::chat_id`]); `None`
+    /// for SQLite, which belongs to one process.
+    pub fn mysql(&self) -> Option<&mysql::MysqlStore> {
         match self {
-            Store::Mysql(s) => s.chat_id(proposed).await,
-            _ => Err(StoreError::other(
-                "cannot read the chat's identity",
-                "a cluster needs a MySQL/MariaDB database".into(),
-            )),
-        }
-    }
-
-    /// As [`Store::insert`], for a cluster of relays on one MySQL/MariaDB database: under the
-    /// named lock `lock`, so that commits are serialized across nodes, and returning the highest
-    /// id committed before the batch. With `keep` the lock stays taken for the next batch (the
-    /// node is the cluster's sequencer) until [`Store::release_lock`]. SQLite has one writer and
-    /// no cluster: refused.
-    pub async fn insert_locked(
-        &self,
-        batch: &[&NewMessage],
-        lock: &str,
-        keep: bool,
-    ) -> Result<(u64, Vec<Inserted>), StoreError> {
-        debug_assert!(batch.len() <= MAX_BATCH);
-        match self {
-            Store::Mysql(s) => s.insert_locked(batch, lock, keep).await,
-            Store::Sqlite(_) => Err(StoreError::other(
-                "cannot insert messages",
-                "a cluster needs a MySQL/MariaDB database".into(),
-            )),
-            #[cfg(test)]
-            Store::Memory(s) => {
-                let prev = s.max_id().await?;
-                s.insert(batch).await.map(|r| (prev, r))
-            }
-        }
-    }
-
-    /// Lets go of a commit lock [`Store::insert_locked`] kept.
-    pub async fn release_lock(&self, lock: &str) {
-        if let Store::Mysql(s) = self {
-            s.release_lock(lock).await;
+            Store::Mysql(s) => Some(s),
+            _ => None,
         }
     }
 
