@@ -90,8 +90,8 @@ impl RedisAdapter {
 }
 
 impl Adapter for RedisAdapter {
-    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
-        self.bus.publish(batch, entries);
+    fn broadcast(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
+        self.bus.broadcast(batch, entries);
     }
 
     fn wire(&self) -> Wire {
@@ -114,8 +114,8 @@ impl Adapter for RedisAdapter {
         true
     }
 
-    fn catch_up(&self, id: u64) {
-        self.bus.catch_up(id);
+    fn fill_to(&self, id: u64) {
+        self.bus.fill_to(id);
     }
 
     fn route(&mut self, batch: &mut Vec<Submission>) {

@@ -5,7 +5,7 @@
 //! id committed just before it (`prev`, read under the cluster's commit lock). The follower applies
 //! a batch when it follows what this node has published, keeps it aside when something is missing
 //! before it, and reads what is missing from the database — after a short wait for the bus to
-//! bring it, at once when asked ([`Follower::catch_up`]), and on a timer when the bus is quiet
+//! bring it, at once when asked ([`Follower::fill_to`]), and on a timer when the bus is quiet
 //! (a message missed last is noticed too). The database is the truth; the bus is the fast path.
 //!
 //! Must not: publish out of order, or publish a row twice.
@@ -82,11 +82,11 @@ impl Follower {
     }
 
     /// A committed batch (this node's, or another's from the bus).
-    pub fn offer(&self, batch: Arc<Batch>) {
+    pub fn push(&self, batch: Arc<Batch>) {
         let _ = self.events.send(Event::Batch(batch));
     }
 
-    /// Sends each receipt to its session once every batch offered before this call has been
+    /// Sends each receipt to its session once every batch pushed before this call has been
     /// applied if it could be: a receipt for a row of such a batch then finds the row published
     /// here, and its session delivers the row with the ack at once.
     pub fn answer(&self, answers: Vec<Answer>) {
@@ -99,11 +99,11 @@ impl Follower {
     }
 
     /// Message `id` is committed: publish everything up to it (`u64::MAX`: up to the newest).
-    pub fn catch_up(&self, id: u64) {
+    pub fn fill_to(&self, id: u64) {
         let _ = self.events.send(Event::CatchUp(id, None));
     }
 
-    /// Like [`Follower::catch_up`], for a client that knows message `id`: the receiver resolves
+    /// Like [`Follower::fill_to`], for a client that knows message `id`: the receiver resolves
     /// once `id` is published here or the database was read after this call (so everything
     /// committed before the call is published: an `id` still beyond it is not in the database).
     /// It is dropped, unresolved, if the follower stops.
@@ -245,7 +245,7 @@ impl State {
             })
         };
         self.published = batch.last();
-        self.broadcaster.publish(batch);
+        self.broadcaster.broadcast(batch);
     }
 
     /// Reads from the database everything committed after what is published, and publishes it in
@@ -338,10 +338,10 @@ mod tests {
     async fn batches_out_of_order_are_published_in_order_once() {
         let store = store_with(6).await;
         let (f, b, _tasks) = follower(&store).await;
-        f.offer(batch(2, &[3, 4]));
-        f.offer(batch(0, &[1, 2]));
-        f.offer(batch(0, &[1, 2])); // again, from the bus
-        f.offer(batch(4, &[5, 6]));
+        f.push(batch(2, &[3, 4]));
+        f.push(batch(0, &[1, 2]));
+        f.push(batch(0, &[1, 2])); // again, from the bus
+        f.push(batch(4, &[5, 6]));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(ids(&b), [1, 2, 3, 4, 5, 6]);
     }
@@ -350,8 +350,8 @@ mod tests {
     async fn a_batch_the_bus_lost_is_read_from_the_database() {
         let store = store_with(6).await;
         let (f, b, _tasks) = follower(&store).await;
-        f.offer(batch(0, &[1, 2]));
-        f.offer(batch(4, &[5, 6])); // 3 and 4 never come over the bus
+        f.push(batch(0, &[1, 2]));
+        f.push(batch(4, &[5, 6])); // 3 and 4 never come over the bus
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(ids(&b), [1, 2], "waits briefly for the bus");
         tokio::time::sleep(GAP_WAIT * 2).await;
@@ -368,7 +368,7 @@ mod tests {
             client_offset: "o".into(),
         };
         let submission = crate::sequencer::Submission::new(message, Some(7), &receipts);
-        f.offer(batch(0, &[1, 2]));
+        f.push(batch(0, &[1, 2]));
         f.answer(vec![
             submission.answer(crate::sequencer::Outcome::Stored(2), None)
         ]);
@@ -386,10 +386,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn catch_up_reads_at_once() {
+    async fn fill_to_reads_at_once() {
         let store = store_with(2).await;
         let (f, b, _tasks) = follower(&store).await;
-        f.catch_up(2);
+        f.fill_to(2);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(ids(&b), [1, 2]);
     }

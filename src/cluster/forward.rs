@@ -396,7 +396,7 @@ impl Forwarder {
     /// what was held goes to `sequencer` (or, with none known, back to this node's writer).
     /// Returns the receipts, for the caller to hand to the sessions (through its follower, after
     /// the batches before them), and the ids of the duplicates answered: rows this node may not
-    /// have published yet (the caller has its follower catch up to them).
+    /// have published yet (the caller has its follower fill to them).
     pub fn resolve(
         &self,
         from: &str,

@@ -145,7 +145,7 @@ impl Cluster {
             stop.clone(),
         );
         let asked = follower.clone();
-        broadcaster.set_catch_up(move |id| asked.read_through(id));
+        broadcaster.set_fill(move |id| asked.read_through(id));
         let (role_tx, role) = watch::channel(Role::Commit);
         let (lease_tx, lease) = watch::channel(Lease {
             role: Role::Commit,

@@ -103,7 +103,7 @@ impl RedisBus {
             metrics.clone(),
         );
         let (forwards_tx, forwards) = mpsc::unbounded_channel();
-        tasks.spawn(publish(
+        tasks.spawn(send_outbox(
             endpoint.clone(),
             rx,
             forwarder.clone(),
@@ -144,9 +144,9 @@ impl RedisBus {
 impl RedisBus {
     /// Publishes a batch this node committed: to this node's follower at once, and on the
     /// bus for the others (see [`crate::sequencer::adapter::Adapter::publish`]).
-    pub fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
+    pub fn broadcast(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
         let payload = encode(&self.endpoint.node, batch.prev, &entries);
-        self.follower.offer(batch);
+        self.follower.push(batch);
         let _ = self.outbox.send(Outgoing {
             channel: self.endpoint.channel.clone(),
             payload,
@@ -160,8 +160,8 @@ impl RedisBus {
     }
 
     /// Has the follower publish everything committed up to `id` (`u64::MAX`: the newest).
-    pub fn catch_up(&self, id: u64) {
-        self.follower.catch_up(id);
+    pub fn fill_to(&self, id: u64) {
+        self.follower.fill_to(id);
     }
 
     /// Hands the submissions of `batch` to the lease's sequencer node, or holds them behind
@@ -311,7 +311,7 @@ const PUBLISH_PIPELINE: usize = 64;
 /// Publishes what the outbox holds, in order, until `stop`: everything waiting goes in one
 /// pipeline, so a busy node pays one round trip to Redis for many messages instead of queueing
 /// each behind the last one's reply.
-async fn publish(
+async fn send_outbox(
     endpoint: Endpoint,
     mut outbox: mpsc::UnboundedReceiver<Outgoing>,
     forwarder: Forwarder,
@@ -422,7 +422,7 @@ async fn subscribe(
                 }
                 first = false;
                 // Whatever was committed while this node was not listening.
-                follower.catch_up(u64::MAX);
+                follower.fill_to(u64::MAX);
                 let mut messages = pubsub.on_message();
                 loop {
                     let msg = tokio::select! {
@@ -451,7 +451,7 @@ async fn subscribe(
                                     batch_of,
                                 );
                                 for id in resolved.duplicates {
-                                    follower.catch_up(id);
+                                    follower.fill_to(id);
                                 }
                                 follower.answer(resolved.receipts);
                             }
@@ -478,7 +478,7 @@ async fn subscribe(
                                 recent.pop_front();
                             }
                             recent.push_back(batch.clone());
-                            follower.offer(batch);
+                            follower.push(batch);
                         }
                         None => {
                             metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);

@@ -91,7 +91,7 @@ impl Fanout {
     }
 
     /// Hands a batch to every shard. Called after the batch is in the recent history.
-    pub fn publish(&self, batch: &Arc<Batch>) {
+    pub fn push(&self, batch: &Arc<Batch>) {
         for shard in &self.shards {
             let _ = shard.batches.send(batch.clone());
         }
@@ -206,8 +206,8 @@ mod tests {
         for q in &queues {
             fanout.register(q.clone());
         }
-        fanout.publish(&batch(0, &[1, 2]));
-        fanout.publish(&batch(2, &[3]));
+        fanout.push(&batch(0, &[1, 2]));
+        fanout.push(&batch(2, &[3]));
         tokio::time::sleep(Duration::from_millis(50)).await;
         for q in &queues {
             assert_eq!(q.with_sink(|s| s.sent.len()), 3);

@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{oneshot, Notify};
 
-/// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_catch_up`]).
-type CatchUpFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
+/// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_fill`]).
+type FillFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
 
 /// This process's side of the chat: what every local socket is delivered from.
 pub(crate) struct Broadcaster {
@@ -40,7 +40,7 @@ pub(crate) struct Broadcaster {
     /// Woken at every publish, for [`Broadcaster::wait_published`].
     progress: Notify,
     /// In a cluster: asks this node to publish everything committed up to an id (set once).
-    catch_up: OnceLock<Box<CatchUpFn>>,
+    fill: OnceLock<Box<FillFn>>,
     /// How this process writes entries for its sockets.
     wire: Wire,
 }
@@ -71,7 +71,7 @@ impl Broadcaster {
             fanout,
             published: AtomicU64::new(start),
             progress: Notify::new(),
-            catch_up: OnceLock::new(),
+            fill: OnceLock::new(),
             wire,
         }
     }
@@ -85,21 +85,21 @@ impl Broadcaster {
     /// In a cluster: how to ask this node to publish what others committed up to an id; the
     /// receiver it returns resolves once the database was read after the request (see
     /// `cluster::follower::Follower::read_through`).
-    pub fn set_catch_up(&self, f: impl Fn(u64) -> oneshot::Receiver<()> + Send + Sync + 'static) {
-        let _ = self.catch_up.set(Box::new(f));
+    pub fn set_fill(&self, f: impl Fn(u64) -> oneshot::Receiver<()> + Send + Sync + 'static) {
+        let _ = self.fill.set(Box::new(f));
     }
 
-    /// Waits until id `id` is published here, asking the cluster to catch up to it. `false` when
+    /// Waits until id `id` is published here, asking the cluster to fill to it ([`Broadcaster::set_fill`]). `false` when
     /// it is not: not within `limit`, no cluster to ask, or the database has no such id (a client
     /// of a database that was reset; answered after one read, not at the limit).
     pub async fn wait_published(&self, id: u64, limit: std::time::Duration) -> bool {
         if self.published() >= id {
             return true;
         }
-        let Some(catch_up) = self.catch_up.get() else {
+        let Some(fill) = self.fill.get() else {
             return false;
         };
-        let read = catch_up(id);
+        let read = fill(id);
         let published = async {
             loop {
                 let progress = self.progress.notified();
@@ -123,13 +123,13 @@ impl Broadcaster {
 
     /// Makes a batch visible to every local socket. Batches must come in order (`prev` of each is
     /// the `last` of the one before).
-    pub fn publish(&self, batch: Arc<Batch>) {
+    pub fn broadcast(&self, batch: Arc<Batch>) {
         let last = batch.last();
         // Into the history first: a session that registers with the fan-out and then reads the
         // history must find every batch the fan-out may not offer it there.
         self.recent.push(batch.clone());
         self.published.store(last, Ordering::Release);
-        self.fanout.publish(&batch);
+        self.fanout.push(&batch);
         self.progress.notify_waiters();
     }
 

@@ -26,7 +26,7 @@ pub trait Adapter: Send + 'static {
     /// Publishes a batch the sequencer committed: its `prev` is the id committed just before its
     /// first entry (by this node, or, when [`Adapter::shared`], by any). `entries` are its
     /// entries as stored, for an adapter that carries them to other nodes.
-    fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>);
+    fn broadcast(&self, batch: Arc<Batch>, entries: Vec<Entry>);
 
     /// How batches are written for sockets (the local broadcaster's [`Broadcaster::wire`]).
     fn wire(&self) -> Wire;
@@ -44,7 +44,7 @@ pub trait Adapter: Send + 'static {
     /// Whether other writers commit to the same log. Then each round's batch starts at the id
     /// the insert reports (not where this node left off), batches are published before their
     /// submitters are answered (other nodes' answers travel behind them), and what this node
-    /// may not have published is caught up by [`Adapter::catch_up`] instead of read back here.
+    /// may not have published is filled by [`Adapter::fill_to`] instead of read back here.
     fn shared(&self) -> bool {
         false
     }
@@ -52,7 +52,7 @@ pub trait Adapter: Send + 'static {
     /// Entry `id` is committed but this node may not have published it (another node's, or one
     /// whose commit this node could not confirm; `u64::MAX`: the newest): publish it here, in
     /// order. Called only when [`Adapter::shared`].
-    fn catch_up(&self, _id: u64) {}
+    fn fill_to(&self, _id: u64) {}
 
     /// Takes out of `batch` the submissions another node commits (the cluster's forwarding);
     /// what stays is committed here. Not called while the sequencer is stopping.
@@ -86,8 +86,8 @@ pub trait Adapter: Send + 'static {
 pub struct LocalAdapter(pub Arc<Broadcaster>);
 
 impl Adapter for LocalAdapter {
-    fn publish(&self, batch: Arc<Batch>, _entries: Vec<Entry>) {
-        self.0.publish(batch);
+    fn broadcast(&self, batch: Arc<Batch>, _entries: Vec<Entry>) {
+        self.0.broadcast(batch);
     }
 
     fn wire(&self) -> Wire {

@@ -362,7 +362,7 @@ impl<A: Adapter> Writer<A> {
                 Outcome::Duplicate(id) => {
                     // Its row may be one this node has not published yet (another node's).
                     if self.adapter.shared() {
-                        self.adapter.catch_up(*id);
+                        self.adapter.fill_to(*id);
                     }
                     &self.metrics.duplicates
                 }
@@ -422,14 +422,14 @@ impl<A: Adapter> Writer<A> {
         // have it in hand to deliver with the ack ([`Adapter::shared`]).
         if shared {
             for (batch, rows) in published.drain(..) {
-                self.publish(batch, rows);
+                self.broadcast(batch, rows);
             }
         }
         for answer in answers {
             answer.send();
         }
         for (batch, rows) in published {
-            self.publish(batch, rows);
+            self.broadcast(batch, rows);
         }
     }
 
@@ -461,7 +461,7 @@ impl<A: Adapter> Writer<A> {
             .map_err(|_| StoreError::timeout("reconcile"))??;
         if self.adapter.shared() {
             // The adapter reads what this node has not published from the database, in order.
-            self.adapter.catch_up(u64::MAX);
+            self.adapter.fill_to(u64::MAX);
             self.outcome_unknown = false;
             return Ok(());
         }
@@ -474,7 +474,7 @@ impl<A: Adapter> Writer<A> {
                     after,
                     "publishing messages committed during a database failure"
                 );
-                self.publish(Batch::encode(after, &page, wire), page);
+                self.broadcast(Batch::encode(after, &page, wire), page);
                 self.published
             })
             .await?;
@@ -482,9 +482,9 @@ impl<A: Adapter> Writer<A> {
         Ok(())
     }
 
-    fn publish(&mut self, batch: Arc<Batch>, entries: Vec<Entry>) {
+    fn broadcast(&mut self, batch: Arc<Batch>, entries: Vec<Entry>) {
         self.published = self.published.max(batch.last());
-        self.adapter.publish(batch, entries);
+        self.adapter.broadcast(batch, entries);
     }
 }
 
@@ -523,7 +523,7 @@ mod tests {
             store.insert(messages).await.map(|r| (0, r))
         }
 
-        fn publish(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
+        fn broadcast(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
             assert_eq!(
                 entries.iter().map(|r| r.id).collect::<Vec<_>>(),
                 batch.messages.iter().map(|m| m.id).collect::<Vec<_>>()
