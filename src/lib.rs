@@ -1,18 +1,23 @@
 //! relay: a Socket.IO-compatible chat server, storing in SQLite or MySQL/MariaDB.
 //!
-//! Layers, bottom up (a module imports only from layers below it):
+//! Layers, bottom up (a module imports only from layers below it, and no two files import each
+//! other):
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`chat`] (the chat's rules), [`metrics`] | pure functions and counters |
-//! | storage | [`store`] | the durable log (SQLite or MySQL) |
-//! | delivery | [`delivery`] | batches, the recent history, packet queues, the fan-out |
-//! | sequencer | [`sequencer`] | the one writer: group commit, then publish through its bus |
-//! | cluster | [`cluster`] | several relays on one database: the Redis bus, the ordered follower, the sequencer lease and forwarding |
-//! | Engine.IO | [`engine`] | the transport-neutral session: open, heartbeat, close |
-//! | transports | [`transport`] | WebSocket (polling belongs beside it) |
-//! | Socket.IO | [`namespace`] | the `/` namespace and the chat on it |
-//! | server | [`server`], [`config`] | routing, limits, start and shutdown |
+//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
+//! | storage | [`store`] | the durable log (SQLite or MySQL) and the one way it is read ([`store::Reader`]) |
+//! | delivery | [`delivery`] | batches encoded once, the recent history, packet queues, the fan-out, the broadcaster |
+//! | sequencer | `sequencer` | the publish seam and the one writer: group commit, dedupe, order; its `Adapter` seam says where rounds are stored and batches go |
+//! | cluster | `cluster` | several relays on one database, behind the adapter seam: the commit lock, the sequencer lease, forwarding, the Redis bus, the ordered follower |
+//! | Engine.IO | `engine` | the transport-neutral session: open, heartbeat, close |
+//! | transports | `transport` | WebSocket and HTTP long-polling, and the upgrade between them |
+//! | Socket.IO | [`namespace`] | the `/` namespace: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler.rs`) |
+//! | server | [`server`], [`config`] | routing, limits, the composition root, start and shutdown |
+//!
+//! The public surface is what `tests/` and `benches/` use: the codecs, the store contract,
+//! [`server::start`] with [`config::Config`], and [`delivery::batch::Message`] for the codec
+//! benchmarks. Everything else is `pub(crate)`.
 
 pub mod chat;
 pub(crate) mod cluster;

@@ -509,10 +509,10 @@ mod tests {
         };
         let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, wire));
         let sequencer = Sequencer::start(
-            Store::Memory(store.clone()),
             LocalAdapter(broadcaster.clone()),
-            0,
             SequencerOptions {
+                store: Store::Memory(store.clone()),
+                published: 0,
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
                 metrics: metrics.clone(),
@@ -597,6 +597,16 @@ mod tests {
             panic!("no packet after {} ones", self.seen);
         }
 
+        /// Sends messages `m<i>` (offset `w-<i>`, ack id `i`) and waits for each one's row and
+        /// ack.
+        async fn say(&mut self, ids: std::ops::RangeInclusive<u32>) {
+            for i in ids {
+                self.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
+                self.next().await;
+                self.next().await;
+            }
+        }
+
         async fn joined(chat: &Chat, auth: &str) -> Client {
             let mut c = chat.connect();
             assert!(c.next().await.starts_with("0{\"sid\":"));
@@ -635,11 +645,7 @@ mod tests {
     async fn a_connect_replays_after_the_offset_then_goes_live() {
         let chat = chat();
         let mut writer = Client::joined(&chat, "").await;
-        for i in 1..=3 {
-            writer.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
-            writer.next().await;
-            writer.next().await;
-        }
+        writer.say(1..=3).await;
         let mut late = Client::joined(&chat, "{\"serverOffset\":1}").await;
         assert_eq!(late.next().await, "42[\"chat message\",\"m2\",2]");
         assert_eq!(late.next().await, "42[\"chat message\",\"m3\",3]");
@@ -738,11 +744,7 @@ mod tests {
     async fn a_capped_first_visit_and_history_pages() {
         let chat = chat();
         let mut writer = Client::joined(&chat, "").await;
-        for i in 1..=10 {
-            writer.send(&format!("42{i}[\"chat message\",\"m{i}\",\"w-{i}\"]"));
-            writer.next().await;
-            writer.next().await;
-        }
+        writer.say(1..=10).await;
         let mut page = Client::joined(&chat, "{\"serverOffset\":0,\"historyLimit\":3}").await;
         for i in 8..=10 {
             assert_eq!(

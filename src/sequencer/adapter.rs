@@ -34,12 +34,14 @@ pub trait Adapter: Send + 'static {
     /// Stores one group commit (at most [`crate::store::MAX_BATCH`] messages, no clientOffset
     /// twice) and says what became of each; with [`Adapter::shared`], also the id committed
     /// just before it (0 otherwise). Errors: as [`Store::insert`]. The sequencer gives it its
-    /// deadline (`DB_TIMEOUT_MS`).
+    /// deadline (`DB_TIMEOUT_MS`). One node: [`Store::insert`].
     fn insert<'a>(
         &'a mut self,
         store: &'a Store,
         messages: &'a [&'a NewMessage],
-    ) -> impl Future<Output = Result<(u64, Vec<Inserted>), StoreError>> + Send + 'a;
+    ) -> impl Future<Output = Result<(u64, Vec<Inserted>), StoreError>> + Send + 'a {
+        async move { store.insert(messages).await.map(|r| (0, r)) }
+    }
 
     /// Whether other writers commit to the same log. Then each round's batch starts at the id
     /// the insert reports (not where this node left off), batches are published before their
@@ -92,13 +94,5 @@ impl Adapter for LocalAdapter {
 
     fn wire(&self) -> Wire {
         self.0.wire()
-    }
-
-    async fn insert<'a>(
-        &'a mut self,
-        store: &'a Store,
-        messages: &'a [&'a NewMessage],
-    ) -> Result<(u64, Vec<Inserted>), StoreError> {
-        store.insert(messages).await.map(|r| (0, r))
     }
 }

@@ -159,8 +159,13 @@ pub struct Sequencer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopped;
 
-/// Tuning of the sequencer.
+/// What the sequencer starts from, and its tuning.
 pub struct SequencerOptions {
+    /// The log it commits to.
+    pub store: Store,
+    /// The id the first batch follows (the highest stored id, as this process's broadcaster
+    /// has it).
+    pub published: u64,
     /// Submissions that may wait for the writer.
     pub queue: usize,
     /// Longest a database round may take before it counts as failed.
@@ -169,22 +174,20 @@ pub struct SequencerOptions {
 }
 
 impl Sequencer {
-    /// Starts the writer task on `tasks`, committing through `adapter`. `published` is the id
-    /// the first batch follows (the highest stored id). The task ends once `stop` is cancelled
-    /// and what was already submitted is committed and answered, or when every handle is gone.
+    /// Starts the writer task on `tasks`, committing through `adapter`. The task ends once
+    /// `stop` is cancelled and what was already submitted is committed and answered, or when
+    /// every handle is gone.
     pub fn start(
-        store: Store,
         adapter: impl Adapter,
-        published: u64,
         options: SequencerOptions,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Sequencer {
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
         let writer = Writer {
-            store,
+            store: options.store,
             adapter,
-            published,
+            published: options.published,
             outcome_unknown: false,
             db_timeout: options.db_timeout,
             metrics: options.metrics,
@@ -515,14 +518,6 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Arc<Batch>>>>);
 
     impl Adapter for Recorder {
-        async fn insert<'a>(
-            &'a mut self,
-            store: &'a Store,
-            messages: &'a [&'a NewMessage],
-        ) -> Result<(u64, Vec<Inserted>), StoreError> {
-            store.insert(messages).await.map(|r| (0, r))
-        }
-
         fn broadcast(&self, batch: Arc<Batch>, entries: Vec<Entry>) {
             assert_eq!(
                 entries.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -562,10 +557,10 @@ mod tests {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let sequencer = Sequencer::start(
-            Store::Memory(store.clone()),
             bus.clone(),
-            published,
             SequencerOptions {
+                store: Store::Memory(store.clone()),
+                published,
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
                 metrics: Arc::new(Metrics::default()),

@@ -134,28 +134,22 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let stop_background = CancellationToken::new();
     let options = SequencerOptions {
+        store: store.clone(),
+        published: broadcaster.published(),
         queue: 16 * 1024,
         db_timeout: config.db_timeout(),
         metrics: metrics.clone(),
     };
-    let published = broadcaster.published();
+    let stop = stop_background.clone();
     let (sequencer, cluster) = match cluster {
         None => {
             let adapter = LocalAdapter(broadcaster.clone());
-            let sequencer = Sequencer::start(
-                store.clone(),
-                adapter,
-                published,
-                options,
-                &background,
-                stop_background.clone(),
-            );
-            (sequencer, None)
+            (Sequencer::start(adapter, options, &background, stop), None)
         }
-        Some(mut options_c) => {
-            options_c.max_message_bytes = max_message_bytes(config, &store);
+        Some(mut join) => {
+            join.max_message_bytes = max_message_bytes(config, &store);
             let (cluster, adapter) = Cluster::join(
-                options_c,
+                join,
                 &config.database_url,
                 &store,
                 &broadcaster,
@@ -164,14 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             )
             .await
             .map_err(|e| join_error(config, e))?;
-            let sequencer = Sequencer::start(
-                store.clone(),
-                adapter,
-                published,
-                options,
-                &background,
-                stop_background.clone(),
-            );
+            let sequencer = Sequencer::start(adapter, options, &background, stop);
             (sequencer, Some(cluster))
         }
     };
