@@ -125,44 +125,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(db_error)?;
     let metrics = Arc::new(Metrics::default());
     let background = TaskTracker::new();
-    let broadcaster = Arc::new(
-        warm_broadcaster(&store, config, &metrics, &background)
-            .await
-            .map_err(db_error)?,
-    );
+    let broadcaster = warm_broadcaster(&store, config, &metrics, &background)
+        .await
+        .map_err(db_error)?;
+    let broadcaster = Arc::new(broadcaster);
     // Cancelled when shutdown begins: a cluster's sequencer node gives up its lease then.
     let shutdown = CancellationToken::new();
+    // Cancelled once the sessions are gone: the writer and the recovery log finish.
     let stop_background = CancellationToken::new();
-    let options = SequencerOptions {
-        store: store.clone(),
-        published: broadcaster.published(),
-        queue: 16 * 1024,
-        db_timeout: config.db_timeout(),
-        metrics: metrics.clone(),
-    };
-    let stop = stop_background.clone();
-    let (sequencer, cluster) = match cluster {
-        None => {
-            let adapter = LocalAdapter(broadcaster.clone());
-            (Sequencer::start(adapter, options, &background, stop), None)
-        }
-        Some(mut join) => {
-            join.max_message_bytes = max_message_bytes(config, &store);
-            let (cluster, adapter) = Cluster::join(
-                join,
-                &config.database_url,
-                &store,
-                &broadcaster,
-                &metrics,
-                shutdown.clone(),
-            )
-            .await
-            .map_err(|e| join_error(config, e))?;
-            let sequencer = Sequencer::start(adapter, options, &background, stop);
-            (sequencer, Some(cluster))
-        }
-    };
-
+    let (sequencer, cluster) = start_sequencer(
+        config,
+        cluster,
+        &store,
+        &broadcaster,
+        &metrics,
+        &background,
+        &shutdown,
+        &stop_background,
+    )
+    .await?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|error| StartError::Listen {
         addr: addr.clone(),
@@ -171,39 +152,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let local = listener
         .local_addr()
         .map_err(|error| StartError::Listen { addr, error })?;
-
     let recovery = (config.recovery_window_ms > 0).then(|| {
-        RecoveryLog::start(
-            store.clone(),
-            Duration::from_millis(config.recovery_window_ms),
-            &background,
-            stop_background.clone(),
-        )
+        let window = Duration::from_millis(config.recovery_window_ms);
+        RecoveryLog::start(store.clone(), window, &background, stop_background.clone())
     });
-    let namespace = Namespace {
-        sequencer,
-        broadcaster: broadcaster.clone(),
-        store: store.clone(),
-        reader: Reader::new(store.clone(), config.db_timeout()),
-        config: NamespaceConfig {
-            max_message_bytes: max_message_bytes(config, &store),
-            connect_timeout: config.connect_timeout(),
-            db_timeout: config.db_timeout(),
-            max_messages_per_second: config.max_messages_per_second,
-        },
-        metrics,
-        replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
-        recovery,
-    };
+    let namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
         namespace: Arc::new(namespace),
-        engine: EngineConfig {
-            ping_interval: config.ping_interval(),
-            ping_timeout: config.ping_timeout(),
-            max_payload: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
-        },
+        engine: engine_config(config),
         db_timeout: config.db_timeout(),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown.clone(),
@@ -213,12 +171,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         polling: Default::default(),
         bus_up: cluster.as_ref().map(Cluster::bus_up),
     });
-    tracing::info!(
-        addr = %local,
-        database = %redact(&config.database_url),
-        node = metrics_node(&app),
-        "relay started"
-    );
+    let node = metrics_node(&app);
+    let database = redact(&config.database_url);
+    tracing::info!(addr = %local, %database, node, "relay started");
     let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));
     Ok(Running {
         addr: local,
@@ -234,6 +189,93 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         cluster,
         store,
     })
+}
+
+/// Starts the sequencer on `background` (until `stop`), committing through this process alone,
+/// or, with `cluster` options, through the cluster this node joins (resigning its lease once
+/// `shutdown` begins).
+#[allow(clippy::too_many_arguments)]
+async fn start_sequencer(
+    config: &Config,
+    cluster: Option<cluster::Options>,
+    store: &Store,
+    broadcaster: &Arc<Broadcaster>,
+    metrics: &Arc<Metrics>,
+    background: &TaskTracker,
+    shutdown: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<(Sequencer, Option<Cluster>), StartError> {
+    let options = sequencer_options(config, store, broadcaster, metrics);
+    let Some(mut join) = cluster else {
+        let adapter = LocalAdapter(broadcaster.clone());
+        let sequencer = Sequencer::start(adapter, options, background, stop.clone());
+        return Ok((sequencer, None));
+    };
+    join.max_message_bytes = max_message_bytes(config, store);
+    let database = &config.database_url;
+    let (cluster, adapter) = Cluster::join(
+        join,
+        database,
+        store,
+        broadcaster,
+        metrics,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| join_error(config, e))?;
+    let sequencer = Sequencer::start(adapter, options, background, stop.clone());
+    Ok((sequencer, Some(cluster)))
+}
+
+/// The sequencer's start: where the log ends here, its queue and deadline.
+fn sequencer_options(
+    config: &Config,
+    store: &Store,
+    broadcaster: &Broadcaster,
+    metrics: &Arc<Metrics>,
+) -> SequencerOptions {
+    SequencerOptions {
+        store: store.clone(),
+        published: broadcaster.published(),
+        queue: 16 * 1024,
+        db_timeout: config.db_timeout(),
+        metrics: metrics.clone(),
+    }
+}
+
+/// The `/` namespace: what its sockets share.
+fn namespace(
+    config: &Config,
+    store: &Store,
+    broadcaster: &Arc<Broadcaster>,
+    sequencer: Sequencer,
+    metrics: Arc<Metrics>,
+    recovery: Option<RecoveryLog>,
+) -> Namespace {
+    Namespace {
+        sequencer,
+        broadcaster: broadcaster.clone(),
+        store: store.clone(),
+        reader: Reader::new(store.clone(), config.db_timeout()),
+        config: NamespaceConfig {
+            max_message_bytes: max_message_bytes(config, store),
+            connect_timeout: config.connect_timeout(),
+            db_timeout: config.db_timeout(),
+            max_messages_per_second: config.max_messages_per_second,
+        },
+        metrics,
+        replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
+        recovery,
+    }
+}
+
+/// Every Engine.IO session's heartbeat and payload limit.
+fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        ping_interval: config.ping_interval(),
+        ping_timeout: config.ping_timeout(),
+        max_payload: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
+    }
 }
 
 /// The cluster a config asks this node to join (`--cluster-url`), if any.
