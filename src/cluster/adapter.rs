@@ -23,8 +23,9 @@ use crate::sequencer::adapter::Adapter;
 use crate::sequencer::Submission;
 use crate::store::mysql::MysqlStore;
 use crate::store::{Inserted, Store, StoreError};
+use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// How long the sequencer node keeps the commit lock with nothing to commit.
@@ -39,6 +40,8 @@ pub struct RedisAdapter {
     /// The lease's view of where this node commits; `None` once the lease task is gone
     /// (then: [`Role::Commit`]).
     role: Option<watch::Receiver<Role>>,
+    /// The role as the writer last looked ([`Adapter::tidy`]): what this wait's routing follows.
+    now: Role,
     /// Submissions committed here whatever the role: those other nodes forwarded to this one,
     /// and those this node forwarded that came back unanswered.
     local: Option<mpsc::UnboundedReceiver<Submission>>,
@@ -46,6 +49,8 @@ pub struct RedisAdapter {
     keep_lock: bool,
     /// The last group commit may have kept the commit lock: let go of it when no work follows.
     lock_kept: bool,
+    /// When the writer last began to wait with the lock kept ([`Adapter::idle_due`]).
+    idle_since: Cell<Option<Instant>>,
 }
 
 impl RedisAdapter {
@@ -63,25 +68,16 @@ impl RedisAdapter {
             db,
             lock,
             role: Some(role),
+            now: Role::Commit,
             local: Some(local),
             keep_lock: false,
             lock_kept: false,
+            idle_since: Cell::new(None),
         }
     }
 
-    fn role(&self) -> Role {
-        self.role.as_ref().map_or(Role::Commit, |r| *r.borrow())
-    }
-
-    /// Follows the role: a node that is no longer the sequencer lets the next one take the lock.
-    async fn follow_role(&mut self) {
-        let now = self.role();
-        if self.keep_lock && now != Role::Sequencer {
-            self.release_lock().await;
-        }
-        self.keep_lock = now == Role::Sequencer;
-    }
-
+    /// Lets go of the commit lock. Awaited whole by the writer ([`Adapter::tidy`],
+    /// [`Adapter::idle`], [`Adapter::finish`]), never inside a select that could drop it halfway.
     async fn release_lock(&mut self) {
         self.db.release_lock(&self.lock).await;
         self.keep_lock = false;
@@ -103,7 +99,6 @@ impl Adapter for RedisAdapter {
         _store: &'a Store,
         messages: &'a [&'a NewMessage],
     ) -> Result<(u64, Vec<Inserted>), StoreError> {
-        self.follow_role().await;
         self.lock_kept = self.keep_lock;
         self.db
             .insert_locked(messages, &self.lock, self.keep_lock)
@@ -119,32 +114,71 @@ impl Adapter for RedisAdapter {
     }
 
     fn route(&mut self, batch: &mut Vec<Submission>) {
-        if self.role() == Role::Forward || self.bus.forwarding() {
+        if self.now == Role::Forward || self.bus.forwarding() {
             self.bus.forward(batch);
         }
     }
 
     async fn next_local<'a>(&'a mut self, into: &'a mut Vec<Submission>) -> usize {
-        loop {
-            self.follow_role().await;
-            tokio::select! {
-                biased;
-                n = recv_local(&mut self.local, into) => {
-                    if n > 0 {
-                        return n;
+        let Some(rx) = self.local.as_mut() else {
+            return std::future::pending().await;
+        };
+        let n = rx.recv_many(into, crate::store::MAX_BATCH).await;
+        if n == 0 {
+            self.local = None;
+        }
+        n
+    }
+
+    async fn tidy(&mut self) {
+        let now = match self.role.as_mut() {
+            Some(rx) => *rx.borrow_and_update(),
+            None => Role::Commit,
+        };
+        self.now = now;
+        if self.keep_lock && now != Role::Sequencer {
+            // No longer the sequencer: let the next one take the lock.
+            self.release_lock().await;
+        }
+        self.keep_lock = now == Role::Sequencer;
+    }
+
+    fn idle_due(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // Each wait begins the idle time afresh, as a busy sequencer's rounds follow each other.
+        let since = self.lock_kept.then(Instant::now);
+        self.idle_since.set(since);
+        let deadline = since.map(|since| since + KEEP_LOCK_IDLE);
+        let mut role = self.role.clone();
+        async move {
+            let lease_moved = async {
+                match role.as_mut() {
+                    // A lease task that is gone moves nothing any more.
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await
+                        }
                     }
-                    self.local = None;
+                    None => std::future::pending().await,
                 }
-                // Idle: no one waits longer for the lock than a busy sequencer lets them.
-                () = tokio::time::sleep(KEEP_LOCK_IDLE), if self.lock_kept => {
-                    self.release_lock().await;
-                }
-                changed = role_change(&mut self.role) => {
-                    if changed.is_err() {
-                        self.role = None;
-                    }
-                }
+            };
+            match deadline {
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = lease_moved => {}
+                },
+                None => lease_moved.await,
             }
+        }
+    }
+
+    async fn idle(&mut self) {
+        // Idle: no one waits longer for the lock than a busy sequencer lets them.
+        let idle_long = self
+            .idle_since
+            .get()
+            .is_some_and(|since| since.elapsed() >= KEEP_LOCK_IDLE);
+        if self.lock_kept && idle_long {
+            self.release_lock().await;
         }
     }
 
@@ -168,27 +202,5 @@ impl Adapter for RedisAdapter {
 
     async fn finish(&mut self) {
         self.release_lock().await;
-    }
-}
-
-/// The next local submissions into `into`; 0 once that channel ended. Pending for ever once it
-/// is gone.
-async fn recv_local(
-    local: &mut Option<mpsc::UnboundedReceiver<Submission>>,
-    into: &mut Vec<Submission>,
-) -> usize {
-    match local {
-        Some(rx) => rx.recv_many(into, crate::store::MAX_BATCH).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the role changed (an error once the lease task is gone); pending for ever then.
-async fn role_change(
-    role: &mut Option<watch::Receiver<Role>>,
-) -> Result<(), watch::error::RecvError> {
-    match role {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
     }
 }

@@ -174,7 +174,7 @@ impl State {
                         // Quiet: anything committed that no batch announced?
                         match self.reader.max_id().await {
                             Ok(max) => self.wanted = self.wanted.max(max),
-                            Err(e) => tracing::debug!(error = %e, "quiet check"),
+                            Err(e) => tracing::debug!(error = %e, "cannot read the highest id"),
                         }
                     } else {
                         self.wanted = self.wanted.max(self.waiting_first());
@@ -267,7 +267,7 @@ impl State {
             })
             .await;
         if let Err(e) = read {
-            tracing::warn!(error = %e, "cannot read the messages the bus did not bring; retrying");
+            tracing::warn!(error = %e, "cannot read the rows the bus did not bring; retrying");
             self.asked.extend(asked);
             return;
         }

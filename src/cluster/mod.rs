@@ -81,9 +81,19 @@ impl Options {
             .map_err(|e| JoinError::Config(format!("CLUSTER_URL: {e}")))
     }
 
-    /// Checks the settings before anything connects (see [`Options::client`]).
+    /// Checks the settings before anything connects (see [`Options::client`]), and warns of a
+    /// `DB_TIMEOUT_MS` too short for a cluster.
     pub fn validate(&self, database_url: &str) -> Result<(), JoinError> {
-        self.client(database_url).map(drop)
+        self.client(database_url)?;
+        if self.db_timeout < Duration::from_secs(3) {
+            tracing::warn!(
+                db_timeout_ms = self.db_timeout.as_millis() as u64,
+                "DB_TIMEOUT_MS below 3000 in cluster mode: a node stalled while holding the \
+                 commit lock is ended only after 2 s of waiting for it, so with this timeout \
+                 every node waits for as long as it is stalled"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -114,14 +124,6 @@ impl Cluster {
                 "cluster mode needs a MySQL/MariaDB database".into(),
             ));
         };
-        if options.db_timeout < Duration::from_secs(3) {
-            tracing::warn!(
-                db_timeout_ms = options.db_timeout.as_millis() as u64,
-                "DB_TIMEOUT_MS below 3000 in cluster mode: a node stalled while holding the \
-                 commit lock is ended only after 2 s of waiting for it, so with this timeout \
-                 every node waits for as long as it is stalled"
-            );
-        }
         // Redis keys and channels carry the chat's identity (recorded in its database): two
         // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
         // every node of one database must take the same lock, including, during a rolling

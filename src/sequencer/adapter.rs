@@ -62,13 +62,33 @@ pub trait Adapter: Send + 'static {
 
     /// Waits for submissions that must be committed here whatever [`Adapter::route`] says
     /// (forwarded to this node, or given back by the node they went to), puts them in `into`
-    /// and returns how many. Between those it does the adapter's own keeping (a cluster lets go
-    /// of an idle commit lock here). Pending for ever for one node.
+    /// and returns how many (0: that intake has ended). Cancel-safe: it only waits, and the
+    /// writer drops it whenever another branch of its select wins. Pending for ever for one node.
     fn next_local<'a>(
         &'a mut self,
         _into: &'a mut Vec<Submission>,
     ) -> impl Future<Output = usize> + Send + 'a {
         std::future::pending()
+    }
+
+    /// The adapter's keeping before each wait of the writer (a cluster node that stopped being
+    /// the sequencer lets go of the commit lock). The writer awaits it whole.
+    fn tidy(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+
+    /// Resolves when the idle writer should call [`Adapter::idle`] (a kept commit lock's idle
+    /// deadline), or look again (the lease moved). Borrows nothing, so the writer can wait on it
+    /// beside its other branches; lower in priority than submissions. Pending for ever for one
+    /// node.
+    fn idle_due(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
+    /// The writer stayed idle until [`Adapter::idle_due`]: let go of what idling should free
+    /// (a cluster's commit lock kept longer than its idle time). The writer awaits it whole.
+    fn idle(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
     }
 
     /// As [`Adapter::next_local`], without waiting: what is there now, up to `room` of it.

@@ -236,9 +236,18 @@ impl<A: Adapter> Writer<A> {
         let mut back = Vec::new();
         let mut stopping = false;
         loop {
+            // The adapter's keeping between rounds (a cluster node that stopped being the
+            // sequencer lets go of the commit lock): awaited here, never cut short by a select.
+            self.adapter.tidy().await;
+            // Built before the select and borrowing nothing: the select's branches stay
+            // cancel-safe waits, and what the wake-up asks for is done after it.
+            let idle_due = self.adapter.idle_due();
             tokio::select! {
                 biased;
-                _ = self.adapter.next_local(&mut back) => {
+                n = self.adapter.next_local(&mut back) => {
+                    if n == 0 {
+                        continue;
+                    }
                     std::mem::swap(&mut batch, &mut back);
                 }
                 n = queue.recv_many(&mut batch, MAX_BATCH) => {
@@ -254,6 +263,10 @@ impl<A: Adapter> Writer<A> {
                     }
                     // What the adapter handed in was submitted before these: commit it first.
                     self.commit_local(&mut back).await;
+                }
+                () = idle_due => {
+                    self.adapter.idle().await;
+                    continue;
                 }
                 () = stop.cancelled(), if !stopping => {
                     // Refuse new submissions; commit and answer what is queued, then end.
@@ -475,7 +488,7 @@ impl<A: Adapter> Writer<A> {
                 tracing::info!(
                     count = page.len(),
                     after,
-                    "publishing messages committed during a database failure"
+                    "publishing rows committed during a database failure"
                 );
                 self.broadcast(Batch::encode(after, &page, wire), page);
                 self.published
