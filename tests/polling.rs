@@ -9,6 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const SEP: char = '\u{1e}';
@@ -280,5 +281,107 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
         (status, body.as_str()),
         (400, r#"{"code":3,"message":"Bad request"}"#)
     );
+    s.stop().await;
+}
+
+/// Opens a POST of `length` declared bytes on its own connection and sends only `sent` of them:
+/// a body still arriving.
+async fn trickling_post(addr: SocketAddr, sid: &str, length: usize, sent: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let head = format!(
+        "POST /socket.io/?EIO=4&{} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\n\
+         Content-Length: {length}\r\n\r\n{sent}",
+        polling(sid)
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    tcp
+}
+
+/// Reads what the server answers on `tcp` until it closes the connection (or `limit` passes):
+/// the status of its answer (0: closed without one).
+async fn answer_or_close(tcp: &mut TcpStream, limit: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    Some(
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn a_second_post_while_one_arrives_gets_400_and_closes_the_session_and_both_posts() {
+    // engine.io `test/server.js` "should disallow simultaneous polling requests" and polling.ts
+    // "data request overlap from client": a POST belongs to its session from its first byte.
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    let mut first = trickling_post(addr, &sid, 1000, "40").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = post(addr, &polling(&sid), "3").await;
+    assert_eq!(status, 400, "the overlapping POST is refused");
+    wait_until_gone(addr, &sid).await;
+    // The POST still arriving ended with its session, answered or closed, at once.
+    let answered = answer_or_close(&mut first, Duration::from_secs(2)).await;
+    assert!(
+        matches!(answered, Some(0 | 400)),
+        "the trickling POST outlived its session: {answered:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_still_arriving_when_its_session_ends_is_ended_with_it() {
+    let s = TestServer::start_with(|c| {
+        c.ping_interval_ms = 200;
+        c.ping_timeout_ms = 200;
+    })
+    .await;
+    let (sid, _) = handshake(s.addr).await;
+    let mut trickle = trickling_post(s.addr, &sid, 100_000, "40").await;
+    // Nobody answers the pings: the heartbeat ends the session after 400 ms.
+    let answered = answer_or_close(&mut trickle, Duration::from_secs(3)).await;
+    assert!(
+        matches!(answered, Some(0 | 400)),
+        "the trickling POST was still open 3 s later: {answered:?}"
+    );
+    wait_until_gone(s.addr, &sid).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
+    // polling.ts: "poll connection closed prematurely".
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await; // the heartbeat alone would take 45 s
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    let mut waiting = TcpStream::connect(addr).await.expect("tcp connect");
+    let get = format!(
+        "GET /socket.io/?EIO=4&{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+        polling(&sid)
+    );
+    waiting.write_all(get.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(waiting);
+    let started = std::time::Instant::now();
+    wait_until_gone(addr, &sid).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
     s.stop().await;
 }

@@ -274,7 +274,12 @@ async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse 
                 PollOutcome::Now(packets) => payload(packets),
                 // A session that ended without answering: the close packet, so the client
                 // reconnects.
-                PollOutcome::Wait(rx) => payload(rx.await.unwrap_or_else(|_| b"1".to_vec())),
+                PollOutcome::Wait(rx) => {
+                    let waiting = session.begin_wait();
+                    let packets = rx.await.unwrap_or_else(|_| b"1".to_vec());
+                    waiting.answered();
+                    payload(packets)
+                }
                 PollOutcome::Duplicate => {
                     session.close(DisconnectReason::PacketParsingError(
                         "a second GET while one was waiting".into(),
@@ -285,8 +290,17 @@ async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse 
             }
         }
         Method::POST => {
+            let Some(posting) = session.begin_post() else {
+                return bad_request(3, "Bad request"); // overlapping POSTs: the session is closed
+            };
             let limit = app.engine.max_payload;
-            let body = match Limited::new(req.into_body(), limit).collect().await {
+            let read = tokio::select! {
+                read = Limited::new(req.into_body(), limit).collect() => read,
+                // The session ended while the body arrived: the POST ends with it, and what was
+                // buffered is dropped.
+                () = session.ended() => return bad_request(1, "Session ID unknown"),
+            };
+            let body = match read {
                 Ok(body) => body.to_bytes(),
                 Err(e) => {
                     let too_big = e
@@ -302,7 +316,7 @@ async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse 
                     return bad_request(3, "Bad request"); // the client went away mid-body
                 }
             };
-            match session.post(&body).await {
+            match session.post(&posting, &body).await {
                 Ok(()) => {
                     let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
                     r.headers_mut()
@@ -310,7 +324,7 @@ async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse 
                     r
                 }
                 Err(PostError::Gone) => bad_request(1, "Session ID unknown"),
-                Err(PostError::Overlap | PostError::Invalid(_)) => bad_request(3, "Bad request"),
+                Err(PostError::Invalid(_)) => bad_request(3, "Bad request"),
             }
         }
         _ => bad_request(2, "Bad handshake method"),

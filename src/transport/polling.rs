@@ -504,29 +504,69 @@ pub struct PollingSession {
 /// Why a POST was refused; each ends the session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PostError {
-    /// Another POST of this session is being read.
-    Overlap,
     /// The body is not a payload of valid packets.
     Invalid(String),
     /// The session is over.
     Gone,
 }
 
+/// A POST of a session, from its first byte until it is answered ([`PollingSession::begin_post`]).
+pub struct Posting<'a>(&'a PollingSession);
+
+impl Drop for Posting<'_> {
+    fn drop(&mut self) {
+        self.0.posting.store(false, Ordering::Release);
+    }
+}
+
+/// A GET waiting for packets: if it is dropped unanswered (its client closed the connection),
+/// the session ends at once (polling.ts: "poll connection closed prematurely").
+pub struct WaitingGet<'a>(Option<&'a PollingSession>);
+
+impl WaitingGet<'_> {
+    /// The GET was answered.
+    pub fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for WaitingGet<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.0 {
+            session.close(DisconnectReason::TransportError(
+                "poll connection closed prematurely".into(),
+            ));
+        }
+    }
+}
+
 impl PollingSession {
-    /// Hands a POST's packets to the session, waiting while it is busy with earlier ones.
-    pub async fn post(&self, body: &[u8]) -> Result<(), PostError> {
+    /// A POST begins: it belongs to the session from its first byte. A second one while it is
+    /// read or handed over closes the session and gets `None` (polling.ts: "data request
+    /// overlap from client").
+    pub fn begin_post(&self) -> Option<Posting<'_>> {
         if self.posting.swap(true, Ordering::AcqRel) {
             self.close(DisconnectReason::PacketParsingError(
                 "overlapping POST requests".into(),
             ));
-            return Err(PostError::Overlap);
+            return None;
         }
-        let result = self.forward(body).await;
-        self.posting.store(false, Ordering::Release);
-        result
+        Some(Posting(self))
     }
 
-    async fn forward(&self, body: &[u8]) -> Result<(), PostError> {
+    /// A GET begins to wait for packets; see [`WaitingGet`].
+    pub fn begin_wait(&self) -> WaitingGet<'_> {
+        WaitingGet(Some(self))
+    }
+
+    /// Resolves once the session has ended: a POST still arriving then ends with it.
+    pub async fn ended(&self) {
+        self.inbound.closed().await;
+    }
+
+    /// Hands a POST's packets to the session, waiting while it is busy with earlier ones.
+    /// Errors: the body is not a payload (the session is closed), or the session is over.
+    pub async fn post(&self, _posting: &Posting<'_>, body: &[u8]) -> Result<(), PostError> {
         let packets = match engineio::decode_payload(body) {
             Ok(packets) => packets,
             Err(e) => {
