@@ -4,6 +4,7 @@
 //!
 //! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
+use crate::log::Entry;
 use serde_json::Value;
 
 /// The chat's event: a message to store and broadcast.
@@ -17,6 +18,11 @@ pub const MAX_HISTORY_PAGE: usize = 1000;
 
 /// Messages a history page holds when the request does not say.
 pub const DEFAULT_HISTORY_PAGE: usize = 50;
+
+/// Most bytes of messages one history page carries (less when `maxPayload` is smaller): a page
+/// of long messages stops early and says `more: true`, so that it reaches a slow link well
+/// within the client's ack timeout and never holds a ping back for long.
+pub const HISTORY_PAGE_BYTES: usize = 256 * 1024;
 
 /// Longest accepted `clientOffset`, in characters (Unicode scalar values).
 pub const MAX_OFFSET_CHARS: usize = 255;
@@ -247,6 +253,64 @@ pub fn parse_history(payload: &Value) -> Result<HistoryRequest, Rejection> {
     Ok(HistoryRequest { before, limit })
 }
 
+/// A history page's answer being built, from the newest message back, within a byte budget.
+#[derive(Debug)]
+pub struct HistoryPage {
+    budget: usize,
+    /// Each message as `{"id":…,"msg":…}`, newest first.
+    rows: Vec<String>,
+    bytes: usize,
+}
+
+impl HistoryPage {
+    /// An empty page whose messages may take `budget` bytes of JSON.
+    pub fn new(budget: usize) -> HistoryPage {
+        HistoryPage {
+            budget,
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds the next older message, unless it would take the page past its budget (then `false`,
+    /// and the page is complete). A message larger than the budget still goes, alone.
+    pub fn push_older(&mut self, entry: &Entry) -> bool {
+        let row = serde_json::json!({ "id": entry.id, "msg": entry.content() }).to_string();
+        let bytes = row.len() + 1; // and its comma
+        if !self.rows.is_empty() && self.bytes + bytes > self.budget {
+            return false;
+        }
+        self.bytes += bytes;
+        self.rows.push(row);
+        true
+    }
+
+    /// Messages on the page.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The ack's arguments, `[{"messages":[…],"more":<more>}]`, messages ascending.
+    pub fn into_ack_args(self, more: bool) -> String {
+        let mut out = String::with_capacity(self.bytes + 32);
+        out.push_str("[{\"messages\":[");
+        for (i, row) in self.rows.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(row);
+        }
+        out.push_str("],\"more\":");
+        out.push_str(if more { "true" } else { "false" });
+        out.push_str("}]");
+        out
+    }
+}
+
 /// A first visit's cap on the replay: `auth.historyLimit`, a positive integer (at most
 /// [`MAX_HISTORY_PAGE`]); anything else means no cap.
 pub fn history_limit(auth: Option<&Value>) -> Option<usize> {
@@ -457,6 +521,29 @@ mod tests {
         assert_eq!(history_limit(Some(&json!({"historyLimit": 0}))), None);
         assert_eq!(history_limit(Some(&json!({"historyLimit": "x"}))), None);
         assert_eq!(history_limit(None), None);
+    }
+
+    #[test]
+    fn a_history_page_keeps_the_newest_messages_that_fit_its_budget() {
+        let entry = |id, len| Entry::message(id, "x".repeat(len));
+        let mut page = HistoryPage::new(100);
+        assert!(page.push_older(&entry(9, 10)));
+        assert!(page.push_older(&entry(8, 10)));
+        assert!(!page.push_older(&entry(7, 80)), "past the budget");
+        assert_eq!(page.len(), 2);
+        let args = page.into_ack_args(true);
+        let v: Value = serde_json::from_str(&args).unwrap();
+        assert_eq!(v[0]["messages"][0]["id"], 8, "ascending");
+        assert_eq!(v[0]["messages"][1]["msg"], "x".repeat(10));
+        assert_eq!(v[0]["more"], true);
+        // One message larger than the budget goes alone.
+        let mut big = HistoryPage::new(100);
+        assert!(big.push_older(&entry(5, 500)));
+        assert!(!big.push_older(&entry(4, 1)));
+        assert_eq!(
+            HistoryPage::new(10).into_ack_args(false),
+            "[{\"messages\":[],\"more\":false}]"
+        );
     }
 
     #[test]

@@ -232,6 +232,52 @@ async fn replay_of_a_long_history_is_complete_and_in_order(backend: Backend) {
     s.stop().await;
 }
 
+async fn history_pages_are_bounded_by_bytes_and_page_on_without_loss(backend: Backend) {
+    // Issue 25, fault 3: 100 rows of long messages used to go in one ack of 6 MB.
+    let s = TestServer::start_on(backend, |_| {}).await;
+    let total = 40;
+    let long = "x".repeat(60_000);
+    let values: Vec<String> = (0..total).map(|i| format!("('l-{i}','{long}')")).collect();
+    s.column(&format!(
+        "INSERT INTO messages (client_offset, content) VALUES {}",
+        values.join(",")
+    ))
+    .await;
+    let ids = s.ids().await;
+    let mut c = s
+        .joined(Some(json!({"serverOffset": 1_000_000_000_000u64})))
+        .await;
+    let mut before = ids.last().unwrap() + 1;
+    let mut seen = Vec::new();
+    for ack in 0.. {
+        c.send(&format!(
+            "42{ack}[\"history\",{{\"before\":{before},\"limit\":100}}]"
+        ))
+        .await;
+        let (id, reply) = c.recv_ack().await;
+        assert_eq!(id, ack);
+        let bytes = reply.to_string().len();
+        assert!(bytes <= 300 * 1024, "a page of {bytes} bytes");
+        let page: Vec<u64> = reply[0]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        assert!(page.windows(2).all(|w| w[0] < w[1]), "ascending: {page:?}");
+        if let Some(&oldest) = page.first() {
+            before = oldest;
+        }
+        seen.splice(0..0, page);
+        if reply[0]["more"] == json!(false) {
+            break;
+        }
+        assert!(ack < total, "paging never ends");
+    }
+    assert_eq!(seen, ids, "every row once, in order");
+    s.stop().await;
+}
+
 async fn an_offset_beyond_the_newest_id_still_gets_new_messages(backend: Backend) {
     let s = TestServer::start_on(backend, |_| {}).await;
     let mut stale = s
@@ -482,6 +528,7 @@ on_both_stores!(
     the_same_offset_twice_in_one_batch_is_stored_once,
     replay_after_server_offset_then_live,
     replay_of_a_long_history_is_complete_and_in_order,
+    history_pages_are_bounded_by_bytes_and_page_on_without_loss,
     an_offset_beyond_the_newest_id_still_gets_new_messages,
     every_socket_sees_every_message_in_id_order_under_concurrent_senders,
     shutdown_acks_exactly_what_was_stored_and_closes_with_1001,

@@ -133,9 +133,9 @@ impl<T: Transport> Handler<T> {
                     Ok(())
                 }
                 page = next_page(&mut self.replay) => self.on_page(page),
-                (ack_id, limit, page) = next_of(&mut self.history) => {
+                (ack_id, page) = next_of(&mut self.history) => {
                     self.history = None;
-                    self.on_history_page(ack_id, limit, page);
+                    self.on_history_page(ack_id, page);
                     Ok(())
                 }
                 Some(receipt) = next_receipt(&mut self.receipts) => {
@@ -342,7 +342,16 @@ impl<T: Transport> Handler<T> {
         });
         match (request, ack_id) {
             (Ok(request), Some(ack_id)) => {
-                self.history = Some(self.ns.history_page(ack_id, request));
+                // The answer stays within maxPayload, and within the page budget.
+                let overhead = 64; // `43<id>[{"messages":[…],"more":false}]` around the messages
+                let budget = self
+                    .socket
+                    .engine
+                    .config()
+                    .max_payload
+                    .min(chat::HISTORY_PAGE_BYTES)
+                    .saturating_sub(overhead);
+                self.history = Some(self.ns.history_page(ack_id, request, budget));
             }
             (Ok(_), None) => {} // nobody to answer: nothing to read
             (Err(rejection), ack_id) => self.refuse(ack_id, &rejection),
@@ -350,27 +359,23 @@ impl<T: Transport> Handler<T> {
     }
 
     /// Answers a history request with its page (ascending), or an error to retry.
-    fn on_history_page(&mut self, ack_id: u64, limit: usize, page: Result<Vec<Entry>, StoreError>) {
-        let reply = match page {
-            Ok(rows) => {
+    fn on_history_page(&mut self, ack_id: u64, page: Result<String, StoreError>) {
+        let ack = match page {
+            Ok(args) => {
                 self.ns
                     .metrics
                     .history_pages
                     .fetch_add(1, Ordering::Relaxed);
-                let more = rows.len() == limit;
-                let messages: Vec<serde_json::Value> = rows
-                    .into_iter()
-                    .map(|r| json!({ "id": r.id, "msg": r.content() }))
-                    .collect();
-                json!([{ "messages": messages, "more": more }])
+                socketio::encode_ack_json(ack_id, &args)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "history page failed");
-                json!([{ "error": "history: database unavailable, try again" }])
+                let reply = json!([{ "error": "history: database unavailable, try again" }]);
+                socketio::encode_ack(ack_id, &reply)
             }
         };
         if self.socket.connected() {
-            self.acks.push(0, socketio::encode_ack(ack_id, &reply));
+            self.acks.push(0, ack);
         }
     }
 

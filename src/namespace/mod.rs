@@ -78,9 +78,13 @@ pub(crate) struct Namespace {
 /// A CONNECT being planned (recovery checks, the start of a capped first visit).
 type JoinFuture = Pin<Box<dyn Future<Output = JoinPlan> + Send>>;
 
-/// A history page being read: the ack id it answers, the page size asked, the rows.
-type HistoryFuture =
-    Pin<Box<dyn Future<Output = (u64, usize, Result<Vec<Entry>, StoreError>)> + Send>>;
+/// A history page being read: the ack id it answers, and the ack's arguments
+/// ([`chat::HistoryPage::into_ack_args`]).
+type HistoryFuture = Pin<Box<dyn Future<Output = (u64, Result<String, StoreError>)> + Send>>;
+
+/// Messages a history page reads from the database at a time: a page of long messages holds
+/// about its byte budget in memory, not `limit` of them.
+const HISTORY_CHUNK: usize = 50;
 
 /// A page of rows after a cursor, and the highest id published before it was read.
 type PageFuture = Pin<Box<dyn Future<Output = Result<(Vec<Entry>, u64), StoreError>> + Send>>;
@@ -175,13 +179,47 @@ impl Namespace {
     }
 
     /// Reads a history page (through a replay turn, and within `DB_TIMEOUT_MS` once it has one).
-    fn history_page(self: &Arc<Self>, ack_id: u64, request: chat::HistoryRequest) -> HistoryFuture {
+    /// Reads a history page (through a replay turn; each read within `DB_TIMEOUT_MS`): the
+    /// newest messages before `request.before`, at most `request.limit` and `budget` bytes of
+    /// them, read a chunk at a time from the newest back. `more` when it stopped at the limit or
+    /// the budget.
+    fn history_page(
+        self: &Arc<Self>,
+        ack_id: u64,
+        request: chat::HistoryRequest,
+        budget: usize,
+    ) -> HistoryFuture {
         let ns = self.clone();
         Box::pin(async move {
             let _turn = ns.replay_reads.acquire().await;
-            let page = ns.reader.before(request.before, request.limit).await;
-            (ack_id, request.limit, page)
+            let page = ns.read_history(request, budget).await;
+            (ack_id, page)
         })
+    }
+
+    async fn read_history(
+        &self,
+        request: chat::HistoryRequest,
+        budget: usize,
+    ) -> Result<String, StoreError> {
+        let mut page = chat::HistoryPage::new(budget);
+        let mut before = request.before;
+        loop {
+            let want = (request.limit - page.len()).min(HISTORY_CHUNK);
+            if want == 0 {
+                return Ok(page.into_ack_args(true)); // the limit
+            }
+            let chunk = self.reader.before(before, want).await?;
+            for entry in chunk.iter().rev() {
+                if !page.push_older(entry) {
+                    return Ok(page.into_ack_args(true)); // the budget
+                }
+                before = entry.id;
+            }
+            if chunk.len() < want {
+                return Ok(page.into_ack_args(false)); // the oldest message
+            }
+        }
     }
 
     /// Reads the page of rows after `after`, with the published watermark from before the read:

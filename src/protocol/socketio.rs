@@ -317,6 +317,14 @@ pub fn encode_ack(id: u64, args: &Value) -> String {
     out
 }
 
+/// `43<id><args>`: an ACK whose arguments (a JSON array) are already encoded.
+pub fn encode_ack_json(id: u64, args: &str) -> String {
+    debug_assert!(args.starts_with('['), "an ACK payload is always an array");
+    let mut out = String::with_capacity(args.len() + 24);
+    let _ = write!(out, "43{id}{args}");
+    out
+}
+
 /// `43<id>[]`: the plain success ACK.
 pub fn encode_empty_ack(id: u64) -> String {
     let mut out = String::with_capacity(24);
