@@ -209,3 +209,49 @@ async fn a_client_that_pauses_reading_is_caught_up_in_place() {
     assert_eq!(paused.recv_chat().await.0, "after the pause");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_gets_a_long_replay_whole() {
+    // Issue 25, fault 4: a reconnect whose replay comes from the database used to queue a page
+    // of 500 rows (up to 32 MB) at once and close the socket (1008) unless all of it drained
+    // within pingTimeout, though the client read steadily the whole time.
+    const ROWS: usize = 400;
+    let s = TestServer::start_with(|c| {
+        c.recent_messages = 10; // the replay reads the database
+                                // Kernel buffers let a write wait for half of what they hold (a few MB) to be taken:
+                                // about 0.3 s at this pace, well within the limit.
+        c.ping_timeout_ms = 1500;
+    })
+    .await;
+    let long = "y".repeat(60_000); // 400 of them: 24 MB, one replay page
+    let values: Vec<String> = (0..ROWS).map(|i| format!("('s-{i}','{long}')")).collect();
+    for chunk in values.chunks(100) {
+        s.column(&format!(
+            "INSERT INTO messages (client_offset, content) VALUES {}",
+            chunk.join(",")
+        ))
+        .await;
+    }
+    let mut s = s;
+    s.shutdown().await;
+    let s = TestServer::start_config(s.config.clone(), s.db.clone()).await;
+    // A small receive buffer, and at most 6 MB/s read: 4 s or more for the whole replay.
+    let mut slow = Client::open_with_recv_buffer(s.addr, &s.ws_url(), 64 * 1024).await;
+    slow.join(Some(json!({"serverOffset": 0}))).await;
+    let mut ids = Vec::new();
+    while ids.len() < ROWS {
+        match slow.recv_raw().await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(t)) => {
+                if t.as_str() == "2" {
+                    slow.send("3").await;
+                } else if let Some((_, id)) = parse_chat(t.as_str()) {
+                    ids.push(id);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            other => panic!("closed after {} of {ROWS} rows: {other:?}", ids.len()),
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    s.stop().await;
+}

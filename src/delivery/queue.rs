@@ -123,7 +123,12 @@ impl<S: PacketSink> PacketQueue<S> {
 
     /// Whether anything is queued that the connection has not taken.
     pub fn has_backlog(&self) -> bool {
-        self.lock().sink.backlog() > 0
+        self.backlog() > 0
+    }
+
+    /// Bytes queued that the connection has not taken.
+    pub fn backlog(&self) -> usize {
+        self.lock().sink.backlog()
     }
 
     /// Sends what is queued; ready once the connection has taken all of it.

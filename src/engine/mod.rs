@@ -287,7 +287,8 @@ impl<T: Transport> Session<T> {
     }
 }
 
-/// Sends what `queue` holds, waiting at most `limit` for the client to take it.
+/// Sends what `queue` holds. A client that takes nothing of it for `limit` is too slow
+/// ([`DisconnectReason::SlowClient`]); one that keeps taking, however slowly, is waited for.
 pub async fn flush<S: PacketSink>(
     queue: &PacketQueue<S>,
     limit: Duration,
@@ -301,10 +302,18 @@ pub async fn flush<S: PacketSink>(
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     let done = match first {
         Poll::Ready(r) => r,
-        Poll::Pending => match timeout(limit, write).await {
-            Ok(r) => r,
-            Err(_) => return Err(DisconnectReason::SlowClient),
-        },
+        Poll::Pending => {
+            let mut left = queue.backlog();
+            loop {
+                match timeout(limit, write.as_mut()).await {
+                    Ok(r) => break r,
+                    // The client took some since the last look (or the fan-out added, which it
+                    // does only up to LIVE_BACKLOG): keep waiting.
+                    Err(_) if queue.backlog() != left => left = queue.backlog(),
+                    Err(_) => return Err(DisconnectReason::SlowClient),
+                }
+            }
+        }
     };
     done.map_err(|e| DisconnectReason::TransportError(e.to_string()))
 }

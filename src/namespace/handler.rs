@@ -33,14 +33,27 @@ use tokio::sync::mpsc::error::TrySendError;
 /// channel allocates a block of slots up front).
 type Receipts = Option<Mailbox>;
 
+/// Most bytes of a database page queued for a socket at once during a replay.
+const REPLAY_SLICE_BYTES: usize = 256 * 1024;
+
+/// A replay page being fed to a socket.
+struct Feed {
+    rows: Vec<Entry>,
+    /// The first row not queued yet.
+    next: usize,
+}
+
 /// The chat's side of one client's socket in `/`.
 pub(super) struct Handler<T: Transport> {
     socket: Socket<T>,
     ns: Arc<Namespace>,
     /// Known to the fan-out (from the first CONNECT on).
     registered: bool,
-    /// Set while catching up from the database.
+    /// Set while catching up from the database: a page being read.
     replay: Option<PageFuture>,
+    /// A page read, being fed to the socket a slice at a time as it drains (boxed: rare, and
+    /// sockets are many).
+    feeding: Option<Box<Feed>>,
     receipts: Receipts,
     in_flight: usize,
     acks: AckQueue,
@@ -65,6 +78,7 @@ pub fn serve<T: Transport>(
         socket: Socket::new(engine, ns.config.connect_timeout),
         registered: false,
         replay: None,
+        feeding: None,
         receipts: None,
         in_flight: 0,
         acks: AckQueue::default(),
@@ -111,6 +125,7 @@ impl<T: Transport> Handler<T> {
             // Only once the socket has drained: a catch-up adds a page or the recent history.
             if self.socket.connected()
                 && self.replay.is_none()
+                && self.feeding.is_none()
                 && self.socket.engine.queue().take_behind()
             {
                 self.ns.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +165,11 @@ impl<T: Transport> Handler<T> {
                     },
                     Err(reason) => Err(reason),
                 },
+                // Last: the socket has drained what it was given and nothing else is ready.
+                () = std::future::ready(()), if self.feeding.is_some() => {
+                    self.feed();
+                    Ok(())
+                }
             };
             if let Err(reason) = step {
                 return reason;
@@ -170,27 +190,54 @@ impl<T: Transport> Handler<T> {
         }
         match page {
             Ok((rows, published)) => {
-                let queue = self.socket.engine.queue();
-                let n = if rows.is_empty() {
+                if rows.is_empty() {
                     // Nothing after the cursor, though rows up to `published` were committed
                     // before the read: they were deleted. Carry on after them.
-                    queue.skip_to(published);
-                    0
+                    self.socket.engine.queue().skip_to(published);
+                    self.catch_up();
                 } else {
-                    queue.deliver_entries(&rows, self.ns.broadcaster.wire())
-                };
-                self.count_delivered(n);
-                self.ns
-                    .metrics
-                    .replayed_database
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                self.catch_up();
+                    self.feeding = Some(Box::new(Feed { rows, next: 0 }));
+                    self.feed();
+                }
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "replay failed");
                 Err(DisconnectReason::StoreUnavailable)
             }
+        }
+    }
+
+    /// Queues the next slice of the page being fed: at most [`REPLAY_SLICE_BYTES`] of it (one
+    /// larger message goes alone). The loop flushes it before it feeds more, so a reconnect
+    /// never queues more than a slice from the database, however slowly its client reads; the
+    /// page done, the catch-up goes on.
+    fn feed(&mut self) {
+        let Some(feed) = self.feeding.as_mut() else {
+            return;
+        };
+        let mut end = feed.next;
+        let mut bytes = 0;
+        while end < feed.rows.len() && (end == feed.next || bytes < REPLAY_SLICE_BYTES) {
+            bytes += feed.rows[end].content().len() + 48;
+            end += 1;
+        }
+        let slice = &feed.rows[feed.next..end];
+        feed.next = end;
+        let done = end == feed.rows.len();
+        let n = self
+            .socket
+            .engine
+            .queue()
+            .deliver_entries(slice, self.ns.broadcaster.wire());
+        self.count_delivered(n);
+        self.ns
+            .metrics
+            .replayed_database
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if done {
+            self.feeding = None;
+            self.catch_up();
         }
     }
 
@@ -282,6 +329,7 @@ impl<T: Transport> Handler<T> {
             } => return self.on_event(ack_id, data, lossy),
             Inbound::Disconnect => {
                 self.replay = None;
+                self.feeding = None;
                 self.history = None;
                 self.identity = None;
                 self.acks.clear();
