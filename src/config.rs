@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
 
+    /// `/readyz` answers 503 once the delivery canary (a probe through the sequencer and the
+    /// fan-out, every second) has not come back for this long (ms). Longer than DB_TIMEOUT_MS,
+    /// so a slow but working database does not make the node flap.
+    #[arg(long, env = "CANARY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub canary_timeout_ms: u64,
+
     /// Recent messages kept in memory (also capped at 16 MiB), so that replays of recent history
     /// skip the database; 0 serves every replay from the database.
     #[arg(long, env = "RECENT_MESSAGES", default_value_t = 16_384)]
@@ -139,6 +145,9 @@ impl Config {
     }
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
+    }
+    pub fn canary_timeout(&self) -> Duration {
+        Duration::from_millis(self.canary_timeout_ms)
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)

@@ -87,6 +87,8 @@ pub struct Metrics {
     /// Cluster mode: this node's id, for `relay_node_info`.
     pub node: std::sync::OnceLock<String>,
     pub closed_slow: AtomicU64,
+    /// Milliseconds since the delivery canary last came back (as of its last tick).
+    pub canary_age_ms: AtomicU64,
     refused: [AtomicU64; REFUSAL_KINDS.len()],
     bad_input: [AtomicU64; BadInput::ALL.len()],
     store_buckets: [AtomicU64; STORE_BUCKETS.len()],
@@ -202,6 +204,13 @@ impl Metrics {
             "counter",
             "Sockets closed because they did not take our writes within pingTimeout.",
             self.closed_slow.load(Relaxed),
+        );
+        let _ = write!(
+            out,
+            "# HELP relay_canary_age_seconds Seconds since a probe last came back through the \
+             sequencer and the fan-out.\n# TYPE relay_canary_age_seconds gauge\n\
+             relay_canary_age_seconds {}\n",
+            self.canary_age_ms.load(Relaxed) as f64 / 1e3
         );
         let _ = write!(
             out,

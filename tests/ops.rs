@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -270,4 +271,59 @@ async fn an_unreachable_database_fails_the_start_and_says_where() {
         };
         assert!(err.contains(says) && !err.contains('\n'), "{url}: {err}");
     }
+}
+
+/// Issue 25, fault 5 (Centrifugo issue 1189): readiness proves delivery. A sequencer stuck in
+/// the database — here behind a table lock, with a database that still answers `SELECT 1` —
+/// holds the canary, and `/readyz` says 503 with the reason; once it moves, ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
+    use mysql_async::prelude::Queryable;
+    let s = TestServer::start_with(|c| {
+        c.db_timeout_ms = 60_000; // the stuck INSERT waits rather than failing over
+        c.canary_timeout_ms = 1500;
+    })
+    .await;
+    let mut a = s.joined(None).await;
+    a.emit(Some(0), "before", "c-0").await;
+    a.recv_chat().await;
+    a.recv_ack().await;
+    assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
+
+    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .expect("connects");
+    holder
+        .query_drop("LOCK TABLES messages WRITE")
+        .await
+        .expect("lock");
+    a.emit(Some(1), "stuck", "c-1").await; // the writer's INSERT now waits for the lock
+    let mut unready = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, text) = http_get(s.addr, "/readyz").await;
+        if status == 503 {
+            unready = Some(text);
+            break;
+        }
+    }
+    let text = unready.expect("503 within 6 s of the stall");
+    assert!(text.contains("delivery stalled"), "{text}");
+    let (_, metrics) = http_get(s.addr, "/metrics").await;
+    assert!(metric(&metrics, "relay_canary_age_seconds") >= 1.0);
+
+    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let _ = holder.disconnect().await;
+    assert_eq!(a.recv_chat().await.0, "stuck");
+    a.recv_ack().await;
+    let mut ready = false;
+    for _ in 0..50 {
+        if http_get(s.addr, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the canary is back");
+    s.stop().await;
 }

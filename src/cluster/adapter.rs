@@ -18,6 +18,7 @@ use super::lease::Role;
 use super::redis::RedisBus;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
+use crate::delivery::canary::Probe;
 use crate::log::{Entry, Wire};
 use crate::sequencer::adapter::Adapter;
 use crate::sequencer::Submission;
@@ -92,6 +93,10 @@ impl Adapter for RedisAdapter {
 
     fn wire(&self) -> Wire {
         self.bus.wire()
+    }
+
+    fn probe(&self, probe: Arc<Probe>) {
+        self.bus.probe(probe);
     }
 
     async fn insert<'a>(

@@ -11,6 +11,7 @@
 //! Must not: publish out of order, or publish a row twice.
 
 use crate::delivery::batch::{Batch, Message};
+use crate::delivery::canary::Probe;
 use crate::delivery::Broadcaster;
 use crate::log::Wire;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ enum Event {
     Answer(Vec<Answer>),
     /// Publish up to the id; answer on the sender once the database was read after this request.
     CatchUp(u64, Option<oneshot::Sender<()>>),
+    /// A canary probe, passed on to the broadcaster once what came before it is applied.
+    Probe(Arc<Probe>),
 }
 
 /// The follower's handle. Cheap to clone.
@@ -96,6 +99,11 @@ impl Follower {
                 answers.into_iter().for_each(Answer::send);
             }
         }
+    }
+
+    /// Passes a canary probe on to the broadcaster, behind the batches pushed before it.
+    pub fn probe(&self, probe: Arc<Probe>) {
+        let _ = self.events.send(Event::Probe(probe));
     }
 
     /// Message `id` is committed: publish everything up to it (`u64::MAX`: up to the newest).
@@ -157,6 +165,7 @@ impl State {
                     Some(Event::Answer(answers)) => {
                         answers.into_iter().for_each(Answer::send);
                     }
+                    Some(Event::Probe(probe)) => self.broadcaster.probe(probe),
                     Some(Event::CatchUp(id, answer)) => {
                         if id <= self.published {
                             if let Some(answer) = answer {

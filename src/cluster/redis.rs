@@ -154,6 +154,11 @@ impl RedisBus {
         });
     }
 
+    /// Passes a canary probe to the follower, behind the batches this node broadcast before it.
+    pub fn probe(&self, probe: Arc<crate::delivery::canary::Probe>) {
+        self.follower.probe(probe);
+    }
+
     /// How batches are written for this node's sockets.
     pub fn wire(&self) -> Wire {
         self.follower.wire()

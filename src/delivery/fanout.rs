@@ -12,6 +12,7 @@
 //! Must not: wait on a socket, read the database, or decide order (batches arrive in order).
 
 use super::batch::Batch;
+use super::canary::Probe;
 use super::queue::{PacketQueue, PacketSink};
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +53,8 @@ pub struct Fanout {
 
 struct Shard {
     batches: mpsc::UnboundedSender<Arc<Batch>>,
+    /// Canary probes: seen once the shard's loop comes round to them.
+    probes: mpsc::UnboundedSender<Arc<Probe>>,
     /// Sockets registered since the shard's last pass.
     joining: Arc<Mutex<Vec<Arc<dyn Subscriber>>>>,
 }
@@ -69,9 +72,11 @@ impl Fanout {
         let shards = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let (probes, probes_rx) = mpsc::unbounded_channel();
                 let joining = Arc::new(Mutex::new(Vec::new()));
                 tasks.spawn(run_shard(
                     rx,
+                    probes_rx,
                     joining.clone(),
                     interval,
                     metrics.clone(),
@@ -79,6 +84,7 @@ impl Fanout {
                 ));
                 Shard {
                     batches: tx,
+                    probes,
                     joining,
                 }
             })
@@ -94,6 +100,16 @@ impl Fanout {
     pub fn push(&self, batch: &Arc<Batch>) {
         for shard in &self.shards {
             let _ = shard.batches.send(batch.clone());
+        }
+    }
+
+    /// Hands a canary probe to every shard: it is back once each has come round to it.
+    pub fn probe(&self, probe: Arc<Probe>) {
+        probe.to_shards(self.shards.len());
+        for shard in &self.shards {
+            if let Err(e) = shard.probes.send(probe.clone()) {
+                e.0.shard_done(); // a shard that ended cannot hold a probe back
+            }
         }
     }
 
@@ -125,6 +141,7 @@ impl Fanout {
 /// clients. After a quiet spell the first batch goes out at once.
 async fn run_shard(
     mut batches: mpsc::UnboundedReceiver<Arc<Batch>>,
+    mut probes: mpsc::UnboundedReceiver<Arc<Probe>>,
     joining: Arc<Mutex<Vec<Arc<dyn Subscriber>>>>,
     interval: Duration,
     metrics: Arc<Metrics>,
@@ -137,6 +154,11 @@ async fn run_shard(
         let received = tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            // Between two passes however busy the shard: this one is done with what came before.
+            Some(probe) = probes.recv() => {
+                probe.shard_done();
+                continue;
+            }
             n = batches.recv_many(&mut pass, 1024) => n,
         };
         if received == 0 {

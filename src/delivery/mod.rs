@@ -13,6 +13,7 @@
 //! Must not: decide order or ids (the sequencer does), or wait on a socket.
 
 pub mod batch;
+pub(crate) mod canary;
 pub(crate) mod fanout;
 pub(crate) mod queue;
 pub(crate) mod recent;
@@ -146,6 +147,11 @@ impl Broadcaster {
     /// The highest id published so far. Every row up to it is committed and has been published.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Acquire)
+    }
+
+    /// Passes a canary probe on to every fan-out shard, behind what was broadcast before it.
+    pub fn probe(&self, probe: Arc<canary::Probe>) {
+        self.fanout.probe(probe);
     }
 
     /// Ends the fan-out's tasks (at shutdown, once no socket is left).

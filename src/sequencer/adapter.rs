@@ -14,6 +14,7 @@
 use super::Submission;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
+use crate::delivery::canary::Probe;
 use crate::delivery::Broadcaster;
 use crate::log::{Entry, Wire};
 use crate::store::{Inserted, Store, StoreError};
@@ -30,6 +31,10 @@ pub trait Adapter: Send + 'static {
 
     /// How batches are written for sockets (the local broadcaster's [`Broadcaster::wire`]).
     fn wire(&self) -> Wire;
+
+    /// Passes a canary probe on along the way batches go to this process's sockets, behind the
+    /// batches broadcast before it (see [`crate::delivery::canary`]).
+    fn probe(&self, probe: Arc<Probe>);
 
     /// Stores one group commit (at most [`crate::store::MAX_BATCH`] messages, no clientOffset
     /// twice) and says what became of each; with [`Adapter::shared`], also the id committed
@@ -114,5 +119,9 @@ impl Adapter for LocalAdapter {
 
     fn wire(&self) -> Wire {
         self.0.wire()
+    }
+
+    fn probe(&self, probe: Arc<Probe>) {
+        self.0.probe(probe);
     }
 }

@@ -18,9 +18,11 @@
 //! Must not: touch a socket, or publish anything out of id order.
 
 pub mod adapter;
+pub(crate) mod canary;
 
 use crate::chat::NewMessage;
 use crate::delivery::batch::{Batch, Message};
+use crate::delivery::canary::Probe;
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::store::{Inserted, Reader, Store, StoreError, MAX_BATCH};
@@ -152,6 +154,8 @@ impl Submission {
 #[derive(Clone)]
 pub struct Sequencer {
     submissions: mpsc::Sender<Submission>,
+    /// Canary probes, taken by the writer between rounds.
+    probes: mpsc::UnboundedSender<Arc<Probe>>,
 }
 
 /// The sequencer stopped (the server is shutting down): nothing was taken.
@@ -184,6 +188,7 @@ impl Sequencer {
         stop: CancellationToken,
     ) -> Sequencer {
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
+        let (probes, probes_rx) = mpsc::unbounded_channel();
         let writer = Writer {
             store: options.store,
             adapter,
@@ -192,8 +197,17 @@ impl Sequencer {
             db_timeout: options.db_timeout,
             metrics: options.metrics,
         };
-        tasks.spawn(writer.run(queue, stop));
-        Sequencer { submissions }
+        tasks.spawn(writer.run(queue, probes_rx, stop));
+        Sequencer {
+            submissions,
+            probes,
+        }
+    }
+
+    /// Sends a canary probe through the writer: it passes it on between two rounds, so a writer
+    /// stuck in the database holds it.
+    pub(crate) fn probe(&self, probe: Arc<Probe>) {
+        let _ = self.probes.send(probe);
     }
 
     /// Hands a submission to the writer if its queue has room, without waiting.
@@ -231,7 +245,12 @@ struct Writer<A> {
 }
 
 impl<A: Adapter> Writer<A> {
-    async fn run(mut self, mut queue: mpsc::Receiver<Submission>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Submission>,
+        mut probes: mpsc::UnboundedReceiver<Arc<Probe>>,
+        stop: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut back = Vec::new();
         let mut stopping = false;
@@ -244,6 +263,11 @@ impl<A: Adapter> Writer<A> {
             let idle_due = self.adapter.idle_due();
             tokio::select! {
                 biased;
+                // First, and cheap: a probe passes between two rounds however busy the queue.
+                Some(probe) = probes.recv() => {
+                    self.adapter.probe(probe);
+                    continue;
+                }
                 n = self.adapter.next_local(&mut back) => {
                     if n == 0 {
                         continue;
@@ -542,6 +566,8 @@ mod tests {
         fn wire(&self) -> crate::log::Wire {
             crate::log::Wire::default()
         }
+
+        fn probe(&self, _probe: Arc<Probe>) {}
     }
 
     impl Recorder {

@@ -4,6 +4,7 @@
 //! Must not: route requests or speak Engine.IO.
 
 use super::origin::OriginPolicy;
+use crate::delivery::canary::Canary;
 use crate::engine::EngineConfig;
 use crate::namespace::Namespace;
 use crate::transport::polling::PollingSessions;
@@ -37,6 +38,9 @@ pub struct App {
     pub polling: PollingSessions,
     /// A cluster node's bus health (`true`: up); `None` for a single node.
     pub bus_up: Option<watch::Receiver<bool>>,
+    /// The delivery canary, and how long it may stay away before `/readyz` says 503.
+    pub canary: Arc<Canary>,
+    pub canary_timeout: Duration,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;

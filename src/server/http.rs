@@ -54,7 +54,8 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Ready: not shutting down and the database answers. In a cluster whose bus (Redis) is down the
+/// Ready: not shutting down, the delivery canary comes back ([`crate::delivery::canary`]),
+/// and the database answers. In a cluster whose bus (Redis) is down the
 /// node still serves every message (it reads the other nodes' rows from the database), so it
 /// stays ready and says so in the body: every node sees the same Redis, and a balancer that took
 /// them out on it would turn a slower chat into no chat.
@@ -64,6 +65,18 @@ async fn ready(app: &App) -> HttpResponse {
     }
     let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
     let bus_down = app.bus_up.as_ref().is_some_and(|up| !*up.borrow());
+    let away = app.canary.age();
+    if away > app.canary_timeout {
+        // A path that stopped delivering: the database may answer, the chat does not move.
+        tracing::warn!(
+            secs = away.as_secs(),
+            "not ready: the delivery canary has not come back"
+        );
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "delivery stalled: the canary has not come back through the sequencer and fan-out\n",
+        );
+    }
     match ping {
         Ok(Ok(())) if bus_down => plain(
             StatusCode::OK,

@@ -156,6 +156,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let window = Duration::from_millis(config.recovery_window_ms);
         RecoveryLog::start(store.clone(), window, &background, stop_background.clone())
     });
+    let canary = crate::sequencer::canary::start(
+        sequencer.clone(),
+        metrics.clone(),
+        &background,
+        stop_background.clone(),
+    );
     let namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -170,6 +176,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         origins,
         polling: Default::default(),
         bus_up: cluster.as_ref().map(Cluster::bus_up),
+        canary,
+        canary_timeout: config.canary_timeout(),
     });
     let node = metrics_node(&app);
     let database = redact(&config.database_url);
