@@ -877,3 +877,134 @@ async fn a_redis_that_hangs_is_a_bus_down_and_costs_no_message() {
     drop(nodes);
     drop_database(&db).await;
 }
+
+/// A TCP proxy in front of a Redis that can stop feeding the connections that subscribed (it
+/// sees `SUBSCRIBE` go up them) while every other connection, and the publishes, go on: a Redis
+/// that answers and accepts publishes but no longer delivers to one subscriber.
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(to: u16) -> FreezingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let marks = subscriber.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        if buf[..n]
+                            .windows(9)
+                            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                        {
+                            marks.store(true, Ordering::Release);
+                        }
+                    }
+                });
+                let frozen = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        // A frozen subscriber's connection is not read: Redis keeps what it
+                        // sends, the node receives nothing, and the connection stays open.
+                        while subscriber.load(Ordering::Acquire) && frozen.load(Ordering::Acquire) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if cw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FreezingProxy { port, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 25, fault 5 on a cluster (Centrifugo issue 1189): a subscription that Redis stops
+/// feeding, while Redis still answers and the connection stays open, is found by the node's bus
+/// canary: the bus counts as down (the node reads the others' messages from the database and
+/// `/readyz` says so), no message is lost, and once it is fed again the bus is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_redis_stops_feeding_is_a_bus_down_and_costs_no_message() {
+    let redis = Redis::start();
+    let proxy = FreezingProxy::start(redis.port).await;
+    let (db, cluster) = fresh();
+    let direct = Node::start(&db, &redis, &cluster);
+    let (child, addr) = spawn_relay(
+        Command::new(env!("CARGO_BIN_EXE_relay"))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
+            .env("CLUSTER_URL", format!("redis://127.0.0.1:{}", proxy.port))
+            .env("CLUSTER_NAME", &cluster)
+            .env("MAX_MESSAGES_PER_SECOND", "0")
+            .env("RUST_LOG", "relay=warn"),
+    );
+    let behind = Node { addr, child };
+    for n in [&direct, &behind] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let mut watcher = behind.joined(0).await;
+    let mut sender = direct.joined(0).await;
+    proxy.freeze(true);
+    wait_for_metric_eq(behind.addr, "relay_bus_up", 0.0).await;
+    let (status, ready) = http_get(behind.addr, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("bus unavailable"), "{ready}");
+    for k in 0..3u64 {
+        sender
+            .emit(Some(k), &format!("unfed {k}"), &format!("unfed-{k}"))
+            .await;
+        await_ack(&mut sender, k).await;
+    }
+    let during = chats(&mut watcher, 3).await;
+    proxy.freeze(false);
+    wait_for_metric_eq(behind.addr, "relay_bus_up", 1.0).await;
+    sender.emit(Some(3), "fed", "fed").await;
+    await_ack(&mut sender, 3).await;
+    let after = chats(&mut watcher, 1).await;
+    assert_eq!(
+        [during, after].concat(),
+        table(&db).await,
+        "the table, in order, once"
+    );
+    drop((direct, behind));
+    drop_database(&db).await;
+}

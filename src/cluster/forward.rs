@@ -60,6 +60,24 @@ pub enum Direct {
         node: String,
         replies: Vec<(u64, Reply)>,
     },
+    /// A bus canary `node` published to itself ([`super::redis`]): the subscription delivers.
+    Canary { node: String },
+}
+
+/// The wire form of a bus canary: `{"node":"<id>","t":"canary","v":1}`.
+pub fn encode_canary(node: &str) -> String {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        node: &'a str,
+        t: &'static str,
+        v: u8,
+    }
+    let wire = Wire {
+        node,
+        t: "canary",
+        v: 1,
+    };
+    serde_json::to_string(&wire).expect("a canary always serialises")
 }
 
 /// The wire form of forwarded messages.
@@ -220,6 +238,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
             }
             Some(Direct::Forward { node, msgs: out })
         }
+        ("canary", None, None) => Some(Direct::Canary { node }),
         ("replies", _, Some(replies)) if !replies.is_empty() => Some(Direct::Replies {
             node,
             replies: replies
@@ -552,6 +571,12 @@ mod tests {
 
     #[test]
     fn forwards_and_replies_round_trip_and_anything_else_is_refused() {
+        let canary = encode_canary("n1");
+        assert_eq!(canary, r#"{"node":"n1","t":"canary","v":1}"#);
+        assert_eq!(
+            decode(canary.as_bytes(), 100),
+            Some(Direct::Canary { node: "n1".into() })
+        );
         let a = message("o-1", "a \"quoted\" 😀");
         let b = message("o-2", "");
         let payload = encode_forward("n1", &[(7, &a), (8, &b)]);

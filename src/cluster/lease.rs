@@ -118,7 +118,7 @@ pub async fn run(
         } else {
             BUS_DOWN_CHECK
         };
-        let now = if !health.subscribed() {
+        let now = if !health.receiving() {
             Lease::alone()
         } else {
             let held = timeout(LEASE_RENEW, async {

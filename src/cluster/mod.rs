@@ -242,22 +242,24 @@ pub fn commit_lock(name: &str) -> String {
     format!("{name}:commit")
 }
 
-/// Whether the bus works, as two tasks see it: the subscriber (subscribed to the channels) and
-/// the lease task (Redis answered its last call within the lease's renewal period). A Redis that
-/// hangs without closing its connections (stopped, swapping) keeps the subscription but stops
-/// answering. The bus is up only when both hold: the follower then checks the database less
+/// Whether the bus works, as three checks see it: the subscriber (subscribed to the channels),
+/// the lease task (Redis answered its last call within the lease's renewal period) and the bus
+/// canary (what this node publishes to itself comes back through its subscription). A Redis
+/// that hangs without closing its connections (stopped, swapping) keeps the subscription but
+/// stops answering; one that stops feeding one subscriber (Centrifugo issue 1189) answers but
+/// delivers nothing. The bus is up only when all three hold: the follower then checks the database less
 /// often, the lease task renews at its ordinary pace, and `/readyz` says so. Up or down is state
 /// ([`BusHealth::watch`]); `relay_bus_up` only reports it.
 pub struct BusHealth {
-    /// (subscribed, answering)
-    state: Mutex<(bool, bool)>,
+    /// (subscribed, answering, delivering)
+    state: Mutex<(bool, bool, bool)>,
     up: watch::Sender<bool>,
 }
 
 impl Default for BusHealth {
     fn default() -> Self {
         BusHealth {
-            state: Mutex::new((false, true)),
+            state: Mutex::new((false, true, true)),
             up: watch::Sender::new(false),
         }
     }
@@ -280,9 +282,22 @@ impl BusHealth {
         changed
     }
 
-    /// Whether this node is subscribed (the lease is worth asking for only then).
-    pub fn subscribed(&self) -> bool {
-        self.lock().0
+    /// The subscription delivered this node's bus canary in time (`true`), or did not: a
+    /// subscriber that Redis stopped feeding keeps its connection. Returns whether that changed.
+    pub fn set_delivering(&self, delivering: bool, metrics: &Metrics) -> bool {
+        let mut changed = false;
+        self.update(metrics, |s| {
+            changed = s.2 != delivering;
+            s.2 = delivering;
+        });
+        changed
+    }
+
+    /// Whether this node receives what is published to it: subscribed, and the subscription
+    /// delivers (the lease is worth asking for only then: other nodes forward to its channel).
+    pub fn receiving(&self) -> bool {
+        let s = self.lock();
+        s.0 && s.2
     }
 
     /// Whether the bus is up now: subscribed, and Redis answering.
@@ -295,16 +310,16 @@ impl BusHealth {
         self.up.subscribe()
     }
 
-    fn update(&self, metrics: &Metrics, change: impl FnOnce(&mut (bool, bool))) {
+    fn update(&self, metrics: &Metrics, change: impl FnOnce(&mut (bool, bool, bool))) {
         let mut state = self.lock();
         change(&mut state);
         // Under the lock: two tasks' updates never store a stale combination.
-        let up = state.0 && state.1;
+        let up = state.0 && state.1 && state.2;
         self.up.send_if_modified(|u| std::mem::replace(u, up) != up);
         metrics.bus_up.store(u64::from(up), Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool, bool)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -321,11 +336,19 @@ mod tests {
         assert_eq!(up(), 1);
         health.set_answering(false, &metrics);
         assert_eq!(
-            (up(), health.subscribed()),
+            (up(), health.receiving()),
             (0, true),
             "subscribed, Redis silent"
         );
         health.set_answering(true, &metrics);
+        assert_eq!(up(), 1);
+        health.set_delivering(false, &metrics);
+        assert_eq!(
+            (up(), health.receiving()),
+            (0, false),
+            "subscribed, but nothing comes"
+        );
+        health.set_delivering(true, &metrics);
         assert_eq!(up(), 1);
         health.set_subscribed(false, &metrics);
         assert_eq!(up(), 0);

@@ -45,6 +45,37 @@ const RECENT_BATCHES: usize = 64;
 /// How often forwarded messages are checked for a reply overdue.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
+/// How often a node publishes a canary to its own channel, and how long its subscription may go
+/// without delivering one back before the bus counts as down.
+const BUS_CANARY_EVERY: Duration = Duration::from_secs(1);
+const BUS_CANARY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// When this node's bus canary last came back through its subscription.
+struct BusCanary {
+    origin: std::time::Instant,
+    back_ms: std::sync::atomic::AtomicU64,
+}
+
+impl BusCanary {
+    fn new() -> BusCanary {
+        BusCanary {
+            origin: std::time::Instant::now(),
+            back_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A canary came back (or a new subscription begins: it has had no chance yet).
+    fn back(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.back_ms.store(now, Ordering::Release);
+    }
+
+    fn age(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.back_ms.load(Ordering::Acquire)))
+    }
+}
+
 /// What a node of a cluster publishes through.
 pub struct RedisBus {
     follower: Follower,
@@ -110,6 +141,7 @@ impl RedisBus {
             metrics.clone(),
             stop.clone(),
         ));
+        let canary = Arc::new(BusCanary::new());
         tasks.spawn(subscribe(
             endpoint.clone(),
             follower.clone(),
@@ -118,7 +150,16 @@ impl RedisBus {
             forwards_tx,
             max_message_bytes,
             metrics.clone(),
+            health.clone(),
+            canary.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(bus_canary(
+            endpoint.clone(),
+            tx.clone(),
+            canary,
             health,
+            metrics.clone(),
             stop.clone(),
         ));
         tasks.spawn(expire(forwarder.clone(), stop.clone()));
@@ -232,6 +273,47 @@ impl Inbox {
                     payload: forward::encode_replies(&self.endpoint.node, &replies),
                     forwarded: Vec::new(),
                 });
+            }
+        }
+    }
+}
+
+/// Publishes a canary to this node's own channel every [`BUS_CANARY_EVERY`], until `stop`, and
+/// counts the bus as down while none has come back through the subscription for
+/// [`BUS_CANARY_TIMEOUT`] (a Redis that stopped feeding this subscriber while it still answers
+/// and keeps the connection: Centrifugo issue 1189). The follower then reads the database
+/// often, the lease goes to a node that receives, and `/readyz` says the bus is unavailable.
+async fn bus_canary(
+    endpoint: Endpoint,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    canary: Arc<BusCanary>,
+    health: Arc<BusHealth>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let channel = super::node_channel(&endpoint.name, &endpoint.node);
+    let payload = forward::encode_canary(&endpoint.node);
+    let mut tick = tokio::time::interval(BUS_CANARY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let _ = outbox.send(Outgoing {
+            channel: channel.clone(),
+            payload: payload.clone(),
+            forwarded: Vec::new(),
+        });
+        let delivering = canary.age() <= BUS_CANARY_TIMEOUT;
+        if health.set_delivering(delivering, &metrics) {
+            if delivering {
+                tracing::info!(node = endpoint.node, "bus up again: the canary comes back");
+            } else {
+                tracing::warn!(
+                    node = endpoint.node,
+                    "bus down: the subscription has not delivered this node's canary for 3 s"
+                );
             }
         }
     }
@@ -395,6 +477,7 @@ async fn subscribe(
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
     health: Arc<BusHealth>,
+    canary: Arc<BusCanary>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -418,6 +501,9 @@ async fn subscribe(
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(50);
                 unreachable_said = false;
+                // A new subscription has had no chance to deliver a canary yet.
+                canary.back();
+                health.set_delivering(true, &metrics);
                 health.set_subscribed(true, &metrics);
                 if first {
                     tracing::info!(node = endpoint.node, channel = endpoint.channel, "bus up");
@@ -439,6 +525,10 @@ async fn subscribe(
                         match forward::decode(msg.get_payload_bytes(), max_message_bytes) {
                             Some(Direct::Forward { node, msgs }) => {
                                 let _ = forwards.send((node, msgs));
+                            }
+                            Some(Direct::Canary { node }) if node == endpoint.node => canary.back(),
+                            Some(Direct::Canary { .. }) => {
+                                metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
                             }
                             Some(Direct::Replies { node, replies }) => {
                                 let sequencer = lease.borrow().sequencer.clone();
