@@ -381,3 +381,32 @@ async fn an_insert_abandoned_in_the_server_cannot_commit_behind_relays_back() {
     assert_eq!(s.ids().await, seen, "each message stored once");
     s.stop().await;
 }
+
+/// Issue 26: a database server that accepts the connection but never answers used to leave relay
+/// silent for over 75 s; now the start ends with a reason within three DB_TIMEOUT_MS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_ends_the_start_with_a_reason() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Accepts, and never says a word.
+        let mut open = Vec::new();
+        for conn in silent.incoming().take(4).flatten() {
+            open.push(conn);
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    let env = vec![
+        ("DATABASE_URL", format!("mysql://root@127.0.0.1:{port}/x")),
+        ("DB_TIMEOUT_MS", "500".to_string()),
+    ];
+    let started = std::time::Instant::now();
+    let (status, stderr) =
+        tokio::task::spawn_blocking(move || run_to_exit(&env, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    drop(held);
+}

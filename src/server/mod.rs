@@ -120,13 +120,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         url: redact(&config.database_url),
         error,
     };
-    let store = Store::connect(&config.database_url)
-        .await
-        .map_err(db_error)?;
+    let store = open_store(config).await.map_err(db_error)?;
+    if cluster.is_none() {
+        refuse_a_clusters_database(config, &store).await?;
+    }
     let metrics = Arc::new(Metrics::default());
     let background = TaskTracker::new();
-    let broadcaster = warm_broadcaster(&store, config, &metrics, &background)
+    let warm = warm_broadcaster(&store, config, &metrics, &background);
+    let broadcaster = tokio::time::timeout(config.db_timeout() * 2, warm)
         .await
+        .unwrap_or_else(|_| Err(StoreError::timeout("reading the newest messages")))
         .map_err(db_error)?;
     let broadcaster = Arc::new(broadcaster);
     // Cancelled when shutdown begins: a cluster's sequencer node gives up its lease then.
@@ -233,6 +236,49 @@ async fn start_sequencer(
     .map_err(|e| join_error(config, e))?;
     let sequencer = Sequencer::start(adapter, options, background, stop.clone());
     Ok((sequencer, Some(cluster)))
+}
+
+/// Connects the database (creating what is missing), within three `DB_TIMEOUT_MS`: a server that
+/// accepts the connection but never answers ends the start with a reason instead of leaving
+/// relay silent.
+async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    tracing::info!(
+        database = %redact(&config.database_url),
+        "connecting to the database"
+    );
+    tokio::time::timeout(
+        config.db_timeout() * 3,
+        Store::connect(&config.database_url),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(StoreError::timeout(
+            "connecting to the database (it accepted the connection but did not answer)",
+        ))
+    })
+}
+
+/// A node started without `CLUSTER_URL` on a database a cluster runs on would miss the other
+/// nodes' live messages without a word: refused, with the way out.
+async fn refuse_a_clusters_database(config: &Config, store: &Store) -> Result<(), StartError> {
+    let Some(db) = store.mysql() else {
+        return Ok(());
+    };
+    let recorded = tokio::time::timeout(config.db_timeout(), db.recorded_chat_id())
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timeout("reading the chat's identity")))
+        .map_err(|error| StartError::Database {
+            url: redact(&config.database_url),
+            error,
+        })?;
+    match recorded {
+        None => Ok(()),
+        Some(chat) => Err(StartError::Config(format!(
+            "this database is a cluster's (chat {chat}, table relay_cluster): start this node with \
+             the cluster's CLUSTER_URL and CLUSTER_NAME, or, if no cluster runs on it any more, \
+             DELETE FROM relay_cluster to run one relay alone"
+        ))),
+    }
 }
 
 /// The sequencer's start: where the log ends here, its queue and deadline.

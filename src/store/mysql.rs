@@ -152,6 +152,15 @@ impl MysqlStore {
         })
     }
 
+    /// The chat's identity if a node of a cluster recorded one (`relay_cluster`), without
+    /// recording one: a database some node has run a cluster on.
+    pub async fn recorded_chat_id(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.query_first("SELECT chat FROM relay_cluster WHERE one = 1")
+            .await
+            .map_err(StoreError::mysql("cannot read the chat's identity"))
+    }
+
     /// The highest stored id, 0 for an empty table.
     pub async fn max_id(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;

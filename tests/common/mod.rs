@@ -582,3 +582,36 @@ pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
     )
     .await
 }
+
+/// Runs the relay binary with `env` until it exits (at most `limit`): its exit status (`None`:
+/// still running at the limit, then killed) and what it wrote on stderr.
+pub fn run_to_exit(env: &[(&str, String)], limit: Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the relay binary");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    (status, stderr)
+}
