@@ -10,13 +10,21 @@
 //
 // Your own messages show at once, marked: "sending…" (pending) until the
 // server acknowledges them, then "sent"; "not sent: <reason>" when the server
-// refuses one (its error text) or the client gives up after its retries.
+// refuses one (its error text) or the client gives up after its retries; a
+// message not sent keeps its text, and a click on it sends it again (with the
+// same clientOffset, so it is never stored twice). While an own message waits
+// for its ack for more than STALL_MS the badge says the server is not answering.
 (function () {
   "use strict";
 
-  // The server's default MAX_MESSAGE_BYTES (UTF-8 bytes, not characters). A
-  // server configured lower refuses with its own error, shown on the message.
-  var MAX_MESSAGE_BYTES = 65535;
+  // The server's MAX_MESSAGE_BYTES (UTF-8 bytes), as it wrote it into the page.
+  var MAX_MESSAGE_BYTES = (function () {
+    var meta = document.querySelector('meta[name="relay-max-message-bytes"]');
+    var n = meta ? parseInt(meta.content, 10) : NaN;
+    return n > 0 ? n : 65535;
+  })();
+  // How long an own message may wait for its ack before the page says so.
+  var STALL_MS = 3000;
   // Messages a first visit shows, and each "load earlier" adds.
   var HISTORY_PAGE = 100;
 
@@ -27,6 +35,9 @@
   var notice = document.getElementById("notice");
   var statusBadge = document.getElementById("status");
   var earlierButton = document.getElementById("earlier");
+  var empty = document.getElementById("empty");
+  var stallTimer = null;
+  var refused = false;
   // Whether older messages may remain, and whether a page of them is on its way.
   var earlierMayExist = true;
   var loadingEarlier = false;
@@ -107,11 +118,55 @@
     return bytes > MAX_MESSAGE_BYTES ? bytes : 0;
   }
 
-  function tooLong(bytes) {
+  /** How many characters (code points) of `text` are past the limit: what to cut to send it. */
+  function charactersOver(text) {
+    var chars = Array.from(text);
+    var bytes = 0;
+    for (var i = 0; i < chars.length; i++) {
+      var c = chars[i].codePointAt(0);
+      bytes += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+      if (bytes > MAX_MESSAGE_BYTES) {
+        return chars.length - i;
+      }
+    }
+    return 0;
+  }
+
+  function tooLong(text) {
+    var over = charactersOver(text);
     return (
-      "Too long to send: " + thousands(bytes) + " bytes in UTF-8, the limit is " +
-      thousands(MAX_MESSAGE_BYTES) + " bytes."
+      "Too long to send: " + thousands(over) + (over === 1 ? " character" : " characters") +
+      " over the limit (" + thousands(MAX_MESSAGE_BYTES) + " bytes in UTF-8; this is " +
+      thousands(utf8Length(text)) + ")."
     );
+  }
+
+  /** The empty state shows once connected with no message on screen. */
+  function updateEmpty() {
+    empty.hidden = !(socket.connected && messages.children.length === 0 && pending.length === 0);
+  }
+
+  /** Watches the oldest unanswered own message: past STALL_MS while connected, says so. */
+  function watchStall() {
+    clearTimeout(stallTimer);
+    stallTimer = null;
+    if (outbox.length === 0) {
+      if (statusBadge.dataset.state === "stalled") {
+        showStatus("connected", "connected");
+        hideNotice();
+      }
+      return;
+    }
+    var waited = Date.now() - outbox[0].since;
+    if (waited >= STALL_MS) {
+      if (socket.connected && statusBadge.dataset.state !== "stalled") {
+        showStatus("stalled", "server not answering");
+        showNotice("The server is not answering. Your messages are kept and go out when it is back.", true);
+      }
+      stallTimer = setTimeout(watchStall, 1000);
+    } else {
+      stallTimer = setTimeout(watchStall, STALL_MS - waited);
+    }
   }
 
   function updateToggle() {
@@ -141,6 +196,7 @@
     messages.insertBefore(fragment, outbox.length ? outbox[0].li : null);
     scrollToEnd();
     updateEarlier();
+    updateEmpty();
   }
 
   socket.on("chat message", function (msg, serverOffset) {
@@ -184,10 +240,19 @@
   function settle(entry, err, reply) {
     render(); // rows received before this answer go on screen first, above the own rows
     outbox.splice(outbox.indexOf(entry), 1);
+    watchStall();
     if (err) {
-      // The client's retries are used up (no ack within ackTimeout, several times).
+      // The client's retries are used up (no ack within ackTimeout, several times): the text
+      // stays, and a click sends it again with the same clientOffset.
       console.warn("message not acknowledged:", err.message || err);
-      mark(entry.li, "failed", "not sent: " + (err.message || String(err)));
+      mark(entry.li, "failed", "not sent: " + (err.message || String(err)) + " \u2014 click to retry");
+      entry.li.title = "Send again";
+      entry.li.addEventListener("click", function retry() {
+        entry.li.removeEventListener("click", retry);
+        entry.li.removeAttribute("title");
+        messages.appendChild(entry.li); // own rows waiting for an ack stay last
+        send(entry.text, entry.clientOffset, entry.li);
+      });
     } else if (reply && reply.error) {
       console.warn("message refused:", reply.error);
       mark(entry.li, "failed", "not sent: " + reply.error);
@@ -218,10 +283,14 @@
   socket.on("connect", function () {
     // Only a first visit is capped: a reconnect needs every message it missed.
     delete socket.auth.historyLimit;
+    refused = false;
     if (!lengthNotice) {
       hideNotice();
     }
     showStatus("connected", "connected");
+    // A replay arrives within moments: say "no messages yet" only if none came.
+    setTimeout(updateEmpty, 500);
+    watchStall();
   });
 
   /** The id of the oldest message on screen, or 0. */
@@ -286,6 +355,9 @@
   });
 
   socket.on("disconnect", function () {
+    if (refused) {
+      return; // a refused attempt's engine closes too: the refusal is what to show
+    }
     if (socket.active) {
       showStatus("reconnecting", "reconnecting\u2026");
     } else {
@@ -293,7 +365,26 @@
     }
   });
 
-  socket.on("connect_error", function () {
+  socket.on("connect_error", function (err) {
+    if (refused) {
+      return; // said already; the client keeps trying, and a success clears it
+    }
+    // The server answered, and said no (its origin check: 403): not an outage, and waiting
+    // will not help.
+    var status = err && err.description;
+    if (status === 403 || status === 400) {
+      refused = true;
+      console.warn("connection refused by the server:", status);
+      showStatus("refused", "refused by the server");
+      showNotice(
+        "The server refused this page's connection (HTTP " + status + "). " +
+          (status === 403
+            ? "It does not accept pages from this address: its ALLOWED_ORIGINS, or a proxy's Host header."
+            : "Reload the page."),
+        true
+      );
+      return;
+    }
     if (socket.active) {
       showStatus("reconnecting", "reconnecting\u2026");
     }
@@ -303,12 +394,23 @@
     var bytes = bytesOverLimit(input.value);
     input.setAttribute("aria-invalid", bytes ? "true" : "false");
     if (bytes) {
-      showNotice(tooLong(bytes), true);
+      showNotice(tooLong(input.value), true);
       lengthNotice = true;
     } else if (lengthNotice) {
       hideNotice();
     }
   });
+
+  /** Emits an own message (again, for a retry: same text, same clientOffset, same row). */
+  function send(text, clientOffset, item) {
+    mark(item, "pending", pendingNote());
+    var entry = { text: text, li: item, after: lastQueuedId, clientOffset: clientOffset, since: Date.now() };
+    outbox.push(entry);
+    socket.emit("chat message", text, clientOffset, function (err, reply) {
+      settle(entry, err, reply);
+    });
+    watchStall();
+  }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
@@ -320,7 +422,7 @@
     if (bytes) {
       // Kept in the input, to be shortened.
       input.setAttribute("aria-invalid", "true");
-      showNotice(tooLong(bytes), true);
+      showNotice(tooLong(text), true);
       lengthNotice = true;
       return;
     }
@@ -328,13 +430,9 @@
     var item = document.createElement("li");
     item.dir = "auto";
     item.textContent = text;
-    mark(item, "pending", pendingNote());
-    var entry = { text: text, li: item, after: lastQueuedId };
-    outbox.push(entry);
     messages.appendChild(item);
-    socket.emit("chat message", text, clientOffset, function (err, reply) {
-      settle(entry, err, reply);
-    });
+    updateEmpty();
+    send(text, clientOffset, item);
     input.value = "";
     input.setAttribute("aria-invalid", "false");
     if (lengthNotice) {

@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -41,6 +42,8 @@ pub struct App {
     /// The delivery canary, and how long it may stay away before `/readyz` says 503.
     pub canary: Arc<Canary>,
     pub canary_timeout: Duration,
+    /// When a refused Origin was last logged (milliseconds since the Unix epoch).
+    pub origin_warned: AtomicU64,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;

@@ -94,6 +94,25 @@ pub fn page_file(path: &str) -> Option<(&'static str, &'static str)> {
         .map(|(file, content_type, _)| (*file, *content_type))
 }
 
+/// The page with the server's message limit written into its
+/// `<meta name="relay-max-message-bytes" content="…">` (the page checks lengths against it); a page
+/// without that tag is left as it is.
+pub fn with_max_message_bytes(page: Bytes, max: usize) -> Bytes {
+    const TAG: &[u8] = b"<meta name=\"relay-max-message-bytes\" content=\"";
+    let Some(start) = page.windows(TAG.len()).position(|w| w == TAG) else {
+        return page;
+    };
+    let value = start + TAG.len();
+    let Some(len) = page[value..].iter().position(|&b| b == b'"') else {
+        return page;
+    };
+    let mut out = Vec::with_capacity(page.len() + 8);
+    out.extend_from_slice(&page[..value]);
+    out.extend_from_slice(max.to_string().as_bytes());
+    out.extend_from_slice(&page[value + len..]);
+    Bytes::from(out)
+}
+
 /// A page file's bytes: from `dir` when given (only the page's own files, by exact name: nothing
 /// else in the folder leaks), else the built-in copy. `name` comes from [`page_file`].
 pub async fn read_page_file(dir: Option<&Path>, name: &str) -> std::io::Result<Bytes> {
@@ -110,6 +129,32 @@ pub async fn read_page_file(dir: Option<&Path>, name: &str) -> std::io::Result<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_gets_the_servers_message_limit() {
+        let page = Bytes::from_static(
+            b"<head><meta name=\"relay-max-message-bytes\" content=\"65535\"></head>",
+        );
+        assert_eq!(
+            with_max_message_bytes(page, 100),
+            Bytes::from_static(
+                b"<head><meta name=\"relay-max-message-bytes\" content=\"100\"></head>"
+            )
+        );
+        let other = Bytes::from_static(b"<head></head>");
+        assert_eq!(with_max_message_bytes(other.clone(), 100), other);
+        let built_in = read_page_file_now("index.html");
+        assert!(with_max_message_bytes(built_in, 7)
+            .windows(11)
+            .any(|w| w == b"content=\"7\""));
+    }
+
+    fn read_page_file_now(name: &str) -> Bytes {
+        PAGE.iter()
+            .find(|(file, _, _)| *file == name)
+            .map(|(_, _, bytes)| Bytes::from_static(bytes))
+            .unwrap()
+    }
 
     #[test]
     fn the_client_files_are_the_stock_servers() {

@@ -66,6 +66,7 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
             .metrics
             .refused_connections
             .fetch_add(1, Ordering::Relaxed);
+        warn_refused_origin(&app, origin.as_deref(), header(&req, header::HOST));
         refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed")
     } else if req.method() == Method::OPTIONS {
         preflight(&req)
@@ -84,6 +85,28 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
         }
     }
     response
+}
+
+/// Says at warn level why a page was refused (at most once every 10 s: a refused page keeps
+/// retrying), since from the page it looks like an outage.
+fn warn_refused_origin(app: &App, origin: Option<&str>, host: Option<&str>) {
+    let now = crate::store::now_ms();
+    let last = app.origin_warned.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 10_000
+        || app
+            .origin_warned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    tracing::warn!(
+        origin = origin.unwrap_or("-"),
+        host = host.unwrap_or("-"),
+        "refused a page's connection: its Origin is neither this server's (as its Host header \
+         says) nor in ALLOWED_ORIGINS; behind a proxy, pass the Host header with its port \
+         (nginx: proxy_set_header Host $http_host)"
+    );
 }
 
 /// The CORS preflight of a cross-origin polling request (a page sending credentials or its own

@@ -44,6 +44,14 @@ pub async fn handle(
         _ => match assets::page_file(path) {
             Some((name, content_type)) => {
                 match assets::read_page_file(app.static_dir.as_deref(), name).await {
+                    Ok(body) if name == "index.html" => {
+                        let max = app.namespace.config.max_message_bytes;
+                        file(
+                            assets::with_max_message_bytes(body, max),
+                            content_type,
+                            "no-cache",
+                        )
+                    }
                     Ok(body) => file(body, content_type, "no-cache"),
                     Err(_) => plain(StatusCode::NOT_FOUND, "not found\n"),
                 }

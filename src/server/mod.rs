@@ -34,6 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use origin::OriginPolicy;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -181,6 +182,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         bus_up: cluster.as_ref().map(Cluster::bus_up),
         canary,
         canary_timeout: config.canary_timeout(),
+        origin_warned: AtomicU64::new(0),
     });
     let node = metrics_node(&app);
     let database = redact(&config.database_url);

@@ -1,7 +1,10 @@
 // The chat page (static/) in headless Chromium, driven by playwright-core.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import http from "node:http";
 import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
 import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName } from "./helpers.mjs";
@@ -88,7 +91,7 @@ describe("chat page in Chromium", () => {
    * Opens the chat page in a fresh context. `expectedErrors` (RegExps) are console errors the test
    * provokes on purpose (a refused WebSocket upgrade); any other problem is collected.
    */
-  async function openPage(name, { url = relay.url, initScript, expectedErrors = [] } = {}) {
+  async function openPage(name, { url = relay.url, initScript, expectedErrors = [], expectedStatus = [] } = {}) {
     const context = await browser.newContext();
     contexts.add(context);
     if (initScript) await context.addInitScript(initScript);
@@ -103,7 +106,7 @@ describe("chat page in Chromium", () => {
       problems.push(`${name} request failed: ${req.method()} ${req.url()} ${req.failure()?.errorText}`);
     });
     page.on("response", (res) => {
-      if (res.status() >= 400) problems.push(`${name} HTTP ${res.status()} for ${res.url()}`);
+      if (res.status() >= 400 && !expectedStatus.includes(res.status())) problems.push(`${name} HTTP ${res.status()} for ${res.url()}`);
     });
     await page.goto(url + "/", { waitUntil: "load" });
     return page;
@@ -137,14 +140,14 @@ describe("chat page in Chromium", () => {
     const page = await openPage("structure");
     assert.equal(await page.locator("ul#messages").count(), 1);
     assert.equal(await page.locator("form#form input#input").getAttribute("autocomplete"), "off");
-    assert.equal(await page.locator("form#form button#toggle-btn").textContent(), "Disconnect");
+    assert.equal(await page.locator("header#bar button#toggle-btn").textContent(), "Disconnect");
     assert.equal(await page.locator('link[rel="icon"]').getAttribute("href"), "/favicon.svg");
     assert.ok(await page.locator('meta[name="viewport"]').count(), "viewport meta missing");
     const hasIo = await page.evaluate(() => typeof window.io === "function");
     assert.ok(hasIo, "window.io missing: /socket.io/socket.io.js did not load");
     const bg = await page.evaluate(() => getComputedStyle(document.getElementById("form")).position);
     assert.equal(bg, "fixed", "the form should be fixed at the bottom");
-    assert.equal(await page.locator("form#form #status").count(), 1, "the status badge sits in the form's bar");
+    assert.equal(await page.locator("header#bar #status").count(), 1, "the status badge sits in the top bar");
     assert.equal(await page.locator("#input").getAttribute("maxlength"), null, "maxlength counts UTF-16 units, not the server's bytes");
     await page.context().close();
   });
@@ -368,9 +371,17 @@ describe("chat page in Chromium", () => {
   });
 
   it("a message the server refuses shows as not sent, with the server's reason", { timeout: 300000 }, async () => {
-    const own = await startRelay({ store: "sqlite", env: { MAX_MESSAGE_BYTES: "100" } });
+    // A page that does not know the server's limit (an own page in STATIC_DIR without the
+    // limit's meta tag: the page then assumes the default): the server refuses, and the page
+    // shows the server's reason.
+    const dir = mkdtempSync(path.join(os.tmpdir(), "relay_page_"));
+    for (const f of ["index.html", "app.js", "style.css", "favicon.svg"]) {
+      const text = readFileSync(new URL(`../../static/${f}`, import.meta.url), "utf8");
+      writeFileSync(path.join(dir, f), f === "index.html" ? text.replace(/<meta name="relay-max-message-bytes"[^>]*>/, "") : text);
+    }
+    const own = await startRelay({ store: "sqlite", env: { MAX_MESSAGE_BYTES: "100", STATIC_DIR: dir } });
     try {
-      const page = await openPage("refused", { url: own.url });
+      const page = await openPage("server refuses", { url: own.url });
       await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
       const text = "x".repeat(150);
       await type(page, text);
@@ -383,6 +394,7 @@ describe("chat page in Chromium", () => {
     } finally {
       await closePages();
       await own.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -408,11 +420,17 @@ describe("chat page in Chromium", () => {
       await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].find((li) => li.textContent === t).dataset.state === "failed", text, {
         timeout: WAIT_MS,
       });
-      assert.equal(await noteOf(row), "not sent: operation has timed out");
+      assert.equal(await noteOf(row), "not sent: operation has timed out \u2014 click to retry");
       assert.equal(await page.locator("#status").getAttribute("data-state"), "connected", "the connection itself stayed up");
       proxy.restore();
       // Nothing was stored behind the page's back.
       assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "0");
+      // The text was kept: a click sends it again, once.
+      await page.locator("#messages > li", { hasText: text }).click();
+      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
+        timeout: WAIT_MS,
+      });
+      assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "1");
       await page.context().close();
     } finally {
       await closePages();
@@ -434,13 +452,13 @@ describe("chat page in Chromium", () => {
       await page.locator("#input").fill("a".repeat(70000));
       assert.equal(await page.locator("#input").evaluate((el) => el.value.length), 70000);
       await notice.waitFor({ state: "visible", timeout: WAIT_MS });
-      assert.equal(await notice.textContent(), "Too long to send: 70,000 bytes in UTF-8, the limit is 65,535 bytes.");
+      assert.equal(await notice.textContent(), "Too long to send: 4,465 characters over the limit (65,535 bytes in UTF-8; this is 70,000).");
 
       // 32,768 characters, 65,536 bytes: one byte over. Refused by the page, kept in the input.
       const over = "\u00e9".repeat(32768);
       await page.locator("#input").fill(over);
       await page.locator("#input").press("Enter");
-      assert.equal(await notice.textContent(), "Too long to send: 65,536 bytes in UTF-8, the limit is 65,535 bytes.");
+      assert.equal(await notice.textContent(), "Too long to send: 1 character over the limit (65,535 bytes in UTF-8; this is 65,536).");
       assert.equal(await page.locator("#input").getAttribute("aria-invalid"), "true");
       assert.equal(await page.locator("#input").evaluate((el) => el.value.length), over.length, "the refused text stays in the input");
       assert.equal(await page.locator("#messages > li").count(), 0, "nothing was sent");
@@ -484,6 +502,7 @@ describe("chat page in Chromium", () => {
             const box = (el) => el.getBoundingClientRect().toJSON();
             return {
               badge: box(document.getElementById("status")),
+              bar: box(document.getElementById("bar")),
               form: box(document.getElementById("form")),
               rows: [...document.querySelectorAll("#messages > li")].map(box),
               notice: box(document.getElementById("notice")),
@@ -495,14 +514,17 @@ describe("chat page in Chromium", () => {
 
         await page.evaluate(() => window.scrollTo(0, 0));
         let g = await geometry();
-        assert.ok(inside(g.badge, g.form), `${name}: the badge is inside the form's bar: ${JSON.stringify(g.badge)} in ${JSON.stringify(g.form)}`);
-        assert.ok(!overlap(g.badge, g.rows[0]), `${name}: the badge covers the first message`);
+        assert.ok(inside(g.badge, g.bar), `${name}: the badge is inside the top bar: ${JSON.stringify(g.badge)} in ${JSON.stringify(g.bar)}`);
+        assert.ok(!overlap(g.bar, g.rows[0]), `${name}: the top bar covers the first message`);
 
         await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
         g = await geometry();
-        assert.ok(inside(g.badge, g.form), `${name}: the badge is inside the form's bar`);
-        const covered = g.rows.filter((r) => overlap(r, g.form) || overlap(r, g.badge));
+        assert.ok(inside(g.badge, g.bar), `${name}: the badge is inside the top bar`);
+        // Rows scrolled up past the top bar pass under it (scrolling brings them back); the end of
+        // the page, where new messages come, is never covered.
+        const covered = g.rows.filter((r) => overlap(r, g.form));
         assert.deepEqual(covered, [], `${name}: at the end of the page, the form's bar covers a message`);
+        assert.ok(!overlap(g.rows[g.rows.length - 1], g.bar), `${name}: the top bar covers the last message`);
         assert.ok(g.noticeShown, `${name}: the notice is shown`);
         assert.ok(!overlap(g.notice, g.form), `${name}: the notice is under the form's bar`);
         assert.deepEqual(g.rows.filter((r) => overlap(r, g.notice)), [], `${name}: the notice covers a message`);
@@ -510,6 +532,120 @@ describe("chat page in Chromium", () => {
       }
     } finally {
       await closePages();
+      await own.stop();
+    }
+  });
+
+  it("on a phone the input keeps the room, nothing runs off the screen, and an empty chat says so", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite", env: { MAX_MESSAGE_BYTES: "100" } });
+    try {
+      for (const width of [320, 390, 1280]) {
+        const page = await openPage(`layout ${width}`, { url: own.url });
+        await page.setViewportSize({ width, height: 700 });
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+        const first = width === 320; // the chat is empty until the first page says hello
+        if (first) {
+          await page.locator("#empty").waitFor({ state: "visible", timeout: WAIT_MS });
+          assert.equal(await page.locator("#empty").textContent(), "No messages yet. Say hello below.");
+        }
+        // While reconnecting the badge is at its widest: measure then too.
+        for (const state of ["connected", "reconnecting"]) {
+          await page.evaluate((st) => {
+            const b = document.getElementById("status");
+            b.dataset.state = st;
+            b.textContent = st === "reconnecting" ? "reconnecting\u2026" : "connected";
+          }, state);
+          const g = await page.evaluate(() => {
+            const box = (id) => document.getElementById(id).getBoundingClientRect().toJSON();
+            return { input: box("input"), toggle: box("toggle-btn"), badge: box("status"), title: box("title"), width: innerWidth };
+          });
+          assert.ok(g.input.width >= 0.55 * width, `${width} px, ${state}: the input is ${g.input.width} px wide`);
+          for (const [name, b] of [["toggle", g.toggle], ["badge", g.badge]]) {
+            assert.ok(b.left >= 0 && b.right <= g.width, `${width} px, ${state}: the ${name} runs off the screen: ${JSON.stringify(b)}`);
+          }
+        }
+        if (process.env.RELAY_SCREENSHOTS) {
+          await page.screenshot({ path: `${process.env.RELAY_SCREENSHOTS}/page-${width}.png` });
+        }
+        // The page checks lengths against the server's own limit (MAX_MESSAGE_BYTES=100 here).
+        await page.locator("#input").fill("x".repeat(101));
+        await page.locator("#notice").waitFor({ state: "visible", timeout: WAIT_MS });
+        assert.equal(await page.locator("#notice").textContent(), "Too long to send: 1 character over the limit (100 bytes in UTF-8; this is 101).");
+        if (first) {
+          await page.locator("#input").fill("hello");
+          await page.locator("#input").press("Enter");
+          await page.locator("#empty").waitFor({ state: "hidden", timeout: WAIT_MS });
+        }
+        await page.context().close();
+      }
+    } finally {
+      await closePages();
+      await own.stop();
+    }
+  });
+
+  it("acks that stall are shown at once, and the message still goes out when the server is back", { timeout: 300000 }, async () => {
+    const proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
+    const user = MYSQL_URL.username || "root";
+    const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
+    const dbName = freshDbName();
+    let own;
+    try {
+      own = await startRelay({
+        store: "mysql",
+        dbName,
+        env: { DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`, DB_TIMEOUT_MS: "300" },
+      });
+      const page = await openPage("stalled acks", { url: own.url });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      proxy.cut();
+      const text = "waiting for the database";
+      await type(page, text);
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "stalled", null, { timeout: 8000 });
+      assert.equal(await page.locator("#status").textContent(), "server not answering");
+      assert.match(await page.locator("#notice").textContent(), /not answering/);
+      proxy.restore();
+      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
+        timeout: WAIT_MS,
+      });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      await page.context().close();
+    } finally {
+      await closePages();
+      proxy.restore();
+      if (own) await own.stop();
+      else await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+      await proxy.close();
+    }
+  });
+
+  it("a page the server refuses (its origin check) says so instead of reconnecting for ever", { timeout: 300000 }, async () => {
+    // The nginx trap: a proxy that passes `Host` without the port, so relay's origin check sees
+    // the page's origin (with its port) as foreign and answers 403.
+    const own = await startRelay({ store: "sqlite" });
+    const target = new URL(own.url);
+    const trap = http.createServer((req, res) => {
+      const upstream = http.request(
+        { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: { ...req.headers, host: target.hostname } },
+        (r) => {
+          res.writeHead(r.statusCode, r.headers);
+          r.pipe(res);
+        },
+      );
+      upstream.on("error", () => res.destroy());
+      req.pipe(upstream);
+    });
+    await new Promise((resolve) => trap.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${trap.address().port}`;
+      const page = await openPage("refused", { url, expectedStatus: [403], expectedErrors: [/403/, /WebSocket/] });
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "refused", null, { timeout: WAIT_MS });
+      assert.equal(await page.locator("#status").textContent(), "refused by the server");
+      assert.match(await page.locator("#notice").textContent(), /refused this page's connection \(HTTP 403\)/);
+      await page.context().close();
+    } finally {
+      await closePages();
+      trap.close();
       await own.stop();
     }
   });
