@@ -7,7 +7,8 @@ import path from "node:path";
 import http from "node:http";
 import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
-import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName } from "./helpers.mjs";
+import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName, until } from "./helpers.mjs";
+import { spawn } from "node:child_process";
 import { startProxy } from "./proxy.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -29,6 +30,26 @@ function shortAckTimeout() {
       real = Object.assign(function (uri, opts) {
         if (typeof uri === "object") [uri, opts] = [undefined, uri];
         return stock(uri, { ...opts, ackTimeout: 500, retries: 1 });
+      }, stock);
+    },
+  });
+}
+
+/**
+ * An init script (called with the transports to use): the page's io() gets those transports,
+ * and `window.__transport()` says which one the connection is on.
+ */
+function forceTransports(transports) {
+  let real;
+  Object.defineProperty(window, "io", {
+    configurable: true,
+    get: () => real,
+    set(stock) {
+      real = Object.assign(function (uri, opts) {
+        if (typeof uri === "object") [uri, opts] = [undefined, uri];
+        const socket = stock(uri, { ...opts, transports });
+        window.__transport = () => socket.io.engine && socket.io.engine.transport.name;
+        return socket;
       }, stock);
     },
   });
@@ -647,6 +668,61 @@ describe("chat page in Chromium", () => {
       await closePages();
       trap.close();
       await own.stop();
+    }
+  });
+
+  it("behind nginx configured as the README says, on a port of its own, the page chats on both transports", { timeout: 300000 }, async () => {
+    const nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
+    assert.ok(nginx, "nginx is missing: tests/run installs it (Debian's nginx package)");
+    const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+    const block = readme.match(/```nginx\n([\s\S]*?)```/)[1];
+    const own = await startRelay({ store: "sqlite" });
+    const dir = mkdtempSync(path.join(os.tmpdir(), "relay_nginx_"));
+    const port = await new Promise((resolve) => {
+      const probe = http.createServer().listen(0, "127.0.0.1", () => {
+        const p = probe.address().port;
+        probe.close(() => resolve(p));
+      });
+    });
+    const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((t) => `${t}_temp_path ${dir}/${t};`).join("\n");
+    writeFileSync(
+      path.join(dir, "nginx.conf"),
+      `daemon off;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\naccess_log off;\n${temp}\n` +
+        `server {\nlisten 127.0.0.1:${port};\n` +
+        block.replace("http://127.0.0.1:3000", own.url) +
+        `}\n}\n`,
+    );
+    const proc = spawn(nginx, ["-p", dir, "-c", path.join(dir, "nginx.conf")], { stdio: "ignore" });
+    try {
+      const url = `http://127.0.0.1:${port}`;
+      await until(async () => {
+        try {
+          return (await fetch(`${url}/healthz`)).ok;
+        } catch {
+          return false;
+        }
+      }, "nginx answering");
+      for (const transports of [["polling"], ["polling", "websocket"]]) {
+        const page = await openPage(`nginx ${transports}`, {
+          url,
+          initScript: `(${forceTransports})(${JSON.stringify(transports)})`,
+        });
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+        const text = `through nginx on ${transports.join("+")}`;
+        await type(page, text);
+        await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
+          timeout: WAIT_MS,
+        });
+        if (transports.includes("websocket")) {
+          await page.waitForFunction(() => window.__transport && window.__transport() === "websocket", null, { timeout: WAIT_MS });
+        }
+        await page.context().close();
+      }
+    } finally {
+      await closePages();
+      proc.kill();
+      await own.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
