@@ -130,7 +130,7 @@ impl Metrics {
         one(
             "relay_connected_sockets",
             "gauge",
-            "Open WebSocket connections.",
+            "Open Engine.IO sessions (WebSocket and HTTP long-polling).",
             self.connected.load(Relaxed),
         );
         one(

@@ -57,6 +57,27 @@ pub enum DisconnectReason {
     ClosingServer,
 }
 
+impl std::fmt::Display for DisconnectReason {
+    /// The reason in words, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use DisconnectReason as R;
+        match self {
+            R::TransportClose => f.write_str("the client closed"),
+            R::TransportError(why) => write!(f, "transport error: {why}"),
+            R::HeartbeatTimeout => f.write_str("ping timeout"),
+            R::ConnectTimeout => f.write_str("no Socket.IO CONNECT in time"),
+            R::PacketParsingError(why) => write!(f, "protocol error: {why}"),
+            R::InvalidUtf8 => f.write_str("text that is not UTF-8"),
+            R::BinaryUnsupported => f.write_str("binary data, which relay does not take"),
+            R::PayloadTooLarge => f.write_str("a message over maxPayload"),
+            R::SlowClient => f.write_str("client too slow to receive"),
+            R::StoreUnavailable => f.write_str("the database could not be read"),
+            R::RateLimited => f.write_str("rate limit exceeded without an ack id"),
+            R::ClosingServer => f.write_str("server shutting down"),
+        }
+    }
+}
+
 impl DisconnectReason {
     /// The kind of bad input it counts as, if the client's input ended the session.
     pub fn bad_input(&self) -> Option<BadInput> {

@@ -233,7 +233,7 @@ async fn run_session<T: Transport>(
     // hold the session's state alone, not room for the handshake's as well.
     let reason = Box::pin(namespace::handler::serve(session, app.namespace.clone())).await;
     metrics.connected.fetch_sub(1, Ordering::Relaxed);
-    tracing::info!(%peer, ?reason, secs = started.elapsed().as_secs_f32(), "session closed");
+    tracing::info!(%peer, %reason, secs = started.elapsed().as_secs_f32(), "session closed");
     reason
 }
 
