@@ -18,10 +18,11 @@ const WAIT_MS = PATIENCE_MS;
 const MYSQL_URL = new URL(process.env.RELAY_TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306");
 
 /**
- * An init script: the page's io() gets a short ackTimeout and one retry, so a test sees the
- * client give up within a second instead of after the page's 4 x 10 s.
+ * An init script (called with options): the page's io() gets `options` over its own (a short
+ * ackTimeout, the transports to use), and `window.__transport()` says which transport the
+ * connection is on.
  */
-function shortAckTimeout() {
+function ioOptions(options) {
   let real;
   Object.defineProperty(window, "io", {
     configurable: true,
@@ -29,29 +30,49 @@ function shortAckTimeout() {
     set(stock) {
       real = Object.assign(function (uri, opts) {
         if (typeof uri === "object") [uri, opts] = [undefined, uri];
-        return stock(uri, { ...opts, ackTimeout: 500, retries: 1 });
+        const socket = stock(uri, { ...opts, ...options });
+        window.__transport = () => socket.io.engine && socket.io.engine.transport.name;
+        return socket;
       }, stock);
     },
   });
 }
 
+/** `ioOptions` as an init script's source. */
+const withIo = (options) => `(${ioOptions})(${JSON.stringify(options)})`;
+
+/** The client gives up within a second instead of after the page's 4 x 10 s. */
+const shortAckTimeout = withIo({ ackTimeout: 500, retries: 1 });
+
 /**
- * An init script (called with the transports to use): the page's io() gets those transports,
- * and `window.__transport()` says which one the connection is on.
+ * Runs `body({ own, proxy })` with relay on a fresh MySQL database it reaches through a TCP proxy
+ * the test can cut (prefer_socket=false: not around it), DB_TIMEOUT_MS 300; cleans up after.
  */
-function forceTransports(transports) {
-  let real;
-  Object.defineProperty(window, "io", {
-    configurable: true,
-    get: () => real,
-    set(stock) {
-      real = Object.assign(function (uri, opts) {
-        if (typeof uri === "object") [uri, opts] = [undefined, uri];
-        const socket = stock(uri, { ...opts, transports });
-        window.__transport = () => socket.io.engine && socket.io.engine.transport.name;
-        return socket;
-      }, stock);
-    },
+async function behindCuttableDatabase(body) {
+  const proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
+  const user = MYSQL_URL.username || "root";
+  const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
+  const dbName = freshDbName();
+  let own;
+  try {
+    own = await startRelay({
+      store: "mysql",
+      dbName,
+      env: { DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`, DB_TIMEOUT_MS: "300" },
+    });
+    await body({ own, proxy });
+  } finally {
+    proxy.restore();
+    if (own) await own.stop();
+    else await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
+    await proxy.close();
+  }
+}
+
+/** Waits until an own row with `text` shows as sent. */
+async function sent(page, text) {
+  await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
+    timeout: PATIENCE_MS,
   });
 }
 
@@ -420,45 +441,30 @@ describe("chat page in Chromium", () => {
   });
 
   it("a message never acked shows as not sent once the client's retries are used up", { timeout: 300000 }, async () => {
-    const proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
-    const user = MYSQL_URL.username || "root";
-    const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
-    const dbName = freshDbName();
-    let own;
     try {
-      // Through a proxy the test can cut (prefer_socket=false: not around it).
-      own = await startRelay({
-        store: "mysql",
-        dbName,
-        env: { DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`, DB_TIMEOUT_MS: "300" },
+      await behindCuttableDatabase(async ({ own, proxy }) => {
+        const page = await openPage("never acked", { url: own.url, initScript: shortAckTimeout });
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+        proxy.cut();
+        const text = "lost in an outage";
+        await type(page, text);
+        const row = await rowWithText(page, text);
+        await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].find((li) => li.textContent === t).dataset.state === "failed", text, {
+          timeout: WAIT_MS,
+        });
+        assert.equal(await noteOf(row), "not sent: operation has timed out \u2014 click to retry");
+        assert.equal(await page.locator("#status").getAttribute("data-state"), "connected", "the connection itself stayed up");
+        proxy.restore();
+        // Nothing was stored behind the page's back.
+        assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "0");
+        // The text was kept: a click sends it again, once.
+        await page.locator("#messages > li", { hasText: text }).click();
+        await sent(page, text);
+        assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "1");
+        await page.context().close();
       });
-      const page = await openPage("never acked", { url: own.url, initScript: shortAckTimeout });
-      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
-      proxy.cut();
-      const text = "lost in an outage";
-      await type(page, text);
-      const row = await rowWithText(page, text);
-      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].find((li) => li.textContent === t).dataset.state === "failed", text, {
-        timeout: WAIT_MS,
-      });
-      assert.equal(await noteOf(row), "not sent: operation has timed out \u2014 click to retry");
-      assert.equal(await page.locator("#status").getAttribute("data-state"), "connected", "the connection itself stayed up");
-      proxy.restore();
-      // Nothing was stored behind the page's back.
-      assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "0");
-      // The text was kept: a click sends it again, once.
-      await page.locator("#messages > li", { hasText: text }).click();
-      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
-        timeout: WAIT_MS,
-      });
-      assert.equal((await mysqlExec(`SELECT COUNT(*) FROM \`${own.dbName}\`.messages`)).trim(), "1");
-      await page.context().close();
     } finally {
       await closePages();
-      proxy.restore();
-      if (own) await own.stop();
-      else await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
-      await proxy.close();
     }
   });
 
@@ -606,37 +612,23 @@ describe("chat page in Chromium", () => {
   });
 
   it("acks that stall are shown at once, and the message still goes out when the server is back", { timeout: 300000 }, async () => {
-    const proxy = await startProxy({ host: MYSQL_URL.hostname || "127.0.0.1", port: Number(MYSQL_URL.port || 3306) });
-    const user = MYSQL_URL.username || "root";
-    const auth = MYSQL_URL.password ? `${user}:${MYSQL_URL.password}` : user;
-    const dbName = freshDbName();
-    let own;
     try {
-      own = await startRelay({
-        store: "mysql",
-        dbName,
-        env: { DATABASE_URL: `mysql://${auth}@127.0.0.1:${proxy.port}/${dbName}?prefer_socket=false`, DB_TIMEOUT_MS: "300" },
+      await behindCuttableDatabase(async ({ own, proxy }) => {
+        const page = await openPage("stalled acks", { url: own.url });
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+        proxy.cut();
+        const text = "waiting for the database";
+        await type(page, text);
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "stalled", null, { timeout: 8000 });
+        assert.equal(await page.locator("#status").textContent(), "server not answering");
+        assert.match(await page.locator("#notice").textContent(), /not answering/);
+        proxy.restore();
+        await sent(page, text);
+        await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+        await page.context().close();
       });
-      const page = await openPage("stalled acks", { url: own.url });
-      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
-      proxy.cut();
-      const text = "waiting for the database";
-      await type(page, text);
-      await page.waitForFunction(() => document.getElementById("status").dataset.state === "stalled", null, { timeout: 8000 });
-      assert.equal(await page.locator("#status").textContent(), "server not answering");
-      assert.match(await page.locator("#notice").textContent(), /not answering/);
-      proxy.restore();
-      await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
-        timeout: WAIT_MS,
-      });
-      await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
-      await page.context().close();
     } finally {
       await closePages();
-      proxy.restore();
-      if (own) await own.stop();
-      else await mysqlExec(`DROP DATABASE IF EXISTS \`${dbName}\``).catch(() => {});
-      await proxy.close();
     }
   });
 
@@ -705,14 +697,12 @@ describe("chat page in Chromium", () => {
       for (const transports of [["polling"], ["polling", "websocket"]]) {
         const page = await openPage(`nginx ${transports}`, {
           url,
-          initScript: `(${forceTransports})(${JSON.stringify(transports)})`,
+          initScript: withIo({ transports }),
         });
         await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
         const text = `through nginx on ${transports.join("+")}`;
         await type(page, text);
-        await page.waitForFunction((t) => [...document.querySelectorAll("#messages > li")].some((li) => li.textContent === t && li.dataset.state === "sent"), text, {
-          timeout: WAIT_MS,
-        });
+        await sent(page, text);
         if (transports.includes("websocket")) {
           await page.waitForFunction(() => window.__transport && window.__transport() === "websocket", null, { timeout: WAIT_MS });
         }
