@@ -42,3 +42,15 @@ CREATE TABLE IF NOT EXISTS relay_cluster (
   PRIMARY KEY (one)
 ) ENGINE = InnoDB
 ;
+
+-- Cluster mode: the CLUSTER_NAME of the cluster on this database, recorded by the first node that
+-- knows this table. The name is the commit lock's name: a node under another name would commit
+-- without the others' lock, so it is refused at start.
+-- one           always 1: the table has one row.
+-- name          the CLUSTER_NAME (at most 48 characters).
+CREATE TABLE IF NOT EXISTS relay_cluster_name (
+  one           TINYINT UNSIGNED NOT NULL,
+  name          VARBINARY(64) NOT NULL,
+  PRIMARY KEY (one)
+) ENGINE = InnoDB
+;

@@ -1029,3 +1029,25 @@ async fn a_node_without_cluster_url_on_a_clusters_database_is_refused_at_start()
     drop(node);
     drop_database(&db).await;
 }
+
+/// A node under another CLUSTER_NAME on a cluster's database would take another commit lock and
+/// commit beside the cluster instead of one at a time with it: refused at start, naming the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_another_cluster_name_on_the_same_database_is_refused() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let node = Node::start(&db, &redis, &cluster);
+    let env = vec![
+        ("DATABASE_URL", format!("{}/{db}", mysql_base())),
+        ("CLUSTER_URL", redis.url()),
+        ("CLUSTER_NAME", format!("{cluster}x")),
+    ];
+    let (status, stderr) =
+        tokio::task::spawn_blocking(move || run_to_exit(&env, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("CLUSTER_NAME={cluster}")), "{stderr}");
+    drop(node);
+    drop_database(&db).await;
+}

@@ -128,6 +128,19 @@ impl Cluster {
         // chats never mix on one Redis, even under one CLUSTER_NAME. The commit lock does not:
         // every node of one database must take the same lock, including, during a rolling
         // upgrade, nodes of a version that did not know the identity.
+        // One name per database: it names the commit lock, and a node under another name would
+        // commit beside the others instead of one at a time with them.
+        let recorded = db
+            .cluster_name(&options.name)
+            .await
+            .map_err(JoinError::Database)?;
+        if recorded != options.name {
+            return Err(JoinError::Config(format!(
+                "CLUSTER_NAME {:?}: this database's cluster is named {recorded:?} (table \
+                 relay_cluster_name); start every node of it with CLUSTER_NAME={recorded}",
+                options.name
+            )));
+        }
         let chat = db
             .chat_id(&new_sid()[..CHAT_ID_CHARS])
             .await

@@ -152,6 +152,23 @@ impl MysqlStore {
         })
     }
 
+    /// The cluster's name on this database (`relay_cluster_name` in schema.sql): `name` if this
+    /// is the first node to record one, else the one recorded.
+    pub async fn cluster_name(&self, name: &str) -> Result<String, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "INSERT IGNORE INTO relay_cluster_name (one, name) VALUES (1, ?)",
+            (name,),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot record the cluster's name"))?;
+        let recorded: Option<String> = conn
+            .query_first("SELECT name FROM relay_cluster_name WHERE one = 1")
+            .await
+            .map_err(StoreError::mysql("cannot read the cluster's name"))?;
+        Ok(recorded.unwrap_or_else(|| name.to_string()))
+    }
+
     /// The chat's identity if a node of a cluster recorded one (`relay_cluster`), without
     /// recording one: a database some node has run a cluster on.
     pub async fn recorded_chat_id(&self) -> Result<Option<String>, StoreError> {
