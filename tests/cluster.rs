@@ -1047,7 +1047,10 @@ async fn a_node_under_another_cluster_name_on_the_same_database_is_refused() {
             .await
             .unwrap();
     assert_eq!(status, Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("CLUSTER_NAME={cluster}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("CLUSTER_NAME={cluster}")),
+        "{stderr}"
+    );
     drop(node);
     drop_database(&db).await;
 }

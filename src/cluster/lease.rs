@@ -63,6 +63,17 @@ pub enum Role {
     Forward,
 }
 
+impl Role {
+    /// The role in a word, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Commit => "commit",
+            Role::Sequencer => "sequencer",
+            Role::Forward => "forward",
+        }
+    }
+}
+
 /// The Redis key of the lease.
 pub fn key(cluster: &str) -> String {
     format!("{cluster}:sequencer")
@@ -196,7 +207,12 @@ fn set(
 ) {
     let was = lease.borrow().role;
     if was != now.role {
-        tracing::info!(node, role = ?now.role, sequencer = ?now.sequencer, "cluster role");
+        tracing::info!(
+            node,
+            role = now.role.as_str(),
+            sequencer = now.sequencer.as_deref().unwrap_or("-"),
+            "cluster role"
+        );
     }
     metrics
         .sequencer
