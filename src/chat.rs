@@ -4,7 +4,6 @@
 //!
 //! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
-use crate::log::Entry;
 use serde_json::Value;
 
 /// The chat's event: a message to store and broadcast.
@@ -272,10 +271,11 @@ impl HistoryPage {
         }
     }
 
-    /// Adds the next older message, unless it would take the page past its budget (then `false`,
-    /// and the page is complete). A message larger than the budget still goes, alone.
-    pub fn push_older(&mut self, entry: &Entry) -> bool {
-        let row = serde_json::json!({ "id": entry.id, "msg": entry.content() }).to_string();
+    /// Adds the next older message (`id`, its text), unless it would take the page past its
+    /// budget (then `false`, and the page is complete). A message larger than the budget still
+    /// goes, alone.
+    pub fn push_older(&mut self, id: u64, msg: &str) -> bool {
+        let row = serde_json::json!({ "id": id, "msg": msg }).to_string();
         let bytes = row.len() + 1; // and its comma
         if !self.rows.is_empty() && self.bytes + bytes > self.budget {
             return false;
@@ -525,11 +525,11 @@ mod tests {
 
     #[test]
     fn a_history_page_keeps_the_newest_messages_that_fit_its_budget() {
-        let entry = |id, len| Entry::message(id, "x".repeat(len));
+        let x = |len| "x".repeat(len);
         let mut page = HistoryPage::new(100);
-        assert!(page.push_older(&entry(9, 10)));
-        assert!(page.push_older(&entry(8, 10)));
-        assert!(!page.push_older(&entry(7, 80)), "past the budget");
+        assert!(page.push_older(9, &x(10)));
+        assert!(page.push_older(8, &x(10)));
+        assert!(!page.push_older(7, &x(80)), "past the budget");
         assert_eq!(page.len(), 2);
         let args = page.into_ack_args(true);
         let v: Value = serde_json::from_str(&args).unwrap();
@@ -538,8 +538,8 @@ mod tests {
         assert_eq!(v[0]["more"], true);
         // One message larger than the budget goes alone.
         let mut big = HistoryPage::new(100);
-        assert!(big.push_older(&entry(5, 500)));
-        assert!(!big.push_older(&entry(4, 1)));
+        assert!(big.push_older(5, &x(500)));
+        assert!(!big.push_older(4, &x(1)));
         assert_eq!(
             HistoryPage::new(10).into_ack_args(false),
             "[{\"messages\":[],\"more\":false}]"

@@ -211,7 +211,7 @@ impl Namespace {
             }
             let chunk = self.reader.before(before, want).await?;
             for entry in chunk.iter().rev() {
-                if !page.push_older(entry) {
+                if !page.push_older(entry.id, entry.content()) {
                     return Ok(page.into_ack_args(true)); // the budget
                 }
                 before = entry.id;
