@@ -25,7 +25,7 @@ use crate::delivery::batch::{Batch, Message};
 use crate::delivery::canary::Probe;
 use crate::log::Entry;
 use crate::metrics::Metrics;
-use crate::store::{Inserted, Reader, Store, StoreError, MAX_BATCH};
+use crate::store::{within, Inserted, Reader, Store, StoreError, MAX_BATCH};
 use adapter::Adapter;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -478,14 +478,8 @@ impl<A: Adapter> Writer<A> {
         &mut self,
         messages: &[&NewMessage],
     ) -> Result<(u64, Vec<Inserted>), StoreError> {
-        if messages.is_empty() {
-            return Ok((0, Vec::new()));
-        }
         let round = self.adapter.insert(&self.store, messages);
-        match tokio::time::timeout(self.db_timeout, round).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::timeout("insert")),
-        }
+        within(self.db_timeout, "insert", round).await
     }
 
     fn failed(&mut self, e: &StoreError) {
@@ -496,9 +490,12 @@ impl<A: Adapter> Writer<A> {
     /// Publishes every committed row above the last published id.
     async fn reconcile(&mut self) -> Result<(), StoreError> {
         // An insert this writer gave up on may still be running; what it commits must be read.
-        tokio::time::timeout(self.db_timeout, self.store.end_abandoned_insert())
-            .await
-            .map_err(|_| StoreError::timeout("reconcile"))??;
+        within(
+            self.db_timeout,
+            "reconcile",
+            self.store.end_abandoned_insert(),
+        )
+        .await?;
         if self.adapter.shared() {
             // The adapter reads what this node has not published from the database, in order.
             self.adapter.fill_to(u64::MAX);

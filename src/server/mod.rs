@@ -27,7 +27,7 @@ use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
 use crate::sequencer::adapter::LocalAdapter;
 use crate::sequencer::{Sequencer, SequencerOptions};
-use crate::store::{Reader, Store, StoreError};
+use crate::store::{self, Reader, Store, StoreError};
 use app::App;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -128,9 +128,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     let background = TaskTracker::new();
     let warm = warm_broadcaster(&store, config, &metrics, &background);
-    let broadcaster = tokio::time::timeout(config.db_timeout() * 2, warm)
+    let broadcaster = store::within(config.db_timeout() * 2, "reading the newest messages", warm)
         .await
-        .unwrap_or_else(|_| Err(StoreError::timeout("reading the newest messages")))
         .map_err(db_error)?;
     let broadcaster = Arc::new(broadcaster);
     // Cancelled when shutdown begins: a cluster's sequencer node gives up its lease then.
@@ -248,16 +247,12 @@ async fn open_store(config: &Config) -> Result<Store, StoreError> {
         database = %redact(&config.database_url),
         "connecting to the database"
     );
-    tokio::time::timeout(
+    store::within(
         config.db_timeout() * 3,
+        "connecting to the database (it accepted the connection but did not answer)",
         Store::connect(&config.database_url),
     )
     .await
-    .unwrap_or_else(|_| {
-        Err(StoreError::timeout(
-            "connecting to the database (it accepted the connection but did not answer)",
-        ))
-    })
 }
 
 /// A node started without `CLUSTER_URL` on a database a cluster runs on would miss the other
@@ -266,13 +261,16 @@ async fn refuse_a_clusters_database(config: &Config, store: &Store) -> Result<()
     let Some(db) = store.mysql() else {
         return Ok(());
     };
-    let recorded = tokio::time::timeout(config.db_timeout(), db.recorded_chat_id())
-        .await
-        .unwrap_or_else(|_| Err(StoreError::timeout("reading the chat's identity")))
-        .map_err(|error| StartError::Database {
-            url: redact(&config.database_url),
-            error,
-        })?;
+    let recorded = store::within(
+        config.db_timeout(),
+        "reading the chat's identity",
+        db.recorded_chat_id(),
+    )
+    .await
+    .map_err(|error| StartError::Database {
+        url: redact(&config.database_url),
+        error,
+    })?;
     match recorded {
         None => Ok(()),
         Some(chat) => Err(StartError::Config(format!(

@@ -256,6 +256,18 @@ impl Store {
     }
 }
 
+/// Runs one database round `round` within `deadline`; past it the round is abandoned and fails
+/// with a timeout whose context is `what` ([`StoreError::timeout`]): its outcome is unknown.
+pub async fn within<T>(
+    deadline: Duration,
+    what: &'static str,
+    round: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, round)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timeout(what)))
+}
+
 /// The one way the log is read back — replay, a catch-up, the sequencer's reconcile, a cluster
 /// node's gap fill, history pages, recovery checks: a page of entries on one side of a cursor,
 /// each read within its own deadline (`DB_TIMEOUT_MS`). A read that does not answer in time fails
@@ -331,9 +343,7 @@ impl Reader {
         what: &'static str,
         read: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.deadline, read)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::timeout(what)))
+        within(self.deadline, what, read).await
     }
 }
 
