@@ -23,6 +23,7 @@ use super::lease::Lease;
 use super::BusHealth;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
+use crate::delivery::canary::LastSeen;
 use crate::log::{Entry, Wire};
 use crate::metrics::Metrics;
 use crate::sequencer::{Mailbox, Submission};
@@ -49,32 +50,6 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// without delivering one back before the bus counts as down.
 const BUS_CANARY_EVERY: Duration = Duration::from_secs(1);
 const BUS_CANARY_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// When this node's bus canary last came back through its subscription.
-struct BusCanary {
-    origin: std::time::Instant,
-    back_ms: std::sync::atomic::AtomicU64,
-}
-
-impl BusCanary {
-    fn new() -> BusCanary {
-        BusCanary {
-            origin: std::time::Instant::now(),
-            back_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// A canary came back (or a new subscription begins: it has had no chance yet).
-    fn back(&self) {
-        let now = self.origin.elapsed().as_millis() as u64;
-        self.back_ms.store(now, Ordering::Release);
-    }
-
-    fn age(&self) -> Duration {
-        let now = self.origin.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.back_ms.load(Ordering::Acquire)))
-    }
-}
 
 /// What a node of a cluster publishes through.
 pub struct RedisBus {
@@ -141,7 +116,7 @@ impl RedisBus {
             metrics.clone(),
             stop.clone(),
         ));
-        let canary = Arc::new(BusCanary::new());
+        let canary = Arc::new(LastSeen::default());
         tasks.spawn(subscribe(
             endpoint.clone(),
             follower.clone(),
@@ -286,7 +261,7 @@ impl Inbox {
 async fn bus_canary(
     endpoint: Endpoint,
     outbox: mpsc::UnboundedSender<Outgoing>,
-    canary: Arc<BusCanary>,
+    canary: Arc<LastSeen>,
     health: Arc<BusHealth>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -477,7 +452,7 @@ async fn subscribe(
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
     health: Arc<BusHealth>,
-    canary: Arc<BusCanary>,
+    canary: Arc<LastSeen>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -502,7 +477,7 @@ async fn subscribe(
                 backoff = Duration::from_millis(50);
                 unreachable_said = false;
                 // A new subscription has had no chance to deliver a canary yet.
-                canary.back();
+                canary.mark();
                 health.set_delivering(true, &metrics);
                 health.set_subscribed(true, &metrics);
                 if first {
@@ -526,7 +501,7 @@ async fn subscribe(
                             Some(Direct::Forward { node, msgs }) => {
                                 let _ = forwards.send((node, msgs));
                             }
-                            Some(Direct::Canary { node }) if node == endpoint.node => canary.back(),
+                            Some(Direct::Canary { node }) if node == endpoint.node => canary.mark(),
                             Some(Direct::Canary { .. }) => {
                                 metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
                             }

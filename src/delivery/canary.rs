@@ -7,19 +7,52 @@
 //!
 //! Must not: touch a socket or the store.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// When probes last came back. Cheap to share.
+/// When something was last seen, read and written from any task without a lock (a canary's
+/// return; the cluster's bus canary uses it too). Its creation counts as a sighting.
 #[derive(Debug)]
-pub struct Canary {
-    /// The process's clock origin, for the atomics below.
+pub struct LastSeen {
     origin: Instant,
-    /// Milliseconds after `origin` when the last probe came back (the start counts as one).
-    back_ms: AtomicU64,
-    /// Milliseconds after `origin` when the probe on its way was sent; `u64::MAX` when none is.
-    out_ms: AtomicU64,
+    /// Milliseconds after `origin`.
+    ms: AtomicU64,
+}
+
+impl Default for LastSeen {
+    fn default() -> Self {
+        LastSeen {
+            origin: Instant::now(),
+            ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LastSeen {
+    /// Seen now.
+    pub fn mark(&self) {
+        self.ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// How long since it was last seen.
+    pub fn age(&self) -> Duration {
+        let seen = self.ms.load(Ordering::Acquire);
+        Duration::from_millis(self.now_ms().saturating_sub(seen))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// When probes last came back. Cheap to share.
+#[derive(Debug, Default)]
+pub struct Canary {
+    /// The last probe's return (the start counts as one).
+    back: LastSeen,
+    /// A probe is on its way.
+    out: AtomicBool,
 }
 
 /// One probe on its way; it is back once the last holder of it has passed it on.
@@ -30,23 +63,12 @@ pub struct Probe {
     shards_left: AtomicUsize,
 }
 
-impl Default for Canary {
-    fn default() -> Self {
-        Canary {
-            origin: Instant::now(),
-            back_ms: AtomicU64::new(0),
-            out_ms: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
 impl Canary {
     /// A probe to send, unless one is on its way already (then `None`: a stalled path gets one
     /// probe, not one a second).
     pub fn send(self: &Arc<Self>) -> Option<Arc<Probe>> {
-        let now = self.now_ms();
-        self.out_ms
-            .compare_exchange(u64::MAX, now, Ordering::AcqRel, Ordering::Acquire)
+        self.out
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
         Some(Arc::new(Probe {
             canary: self.clone(),
@@ -56,17 +78,12 @@ impl Canary {
 
     /// How long since a probe last came back (zero while probes come back on time).
     pub fn age(&self) -> Duration {
-        let back = self.back_ms.load(Ordering::Acquire);
-        Duration::from_millis(self.now_ms().saturating_sub(back))
+        self.back.age()
     }
 
     fn back(&self) {
-        self.back_ms.store(self.now_ms(), Ordering::Release);
-        self.out_ms.store(u64::MAX, Ordering::Release);
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        self.back.mark();
+        self.out.store(false, Ordering::Release);
     }
 }
 
