@@ -281,29 +281,19 @@ impl Default for BusHealth {
 impl BusHealth {
     /// The subscriber got (`true`) or lost (`false`) its subscription.
     pub fn set_subscribed(&self, subscribed: bool, metrics: &Metrics) {
-        self.update(metrics, |s| s.0 = subscribed);
+        self.set(metrics, |s| &mut s.0, subscribed);
     }
 
     /// Redis answered the lease task's last call in time, or did not. Returns whether that
     /// changed.
     pub fn set_answering(&self, answering: bool, metrics: &Metrics) -> bool {
-        let mut changed = false;
-        self.update(metrics, |s| {
-            changed = s.1 != answering;
-            s.1 = answering;
-        });
-        changed
+        self.set(metrics, |s| &mut s.1, answering)
     }
 
     /// The subscription delivered this node's bus canary in time (`true`), or did not: a
     /// subscriber that Redis stopped feeding keeps its connection. Returns whether that changed.
     pub fn set_delivering(&self, delivering: bool, metrics: &Metrics) -> bool {
-        let mut changed = false;
-        self.update(metrics, |s| {
-            changed = s.2 != delivering;
-            s.2 = delivering;
-        });
-        changed
+        self.set(metrics, |s| &mut s.2, delivering)
     }
 
     /// Whether this node receives what is published to it: subscribed, and the subscription
@@ -313,7 +303,7 @@ impl BusHealth {
         s.0 && s.2
     }
 
-    /// Whether the bus is up now: subscribed, and Redis answering.
+    /// Whether the bus is up now: subscribed, Redis answering, and the canary coming back.
     pub fn up(&self) -> bool {
         *self.up.borrow()
     }
@@ -323,13 +313,20 @@ impl BusHealth {
         self.up.subscribe()
     }
 
-    fn update(&self, metrics: &Metrics, change: impl FnOnce(&mut (bool, bool, bool))) {
+    /// Sets one of the three checks to `value`; returns whether it changed.
+    fn set(
+        &self,
+        metrics: &Metrics,
+        check: impl FnOnce(&mut (bool, bool, bool)) -> &mut bool,
+        value: bool,
+    ) -> bool {
         let mut state = self.lock();
-        change(&mut state);
+        let changed = std::mem::replace(check(&mut state), value) != value;
         // Under the lock: two tasks' updates never store a stale combination.
         let up = state.0 && state.1 && state.2;
         self.up.send_if_modified(|u| std::mem::replace(u, up) != up);
         metrics.bus_up.store(u64::from(up), Ordering::Relaxed);
+        changed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool, bool)> {
