@@ -140,11 +140,8 @@ impl MysqlStore {
         )
         .await
         .map_err(StoreError::mysql("cannot record the chat's identity"))?;
-        let chat: Option<String> = conn
-            .query_first("SELECT chat FROM relay_cluster WHERE one = 1")
-            .await
-            .map_err(StoreError::mysql("cannot read the chat's identity"))?;
-        chat.ok_or_else(|| {
+        drop(conn);
+        self.recorded_chat_id().await?.ok_or_else(|| {
             StoreError::other(
                 "cannot read the chat's identity",
                 "relay_cluster is empty".into(),
