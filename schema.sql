@@ -8,12 +8,22 @@
 --               case folding and no PAD SPACE ("a" and "a " are different offsets). 1020 bytes
 --               hold the 255 characters relay accepts.
 -- content       utf8mb4 TEXT (65,535 bytes): any Unicode text, stored byte-exact.
+-- room          the room (Socket.IO namespace) it was said in, without its "/": '' is the main
+--               namespace "/", so the tutorial's rows (and a table made before rooms) are "/"'s.
+--               1-48 characters of [a-z0-9_-] (protocol.md, "Rooms").
+-- messages_room_id  makes a room's replay and history pages one ordered range read of the index.
+--
+-- A table made by an older schema.sql, or by the tutorial's own DDL (id, client_offset, content),
+-- is upgraded in place at start: relay adds `room` and its index (ALGORITHM=INPLACE, LOCK=NONE:
+-- reads and writes go on meanwhile; no row changes) and logs it.
 CREATE TABLE IF NOT EXISTS messages (
   id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   client_offset VARBINARY(1020) NOT NULL,
   content       TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  room          VARBINARY(48) NOT NULL DEFAULT '',
   PRIMARY KEY (id),
-  UNIQUE KEY messages_client_offset (client_offset)
+  UNIQUE KEY messages_client_offset (client_offset),
+  KEY messages_room_id (room, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
 ;
 

@@ -21,7 +21,13 @@ fn decode(c: &mut Criterion) {
                 unreachable!()
             };
             let packet = socketio::decode(p).expect("valid");
-            chat::parse_event(packet.data.unwrap_or_default(), 65_535, false).expect("valid")
+            chat::parse_event(
+                &relay::room::Room::main(),
+                packet.data.unwrap_or_default(),
+                65_535,
+                false,
+            )
+            .expect("valid")
         })
     });
     g.bench_function("connect with auth", |b| {
@@ -37,11 +43,17 @@ fn encode(c: &mut Criterion) {
     let text = "hello world, this is a typical chat line 😀 with \"quotes\"";
     g.bench_function("broadcast frame", |b| {
         b.iter(|| {
-            socketio::encode_event_text_id(chat::EVENT, black_box(text), black_box(123_456), false)
+            socketio::encode_event_text_id(
+                "/",
+                chat::EVENT,
+                black_box(text),
+                black_box(123_456),
+                false,
+            )
         })
     });
     g.bench_function("empty ack", |b| {
-        b.iter(|| socketio::encode_empty_ack(black_box(17)))
+        b.iter(|| socketio::encode_empty_ack("/", black_box(17)))
     });
     g.finish();
 }
@@ -76,7 +88,7 @@ fn fanout(c: &mut Criterion) {
                 id += 1;
                 for buf in &mut buffers {
                     buf.clear();
-                    let packet = socketio::encode_event_text_id(chat::EVENT, text, id, false);
+                    let packet = socketio::encode_event_text_id("/", chat::EVENT, text, id, false);
                     websocket::push_text_frame(buf, packet.as_bytes());
                 }
                 black_box(&buffers);

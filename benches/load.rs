@@ -1154,7 +1154,7 @@ async fn raw_server(port: u16, batched: bool) {
                             let args: serde_json::Value = serde_json::from_str(&rest[digits..]).unwrap_or_default();
                             let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
                             let text = args[1].as_str().unwrap_or_default();
-                            let _ = tx.send(Utf8Bytes::from(relay::protocol::socketio::encode_event_text_id("chat message", text, id, false)));
+                            let _ = tx.send(Utf8Bytes::from(relay::protocol::socketio::encode_event_text_id("/", "chat message", text, id, false)));
                             if digits > 0 {
                                 let _ = ws.send(Message::text(format!("43{}[]", &rest[..digits]))).await;
                             }

@@ -4,6 +4,7 @@
 //!
 //! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
+use crate::room::Room;
 use serde_json::Value;
 
 /// The chat's event: a message to store and broadcast.
@@ -29,6 +30,8 @@ pub const MAX_OFFSET_CHARS: usize = 255;
 /// A message that passed every rule and may be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    /// The room it is said in.
+    pub room: Room,
     pub content: String,
     pub client_offset: String,
 }
@@ -63,11 +66,15 @@ pub enum Rejection {
     RateLimited {
         per_second: u32,
     },
+    /// The first message of a new room while `MAX_ROOMS` rooms hold messages already.
+    TooManyRooms {
+        limit: usize,
+    },
 }
 
 /// Every kind of refusal, by its metric label (`relay_bad_inputs_total{kind=…}`, stable across
 /// releases), in the order `/metrics` lists them; [`Rejection::kind`] is a position in it.
-pub const REFUSAL_KINDS: [&str; 11] = [
+pub const REFUSAL_KINDS: [&str; 12] = [
     "unknown_event",
     "message_not_string",
     "message_too_large",
@@ -79,6 +86,7 @@ pub const REFUSAL_KINDS: [&str; 11] = [
     "history_request",
     "refused_by_store",
     "rate_limited",
+    "too_many_rooms",
 ];
 
 impl Rejection {
@@ -96,6 +104,7 @@ impl Rejection {
             Rejection::HistoryBefore | Rejection::HistoryLimit | Rejection::HistoryBusy => 8,
             Rejection::Refused(_) => 9,
             Rejection::RateLimited { .. } => 10,
+            Rejection::TooManyRooms { .. } => 11,
         }
     }
 
@@ -146,6 +155,10 @@ impl std::fmt::Display for Rejection {
                 f,
                 "rate limit exceeded: at most {per_second} messages per second"
             ),
+            Rejection::TooManyRooms { limit } => write!(
+                f,
+                "too many rooms: this server keeps at most {limit} rooms with messages"
+            ),
         }
     }
 }
@@ -158,6 +171,7 @@ impl std::error::Error for Rejection {}
 /// the U+FFFD (it is text for people), a clientOffset holding one is refused (it is a key, and two
 /// different offsets would become one).
 pub fn parse_event(
+    room: &Room,
     payload: Value,
     max_message_bytes: usize,
     lossy: bool,
@@ -201,6 +215,7 @@ pub fn parse_event(
         }
     }
     Ok(NewMessage {
+        room: room.clone(),
         content,
         client_offset,
     })
@@ -362,7 +377,7 @@ mod tests {
     const LIMIT: usize = 65_535;
 
     fn parse(v: Value) -> Result<NewMessage, Rejection> {
-        parse_event(v, LIMIT, false)
+        parse_event(&Room::main(), v, LIMIT, false)
     }
 
     #[test]
@@ -370,6 +385,7 @@ mod tests {
         assert_eq!(
             parse(json!(["chat message", "hi 😀", "page-1"])),
             Ok(NewMessage {
+                room: Room::main(),
                 content: "hi 😀".into(),
                 client_offset: "page-1".into()
             })
@@ -442,6 +458,7 @@ mod tests {
             Rejection::HistoryBefore,
             Rejection::Refused(String::new()),
             Rejection::RateLimited { per_second: 5 },
+            Rejection::TooManyRooms { limit: 3 },
         ];
         let kinds: Vec<usize> = all.iter().map(Rejection::kind).collect();
         assert_eq!(kinds, (0..REFUSAL_KINDS.len()).collect::<Vec<_>>());

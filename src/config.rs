@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each with an environment variable behind it and a default
 //! that works on a developer's machine. Parsing only; nothing here opens a socket or a connection.
 
+use crate::room::Allowed;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -98,6 +99,18 @@ pub struct Config {
     /// ack carries an error, or the connection closes when no ack was asked for. 0: no limit.
     #[arg(long, env = "MAX_MESSAGES_PER_SECOND", default_value_t = 200)]
     pub max_messages_per_second: u32,
+
+    /// Rooms besides `/` (each a Socket.IO namespace, `/<name>`): `*` for any valid name (1-48
+    /// characters of [a-z0-9_-], starting with a letter or a digit), or a comma list of names
+    /// (`general,help,random`): then only those. A CONNECT to any other gets CONNECT_ERROR
+    /// "Invalid namespace".
+    #[arg(long, env = "ROOMS", default_value = "*")]
+    pub rooms: Allowed,
+
+    /// Most rooms that may hold messages (0: no cap). Past it, the first message of a new room is
+    /// refused (an error ack); the rooms that have messages go on as before.
+    #[arg(long, env = "MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
 
     /// Socket.IO connection-state recovery: a client that reconnects within this many ms of
     /// losing its connection (after a restart too, and on another node) gets its socket id back

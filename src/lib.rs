@@ -5,14 +5,14 @@
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
+//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
 //! | storage | [`store`] | the durable log (SQLite or MySQL) and the one way it is read ([`store::Reader`]) |
 //! | delivery | [`delivery`] | batches encoded once, the recent history, packet queues, the fan-out, the broadcaster |
 //! | sequencer | `sequencer` | the publish seam and the one writer: group commit, dedupe, order; its `Adapter` seam says where rounds are stored and batches go |
 //! | cluster | `cluster` | several relays on one database, behind the adapter seam: the commit lock, the sequencer lease, forwarding, the Redis bus, the ordered follower |
 //! | Engine.IO | `engine` | the transport-neutral session: open, heartbeat, close |
 //! | transports | `transport` | WebSocket and HTTP long-polling, and the upgrade between them |
-//! | Socket.IO | [`namespace`] | the `/` namespace: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler.rs`) |
+//! | Socket.IO | [`namespace`] | the namespaces, one room each: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler.rs`) |
 //! | server | [`server`], [`config`] | routing, limits, the composition root, start and shutdown |
 //!
 //! The public surface is what `tests/` and `benches/` use: the codecs, the store contract,
@@ -28,6 +28,7 @@ pub mod log;
 pub(crate) mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod room;
 pub(crate) mod sequencer;
 pub mod server;
 pub mod store;

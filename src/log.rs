@@ -3,7 +3,7 @@
 //! centrifuge's `Publication` travels broker → hub → client).
 //!
 //! An entry has the id the database gave it (ids are the log's order: strictly increasing, never
-//! reused) and a [`Body`]: what happened. Today the one kind is a chat message; the next kinds
+//! reused, one sequence for every room), the [`Room`] it belongs to, and a [`Body`]: what happened. Today the one kind is a chat message; the next kinds
 //! (a deletion, a room's event) are more [`Body`] variants on the same ordered chain, each written
 //! for the wire here, in [`Entry::packet`], and nowhere else.
 //!
@@ -13,12 +13,15 @@
 
 use crate::chat;
 use crate::protocol::socketio;
+pub use crate::room::Room;
 
 /// One entry of the log, as stored and as delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Its place in the log: the `messages.id` the database gave it.
     pub id: u64,
+    /// The room it was said in (`messages.room`).
+    pub room: Room,
     pub body: Body,
 }
 
@@ -40,10 +43,16 @@ pub struct Wire {
 }
 
 impl Entry {
-    /// A chat message stored under `id`.
+    /// A chat message of `/` stored under `id`.
     pub fn message(id: u64, content: String) -> Entry {
+        Entry::in_room(id, Room::main(), content)
+    }
+
+    /// A chat message of `room` stored under `id`.
+    pub fn in_room(id: u64, room: Room, content: String) -> Entry {
         Entry {
             id,
+            room,
             body: Body::Message { content },
         }
     }
@@ -55,13 +64,19 @@ impl Entry {
         }
     }
 
-    /// The Socket.IO packet (with its Engine.IO type) that delivers this entry to a socket of
-    /// `/`: `42["chat message",<content>,<id>]`, and with [`Wire::offsets`]
-    /// `42["chat message",<content>,<id>,"<id>"]`. UTF-8 text.
+    /// The Socket.IO packet (with its Engine.IO type) that delivers this entry to a socket of its
+    /// room: in `/`, `42["chat message",<content>,<id>]`, and with [`Wire::offsets`]
+    /// `42["chat message",<content>,<id>,"<id>"]`; in room `general`, the same after
+    /// `42/general,`. UTF-8 text.
     pub fn packet(&self, wire: Wire) -> String {
         match &self.body {
             Body::Message { content } => {
-                socketio::encode_event_text_id(chat::EVENT, content, self.id, wire.offsets)
+                let nsp = if self.room.is_main() {
+                    socketio::MAIN_NSP.to_string()
+                } else {
+                    self.room.nsp()
+                };
+                socketio::encode_event_text_id(&nsp, chat::EVENT, content, self.id, wire.offsets)
             }
         }
     }
@@ -83,5 +98,12 @@ mod tests {
             "42[\"chat message\",\"hi \\\"you\\\"\",17,\"17\"]"
         );
         assert_eq!(e.content(), "hi \"you\"");
+        let e = Entry::in_room(18, Room::named("general"), "yo".into());
+        assert_eq!(
+            e.packet(Wire::default()),
+            "42/general,[\"chat message\",\"yo\",18]"
+        );
+        assert_eq!(Room::named(""), Room::main());
+        assert_eq!(Room::main().nsp(), "/");
     }
 }

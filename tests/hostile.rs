@@ -62,7 +62,12 @@ fn decode_everything(text: &str) {
         }
         assert!(packet.nsp.starts_with('/'));
         if packet.kind == socketio::Kind::Event {
-            let _ = chat::parse_event(packet.data.unwrap_or_default(), 65_535, packet.lossy);
+            let _ = chat::parse_event(
+                &relay::room::Room::main(),
+                packet.data.unwrap_or_default(),
+                65_535,
+                packet.lossy,
+            );
         }
     }
 }
@@ -111,12 +116,17 @@ fn every_valid_chat_event_round_trips() {
                 };
                 let p = socketio::decode(inner).expect("valid event");
                 prop_assert_eq!(p.id, Some(ack));
-                let m = chat::parse_event(p.data.unwrap_or_default(), 65_535, p.lossy)
-                    .expect("valid message");
+                let m = chat::parse_event(
+                    &relay::room::Room::main(),
+                    p.data.unwrap_or_default(),
+                    65_535,
+                    p.lossy,
+                )
+                .expect("valid message");
                 prop_assert_eq!(&m.content, &msg);
                 prop_assert_eq!(&m.client_offset, &offset);
                 // And the broadcast of it decodes back to the same text.
-                let out = socketio::encode_event_text_id(chat::EVENT, &m.content, ack, false);
+                let out = socketio::encode_event_text_id("/", chat::EVENT, &m.content, ack, false);
                 let back = socketio::decode(&out[1..]).expect("broadcast decodes");
                 prop_assert_eq!(
                     back.data,

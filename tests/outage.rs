@@ -287,10 +287,10 @@ async fn sqlite_locked_by_another_process_commits_late_and_is_published_once() {
     // namespace's CONNECT, sent behind it, is answered at once: with that answer here, relay has
     // read the retry (a connection's packets are handled in order).
     a.emit(Some(1), "late", "lock-0").await;
-    a.send("40/barrier,").await;
+    a.send("40/Barrier,").await;
     assert_eq!(
         a.recv_text().await,
-        r#"44/barrier,{"message":"Invalid namespace"}"#
+        r#"44/Barrier,{"message":"Invalid namespace"}"#
     );
     b.expect_silence(Duration::from_millis(10)).await;
     release_tx.send(()).unwrap();

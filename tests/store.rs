@@ -8,6 +8,7 @@ mod common;
 use common::Backend;
 use relay::chat::NewMessage;
 use relay::log::Entry;
+use relay::room::Room;
 use relay::store::{Inserted, Store};
 
 /// A fresh, empty database of one backend, removed on [`Fresh::remove`].
@@ -57,7 +58,12 @@ impl Fresh {
 }
 
 fn msg(offset: &str, content: &str) -> NewMessage {
+    in_room("", offset, content)
+}
+
+fn in_room(room: &str, offset: &str, content: &str) -> NewMessage {
     NewMessage {
+        room: Room::named(room),
         client_offset: offset.into(),
         content: content.into(),
     }
@@ -82,7 +88,7 @@ fn stored(result: &[Inserted]) -> Vec<u64> {
 async fn all_after(store: &Store, mut after: u64, page: usize) -> Vec<Entry> {
     let mut rows = Vec::new();
     loop {
-        let got = store.page_after(after, page).await.expect("page");
+        let got = store.page_after(None, after, page).await.expect("page");
         assert!(got.len() <= page, "a page holds at most its limit");
         let full = got.len() == page;
         if let Some(last) = got.last() {
@@ -99,7 +105,7 @@ async fn empty_store_starts_at_zero(backend: Backend) {
     let db = Fresh::new(backend);
     let store = db.open().await;
     assert_eq!(store.max_id().await.unwrap(), 0);
-    assert!(store.page_after(0, 10).await.unwrap().is_empty());
+    assert!(store.page_after(None, 0, 10).await.unwrap().is_empty());
     assert!(store.newest(10).await.unwrap().is_empty());
     assert!(store.insert(&[]).await.unwrap().is_empty());
     store.ping().await.unwrap();
@@ -122,14 +128,17 @@ async fn ids_ascend_in_insertion_order(backend: Backend) {
     let ids: Vec<u64> = first.iter().chain(&second).copied().collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(store.max_id().await.unwrap(), ids[3]);
-    let rows = store.page_after(0, 10).await.unwrap();
+    let rows = store.page_after(None, 0, 10).await.unwrap();
     let expected: Vec<Entry> = ids
         .iter()
         .zip(["one", "two", "three", "four"])
         .map(|(&id, c)| Entry::message(id, c.into()))
         .collect();
     assert_eq!(rows, expected);
-    assert_eq!(store.page_after(ids[1], 10).await.unwrap(), expected[2..]);
+    assert_eq!(
+        store.page_after(None, ids[1], 10).await.unwrap(),
+        expected[2..]
+    );
     store.close().await;
     db.remove().await;
 }
@@ -200,7 +209,7 @@ async fn content_round_trips_exactly(backend: Backend) {
         .map(|(i, c)| msg(&format!("o{i}"), c))
         .collect();
     stored(&insert(&store, &batch).await);
-    let rows = store.page_after(0, 100).await.unwrap();
+    let rows = store.page_after(None, 0, 100).await.unwrap();
     let back: Vec<String> = rows.iter().map(|r| r.content().to_string()).collect();
     assert_eq!(back, contents);
     store.close().await;
@@ -331,20 +340,24 @@ async fn pages_before_an_id_are_the_newest_rows_below_it(backend: Backend) {
         .map(|i| msg(&format!("b{i}"), &format!("before {i}")))
         .collect();
     let ids = stored(&insert(&store, &batch).await);
-    let page = store.page_before(ids[20], 5).await.unwrap();
+    let page = store.page_before(&Room::main(), ids[20], 5).await.unwrap();
     assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), ids[15..20]);
     assert_eq!(page[0].content(), "before 15");
     // Paging down to the first row, with no duplicate at the seams.
     let mut seen = Vec::new();
     let mut before = u64::MAX;
     loop {
-        let page = store.page_before(before, 7).await.unwrap();
+        let page = store.page_before(&Room::main(), before, 7).await.unwrap();
         let Some(first) = page.first() else { break };
         before = first.id;
         seen.splice(0..0, page.iter().map(|r| r.id));
     }
     assert_eq!(seen, ids);
-    assert!(store.page_before(ids[0], 10).await.unwrap().is_empty());
+    assert!(store
+        .page_before(&Room::main(), ids[0], 10)
+        .await
+        .unwrap()
+        .is_empty());
     store.close().await;
     db.remove().await;
 }

@@ -174,15 +174,15 @@ async fn connection_without_connect_is_closed_after_the_connect_timeout() {
 async fn unknown_namespace_is_refused_and_the_connection_stays() {
     let s = TestServer::start().await;
     let mut c = s.client().await;
-    c.send("40/admin,").await;
+    c.send("40/Admin,").await;
     assert_eq!(
         c.recv_text().await,
-        r#"44/admin,{"message":"Invalid namespace"}"#
+        r#"44/Admin,{"message":"Invalid namespace"}"#
     );
-    c.send("40/other,{\"token\":1}").await;
+    c.send("40/other!,{\"token\":1}").await;
     assert_eq!(
         c.recv_text().await,
-        r#"44/other,{"message":"Invalid namespace"}"#
+        r#"44/other!,{"message":"Invalid namespace"}"#
     );
     // The main namespace still works on the same connection.
     c.join(None).await;
@@ -335,10 +335,10 @@ async fn socketio_disconnect_leaves_the_namespace_but_keeps_the_connection() {
     // A connection's packets are handled in order, and a CONNECT to an unknown namespace is
     // answered at once: once that answer is here, the `41` has taken effect. (Without it, b's
     // message could be broadcast before relay reads a's `41`.)
-    a.send("40/barrier,").await;
+    a.send("40/Barrier,").await;
     assert_eq!(
         a.recv_text().await,
-        r#"44/barrier,{"message":"Invalid namespace"}"#
+        r#"44/Barrier,{"message":"Invalid namespace"}"#
     );
     b.emit(Some(0), "a left", "dc-0").await;
     assert_eq!(b.recv_chat().await.0, "a left");

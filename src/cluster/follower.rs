@@ -306,6 +306,7 @@ mod tests {
         let store = MemoryStore::new();
         for i in 0..n {
             let m = NewMessage {
+                room: crate::room::Room::main(),
                 content: format!("m{i}"),
                 client_offset: format!("o{i}"),
             };
@@ -331,7 +332,14 @@ mod tests {
             rows: 1000,
             bytes: 1 << 20,
         };
-        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, Wire::default()));
+        let broadcaster = Arc::new(Broadcaster::new(
+            0,
+            Vec::new(),
+            &[],
+            limits,
+            fanout,
+            Wire::default(),
+        ));
         let f = Follower::start(
             broadcaster.clone(),
             Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
@@ -373,6 +381,7 @@ mod tests {
         let (f, b, _tasks) = follower(&store).await;
         let mut receipts = crate::sequencer::Mailbox::default();
         let message = NewMessage {
+            room: crate::room::Room::main(),
             content: "m".into(),
             client_offset: "o".into(),
         };

@@ -24,6 +24,7 @@
 use crate::chat::{NewMessage, MAX_OFFSET_CHARS};
 use crate::delivery::batch::Batch;
 use crate::metrics::Metrics;
+use crate::room::Room;
 use crate::sequencer::{Answer, Outcome, Submission};
 use crate::store::MAX_BATCH;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -82,15 +83,21 @@ pub fn encode_canary(node: &str) -> String {
 
 /// The wire form of forwarded messages.
 pub fn encode_forward(node: &str, msgs: &[(u64, &NewMessage)]) -> String {
-    /// `[[req,"clientOffset","content"],…]`, serialised straight from the slice.
+    /// `[[req,"clientOffset","content"],…]`, and `[req,"clientOffset","content","room"]` for a
+    /// message of a room other than `/`, serialised straight from the slice.
     struct Msgs<'a>(&'a [(u64, &'a NewMessage)]);
     impl Serialize for Msgs<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(
-                self.0
-                    .iter()
-                    .map(|(req, m)| (req, m.client_offset.as_str(), m.content.as_str())),
-            )
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for (req, m) in self.0 {
+                let (offset, content) = (m.client_offset.as_str(), m.content.as_str());
+                if m.room.is_main() {
+                    seq.serialize_element(&(req, offset, content))?;
+                } else {
+                    seq.serialize_element(&(req, offset, content, m.room.name()))?;
+                }
+            }
+            seq.end()
         }
     }
     // Fields sorted, as `json!` wrote them: the bytes on the bus are unchanged.
@@ -162,6 +169,53 @@ pub fn encode_replies(node: &str, replies: &[(u64, Reply)]) -> String {
     serde_json::to_string(&wire).expect("replies always serialise")
 }
 
+/// A number and `N` strings, then, for an entry of a room other than `/`, the room's name: a bus
+/// row `[id,"content"(,"room")]` (`N` = 2) or a forwarded message
+/// `[req,"clientOffset","content"(,"room")]` (`N` = 3). The last string is "" when the room is
+/// `/`.
+pub struct Strings<T, const N: usize>(pub T, pub [String; N]);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Strings<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Visit<T, N> {
+            type Value = Strings<T, N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an array of a number and {} strings", N - 1)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let missing = || de::Error::custom("array too short");
+                let first: T = seq.next_element()?.ok_or_else(missing)?;
+                let mut strings: [String; N] = std::array::from_fn(|_| String::new());
+                for s in strings.iter_mut().take(N - 1) {
+                    *s = seq.next_element()?.ok_or_else(missing)?;
+                }
+                if let Some(room) = seq.next_element::<String>()? {
+                    if room.is_empty() {
+                        return Err(de::Error::custom("the room / is written without a name"));
+                    }
+                    strings[N - 1] = room;
+                }
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("array too long"));
+                }
+                Ok(Strings(first, strings))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The room a bus row or a forwarded message names ("" for `/`); `None` for a name outside the
+/// rules.
+pub fn room_named(name: String) -> Option<Room> {
+    if name.is_empty() {
+        Some(Room::main())
+    } else {
+        Room::from_nsp(&format!("/{name}"))
+    }
+}
+
 /// One reply as read: `[req,"stored"|"duplicate",id]`, `[req,"refused","reason"]`,
 /// `[req,"failed"]` or `[req,"back"]`, nothing else.
 struct ReplyIn(u64, Reply);
@@ -210,7 +264,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
         v: u64,
         t: String,
         node: String,
-        msgs: Option<Vec<(u64, String, String)>>,
+        msgs: Option<Vec<Strings<u64, 3>>>,
         replies: Option<Vec<ReplyIn>>,
     }
     let wire: Wire = serde_json::from_slice(payload).ok()?;
@@ -221,7 +275,9 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
     match (wire.t.as_str(), wire.msgs, wire.replies) {
         ("forward", Some(msgs), _) if !msgs.is_empty() => {
             let mut out = Vec::with_capacity(msgs.len());
-            for (req, client_offset, content) in msgs {
+            for msg in msgs {
+                let Strings(req, [client_offset, content, room]) = msg;
+                let room = room_named(room)?;
                 if client_offset.is_empty()
                     || client_offset.chars().count() > MAX_OFFSET_CHARS
                     || content.len() > max_message_bytes
@@ -231,6 +287,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
                 out.push((
                     req,
                     NewMessage {
+                        room,
                         content,
                         client_offset,
                     },
@@ -564,6 +621,7 @@ mod tests {
 
     fn message(offset: &str, content: &str) -> NewMessage {
         NewMessage {
+            room: Room::main(),
             content: content.into(),
             client_offset: offset.into(),
         }
@@ -619,7 +677,8 @@ mod tests {
             r#"{"v":1,"t":"forward","node":"n","msgs":[[1,"","x"]]}"#,
             r#"{"v":1,"t":"forward","node":"n","msgs":[[1,"o",5]]}"#,
             r#"{"v":1,"t":"forward","node":"n","msgs":[[-1,"o","x"]]}"#,
-            r#"{"v":1,"t":"forward","node":"n","msgs":[[1,"o","x","extra"]]}"#,
+            r#"{"v":1,"t":"forward","node":"n","msgs":[[1,"o","x","Extra"]]}"#,
+            r#"{"v":1,"t":"forward","node":"n","msgs":[[1,"o","x","a","b"]]}"#,
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"stored"]]}"#,
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"failed",3]]}"#,
             r#"{"v":1,"t":"replies","node":"n","replies":[[1,"won"]]}"#,
@@ -637,6 +696,21 @@ mod tests {
         assert_eq!(decode(long.as_bytes(), 100), None, "over the message limit");
         let offset = encode_forward("n", &[(1, &message(&"o".repeat(256), "x"))]);
         assert_eq!(decode(offset.as_bytes(), 100), None, "offset too long");
+        // A room's message names it; `/`'s does not.
+        let mut in_room = message("r", "y");
+        in_room.room = Room::named("help");
+        let payload = encode_forward("n", &[(1, &message("o", "x")), (2, &in_room)]);
+        assert!(
+            payload.contains(r#"[[1,"o","x"],[2,"r","y","help"]]"#),
+            "{payload}"
+        );
+        assert_eq!(
+            decode(payload.as_bytes(), 100),
+            Some(Direct::Forward {
+                node: "n".into(),
+                msgs: vec![(1, message("o", "x")), (2, in_room)]
+            })
+        );
     }
 
     fn submission(offset: &str, ack: u64, mailbox: &Mailbox) -> Submission {

@@ -28,6 +28,7 @@ use crate::log::{Entry, Wire};
 use crate::metrics::Metrics;
 use crate::sequencer::{Mailbox, Submission};
 use futures_util::StreamExt;
+use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -308,11 +309,20 @@ async fn expire(forwarder: Forwarder, stop: CancellationToken) {
 
 /// A batch's wire form.
 pub fn encode(node: &str, prev: u64, entries: &[Entry]) -> String {
-    /// The entries as `[[id,"content"],…]`, serialised straight from the slice.
+    /// The entries as `[[id,"content"],…]`, and `[id,"content","room"]` for an entry of a room
+    /// other than `/`, serialised straight from the slice.
     struct Rows<'a>(&'a [Entry]);
     impl Serialize for Rows<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(|e| (e.id, e.content())))
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for e in self.0 {
+                if e.room.is_main() {
+                    seq.serialize_element(&(e.id, e.content()))?;
+                } else {
+                    seq.serialize_element(&(e.id, e.content(), e.room.name()))?;
+                }
+            }
+            seq.end()
         }
     }
     // Fields in the order `json!` wrote them (sorted), so the bytes on the bus are unchanged.
@@ -342,14 +352,14 @@ fn own_batch_prefix(node: &str) -> String {
 
 /// A received batch: the node that published it, `prev`, and its entries. `None` for anything
 /// that is not exactly a batch of this form (rows ascending and above `prev`, contents strings of
-/// at most `max_message_bytes`).
+/// at most `max_message_bytes`, rooms with valid names).
 pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, Vec<Entry>)> {
     #[derive(Deserialize)]
     struct Wire {
         v: u64,
         node: String,
         prev: u64,
-        rows: Vec<(u64, String)>,
+        rows: Vec<forward::Strings<u64, 2>>,
     }
     let wire: Wire = serde_json::from_slice(payload).ok()?;
     if wire.v != 1 || wire.rows.is_empty() {
@@ -357,12 +367,14 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
     }
     let mut last = wire.prev;
     let mut rows = Vec::with_capacity(wire.rows.len());
-    for (id, content) in wire.rows {
+    for row in wire.rows {
+        let forward::Strings(id, [content, room]) = row;
+        let room = forward::room_named(room)?;
         if id <= last || content.len() > max_message_bytes {
             return None;
         }
         last = id;
-        rows.push(Entry::message(id, content));
+        rows.push(Entry::in_room(id, room, content));
     }
     Some((wire.node, wire.prev, rows))
 }
@@ -613,13 +625,29 @@ mod tests {
             r#"{"v":1,"node":"n","prev":5,"rows":[[5,"x"]]}"#,
             r#"{"v":1,"node":"n","prev":1,"rows":[[3,"x"],[2,"y"]]}"#,
             r#"{"v":1,"node":"n","prev":1,"rows":[[2,7]]}"#,
-            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","extra"]]}"#,
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","Extra"]]}"#,
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x",""]]}"#,
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","a","b"]]}"#,
             r#"{"v":1,"node":5,"prev":1,"rows":[[2,"x"]]}"#,
             r#"{"v":1,"node":"n","prev":1}"#,
             r#"{"v":1,"node":"n","prev":-1,"rows":[[2,"x"]]}"#,
         ] {
             assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
         }
+        // A room's rows name it; `/`'s do not (the bytes on the bus for `/` are unchanged).
+        let mixed = vec![
+            Entry::message(2, "x".into()),
+            Entry::in_room(3, crate::room::Room::named("general"), "y".into()),
+        ];
+        let payload = encode("n", 1, &mixed);
+        assert!(
+            payload.contains(r#"[[2,"x"],[3,"y","general"]]"#),
+            "{payload}"
+        );
+        assert_eq!(
+            decode(payload.as_bytes(), 100),
+            Some(("n".into(), 1, mixed))
+        );
         let long = encode("n", 0, &[Entry::message(1, "x".repeat(101))]);
         assert_eq!(decode(long.as_bytes(), 100), None, "over the message limit");
     }

@@ -8,14 +8,18 @@
 
 use crate::log::{Entry, Wire};
 use crate::protocol::websocket;
+use crate::room::Room;
 use std::sync::Arc;
 
-/// One committed log entry, ready for any transport.
+/// One committed log entry, ready for any transport. Cheap to clone (the frame is shared): a
+/// room's share of a batch holds the same bytes.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub id: u64,
+    /// The room whose sockets it goes to.
+    pub room: Room,
     /// A WebSocket text frame whose payload is the Engine.IO packet.
-    frame: Box<[u8]>,
+    frame: Arc<[u8]>,
     /// Length of the frame's header: the packet starts there.
     header: u8,
 }
@@ -28,7 +32,8 @@ impl Message {
         let header = (frame.len() - packet.len()) as u8; // 2, 4 or 10
         Message {
             id: entry.id,
-            frame: frame.into_boxed_slice(),
+            room: entry.room.clone(),
+            frame: frame.into(),
             header,
         }
     }
@@ -51,6 +56,10 @@ impl Message {
 
 /// Rows committed together, published as one item. `prev` is the last id published before them:
 /// a socket whose cursor is below `prev` has missed something and must catch up from history.
+///
+/// The fan-out carries a room's share of a batch in the same shape (see
+/// [`Batch::split_by_room`]): its messages of one room, and as `prev` that room's last id before
+/// them, so a socket of a quiet room is never offered, and never waits for, another room's rows.
 #[derive(Debug)]
 pub struct Batch {
     pub prev: u64,
@@ -70,6 +79,51 @@ impl Batch {
     /// The id of its last message (`prev` when it has none).
     pub fn last(&self) -> u64 {
         self.messages.last().map_or(self.prev, |m| m.id)
+    }
+
+    /// Its share for each room it holds messages of, in the order the rooms first appear: the
+    /// room's messages, after `room_last(room)` (that room's last id before this batch; the
+    /// callee then notes the room's new last id). A batch of one room whose previous row was the
+    /// batch's `prev` is its own share (no copy: the one-room chat pays nothing).
+    pub fn split_by_room(
+        self: &Arc<Batch>,
+        mut room_last: impl FnMut(&Room, u64) -> u64,
+    ) -> Vec<(Room, Arc<Batch>)> {
+        let Some(first) = self.messages.first() else {
+            return Vec::new();
+        };
+        if self.messages.iter().all(|m| m.room == first.room) {
+            let prev = room_last(&first.room, self.last());
+            let share = if prev == self.prev {
+                self.clone()
+            } else {
+                Arc::new(Batch {
+                    prev,
+                    messages: self.messages.clone(),
+                })
+            };
+            return vec![(first.room.clone(), share)];
+        }
+        let mut shares: Vec<(Room, Batch)> = Vec::new();
+        for m in &self.messages {
+            match shares.iter_mut().find(|(room, _)| *room == m.room) {
+                Some((_, share)) => share.messages.push(m.clone()),
+                None => shares.push((
+                    m.room.clone(),
+                    Batch {
+                        prev: 0,
+                        messages: vec![m.clone()],
+                    },
+                )),
+            }
+        }
+        shares
+            .into_iter()
+            .map(|(room, mut share)| {
+                share.prev = room_last(&room, share.last());
+                (room, Arc::new(share))
+            })
+            .collect()
     }
 }
 
@@ -98,5 +152,53 @@ mod tests {
         assert!(b.messages[1].packet().ends_with(b",7,\"7\"]"));
         assert_eq!(b.last(), 7);
         assert_eq!(Batch::encode(4, &[], Wire::default()).last(), 4);
+    }
+
+    #[test]
+    fn a_batch_splits_into_room_shares_chained_by_each_rooms_last_id() {
+        let (a, b) = (Room::named("a"), Room::named("b"));
+        let mut last = std::collections::HashMap::from([(a.clone(), 2), (b.clone(), 3)]);
+        let mut note = |room: &Room, new_last: u64| {
+            let prev = last.get(room).copied().unwrap_or(0);
+            last.insert(room.clone(), new_last);
+            prev
+        };
+        let mixed = Batch::encode(
+            4,
+            &[
+                Entry::in_room(5, a.clone(), "x".into()),
+                Entry::in_room(6, b.clone(), "y".into()),
+                Entry::in_room(7, a.clone(), "z".into()),
+            ],
+            Wire::default(),
+        );
+        let shares = mixed.split_by_room(&mut note);
+        let seen: Vec<_> = shares
+            .iter()
+            .map(|(r, s)| {
+                (
+                    r.name(),
+                    s.prev,
+                    s.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("a", 2, vec![5, 7]), ("b", 3, vec![6])]);
+        assert!(shares[1].1.messages[0].packet().starts_with(b"42/b,["));
+        // One room, following on from its own last row: the batch itself.
+        let next = Batch::encode(
+            7,
+            &[Entry::in_room(8, a.clone(), "w".into())],
+            Wire::default(),
+        );
+        let shares = next.split_by_room(&mut note);
+        assert!(Arc::ptr_eq(&shares[0].1, &next));
+        // One room after another room's rows: a share chained to its own last id.
+        let other = Batch::encode(
+            8,
+            &[Entry::in_room(9, b.clone(), "v".into())],
+            Wire::default(),
+        );
+        assert_eq!(other.split_by_room(&mut note)[0].1.prev, 6);
     }
 }

@@ -1,8 +1,9 @@
 //! The fan-out: a few tasks that each own a share of the sockets and write every published batch
 //! to them.
 //!
-//! A published batch does not wake a task per socket. The broadcaster hands it to one task per
-//! shard, and that task offers the batch to each of its sockets' packet queues
+//! A published batch does not wake a task per socket. The broadcaster hands its room shares to
+//! one task per shard, and that task offers each share to the packet queues of its sockets in that
+//! room
 //! ([`super::queue::PacketQueue::offer`]): one lock, one copy of bytes encoded once, and one
 //! non-blocking send per socket and pass. A socket's own task wakes only when its connection cannot
 //! take the bytes at once, when it fell behind, or when an ack it holds back can now go. So the run
@@ -15,6 +16,8 @@ use super::batch::Batch;
 use super::canary::Probe;
 use super::queue::{PacketQueue, PacketSink};
 use crate::metrics::Metrics;
+use crate::room::Room;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -27,21 +30,38 @@ const YIELD_EVERY: usize = 256;
 
 /// A socket as the fan-out sees it: a packet queue of any transport.
 pub trait Subscriber: Send + Sync {
-    /// Queues every message of `batches` above the socket's cursor and sends them. Returns the
-    /// messages delivered, or `None` when the connection is over (the fan-out forgets it).
-    fn offer(&self, batches: &[Arc<Batch>]) -> Option<usize>;
-    /// Whether the connection is still open.
-    fn is_open(&self) -> bool;
+    /// Queues every message of `batches` (shares of `room`) above the socket's cursor in that
+    /// room and sends them. Returns the messages delivered, or `None` when the connection is
+    /// over or the `generation`th joining of the room has ended (the fan-out forgets it).
+    fn offer(&self, room: &Room, generation: u64, batches: &[Arc<Batch>]) -> Option<usize>;
+    /// Whether the connection is open and still in the `generation`th joining of `room`.
+    fn is_member(&self, room: &Room, generation: u64) -> bool;
 }
 
 impl<S: PacketSink> Subscriber for PacketQueue<S> {
-    fn offer(&self, batches: &[Arc<Batch>]) -> Option<usize> {
-        PacketQueue::offer(self, batches)
+    fn offer(&self, room: &Room, generation: u64, batches: &[Arc<Batch>]) -> Option<usize> {
+        PacketQueue::offer(self, room, generation, batches)
     }
-    fn is_open(&self) -> bool {
-        PacketQueue::is_open(self)
+    fn is_member(&self, room: &Room, generation: u64) -> bool {
+        PacketQueue::is_member(self, room, generation)
     }
 }
+
+/// A socket's joining of a room, as a shard keeps it.
+struct Registration {
+    room: Room,
+    generation: u64,
+    subscriber: Arc<dyn Subscriber>,
+}
+
+impl Registration {
+    fn is_current(&self) -> bool {
+        self.subscriber.is_member(&self.room, self.generation)
+    }
+}
+
+/// What the broadcaster hands every shard per published batch: each room's share of it.
+pub type Shares = Arc<[(Room, Arc<Batch>)]>;
 
 /// The fan-out's shards. Cheap to share; its tasks are owned by the tracker it was started on
 /// and end when [`Fanout::stop`] is called.
@@ -52,11 +72,11 @@ pub struct Fanout {
 }
 
 struct Shard {
-    batches: mpsc::UnboundedSender<Arc<Batch>>,
+    batches: mpsc::UnboundedSender<Shares>,
     /// Canary probes: seen once the shard's loop comes round to them.
     probes: mpsc::UnboundedSender<Arc<Probe>>,
     /// Sockets registered since the shard's last pass.
-    joining: Arc<Mutex<Vec<Arc<dyn Subscriber>>>>,
+    joining: Arc<Mutex<Vec<Registration>>>,
 }
 
 impl Fanout {
@@ -96,10 +116,11 @@ impl Fanout {
         }
     }
 
-    /// Hands a batch to every shard. Called after the batch is in the recent history.
-    pub fn push(&self, batch: &Arc<Batch>) {
+    /// Hands a batch's room shares to every shard. Called after the batch is in the recent
+    /// history.
+    pub fn push(&self, shares: &Shares) {
         for shard in &self.shards {
-            let _ = shard.batches.send(batch.clone());
+            let _ = shard.batches.send(shares.clone());
         }
     }
 
@@ -113,8 +134,9 @@ impl Fanout {
         }
     }
 
-    /// Adds a socket to a shard. Every batch published after this call is offered to it.
-    pub fn register(&self, subscriber: Arc<dyn Subscriber>) {
+    /// Adds a socket's `generation`th joining of `room` to a shard. Every share of the room
+    /// published after this call is offered to it, until the joining ends.
+    pub fn register(&self, room: Room, generation: u64, subscriber: Arc<dyn Subscriber>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let mut joining = self.shards[i]
             .joining
@@ -123,9 +145,13 @@ impl Fanout {
         // Passes take these in only when something is published: in a quiet chat, drop the
         // connections that ended meanwhile (each time the list doubles, so amortised O(1)).
         if joining.len() >= 256 && joining.len().is_power_of_two() {
-            joining.retain(|s| s.is_open());
+            joining.retain(Registration::is_current);
         }
-        joining.push(subscriber);
+        joining.push(Registration {
+            room,
+            generation,
+            subscriber,
+        });
     }
 
     /// Ends the shards' tasks after their current pass.
@@ -134,21 +160,23 @@ impl Fanout {
     }
 }
 
-/// One shard's loop. A pass offers every batch received since the last pass to every socket, one
-/// write each. The write is what costs (a system call, and a wake-up of the reader on the other
-/// side), not the bytes, so under load a pass waits until `interval` after the previous one ended
-/// and carries everything published meanwhile: fewer, fuller writes, for relay and for the
-/// clients. After a quiet spell the first batch goes out at once.
+/// One shard's loop. A pass offers every room share received since the last pass to every socket
+/// in that room, one write each; a socket in no room of the pass is not touched. The write is what
+/// costs (a system call, and a wake-up of the reader on the other side), not the bytes, so under
+/// load a pass waits until `interval` after the previous one ended and carries everything
+/// published meanwhile: fewer, fuller writes, for relay and for the clients. After a quiet spell
+/// the first batch goes out at once.
 async fn run_shard(
-    mut batches: mpsc::UnboundedReceiver<Arc<Batch>>,
+    mut batches: mpsc::UnboundedReceiver<Shares>,
     mut probes: mpsc::UnboundedReceiver<Arc<Probe>>,
-    joining: Arc<Mutex<Vec<Arc<dyn Subscriber>>>>,
+    joining: Arc<Mutex<Vec<Registration>>>,
     interval: Duration,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut subscribers: Vec<Arc<dyn Subscriber>> = Vec::new();
+    let mut rooms = Rooms::default();
     let mut pass = Vec::new();
+    let mut by_room: HashMap<Room, Vec<Arc<Batch>>> = HashMap::new();
     let mut last_pass = Instant::now();
     loop {
         let received = tokio::select! {
@@ -167,31 +195,46 @@ async fn run_shard(
         let due = last_pass + interval;
         if Instant::now() < due {
             tokio::time::sleep_until(due).await;
-            while let Ok(batch) = batches.try_recv() {
-                pass.push(batch);
+            while let Ok(shares) = batches.try_recv() {
+                pass.push(shares);
             }
         }
         // After the batches arrived, so a socket registered before one was published gets it.
-        subscribers.append(&mut joining.lock().unwrap_or_else(|p| p.into_inner()));
+        rooms.add(&mut joining.lock().unwrap_or_else(|p| p.into_inner()));
+        for shares in pass.drain(..) {
+            for (room, share) in shares.iter() {
+                by_room.entry(room.clone()).or_default().push(share.clone());
+            }
+        }
         let mut delivered = 0;
-        let mut i = 0;
         let mut since_yield = 0;
-        while i < subscribers.len() {
-            match subscribers[i].offer(&pass) {
-                Some(n) => {
-                    delivered += n;
-                    i += 1;
+        for (room, shares) in by_room.drain() {
+            let Some(sockets) = rooms.by_room.get_mut(&room) else {
+                continue; // nobody here is in that room
+            };
+            let mut i = 0;
+            while i < sockets.len() {
+                let r = &sockets[i];
+                match r.subscriber.offer(&r.room, r.generation, &shares) {
+                    Some(n) => {
+                        delivered += n;
+                        i += 1;
+                    }
+                    None => {
+                        sockets.swap_remove(i);
+                        rooms.registered -= 1;
+                    }
                 }
-                None => {
-                    subscribers.swap_remove(i);
+                since_yield += 1;
+                if since_yield == YIELD_EVERY {
+                    // A pass over thousands of sockets takes milliseconds: let the senders'
+                    // sessions and the sequencer run in between.
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
                 }
             }
-            since_yield += 1;
-            if since_yield == YIELD_EVERY {
-                // A pass over thousands of sockets takes milliseconds: let the senders' sessions
-                // and the sequencer run in between.
-                since_yield = 0;
-                tokio::task::yield_now().await;
+            if sockets.is_empty() {
+                rooms.by_room.remove(&room);
             }
         }
         if delivered > 0 {
@@ -199,8 +242,37 @@ async fn run_shard(
                 .deliveries
                 .fetch_add(delivered as u64, Ordering::Relaxed);
         }
-        pass.clear();
         last_pass = Instant::now();
+    }
+}
+
+/// A shard's sockets, by room.
+#[derive(Default)]
+struct Rooms {
+    by_room: HashMap<Room, Vec<Registration>>,
+    /// Registrations held.
+    registered: usize,
+    /// Registrations held after the last sweep.
+    swept: usize,
+}
+
+impl Rooms {
+    /// Takes in new registrations. A socket that leaves a quiet room is never offered a share to
+    /// find out, so whenever the count has doubled since the last sweep, the ended ones are
+    /// dropped (amortised O(1) a registration).
+    fn add(&mut self, joining: &mut Vec<Registration>) {
+        self.registered += joining.len();
+        for r in joining.drain(..) {
+            self.by_room.entry(r.room.clone()).or_default().push(r);
+        }
+        if self.registered >= 256 && self.registered >= 2 * self.swept {
+            self.by_room.retain(|_, sockets| {
+                sockets.retain(Registration::is_current);
+                !sockets.is_empty()
+            });
+            self.registered = self.by_room.values().map(Vec::len).sum();
+            self.swept = self.registered;
+        }
     }
 }
 
@@ -226,10 +298,11 @@ mod tests {
         );
         let queues: Vec<_> = (0..5).map(|_| live_queue()).collect();
         for q in &queues {
-            fanout.register(q.clone());
+            fanout.register(Room::main(), 1, q.clone());
         }
-        fanout.push(&batch(0, &[1, 2]));
-        fanout.push(&batch(2, &[3]));
+        let shares = |b: Arc<Batch>| -> Shares { Arc::from(vec![(Room::main(), b)]) };
+        fanout.push(&shares(batch(0, &[1, 2])));
+        fanout.push(&shares(batch(2, &[3])));
         tokio::time::sleep(Duration::from_millis(50)).await;
         for q in &queues {
             assert_eq!(q.with_sink(|s| s.sent.len()), 3);

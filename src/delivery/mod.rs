@@ -7,8 +7,10 @@
 //! - [`fanout`]: the shard tasks that offer every batch to every queue.
 //!
 //! [`Broadcaster`] ties them together: publishing a batch puts it in the recent history, advances
-//! the published watermark, and hands it to the fan-out, in that order, so a socket that registers
-//! with the fan-out and then reads the history can miss nothing.
+//! the published watermark, and hands its room shares to the fan-out, in that order, so a socket
+//! that registers with the fan-out and then reads the history can miss nothing. The log is one
+//! chain for every room (the recent history, the watermark); the fan-out offers a room's share
+//! only to that room's sockets, chained by the room's own last id (see [`batch::Batch`]).
 //!
 //! Must not: decide order or ids (the sequencer does), or wait on a socket.
 
@@ -21,12 +23,14 @@ pub(crate) mod recent;
 pub mod testing;
 
 use crate::log::{Entry, Wire};
+use crate::room::Room;
 use crate::store::MAX_BATCH;
 use batch::Batch;
-use fanout::{Fanout, Subscriber};
+use fanout::{Fanout, Shares, Subscriber};
 use recent::{Recent, RecentLimits};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{oneshot, Notify};
 
 /// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_fill`]).
@@ -44,15 +48,20 @@ pub(crate) struct Broadcaster {
     fill: OnceLock<Box<FillFn>>,
     /// How this process writes entries for its sockets.
     wire: Wire,
+    /// Every room that holds messages, with its last id published here (or stored, at start);
+    /// and rooms admitted for a first message ([`Broadcaster::admit`]), at 0 until it comes.
+    rooms: Mutex<HashMap<Room, u64>>,
 }
 
 impl Broadcaster {
-    /// Starts from the store's state: `max_id`, the highest stored id, and `newest`, the newest
-    /// entries (ascending) to warm the recent history with, so the reconnects after a restart
-    /// replay from memory. `wire`: how entries are written for sockets, here and by everything
-    /// that publishes to this broadcaster ([`Broadcaster::wire`]).
+    /// Starts from the store's state: `max_id`, the highest stored id, `rooms`, each room that
+    /// holds messages with its highest id ([`crate::store::Store::rooms`]), and `newest`, the
+    /// newest entries (ascending) to warm the recent history with, so the reconnects after a
+    /// restart replay from memory. `wire`: how entries are written for sockets, here and by
+    /// everything that publishes to this broadcaster ([`Broadcaster::wire`]).
     pub fn new(
         max_id: u64,
+        rooms: Vec<(Room, u64)>,
         newest: &[Entry],
         limits: RecentLimits,
         fanout: Fanout,
@@ -74,6 +83,7 @@ impl Broadcaster {
             progress: Notify::new(),
             fill: OnceLock::new(),
             wire,
+            rooms: Mutex::new(rooms.into_iter().collect()),
         }
     }
 
@@ -122,21 +132,68 @@ impl Broadcaster {
         self.published() >= id
     }
 
-    /// Makes a batch visible to every local socket. Batches must come in order (`prev` of each is
-    /// the `last` of the one before).
+    /// Makes a batch visible to every local socket of its rooms. Batches must come in order
+    /// (`prev` of each is the `last` of the one before).
     pub fn broadcast(&self, batch: Arc<Batch>) {
         let last = batch.last();
         // Into the history first: a session that registers with the fan-out and then reads the
         // history must find every batch the fan-out may not offer it there.
         self.recent.push(batch.clone());
         self.published.store(last, Ordering::Release);
-        self.fanout.push(&batch);
+        let shares: Shares = {
+            let mut rooms = self.lock_rooms();
+            batch
+                .split_by_room(|room, new_last| {
+                    let last = rooms.entry(room.clone()).or_insert(0);
+                    std::mem::replace(last, new_last)
+                })
+                .into()
+        };
+        self.fanout.push(&shares);
         self.progress.notify_waiters();
     }
 
-    /// Has the fan-out offer every batch published from now on to this socket.
-    pub fn register(&self, subscriber: Arc<dyn Subscriber>) {
-        self.fanout.register(subscriber);
+    /// Has the fan-out offer every share of `room` published from now on to this socket's
+    /// `generation`th joining of the room ([`queue::PacketQueue::join`]).
+    pub fn register(&self, room: Room, generation: u64, subscriber: Arc<dyn Subscriber>) {
+        self.fanout.register(room, generation, subscriber);
+    }
+
+    /// The last id of `room` published here (0 when it has none).
+    pub fn room_last(&self, room: &Room) -> u64 {
+        self.lock_rooms().get(room).copied().unwrap_or(0)
+    }
+
+    /// Every room with messages, and its last id, ascending by name (`/` first).
+    pub fn rooms(&self) -> Vec<(Room, u64)> {
+        let mut rooms: Vec<(Room, u64)> = self
+            .lock_rooms()
+            .iter()
+            .filter(|(_, &last)| last > 0)
+            .map(|(room, &last)| (room.clone(), last))
+            .collect();
+        rooms.sort_unstable();
+        rooms
+    }
+
+    /// Whether `room` may take a message: it has some already, or fewer than `max` rooms do (0:
+    /// no cap). A new room admitted counts from now on, so first messages of several new rooms
+    /// at once cannot pass the cap together (on this node: nodes of a cluster each count what
+    /// they have seen, so at the cap two nodes may each admit one more).
+    pub fn admit(&self, room: &Room, max: usize) -> bool {
+        let mut rooms = self.lock_rooms();
+        if max == 0 || rooms.contains_key(room) {
+            return true;
+        }
+        if rooms.len() >= max {
+            return false;
+        }
+        rooms.insert(room.clone(), 0);
+        true
+    }
+
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Room, u64>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The recent history in memory.

@@ -3,12 +3,12 @@
 //! fan-out brings them live or the session replays them. The transport drains it through its
 //! [`PacketSink`] (a WebSocket writes frames to its TCP socket; polling would hand them to a GET).
 //!
-//! The queue also holds the socket's delivery cursor — the id of the last chat message it was
-//! sent — under the same lock as the sink, so a message is either queued and below the cursor or
+//! The queue also holds the socket's delivery cursor in each room it is in — every message of the
+//! room up to that id was sent — under the same lock as the sink, so a message is either queued and below the cursor or
 //! in neither. The cursor makes delivery exact: the fan-out and a catch-up may both offer a batch,
 //! and only the first queues it.
 //!
-//! Who feeds the socket is a small state machine ([`Mode`]): its session while it catches up from
+//! Who feeds a room's socket is a small state machine ([`Mode`]): its session while it catches up from
 //! history, the fan-out once the catch-up reaches the recent history in memory (the hand-over
 //! happens under the lock, so no batch falls between the two), and its session again when the
 //! socket falls behind (more than [`LIVE_BACKLOG`] not taken by its connection, or a gap).
@@ -18,8 +18,9 @@
 use super::batch::{Batch, Message};
 use super::recent::Recent;
 use crate::log::{Entry, Wire};
+use crate::room::Room;
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::sync::Notify;
 
@@ -49,11 +50,9 @@ pub trait PacketSink: Send + 'static {
     fn close(&mut self);
 }
 
-/// Who feeds the socket its chat messages right now.
+/// Who feeds a room's socket its chat messages right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Not in the chat namespace (not yet, or it left).
-    Detached,
     /// Its session is catching it up from memory or the database.
     CatchingUp,
     /// The fan-out feeds it.
@@ -62,16 +61,30 @@ enum Mode {
     Behind,
 }
 
-struct State<S> {
-    sink: S,
+/// One room's delivery on this connection: a Socket.IO socket in that room's namespace (one
+/// Engine.IO connection may hold several, socket.io's multiplexing).
+struct Member {
+    room: Room,
+    /// Every message of the room up to this id has been queued (it may be past the room's last
+    /// message: a catch-up from the whole log moves it to where the log was read to).
     cursor: u64,
     mode: Mode,
     /// The session holds an ack back until the cursor reaches this id (0: none).
     ack_wait: u64,
+    /// Which joining of the room this is: the fan-out forgets a registration of an earlier one.
+    generation: u64,
 }
 
-/// One client's packet queue and delivery cursor, shared by its session, its transport and the
-/// fan-out.
+struct State<S> {
+    sink: S,
+    /// The rooms this connection is in (usually one).
+    members: Vec<Member>,
+    /// Joinings so far: the next one's generation.
+    joinings: u64,
+}
+
+/// One client's packet queue and delivery cursors (one per room it is in), shared by its
+/// session, its transport and the fan-out.
 pub struct PacketQueue<S> {
     state: Mutex<State<S>>,
     notify: Notify,
@@ -86,14 +99,17 @@ pub enum CatchUp {
     Page(u64),
 }
 
+/// Batches of the recent history a sender's early delivery looks through at most; past that the
+/// fan-out brings its row (a quiet room's sender, behind much traffic in other rooms).
+const AHEAD_SCAN: usize = 64;
+
 impl<S: PacketSink> PacketQueue<S> {
     pub fn new(sink: S) -> PacketQueue<S> {
         PacketQueue {
             state: Mutex::new(State {
                 sink,
-                cursor: 0,
-                mode: Mode::Detached,
-                ack_wait: 0,
+                members: Vec::new(),
+                joinings: 0,
             }),
             notify: Notify::new(),
         }
@@ -136,164 +152,200 @@ impl<S: PacketSink> PacketQueue<S> {
         self.lock().sink.poll_drained(cx)
     }
 
-    /// Whether the connection is still open.
-    pub fn is_open(&self) -> bool {
-        self.lock().sink.is_open()
-    }
-
     /// The connection is over: drops what is queued; the fan-out forgets the socket.
     #[cfg(test)]
     pub fn close(&self) {
         let mut state = self.lock();
         state.sink.close();
-        state.mode = Mode::Detached;
+        state.members.clear();
     }
 
-    /// Enters the chat at `cursor`; the session catches the socket up next.
-    pub fn join(&self, cursor: u64) {
+    /// Enters `room` at `cursor` (again, if it was in it); the session catches the socket up
+    /// next. Returns the joining's generation, to register with the fan-out under.
+    pub fn join(&self, room: &Room, cursor: u64) -> u64 {
         let mut state = self.lock();
-        state.cursor = cursor;
-        state.mode = Mode::CatchingUp;
+        state.joinings += 1;
+        let generation = state.joinings;
+        state.members.retain(|m| m.room != *room);
+        state.members.push(Member {
+            room: room.clone(),
+            cursor,
+            mode: Mode::CatchingUp,
+            ack_wait: 0,
+            generation,
+        });
+        generation
     }
 
-    /// Leaves the chat: nothing more is delivered.
-    pub fn leave(&self) {
-        let mut state = self.lock();
-        state.mode = Mode::Detached;
-        state.ack_wait = 0;
+    /// Leaves `room`: nothing more of it is delivered.
+    pub fn leave(&self, room: &Room) {
+        self.lock().members.retain(|m| m.room != *room);
     }
 
-    /// If the fan-out left this socket behind, hands its feeding back to the session.
-    pub fn take_behind(&self) -> bool {
+    /// If the fan-out left this socket behind in `room`, hands its feeding back to the session.
+    pub fn take_behind(&self, room: &Room) -> bool {
         let mut state = self.lock();
-        let behind = state.mode == Mode::Behind;
+        let Some(member) = state.member(room) else {
+            return false;
+        };
+        let behind = member.mode == Mode::Behind;
         if behind {
-            state.mode = Mode::CatchingUp;
+            member.mode = Mode::CatchingUp;
         }
         behind
     }
 
     /// The session delivers a batch it learned of before the fan-out's pass (the one holding its
-    /// own message), with everything published before it, if the fan-out feeds this socket.
-    /// Returns the messages queued.
-    pub fn deliver_ahead(&self, recent: &Recent, batch: &Batch) -> usize {
+    /// own message), with everything published before it, if the fan-out feeds this socket in
+    /// `room`. Returns the messages queued.
+    pub fn deliver_ahead(&self, room: &Room, recent: &Recent, batch: &Batch) -> usize {
         let mut state = self.lock();
-        if state.mode != Mode::Live || batch.last() <= state.cursor {
+        let State { sink, members, .. } = &mut *state;
+        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+            return 0;
+        };
+        if member.mode != Mode::Live || batch.last() <= member.cursor {
             return 0;
         }
-        if batch.prev <= state.cursor {
-            return state.append(batch);
+        if batch.prev <= member.cursor {
+            return member.append(sink, batch);
         }
         // The fan-out has not brought the batches before it yet: take them from memory. (The
         // sequencer answers before it publishes, so memory may or may not hold `batch` yet.)
-        let Some(batches) = recent.since(state.cursor) else {
+        let Some(batches) = recent.since(member.cursor) else {
             return 0; // the fan-out brings them in order, or finds the socket behind
         };
+        if batches.len() > AHEAD_SCAN {
+            return 0;
+        }
         let mut n = 0;
         for b in batches.iter().map(|b| &**b).chain(std::iter::once(batch)) {
-            if b.prev > state.cursor {
+            if b.prev > member.cursor {
                 break;
             }
-            n += state.append(b);
+            n += member.append(sink, b);
         }
         n
     }
 
-    /// Queues the entries of a database page above the cursor, encoded for `wire`. Returns how
-    /// many.
-    pub fn deliver_entries(&self, entries: &[Entry], wire: Wire) -> usize {
+    /// Queues the entries of a database page of `room` above its cursor, encoded for `wire`.
+    /// Returns how many.
+    pub fn deliver_entries(&self, room: &Room, entries: &[Entry], wire: Wire) -> usize {
         let mut state = self.lock();
+        let State { sink, members, .. } = &mut *state;
+        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+            return 0;
+        };
         let mut n = 0;
         for entry in entries {
-            if entry.id > state.cursor {
-                state.cursor = entry.id;
-                state.sink.push_message(&Message::encode(entry, wire));
+            if entry.id > member.cursor && entry.room == *room {
+                member.cursor = entry.id;
+                sink.push_message(&Message::encode(entry, wire));
                 n += 1;
             }
         }
         n
     }
 
-    /// One step of catching up: from memory when it reaches back to the cursor, and then the
-    /// fan-out takes over (under the same lock, so no batch falls between the two); otherwise the
-    /// caller reads a page from the database.
-    pub fn catch_up(&self, recent: &Recent) -> CatchUp {
+    /// One step of catching up in `room`: from memory when it reaches back to the cursor, and
+    /// then the fan-out takes over (under the same lock, so no batch falls between the two);
+    /// otherwise the caller reads a page from the database.
+    pub fn catch_up(&self, room: &Room, recent: &Recent) -> CatchUp {
         let mut state = self.lock();
-        if state.mode != Mode::CatchingUp {
+        let State { sink, members, .. } = &mut *state;
+        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+            return CatchUp::Live(0);
+        };
+        if member.mode != Mode::CatchingUp {
             return CatchUp::Live(0);
         }
-        let Some(batches) = recent.since(state.cursor) else {
-            return CatchUp::Page(state.cursor);
+        let Some(batches) = recent.since(member.cursor) else {
+            return CatchUp::Page(member.cursor);
         };
         let mut n = 0;
         for batch in &batches {
-            if batch.prev > state.cursor {
+            if batch.prev > member.cursor {
                 // The memory is contiguous, so this cannot happen; go to the database instead.
-                return CatchUp::Page(state.cursor);
+                return CatchUp::Page(member.cursor);
             }
-            n += state.append(batch);
+            n += member.append(sink, batch);
         }
-        state.mode = Mode::Live;
+        member.mode = Mode::Live;
         CatchUp::Live(n)
     }
 
-    /// Moves the cursor past rows the database no longer has.
-    pub fn skip_to(&self, id: u64) {
-        let mut state = self.lock();
-        if id > state.cursor {
-            tracing::warn!(
-                cursor = state.cursor,
-                to = id,
-                "rows missing from the database; replay skips them"
-            );
-            state.cursor = id;
+    /// Moves `room`'s cursor to `id`: the database was read to there and holds nothing more of
+    /// the room (a quiet room), or no longer has those rows.
+    pub fn skip_to(&self, room: &Room, id: u64) {
+        if let Some(member) = self.lock().member(room) {
+            member.cursor = member.cursor.max(id);
         }
     }
 
-    /// Whether the cursor has reached `id`; if not, the fan-out wakes the session when it does.
-    pub fn reached(&self, id: u64) -> bool {
+    /// Whether `room`'s cursor has reached `id`; if not, the fan-out wakes the session when it
+    /// does. (A room the socket is not in has nothing to wait for.)
+    pub fn reached(&self, room: &Room, id: u64) -> bool {
         let mut state = self.lock();
-        if state.cursor >= id {
+        let Some(member) = state.member(room) else {
+            return true;
+        };
+        if member.cursor >= id {
             return true;
         }
-        state.ack_wait = id;
+        member.ack_wait = id;
         false
     }
 
-    /// The fan-out's delivery: queues every message above the cursor and sends at once. Returns
-    /// the messages delivered, or `None` when the connection is over (forget the queue).
-    pub fn offer(&self, batches: &[std::sync::Arc<Batch>]) -> Option<usize> {
+    /// Whether the `generation`th joining of `room` is still current on an open connection (the
+    /// fan-out forgets registrations that are not).
+    pub fn is_member(&self, room: &Room, generation: u64) -> bool {
+        let state = self.lock();
+        state.sink.is_open()
+            && state
+                .members
+                .iter()
+                .any(|m| m.room == *room && m.generation == generation)
+    }
+
+    /// The fan-out's delivery of `room`'s shares: queues every message above the cursor and
+    /// sends at once. Returns the messages delivered, or `None` when the connection is over or
+    /// this joining of the room has ended (forget the registration).
+    pub fn offer(&self, room: &Room, generation: u64, batches: &[Arc<Batch>]) -> Option<usize> {
         let mut state = self.lock();
         if !state.sink.is_open() {
             return None;
         }
-        if state.mode != Mode::Live {
+        let State { sink, members, .. } = &mut *state;
+        let member = members
+            .iter_mut()
+            .find(|m| m.room == *room && m.generation == generation)?;
+        if member.mode != Mode::Live {
             return Some(0);
         }
-        let had_backlog = state.sink.backlog() > 0;
+        let had_backlog = sink.backlog() > 0;
         let mut n = 0;
         for batch in batches {
-            if batch.last() <= state.cursor {
+            if batch.last() <= member.cursor {
                 continue;
             }
-            if batch.prev > state.cursor || state.sink.backlog() > LIVE_BACKLOG {
+            if batch.prev > member.cursor || sink.backlog() > LIVE_BACKLOG {
                 // Missed rows (cannot happen while the fan-out keeps up), or a connection that
                 // does not drain: stop feeding it live; its session catches it up.
-                state.mode = Mode::Behind;
+                member.mode = Mode::Behind;
                 self.notify.notify_one();
                 break;
             }
-            n += state.append(batch);
+            n += member.append(sink, batch);
         }
         if n > 0 {
-            if state.sink.send_now().is_err() {
+            if sink.send_now().is_err() {
                 // The session finds the error at its next flush or read.
                 self.notify.notify_one();
-            } else if !had_backlog && state.sink.backlog() > 0 {
+            } else if !had_backlog && sink.backlog() > 0 {
                 self.notify.notify_one(); // backed up: the session waits for the connection
             }
-            if state.ack_wait != 0 && state.cursor >= state.ack_wait {
-                state.ack_wait = 0;
+            if member.ack_wait != 0 && member.cursor >= member.ack_wait {
+                member.ack_wait = 0;
                 self.notify.notify_one();
             }
         }
@@ -301,17 +353,25 @@ impl<S: PacketSink> PacketQueue<S> {
     }
 }
 
-impl<S: PacketSink> State<S> {
-    /// Queues a batch's messages above the cursor. The caller checked `batch.prev <= cursor`.
-    fn append(&mut self, batch: &Batch) -> usize {
+impl<S> State<S> {
+    fn member(&mut self, room: &Room) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.room == *room)
+    }
+}
+
+impl Member {
+    /// Queues the room's messages of a batch above the cursor, and moves the cursor to the
+    /// batch's end: a room's share, or a batch of the whole log (a catch-up from memory, whose
+    /// other rooms' messages are skipped). The caller checked `batch.prev <= cursor`.
+    fn append<S: PacketSink>(&mut self, sink: &mut S, batch: &Batch) -> usize {
         let mut n = 0;
         for m in &batch.messages {
-            if m.id > self.cursor {
-                self.cursor = m.id;
-                self.sink.push_message(m);
+            if m.id > self.cursor && m.room == self.room {
+                sink.push_message(m);
                 n += 1;
             }
         }
+        self.cursor = self.cursor.max(batch.last());
         n
     }
 }
@@ -336,31 +396,34 @@ mod tests {
     fn the_fan_out_feeds_a_socket_only_after_memory_handed_it_over() {
         let q = PacketQueue::new(MemorySink::taking());
         let (b1, b2, b3) = (batch(0, &[1, 2]), batch(2, &[3]), batch(3, &[4, 5]));
-        q.join(0);
+        q.join(&Room::main(), 0);
         assert_eq!(
-            q.offer(std::slice::from_ref(&b1)),
+            q.offer(&Room::main(), 1, std::slice::from_ref(&b1)),
             Some(0),
             "catching up: not fed"
         );
         let memory = recent(0, &[b1.clone(), b2.clone()]);
-        assert_eq!(q.catch_up(&memory), CatchUp::Live(3));
+        assert_eq!(q.catch_up(&Room::main(), &memory), CatchUp::Live(3));
         // Batches the memory held come again from the fan-out: skipped by the cursor.
-        assert_eq!(q.offer(&[b1, b2, b3]), Some(2));
+        assert_eq!(q.offer(&Room::main(), 1, &[b1, b2, b3]), Some(2));
         assert_eq!(sent_ids(&q), [1, 2, 3, 4, 5]);
-        assert!(!q.take_behind());
+        assert!(!q.take_behind(&Room::main()));
     }
 
     #[test]
     fn memory_that_does_not_reach_back_sends_catch_up_to_the_database() {
         let q = PacketQueue::new(MemorySink::taking());
-        q.join(3);
+        q.join(&Room::main(), 3);
         let memory = recent(10, &[batch(10, &[11])]);
-        assert_eq!(q.catch_up(&memory), CatchUp::Page(3));
+        assert_eq!(q.catch_up(&Room::main(), &memory), CatchUp::Page(3));
         // Still the session's: the fan-out does not feed it meanwhile.
-        assert_eq!(q.offer(&[batch(11, &[12])]), Some(0));
+        assert_eq!(q.offer(&Room::main(), 1, &[batch(11, &[12])]), Some(0));
         let entries = [4, 5, 10].map(|id| Entry::message(id, "r".into()));
-        assert_eq!(q.deliver_entries(&entries, Wire::default()), 3);
-        assert_eq!(q.catch_up(&memory), CatchUp::Live(1));
+        assert_eq!(
+            q.deliver_entries(&Room::main(), &entries, Wire::default()),
+            3
+        );
+        assert_eq!(q.catch_up(&Room::main(), &memory), CatchUp::Live(1));
         q.with_sink(|s| s.send_now()).unwrap();
         assert_eq!(sent_ids(&q), [4, 5, 10, 11]);
     }
@@ -369,10 +432,18 @@ mod tests {
     fn a_gap_hands_the_socket_back_to_its_session() {
         let q = PacketQueue::new(MemorySink::taking());
         make_live(&q);
-        assert_eq!(q.offer(&[batch(1, &[2])]), Some(0), "row 1 never came");
-        assert!(q.take_behind());
-        assert!(!q.take_behind(), "handed back once");
-        assert_eq!(q.offer(&[batch(2, &[3])]), Some(0), "not fed while behind");
+        assert_eq!(
+            q.offer(&Room::main(), 1, &[batch(1, &[2])]),
+            Some(0),
+            "row 1 never came"
+        );
+        assert!(q.take_behind(&Room::main()));
+        assert!(!q.take_behind(&Room::main()), "handed back once");
+        assert_eq!(
+            q.offer(&Room::main(), 1, &[batch(2, &[3])]),
+            Some(0),
+            "not fed while behind"
+        );
     }
 
     #[test]
@@ -390,8 +461,8 @@ mod tests {
                     Wire::default(),
                 )],
             });
-            q.offer(&[b]).expect("open");
-            if q.take_behind() {
+            q.offer(&Room::main(), 1, &[b]).expect("open");
+            if q.take_behind(&Room::main()) {
                 break id;
             }
             assert!(id < 10_000, "never stopped feeding");
@@ -410,16 +481,23 @@ mod tests {
         let (b1, b2, b3) = (batch(0, &[1]), batch(1, &[2]), batch(2, &[3]));
         // The sequencer answers before it publishes: memory may hold the batch or not.
         assert_eq!(
-            q.deliver_ahead(&recent(0, std::slice::from_ref(&b1)), &b2),
+            q.deliver_ahead(&Room::main(), &recent(0, std::slice::from_ref(&b1)), &b2),
             2
         );
-        assert_eq!(q.deliver_ahead(&recent(0, &[b1, b2.clone()]), &b3), 1);
-        assert!(q.reached(3));
-        assert!(!q.reached(4));
+        assert_eq!(
+            q.deliver_ahead(&Room::main(), &recent(0, &[b1, b2.clone()]), &b3),
+            1
+        );
+        assert!(q.reached(&Room::main(), 3));
+        assert!(!q.reached(&Room::main(), 4));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(q.poll_flush(&mut cx), Poll::Ready(Ok(()))));
         assert_eq!(sent_ids(&q), [1, 2, 3]);
-        assert_eq!(q.offer(&[b2]), Some(0), "the fan-out skips what it brought");
+        assert_eq!(
+            q.offer(&Room::main(), 1, &[b2]),
+            Some(0),
+            "the fan-out skips what it brought"
+        );
     }
 
     #[test]
@@ -427,6 +505,43 @@ mod tests {
         let q = PacketQueue::new(MemorySink::taking());
         make_live(&q);
         q.close();
-        assert_eq!(q.offer(&[batch(0, &[1])]), None);
+        assert_eq!(q.offer(&Room::main(), 1, &[batch(0, &[1])]), None);
+    }
+
+    #[test]
+    fn rooms_on_one_connection_are_fed_apart_each_in_its_own_order() {
+        let q = PacketQueue::new(MemorySink::taking());
+        let (a, b) = (Room::named("a"), Room::named("b"));
+        let msg = |id, room: &Room| {
+            Message::encode(
+                &Entry::in_room(id, room.clone(), "m".into()),
+                Wire::default(),
+            )
+        };
+        // The log: 1 in a, 2 in b, 3 in a (one batch), then 4 in b.
+        let whole = Arc::new(Batch {
+            prev: 0,
+            messages: vec![msg(1, &a), msg(2, &b), msg(3, &a)],
+        });
+        let memory = recent(0, std::slice::from_ref(&whole));
+        let ga = q.join(&a, 0);
+        let gb = q.join(&b, 0);
+        assert_eq!(q.catch_up(&a, &memory), CatchUp::Live(2));
+        assert_eq!(q.catch_up(&b, &memory), CatchUp::Live(1));
+        // b's share of the next batch is chained to b's own last row (2), not to 3.
+        let share = Arc::new(Batch {
+            prev: 2,
+            messages: vec![msg(4, &b)],
+        });
+        assert_eq!(q.offer(&a, ga, std::slice::from_ref(&share)), Some(0));
+        assert_eq!(q.offer(&b, gb, std::slice::from_ref(&share)), Some(1));
+        assert!(!q.take_behind(&b), "no gap: b's cursor was past 2");
+        assert!(q.reached(&a, 3) && q.reached(&b, 4));
+        assert_eq!(sent_ids(&q), [1, 3, 2, 4]);
+        // Left, and joined again: the old registration is forgotten, the new one fed.
+        q.leave(&b);
+        assert_eq!(q.offer(&b, gb, std::slice::from_ref(&share)), None);
+        let gb2 = q.join(&b, 4);
+        assert!(q.is_member(&b, gb2) && !q.is_member(&b, gb));
     }
 }

@@ -10,6 +10,7 @@
 //! `.await`. Never reads the database: a cursor older than the ring gets `None`.
 
 use super::batch::Batch;
+use crate::room::Room;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
@@ -95,33 +96,47 @@ impl Recent {
         Some(ring.batches.range(first..).cloned().collect())
     }
 
-    /// Whether message `id` was published, if the ring reaches back to it (`None`: it does not;
-    /// ask the database).
-    pub fn contains(&self, id: u64) -> Option<bool> {
+    /// Whether message `id` of `room` was published, if the ring reaches back to it (`None`: it
+    /// does not; ask the database).
+    pub fn contains(&self, room: &Room, id: u64) -> Option<bool> {
         let ring = self.ring.read().ok()?;
         if id <= ring.start {
             return None;
         }
         let at = ring.batches.partition_point(|b| b.last() < id);
-        Some(
-            ring.batches
-                .get(at)
-                .is_some_and(|b| b.messages.binary_search_by_key(&id, |m| m.id).is_ok()),
-        )
+        Some(ring.batches.get(at).is_some_and(|b| {
+            b.messages
+                .binary_search_by_key(&id, |m| m.id)
+                .is_ok_and(|i| b.messages[i].room == *room)
+        }))
     }
 
-    /// The id the newest `n` messages start at, if the ring tells: it holds `n` messages, or it
-    /// holds every message ever published (then the oldest is the start, or 1 when empty).
-    pub fn nth_newest(&self, n: usize) -> Option<u64> {
+    /// The id `room`'s newest `n` messages start at, if the ring tells: it holds `n` of them, or
+    /// it holds every message ever published (then the room's oldest is the start, or 1 when it
+    /// has none).
+    pub fn nth_newest(&self, room: &Room, n: usize) -> Option<u64> {
         let ring = self.ring.read().ok()?;
-        let mut left = n;
-        for batch in ring.batches.iter().rev() {
-            if left <= batch.messages.len() {
-                return Some(batch.messages[batch.messages.len() - left].id);
-            }
-            left -= batch.messages.len();
+        if n == 0 {
+            return None;
         }
-        (ring.start == 0).then(|| ring.batches.front().map_or(1, |b| b.messages[0].id))
+        let mut left = n;
+        let mut oldest = None;
+        for m in ring
+            .batches
+            .iter()
+            .rev()
+            .flat_map(|b| b.messages.iter().rev())
+        {
+            if m.room != *room {
+                continue;
+            }
+            oldest = Some(m.id);
+            left -= 1;
+            if left == 0 {
+                return oldest;
+            }
+        }
+        (ring.start == 0).then(|| oldest.unwrap_or(1))
     }
 
     /// Rows held.
@@ -184,15 +199,19 @@ mod tests {
         );
         r.push(batch(10, &[11, 12]));
         r.push(batch(12, &[14, 15]));
-        assert_eq!(r.contains(12), Some(true));
-        assert_eq!(r.contains(13), Some(false), "never published");
-        assert_eq!(r.contains(16), Some(false));
-        assert_eq!(r.contains(10), None, "older than the ring");
-        assert_eq!(r.nth_newest(1), Some(15));
-        assert_eq!(r.nth_newest(3), Some(12));
-        assert_eq!(r.nth_newest(4), Some(11));
+        assert_eq!(r.contains(&Room::main(), 12), Some(true));
         assert_eq!(
-            r.nth_newest(5),
+            r.contains(&Room::main(), 13),
+            Some(false),
+            "never published"
+        );
+        assert_eq!(r.contains(&Room::main(), 16), Some(false));
+        assert_eq!(r.contains(&Room::main(), 10), None, "older than the ring");
+        assert_eq!(r.nth_newest(&Room::main(), 1), Some(15));
+        assert_eq!(r.nth_newest(&Room::main(), 3), Some(12));
+        assert_eq!(r.nth_newest(&Room::main(), 4), Some(11));
+        assert_eq!(
+            r.nth_newest(&Room::main(), 5),
             None,
             "the ring does not reach back that far"
         );
@@ -203,9 +222,13 @@ mod tests {
                 bytes: 1 << 20,
             },
         );
-        assert_eq!(all.nth_newest(5), Some(1), "nothing yet: everything");
+        assert_eq!(
+            all.nth_newest(&Room::main(), 5),
+            Some(1),
+            "nothing yet: everything"
+        );
         all.push(batch(0, &[3, 4]));
-        assert_eq!(all.nth_newest(5), Some(3));
+        assert_eq!(all.nth_newest(&Room::main(), 5), Some(3));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::batch::{Batch, Message};
 use super::queue::{CatchUp, PacketQueue, PacketSink};
 use super::recent::{Recent, RecentLimits};
 use crate::log::{Entry, Wire};
+use crate::room::Room;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,10 +36,15 @@ pub fn recent(start: u64, batches: &[Arc<Batch>]) -> Recent {
     r
 }
 
-/// Joins a queue at 0 with nothing published: the fan-out feeds it from now on.
-pub fn make_live<S: PacketSink>(queue: &PacketQueue<S>) {
-    queue.join(0);
-    assert_eq!(queue.catch_up(&recent(0, &[])), CatchUp::Live(0));
+/// Joins a queue to `/` at 0 with nothing published: the fan-out feeds it from now on. Returns
+/// the joining's generation.
+pub fn make_live<S: PacketSink>(queue: &PacketQueue<S>) -> u64 {
+    let generation = queue.join(&Room::main(), 0);
+    assert_eq!(
+        queue.catch_up(&Room::main(), &recent(0, &[])),
+        CatchUp::Live(0)
+    );
+    generation
 }
 
 /// What a socket was sent, as packet texts, with a connection that takes bytes only when the

@@ -3,6 +3,7 @@
 //! the order their events arrived.
 
 use crate::delivery::queue::{PacketQueue, PacketSink};
+use crate::room::Room;
 use std::collections::VecDeque;
 
 /// Acks not yet sent, oldest first.
@@ -23,16 +24,11 @@ impl AckQueue {
         self.waiting.is_empty()
     }
 
-    /// Drops every ack (the socket left the namespace: its acks are void).
-    pub fn clear(&mut self) {
-        self.waiting.clear();
-    }
-
-    /// Sends every ack whose row the socket has been sent, in order, up to the first that must
-    /// still wait (the queue then wakes the session when its cursor gets there).
-    pub fn release<S: PacketSink>(&mut self, queue: &PacketQueue<S>) {
+    /// Sends every ack whose row the socket in `room` has been sent, in order, up to the first
+    /// that must still wait (the queue then wakes the session when its cursor gets there).
+    pub fn release<S: PacketSink>(&mut self, queue: &PacketQueue<S>, room: &Room) {
         while let Some((row, _)) = self.waiting.front() {
-            if *row > 0 && !queue.reached(*row) {
+            if *row > 0 && !queue.reached(room, *row) {
                 break;
             }
             if let Some((_, packet)) = self.waiting.pop_front() {
@@ -57,7 +53,7 @@ mod tests {
         let mut acks = AckQueue::default();
         acks.push(2, "430[]".into());
         acks.push(0, "431[{\"error\":\"x\"}]".into()); // ready, but behind the first
-        acks.release(&queue);
+        acks.release(&queue, &Room::main());
         assert!(
             queue.with_sink(|s| s.queued.is_empty()),
             "row 2 not sent yet"
@@ -69,8 +65,8 @@ mod tests {
                 Message::encode(&Entry::message(2, "b".into()), Wire::default()),
             ],
         });
-        queue.offer(&[batch]);
-        acks.release(&queue);
+        queue.offer(&Room::main(), 1, &[batch]);
+        acks.release(&queue, &Room::main());
         let sent: Vec<String> = queue.with_sink(|s| {
             let mut all = s.sent.clone();
             all.extend(s.queued.iter().cloned());

@@ -1,11 +1,12 @@
-//! The chat's handler of one socket in `/` (socketioxide's split: `socket.rs` knows packets,
-//! the handler calls the chat's rules): CONNECT planned and answered, the replay and catch-ups,
-//! `"chat message"` events checked ([`crate::chat`]) and published to the sequencer, receipts
-//! turned into acks that follow their rows, history pages, the rate limit.
+//! The chat's handler of one client's sockets, one per namespace (room) it is in
+//! (socketioxide's split: `socket.rs` knows packets, the handler calls the chat's rules): CONNECT
+//! planned and answered, the replay and catch-ups, `"chat message"` events checked
+//! ([`crate::chat`]) and published to the sequencer, receipts turned into acks that follow their
+//! rows, history pages, the rate limit (one for the connection, whatever its rooms).
 //!
-//! One task per connection drives it: it waits on its socket (packets, the heartbeat, the
-//! fan-out's wake-ups), on the sequencer's receipts, on replay and history pages and on a join
-//! plan, and writes everything it queued with one flush per turn. Live messages are written by
+//! One task per connection drives it: it waits on its sockets (packets, the heartbeat, the
+//! fan-out's wake-ups), on the sequencer's receipts, on replay and history pages and on join
+//! plans, and writes everything it queued with one flush per turn. Live messages are written by
 //! the fan-out ([`crate::delivery::fanout`]), not by this task.
 //!
 //! Must not: parse packets (the socket does), frame them for a transport, or write to the
@@ -14,19 +15,24 @@
 use super::acks::AckQueue;
 use super::rate::RateLimit;
 use super::socket::{Inbound, Socket};
-use super::{HistoryFuture, JoinFuture, JoinPlan, Namespace, PageFuture, MAX_IN_FLIGHT};
+use super::{
+    HistoryFuture, JoinFuture, JoinPlan, Namespace, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
+};
 use crate::chat::{self, Rejection};
 use crate::delivery::queue::CatchUp;
 use crate::engine::{DisconnectReason, Session, Transport};
 use crate::log::Entry;
 use crate::protocol::socketio;
+use crate::room::Room;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
 use crate::store::StoreError;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc::error::TrySendError;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
@@ -41,23 +47,24 @@ struct Feed {
     rows: Vec<Entry>,
     /// The first row not queued yet.
     next: usize,
+    /// The page came back short: the room has nothing more up to `published`.
+    short: bool,
+    /// The highest id published before the page was read.
+    published: u64,
 }
 
-/// The chat's side of one client's socket in `/`.
-pub(super) struct Handler<T: Transport> {
-    socket: Socket<T>,
-    ns: Arc<Namespace>,
-    /// Known to the fan-out (from the first CONNECT on).
-    registered: bool,
+/// The chat's side of one client's socket in one room.
+struct Member {
+    room: Room,
+    /// Its namespace (`/` or `/<room>`), as its acks name it.
+    nsp: Box<str>,
+    /// Its joining with the packet queue and the fan-out (0 until its CONNECT is answered).
+    generation: u64,
     /// Set while catching up from the database: a page being read.
     replay: Option<PageFuture>,
-    /// A page read, being fed to the socket a slice at a time as it drains (boxed: rare, and
-    /// sockets are many).
+    /// A page read, being fed to the socket a slice at a time as it drains (boxed: rare).
     feeding: Option<Box<Feed>>,
-    receipts: Receipts,
-    in_flight: usize,
     acks: AckQueue,
-    rate: RateLimit,
     /// A CONNECT whose answer is being planned; nothing else is read meanwhile.
     joining: Option<JoinFuture>,
     /// A history request being read.
@@ -66,7 +73,45 @@ pub(super) struct Handler<T: Transport> {
     identity: Option<(String, Option<String>)>,
 }
 
-/// Serves the namespace on an Engine.IO session until it ends, closes the session, and returns
+impl Member {
+    fn new(room: Room) -> Member {
+        Member {
+            nsp: room.nsp().into_boxed_str(),
+            room,
+            generation: 0,
+            replay: None,
+            feeding: None,
+            acks: AckQueue::default(),
+            joining: None,
+            history: None,
+            identity: None,
+        }
+    }
+}
+
+/// What one of the members' pending reads produced.
+enum Done {
+    Joined(JoinPlan),
+    Page(Result<(Vec<Entry>, u64), StoreError>),
+    History(u64, Result<String, StoreError>),
+}
+
+/// The chat's side of one client's sockets.
+pub(super) struct Handler<T: Transport> {
+    socket: Socket<T>,
+    ns: Arc<Namespace>,
+    /// One per namespace the client is in or connecting to (usually one).
+    members: Vec<Member>,
+    receipts: Receipts,
+    /// Submissions the sequencer has not answered: (tag, the member's generation, ack id),
+    /// oldest first.
+    in_flight: VecDeque<(u64, u64, Option<u64>)>,
+    /// The tag of the next submission.
+    next_tag: u64,
+    rate: RateLimit,
+}
+
+/// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
 /// why it ended.
 pub fn serve<T: Transport>(
     engine: Session<T>,
@@ -75,17 +120,12 @@ pub fn serve<T: Transport>(
     // Built here and borrowed by the loop, not moved into an `async fn`, which would keep a
     // second copy of it: an idle socket's task holds the socket and its loop's state, once.
     let mut handler = Handler {
-        socket: Socket::new(engine, ns.config.connect_timeout),
-        registered: false,
-        replay: None,
-        feeding: None,
+        socket: Socket::new(engine, ns.config.rooms.clone(), ns.config.connect_timeout),
+        members: Vec::new(),
         receipts: None,
-        in_flight: 0,
-        acks: AckQueue::default(),
+        in_flight: VecDeque::new(),
+        next_tag: 0,
         rate: RateLimit::new(ns.config.max_messages_per_second),
-        joining: None,
-        history: None,
-        identity: None,
         ns,
     };
     async move { handler.serve().await }
@@ -101,14 +141,16 @@ impl<T: Transport> Handler<T> {
         if reason == DisconnectReason::SlowClient {
             metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
         }
-        // Ended while connected: the client may take the session up again (not after its own
-        // DISCONNECT, which ends the session for good, as in socket.io).
-        if let (true, Some(log), Some((sid, Some(pid)))) = (
-            self.socket.connected(),
-            &self.ns.recovery,
-            self.identity.take(),
-        ) {
-            log.keep(pid, sid);
+        // Ended while connected: the client may take each socket up again (not after its own
+        // DISCONNECT, which ends that socket for good, as in socket.io).
+        if let Some(log) = &self.ns.recovery {
+            for m in &mut self.members {
+                if let (true, Some((sid, Some(pid)))) =
+                    (self.socket.connected(&m.room), m.identity.take())
+                {
+                    log.keep(pid, sid);
+                }
+            }
         }
         // Boxed: the close handshake's state is needed once, at the end, and an idle socket should
         // not carry room for it all its life.
@@ -123,35 +165,34 @@ impl<T: Transport> Handler<T> {
                 return reason;
             }
             // Only once the socket has drained: a catch-up adds a page or the recent history.
-            if self.socket.connected()
-                && self.replay.is_none()
-                && self.feeding.is_none()
-                && self.socket.engine.queue().take_behind()
-            {
+            let queue = self.socket.engine.queue();
+            let behind = self.members.iter().position(|m| {
+                m.generation != 0
+                    && m.replay.is_none()
+                    && m.feeding.is_none()
+                    && queue.take_behind(&m.room)
+            });
+            if let Some(i) = behind {
                 self.ns.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
-                self.catch_up();
+                self.catch_up(i);
                 // Acks held back for rows the catch-up just delivered go with them.
-                self.acks.release(self.socket.engine.queue());
+                self.release_acks();
                 continue;
             }
             // Shutting down: everything already handed to the sequencer is committed and
             // acknowledged before the session closes.
-            if self.socket.engine.closing() && self.in_flight == 0 && self.acks.is_empty() {
+            if self.socket.engine.closing()
+                && self.in_flight.is_empty()
+                && self.members.iter().all(|m| m.acks.is_empty())
+            {
                 return DisconnectReason::ClosingServer;
             }
-            let reading = self.in_flight < MAX_IN_FLIGHT;
+            let reading = self.in_flight.len() < MAX_IN_FLIGHT;
+            let feeding = self.members.iter().any(|m| m.feeding.is_some());
             let step = tokio::select! {
                 biased;
-                plan = next_of(&mut self.joining) => {
-                    self.joining = None;
-                    self.join(plan);
-                    Ok(())
-                }
-                page = next_page(&mut self.replay) => self.on_page(page),
-                (ack_id, page) = next_of(&mut self.history) => {
-                    self.history = None;
-                    self.on_history_page(ack_id, page);
-                    Ok(())
+                (i, done) = std::future::poll_fn(|cx| poll_members(&mut self.members, cx)) => {
+                    self.on_done(i, done)
                 }
                 Some(receipt) = next_receipt(&mut self.receipts) => {
                     self.on_receipt(receipt);
@@ -166,38 +207,66 @@ impl<T: Transport> Handler<T> {
                     Err(reason) => Err(reason),
                 },
                 // Last: the socket has drained what it was given and nothing else is ready.
-                () = std::future::ready(()), if self.feeding.is_some() => {
-                    self.feed();
+                () = std::future::ready(()), if feeding => {
+                    if let Some(i) = self.members.iter().position(|m| m.feeding.is_some()) {
+                        self.feed(i);
+                    }
                     Ok(())
                 }
             };
             if let Err(reason) = step {
                 return reason;
             }
-            if self.socket.connected() {
-                self.acks.release(self.socket.engine.queue());
+            self.release_acks();
+        }
+    }
+
+    /// Sends the acks whose rows each room's socket has been sent.
+    fn release_acks(&mut self) {
+        let queue = self.socket.engine.queue();
+        for m in &mut self.members {
+            if m.generation != 0 {
+                m.acks.release(queue, &m.room);
+            }
+        }
+    }
+
+    fn on_done(&mut self, i: usize, done: Done) -> Result<(), DisconnectReason> {
+        match done {
+            Done::Joined(plan) => {
+                self.join(i, plan);
+                Ok(())
+            }
+            Done::Page(page) => self.on_page(i, page),
+            Done::History(ack_id, page) => {
+                self.on_history_page(i, ack_id, page);
+                Ok(())
             }
         }
     }
 
     fn on_page(
         &mut self,
+        i: usize,
         page: Result<(Vec<Entry>, u64), StoreError>,
     ) -> Result<(), DisconnectReason> {
-        self.replay = None;
-        if !self.socket.connected() {
-            return Ok(());
-        }
         match page {
             Ok((rows, published)) => {
                 if rows.is_empty() {
-                    // Nothing after the cursor, though rows up to `published` were committed
-                    // before the read: they were deleted. Carry on after them.
-                    self.socket.engine.queue().skip_to(published);
-                    self.catch_up();
+                    // Nothing of the room after the cursor, though rows up to `published` were
+                    // committed before the read: carry on after them.
+                    let m = &self.members[i];
+                    self.socket.engine.queue().skip_to(&m.room, published);
+                    self.catch_up(i);
                 } else {
-                    self.feeding = Some(Box::new(Feed { rows, next: 0 }));
-                    self.feed();
+                    let short = rows.len() < REPLAY_PAGE;
+                    self.members[i].feeding = Some(Box::new(Feed {
+                        rows,
+                        next: 0,
+                        short,
+                        published,
+                    }));
+                    self.feed(i);
                 }
                 Ok(())
             }
@@ -208,12 +277,13 @@ impl<T: Transport> Handler<T> {
         }
     }
 
-    /// Queues the next slice of the page being fed: at most [`REPLAY_SLICE_BYTES`] of it (one
-    /// larger message goes alone). The loop flushes it before it feeds more, so a reconnect
-    /// never queues more than a slice from the database, however slowly its client reads; the
-    /// page done, the catch-up goes on.
-    fn feed(&mut self) {
-        let Some(feed) = self.feeding.as_mut() else {
+    /// Queues the next slice of the page being fed to member `i`: at most
+    /// [`REPLAY_SLICE_BYTES`] of it (one larger message goes alone). The loop flushes it before
+    /// it feeds more, so a reconnect never queues more than a slice from the database, however
+    /// slowly its client reads; the page done, the catch-up goes on.
+    fn feed(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let Some(feed) = m.feeding.as_mut() else {
             return;
         };
         let mut end = feed.next;
@@ -225,32 +295,35 @@ impl<T: Transport> Handler<T> {
         let slice = &feed.rows[feed.next..end];
         feed.next = end;
         let done = end == feed.rows.len();
-        let n = self
-            .socket
-            .engine
-            .queue()
-            .deliver_entries(slice, self.ns.broadcaster.wire());
+        let queue = self.socket.engine.queue();
+        let n = queue.deliver_entries(&m.room, slice, self.ns.broadcaster.wire());
+        if done {
+            if feed.short {
+                queue.skip_to(&m.room, feed.published);
+            }
+            m.feeding = None;
+        }
         self.count_delivered(n);
         self.ns
             .metrics
             .replayed_database
             .fetch_add(n as u64, Ordering::Relaxed);
         if done {
-            self.feeding = None;
-            self.catch_up();
+            self.catch_up(i);
         }
     }
 
-    /// Brings the socket up to date from its cursor: from the recent history in memory when it
-    /// reaches back far enough (and then the fan-out takes over), otherwise from the database a
-    /// page at a time (each page ends by calling this again, so replay moves to memory as soon as
-    /// it can).
-    fn catch_up(&mut self) {
+    /// Brings member `i`'s socket up to date from its cursor: from the recent history in memory
+    /// when it reaches back far enough (and then the fan-out takes over), otherwise from the
+    /// database a page at a time (each page ends by calling this again, so replay moves to
+    /// memory as soon as it can).
+    fn catch_up(&mut self, i: usize) {
+        let m = &mut self.members[i];
         match self
             .socket
             .engine
             .queue()
-            .catch_up(self.ns.broadcaster.recent())
+            .catch_up(&m.room, self.ns.broadcaster.recent())
         {
             CatchUp::Live(n) => {
                 self.ns
@@ -259,7 +332,7 @@ impl<T: Transport> Handler<T> {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 self.count_delivered(n);
             }
-            CatchUp::Page(after) => self.replay = Some(self.ns.page(after)),
+            CatchUp::Page(after) => m.replay = Some(self.ns.page(&m.room, after)),
         }
     }
 
@@ -273,42 +346,65 @@ impl<T: Transport> Handler<T> {
     }
 
     fn on_receipt(&mut self, receipt: Receipt) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if !self.socket.connected() {
-            return; // the socket left the namespace; its acks are void
-        }
+        let Some(at) = self
+            .in_flight
+            .iter()
+            .position(|(tag, ..)| Some(*tag) == receipt.tag)
+        else {
+            return;
+        };
+        let Some((_, generation, ack_id)) = self.in_flight.remove(at) else {
+            return;
+        };
+        // The socket may have left the room since (its acks are void).
+        let Some(m) = self
+            .members
+            .iter_mut()
+            .find(|m| m.generation == generation && generation != 0)
+        else {
+            return;
+        };
+        let queue = self.socket.engine.queue();
         // The batch that holds our row: deliver it now rather than wait for the fan-out to reach
         // this socket (the fan-out then skips it by the cursor).
         if let Some(batch) = &receipt.batch {
-            let n = self
-                .socket
-                .engine
-                .queue()
-                .deliver_ahead(self.ns.broadcaster.recent(), batch);
-            self.count_delivered(n);
+            let n = queue.deliver_ahead(&m.room, self.ns.broadcaster.recent(), batch);
+            if n > 0 {
+                self.ns
+                    .metrics
+                    .deliveries
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
-        let Some(ack_id) = receipt.tag else { return };
+        let Some(ack_id) = ack_id else { return };
         match receipt.outcome {
             Outcome::Stored(id) | Outcome::Duplicate(id) => {
-                // The ack follows its row on this socket. A row stored now is about to be
-                // published (by this node's sequencer, or with a cluster, by the bus from the
-                // sequencer node it was forwarded to); an older duplicate's row was published
-                // already — unless a foreign writer stored it, which the sequencer never
-                // publishes: never wait for that one.
-                let fresh =
-                    receipt.batch.is_some() || matches!(receipt.outcome, Outcome::Stored(_));
-                let wait = if fresh {
+                // The ack follows its row on this socket. A row stored now is in this room and
+                // about to be published (by this node's sequencer, or with a cluster, by the bus
+                // from the sequencer node it was forwarded to), as is a duplicate within the same
+                // batch in this room. Any other duplicate was published already — unless a
+                // foreign writer stored it, which the sequencer never publishes, or it is another
+                // room's (one clientOffset space for every room): never wait past this room's
+                // last row for those.
+                let here = matches!(receipt.outcome, Outcome::Stored(_))
+                    || receipt.batch.as_ref().is_some_and(|b| {
+                        b.messages
+                            .iter()
+                            .any(|msg| msg.id == id && msg.room == m.room)
+                    });
+                let wait = if here {
                     id
                 } else {
-                    id.min(self.ns.broadcaster.published())
+                    id.min(self.ns.broadcaster.room_last(&m.room))
                 };
-                self.acks.push(wait, socketio::encode_empty_ack(ack_id));
+                m.acks
+                    .push(wait, socketio::encode_empty_ack(&m.nsp, ack_id));
             }
             Outcome::Refused(reason) => {
                 let reason = Rejection::Refused(reason).to_string();
-                self.acks.push(
+                m.acks.push(
                     0,
-                    socketio::encode_ack(ack_id, &json!([{ "error": reason }])),
+                    socketio::encode_ack(&m.nsp, ack_id, &json!([{ "error": reason }])),
                 );
             }
             Outcome::Failed => {
@@ -321,27 +417,36 @@ impl<T: Transport> Handler<T> {
     /// back to be submitted. (Not async itself, so the loop holds only the small submit future.)
     fn on_inbound(&mut self, inbound: Inbound) -> Result<Option<Submission>, DisconnectReason> {
         match inbound {
-            Inbound::Connect(auth) => self.on_connect(auth.as_ref()),
+            Inbound::Connect { room, auth } => {
+                self.members.push(Member::new(room));
+                self.on_connect(self.members.len() - 1, auth.as_ref());
+            }
             Inbound::Event {
+                room,
                 ack_id,
                 data,
                 lossy,
-            } => return self.on_event(ack_id, data, lossy),
-            Inbound::Disconnect => {
-                self.replay = None;
-                self.feeding = None;
-                self.history = None;
-                self.identity = None;
-                self.acks.clear();
-                self.socket.engine.queue().leave();
+            } => {
+                let Some(i) = self.members.iter().position(|m| m.room == room) else {
+                    return Ok(None);
+                };
+                return self.on_event(i, ack_id, data, lossy);
+            }
+            Inbound::Disconnect { room } => {
+                if let Some(i) = self.members.iter().position(|m| m.room == room) {
+                    // Its replay, history and acks are void; its submissions still commit.
+                    self.members.swap_remove(i);
+                    self.socket.engine.queue().leave(&room);
+                }
             }
             Inbound::Nothing => {}
         }
         Ok(None)
     }
 
-    /// A CONNECT to `/`: answered at once, or once its recovery or capped replay is planned.
-    fn on_connect(&mut self, auth: Option<&serde_json::Value>) {
+    /// A CONNECT to member `i`'s room: answered at once, or once its recovery or capped replay
+    /// is planned.
+    fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
         let server_offset = chat::server_offset(auth);
         let recovery = self
             .ns
@@ -354,9 +459,11 @@ impl<T: Transport> Handler<T> {
         let ahead = server_offset > self.ns.broadcaster.published();
         if recovery.is_none() && limit.is_none() && !ahead {
             let plan = self.ns.fresh_plan(server_offset);
-            self.join(plan);
+            self.join(i, plan);
         } else {
-            self.joining = Some(Box::pin(self.ns.clone().plan(
+            let room = self.members[i].room.clone();
+            self.members[i].joining = Some(Box::pin(self.ns.clone().plan(
+                room,
                 server_offset,
                 recovery,
                 limit,
@@ -364,34 +471,36 @@ impl<T: Transport> Handler<T> {
         }
     }
 
-    fn join(&mut self, plan: JoinPlan) {
+    fn join(&mut self, i: usize, plan: JoinPlan) {
         // An offset beyond the newest id (a database that was reset) would hide every new message.
         let cursor = plan.cursor.min(self.ns.broadcaster.published());
-        self.socket.accept(&plan.sid, plan.pid.as_deref());
+        let m = &mut self.members[i];
+        self.socket.accept(&m.room, &plan.sid, plan.pid.as_deref());
         if plan.recovered {
-            tracing::debug!(sid = plan.sid, cursor, "session recovered");
+            tracing::debug!(sid = plan.sid, cursor, room = %m.room, "session recovered");
         }
-        self.identity = Some((plan.sid, plan.pid));
+        m.identity = Some((plan.sid, plan.pid));
         let queue = self.socket.engine.queue().clone();
-        queue.join(cursor);
+        m.generation = queue.join(&m.room, cursor);
         // Registered before reading history: see the module docs for why this order closes the gap.
-        if !self.registered {
-            self.ns.broadcaster.register(queue);
-            self.registered = true;
-        }
-        self.catch_up();
+        self.ns
+            .broadcaster
+            .register(m.room.clone(), m.generation, queue);
+        self.catch_up(i);
     }
 
-    /// `["history", {"before": id, "limit": n}]`: a page of older messages, in the ack.
-    fn on_history(&mut self, ack_id: Option<u64>, payload: &serde_json::Value) {
-        let request = chat::parse_history(payload).and_then(|r| match self.history {
+    /// `["history", {"before": id, "limit": n}]`: a page of member `i`'s room's older messages,
+    /// in the ack.
+    fn on_history(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
+        let request = chat::parse_history(payload).and_then(|r| match self.members[i].history {
             Some(_) => Err(Rejection::HistoryBusy),
             None => Ok(r),
         });
         match (request, ack_id) {
             (Ok(request), Some(ack_id)) => {
                 // The answer stays within maxPayload, and within the page budget.
-                let overhead = 64; // `43<id>[{"messages":[…],"more":false}]` around the messages
+                let m = &self.members[i];
+                let overhead = 64 + m.nsp.len(); // `43<nsp>,<id>[{"messages":[…],"more":false}]`
                 let budget = self
                     .socket
                     .engine
@@ -399,46 +508,50 @@ impl<T: Transport> Handler<T> {
                     .max_payload
                     .min(chat::HISTORY_PAGE_BYTES)
                     .saturating_sub(overhead);
-                self.history = Some(self.ns.history_page(ack_id, request, budget));
+                let page = self
+                    .ns
+                    .history_page(m.room.clone(), ack_id, request, budget);
+                self.members[i].history = Some(page);
             }
             (Ok(_), None) => {} // nobody to answer: nothing to read
-            (Err(rejection), ack_id) => self.refuse(ack_id, &rejection),
+            (Err(rejection), ack_id) => self.refuse(i, ack_id, &rejection),
         }
     }
 
     /// Answers a history request with its page (ascending), or an error to retry.
-    fn on_history_page(&mut self, ack_id: u64, page: Result<String, StoreError>) {
+    fn on_history_page(&mut self, i: usize, ack_id: u64, page: Result<String, StoreError>) {
+        let m = &mut self.members[i];
         let ack = match page {
             Ok(args) => {
                 self.ns
                     .metrics
                     .history_pages
                     .fetch_add(1, Ordering::Relaxed);
-                socketio::encode_ack_json(ack_id, &args)
+                socketio::encode_ack_json(&m.nsp, ack_id, &args)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "history page failed");
                 let reply = json!([{ "error": "history: database unavailable, try again" }]);
-                socketio::encode_ack(ack_id, &reply)
+                socketio::encode_ack(&m.nsp, ack_id, &reply)
             }
         };
-        if self.socket.connected() {
-            self.acks.push(0, ack);
-        }
+        m.acks.push(0, ack);
     }
 
     /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
-    fn refuse(&mut self, ack_id: Option<u64>, rejection: &Rejection) {
+    fn refuse(&mut self, i: usize, ack_id: Option<u64>, rejection: &Rejection) {
         tracing::debug!(kind = rejection.label(), "refused event: {rejection}");
         self.ns.metrics.refused(rejection);
         if let Some(ack_id) = ack_id {
-            let ack = socketio::encode_ack(ack_id, &json!([{ "error": rejection.to_string() }]));
-            self.acks.push(0, ack);
+            let m = &mut self.members[i];
+            let reply = json!([{ "error": rejection.to_string() }]);
+            m.acks.push(0, socketio::encode_ack(&m.nsp, ack_id, &reply));
         }
     }
 
     fn on_event(
         &mut self,
+        i: usize,
         ack_id: Option<u64>,
         data: Option<serde_json::Value>,
         lossy: bool,
@@ -452,19 +565,32 @@ impl<T: Transport> Handler<T> {
                 self.ns.metrics.refused(&rejection);
                 return Err(DisconnectReason::RateLimited);
             }
-            self.refuse(ack_id, &rejection);
+            self.refuse(i, ack_id, &rejection);
             return Ok(None);
         }
         if chat::event_name(&payload) == Some(chat::HISTORY_EVENT) {
-            self.on_history(ack_id, &payload);
+            self.on_history(i, ack_id, &payload);
             return Ok(None);
         }
-        match chat::parse_event(payload, self.ns.config.max_message_bytes, lossy) {
+        let room = &self.members[i].room;
+        let message = chat::parse_event(room, payload, self.ns.config.max_message_bytes, lossy)
+            .and_then(|message| {
+                let max = self.ns.config.max_rooms;
+                match self.ns.broadcaster.admit(room, max) {
+                    true => Ok(message),
+                    false => Err(Rejection::TooManyRooms { limit: max }),
+                }
+            });
+        match message {
             Ok(message) => {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                self.in_flight
+                    .push_back((tag, self.members[i].generation, ack_id));
                 let mailbox = self.receipts.get_or_insert_with(Mailbox::default);
-                return Ok(Some(Submission::new(message, ack_id, mailbox)));
+                return Ok(Some(Submission::new(message, Some(tag), mailbox)));
             }
-            Err(rejection) => self.refuse(ack_id, &rejection),
+            Err(rejection) => self.refuse(i, ack_id, &rejection),
         }
         Ok(None)
     }
@@ -482,25 +608,38 @@ impl<T: Transport> Handler<T> {
                 wait.await.map_err(drop)
             }
         };
-        submitted.map_err(|()| DisconnectReason::ClosingServer)?;
-        self.in_flight += 1;
+        if submitted.is_err() {
+            self.in_flight.pop_back();
+            return Err(DisconnectReason::ClosingServer);
+        }
         Ok(())
     }
 }
 
-async fn next_page(replay: &mut Option<PageFuture>) -> Result<(Vec<Entry>, u64), StoreError> {
-    match replay {
-        Some(page) => page.await,
-        None => std::future::pending().await,
+/// The first of the members' pending reads that is ready: a join plan, then a replay page,
+/// then a history page, member by member. Pending for ever when none is set.
+fn poll_members(members: &mut [Member], cx: &mut Context<'_>) -> Poll<(usize, Done)> {
+    for (i, m) in members.iter_mut().enumerate() {
+        if let Some(f) = m.joining.as_mut() {
+            if let Poll::Ready(plan) = f.as_mut().poll(cx) {
+                m.joining = None;
+                return Poll::Ready((i, Done::Joined(plan)));
+            }
+        }
+        if let Some(f) = m.replay.as_mut() {
+            if let Poll::Ready(page) = f.as_mut().poll(cx) {
+                m.replay = None;
+                return Poll::Ready((i, Done::Page(page)));
+            }
+        }
+        if let Some(f) = m.history.as_mut() {
+            if let Poll::Ready((ack_id, page)) = f.as_mut().poll(cx) {
+                m.history = None;
+                return Poll::Ready((i, Done::History(ack_id, page)));
+            }
+        }
     }
-}
-
-/// The output of a pending future; pending for ever when there is none.
-async fn next_of<T>(pending: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
-    match pending {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
+    Poll::Pending
 }
 
 async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
@@ -560,7 +699,7 @@ mod tests {
         let wire = crate::log::Wire {
             offsets: window.is_some(),
         };
-        let broadcaster = Arc::new(Broadcaster::new(0, &[], limits, fanout, wire));
+        let broadcaster = Arc::new(Broadcaster::new(0, Vec::new(), &[], limits, fanout, wire));
         let sequencer = Sequencer::start(
             LocalAdapter(broadcaster.clone()),
             SequencerOptions {
@@ -592,6 +731,8 @@ mod tests {
                     connect_timeout: Duration::from_secs(45),
                     db_timeout: Duration::from_secs(5),
                     max_messages_per_second: 0,
+                    rooms: Arc::new(crate::room::Allowed::Any),
+                    max_rooms: 3,
                 },
                 metrics,
                 replay_reads: Arc::new(Semaphore::new(4)),
@@ -836,5 +977,102 @@ mod tests {
         ));
         alice.send("420[\"chat message\",\"still here\",\"a-1\"]");
         assert_eq!(alice.next().await, "42[\"chat message\",\"still here\",1]");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rooms_on_one_connection_each_get_their_own_messages_acks_and_replay() {
+        let chat = chat();
+        let mut alice = Client::joined(&chat, "").await;
+        alice.send("40/general,");
+        assert!(alice.next().await.starts_with("40/general,{\"sid\":"));
+        let mut bob = chat.connect();
+        bob.next().await;
+        bob.send("40/general,");
+        assert!(bob.next().await.starts_with("40/general,{\"sid\":"));
+        alice.send("42/general,0[\"chat message\",\"in general\",\"a-1\"]");
+        assert_eq!(
+            alice.next().await,
+            "42/general,[\"chat message\",\"in general\",1]"
+        );
+        assert_eq!(alice.next().await, "43/general,0[]");
+        assert_eq!(
+            bob.next().await,
+            "42/general,[\"chat message\",\"in general\",1]"
+        );
+        alice.send("421[\"chat message\",\"in main\",\"a-2\"]");
+        assert_eq!(alice.next().await, "42[\"chat message\",\"in main\",2]");
+        assert_eq!(alice.next().await, "431[]");
+        alice.send("42/general,2[\"chat message\",\"again\",\"a-3\"]");
+        assert_eq!(
+            alice.next().await,
+            "42/general,[\"chat message\",\"again\",3]"
+        );
+        assert_eq!(alice.next().await, "43/general,2[]");
+        // Bob never sees `/`'s row 2, and no gap stops his room at 3.
+        assert_eq!(
+            bob.next().await,
+            "42/general,[\"chat message\",\"again\",3]"
+        );
+        // A retry of a `/` offset sent to general: acked, not stored again.
+        alice.send("42/general,3[\"chat message\",\"in main\",\"a-2\"]");
+        assert_eq!(alice.next().await, "43/general,3[]");
+        // Replay per room: after 0, general has 1 and 3.
+        let mut late = chat.connect();
+        late.next().await;
+        late.send("40/general,{\"serverOffset\":0}");
+        late.next().await;
+        assert_eq!(
+            late.next().await,
+            "42/general,[\"chat message\",\"in general\",1]"
+        );
+        assert_eq!(
+            late.next().await,
+            "42/general,[\"chat message\",\"again\",3]"
+        );
+        // History per room.
+        late.send("42/general,0[\"history\",{\"before\":3}]");
+        assert_eq!(
+            late.next().await,
+            "43/general,0[{\"messages\":[{\"id\":1,\"msg\":\"in general\"}],\"more\":false}]"
+        );
+        // Leaving one room leaves the other as it was.
+        alice.send("41/general,");
+        alice.send("424[\"chat message\",\"still\",\"a-4\"]");
+        assert_eq!(alice.next().await, "42[\"chat message\",\"still\",4]");
+        assert_eq!(alice.next().await, "434[]");
+        assert_eq!(chat.store.rows().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_room_names_and_a_full_house_are_refused_cleanly() {
+        let chat = chat(); // MAX_ROOMS 3
+        let mut c = Client::joined(&chat, "").await;
+        for bad in ["/General", "/a b", "/a/b", "/..", "/-x", "/a%2F"] {
+            c.send(&format!("40{bad},"));
+            assert_eq!(
+                c.next().await,
+                format!("44{bad},{{\"message\":\"Invalid namespace\"}}")
+            );
+        }
+        // `/` holds one room's worth; two more rooms fill the house.
+        c.say(1..=1).await;
+        for (i, room) in ["r1", "r2", "r3"].iter().enumerate() {
+            c.send(&format!("40/{room},"));
+            assert!(c.next().await.starts_with(&format!("40/{room},")));
+            c.send(&format!("42/{room},{i}[\"chat message\",\"x\",\"{room}\"]"));
+            let first = c.next().await;
+            if *room == "r3" {
+                assert_eq!(
+                    first,
+                    format!("43/r3,{i}[{{\"error\":\"too many rooms: this server keeps at most 3 rooms with messages\"}}]")
+                );
+            } else {
+                assert!(first.starts_with(&format!("42/{room},")), "{first}");
+                c.next().await;
+            }
+        }
+        // The rooms that have messages go on.
+        c.send("42/r1,9[\"chat message\",\"y\",\"r1-2\"]");
+        assert!(c.next().await.starts_with("42/r1,"));
     }
 }

@@ -1,13 +1,14 @@
-//! The Socket.IO `/` namespace and the chat on it (spec: socketio/socket.io-protocol `Readme.md`;
-//! reference: socket.io's `packages/socket.io/lib/socket.ts`), in two parts:
+//! The Socket.IO namespaces — `/` and one per room (`/general`, …), each the same chat on its own
+//! messages — (spec: socketio/socket.io-protocol `Readme.md`; reference: socket.io's
+//! `packages/socket.io/lib/socket.ts`), in two parts:
 //!
-//! - [`socket`]: the Socket.IO socket — packets, binary attachments, CONNECT/DISCONNECT order,
-//!   the connect timeout, other namespaces refused;
-//! - [`handler`]: the chat's rules on it — the join plan and replay, `"chat message"` published to
-//!   the sequencer, acks in order behind their rows, history pages, the rate limit;
+//! - [`socket`]: the Socket.IO sockets of one connection, one per namespace — packets, binary
+//!   attachments, CONNECT/DISCONNECT order, the connect timeout, unknown namespaces refused;
+//! - [`handler`]: the chat's rules on them — the join plan and replay, `"chat message"` published
+//!   to the sequencer, acks in order behind their rows, history pages, the rate limit;
 //!
-//! and what every socket of the namespace shares, here: [`Namespace`] and its reads (the join
-//! plan, replay pages, history pages).
+//! and what every socket shares, here: [`Namespace`] and its reads of a room (the join plan,
+//! replay pages, history pages).
 //!
 //! Delivery is a cursor: the id of the last message this socket has been sent, kept in its packet
 //! queue. On CONNECT the socket registers with the fan-out *first*, then replays rows above the
@@ -30,6 +31,7 @@ use crate::delivery::Broadcaster;
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::protocol::sid::new_sid;
+use crate::room::{Allowed, Room};
 use crate::sequencer::Sequencer;
 use crate::store::{now_ms, Reader, Store, StoreError};
 use recovery::RecoveryLog;
@@ -56,9 +58,13 @@ pub(crate) struct NamespaceConfig {
     pub db_timeout: Duration,
     /// Events a connection may send per second (and in a burst); 0: unlimited.
     pub max_messages_per_second: u32,
+    /// Which rooms exist besides `/` (`ROOMS`).
+    pub rooms: Arc<Allowed>,
+    /// Most rooms that may hold messages (`MAX_ROOMS`; 0: no cap).
+    pub max_rooms: usize,
 }
 
-/// The `/` namespace: what every socket in it shares.
+/// The namespaces: what every socket shares.
 pub(crate) struct Namespace {
     pub sequencer: Sequencer,
     pub broadcaster: Arc<Broadcaster>,
@@ -115,6 +121,7 @@ impl Namespace {
     /// the ordinary replay from `server_offset` applies, capped to the newest `limit` rows.
     async fn plan(
         self: Arc<Self>,
+        room: Room,
         server_offset: u64,
         recovery: Option<chat::RecoveryRequest>,
         limit: Option<usize>,
@@ -129,7 +136,7 @@ impl Namespace {
                 .await;
         }
         if let Some(request) = recovery {
-            if self.offset_is_known(request.offset).await {
+            if self.offset_is_known(&room, request.offset).await {
                 if let Ok(Some(sid)) = self.store.claim_session(&request.pid, now_ms()).await {
                     self.metrics.recovered.fetch_add(1, Ordering::Relaxed);
                     return JoinPlan {
@@ -144,47 +151,52 @@ impl Namespace {
         }
         let mut plan = self.fresh_plan(server_offset);
         if let Some(limit) = limit {
-            plan.cursor = plan.cursor.max(self.start_of_newest(limit).await);
+            plan.cursor = plan.cursor.max(self.start_of_newest(&room, limit).await);
         }
         plan
     }
 
-    /// Whether `offset` is the id of a message published here (in memory, or in the database).
-    async fn offset_is_known(&self, offset: u64) -> bool {
+    /// Whether `offset` is the id of a message of `room` published here (in memory, or in the
+    /// database).
+    async fn offset_is_known(&self, room: &Room, offset: u64) -> bool {
         if offset == 0 || offset > self.broadcaster.published() {
             return false;
         }
-        if let Some(held) = self.broadcaster.recent().contains(offset) {
+        if let Some(held) = self.broadcaster.recent().contains(room, offset) {
             return held;
         }
         let _turn = self.replay_reads.acquire().await;
-        match self.reader.after(offset - 1, 1).await {
+        match self.reader.after_in(room, offset - 1, 1).await {
             Ok(entries) => entries.first().is_some_and(|e| e.id == offset),
             Err(_) => false,
         }
     }
 
-    /// The cursor after which the newest `limit` messages come (0 when there are no more).
-    async fn start_of_newest(&self, limit: usize) -> u64 {
-        if let Some(id) = self.broadcaster.recent().nth_newest(limit) {
+    /// The cursor after which `room`'s newest `limit` messages come (0 when there are no more).
+    async fn start_of_newest(&self, room: &Room, limit: usize) -> u64 {
+        if let Some(id) = self.broadcaster.recent().nth_newest(room, limit) {
             return id.saturating_sub(1);
         }
         let _turn = self.replay_reads.acquire().await;
         let published = self.broadcaster.published();
-        match self.reader.before(published.saturating_add(1), limit).await {
+        match self
+            .reader
+            .before_in(room, published.saturating_add(1), limit)
+            .await
+        {
             Ok(entries) if entries.len() == limit => entries[0].id.saturating_sub(1),
             // Fewer rows than the cap, or no answer: the whole replay (never a gap).
             _ => 0,
         }
     }
 
-    /// Reads a history page (through a replay turn, and within `DB_TIMEOUT_MS` once it has one).
-    /// Reads a history page (through a replay turn; each read within `DB_TIMEOUT_MS`): the
-    /// newest messages before `request.before`, at most `request.limit` and `budget` bytes of
-    /// them, read a chunk at a time from the newest back. `more` when it stopped at the limit or
-    /// the budget.
+    /// Reads a history page of `room` (through a replay turn; each read within
+    /// `DB_TIMEOUT_MS`): the newest messages before `request.before`, at most `request.limit` and
+    /// `budget` bytes of them, read a chunk at a time from the newest back. `more` when it
+    /// stopped at the limit or the budget.
     fn history_page(
         self: &Arc<Self>,
+        room: Room,
         ack_id: u64,
         request: chat::HistoryRequest,
         budget: usize,
@@ -192,13 +204,14 @@ impl Namespace {
         let ns = self.clone();
         Box::pin(async move {
             let _turn = ns.replay_reads.acquire().await;
-            let page = ns.read_history(request, budget).await;
+            let page = ns.read_history(&room, request, budget).await;
             (ack_id, page)
         })
     }
 
     async fn read_history(
         &self,
+        room: &Room,
         request: chat::HistoryRequest,
         budget: usize,
     ) -> Result<String, StoreError> {
@@ -209,7 +222,7 @@ impl Namespace {
             if want == 0 {
                 return Ok(page.into_ack_args(true)); // the limit
             }
-            let chunk = self.reader.before(before, want).await?;
+            let chunk = self.reader.before_in(room, before, want).await?;
             for entry in chunk.iter().rev() {
                 if !page.push_older(entry.id, entry.content()) {
                     return Ok(page.into_ack_args(true)); // the budget
@@ -222,10 +235,11 @@ impl Namespace {
         }
     }
 
-    /// Reads the page of rows after `after`, with the published watermark from before the read:
-    /// waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a database that
-    /// does not answer in that time is down).
-    fn page(&self, after: u64) -> PageFuture {
+    /// Reads the page of `room`'s rows after `after`, with the published watermark from before
+    /// the read: waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a
+    /// database that does not answer in that time is down).
+    fn page(&self, room: &Room, after: u64) -> PageFuture {
+        let room = room.clone();
         let reader = self.reader.clone();
         let published = self.broadcaster.published();
         let turns = self.replay_reads.clone();
@@ -242,7 +256,7 @@ impl Namespace {
                 }
             };
             let read = reader
-                .after(after, REPLAY_PAGE)
+                .after_in(&room, after, REPLAY_PAGE)
                 .await
                 .map(|entries| (entries, published));
             if read.is_err() {

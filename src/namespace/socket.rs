@@ -1,43 +1,52 @@
-//! One client's Socket.IO socket on its Engine.IO session: the packet state machine (spec:
+//! One client's Socket.IO sockets on its Engine.IO session, one per namespace it is in (socket.io's
+//! multiplexing: a Manager's sockets share one connection): the packet state machine (spec:
 //! socketio/socket.io-protocol `Readme.md`; reference: socket.io's
 //! `packages/socket.io/lib/client.ts` and socket.io-parser's decoder). It decodes packets,
 //! reassembles binary packets from their attachments, answers a CONNECT to a namespace that does
-//! not exist, enforces the order CONNECT → packets → DISCONNECT and the connect timeout, and
-//! hands what is left to the namespace's handler as [`Inbound`] packets.
+//! not exist (or one past [`MAX_NAMESPACES`]), enforces the order CONNECT → packets → DISCONNECT
+//! in each namespace and the connect timeout, and hands what is left to the handler as
+//! [`Inbound`] packets, each with its room.
 //!
 //! Must not: know events, acks or the chat's rules (the handler does), or frame packets for a
 //! transport (the Engine.IO session does).
 
 use crate::engine::{DisconnectReason, Incoming, Session, Transport};
 use crate::protocol::socketio::{self, Kind, Packet};
+use crate::room::{Allowed, Room};
 use serde_json::Value;
+use std::sync::Arc;
 use tokio::time::Instant;
 
-/// A packet for the namespace's handler.
+/// Namespaces one connection may be in at once; a CONNECT past it gets CONNECT_ERROR.
+pub const MAX_NAMESPACES: usize = 64;
+
+/// The CONNECT_ERROR message for a namespace that does not exist (socket.io's own words).
+pub const INVALID_NAMESPACE: &str = "Invalid namespace";
+
+/// A packet for the handler.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A CONNECT to `/` with its auth payload: answer it with [`Socket::accept`]. Nothing else
-    /// is read until then.
-    Connect(Option<Value>),
-    /// An EVENT (text, or binary once its attachments are in) with the ack id it asks for.
-    /// `lossy`: the decoder replaced a lone UTF-16 surrogate somewhere in `data`.
+    /// A CONNECT to `room`'s namespace with its auth payload: answer it with
+    /// [`Socket::accept`]. Nothing else is read until then.
+    Connect { room: Room, auth: Option<Value> },
+    /// An EVENT in `room` (text, or binary once its attachments are in) with the ack id it asks
+    /// for. `lossy`: the decoder replaced a lone UTF-16 surrogate somewhere in `data`.
     Event {
+        room: Room,
         ack_id: Option<u64>,
         data: Option<Value>,
         lossy: bool,
     },
-    /// The client left `/` (its DISCONNECT).
-    Disconnect,
+    /// The client left `room` (its DISCONNECT).
+    Disconnect { room: Room },
     /// Nothing for the handler (a ping went out, the fan-out has news, an attachment is still
     /// awaited, a stray ACK, another namespace refused): flush and look again.
     Nothing,
 }
 
-/// Where the socket is in its life.
+/// Where a namespace's socket is in its life (before CONNECT, and after DISCONNECT, it has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Before CONNECT, or after DISCONNECT.
-    Out,
     /// A CONNECT was handed to the handler, not answered yet.
     Connecting,
     /// In the namespace.
@@ -57,45 +66,61 @@ struct Reconstruction {
     bytes: usize,
 }
 
-/// A client's socket in `/` on its Engine.IO session.
+/// A client's sockets, one per namespace it is in, on its Engine.IO session.
 pub struct Socket<T: Transport> {
     /// The session it runs on (its packet queue, heartbeat and close).
     pub engine: Session<T>,
-    state: State,
+    /// Which namespaces exist.
+    rooms: Arc<Allowed>,
+    /// The namespaces it is in or connecting to (usually one).
+    states: Vec<(Room, State)>,
     /// Boxed: rare, and sockets are many.
     reconstructing: Option<Box<Reconstruction>>,
 }
 
 impl<T: Transport> Socket<T> {
-    /// A socket on `engine` that must CONNECT within `connect_timeout` (socket.io's
-    /// `connectTimeout`), or is closed with [`DisconnectReason::ConnectTimeout`].
-    pub fn new(mut engine: Session<T>, connect_timeout: std::time::Duration) -> Socket<T> {
+    /// Sockets on `engine`, in the namespaces `rooms` allows; the first must CONNECT within
+    /// `connect_timeout` (socket.io's `connectTimeout`), or the session is closed with
+    /// [`DisconnectReason::ConnectTimeout`].
+    pub fn new(
+        mut engine: Session<T>,
+        rooms: Arc<Allowed>,
+        connect_timeout: std::time::Duration,
+    ) -> Socket<T> {
         engine.set_deadline(Some(Instant::now() + connect_timeout));
         Socket {
             engine,
-            state: State::Out,
+            rooms,
+            states: Vec::new(),
             reconstructing: None,
         }
     }
 
-    /// In the namespace: between the answer to its CONNECT and its DISCONNECT.
-    pub fn connected(&self) -> bool {
-        self.state == State::In
+    /// In `room`'s namespace: between the answer to its CONNECT and its DISCONNECT.
+    pub fn connected(&self, room: &Room) -> bool {
+        self.state(room) == Some(State::In)
     }
 
-    /// Answers the CONNECT in hand: `40{"sid":…}` (with `"pid"` for connection-state
-    /// recovery); the socket is in the namespace from now on.
-    pub fn accept(&mut self, sid: &str, pid: Option<&str>) {
+    fn state(&self, room: &Room) -> Option<State> {
+        self.states.iter().find(|(r, _)| r == room).map(|(_, s)| *s)
+    }
+
+    /// Answers the CONNECT to `room` in hand: `40[<nsp>,]{"sid":…}` (with `"pid"` for
+    /// connection-state recovery); the socket is in the namespace from now on.
+    pub fn accept(&mut self, room: &Room, sid: &str, pid: Option<&str>) {
         self.engine.set_deadline(None);
-        self.engine.send(&socketio::encode_connect_ok(sid, pid));
-        self.state = State::In;
+        self.engine
+            .send(&socketio::encode_connect_ok(&room.nsp(), sid, pid));
+        if let Some((_, state)) = self.states.iter_mut().find(|(r, _)| r == room) {
+            *state = State::In;
+        }
     }
 
     /// The next packet for the handler. `reading`: whether to read the client's packets now (a
     /// socket with a CONNECT in hand reads none). Errors: the session ended, the connect
-    /// timeout passed, or a protocol error (the socket is to be closed with that reason).
+    /// timeout passed, or a protocol error (the session is to be closed with that reason).
     pub async fn next(&mut self, reading: bool) -> Result<Inbound, DisconnectReason> {
-        let reading = reading && self.state != State::Connecting;
+        let reading = reading && !self.states.iter().any(|(_, s)| *s == State::Connecting);
         match self.engine.next(reading).await? {
             Incoming::Message(text) => self.on_packet(&text.as_ref()[1..]),
             Incoming::Binary(len) => self.on_attachment(len),
@@ -168,29 +193,38 @@ impl<T: Transport> Socket<T> {
             ..
         } = packet;
         let protocol = |why: String| Err(DisconnectReason::PacketParsingError(why));
-        if nsp != socketio::MAIN_NSP {
-            if kind == Kind::Connect {
+        let known = self.states.iter().position(|(r, _)| r.is_nsp(nsp));
+        let Some(at) = known else {
+            if kind != Kind::Connect {
+                return protocol(format!("packet before CONNECT to {nsp:?}"));
+            }
+            let Some(room) = self.rooms.room(nsp) else {
                 self.engine
-                    .send(&socketio::encode_connect_error(nsp, "Invalid namespace"));
+                    .send(&socketio::encode_connect_error(nsp, INVALID_NAMESPACE));
+                return Ok(Inbound::Nothing);
+            };
+            if self.states.len() >= MAX_NAMESPACES {
+                let why =
+                    format!("too many namespaces on one connection (at most {MAX_NAMESPACES})");
+                self.engine.send(&socketio::encode_connect_error(nsp, &why));
                 return Ok(Inbound::Nothing);
             }
-            return protocol(format!("namespace {nsp:?} is not connected"));
-        }
-        match (kind, self.state) {
-            (Kind::Connect, State::Out) => {
-                self.state = State::Connecting;
-                Ok(Inbound::Connect(data))
-            }
+            self.states.push((room.clone(), State::Connecting));
+            return Ok(Inbound::Connect { room, auth: data });
+        };
+        let (room, state) = self.states[at].clone();
+        match (kind, state) {
             (Kind::Connect, State::Connecting) => {
                 protocol("a second CONNECT while the first is answered".into())
             }
-            (Kind::Connect, State::In) => protocol("already connected to \"/\"".into()),
-            (_, State::Out | State::Connecting) => protocol("packet before CONNECT".into()),
+            (Kind::Connect, State::In) => protocol(format!("already connected to {nsp:?}")),
+            (_, State::Connecting) => protocol("packet before CONNECT".into()),
             (Kind::Disconnect, State::In) => {
-                self.state = State::Out;
-                Ok(Inbound::Disconnect)
+                self.states.swap_remove(at);
+                Ok(Inbound::Disconnect { room })
             }
             (Kind::Event | Kind::BinaryEvent, State::In) => Ok(Inbound::Event {
+                room,
                 ack_id: id,
                 data,
                 lossy,

@@ -282,12 +282,14 @@ fn payload_is_valid(kind: Kind, data: Option<&Value>) -> bool {
     }
 }
 
-/// `40{"sid":"…"}`, or `40{"sid":"…","pid":"…"}` with connection-state recovery: a successful
-/// CONNECT to the main namespace. The stock client sets `socket.recovered` when the `pid` is the
-/// one it sent.
-pub fn encode_connect_ok(sid: &str, pid: Option<&str>) -> String {
-    let mut out = String::with_capacity(sid.len() + 40);
-    out.push_str("40{\"sid\":");
+/// `40[<nsp>,]{"sid":"…"}`, or `40[<nsp>,]{"sid":"…","pid":"…"}` with connection-state recovery:
+/// a successful CONNECT to namespace `nsp` (the prefix is written for every namespace but `/`).
+/// The stock client sets `socket.recovered` when the `pid` is the one it sent.
+pub fn encode_connect_ok(nsp: &str, sid: &str, pid: Option<&str>) -> String {
+    let mut out = String::with_capacity(nsp.len() + sid.len() + 40);
+    out.push_str("40");
+    push_nsp(&mut out, nsp);
+    out.push_str("{\"sid\":");
     out.push_str(&Value::from(sid).to_string());
     if let Some(pid) = pid {
         out.push_str(",\"pid\":");
@@ -297,48 +299,54 @@ pub fn encode_connect_ok(sid: &str, pid: Option<&str>) -> String {
     out
 }
 
-/// `44[<nsp>,]{"message":"…"}`: a refused CONNECT.
-pub fn encode_connect_error(nsp: &str, message: &str) -> String {
-    let mut out = String::from("44");
+/// `<nsp>,` after a packet's type, for every namespace but `/` (spec: socket.io-protocol
+/// "Format": `<packet type>[<# of binary attachments>-][<namespace>,][<acknowledgment id>][JSON]`).
+fn push_nsp(out: &mut String, nsp: &str) {
     if nsp != MAIN_NSP {
         out.push_str(nsp);
         out.push(',');
     }
+}
+
+/// `44[<nsp>,]{"message":"…"}`: a refused CONNECT.
+pub fn encode_connect_error(nsp: &str, message: &str) -> String {
+    let mut out = String::from("44");
+    push_nsp(&mut out, nsp);
     out.push_str(&serde_json::json!({ "message": message }).to_string());
     out
 }
 
-/// `43<id><args>`: an ACK. `args` must be a JSON array; the stock client passes its items to the
-/// callback.
-pub fn encode_ack(id: u64, args: &Value) -> String {
+/// `43[<nsp>,]<id><args>`: an ACK in namespace `nsp`. `args` must be a JSON array; the stock
+/// client passes its items to the callback.
+pub fn encode_ack(nsp: &str, id: u64, args: &Value) -> String {
     debug_assert!(args.is_array(), "an ACK payload is always an array");
-    let mut out = String::with_capacity(24);
-    let _ = write!(out, "43{id}{args}");
-    out
+    encode_ack_json(nsp, id, &args.to_string())
 }
 
-/// `43<id><args>`: an ACK whose arguments (a JSON array) are already encoded.
-pub fn encode_ack_json(id: u64, args: &str) -> String {
+/// `43[<nsp>,]<id><args>`: an ACK whose arguments (a JSON array) are already encoded.
+pub fn encode_ack_json(nsp: &str, id: u64, args: &str) -> String {
     debug_assert!(args.starts_with('['), "an ACK payload is always an array");
-    let mut out = String::with_capacity(args.len() + 24);
-    let _ = write!(out, "43{id}{args}");
+    let mut out = String::with_capacity(nsp.len() + args.len() + 24);
+    out.push_str("43");
+    push_nsp(&mut out, nsp);
+    let _ = write!(out, "{id}{args}");
     out
 }
 
-/// `43<id>[]`: the plain success ACK.
-pub fn encode_empty_ack(id: u64) -> String {
-    let mut out = String::with_capacity(24);
-    let _ = write!(out, "43{id}[]");
-    out
+/// `43[<nsp>,]<id>[]`: the plain success ACK.
+pub fn encode_empty_ack(nsp: &str, id: u64) -> String {
+    encode_ack_json(nsp, id, "[]")
 }
 
-/// `42["<event>",<text>,<number>]`: the chat broadcast; with `offset`, `42["<event>",<text>,
+/// `42[<nsp>,]["<event>",<text>,<number>]`: the chat broadcast in namespace `nsp`; with `offset`, `42["<event>",<text>,
 /// <number>,"<number>"]`, the id again as the trailing string argument the stock client keeps as
 /// its connection-state recovery offset (after the numeric id, so `(msg, id)` handlers are
 /// unaffected). Encoded once per message; the same bytes go to every socket.
-pub fn encode_event_text_id(event: &str, text: &str, id: u64, offset: bool) -> String {
-    let mut out = String::with_capacity(text.len() + event.len() + 48);
-    out.push_str("42[");
+pub fn encode_event_text_id(nsp: &str, event: &str, text: &str, id: u64, offset: bool) -> String {
+    let mut out = String::with_capacity(nsp.len() + text.len() + event.len() + 48);
+    out.push_str("42");
+    push_nsp(&mut out, nsp);
+    out.push('[');
     push_json_str(&mut out, event);
     out.push(',');
     push_json_str(&mut out, text);
@@ -555,9 +563,12 @@ mod tests {
 
     #[test]
     fn encoders() {
-        assert_eq!(encode_connect_ok("AbC-_1", None), "40{\"sid\":\"AbC-_1\"}");
         assert_eq!(
-            encode_connect_ok("AbC-_1", Some("p-1")),
+            encode_connect_ok("/", "AbC-_1", None),
+            "40{\"sid\":\"AbC-_1\"}"
+        );
+        assert_eq!(
+            encode_connect_ok("/", "AbC-_1", Some("p-1")),
             "40{\"sid\":\"AbC-_1\",\"pid\":\"p-1\"}"
         );
         assert_eq!(
@@ -568,25 +579,41 @@ mod tests {
             encode_connect_error("/", "denied"),
             "44{\"message\":\"denied\"}"
         );
-        assert_eq!(encode_empty_ack(0), "430[]");
+        assert_eq!(encode_empty_ack("/", 0), "430[]");
         assert_eq!(
-            encode_ack(7, &json!([{"error": "bad"}])),
+            encode_ack("/", 7, &json!([{"error": "bad"}])),
             "437[{\"error\":\"bad\"}]"
         );
         assert_eq!(
-            encode_event_text_id("chat message", "a\"b\\c\n😀", 17, false),
+            encode_event_text_id("/", "chat message", "a\"b\\c\n😀", 17, false),
             "42[\"chat message\",\"a\\\"b\\\\c\\n😀\",17]"
         );
         assert_eq!(
-            encode_event_text_id("chat message", "hi", 17, true),
+            encode_event_text_id("/", "chat message", "hi", 17, true),
             "42[\"chat message\",\"hi\",17,\"17\"]"
+        );
+        // Every other namespace is named after the type (and the ack id after it).
+        assert_eq!(
+            encode_connect_ok("/general", "s", Some("p")),
+            "40/general,{\"sid\":\"s\",\"pid\":\"p\"}"
+        );
+        assert_eq!(encode_empty_ack("/general", 3), "43/general,3[]");
+        assert_eq!(
+            encode_event_text_id("/general", "chat message", "hi", 17, false),
+            "42/general,[\"chat message\",\"hi\",17]"
+        );
+        let frame = encode_event_text_id("/a-1", "chat message", "x", 9, true);
+        let p = ok(&frame[1..]);
+        assert_eq!(
+            (p.nsp, p.data),
+            ("/a-1", Some(json!(["chat message", "x", 9, "9"])))
         );
     }
 
     #[test]
     fn broadcast_round_trips_through_the_decoder() {
         let text = "mixed: <b>é</b> 😀 \u{202e}rtl \u{0301} \t\r\n\u{1} end";
-        let frame = encode_event_text_id("chat message", text, u64::MAX, false);
+        let frame = encode_event_text_id("/", "chat message", text, u64::MAX, false);
         let p = ok(&frame[1..]);
         assert_eq!(p.data, Some(json!(["chat message", text, u64::MAX])));
     }

@@ -436,7 +436,12 @@ impl<A: Adapter> Writer<A> {
             let mut messages = Vec::with_capacity(stored.len());
             let mut entries = Vec::with_capacity(stored.len());
             for (id, i) in stored {
-                let entry = Entry::message(id, std::mem::take(&mut batch[i].message.content));
+                let message = &mut batch[i].message;
+                let entry = Entry::in_room(
+                    id,
+                    message.room.clone(),
+                    std::mem::take(&mut message.content),
+                );
                 messages.push(Message::encode(&entry, wire));
                 entries.push(entry);
             }
@@ -617,6 +622,7 @@ mod tests {
     impl Fixture {
         async fn submit(&self, offset: &str, ack_id: u64) {
             let message = NewMessage {
+                room: crate::room::Room::main(),
                 content: format!("content of {offset}"),
                 client_offset: offset.into(),
             };
@@ -735,6 +741,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 let late = NewMessage {
+                    room: crate::room::Room::main(),
                     content: "late".into(),
                     client_offset: "late".into(),
                 };

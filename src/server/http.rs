@@ -32,6 +32,7 @@ pub async fn handle(
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
         "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/rooms" => rooms(&app),
         "/readyz" => ready(&app).await,
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(app.namespace.metrics.render())));
@@ -93,6 +94,25 @@ async fn ready(app: &App) -> HttpResponse {
         Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
         _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
+}
+
+/// `GET /rooms`: every room that holds messages (and exists under `ROOMS`) with its last id, by
+/// name, `/` first: `{"rooms":[{"room":"/","last":17},{"room":"general","last":42}]}` (protocol.md,
+/// "Rooms"). The page's room list and unread markers read it.
+fn rooms(app: &App) -> HttpResponse {
+    let ns = &app.namespace;
+    let rooms: Vec<serde_json::Value> = ns
+        .broadcaster
+        .rooms()
+        .into_iter()
+        .filter(|(room, _)| ns.config.rooms.room(&room.nsp()).is_some())
+        .map(|(room, last)| {
+            let name = if room.is_main() { "/" } else { room.name() };
+            serde_json::json!({ "room": name, "last": last })
+        })
+        .collect();
+    let body = serde_json::json!({ "rooms": rooms }).to_string();
+    file(Bytes::from(body), "application/json", "no-store")
 }
 
 /// A file's bytes with its type and caching rule.

@@ -297,7 +297,7 @@ fn sequencer_options(
     }
 }
 
-/// The `/` namespace: what its sockets share.
+/// The namespaces (`/` and the rooms): what their sockets share.
 fn namespace(
     config: &Config,
     store: &Store,
@@ -316,6 +316,8 @@ fn namespace(
             connect_timeout: config.connect_timeout(),
             db_timeout: config.db_timeout(),
             max_messages_per_second: config.max_messages_per_second,
+            rooms: Arc::new(config.rooms.clone()),
+            max_rooms: config.max_rooms,
         },
         metrics,
         replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
@@ -372,6 +374,7 @@ async fn warm_broadcaster(
         bytes: 16 << 20,
     };
     let max_id = store.max_id().await?;
+    let rooms = store.rooms().await?;
     let newest = store.newest(limits.rows).await?;
     let fanout = Fanout::start(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -382,7 +385,9 @@ async fn warm_broadcaster(
     let wire = Wire {
         offsets: config.recovery_window_ms > 0,
     };
-    Ok(Broadcaster::new(max_id, &newest, limits, fanout, wire))
+    Ok(Broadcaster::new(
+        max_id, rooms, &newest, limits, fanout, wire,
+    ))
 }
 
 /// This node's id in a cluster, for logs ("-" for a single node).

@@ -7,6 +7,7 @@
 use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use crate::log::Entry;
+use crate::room::Room;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,7 +61,7 @@ impl MemoryStore {
     /// Stores a row as a foreign writer would, behind the sequencer's back.
     pub fn insert_foreign(&self, offset: &str, content: &str) -> u64 {
         let mut inner = self.lock();
-        inner.store(offset, content)
+        inner.store(offset, &Room::main(), content)
     }
 
     /// Every stored row, ascending.
@@ -85,16 +86,47 @@ impl MemoryStore {
         Ok(self.lock().rows.last().map_or(0, |r| r.id))
     }
 
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    pub async fn page_after(
+        &self,
+        room: Option<&Room>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock();
         let first = inner.rows.partition_point(|r| r.id <= after);
-        Ok(inner.rows[first..].iter().take(limit).cloned().collect())
+        Ok(inner.rows[first..]
+            .iter()
+            .filter(|r| room.is_none_or(|room| &r.room == room))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    pub async fn page_before(
+        &self,
+        room: &Room,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock();
         let end = inner.rows.partition_point(|r| r.id < before);
-        Ok(inner.rows[end.saturating_sub(limit)..end].to_vec())
+        let mut page: Vec<Entry> = inner.rows[..end]
+            .iter()
+            .rev()
+            .filter(|r| &r.room == room)
+            .take(limit)
+            .cloned()
+            .collect();
+        page.reverse();
+        Ok(page)
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
+        let mut rooms = std::collections::BTreeMap::new();
+        for r in &self.lock().rows {
+            rooms.insert(r.room.clone(), r.id);
+        }
+        Ok(rooms.into_iter().collect())
     }
 
     pub async fn save_sessions(
@@ -163,7 +195,7 @@ impl MemoryStore {
             .iter()
             .map(|m| match inner.offsets.get(&m.client_offset) {
                 Some(&id) => Inserted::Duplicate(id),
-                None => Inserted::Stored(inner.store(&m.client_offset, &m.content)),
+                None => Inserted::Stored(inner.store(&m.client_offset, &m.room, &m.content)),
             })
             .collect();
         if fault == Some(Fault::CommitThenFail) {
@@ -177,11 +209,12 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn store(&mut self, offset: &str, content: &str) -> u64 {
+    fn store(&mut self, offset: &str, room: &Room, content: &str) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         self.offsets.insert(offset.to_string(), id);
-        self.rows.push(Entry::message(id, content.to_string()));
+        self.rows
+            .push(Entry::in_room(id, room.clone(), content.to_string()));
         id
     }
 }

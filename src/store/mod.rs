@@ -22,6 +22,7 @@ pub mod sqlite;
 
 use crate::chat::NewMessage;
 use crate::log::Entry;
+use crate::room::Room;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -138,14 +139,30 @@ impl Store {
         }
     }
 
-    /// Up to `limit` entries with `id > after`, ascending. Read through a [`Reader`], page by
-    /// page, so a long history is never held in memory at once.
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Up to `limit` entries with `id > after`, ascending: of every room (`None`), or of one (an
+    /// ordered range of the `(room, id)` index). Read through a [`Reader`], page by page, so a
+    /// long history is never held in memory at once.
+    pub async fn page_after(
+        &self,
+        room: Option<&Room>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         match self {
-            Store::Mysql(s) => s.page_after(after, limit).await,
-            Store::Sqlite(s) => s.page_after(after, limit).await,
+            Store::Mysql(s) => s.page_after(room, after, limit).await,
+            Store::Sqlite(s) => s.page_after(room, after, limit).await,
             #[cfg(test)]
-            Store::Memory(s) => s.page_after(after, limit).await,
+            Store::Memory(s) => s.page_after(room, after, limit).await,
+        }
+    }
+
+    /// Every room that holds messages, with its highest id, ascending by name (`/` first).
+    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.rooms().await,
+            Store::Sqlite(s) => s.rooms().await,
+            #[cfg(test)]
+            Store::Memory(s) => s.rooms().await,
         }
     }
 
@@ -159,14 +176,19 @@ impl Store {
         }
     }
 
-    /// Up to `limit` entries with `id < before`, the newest of them, ascending (a page of
-    /// history before what a client has).
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Up to `limit` entries of `room` with `id < before`, the newest of them, ascending (a page
+    /// of history before what a client has).
+    pub async fn page_before(
+        &self,
+        room: &Room,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         match self {
-            Store::Mysql(s) => s.page_before(before, limit).await,
-            Store::Sqlite(s) => s.page_before(before, limit).await,
+            Store::Mysql(s) => s.page_before(room, before, limit).await,
+            Store::Sqlite(s) => s.page_before(room, before, limit).await,
             #[cfg(test)]
-            Store::Memory(s) => s.page_before(before, limit).await,
+            Store::Memory(s) => s.page_before(room, before, limit).await,
         }
     }
 
@@ -292,22 +314,48 @@ impl Reader {
         self.deadline
     }
 
-    /// Up to `limit` entries with `id > cursor`, ascending.
+    /// Up to `limit` entries of every room with `id > cursor`, ascending (the log as a whole: a
+    /// cluster's gap fill, the sequencer's reconcile).
     pub async fn after(&self, cursor: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.timed(
             "reading messages after an id",
-            self.store.page_after(cursor, limit),
+            self.store.page_after(None, cursor, limit),
         )
         .await
     }
 
-    /// Up to `limit` entries with `id < before`, the newest of them, ascending.
-    pub async fn before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Up to `limit` entries of `room` with `id > cursor`, ascending (a socket's replay).
+    pub async fn after_in(
+        &self,
+        room: &Room,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         self.timed(
-            "reading messages before an id",
-            self.store.page_before(before, limit),
+            "reading a room's messages after an id",
+            self.store.page_after(Some(room), cursor, limit),
         )
         .await
+    }
+
+    /// Up to `limit` entries of `room` with `id < before`, the newest of them, ascending (a
+    /// history page).
+    pub async fn before_in(
+        &self,
+        room: &Room,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.timed(
+            "reading a room's messages before an id",
+            self.store.page_before(room, before, limit),
+        )
+        .await
+    }
+
+    /// Every room that holds messages, with its highest id.
+    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
+        self.timed("listing the rooms", self.store.rooms()).await
     }
 
     /// The highest stored id (0 for an empty log).

@@ -4,6 +4,7 @@
 use super::{Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
 use crate::log::Entry;
+use crate::room::Room;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use std::collections::HashMap;
@@ -92,6 +93,7 @@ impl MysqlStore {
         conn.query_drop(SCHEMA)
             .await
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
+        upgrade_for_rooms(&mut conn).await?;
         let content_limit: Option<u64> = conn
             .query_first(
                 "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
@@ -185,31 +187,69 @@ impl MysqlStore {
         Ok(id.unwrap_or(0))
     }
 
-    /// Up to `limit` rows with `id > after`, ascending. Replay calls this page by page, so a long
-    /// history is never held in memory at once.
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Up to `limit` rows with `id > after`, ascending: of every room, or of `room` alone (a range
+    /// of `messages_room_id`). Replay calls this page by page, so a long history is never held
+    /// in memory at once.
+    pub async fn page_after(
+        &self,
+        room: Option<&Room>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut conn = self.conn().await?;
+        let read = match room {
+            None => {
+                conn.exec_map(
+                    "SELECT id, content, room FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit as u64),
+                    |(id, content, room): (u64, String, Vec<u8>)| {
+                        Entry::in_room(id, room_of(&room), content)
+                    },
+                )
+                .await
+            }
+            Some(room) => {
+                conn.exec_map(
+                    "SELECT id, content FROM messages WHERE room = ? AND id > ? \
+                     ORDER BY id LIMIT ?",
+                    (room.name(), after, limit as u64),
+                    |(id, content)| Entry::in_room(id, room.clone(), content),
+                )
+                .await
+            }
+        };
+        read.map_err(StoreError::mysql("cannot read messages"))
+    }
+
+    /// Up to `limit` rows of `room` with `id < before`, the newest of them, ascending.
+    pub async fn page_before(
+        &self,
+        room: &Room,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
-            "SELECT id, content FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-            (after, limit as u64),
-            |(id, content)| Entry::message(id, content),
+            "SELECT id, content FROM \
+             (SELECT id, content FROM messages WHERE room = ? AND id < ? \
+              ORDER BY id DESC LIMIT ?) page \
+             ORDER BY id",
+            (room.name(), before, limit as u64),
+            |(id, content)| Entry::in_room(id, room.clone(), content),
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
     }
 
-    /// Up to `limit` rows with `id < before`, the newest of them, ascending.
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Every room that holds messages, with its highest id, by name (`/` first).
+    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
         let mut conn = self.conn().await?;
-        conn.exec_map(
-            "SELECT id, content FROM \
-             (SELECT id, content FROM messages WHERE id < ? ORDER BY id DESC LIMIT ?) page \
-             ORDER BY id",
-            (before, limit as u64),
-            |(id, content)| Entry::message(id, content),
+        conn.query_map(
+            "SELECT room, MAX(id) FROM messages GROUP BY room ORDER BY room",
+            |(room, last): (Vec<u8>, u64)| (room_of(&room), last),
         )
         .await
-        .map_err(StoreError::mysql("cannot read messages"))
+        .map_err(StoreError::mysql("cannot list the rooms"))
     }
 
     /// Upserts session records and forgets the expired ones.
@@ -275,10 +315,12 @@ impl MysqlStore {
     pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
-            "SELECT id, content FROM \
-             (SELECT id, content FROM messages ORDER BY id DESC LIMIT ?) newest ORDER BY id",
+            "SELECT id, content, room FROM \
+             (SELECT id, content, room FROM messages ORDER BY id DESC LIMIT ?) newest ORDER BY id",
             (limit as u64,),
-            |(id, content)| Entry::message(id, content),
+            |(id, content, room): (u64, String, Vec<u8>)| {
+                Entry::in_room(id, room_of(&room), content)
+            },
         )
         .await
         .map_err(StoreError::mysql("cannot read the newest messages"))
@@ -424,8 +466,8 @@ impl MysqlStore {
                     .collect());
             }
             let sql = format!(
-                "INSERT INTO messages (client_offset, content) VALUES {}",
-                placeholders("(?,?)", fresh.len())
+                "INSERT INTO messages (client_offset, content, room) VALUES {}",
+                placeholders("(?,?,?)", fresh.len())
             );
             let params: Vec<mysql_async::Value> = fresh
                 .iter()
@@ -433,6 +475,7 @@ impl MysqlStore {
                     [
                         mysql_async::Value::Bytes(m.client_offset.as_bytes().to_vec()),
                         mysql_async::Value::Bytes(m.content.as_bytes().to_vec()),
+                        mysql_async::Value::Bytes(m.room.name().as_bytes().to_vec()),
                     ]
                 })
                 .collect();
@@ -645,6 +688,67 @@ impl Drop for Abandoned<'_> {
             *self.to.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         }
     }
+}
+
+/// A room's name as stored, read back (only relay writes it; anything else would still be kept
+/// apart, under its own name).
+fn room_of(name: &[u8]) -> Room {
+    Room::named(&String::from_utf8_lossy(name))
+}
+
+/// Brings a table made before rooms (by an older schema.sql, or by the tutorial's own DDL: `id,
+/// client_offset, content`) up to this schema in place: adds `room` (every row so far is `/`'s)
+/// and `messages_room_id`, online (`ALGORITHM=INPLACE, LOCK=NONE`: reads and writes go on), and
+/// logs what it did. Nothing to do on a table that has both. Checked through
+/// `information_schema`, as MySQL 8 has no `ADD COLUMN IF NOT EXISTS`.
+async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
+    let column: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'messages' AND COLUMN_NAME = 'room'",
+        )
+        .await
+        .map_err(StoreError::mysql(
+            "cannot read the messages table's columns",
+        ))?;
+    let index: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'messages' AND INDEX_NAME = 'messages_room_id'",
+        )
+        .await
+        .map_err(StoreError::mysql(
+            "cannot read the messages table's indexes",
+        ))?;
+    let mut changes = Vec::new();
+    if column == Some(0) {
+        changes.push("ADD COLUMN room VARBINARY(48) NOT NULL DEFAULT ''");
+    }
+    if index == Some(0) {
+        changes.push("ADD KEY messages_room_id (room, id)");
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let sql = format!(
+        "ALTER TABLE messages {}, ALGORITHM=INPLACE, LOCK=NONE",
+        changes.join(", ")
+    );
+    if let Err(e) = conn.query_drop(&sql).await {
+        // An engine that cannot do it online (MyISAM, say): do it the blocking way.
+        tracing::warn!(error = %e, "cannot upgrade the messages table online; locking it to upgrade");
+        let sql = format!("ALTER TABLE messages {}", changes.join(", "));
+        conn.query_drop(&sql).await.map_err(StoreError::mysql(
+            "cannot upgrade the messages table for rooms",
+        ))?;
+    }
+    tracing::info!(
+        change = %changes.join(", "),
+        ms = started.elapsed().as_millis() as u64,
+        "upgraded the messages table in place for rooms: its rows so far are the room /'s"
+    );
+    Ok(())
 }
 
 /// The clientOffsets of `batch` that are stored already, with their ids.

@@ -10,6 +10,7 @@
 use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use crate::log::Entry;
+use crate::room::Room;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,14 @@ use tokio::sync::Semaphore;
 /// The same table as `schema.sql`, in SQLite's words. `AUTOINCREMENT` keeps ids from ever being
 /// reused, even after the newest rows are deleted; `TEXT` compares with the BINARY collation, byte
 /// for byte, as the MySQL `VARBINARY` does.
+///
+/// `room` and its index come after the table in [`upgrade_for_rooms`], so that a table made
+/// before rooms (or by the tutorial's own DDL) is upgraded in place.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
   id            INTEGER PRIMARY KEY AUTOINCREMENT,
   client_offset TEXT NOT NULL UNIQUE,
-  content       TEXT NOT NULL
+  content       TEXT NOT NULL,
+  room          TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS relay_sessions (
   pid           TEXT PRIMARY KEY,
@@ -91,6 +96,9 @@ impl SqliteStore {
             }
             conn.execute_batch(SCHEMA)
                 .map_err(StoreError::sqlite("cannot create the messages table"))?;
+            upgrade_for_rooms(&conn).map_err(StoreError::sqlite(
+                "cannot upgrade the messages table for rooms",
+            ))?;
             Ok((path, conn))
         })
         .await
@@ -125,29 +133,68 @@ impl SqliteStore {
         .map(to_id)
     }
 
-    pub async fn page_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    pub async fn page_after(
+        &self,
+        room: Option<&Room>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let after = to_sql_int(after);
+        let limit = to_sql_int(limit as u64);
+        let room = room.cloned();
+        self.read("cannot read messages", move |c| match room {
+            None => {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, content, room FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?;
+                let rows = stmt.query_map((after, limit), row)?;
+                rows.collect()
+            }
+            Some(room) => {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, content FROM messages WHERE room = ?1 AND id > ?2 \
+                     ORDER BY id LIMIT ?3",
+                )?;
+                let rows = stmt.query_map((room.name(), after, limit), |r| {
+                    Ok(Entry::in_room(to_id(r.get(0)?), room.clone(), r.get(1)?))
+                })?;
+                rows.collect()
+            }
+        })
+        .await
+    }
+
+    pub async fn page_before(
+        &self,
+        room: &Room,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let before = to_sql_int(before);
+        let limit = to_sql_int(limit as u64);
+        let room = room.clone();
         self.read("cannot read messages", move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, content FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, content FROM \
+                 (SELECT id, content FROM messages WHERE room = ?1 AND id < ?2 \
+                  ORDER BY id DESC LIMIT ?3) \
+                 ORDER BY id",
             )?;
-            let rows = stmt.query_map((after, limit), row)?;
+            let rows = stmt.query_map((room.name(), before, limit), |r| {
+                Ok(Entry::in_room(to_id(r.get(0)?), room.clone(), r.get(1)?))
+            })?;
             rows.collect()
         })
         .await
     }
 
-    pub async fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read("cannot read messages", move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, content FROM \
-                 (SELECT id, content FROM messages WHERE id < ?1 ORDER BY id DESC LIMIT ?2) \
-                 ORDER BY id",
-            )?;
-            let rows = stmt.query_map((before, limit), row)?;
+    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
+        self.read("cannot list the rooms", |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT room, MAX(id) FROM messages GROUP BY room ORDER BY room")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((Room::named(&r.get::<_, String>(0)?), to_id(r.get(1)?)))
+            })?;
             rows.collect()
         })
         .await
@@ -228,8 +275,8 @@ impl SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read the newest messages", move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, content FROM \
-                 (SELECT id, content FROM messages ORDER BY id DESC LIMIT ?1) ORDER BY id",
+                "SELECT id, content, room FROM \
+                 (SELECT id, content, room FROM messages ORDER BY id DESC LIMIT ?1) ORDER BY id",
             )?;
             let rows = stmt.query_map([limit], row)?;
             rows.collect()
@@ -241,9 +288,9 @@ impl SqliteStore {
     /// NOTHING`: one that inserted a row has `last_insert_rowid()` as its id; one that did not is a
     /// duplicate, and its first copy's id is looked up. Any error rolls the whole batch back.
     pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
-        let rows: Vec<(String, String)> = batch
+        let rows: Vec<(String, String, Room)> = batch
             .iter()
-            .map(|m| (m.client_offset.clone(), m.content.clone()))
+            .map(|m| (m.client_offset.clone(), m.content.clone(), m.room.clone()))
             .collect();
         self.write("cannot insert messages", move |conn| {
             insert_batch(conn, &rows)
@@ -299,17 +346,20 @@ impl SqliteStore {
     }
 }
 
-fn insert_batch(conn: &Connection, rows: &[(String, String)]) -> rusqlite::Result<Vec<Inserted>> {
+fn insert_batch(
+    conn: &Connection,
+    rows: &[(String, String, Room)],
+) -> rusqlite::Result<Vec<Inserted>> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let mut out = Vec::with_capacity(rows.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (client_offset, content) VALUES (?1, ?2) \
+            "INSERT INTO messages (client_offset, content, room) VALUES (?1, ?2, ?3) \
              ON CONFLICT (client_offset) DO NOTHING",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM messages WHERE client_offset = ?1")?;
-        for (offset, content) in rows {
-            if insert.execute((offset, content))? == 1 {
+        for (offset, content, room) in rows {
+            if insert.execute((offset, content, room.name()))? == 1 {
                 out.push(Inserted::Stored(to_id(tx.last_insert_rowid())));
             } else {
                 let id: Option<i64> = find.query_row([offset], |r| r.get(0)).optional()?;
@@ -335,8 +385,32 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// An entry read with its room (`id, content, room`).
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry::message(to_id(r.get(0)?), r.get(1)?))
+    let room: String = r.get(2)?;
+    Ok(Entry::in_room(
+        to_id(r.get(0)?),
+        Room::named(&room),
+        r.get(1)?,
+    ))
+}
+
+/// Brings a table made before rooms (an older relay's, or the tutorial's own `id, client_offset,
+/// content`) up to this schema in place: adds `room` (every row so far is `/`'s; SQLite adds a
+/// column with a constant default without rewriting the table) and its index, and logs it.
+fn upgrade_for_rooms(conn: &Connection) -> rusqlite::Result<()> {
+    let has_room: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = 'room'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_room {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN room TEXT NOT NULL DEFAULT ''")?;
+        tracing::info!(
+            "upgraded the messages table in place for rooms: its rows so far are the room /'s"
+        );
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id)")
 }
 
 fn to_sql_int(v: u64) -> i64 {

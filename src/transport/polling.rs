@@ -677,7 +677,10 @@ mod tests {
         };
         assert!(matches!(sink_payload(&q), PollOutcome::Duplicate));
         make_live(&q);
-        assert_eq!(q.offer(&[batch(0, &[1, 2])]), Some(2));
+        assert_eq!(
+            q.offer(&crate::room::Room::main(), 1, &[batch(0, &[1, 2])]),
+            Some(2)
+        );
         assert_eq!(
             rx.await.unwrap(),
             b"42[\"chat message\",\"m\",1]\x1e42[\"chat message\",\"m\",2]"

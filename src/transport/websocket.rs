@@ -514,7 +514,7 @@ mod tests {
                 .map(|id| Message::encode(&Entry::message(id, "m".into()), Wire::default()))
                 .collect(),
         });
-        assert_eq!(queue.offer(&[b]), Some(3));
+        assert_eq!(queue.offer(&crate::room::Room::main(), 1, &[b]), Some(3));
         assert!(!queue.has_backlog(), "taken by the kernel at once");
         assert_eq!(received(&mut peer, 3).await, [1, 2, 3]);
     }
