@@ -28,6 +28,24 @@ impl Fresh {
         Store::connect(&self.url).await.expect("store opens")
     }
 
+    /// Makes the empty database (or SQLite directory) itself, as an operator would before
+    /// relay first starts on it.
+    async fn create(&self) {
+        match self.backend {
+            Backend::Mysql => {
+                use mysql_async::prelude::*;
+                let mut conn = mysql_async::Conn::from_url(&common::mysql_base())
+                    .await
+                    .unwrap();
+                conn.query_drop(format!("CREATE DATABASE `{}`", self.name))
+                    .await
+                    .unwrap();
+                let _ = conn.disconnect().await;
+            }
+            Backend::Sqlite => std::fs::create_dir_all(common::sqlite_dir(&self.name)).unwrap(),
+        }
+    }
+
     /// Runs one SQL statement outside relay, as an operator would.
     async fn execute(&self, sql: &str) {
         match self.backend {
@@ -408,7 +426,106 @@ async fn a_saved_session_is_claimed_once_until_it_is_saved_again(backend: Backen
     db.remove().await;
 }
 
+/// Rooms share one id sequence and one clientOffset space; a room's pages hold its rows alone.
+async fn rooms_page_apart_on_one_sequence(backend: Backend) {
+    let db = Fresh::new(backend);
+    let store = db.open().await;
+    let mut batch = Vec::new();
+    for i in 0..30 {
+        let room = ["", "general", "help"][i % 3];
+        batch.push(in_room(room, &format!("r-{i}"), &format!("{room}:{i}")));
+    }
+    let ids: Vec<u64> = insert(&store, &batch)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Inserted::Stored(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // One clientOffset space: the same offset in another room is a duplicate of the first.
+    let again = insert(&store, &[in_room("help", "r-0", "other")]).await;
+    assert_eq!(again, [Inserted::Duplicate(ids[0])]);
+    let general = Room::named("general");
+    let page = store.page_after(Some(&general), 0, 100).await.unwrap();
+    let want: Vec<u64> = (0..30).filter(|i| i % 3 == 1).map(|i| ids[i]).collect();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), want);
+    assert!(page
+        .iter()
+        .all(|e| e.room == general && e.content().starts_with("general:")));
+    let after = store.page_after(Some(&general), want[3], 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), want[4..6]);
+    let before = store.page_before(&general, want[5], 3).await.unwrap();
+    assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), want[2..5]);
+    // `/` is its own room too, and the whole log still reads in one chain with each row's room.
+    let main = store.page_after(Some(&Room::main()), 0, 100).await.unwrap();
+    assert_eq!(main.len(), 10);
+    let all = store.page_after(None, 0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(all[1].room, general);
+    assert_eq!(all[2].room, Room::named("help"));
+    let newest = store.newest(2).await.unwrap();
+    assert_eq!(newest[1].room, Room::named("help"));
+    assert_eq!(
+        store.rooms().await.unwrap(),
+        [
+            (Room::main(), ids[27]),
+            (general.clone(), ids[28]),
+            (Room::named("help"), ids[29])
+        ]
+    );
+    store.close().await;
+    db.remove().await;
+}
+
+/// A table made by the tutorial's own DDL (no room column) is upgraded in place at start: its
+/// rows are `/`'s, untouched, and rooms work on it.
+async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
+    let db = Fresh::new(backend);
+    db.create().await;
+    db.execute(match backend {
+        Backend::Mysql => {
+            "CREATE TABLE messages (id INT PRIMARY KEY AUTO_INCREMENT, \
+             client_offset VARCHAR(255) UNIQUE, content TEXT); \
+             INSERT INTO messages (client_offset, content) VALUES ('a', 'one'), ('b', 'two')"
+        }
+        Backend::Sqlite => {
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             client_offset TEXT UNIQUE, content TEXT); \
+             INSERT INTO messages (client_offset, content) VALUES ('a', 'one'), ('b', 'two')"
+        }
+    })
+    .await;
+    let store = db.open().await;
+    let old = store.page_after(None, 0, 10).await.unwrap();
+    assert_eq!(
+        old,
+        [
+            Entry::message(1, "one".into()),
+            Entry::message(2, "two".into())
+        ]
+    );
+    insert(&store, &[in_room("general", "c", "three")]).await;
+    let general = store
+        .page_after(Some(&Room::named("general")), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(general.iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
+    assert_eq!(
+        store.page_after(Some(&Room::main()), 0, 10).await.unwrap(),
+        old
+    );
+    store.close().await;
+    // Starting again on the upgraded table changes nothing.
+    let store = db.open().await;
+    assert_eq!(store.page_after(None, 0, 10).await.unwrap().len(), 3);
+    store.close().await;
+    db.remove().await;
+}
+
 on_both_stores!(
+    rooms_page_apart_on_one_sequence,
+    a_table_from_before_rooms_is_upgraded_in_place,
     pages_before_an_id_are_the_newest_rows_below_it,
     a_saved_session_is_claimed_once_until_it_is_saved_again,
     empty_store_starts_at_zero,

@@ -188,7 +188,8 @@ impl MysqlStore {
     }
 
     /// Up to `limit` rows with `id > after`, ascending: of every room, or of `room` alone (a range
-    /// of `messages_room_id`). Replay calls this page by page, so a long history is never held
+    /// of `messages_room_id`, named: with a parameter for the room, MariaDB may otherwise walk
+    /// the whole room and filter on the id, a second for a page deep in a long history). Replay calls this page by page, so a long history is never held
     /// in memory at once.
     pub async fn page_after(
         &self,
@@ -210,8 +211,8 @@ impl MysqlStore {
             }
             Some(room) => {
                 conn.exec_map(
-                    "SELECT id, content FROM messages WHERE room = ? AND id > ? \
-                     ORDER BY id LIMIT ?",
+                    "SELECT id, content FROM messages FORCE INDEX (messages_room_id) \
+                     WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
                     (room.name(), after, limit as u64),
                     |(id, content)| Entry::in_room(id, room.clone(), content),
                 )
@@ -231,8 +232,8 @@ impl MysqlStore {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT id, content FROM \
-             (SELECT id, content FROM messages WHERE room = ? AND id < ? \
-              ORDER BY id DESC LIMIT ?) page \
+             (SELECT id, content FROM messages FORCE INDEX (messages_room_id) \
+              WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?) page \
              ORDER BY id",
             (room.name(), before, limit as u64),
             |(id, content)| Entry::in_room(id, room.clone(), content),

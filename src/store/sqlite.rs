@@ -152,8 +152,8 @@ impl SqliteStore {
             }
             Some(room) => {
                 let mut stmt = c.prepare_cached(
-                    "SELECT id, content FROM messages WHERE room = ?1 AND id > ?2 \
-                     ORDER BY id LIMIT ?3",
+                    "SELECT id, content FROM messages INDEXED BY messages_room_id \
+                     WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                 )?;
                 let rows = stmt.query_map((room.name(), after, limit), |r| {
                     Ok(Entry::in_room(to_id(r.get(0)?), room.clone(), r.get(1)?))
@@ -176,8 +176,8 @@ impl SqliteStore {
         self.read("cannot read messages", move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, content FROM \
-                 (SELECT id, content FROM messages WHERE room = ?1 AND id < ?2 \
-                  ORDER BY id DESC LIMIT ?3) \
+                 (SELECT id, content FROM messages INDEXED BY messages_room_id \
+                  WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3) \
                  ORDER BY id",
             )?;
             let rows = stmt.query_map((room.name(), before, limit), |r| {

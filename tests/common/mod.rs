@@ -361,7 +361,9 @@ pub struct Client {
 impl Client {
     /// Connects and reads the Engine.IO open packet.
     pub async fn open(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        // TCP_NODELAY, as browsers set it: two small frames in a row are not held back by
+        // Nagle's algorithm waiting for the server's delayed ACK (40 ms a round).
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .expect("websocket connects");
         Client::opened(ws).await
@@ -460,6 +462,26 @@ impl Client {
         v["sid"].as_str().expect("sid").to_string()
     }
 
+    /// Sends a CONNECT for room `room` (namespace `/<room>`) and returns the sid from the reply.
+    pub async fn join_room(&mut self, room: &str, auth: Option<Value>) -> String {
+        let auth = auth.map(|a| a.to_string()).unwrap_or_default();
+        self.send(&format!("40/{room},{auth}")).await;
+        let reply = self.recv_text().await;
+        let prefix = format!("40/{room},");
+        let body = reply
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("CONNECT reply for /{room} expected, got {reply}"));
+        let v: Value = serde_json::from_str(body).expect("CONNECT reply is JSON");
+        v["sid"].as_str().expect("sid").to_string()
+    }
+
+    /// Sends a `"chat message"` in room `room`.
+    pub async fn emit_in(&mut self, room: &str, ack: Option<u64>, msg: &str, offset: &str) {
+        let args = serde_json::json!(["chat message", msg, offset]);
+        let ack = ack.map(|a| a.to_string()).unwrap_or_default();
+        self.send(&format!("42/{room},{ack}{args}")).await;
+    }
+
     pub async fn emit(&mut self, ack: Option<u64>, msg: &str, offset: &str) {
         let args = serde_json::json!(["chat message", msg, offset]);
         match ack {
@@ -525,6 +547,35 @@ pub fn parse_chat(t: &str) -> Option<(String, u64)> {
         );
     }
     Some((a[1].as_str()?.to_string(), id))
+}
+
+/// A chat broadcast of any room: (room, msg, id), the room "" for `/` (`42["chat message",…]`)
+/// and `name` for `42/name,["chat message",…]`.
+pub fn parse_room_chat(t: &str) -> Option<(String, String, u64)> {
+    let rest = t.strip_prefix("42")?;
+    let (room, packet) = match rest.strip_prefix('/') {
+        Some(named) => {
+            let (room, body) = named.split_once(',')?;
+            (room.to_string(), format!("42{body}"))
+        }
+        None => (String::new(), t.to_string()),
+    };
+    let (msg, id) = parse_chat(&packet)?;
+    Some((room, msg, id))
+}
+
+/// An ack of any room: (room, ack id, args), the room "" for `/`.
+pub fn parse_room_ack(t: &str) -> Option<(String, u64, Value)> {
+    let rest = t.strip_prefix("43")?;
+    let (room, packet) = match rest.strip_prefix('/') {
+        Some(named) => {
+            let (room, body) = named.split_once(',')?;
+            (room.to_string(), format!("43{body}"))
+        }
+        None => (String::new(), t.to_string()),
+    };
+    let (id, args) = parse_ack(&packet)?;
+    Some((room, id, args))
 }
 
 pub fn parse_ack(t: &str) -> Option<(u64, Value)> {
