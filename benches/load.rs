@@ -12,6 +12,8 @@
 //! cargo bench --bench load -- fanout --spawn --transport polling   # receivers on HTTP long-polling
 //! cargo bench --bench load -- idle --spawn --transport polling --sockets 5000
 //! cargo bench --bench load -- fanout --spawn --transport polling --node-reference  # stock Node server
+//! cargo bench --bench load -- fanout --spawn --rooms 100 --receivers 1000 --senders 100  # 100 rooms
+//! cargo bench --bench load -- persist --spawn --rooms 100          # the 50 clients over 100 rooms
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
@@ -144,6 +146,11 @@ struct Args {
     /// for HEADER_TIMEOUT_MS (10 s): wait longer than that to see the steady state.
     #[arg(long, default_value_t = 2)]
     settle: u64,
+    /// persist and fanout: spread the clients (receivers and senders) over this many rooms, one
+    /// after the other (client i in room `r<i mod rooms>`); each receives its room's messages
+    /// only. 1: everyone in `/`, the tutorial's chat.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
     /// fanout receivers and idle sockets: on WebSocket, or on HTTP long-polling (senders always
     /// use WebSocket).
     #[arg(long, value_enum, default_value = "websocket")]
@@ -514,10 +521,56 @@ fn rand_small() -> u64 {
 
 /// Connects, reads the open packet, joins `/` with `serverOffset`.
 async fn join(url: &str, offset: u64) -> Ws {
-    join_with(url, &format!("{{\"serverOffset\":{offset}}}"))
+    join_in(url, &Room::main(), offset).await
+}
+
+/// A room of a run: client `i`'s, with `rooms` rooms (`/` when there is one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Room(String);
+
+impl Room {
+    fn main() -> Room {
+        Room(String::new())
+    }
+
+    fn of(i: usize, rooms: usize) -> Room {
+        if rooms <= 1 {
+            Room::main()
+        } else {
+            Room(format!("r{}", i % rooms))
+        }
+    }
+
+    /// What packets of this room carry after their type: `/<name>,`, nothing for `/`.
+    fn prefix(&self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            format!("/{},", self.0)
+        }
+    }
+}
+
+/// Connects, reads the open packet, joins `room` with `serverOffset`.
+async fn join_in(url: &str, room: &Room, offset: u64) -> Ws {
+    let prefix = room.prefix();
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
-        .expect("websocket connects and joins")
-        .0
+        .expect("websocket connects");
+    let open = next_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "open packet expected: {open}");
+    ws.send(Message::text(format!(
+        "40{prefix}{{\"serverOffset\":{offset}}}"
+    )))
+    .await
+    .expect("send CONNECT");
+    let reply = next_text(&mut ws).await.expect("CONNECT reply");
+    assert!(
+        reply.starts_with(&format!("40{prefix}{{")),
+        "CONNECT reply expected: {reply}"
+    );
+    ws
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -626,11 +679,21 @@ async fn next_text(ws: &mut Ws) -> Option<Utf8Bytes> {
     }
 }
 
+/// A packet of any namespace with the namespace taken out: `42/r1,[…]` → `[…]` after `42`.
+fn without_nsp<'a>(t: &'a str, kind: &str) -> Option<&'a str> {
+    let rest = t.strip_prefix(kind)?;
+    match rest.strip_prefix('/') {
+        Some(named) => named.split_once(',').map(|(_, body)| body),
+        None => Some(rest),
+    }
+}
+
 /// `42["chat message","<content>",<id>]` (or with a trailing `,"<id>"` offset, connection-state
-/// recovery's) → (content, id), without a JSON parser on the hot path.
+/// recovery's; or in a room, `42/<room>,[…]`) → (content, id), without a JSON parser on the hot
+/// path.
 fn chat_frame(t: &str) -> Option<(&str, u64)> {
-    let rest = t
-        .strip_prefix("42[\"chat message\",\"")?
+    let rest = without_nsp(t, "42")?
+        .strip_prefix("[\"chat message\",\"")?
         .strip_suffix(']')?;
     let rest = match rest.strip_suffix('"') {
         // The offset: `…,<id>,"<id>"`.
@@ -643,7 +706,7 @@ fn chat_frame(t: &str) -> Option<(&str, u64)> {
 }
 
 fn ack_frame(t: &str) -> Option<u64> {
-    t.strip_prefix("43")?.strip_suffix("[]")?.parse().ok()
+    without_nsp(t, "43")?.strip_suffix("[]")?.parse().ok()
 }
 
 #[derive(Default)]
@@ -694,24 +757,32 @@ fn percentiles(mut v: Vec<u32>) -> String {
     )
 }
 
-async fn persist(target: &Target, clients: usize, messages: usize) {
+async fn persist(target: &Target, clients: usize, messages: usize, rooms: usize) {
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
-        sockets.push(join(&target.ws_url_at(i), NO_HISTORY).await);
+        sockets.push(join_in(&target.ws_url_at(i), &Room::of(i, rooms), NO_HISTORY).await);
     }
     let run = relay::protocol::sid::new_sid();
-    let expected = (clients * messages) as u64;
+    // Each client gets every message of its room (the clients of room k are k, k + rooms, …).
+    let in_room = |n: usize| {
+        (0..clients)
+            .filter(|i| Room::of(*i, rooms) == Room::of(n, rooms))
+            .count()
+    };
+    let expected_all: u64 = (0..clients).map(|n| (in_room(n) * messages) as u64).sum();
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
     let last_ack = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (n, mut ws) in sockets.into_iter().enumerate() {
         let (run, last_ack) = (run.clone(), last_ack.clone());
+        let prefix = Room::of(n, rooms).prefix();
+        let expected = (in_room(n) * messages) as u64;
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let emit = |i: usize| {
                 Message::text(format!(
-                    "42{i}[\"chat message\",\"c{n} m{i}\",\"{run}-{n}-{i}\"]"
+                    "42{prefix}{i}[\"chat message\",\"c{n} m{i}\",\"{run}-{n}-{i}\"]"
                 ))
             };
             let mut sent_at = Instant::now();
@@ -747,12 +818,12 @@ async fn persist(target: &Target, clients: usize, messages: usize) {
     let deliveries_s = Duration::from_micros(total.last_at).as_secs_f64();
     let acked = total.latencies.len();
     println!(
-        "persist clients={clients} messages={messages}: {acked} acked in {acks_s:.2} s = {:.0} acked msg/s; \
+        "persist clients={clients} messages={messages} rooms={rooms}: {acked} acked in {acks_s:.2} s = {:.0} acked msg/s; \
          {} deliveries = {:.0} deliveries/s (expected {}); ack latency {}; order violations {}, duplicates {}; {}{}",
         acked as f64 / acks_s,
         total.deliveries,
         total.deliveries as f64 / deliveries_s,
-        expected * clients as u64,
+        expected_all,
         percentiles(total.latencies),
         total.violations,
         total.duplicates,
@@ -767,7 +838,12 @@ async fn fanout(
     senders: usize,
     seconds: u64,
     transport: TransportKind,
+    rooms: usize,
 ) {
+    assert!(
+        rooms <= 1 || transport == TransportKind::Websocket,
+        "--rooms takes WebSocket receivers"
+    );
     let url = target.ws_url();
     let http = http_client();
     let rss0 = target.rss_kib();
@@ -777,12 +853,19 @@ async fn fanout(
     let mut recv_tasks = Vec::new();
     let mut receiver_sockets = Vec::new();
     for i in 0..receivers {
-        receiver_sockets.push(target.receiver(i, transport, &http, NO_HISTORY).await);
+        receiver_sockets.push(if rooms > 1 {
+            Receiver::Ws(join_in(&target.ws_url_at(i), &Room::of(i, rooms), NO_HISTORY).await)
+        } else {
+            target.receiver(i, transport, &http, NO_HISTORY).await
+        });
     }
     let mut sender_sockets = Vec::new();
     for i in 0..senders {
-        sender_sockets.push(join(&target.ws_url_at(i), NO_HISTORY).await);
+        sender_sockets.push(join_in(&target.ws_url_at(i), &Room::of(i, rooms), NO_HISTORY).await);
     }
+    // Messages acked per room, for the deliveries each room's receivers should get.
+    let sent_in: Arc<Vec<AtomicU64>> =
+        Arc::new((0..rooms.max(1)).map(|_| AtomicU64::new(0)).collect());
     let start = Instant::now();
     let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
     for mut receiver in receiver_sockets {
@@ -813,14 +896,15 @@ async fn fanout(
     let run = relay::protocol::sid::new_sid();
     let mut send_tasks = Vec::new();
     for (n, mut ws) in sender_sockets.into_iter().enumerate() {
-        let (stop, sent, run) = (stop.clone(), sent.clone(), run.clone());
+        let (stop, sent, run, sent_in) = (stop.clone(), sent.clone(), run.clone(), sent_in.clone());
+        let prefix = Room::of(n, rooms).prefix();
         send_tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             let mut acks = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let ts = epoch.elapsed().as_micros();
                 let t0 = Instant::now();
-                let frame = format!("42{i}[\"chat message\",\"t {ts}\",\"{run}-{n}-{i}\"]");
+                let frame = format!("42{prefix}{i}[\"chat message\",\"t {ts}\",\"{run}-{n}-{i}\"]");
                 if ws.send(Message::text(frame)).await.is_err() {
                     break;
                 }
@@ -834,6 +918,7 @@ async fn fanout(
                 }
                 acks.push(t0.elapsed().as_micros() as u32);
                 sent.fetch_add(1, Ordering::Relaxed);
+                sent_in[n % rooms.max(1)].fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
             acks
@@ -845,14 +930,23 @@ async fn fanout(
     for t in send_tasks {
         acks.extend(t.await.expect("sender"));
     }
-    let mut last = join(&url, NO_HISTORY).await;
-    let frame = format!(
-        "420[\"chat message\",\"{SENTINEL}\",\"{}-stop\"]",
-        relay::protocol::sid::new_sid()
-    );
-    last.send(Message::text(frame))
-        .await
-        .expect("send the sentinel");
+    // The sentinel, in every room.
+    for k in 0..rooms.max(1) {
+        let room = Room::of(k, rooms);
+        let mut last = join_in(&url, &room, NO_HISTORY).await;
+        let frame = format!(
+            "42{}0[\"chat message\",\"{SENTINEL}\",\"{}-stop\"]",
+            room.prefix(),
+            relay::protocol::sid::new_sid()
+        );
+        last.send(Message::text(frame))
+            .await
+            .expect("send the sentinel");
+    }
+    // What every receiver should get: every message acked in its room.
+    let expected: u64 = (0..receivers)
+        .map(|i| sent_in[i % rooms.max(1)].load(Ordering::Relaxed))
+        .sum();
     let mut total = Tally::default();
     for t in recv_tasks {
         total.merge(t.await.expect("receiver"));
@@ -860,13 +954,13 @@ async fn fanout(
     let secs = Duration::from_micros(total.last_at).as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
     println!(
-        "fanout receivers={receivers} ({transport:?}) senders={senders} {seconds}s: {sent} messages acked ({:.0}/s), \
+        "fanout receivers={receivers} ({transport:?}) senders={senders} rooms={rooms} {seconds}s: {sent} messages acked ({:.0}/s), \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
          order violations {}, duplicates {}; {}; server RSS {}{}",
         sent as f64 / seconds as f64,
         total.deliveries,
         total.deliveries as f64 / secs,
-        sent * receivers as u64,
+        expected,
         percentiles(total.latencies),
         percentiles(acks),
         total.violations,
@@ -1196,7 +1290,7 @@ fn main() {
             Workload::Persist => {
                 for &clients in &args.clients {
                     let target = Target::new(&args).await;
-                    persist(&target, clients, args.messages).await;
+                    persist(&target, clients, args.messages, args.rooms).await;
                     target.stop().await;
                 }
             }
@@ -1216,6 +1310,7 @@ fn main() {
                         args.senders,
                         args.seconds,
                         args.transport,
+                        args.rooms,
                     )
                     .await;
                     target.stop().await;
