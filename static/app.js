@@ -1,10 +1,21 @@
 // relay chat page: the socket.io tutorial chat (server delivery + client
 // delivery steps), with the client's default transports (HTTP long-polling
-// first, then WebSocket where the network allows it).
+// first, then WebSocket where the network allows it), in rooms.
 //
-// A first visit shows the newest HISTORY_PAGE messages; "Load earlier messages"
-// (or scrolling to the top) pages back through the rest, in order, with no
-// duplicate at the seam, while live messages keep arriving below. A reconnect
+// Rooms: a room is a Socket.IO namespace. The URL's hash names the room shown
+// (`/#general` is room general, namespace `/general`; no hash is the main room
+// `/`, the tutorial's chat); `hashchange` and the room strip switch rooms, and a
+// hash that is no room name says so instead of connecting. Every room opened in
+// this page's life keeps its socket (the stock client multiplexes them over one
+// connection) and its own list, history paging, offset and own messages; a
+// message that arrives in a room not shown counts as unread on that room in the
+// strip. The strip lists the rooms that hold messages (`GET /rooms`, refreshed on
+// connect and every ROOMS_REFRESH_MS) and the rooms opened here; "+" opens a new
+// one by name.
+//
+// A first visit to a room shows the newest HISTORY_PAGE messages; "Load earlier
+// messages" (or scrolling to the top) pages back through the rest, in order, with
+// no duplicate at the seam, while live messages keep arriving below. A reconnect
 // asks for everything after the last message on screen (and the stock client's
 // connection-state recovery, which relay keeps across restarts, does the same).
 //
@@ -27,44 +38,47 @@
   var STALL_MS = 3000;
   // Messages a first visit shows, and each "load earlier" adds.
   var HISTORY_PAGE = 100;
+  // A room's name, as the server takes it (protocol.md, "Rooms").
+  var ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,47}$/;
+  var ROOM_RULE = "A room name is 1\u201348 characters of a\u2013z, 0\u20139, _ and -, starting with a letter or digit.";
+  // How often the room strip asks the server which rooms hold messages.
+  var ROOMS_REFRESH_MS = 30000;
 
   var form = document.getElementById("form");
   var input = document.getElementById("input");
-  var messages = document.getElementById("messages");
+  var sendButton = form.querySelector('button[type="submit"]');
   var toggleButton = document.getElementById("toggle-btn");
   var notice = document.getElementById("notice");
   var statusBadge = document.getElementById("status");
   var earlierButton = document.getElementById("earlier");
   var empty = document.getElementById("empty");
-  var stallTimer = null;
-  var refused = false;
-  // Whether older messages may remain, and whether a page of them is on its way.
-  var earlierMayExist = true;
-  var loadingEarlier = false;
+  var title = document.getElementById("title");
+  var roomList = document.getElementById("room-list");
+  var roomsBar = document.getElementById("rooms");
+  var newRoomButton = document.getElementById("new-room-btn");
+  var newRoomForm = document.getElementById("new-room");
+  var newRoomInput = document.getElementById("new-room-name");
+  var newRoomCancel = document.getElementById("new-room-cancel");
+  var noticeTimer = null;
+  var lengthNotice = false;
 
   // A random id for this page load; every message gets "<pageId>-<n>" as its
   // clientOffset so the server can drop a retried emit it already stored.
   // (socket.id is undefined while offline, so it cannot be used for this.)
   var pageId = randomId();
   var counter = 0;
-  var lastQueuedId = 0;
-  var noticeTimer = null;
-  var lengthNotice = false;
-  // Messages received but not yet on screen: a long history arrives as thousands of events, and
-  // appending them one by one (a layout and a scroll each) would freeze the page.
-  var pending = [];
-  var frameRequest = null;
-  var fallbackTimer = null;
-  // Own messages emitted and not yet acknowledged, oldest first: {text, li, after}. Their rows
-  // stay at the end of the list; messages from the server go above them.
-  var outbox = [];
 
-  var socket = io({
-    // historyLimit: a first visit gets the newest page, not the whole history.
-    auth: { serverOffset: 0, historyLimit: HISTORY_PAGE },
-    ackTimeout: 10000,
-    retries: 3,
-  });
+  // Every room opened in this page's life, by name ("/" for the main room), and the one shown
+  // (null while the hash names no room).
+  var rooms = Object.create(null);
+  var current = null;
+  // Rooms the server says hold messages: name -> the highest message id in it.
+  var listed = Object.create(null);
+  var roomsListed = true; // false once the server says it has no room list (an older relay)
+  var roomsFetching = false;
+  var roomsFetchedAt = 0;
+  // The list shown while the hash names no room: nothing to show, nothing to send to.
+  var noRoomList = newList();
 
   function randomId() {
     if (window.crypto && typeof window.crypto.randomUUID === "function") {
@@ -141,252 +155,722 @@
     );
   }
 
-  /** The empty state shows once connected with no message on screen. */
-  function updateEmpty() {
-    empty.hidden = !(socket.connected && messages.children.length === 0 && pending.length === 0);
-  }
-
-  /** Watches the oldest unanswered own message: past STALL_MS while connected, says so. */
-  function watchStall() {
-    clearTimeout(stallTimer);
-    stallTimer = null;
-    if (outbox.length === 0) {
-      if (statusBadge.dataset.state === "stalled") {
-        showStatus("connected", "connected");
-        hideNotice();
-      }
-      return;
-    }
-    var waited = Date.now() - outbox[0].since;
-    if (waited >= STALL_MS) {
-      if (socket.connected && statusBadge.dataset.state !== "stalled") {
-        showStatus("stalled", "server not answering");
-        showNotice("The server is not answering. Your messages are kept and go out when it is back.", true);
-      }
-      stallTimer = setTimeout(watchStall, 1000);
-    } else {
-      stallTimer = setTimeout(watchStall, STALL_MS - waited);
-    }
-  }
-
-  function updateToggle() {
-    // `active` stays true while the client is reconnecting on its own, so the
-    // button only says "Connect" after the user disconnected on purpose.
-    toggleButton.textContent = socket.active ? "Disconnect" : "Connect";
-  }
-
-  function render() {
-    cancelAnimationFrame(frameRequest);
-    clearTimeout(fallbackTimer);
-    frameRequest = fallbackTimer = null;
-    if (pending.length === 0) {
-      return;
-    }
-    var fragment = document.createDocumentFragment();
-    for (var i = 0; i < pending.length; i++) {
-      var item = document.createElement("li");
-      item.dir = "auto"; // right-to-left messages align on their own side
-      item.textContent = pending[i].text;
-      item.dataset.id = pending[i].id;
-      fragment.appendChild(item);
-    }
-    // The offset a reconnect asks from is the last message on screen.
-    socket.auth.serverOffset = pending[pending.length - 1].id;
-    pending = [];
-    messages.insertBefore(fragment, outbox.length ? outbox[0].li : null);
-    scrollToEnd();
-    updateEarlier();
-    updateEmpty();
-  }
-
-  socket.on("chat message", function (msg, serverOffset) {
-    if (typeof serverOffset !== "number" || serverOffset <= lastQueuedId) {
-      return; // already shown (or malformed): never render twice
-    }
-    lastQueuedId = serverOffset;
-    pending.push({ text: String(msg), id: serverOffset });
-    if (frameRequest === null) {
-      frameRequest = requestAnimationFrame(render);
-      // Background tabs get no animation frames; render anyway, less often.
-      fallbackTimer = setTimeout(render, 250);
-    }
-  });
-
   function mark(li, state, note) {
     li.dataset.state = state;
     li.dataset.note = note;
   }
 
+  function newList() {
+    var list = document.createElement("ul");
+    list.setAttribute("aria-live", "polite");
+    list.setAttribute("aria-label", "Messages");
+    return list;
+  }
+
+  /** How a room is named on the page: the main room is "Main" (no room name has capitals). */
+  function label(name) {
+    return name === "/" ? "Main" : "#" + name;
+  }
+
+  /** The URL that shows room `name`: the page without a hash for "/", else `#name`. */
+  function hrefOf(name) {
+    return name === "/" ? location.pathname + location.search : "#" + name;
+  }
+
+  /** The room a hash (without its "#") names, or null when it names none. */
+  function roomOfHash(hash) {
+    var name;
+    try {
+      name = decodeURIComponent(hash);
+    } catch (e) {
+      return null;
+    }
+    if (name === "" || name === "/") {
+      return "/";
+    }
+    if (name.charAt(0) === "/") {
+      name = name.slice(1); // "#/general", the namespace's spelling
+    }
+    return ROOM_NAME.test(name) ? name : null;
+  }
+
   /**
-   * The row the server sent for an acknowledged own message: the ack comes after the row, so it
-   * is the first unmarked row with the same text among those received since the emit.
+   * One room: its socket (namespace "/" or "/<name>"), its list of messages (on screen while it is
+   * the room shown, kept off screen otherwise), its own messages waiting for an ack, its history
+   * paging and its connection's state. Everything it draws outside its list (the badge, the
+   * notice, the "earlier" button, the empty state) it draws only while shown.
    */
-  function rowOf(entry) {
-    var found = null;
-    for (var li = messages.lastElementChild; li; li = li.previousElementSibling) {
-      if (!li.dataset.id) {
-        continue; // an own row not (or never) acknowledged
+  function Room(name) {
+    var room = {
+      name: name,
+      list: newList(),
+      shown: false,
+      unread: 0,
+      state: "connecting",
+      stateText: "connecting\u2026",
+      sticky: "", // a notice that stays until its cause goes (shown again when the room is)
+      scroll: null, // where the reader was while another room is shown (null: at the end)
+    };
+    var list = room.list;
+    var stallTimer = null;
+    var refused = false;
+    // Whether older messages may remain, whether that was asked (ids are one sequence across
+    // rooms, so "the oldest id is above 1" does not say), and whether a page is on its way.
+    var earlierMayExist = true;
+    var earlierChecked = false;
+    var loadingEarlier = false;
+    var lastQueuedId = 0;
+    var rows = 0; // messages from the server in the list
+    // Messages received but not yet on screen: a long history arrives as thousands of events, and
+    // appending them one by one (a layout and a scroll each) would freeze the page.
+    var pending = [];
+    var frameRequest = null;
+    var fallbackTimer = null;
+    // Own messages emitted and not yet acknowledged, oldest first: {text, li, after}. Their rows
+    // stay at the end of the list; messages from the server go above them.
+    var outbox = [];
+
+    var options = {
+      // historyLimit: a first visit gets the newest page, not the whole history.
+      auth: { serverOffset: 0, historyLimit: HISTORY_PAGE },
+      ackTimeout: 10000,
+      retries: 3,
+    };
+    // Same origin: the stock client multiplexes every room over one connection.
+    var socket = name === "/" ? io(options) : io("/" + name, options);
+    room.socket = socket;
+
+    function say(text, sticky) {
+      if (sticky) {
+        room.sticky = text;
       }
-      if (Number(li.dataset.id) <= entry.after) {
-        break;
-      }
-      if (!li.dataset.state && li.textContent === entry.text) {
-        found = li;
+      if (room.shown) {
+        showNotice(text, sticky);
       }
     }
-    return found;
-  }
 
-  function settle(entry, err, reply) {
-    render(); // rows received before this answer go on screen first, above the own rows
-    outbox.splice(outbox.indexOf(entry), 1);
-    watchStall();
-    if (err) {
-      // The client's retries are used up (no ack within ackTimeout, several times): the text
-      // stays, and a click sends it again with the same clientOffset.
-      console.warn("message not acknowledged:", err.message || err);
-      mark(entry.li, "failed", "not sent: " + (err.message || String(err)) + " \u2014 click to retry");
-      entry.li.title = "Send again";
-      entry.li.addEventListener("click", function retry() {
-        entry.li.removeEventListener("click", retry);
-        entry.li.removeAttribute("title");
-        messages.appendChild(entry.li); // own rows waiting for an ack stay last
-        send(entry.text, entry.clientOffset, entry.li);
-      });
-    } else if (reply && reply.error) {
-      console.warn("message refused:", reply.error);
-      mark(entry.li, "failed", "not sent: " + reply.error);
-    } else {
-      // The server's row for it came before the ack, so it is on screen now.
-      var row = rowOf(entry);
-      if (row) {
-        entry.li.remove();
-        mark(row, "sent", "sent");
+    function unsay() {
+      room.sticky = "";
+      if (room.shown && !lengthNotice) {
+        hideNotice();
+      }
+    }
+
+    function pendingNote() {
+      return socket.connected ? "sending\u2026" : "sending when connected\u2026";
+    }
+
+    function setStatus(state, text) {
+      room.state = state;
+      room.stateText = text;
+      if (room.shown) {
+        statusBadge.dataset.state = state;
+        statusBadge.textContent = text;
+      }
+      for (var i = 0; i < outbox.length; i++) {
+        outbox[i].li.dataset.note = pendingNote();
+      }
+    }
+
+    /** The empty state shows once connected with no message on screen. */
+    function updateEmpty() {
+      if (room.shown) {
+        empty.hidden = !(socket.connected && list.children.length === 0 && pending.length === 0);
+      }
+    }
+
+    /** Watches the oldest unanswered own message: past STALL_MS while connected, says so. */
+    function watchStall() {
+      clearTimeout(stallTimer);
+      stallTimer = null;
+      if (outbox.length === 0) {
+        if (room.state === "stalled") {
+          setStatus("connected", "connected");
+          unsay();
+        }
+        return;
+      }
+      var waited = Date.now() - outbox[0].since;
+      if (waited >= STALL_MS) {
+        if (socket.connected && room.state !== "stalled") {
+          setStatus("stalled", "server not answering");
+          say("The server is not answering. Your messages are kept and go out when it is back.", true);
+        }
+        stallTimer = setTimeout(watchStall, 1000);
       } else {
-        mark(entry.li, "sent", "sent");
+        stallTimer = setTimeout(watchStall, STALL_MS - waited);
       }
     }
-  }
 
-  function pendingNote() {
-    return socket.connected ? "sending\u2026" : "sending when connected\u2026";
-  }
-
-  function showStatus(state, text) {
-    statusBadge.dataset.state = state;
-    statusBadge.textContent = text;
-    for (var i = 0; i < outbox.length; i++) {
-      outbox[i].li.dataset.note = pendingNote();
-    }
-  }
-
-  socket.on("connect", function () {
-    // Only a first visit is capped: a reconnect needs every message it missed.
-    delete socket.auth.historyLimit;
-    refused = false;
-    if (!lengthNotice) {
-      hideNotice();
-    }
-    showStatus("connected", "connected");
-    // A replay arrives within moments: say "no messages yet" only if none came.
-    setTimeout(updateEmpty, 500);
-    watchStall();
-  });
-
-  /** The id of the oldest message on screen, or 0. */
-  function oldestId() {
-    for (var li = messages.firstElementChild; li; li = li.nextElementSibling) {
-      if (li.dataset.id) {
-        return Number(li.dataset.id);
+    function render() {
+      cancelAnimationFrame(frameRequest);
+      clearTimeout(fallbackTimer);
+      frameRequest = fallbackTimer = null;
+      if (pending.length === 0) {
+        return;
       }
-    }
-    return 0;
-  }
-
-  function updateEarlier() {
-    earlierButton.hidden = !(earlierMayExist && oldestId() > 1);
-    earlierButton.disabled = loadingEarlier;
-  }
-
-  /** Puts a page of older messages above the oldest on screen, keeping the view where it was. */
-  function prepend(page) {
-    var before = oldestId();
-    var fragment = document.createDocumentFragment();
-    for (var i = 0; i < page.length; i++) {
-      if (before && page[i].id >= before) {
-        continue; // never twice at the seam
+      var fragment = document.createDocumentFragment();
+      var unread = 0;
+      for (var i = 0; i < pending.length; i++) {
+        var item = document.createElement("li");
+        item.dir = "auto"; // right-to-left messages align on their own side
+        item.textContent = pending[i].text;
+        item.dataset.id = pending[i].id;
+        fragment.appendChild(item);
+        if (!room.shown && !isOwn(pending[i].text)) {
+          unread++;
+        }
       }
-      var item = document.createElement("li");
-      item.dir = "auto";
-      item.textContent = String(page[i].msg);
-      item.dataset.id = page[i].id;
-      fragment.appendChild(item);
-    }
-    var height = document.body.scrollHeight;
-    messages.insertBefore(fragment, messages.firstChild);
-    window.scrollBy(0, document.body.scrollHeight - height);
-  }
-
-  function loadEarlier() {
-    var before = oldestId();
-    if (loadingEarlier || !earlierMayExist || !before || !socket.connected) {
-      return;
-    }
-    loadingEarlier = true;
-    updateEarlier();
-    socket.emit("history", { before: before, limit: HISTORY_PAGE }, function (err, reply) {
-      loadingEarlier = false;
-      if (err || !reply || reply.error) {
-        showNotice("Could not load earlier messages: " + ((reply && reply.error) || (err && err.message) || "no answer"));
-      } else {
-        render(); // anything received meanwhile first
-        prepend(reply.messages || []);
-        earlierMayExist = Boolean(reply.more);
+      // The offset a reconnect asks from is the last message on screen.
+      socket.auth.serverOffset = pending[pending.length - 1].id;
+      rows += pending.length;
+      pending = [];
+      list.insertBefore(fragment, outbox.length ? outbox[0].li : null);
+      if (room.shown) {
+        scrollToEnd();
+      }
+      if (unread) {
+        room.unread += unread;
+        renderRoomList();
       }
       updateEarlier();
+      updateEmpty();
+    }
+
+    /** Whether `text` is an own message on its way (its row coming back is not news). */
+    function isOwn(text) {
+      for (var i = 0; i < outbox.length; i++) {
+        if (outbox[i].text === text) {
+          return true;
+        }
+      }
+      return false;
+    }
+
+    socket.on("chat message", function (msg, serverOffset) {
+      if (typeof serverOffset !== "number" || serverOffset <= lastQueuedId) {
+        return; // already shown (or malformed): never render twice
+      }
+      lastQueuedId = serverOffset;
+      pending.push({ text: String(msg), id: serverOffset });
+      if (frameRequest === null) {
+        frameRequest = requestAnimationFrame(render);
+        // Background tabs get no animation frames; render anyway, less often.
+        fallbackTimer = setTimeout(render, 250);
+      }
     });
+
+    /**
+     * The row the server sent for an acknowledged own message: the ack comes after the row, so it
+     * is the first unmarked row with the same text among those received since the emit.
+     */
+    function rowOf(entry) {
+      var found = null;
+      for (var li = list.lastElementChild; li; li = li.previousElementSibling) {
+        if (!li.dataset.id) {
+          continue; // an own row not (or never) acknowledged
+        }
+        if (Number(li.dataset.id) <= entry.after) {
+          break;
+        }
+        if (!li.dataset.state && li.textContent === entry.text) {
+          found = li;
+        }
+      }
+      return found;
+    }
+
+    function settle(entry, err, reply) {
+      render(); // rows received before this answer go on screen first, above the own rows
+      outbox.splice(outbox.indexOf(entry), 1);
+      watchStall();
+      if (err) {
+        // The client's retries are used up (no ack within ackTimeout, several times): the text
+        // stays, and a click sends it again with the same clientOffset.
+        console.warn("message not acknowledged:", err.message || err);
+        mark(entry.li, "failed", "not sent: " + (err.message || String(err)) + " \u2014 click to retry");
+        entry.li.title = "Send again";
+        entry.li.addEventListener("click", function retry() {
+          entry.li.removeEventListener("click", retry);
+          entry.li.removeAttribute("title");
+          list.appendChild(entry.li); // own rows waiting for an ack stay last
+          send(entry.text, entry.clientOffset, entry.li);
+        });
+      } else if (reply && reply.error) {
+        // Also a new room the server will not make (its room cap): the server's reason.
+        console.warn("message refused:", reply.error);
+        mark(entry.li, "failed", "not sent: " + reply.error);
+      } else {
+        // The server's row for it came before the ack, so it is on screen now.
+        var row = rowOf(entry);
+        if (row) {
+          entry.li.remove();
+          mark(row, "sent", "sent");
+        } else {
+          mark(entry.li, "sent", "sent");
+        }
+      }
+    }
+
+    socket.on("connect", function () {
+      // Only a first visit is capped: a reconnect needs every message it missed.
+      delete socket.auth.historyLimit;
+      refused = false;
+      room.sticky = "";
+      if (room.shown && !lengthNotice) {
+        hideNotice();
+      }
+      setStatus("connected", "connected");
+      // A replay arrives within moments: say "no messages yet" only if none came.
+      setTimeout(updateEmpty, 500);
+      watchStall();
+      updateEarlier();
+      refreshRooms();
+    });
+
+    /** The id of the oldest message on screen, or 0. */
+    function oldestId() {
+      for (var li = list.firstElementChild; li; li = li.nextElementSibling) {
+        if (li.dataset.id) {
+          return Number(li.dataset.id);
+        }
+      }
+      return 0;
+    }
+
+    function updateEarlier() {
+      if (!room.shown) {
+        return;
+      }
+      var oldest = oldestId();
+      // Fewer rows than a first visit gets: maybe the whole room. Ask once for one older message
+      // (shown nowhere) before offering the button.
+      if (earlierMayExist && oldest > 1 && !earlierChecked && rows < HISTORY_PAGE && !loadingEarlier && socket.connected) {
+        loadingEarlier = true;
+        socket.emit("history", { before: oldest, limit: 1 }, function (err, reply) {
+          loadingEarlier = false;
+          earlierChecked = true; // an error says nothing: offer the button
+          if (!err && reply && !reply.error && reply.messages && reply.messages.length === 0) {
+            earlierMayExist = false;
+          }
+          updateEarlier();
+        });
+      }
+      earlierButton.hidden = !(earlierMayExist && oldest > 1 && (earlierChecked || rows >= HISTORY_PAGE));
+      earlierButton.disabled = loadingEarlier;
+    }
+
+    /** Puts a page of older messages above the oldest on screen, keeping the view where it was. */
+    function prepend(page) {
+      var before = oldestId();
+      var fragment = document.createDocumentFragment();
+      for (var i = 0; i < page.length; i++) {
+        if (before && page[i].id >= before) {
+          continue; // never twice at the seam
+        }
+        var item = document.createElement("li");
+        item.dir = "auto";
+        item.textContent = String(page[i].msg);
+        item.dataset.id = page[i].id;
+        fragment.appendChild(item);
+        rows++;
+      }
+      var height = document.body.scrollHeight;
+      list.insertBefore(fragment, list.firstChild);
+      if (room.shown) {
+        window.scrollBy(0, document.body.scrollHeight - height);
+      }
+    }
+
+    room.loadEarlier = function () {
+      var before = oldestId();
+      if (loadingEarlier || !earlierMayExist || !before || !socket.connected) {
+        return;
+      }
+      loadingEarlier = true;
+      updateEarlier();
+      socket.emit("history", { before: before, limit: HISTORY_PAGE }, function (err, reply) {
+        loadingEarlier = false;
+        if (err || !reply || reply.error) {
+          say("Could not load earlier messages: " + ((reply && reply.error) || (err && err.message) || "no answer"));
+        } else {
+          render(); // anything received meanwhile first
+          prepend(reply.messages || []);
+          earlierMayExist = Boolean(reply.more);
+          earlierChecked = true;
+        }
+        updateEarlier();
+      });
+    };
+
+    socket.on("disconnect", function () {
+      if (refused) {
+        return; // a refused attempt's engine closes too: the refusal is what to show
+      }
+      if (socket.active) {
+        setStatus("reconnecting", "reconnecting\u2026");
+      } else {
+        setStatus("offline", "offline");
+      }
+    });
+
+    socket.on("connect_error", function (err) {
+      if (!socket.active) {
+        // The server answered this room's CONNECT with an error ("Invalid namespace": a name or a
+        // room it does not take). Final for this room; the other rooms are not concerned.
+        console.warn("room refused by the server:", name, err && err.message);
+        setStatus("refused", "room refused");
+        say("The server refused " + label(name) + " (" + ((err && err.message) || "refused") + ").", true);
+        updateToggle();
+        return;
+      }
+      if (refused) {
+        return; // said already; the client keeps trying, and a success clears it
+      }
+      // The server answered, and said no (its origin check: 403): not an outage, and waiting
+      // will not help.
+      var status = err && err.description;
+      if (status === 403 || status === 400) {
+        refused = true;
+        console.warn("connection refused by the server:", status);
+        setStatus("refused", "refused by the server");
+        say(
+          "The server refused this page's connection (HTTP " + status + "). " +
+            (status === 403
+              ? "It does not accept pages from this address: its ALLOWED_ORIGINS, or a proxy's Host header."
+              : "Reload the page."),
+          true
+        );
+        return;
+      }
+      if (socket.active) {
+        setStatus("reconnecting", "reconnecting\u2026");
+      }
+    });
+
+    /** Emits an own message (again, for a retry: same text, same clientOffset, same row). */
+    function send(text, clientOffset, item) {
+      mark(item, "pending", pendingNote());
+      var entry = { text: text, li: item, after: lastQueuedId, clientOffset: clientOffset, since: Date.now() };
+      outbox.push(entry);
+      socket.emit("chat message", text, clientOffset, function (err, reply) {
+        settle(entry, err, reply);
+      });
+      watchStall();
+    }
+
+    room.submit = function (text) {
+      var clientOffset = pageId + "-" + counter++;
+      var item = document.createElement("li");
+      item.dir = "auto";
+      item.textContent = text;
+      list.appendChild(item);
+      updateEmpty();
+      send(text, clientOffset, item);
+    };
+
+    room.disconnect = function () {
+      socket.disconnect();
+      room.sticky = "";
+      setStatus("offline", "offline");
+    };
+
+    room.connect = function () {
+      if (!socket.active) {
+        socket.connect();
+        setStatus("reconnecting", "connecting\u2026");
+      }
+    };
+
+    /** Puts this room's list where the shown room's was, with its badge, notice and buttons. */
+    room.show = function () {
+      room.shown = true;
+      room.unread = 0;
+      showList(list);
+      statusBadge.dataset.state = room.state;
+      statusBadge.textContent = room.stateText;
+      // The room's lasting notice, unless the input holds more than can be sent (it says so).
+      if (room.sticky) {
+        showNotice(room.sticky, true);
+      } else {
+        hideNotice();
+      }
+      if (bytesOverLimit(input.value)) {
+        showNotice(tooLong(input.value), true);
+        lengthNotice = true;
+      }
+      render();
+      updateEmpty();
+      updateEarlier();
+      if (room.scroll === null) {
+        scrollToEnd();
+      } else {
+        window.scrollTo(0, room.scroll);
+      }
+    };
+
+    room.hide = function () {
+      var atEnd = window.innerHeight + window.scrollY >= document.body.scrollHeight - 2;
+      room.scroll = atEnd ? null : window.scrollY;
+      room.shown = false;
+    };
+
+    return room;
   }
 
-  earlierButton.addEventListener("click", loadEarlier);
-  window.addEventListener("scroll", function () {
-    if (window.scrollY === 0 && !earlierButton.hidden) {
-      loadEarlier();
+  /** Makes `list` the one on screen, under the id the page's styles and tests know. */
+  function showList(list) {
+    var shown = document.getElementById("messages");
+    if (shown !== list) {
+      shown.removeAttribute("id");
+      list.id = "messages";
+      shown.replaceWith(list);
     }
-  });
+  }
 
-  socket.on("disconnect", function () {
-    if (refused) {
-      return; // a refused attempt's engine closes too: the refusal is what to show
+  function updateToggle() {
+    // `active` stays true while the client is reconnecting on its own, so the
+    // button only says "Connect" after the user disconnected on purpose (or the
+    // server refused the room: a click asks again).
+    toggleButton.disabled = !current;
+    if (current) {
+      toggleButton.textContent = current.socket.active ? "Disconnect" : "Connect";
     }
-    if (socket.active) {
-      showStatus("reconnecting", "reconnecting\u2026");
-    } else {
-      showStatus("offline", "offline");
-    }
-  });
+  }
 
-  socket.on("connect_error", function (err) {
-    if (refused) {
-      return; // said already; the client keeps trying, and a success clears it
-    }
-    // The server answered, and said no (its origin check: 403): not an outage, and waiting
-    // will not help.
-    var status = err && err.description;
-    if (status === 403 || status === 400) {
-      refused = true;
-      console.warn("connection refused by the server:", status);
-      showStatus("refused", "refused by the server");
-      showNotice(
-        "The server refused this page's connection (HTTP " + status + "). " +
-          (status === 403
-            ? "It does not accept pages from this address: its ALLOWED_ORIGINS, or a proxy's Host header."
-            : "Reload the page."),
-        true
-      );
+  function setTitle(text) {
+    title.textContent = text;
+    document.title = text === "relay chat" ? text : text + " \u00b7 relay chat";
+  }
+
+  /** Shows room `name`, opening it (its socket) on its first visit. */
+  function showRoom(name) {
+    if (current && current.name === name) {
       return;
     }
-    if (socket.active) {
-      showStatus("reconnecting", "reconnecting\u2026");
+    if (current) {
+      current.hide();
+    }
+    var room = rooms[name] || (rooms[name] = Room(name));
+    current = room;
+    input.disabled = sendButton.disabled = false;
+    setTitle(name === "/" ? "relay chat" : label(name));
+    room.show();
+    updateToggle();
+    renderRoomList(true);
+  }
+
+  /** A hash that names no room: says so, connects nothing, sends nothing. */
+  function showNoRoom(hash) {
+    if (current) {
+      current.hide();
+    }
+    current = null;
+    var text = hash;
+    try {
+      text = decodeURIComponent(hash);
+    } catch (e) {
+      // shown as written
+    }
+    showList(noRoomList);
+    empty.hidden = true;
+    earlierButton.hidden = true;
+    input.disabled = sendButton.disabled = true;
+    statusBadge.dataset.state = "invalid";
+    statusBadge.textContent = "no such room";
+    setTitle("relay chat");
+    hideNotice(); // a length notice too: there is nothing to send to
+    showNotice("\u201c" + text + "\u201d is not a room name. " + ROOM_RULE + " Pick a room above, or open one with +.", true);
+    updateToggle();
+    renderRoomList();
+  }
+
+  /** Shows what the URL's hash names. */
+  function route() {
+    var hash = location.hash.replace(/^#/, "");
+    var name = roomOfHash(hash);
+    if (name === null) {
+      showNoRoom(hash);
+      return;
+    }
+    if (hash !== "" && "#" + hash !== hrefOf(name)) {
+      history.replaceState(null, "", hrefOf(name)); // one spelling per room, to share
+    }
+    showRoom(name);
+  }
+
+  /** Goes to room `name`, as a new entry in the browser's history (Back returns). */
+  function go(name) {
+    if (location.hash !== (name === "/" ? "" : "#" + name)) {
+      history.pushState(null, "", hrefOf(name));
+    }
+    route();
+  }
+
+  /**
+   * The room strip: "/" first, then by name; every room listed by the server or opened here. The
+   * room shown stays in sight if it was (or is new: `reveal`).
+   */
+  function renderRoomList(reveal) {
+    var names = Object.create(null);
+    names["/"] = true;
+    Object.keys(listed).forEach(function (n) {
+      names[n] = true;
+    });
+    Object.keys(rooms).forEach(function (n) {
+      names[n] = true;
+    });
+    var sorted = Object.keys(names).sort(function (a, b) {
+      return a === "/" ? -1 : b === "/" ? 1 : a < b ? -1 : a > b ? 1 : 0;
+    });
+    var focused = roomList.contains(document.activeElement) ? document.activeElement.dataset.room : null;
+    var scrolled = roomList.scrollLeft;
+    var revealShown = reveal || inStrip(roomList.querySelector('[aria-current="page"]'));
+    var fragment = document.createDocumentFragment();
+    sorted.forEach(function (name) {
+      var li = document.createElement("li");
+      li.dataset.room = name;
+      var a = document.createElement("a");
+      a.href = hrefOf(name);
+      a.dataset.room = name;
+      var text = document.createElement("span");
+      text.className = "room-name";
+      text.textContent = label(name);
+      a.appendChild(text);
+      if (current && current.name === name) {
+        a.setAttribute("aria-current", "page");
+      }
+      var unread = rooms[name] ? rooms[name].unread : 0;
+      if (unread) {
+        var badge = document.createElement("span");
+        badge.className = "unread";
+        badge.textContent = unread > 99 ? "99+" : String(unread);
+        a.appendChild(badge);
+        a.setAttribute("aria-label", label(name) + ", " + unread + " unread");
+      }
+      li.appendChild(a);
+      fragment.appendChild(li);
+    });
+    roomList.textContent = "";
+    roomList.appendChild(fragment);
+    roomList.scrollLeft = scrolled; // where the reader scrolled the strip to
+    var shown = roomList.querySelector('[aria-current="page"]');
+    if (shown && revealShown && !inStrip(shown)) {
+      shown.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
+    if (focused) {
+      var again = roomList.querySelector('a[data-room="' + focused + '"]');
+      if (again) {
+        again.focus();
+      }
+    }
+  }
+
+  /** Whether `link` is wholly in the strip's visible part. */
+  function inStrip(link) {
+    if (!link) {
+      return false;
+    }
+    var box = link.getBoundingClientRect();
+    var strip = roomList.getBoundingClientRect();
+    return box.left >= strip.left - 1 && box.right <= strip.right + 1;
+  }
+
+  /** Asks the server which rooms hold messages (at most every 2 s); an older relay has no list. */
+  function refreshRooms() {
+    if (!roomsListed || roomsFetching || document.hidden || Date.now() - roomsFetchedAt < 2000) {
+      return;
+    }
+    roomsFetching = true;
+    roomsFetchedAt = Date.now();
+    fetch("/rooms", { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(function (res) {
+        if (res.status === 404) {
+          roomsListed = false; // a relay before rooms: only the rooms opened here are listed
+          return null;
+        }
+        return res.ok ? res.json() : null;
+      })
+      .then(function (body) {
+        if (body && Array.isArray(body.rooms)) {
+          listed = Object.create(null);
+          body.rooms.forEach(function (r) {
+            if (r && typeof r.room === "string" && (r.room === "/" || ROOM_NAME.test(r.room))) {
+              listed[r.room] = r.last;
+            }
+          });
+          renderRoomList();
+        }
+      })
+      .catch(function (err) {
+        console.warn("could not list the rooms:", err && err.message); // the next refresh tries again
+      })
+      .then(function () {
+        roomsFetching = false;
+      });
+  }
+
+  function openNewRoomForm(open) {
+    roomsBar.classList.toggle("adding", open);
+    newRoomForm.hidden = !open;
+    newRoomButton.setAttribute("aria-expanded", String(open));
+    newRoomInput.value = "";
+    newRoomInput.setCustomValidity("");
+    if (open) {
+      newRoomInput.focus();
+    } else {
+      newRoomButton.focus();
+    }
+  }
+
+  newRoomButton.addEventListener("click", function () {
+    openNewRoomForm(true);
+  });
+  newRoomCancel.addEventListener("click", function () {
+    openNewRoomForm(false);
+  });
+  newRoomInput.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") {
+      openNewRoomForm(false);
+    }
+  });
+  newRoomInput.addEventListener("input", function () {
+    newRoomInput.setCustomValidity("");
+  });
+  newRoomForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var name = newRoomInput.value.trim().toLowerCase();
+    if (!ROOM_NAME.test(name)) {
+      newRoomInput.setCustomValidity(ROOM_RULE);
+      newRoomInput.reportValidity();
+      return;
+    }
+    openNewRoomForm(false);
+    go(name);
+  });
+
+  roomList.addEventListener("click", function (event) {
+    var link = event.target.closest("a[data-room]");
+    if (!link || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) {
+      return; // a new tab or window opens the room there
+    }
+    event.preventDefault();
+    go(link.dataset.room);
+  });
+
+  window.addEventListener("hashchange", route);
+  window.addEventListener("popstate", route);
+  document.addEventListener("visibilitychange", refreshRooms);
+  setInterval(refreshRooms, ROOMS_REFRESH_MS);
+
+  earlierButton.addEventListener("click", function () {
+    if (current) {
+      current.loadEarlier();
+    }
+  });
+  window.addEventListener("scroll", function () {
+    if (current && window.scrollY === 0 && !earlierButton.hidden) {
+      current.loadEarlier();
     }
   });
 
@@ -401,21 +885,10 @@
     }
   });
 
-  /** Emits an own message (again, for a retry: same text, same clientOffset, same row). */
-  function send(text, clientOffset, item) {
-    mark(item, "pending", pendingNote());
-    var entry = { text: text, li: item, after: lastQueuedId, clientOffset: clientOffset, since: Date.now() };
-    outbox.push(entry);
-    socket.emit("chat message", text, clientOffset, function (err, reply) {
-      settle(entry, err, reply);
-    });
-    watchStall();
-  }
-
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value;
-    if (!text) {
+    if (!text || !current) {
       return;
     }
     var bytes = bytesOverLimit(text);
@@ -426,13 +899,7 @@
       lengthNotice = true;
       return;
     }
-    var clientOffset = pageId + "-" + counter++;
-    var item = document.createElement("li");
-    item.dir = "auto";
-    item.textContent = text;
-    messages.appendChild(item);
-    updateEmpty();
-    send(text, clientOffset, item);
+    current.submit(text);
     input.value = "";
     input.setAttribute("aria-invalid", "false");
     if (lengthNotice) {
@@ -442,16 +909,26 @@
   });
 
   toggleButton.addEventListener("click", function () {
-    if (socket.active) {
-      socket.disconnect();
+    if (!current) {
+      return;
+    }
+    // One connection carries every room: the button takes them all offline, or back.
+    var all = Object.keys(rooms).map(function (n) {
+      return rooms[n];
+    });
+    if (current.socket.active) {
+      all.forEach(function (room) {
+        room.disconnect();
+      });
       hideNotice();
-      showStatus("offline", "offline");
     } else {
-      socket.connect();
-      showStatus("reconnecting", "connecting\u2026");
+      all.forEach(function (room) {
+        room.connect();
+      });
     }
     updateToggle();
   });
 
-  updateToggle();
+  route();
+  refreshRooms();
 })();
