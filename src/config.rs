@@ -107,7 +107,7 @@ pub struct Config {
     #[arg(long, env = "ROOMS", default_value = "*")]
     pub rooms: Allowed,
 
-    /// Most rooms that may hold messages (0: no cap). Past it, the first message of a new room is
+    /// Most rooms (besides `/`) that may hold messages (0: no cap). Past it, the first message of a new room is
     /// refused (an error ack); the rooms that have messages go on as before.
     #[arg(long, env = "MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,

@@ -28,13 +28,18 @@ impl Message {
     /// Encodes `entry` as [`Entry::packet`] writes it for `wire`, in a WebSocket text frame.
     pub fn encode(entry: &Entry, wire: Wire) -> Message {
         let packet = entry.packet(wire);
-        let frame = websocket::text_frame(packet.as_bytes());
-        let header = (frame.len() - packet.len()) as u8; // 2, 4 or 10
+        let (head, header) = websocket::text_frame_header(packet.len());
+        // One allocation, written in place (`Arc<[u8]>` collects a sized iterator directly).
+        let frame: Arc<[u8]> = head[..header]
+            .iter()
+            .copied()
+            .chain(packet.bytes())
+            .collect();
         Message {
             id: entry.id,
             room: entry.room.clone(),
-            frame: frame.into(),
-            header,
+            frame,
+            header: header as u8, // 2, 4 or 10
         }
     }
 

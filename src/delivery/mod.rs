@@ -176,16 +176,21 @@ impl Broadcaster {
         rooms
     }
 
-    /// Whether `room` may take a message: it has some already, or fewer than `max` rooms do (0:
-    /// no cap). A new room admitted counts from now on, so first messages of several new rooms
-    /// at once cannot pass the cap together (on this node: nodes of a cluster each count what
-    /// they have seen, so at the cap two nodes may each admit one more).
+    /// Whether `room` may take a message: it is `/` (always there, never counted), it has
+    /// messages already, or fewer than `max` rooms do (0: no cap). A new room admitted counts
+    /// from now on, so first messages of several new rooms at once cannot pass the cap together
+    /// (on this node: nodes of a cluster each count what they have seen, so at the cap two nodes
+    /// may each admit one more).
     pub fn admit(&self, room: &Room, max: usize) -> bool {
-        let mut rooms = self.lock_rooms();
-        if max == 0 || rooms.contains_key(room) {
+        if max == 0 || room.is_main() {
             return true;
         }
-        if rooms.len() >= max {
+        let mut rooms = self.lock_rooms();
+        if rooms.contains_key(room) {
+            return true;
+        }
+        let counted = rooms.len() - usize::from(rooms.contains_key(&Room::main()));
+        if counted >= max {
             return false;
         }
         rooms.insert(room.clone(), 0);

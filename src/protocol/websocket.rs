@@ -7,18 +7,28 @@
 /// Appends one unmasked server-to-client text frame carrying `payload` (UTF-8 the caller vouches
 /// for) to `out`: 2, 4 or 10 header bytes, then the payload.
 pub fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.push(0x81); // FIN, text
-    let len = payload.len();
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    let (head, n) = text_frame_header(payload.len());
+    out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);
+}
+
+/// The header of an unmasked server-to-client text frame of `len` payload bytes: the buffer and
+/// how many of its bytes are the header (2, 4 or 10).
+pub fn text_frame_header(len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    head[0] = 0x81; // FIN, text
+    if len < 126 {
+        head[1] = len as u8;
+        (head, 2)
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        (head, 4)
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (head, 10)
+    }
 }
 
 /// One whole text frame carrying `payload`.
