@@ -703,29 +703,25 @@ fn room_of(name: &[u8]) -> Room {
 /// logs what it did. Nothing to do on a table that has both. Checked through
 /// `information_schema`, as MySQL 8 has no `ADD COLUMN IF NOT EXISTS`.
 async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
-    let column: Option<u64> = conn
-        .query_first(
-            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'messages' AND COLUMN_NAME = 'room'",
-        )
-        .await
-        .map_err(StoreError::mysql(
-            "cannot read the messages table's columns",
-        ))?;
-    let index: Option<u64> = conn
-        .query_first(
-            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'messages' AND INDEX_NAME = 'messages_room_id'",
-        )
-        .await
-        .map_err(StoreError::mysql(
-            "cannot read the messages table's indexes",
-        ))?;
+    let column = count(
+        conn,
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'messages' AND COLUMN_NAME = 'room'",
+        "cannot read the messages table's columns",
+    )
+    .await?;
+    let index = count(
+        conn,
+        "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'messages' AND INDEX_NAME = 'messages_room_id'",
+        "cannot read the messages table's indexes",
+    )
+    .await?;
     let mut changes = Vec::new();
-    if column == Some(0) {
+    if column == 0 {
         changes.push("ADD COLUMN room VARBINARY(48) NOT NULL DEFAULT ''");
     }
-    if index == Some(0) {
+    if index == 0 {
         changes.push("ADD KEY messages_room_id (room, id)");
     }
     if changes.is_empty() {
@@ -750,6 +746,19 @@ async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreErro
         "upgraded the messages table in place for rooms: its rows so far are the room /'s"
     );
     Ok(())
+}
+
+/// The one number a `SELECT COUNT(*)` answers; `what` names the step in an error.
+async fn count(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+    what: &'static str,
+) -> Result<u64, StoreError> {
+    let n: Option<u64> = conn
+        .query_first(sql)
+        .await
+        .map_err(StoreError::mysql(what))?;
+    Ok(n.unwrap_or(0))
 }
 
 /// The clientOffsets of `batch` that are stored already, with their ids.

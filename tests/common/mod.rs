@@ -549,31 +549,30 @@ pub fn parse_chat(t: &str) -> Option<(String, u64)> {
     Some((a[1].as_str()?.to_string(), id))
 }
 
+/// A packet of any namespace as `/`'s would be, with its room: `42/name,[…]` → ("name",
+/// `42[…]`), and `42[…]` → ("", `42[…]`). `kind` is the packet's two type digits.
+fn split_room(t: &str, kind: &str) -> Option<(String, String)> {
+    let rest = t.strip_prefix(kind)?;
+    Some(match rest.strip_prefix('/') {
+        Some(named) => {
+            let (room, body) = named.split_once(',')?;
+            (room.to_string(), format!("{kind}{body}"))
+        }
+        None => (String::new(), t.to_string()),
+    })
+}
+
 /// A chat broadcast of any room: (room, msg, id), the room "" for `/` (`42["chat message",…]`)
 /// and `name` for `42/name,["chat message",…]`.
 pub fn parse_room_chat(t: &str) -> Option<(String, String, u64)> {
-    let rest = t.strip_prefix("42")?;
-    let (room, packet) = match rest.strip_prefix('/') {
-        Some(named) => {
-            let (room, body) = named.split_once(',')?;
-            (room.to_string(), format!("42{body}"))
-        }
-        None => (String::new(), t.to_string()),
-    };
+    let (room, packet) = split_room(t, "42")?;
     let (msg, id) = parse_chat(&packet)?;
     Some((room, msg, id))
 }
 
 /// An ack of any room: (room, ack id, args), the room "" for `/`.
 pub fn parse_room_ack(t: &str) -> Option<(String, u64, Value)> {
-    let rest = t.strip_prefix("43")?;
-    let (room, packet) = match rest.strip_prefix('/') {
-        Some(named) => {
-            let (room, body) = named.split_once(',')?;
-            (room.to_string(), format!("43{body}"))
-        }
-        None => (String::new(), t.to_string()),
-    };
+    let (room, packet) = split_room(t, "43")?;
     let (id, args) = parse_ack(&packet)?;
     Some((room, id, args))
 }
