@@ -214,8 +214,8 @@ async fn run_shard(
             };
             let mut i = 0;
             while i < sockets.len() {
-                let r = &sockets[i];
-                match r.subscriber.offer(&r.room, r.generation, &shares) {
+                let (generation, socket) = &sockets[i];
+                match socket.offer(&room, *generation, &shares) {
                     Some(n) => {
                         delivered += n;
                         i += 1;
@@ -246,10 +246,13 @@ async fn run_shard(
     }
 }
 
-/// A shard's sockets, by room.
+/// A joining of a room, in its room's list: its generation and its socket.
+type Joined = (u64, Arc<dyn Subscriber>);
+
+/// A shard's sockets, by room (the room is the key).
 #[derive(Default)]
 struct Rooms {
-    by_room: HashMap<Room, Vec<Registration>>,
+    by_room: HashMap<Room, Vec<Joined>>,
     /// Registrations held.
     registered: usize,
     /// Registrations held after the last sweep.
@@ -263,11 +266,14 @@ impl Rooms {
     fn add(&mut self, joining: &mut Vec<Registration>) {
         self.registered += joining.len();
         for r in joining.drain(..) {
-            self.by_room.entry(r.room.clone()).or_default().push(r);
+            self.by_room
+                .entry(r.room)
+                .or_default()
+                .push((r.generation, r.subscriber));
         }
         if self.registered >= 256 && self.registered >= 2 * self.swept {
-            self.by_room.retain(|_, sockets| {
-                sockets.retain(Registration::is_current);
+            self.by_room.retain(|room, sockets| {
+                sockets.retain(|(generation, s)| s.is_member(room, *generation));
                 !sockets.is_empty()
             });
             self.registered = self.by_room.values().map(Vec::len).sum();

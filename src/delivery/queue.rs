@@ -19,6 +19,7 @@ use super::batch::{Batch, Message};
 use super::recent::Recent;
 use crate::log::{Entry, Wire};
 use crate::room::Room;
+use smallvec::SmallVec;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -77,8 +78,8 @@ struct Member {
 
 struct State<S> {
     sink: S,
-    /// The rooms this connection is in (usually one).
-    members: Vec<Member>,
+    /// The rooms this connection is in (usually one, kept inline).
+    members: SmallVec<[Member; 1]>,
     /// Joinings so far: the next one's generation.
     joinings: u64,
 }
@@ -108,7 +109,7 @@ impl<S: PacketSink> PacketQueue<S> {
         PacketQueue {
             state: Mutex::new(State {
                 sink,
-                members: Vec::new(),
+                members: SmallVec::new(),
                 joinings: 0,
             }),
             notify: Notify::new(),

@@ -27,6 +27,8 @@ use crate::room::Room;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
 use crate::store::StoreError;
 use serde_json::json;
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,8 +58,6 @@ struct Feed {
 /// The chat's side of one client's socket in one room.
 struct Member {
     room: Room,
-    /// Its namespace (`/` or `/<room>`), as its acks name it.
-    nsp: Box<str>,
     /// Its joining with the packet queue and the fan-out (0 until its CONNECT is answered).
     generation: u64,
     /// Set while catching up from the database: a page being read.
@@ -76,7 +76,6 @@ struct Member {
 impl Member {
     fn new(room: Room) -> Member {
         Member {
-            nsp: room.nsp().into_boxed_str(),
             room,
             generation: 0,
             replay: None,
@@ -100,8 +99,8 @@ enum Done {
 pub(super) struct Handler<T: Transport> {
     socket: Socket<T>,
     ns: Arc<Namespace>,
-    /// One per namespace the client is in or connecting to (usually one).
-    members: Vec<Member>,
+    /// One per namespace the client is in or connecting to (usually one, kept inline).
+    members: SmallVec<[Member; 1]>,
     receipts: Receipts,
     /// Submissions the sequencer has not answered: (tag, the member's generation, ack id),
     /// oldest first.
@@ -121,7 +120,7 @@ pub fn serve<T: Transport>(
     // second copy of it: an idle socket's task holds the socket and its loop's state, once.
     let mut handler = Handler {
         socket: Socket::new(engine, ns.config.rooms.clone(), ns.config.connect_timeout),
-        members: Vec::new(),
+        members: SmallVec::new(),
         receipts: None,
         in_flight: VecDeque::new(),
         next_tag: 0,
@@ -398,13 +397,13 @@ impl<T: Transport> Handler<T> {
                     id.min(self.ns.broadcaster.room_last(&m.room))
                 };
                 m.acks
-                    .push(wait, socketio::encode_empty_ack(&m.nsp, ack_id));
+                    .push(wait, socketio::encode_empty_ack(&nsp(&m.room), ack_id));
             }
             Outcome::Refused(reason) => {
                 let reason = Rejection::Refused(reason).to_string();
                 m.acks.push(
                     0,
-                    socketio::encode_ack(&m.nsp, ack_id, &json!([{ "error": reason }])),
+                    socketio::encode_ack(&nsp(&m.room), ack_id, &json!([{ "error": reason }])),
                 );
             }
             Outcome::Failed => {
@@ -500,7 +499,7 @@ impl<T: Transport> Handler<T> {
             (Ok(request), Some(ack_id)) => {
                 // The answer stays within maxPayload, and within the page budget.
                 let m = &self.members[i];
-                let overhead = 64 + m.nsp.len(); // `43<nsp>,<id>[{"messages":[…],"more":false}]`
+                let overhead = 64 + m.room.name().len(); // `43<nsp>,<id>[{"messages":[…],"more":false}]`
                 let budget = self
                     .socket
                     .engine
@@ -527,12 +526,12 @@ impl<T: Transport> Handler<T> {
                     .metrics
                     .history_pages
                     .fetch_add(1, Ordering::Relaxed);
-                socketio::encode_ack_json(&m.nsp, ack_id, &args)
+                socketio::encode_ack_json(&nsp(&m.room), ack_id, &args)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "history page failed");
                 let reply = json!([{ "error": "history: database unavailable, try again" }]);
-                socketio::encode_ack(&m.nsp, ack_id, &reply)
+                socketio::encode_ack(&nsp(&m.room), ack_id, &reply)
             }
         };
         m.acks.push(0, ack);
@@ -545,7 +544,8 @@ impl<T: Transport> Handler<T> {
         if let Some(ack_id) = ack_id {
             let m = &mut self.members[i];
             let reply = json!([{ "error": rejection.to_string() }]);
-            m.acks.push(0, socketio::encode_ack(&m.nsp, ack_id, &reply));
+            m.acks
+                .push(0, socketio::encode_ack(&nsp(&m.room), ack_id, &reply));
         }
     }
 
@@ -640,6 +640,15 @@ fn poll_members(members: &mut [Member], cx: &mut Context<'_>) -> Poll<(usize, Do
         }
     }
     Poll::Pending
+}
+
+/// A room's namespace as its packets name it (`/` without an allocation).
+fn nsp(room: &Room) -> Cow<'static, str> {
+    if room.is_main() {
+        Cow::Borrowed(socketio::MAIN_NSP)
+    } else {
+        Cow::Owned(room.nsp())
+    }
 }
 
 async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {

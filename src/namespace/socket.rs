@@ -14,6 +14,7 @@ use crate::engine::{DisconnectReason, Incoming, Session, Transport};
 use crate::protocol::socketio::{self, Kind, Packet};
 use crate::room::{Allowed, Room};
 use serde_json::Value;
+use smallvec::SmallVec;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -72,8 +73,8 @@ pub struct Socket<T: Transport> {
     pub engine: Session<T>,
     /// Which namespaces exist.
     rooms: Arc<Allowed>,
-    /// The namespaces it is in or connecting to (usually one).
-    states: Vec<(Room, State)>,
+    /// The namespaces it is in or connecting to (usually one, kept inline).
+    states: SmallVec<[(Room, State); 1]>,
     /// Boxed: rare, and sockets are many.
     reconstructing: Option<Box<Reconstruction>>,
 }
@@ -91,7 +92,7 @@ impl<T: Transport> Socket<T> {
         Socket {
             engine,
             rooms,
-            states: Vec::new(),
+            states: SmallVec::new(),
             reconstructing: None,
         }
     }
