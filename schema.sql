@@ -11,16 +11,25 @@
 -- room          the room (Socket.IO namespace) it was said in, without its "/": '' is the main
 --               namespace "/", so the tutorial's rows (and a table made before rooms) are "/"'s.
 --               1-48 characters of [a-z0-9_-] (protocol.md, "Rooms").
+-- user_id       the author's verified user id (a token's `sub`); NULL for a guest.
+-- user_name     the author's display name (the token's `name`, or the guest's own), UTF-8; NULL
+--               when there is none.
+-- created_at    the server's time of the commit, milliseconds since the Unix epoch (0 for rows
+--               stored before relay recorded it).
 -- messages_room_id  makes a room's replay and history pages one ordered range read of the index.
 --
 -- A table made by an older schema.sql, or by the tutorial's own DDL (id, client_offset, content),
--- is upgraded in place at start: relay adds `room` and its index (ALGORITHM=INPLACE, LOCK=NONE:
--- reads and writes go on meanwhile; no row changes) and logs it.
+-- is upgraded in place at start: relay adds the columns it lacks (room, user_id, user_name,
+-- created_at) and the index (ALGORITHM=INPLACE, LOCK=NONE: reads and writes go on meanwhile; no
+-- row changes) and logs it.
 CREATE TABLE IF NOT EXISTS messages (
   id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   client_offset VARBINARY(1020) NOT NULL,
   content       TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   room          VARBINARY(48) NOT NULL DEFAULT '',
+  user_id       VARBINARY(128) NULL,
+  user_name     VARBINARY(256) NULL,
+  created_at    BIGINT UNSIGNED NOT NULL DEFAULT 0,
   PRIMARY KEY (id),
   UNIQUE KEY messages_client_offset (client_offset),
   KEY messages_room_id (room, id)

@@ -14,6 +14,7 @@
 //! cargo bench --bench load -- fanout --spawn --transport polling --node-reference  # stock Node server
 //! cargo bench --bench load -- fanout --spawn --rooms 100 --receivers 1000 --senders 100  # 100 rooms
 //! cargo bench --bench load -- persist --spawn --rooms 100          # the 50 clients over 100 rooms
+//! cargo bench --bench load -- fanout --spawn --meta                 # receivers ask for authors
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
@@ -151,6 +152,9 @@ struct Args {
     /// only. 1: everyone in `/`, the tutorial's chat.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// fanout: the receivers ask for every message's author and time (`auth.meta`).
+    #[arg(long)]
+    meta: bool,
     /// fanout receivers and idle sockets: on WebSocket, or on HTTP long-polling (senders always
     /// use WebSocket).
     #[arg(long, value_enum, default_value = "websocket")]
@@ -553,6 +557,11 @@ impl Room {
 
 /// Connects, reads the open packet, joins `room` with `serverOffset`.
 async fn join_in(url: &str, room: &Room, offset: u64) -> Ws {
+    join_in_with(url, room, offset, false).await
+}
+
+/// As [`join_in`], asking for every message's author and time when `meta`.
+async fn join_in_with(url: &str, room: &Room, offset: u64, meta: bool) -> Ws {
     let prefix = room.prefix();
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
@@ -560,8 +569,9 @@ async fn join_in(url: &str, room: &Room, offset: u64) -> Ws {
         .expect("websocket connects");
     let open = next_text(&mut ws).await.expect("open packet");
     assert!(open.starts_with('0'), "open packet expected: {open}");
+    let meta = if meta { ",\"meta\":true" } else { "" };
     ws.send(Message::text(format!(
-        "40{prefix}{{\"serverOffset\":{offset}}}"
+        "40{prefix}{{\"serverOffset\":{offset}{meta}}}"
     )))
     .await
     .expect("send CONNECT");
@@ -698,6 +708,11 @@ fn chat_frame(t: &str) -> Option<(&str, u64)> {
     let rest = match rest.strip_suffix('"') {
         // The offset: `…,<id>,"<id>"`.
         Some(with_offset) => &with_offset[..with_offset.rfind(",\"")?],
+        None => rest,
+    };
+    // The meta argument (`auth.meta`): `…,<id>,{"at":…}`.
+    let rest = match rest.strip_suffix('}') {
+        Some(with_meta) => &with_meta[..with_meta.rfind(",{\"at\"")?],
         None => rest,
     };
     let comma = rest.rfind(',')?;
@@ -839,10 +854,11 @@ async fn fanout(
     seconds: u64,
     transport: TransportKind,
     rooms: usize,
+    meta: bool,
 ) {
     assert!(
-        rooms <= 1 || transport == TransportKind::Websocket,
-        "--rooms takes WebSocket receivers"
+        (rooms <= 1 && !meta) || transport == TransportKind::Websocket,
+        "--rooms and --meta take WebSocket receivers"
     );
     let url = target.ws_url();
     let http = http_client();
@@ -853,8 +869,9 @@ async fn fanout(
     let mut recv_tasks = Vec::new();
     let mut receiver_sockets = Vec::new();
     for i in 0..receivers {
-        receiver_sockets.push(if rooms > 1 {
-            Receiver::Ws(join_in(&target.ws_url_at(i), &Room::of(i, rooms), NO_HISTORY).await)
+        receiver_sockets.push(if rooms > 1 || meta {
+            let url = target.ws_url_at(i);
+            Receiver::Ws(join_in_with(&url, &Room::of(i, rooms), NO_HISTORY, meta).await)
         } else {
             target.receiver(i, transport, &http, NO_HISTORY).await
         });
@@ -954,7 +971,7 @@ async fn fanout(
     let secs = Duration::from_micros(total.last_at).as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
     println!(
-        "fanout receivers={receivers} ({transport:?}) senders={senders} rooms={rooms} {seconds}s: {sent} messages acked ({:.0}/s), \
+        "fanout receivers={receivers} ({transport:?}) senders={senders} rooms={rooms} meta={meta} {seconds}s: {sent} messages acked ({:.0}/s), \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
          order violations {}, duplicates {}; {}; server RSS {}{}",
         sent as f64 / seconds as f64,
@@ -1311,6 +1328,7 @@ fn main() {
                         args.seconds,
                         args.transport,
                         args.rooms,
+                        args.meta,
                     )
                     .await;
                     target.stop().await;

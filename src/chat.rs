@@ -4,6 +4,7 @@
 //!
 //! Pure: JSON values in, messages or rejections out; no I/O, no protocol framing.
 
+use crate::identity::Author;
 use crate::room::Room;
 use serde_json::Value;
 
@@ -32,6 +33,10 @@ pub const MAX_OFFSET_CHARS: usize = 255;
 pub struct NewMessage {
     /// The room it is said in.
     pub room: Room,
+    /// Who says it: the socket's identity (set by the handler, never read from the message).
+    pub author: Author,
+    /// When it is committed, in milliseconds since the epoch (stamped by the sequencer; 0 before).
+    pub at: u64,
     pub content: String,
     pub client_offset: String,
 }
@@ -216,6 +221,8 @@ pub fn parse_event(
     }
     Ok(NewMessage {
         room: room.clone(),
+        author: Author::default(),
+        at: 0,
         content,
         client_offset,
     })
@@ -286,11 +293,22 @@ impl HistoryPage {
         }
     }
 
-    /// Adds the next older message (`id`, its text), unless it would take the page past its
-    /// budget (then `false`, and the page is complete). A message larger than the budget still
-    /// goes, alone.
-    pub fn push_older(&mut self, id: u64, msg: &str) -> bool {
-        let row = serde_json::json!({ "id": id, "msg": msg }).to_string();
+    /// Adds the next older message (`id`, its text; with `meta`, its author and time as
+    /// `at`/`user`/`name`/`guest`), unless it would take the page past its budget (then `false`,
+    /// and the page is complete). A message larger than the budget still goes, alone.
+    pub fn push_older(&mut self, id: u64, msg: &str, meta: Option<(&Author, u64)>) -> bool {
+        let row = match meta {
+            None => serde_json::json!({ "id": id, "msg": msg }),
+            Some((author, at)) => serde_json::json!({
+                "id": id,
+                "msg": msg,
+                "at": at,
+                "user": author.user.as_deref(),
+                "name": author.name.as_deref(),
+                "guest": author.is_guest(),
+            }),
+        }
+        .to_string();
         let bytes = row.len() + 1; // and its comma
         if !self.rows.is_empty() && self.bytes + bytes > self.budget {
             return false;
@@ -324,6 +342,11 @@ impl HistoryPage {
         out.push_str("}]");
         out
     }
+}
+
+/// Whether a CONNECT asks for every message's author and time (`auth.meta: true`).
+pub fn wants_meta(auth: Option<&Value>) -> bool {
+    auth.and_then(|a| a.get("meta")) == Some(&Value::Bool(true))
 }
 
 /// A first visit's cap on the replay: `auth.historyLimit`, a positive integer (at most
@@ -386,6 +409,8 @@ mod tests {
             parse(json!(["chat message", "hi 😀", "page-1"])),
             Ok(NewMessage {
                 room: Room::main(),
+                author: Author::default(),
+                at: 0,
                 content: "hi 😀".into(),
                 client_offset: "page-1".into()
             })
@@ -544,9 +569,9 @@ mod tests {
     fn a_history_page_keeps_the_newest_messages_that_fit_its_budget() {
         let x = |len| "x".repeat(len);
         let mut page = HistoryPage::new(100);
-        assert!(page.push_older(9, &x(10)));
-        assert!(page.push_older(8, &x(10)));
-        assert!(!page.push_older(7, &x(80)), "past the budget");
+        assert!(page.push_older(9, &x(10), None));
+        assert!(page.push_older(8, &x(10), None));
+        assert!(!page.push_older(7, &x(80), None), "past the budget");
         assert_eq!(page.len(), 2);
         let args = page.into_ack_args(true);
         let v: Value = serde_json::from_str(&args).unwrap();
@@ -555,8 +580,8 @@ mod tests {
         assert_eq!(v[0]["more"], true);
         // One message larger than the budget goes alone.
         let mut big = HistoryPage::new(100);
-        assert!(big.push_older(5, &x(500)));
-        assert!(!big.push_older(4, &x(1)));
+        assert!(big.push_older(5, &x(500), None));
+        assert!(!big.push_older(4, &x(1), None));
         assert_eq!(
             HistoryPage::new(10).into_ack_args(false),
             "[{\"messages\":[],\"more\":false}]"

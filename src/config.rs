@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each with an environment variable behind it and a default
 //! that works on a developer's machine. Parsing only; nothing here opens a socket or a connection.
 
+use crate::identity::AuthMode;
 use crate::room::Allowed;
 use clap::Parser;
 use std::path::PathBuf;
@@ -111,6 +112,29 @@ pub struct Config {
     /// refused (an error ack); the rooms that have messages go on as before.
     #[arg(long, env = "MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
+
+    /// Who may connect: `guest` (anyone; a token in `auth.token`, when given and a key is set,
+    /// is verified, and a guest may give a name in `auth.name`) or `token` (a valid JWT is
+    /// required on every namespace, `/` included).
+    #[arg(long, env = "AUTH", value_enum, default_value = "guest")]
+    pub auth: AuthMode,
+
+    /// The HS256 secret tokens are signed with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// A PEM file with the public key tokens are signed with: RSA (RS256), EC P-256 (ES256) or
+    /// Ed25519 (EdDSA).
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The `iss` a token must carry (unset: not checked).
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` a token must carry (unset: not checked).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 
     /// Socket.IO connection-state recovery: a client that reconnects within this many ms of
     /// losing its connection (after a restart too, and on another node) gets its socket id back

@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
+//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`identity`] (tokens, guests, authors), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
 //! | storage | [`store`] | the durable log (SQLite or MySQL) and the one way it is read ([`store::Reader`]) |
 //! | delivery | [`delivery`] | batches encoded once, the recent history, packet queues, the fan-out, the broadcaster |
 //! | sequencer | `sequencer` | the publish seam and the one writer: group commit, dedupe, order; its `Adapter` seam says where rounds are stored and batches go |
@@ -24,6 +24,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub mod delivery;
 pub(crate) mod engine;
+pub mod identity;
 pub mod log;
 pub(crate) mod metrics;
 pub mod namespace;

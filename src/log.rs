@@ -12,6 +12,7 @@
 //! Must not: decide ids or order (the database and the sequencer do).
 
 use crate::chat;
+pub use crate::identity::Author;
 use crate::protocol::socketio;
 pub use crate::room::Room;
 
@@ -22,6 +23,11 @@ pub struct Entry {
     pub id: u64,
     /// The room it was said in (`messages.room`).
     pub room: Room,
+    /// Who said it (`messages.user_id`, `messages.user_name`).
+    pub author: Author,
+    /// The server's time of its commit, in milliseconds since the epoch (`messages.created_at`;
+    /// 0 for a row stored before relay recorded it).
+    pub at: u64,
     pub body: Body,
 }
 
@@ -48,13 +54,22 @@ impl Entry {
         Entry::in_room(id, Room::main(), content)
     }
 
-    /// A chat message of `room` stored under `id`.
+    /// A chat message of `room` stored under `id`, of no known author or time.
     pub fn in_room(id: u64, room: Room, content: String) -> Entry {
         Entry {
             id,
             room,
+            author: Author::default(),
+            at: 0,
             body: Body::Message { content },
         }
+    }
+
+    /// The same entry, said by `author` and committed at `at` (ms since the epoch).
+    pub fn by(mut self, author: Author, at: u64) -> Entry {
+        self.author = author;
+        self.at = at;
+        self
     }
 
     /// The message text (every entry is a message today).
@@ -82,6 +97,34 @@ impl Entry {
     }
 }
 
+/// The meta argument a socket that asked for it (`auth.meta`) gets with every message:
+/// `{"at":<ms>,"user":<sub or null>,"name":<name or null>,"guest":<bool>}`.
+pub fn meta_json(author: &Author, at: u64) -> String {
+    serde_json::json!({
+        "at": at,
+        "user": author.user.as_deref(),
+        "name": author.name.as_deref(),
+        "guest": author.is_guest(),
+    })
+    .to_string()
+}
+
+/// An entry's packet (as [`Entry::packet`] wrote it for `wire`, `id` its entry's id) with the
+/// meta argument after the id and before the recovery offset:
+/// `42[…"chat message",<content>,<id>,<meta>(,"<id>")]`.
+pub fn with_meta(packet: &[u8], id: u64, wire: Wire, meta: &str) -> Vec<u8> {
+    let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+    // After the id: `]`, or `,"<id>"]` with the recovery offset.
+    let tail = if wire.offsets { digits + 4 } else { 1 };
+    let cut = packet.len().saturating_sub(tail);
+    let mut out = Vec::with_capacity(packet.len() + meta.len() + 1);
+    out.extend_from_slice(&packet[..cut]);
+    out.push(b',');
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(&packet[cut..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +148,36 @@ mod tests {
         );
         assert_eq!(Room::named(""), Room::main());
         assert_eq!(Room::main().nsp(), "/");
+    }
+
+    #[test]
+    fn the_meta_argument_goes_after_the_id_and_before_the_offset() {
+        let author = Author {
+            user: Some("u1".into()),
+            name: Some("Ana".into()),
+        };
+        let meta = meta_json(&author, 1700);
+        assert_eq!(
+            meta,
+            r#"{"at":1700,"guest":false,"name":"Ana","user":"u1"}"#
+        );
+        for (wire, want) in [
+            (
+                Wire::default(),
+                format!(r#"42["chat message","x",100,{meta}]"#),
+            ),
+            (
+                Wire { offsets: true },
+                format!(r#"42["chat message","x",100,{meta},"100"]"#),
+            ),
+        ] {
+            let e = Entry::message(100, "x".into());
+            assert_eq!(
+                with_meta(e.packet(wire).as_bytes(), 100, wire, &meta),
+                want.as_bytes()
+            );
+        }
+        let guest = meta_json(&Author::default(), 0);
+        assert_eq!(guest, r#"{"at":0,"guest":true,"name":null,"user":null}"#);
     }
 }

@@ -582,6 +582,55 @@ async fn rooms_hold_across_nodes() {
     drop_database(&db).await;
 }
 
+/// Who said a message and when travels with it to every node (on the bus and in forwards): a
+/// socket that asked for it gets the same author and time on every node, live and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authors_and_times_reach_every_node() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&db, &redis, &cluster)).collect();
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        let mut w = Client::open(&n.ws_url()).await;
+        w.send(r#"40{"meta":true}"#).await;
+        assert!(w.recv_text().await.starts_with("40{"));
+        watchers.push(w);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let mut c = Client::open(&n.ws_url()).await;
+        c.send(&format!(r#"40{{"name":"guest {i}"}}"#)).await;
+        assert!(c.recv_text().await.starts_with("40{"));
+        c.emit(Some(1), &format!("from node {i}"), &format!("meta-{i}"))
+            .await;
+        loop {
+            if parse_ack(&c.recv_text().await).is_some() {
+                break;
+            }
+        }
+    }
+    let mut seen: Vec<Vec<serde_json::Value>> = Vec::new();
+    for w in &mut watchers {
+        let mut rows = Vec::new();
+        while rows.len() < 3 {
+            let t = w.recv_text().await;
+            if let Some(body) = t.strip_prefix("42") {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                rows.push(v[3].clone());
+            }
+        }
+        seen.push(rows);
+    }
+    for (i, rows) in seen.iter().enumerate() {
+        assert_eq!(rows, &seen[0], "node {i} saw the same authors and times");
+        for (k, meta) in rows.iter().enumerate() {
+            assert_eq!(meta["name"], format!("guest {k}"), "node {i}");
+            assert!(meta["at"].as_u64().is_some_and(|t| t > 0));
+        }
+    }
+    drop(nodes);
+    drop_database(&db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_another_node_is_acked_and_not_stored_twice() {
     let redis = Redis::start();

@@ -7,7 +7,7 @@ mod common;
 
 use common::Backend;
 use relay::chat::NewMessage;
-use relay::log::Entry;
+use relay::log::{Author, Entry};
 use relay::room::Room;
 use relay::store::{Inserted, Store};
 
@@ -82,6 +82,8 @@ fn msg(offset: &str, content: &str) -> NewMessage {
 fn in_room(room: &str, offset: &str, content: &str) -> NewMessage {
     NewMessage {
         room: Room::named(room),
+        author: Default::default(),
+        at: 0,
         client_offset: offset.into(),
         content: content.into(),
     }
@@ -478,8 +480,8 @@ async fn rooms_page_apart_on_one_sequence(backend: Backend) {
     db.remove().await;
 }
 
-/// A table made by the tutorial's own DDL (no room column) is upgraded in place at start: its
-/// rows are `/`'s, untouched, and rooms work on it.
+/// A table made by the tutorial's own DDL (no room, author or time) is upgraded in place at
+/// start: its rows are `/`'s, of no known author or time, untouched; rooms and authors work on it.
 async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
     let db = Fresh::new(backend);
     db.create().await;
@@ -505,12 +507,26 @@ async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
             Entry::message(2, "two".into())
         ]
     );
-    insert(&store, &[in_room("general", "c", "three")]).await;
+    let mut authored = in_room("general", "c", "three");
+    authored.author = Author {
+        user: Some("u1".into()),
+        name: Some("Ana é".into()),
+    };
+    authored.at = 1_700_000_000_123;
+    insert(&store, &[authored]).await;
     let general = store
         .page_after(Some(&Room::named("general")), 0, 10)
         .await
         .unwrap();
     assert_eq!(general.iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
+    assert_eq!(general[0].author.user.as_deref(), Some("u1"));
+    assert_eq!(general[0].author.name.as_deref(), Some("Ana é"));
+    assert_eq!(general[0].at, 1_700_000_000_123);
+    assert_eq!(
+        (old[0].author.user.clone(), old[0].at),
+        (None, 0),
+        "older rows: unknown"
+    );
     assert_eq!(
         store.page_after(Some(&Room::main()), 0, 10).await.unwrap(),
         old

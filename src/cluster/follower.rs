@@ -307,6 +307,8 @@ mod tests {
         for i in 0..n {
             let m = NewMessage {
                 room: crate::room::Room::main(),
+                author: Default::default(),
+                at: 0,
                 content: format!("m{i}"),
                 client_offset: format!("o{i}"),
             };
@@ -382,6 +384,8 @@ mod tests {
         let mut receipts = crate::sequencer::Mailbox::default();
         let message = NewMessage {
             room: crate::room::Room::main(),
+            author: Default::default(),
+            at: 0,
             content: "m".into(),
             client_offset: "o".into(),
         };

@@ -23,6 +23,7 @@
 
 use crate::chat::{NewMessage, MAX_OFFSET_CHARS};
 use crate::delivery::batch::Batch;
+use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::metrics::Metrics;
 use crate::room::Room;
 use crate::sequencer::{Answer, Outcome, Submission};
@@ -91,10 +92,12 @@ pub fn encode_forward(node: &str, msgs: &[(u64, &NewMessage)]) -> String {
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (req, m) in self.0 {
                 let (offset, content) = (m.client_offset.as_str(), m.content.as_str());
-                if m.room.is_main() {
-                    seq.serialize_element(&(req, offset, content))?;
-                } else {
-                    seq.serialize_element(&(req, offset, content, m.room.name()))?;
+                match Extra::of(&m.author, 0) {
+                    Some(extra) => {
+                        seq.serialize_element(&(req, offset, content, m.room.name(), extra))?
+                    }
+                    None if m.room.is_main() => seq.serialize_element(&(req, offset, content))?,
+                    None => seq.serialize_element(&(req, offset, content, m.room.name()))?,
                 }
             }
             seq.end()
@@ -169,11 +172,52 @@ pub fn encode_replies(node: &str, replies: &[(u64, Reply)]) -> String {
     serde_json::to_string(&wire).expect("replies always serialise")
 }
 
-/// A number and `N` strings, then, for an entry of a room other than `/`, the room's name: a bus
-/// row `[id,"content"(,"room")]` (`N` = 2) or a forwarded message
-/// `[req,"clientOffset","content"(,"room")]` (`N` = 3). The last string is "" when the room is
-/// `/`.
-pub struct Strings<T, const N: usize>(pub T, pub [String; N]);
+/// A number and `N - 1` strings, then the room's name (an entry of a room other than `/`), then
+/// [`Extra`] (an entry with an author or a time): a bus row `[id,"content"(,"room"(,{…}))]`
+/// (`N` = 2) or a forwarded message `[req,"clientOffset","content"(,"room"(,{…}))]` (`N` = 3).
+/// The room is "" for `/`, written only when the extra follows.
+pub struct Strings<T, const N: usize>(pub T, pub [String; N], pub Option<Extra>);
+
+/// Who said an entry and when: `{"t":<ms>,"u":"<user id>","n":"<name>"}`, each field only when
+/// known (a forwarded message has no time yet: the sequencer stamps it).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+}
+
+impl Extra {
+    /// The extra of `author` at `at` (0: no time); `None` when it would say nothing.
+    pub fn of(author: &Author, at: u64) -> Option<Extra> {
+        let extra = Extra {
+            t: (at > 0).then_some(at),
+            u: author.user.as_deref().map(str::to_string),
+            n: author.name.as_deref().map(str::to_string),
+        };
+        (extra != Extra::default()).then_some(extra)
+    }
+
+    /// The author it names (checked against the identity rules' bounds), and its time (0: none).
+    pub fn author(extra: Option<Extra>) -> Option<(Author, u64)> {
+        let Some(e) = extra else {
+            return Some((Author::default(), 0));
+        };
+        let user = match e.u {
+            Some(u) if u.is_empty() || u.len() > MAX_USER_BYTES => return None,
+            u => u.map(Arc::from),
+        };
+        let name = match e.n {
+            Some(n) if n.chars().count() > MAX_TOKEN_NAME_CHARS => return None,
+            n => n.map(Arc::from),
+        };
+        Some((Author { user, name }, e.t.unwrap_or(0)))
+    }
+}
 
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Strings<T, N> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -190,8 +234,10 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Strings<T, N
                 for s in strings.iter_mut().take(N - 1) {
                     *s = seq.next_element()?.ok_or_else(missing)?;
                 }
+                let mut extra = None;
                 if let Some(room) = seq.next_element::<String>()? {
-                    if room.is_empty() {
+                    extra = seq.next_element::<Extra>()?;
+                    if room.is_empty() && extra.is_none() {
                         return Err(de::Error::custom("the room / is written without a name"));
                     }
                     strings[N - 1] = room;
@@ -199,7 +245,7 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Strings<T, N
                 if seq.next_element::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::custom("array too long"));
                 }
-                Ok(Strings(first, strings))
+                Ok(Strings(first, strings, extra))
             }
         }
         d.deserialize_seq(Visit(std::marker::PhantomData))
@@ -276,8 +322,9 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
         ("forward", Some(msgs), _) if !msgs.is_empty() => {
             let mut out = Vec::with_capacity(msgs.len());
             for msg in msgs {
-                let Strings(req, [client_offset, content, room]) = msg;
+                let Strings(req, [client_offset, content, room], extra) = msg;
                 let room = room_named(room)?;
+                let (author, _) = Extra::author(extra)?;
                 if client_offset.is_empty()
                     || client_offset.chars().count() > MAX_OFFSET_CHARS
                     || content.len() > max_message_bytes
@@ -288,6 +335,8 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
                     req,
                     NewMessage {
                         room,
+                        author,
+                        at: 0,
                         content,
                         client_offset,
                     },
@@ -622,6 +671,8 @@ mod tests {
     fn message(offset: &str, content: &str) -> NewMessage {
         NewMessage {
             room: Room::main(),
+            author: Default::default(),
+            at: 0,
             content: content.into(),
             client_offset: offset.into(),
         }

@@ -316,10 +316,11 @@ pub fn encode(node: &str, prev: u64, entries: &[Entry]) -> String {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for e in self.0 {
-                if e.room.is_main() {
-                    seq.serialize_element(&(e.id, e.content()))?;
-                } else {
-                    seq.serialize_element(&(e.id, e.content(), e.room.name()))?;
+                let (id, content) = (e.id, e.content());
+                match forward::Extra::of(&e.author, e.at) {
+                    Some(extra) => seq.serialize_element(&(id, content, e.room.name(), extra))?,
+                    None if e.room.is_main() => seq.serialize_element(&(id, content))?,
+                    None => seq.serialize_element(&(id, content, e.room.name()))?,
                 }
             }
             seq.end()
@@ -368,13 +369,14 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
     let mut last = wire.prev;
     let mut rows = Vec::with_capacity(wire.rows.len());
     for row in wire.rows {
-        let forward::Strings(id, [content, room]) = row;
+        let forward::Strings(id, [content, room], extra) = row;
         let room = forward::room_named(room)?;
+        let (author, at) = forward::Extra::author(extra)?;
         if id <= last || content.len() > max_message_bytes {
             return None;
         }
         last = id;
-        rows.push(Entry::in_room(id, room, content));
+        rows.push(Entry::in_room(id, room, content).by(author, at));
     }
     Some((wire.node, wire.prev, rows))
 }
@@ -631,6 +633,28 @@ mod tests {
             r#"{"v":1,"node":5,"prev":1,"rows":[[2,"x"]]}"#,
             r#"{"v":1,"node":"n","prev":1}"#,
             r#"{"v":1,"node":"n","prev":-1,"rows":[[2,"x"]]}"#,
+        ] {
+            assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
+        }
+        // An author and a time ride along as a last element, `/`'s room then written as "".
+        let who = crate::log::Author {
+            user: Some("u1".into()),
+            name: Some("Ana".into()),
+        };
+        let authored = vec![Entry::message(4, "z".into()).by(who, 1700)];
+        let payload = encode("n", 3, &authored);
+        assert!(
+            payload.contains(r#"[[4,"z","",{"t":1700,"u":"u1","n":"Ana"}]]"#),
+            "{payload}"
+        );
+        assert_eq!(
+            decode(payload.as_bytes(), 100),
+            Some(("n".into(), 3, authored))
+        );
+        for bad in [
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","",{"t":1,"zz":2}]]}"#,
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","",{"u":""}]]}"#,
+            r#"{"v":1,"node":"n","prev":1,"rows":[[2,"x","",5]]}"#,
         ] {
             assert_eq!(decode(bad.as_bytes(), 100), None, "{bad}");
         }

@@ -6,12 +6,12 @@
 //! polling transport takes the packet inside it. Encoded once, at commit (or when a replay reads
 //! the entry), never per socket.
 
-use crate::log::{Entry, Wire};
+use crate::log::{self, Author, Entry, Wire};
 use crate::protocol::websocket;
 use crate::room::Room;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// One committed log entry, ready for any transport. Cheap to clone (the frame is shared): a
+/// One committed log entry, ready for any transport. Cheap to clone (the frames are shared): a
 /// room's share of a batch holds the same bytes.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -22,6 +22,37 @@ pub struct Message {
     frame: Arc<[u8]>,
     /// Length of the frame's header: the packet starts there.
     header: u8,
+    /// Who said it and when, and the frame with the meta argument, written the first time a
+    /// socket that asked for it (`auth.meta`) is sent the message.
+    meta: Arc<Meta>,
+}
+
+#[derive(Debug)]
+struct Meta {
+    author: Author,
+    at: u64,
+    wire: Wire,
+    /// The frame with the meta argument, and its header's length.
+    framed: OnceLock<(Box<[u8]>, u8)>,
+}
+
+/// One framing of a message, as a transport sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Framed<'a> {
+    frame: &'a [u8],
+    header: usize,
+}
+
+impl<'a> Framed<'a> {
+    /// The Engine.IO packet (UTF-8 text), as the polling transport sends it.
+    pub fn packet(&self) -> &'a [u8] {
+        &self.frame[self.header..]
+    }
+
+    /// The whole WebSocket frame carrying the packet, as the WebSocket transport sends it.
+    pub fn ws_frame(&self) -> &'a [u8] {
+        self.frame
+    }
 }
 
 impl Message {
@@ -40,22 +71,63 @@ impl Message {
             room: entry.room.clone(),
             frame,
             header: header as u8, // 2, 4 or 10
+            meta: Arc::new(Meta {
+                author: entry.author.clone(),
+                at: entry.at,
+                wire,
+                framed: OnceLock::new(),
+            }),
         }
     }
 
-    /// The Engine.IO packet (UTF-8 text), as the polling transport sends it.
-    pub fn packet(&self) -> &[u8] {
-        &self.frame[usize::from(self.header)..]
+    /// The message as every socket gets it: [`Entry::packet`].
+    pub fn plain(&self) -> Framed<'_> {
+        Framed {
+            frame: &self.frame,
+            header: usize::from(self.header),
+        }
     }
 
-    /// The whole WebSocket frame carrying the packet, as the WebSocket transport sends it.
+    /// The message for a socket that asked for its author and time (`auth.meta`): the packet
+    /// with [`log::with_meta`]'s argument, written once, the first time it is asked for.
+    pub fn with_meta(&self) -> Framed<'_> {
+        let meta = &*self.meta;
+        let (frame, header) = meta.framed.get_or_init(|| {
+            let json = log::meta_json(&meta.author, meta.at);
+            let packet = log::with_meta(self.plain().packet(), self.id, meta.wire, &json);
+            let mut frame = Vec::with_capacity(packet.len() + 10);
+            websocket::push_text_frame(&mut frame, &packet);
+            let header = (frame.len() - packet.len()) as u8;
+            (frame.into_boxed_slice(), header)
+        });
+        Framed {
+            frame,
+            header: usize::from(*header),
+        }
+    }
+
+    /// [`Message::with_meta`] when `meta`, else [`Message::plain`].
+    pub fn framed(&self, meta: bool) -> Framed<'_> {
+        if meta {
+            self.with_meta()
+        } else {
+            self.plain()
+        }
+    }
+
+    /// The Engine.IO packet (UTF-8 text) every socket gets, as the polling transport sends it.
+    pub fn packet(&self) -> &[u8] {
+        self.plain().packet()
+    }
+
+    /// The whole WebSocket frame every socket gets, as the WebSocket transport sends it.
     pub fn ws_frame(&self) -> &[u8] {
         &self.frame
     }
 
     /// Bytes held, for the recent history's memory bound.
     pub fn size(&self) -> usize {
-        self.frame.len() + std::mem::size_of::<Message>()
+        self.frame.len() + std::mem::size_of::<Message>() + std::mem::size_of::<Meta>()
     }
 }
 

@@ -15,7 +15,7 @@
 //!
 //! Must not: block, await, or touch the database. Every method takes the lock briefly.
 
-use super::batch::{Batch, Message};
+use super::batch::{Batch, Framed, Message};
 use super::recent::Recent;
 use crate::log::{Entry, Wire};
 use crate::room::Room;
@@ -34,7 +34,7 @@ pub const LIVE_BACKLOG: usize = 256 * 1024;
 /// Called with the queue's lock held: implementations must not block or await.
 pub trait PacketSink: Send + 'static {
     /// Appends a chat message, in this transport's framing of it (cached in the message).
-    fn push_message(&mut self, message: &Message);
+    fn push_message(&mut self, message: Framed<'_>);
     /// Appends one Engine.IO packet of the session's own (`0{…}`, `2`, `40{…}`, `43…`).
     fn push_packet(&mut self, packet: &str);
     /// Bytes appended and not yet taken by the connection.
@@ -74,6 +74,8 @@ struct Member {
     ack_wait: u64,
     /// Which joining of the room this is: the fan-out forgets a registration of an earlier one.
     generation: u64,
+    /// The socket asked for each message's author and time (`auth.meta`).
+    meta: bool,
 }
 
 struct State<S> {
@@ -161,9 +163,10 @@ impl<S: PacketSink> PacketQueue<S> {
         state.members.clear();
     }
 
-    /// Enters `room` at `cursor` (again, if it was in it); the session catches the socket up
-    /// next. Returns the joining's generation, to register with the fan-out under.
-    pub fn join(&self, room: &Room, cursor: u64) -> u64 {
+    /// Enters `room` at `cursor` (again, if it was in it), its messages framed with their meta
+    /// argument when `meta`; the session catches the socket up next. Returns the joining's
+    /// generation, to register with the fan-out under.
+    pub fn join(&self, room: &Room, cursor: u64, meta: bool) -> u64 {
         let mut state = self.lock();
         state.joinings += 1;
         let generation = state.joinings;
@@ -174,6 +177,7 @@ impl<S: PacketSink> PacketQueue<S> {
             mode: Mode::CatchingUp,
             ack_wait: 0,
             generation,
+            meta,
         });
         generation
     }
@@ -241,7 +245,7 @@ impl<S: PacketSink> PacketQueue<S> {
         for entry in entries {
             if entry.id > member.cursor && entry.room == *room {
                 member.cursor = entry.id;
-                sink.push_message(&Message::encode(entry, wire));
+                sink.push_message(Message::encode(entry, wire).framed(member.meta));
                 n += 1;
             }
         }
@@ -368,7 +372,7 @@ impl Member {
         let mut n = 0;
         for m in &batch.messages {
             if m.id > self.cursor && m.room == self.room {
-                sink.push_message(m);
+                sink.push_message(m.framed(self.meta));
                 n += 1;
             }
         }
@@ -397,7 +401,7 @@ mod tests {
     fn the_fan_out_feeds_a_socket_only_after_memory_handed_it_over() {
         let q = PacketQueue::new(MemorySink::taking());
         let (b1, b2, b3) = (batch(0, &[1, 2]), batch(2, &[3]), batch(3, &[4, 5]));
-        q.join(&Room::main(), 0);
+        q.join(&Room::main(), 0, false);
         assert_eq!(
             q.offer(&Room::main(), 1, std::slice::from_ref(&b1)),
             Some(0),
@@ -414,7 +418,7 @@ mod tests {
     #[test]
     fn memory_that_does_not_reach_back_sends_catch_up_to_the_database() {
         let q = PacketQueue::new(MemorySink::taking());
-        q.join(&Room::main(), 3);
+        q.join(&Room::main(), 3, false);
         let memory = recent(10, &[batch(10, &[11])]);
         assert_eq!(q.catch_up(&Room::main(), &memory), CatchUp::Page(3));
         // Still the session's: the fan-out does not feed it meanwhile.
@@ -525,8 +529,8 @@ mod tests {
             messages: vec![msg(1, &a), msg(2, &b), msg(3, &a)],
         });
         let memory = recent(0, std::slice::from_ref(&whole));
-        let ga = q.join(&a, 0);
-        let gb = q.join(&b, 0);
+        let ga = q.join(&a, 0, false);
+        let gb = q.join(&b, 0, false);
         assert_eq!(q.catch_up(&a, &memory), CatchUp::Live(2));
         assert_eq!(q.catch_up(&b, &memory), CatchUp::Live(1));
         // b's share of the next batch is chained to b's own last row (2), not to 3.
@@ -542,7 +546,7 @@ mod tests {
         // Left, and joined again: the old registration is forgotten, the new one fed.
         q.leave(&b);
         assert_eq!(q.offer(&b, gb, std::slice::from_ref(&share)), None);
-        let gb2 = q.join(&b, 4);
+        let gb2 = q.join(&b, 4, false);
         assert!(q.is_member(&b, gb2) && !q.is_member(&b, gb));
     }
 }

@@ -1,7 +1,7 @@
 //! Unit tests only: the delivery path's test fixtures — batches of given ids, a recent history
 //! holding given batches, an in-memory packet sink, and a queue made live.
 
-use super::batch::{Batch, Message};
+use super::batch::{Batch, Framed, Message};
 use super::queue::{CatchUp, PacketQueue, PacketSink};
 use super::recent::{Recent, RecentLimits};
 use crate::log::{Entry, Wire};
@@ -39,7 +39,7 @@ pub fn recent(start: u64, batches: &[Arc<Batch>]) -> Recent {
 /// Joins a queue to `/` at 0 with nothing published: the fan-out feeds it from now on. Returns
 /// the joining's generation.
 pub fn make_live<S: PacketSink>(queue: &PacketQueue<S>) -> u64 {
-    let generation = queue.join(&Room::main(), 0);
+    let generation = queue.join(&Room::main(), 0, false);
     assert_eq!(
         queue.catch_up(&Room::main(), &recent(0, &[])),
         CatchUp::Live(0)
@@ -70,7 +70,7 @@ impl MemorySink {
 }
 
 impl PacketSink for MemorySink {
-    fn push_message(&mut self, message: &Message) {
+    fn push_message(&mut self, message: Framed<'_>) {
         self.queued
             .push(String::from_utf8_lossy(message.packet()).into_owned());
     }

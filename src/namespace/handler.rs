@@ -21,6 +21,7 @@ use super::{
 use crate::chat::{self, Rejection};
 use crate::delivery::queue::CatchUp;
 use crate::engine::{DisconnectReason, Session, Transport};
+use crate::identity::Identity;
 use crate::log::Entry;
 use crate::protocol::socketio;
 use crate::room::Room;
@@ -71,11 +72,18 @@ struct Member {
     history: Option<HistoryFuture>,
     /// The socket id and pid the client got at CONNECT (the pid with recovery on).
     identity: Option<(String, Option<String>)>,
+    /// Who the socket speaks for (the author of its messages). Boxed: a guest's is empty, and
+    /// sockets are many.
+    speaker: Option<Box<Identity>>,
+    /// The socket asked for every message's author and time (`auth.meta`).
+    meta: bool,
 }
 
 impl Member {
     fn new(room: Room) -> Member {
         Member {
+            speaker: None,
+            meta: false,
             room,
             generation: 0,
             replay: None,
@@ -443,9 +451,25 @@ impl<T: Transport> Handler<T> {
         Ok(None)
     }
 
-    /// A CONNECT to member `i`'s room: answered at once, or once its recovery or capped replay
-    /// is planned.
+    /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
+    /// recovery or capped replay is planned.
     fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
+        let now = crate::store::now_ms() / 1000;
+        match self.ns.identity.identify(auth, &self.members[i].room, now) {
+            Ok(identity) => {
+                let m = &mut self.members[i];
+                if identity != Identity::default() {
+                    m.speaker = Some(Box::new(identity));
+                }
+                m.meta = chat::wants_meta(auth);
+            }
+            Err(why) => {
+                let m = self.members.swap_remove(i);
+                tracing::debug!(room = %m.room, why, "CONNECT refused");
+                self.socket.refuse(&m.room, &why);
+                return;
+            }
+        }
         let server_offset = chat::server_offset(auth);
         let recovery = self
             .ns
@@ -480,7 +504,7 @@ impl<T: Transport> Handler<T> {
         }
         m.identity = Some((plan.sid, plan.pid));
         let queue = self.socket.engine.queue().clone();
-        m.generation = queue.join(&m.room, cursor);
+        m.generation = queue.join(&m.room, cursor, m.meta);
         // Registered before reading history: see the module docs for why this order closes the gap.
         self.ns
             .broadcaster
@@ -509,7 +533,7 @@ impl<T: Transport> Handler<T> {
                     .saturating_sub(overhead);
                 let page = self
                     .ns
-                    .history_page(m.room.clone(), ack_id, request, budget);
+                    .history_page(m.room.clone(), ack_id, request, budget, m.meta);
                 self.members[i].history = Some(page);
             }
             (Ok(_), None) => {} // nobody to answer: nothing to read
@@ -582,7 +606,10 @@ impl<T: Transport> Handler<T> {
                 }
             });
         match message {
-            Ok(message) => {
+            Ok(mut message) => {
+                if let Some(speaker) = &self.members[i].speaker {
+                    message.author = speaker.author.clone();
+                }
                 let tag = self.next_tag;
                 self.next_tag += 1;
                 self.in_flight
@@ -746,6 +773,7 @@ mod tests {
                 metrics,
                 replay_reads: Arc::new(Semaphore::new(4)),
                 recovery,
+                identity: crate::identity::Verifier::guests(),
             }),
             store,
             stop: CancellationToken::new(),

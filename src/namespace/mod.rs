@@ -28,6 +28,7 @@ pub(crate) mod socket;
 
 use crate::chat;
 use crate::delivery::Broadcaster;
+use crate::identity::Verifier;
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::protocol::sid::new_sid;
@@ -79,6 +80,8 @@ pub(crate) struct Namespace {
     pub replay_reads: Arc<Semaphore>,
     /// Connection-state recovery, when on (`RECOVERY_WINDOW_MS` > 0).
     pub recovery: Option<RecoveryLog>,
+    /// Who a CONNECT speaks for (`AUTH`, the JWT keys).
+    pub identity: Verifier,
 }
 
 /// A CONNECT being planned (recovery checks, the start of a capped first visit).
@@ -200,11 +203,12 @@ impl Namespace {
         ack_id: u64,
         request: chat::HistoryRequest,
         budget: usize,
+        meta: bool,
     ) -> HistoryFuture {
         let ns = self.clone();
         Box::pin(async move {
             let _turn = ns.replay_reads.acquire().await;
-            let page = ns.read_history(&room, request, budget).await;
+            let page = ns.read_history(&room, request, budget, meta).await;
             (ack_id, page)
         })
     }
@@ -214,6 +218,7 @@ impl Namespace {
         room: &Room,
         request: chat::HistoryRequest,
         budget: usize,
+        meta: bool,
     ) -> Result<String, StoreError> {
         let mut page = chat::HistoryPage::new(budget);
         let mut before = request.before;
@@ -224,7 +229,8 @@ impl Namespace {
             }
             let chunk = self.reader.before_in(room, before, want).await?;
             for entry in chunk.iter().rev() {
-                if !page.push_older(entry.id, entry.content()) {
+                let meta = meta.then_some((&entry.author, entry.at));
+                if !page.push_older(entry.id, entry.content(), meta) {
                     return Ok(page.into_ack_args(true)); // the budget
                 }
                 before = entry.id;

@@ -117,6 +117,14 @@ impl<T: Transport> Socket<T> {
         }
     }
 
+    /// Refuses the CONNECT to `room` in hand: `44[<nsp>,]{"message":…}` (the stock client's
+    /// `connect_error` with that message); the socket is not in the namespace.
+    pub fn refuse(&mut self, room: &Room, message: &str) {
+        self.states.retain(|(r, _)| r != room);
+        self.engine
+            .send(&socketio::encode_connect_error(&room.nsp(), message));
+    }
+
     /// The next packet for the handler. `reading`: whether to read the client's packets now (a
     /// socket with a CONNECT in hand reads none). Errors: the session ended, the connect
     /// timeout passed, or a protocol error (the session is to be closed with that reason).

@@ -211,6 +211,9 @@ impl Sequencer {
     }
 
     /// Hands a submission to the writer if its queue has room, without waiting.
+    // The error hands the submission back, as tokio's `try_send` does; boxing it would allocate
+    // on every full queue for nothing.
+    #[allow(clippy::result_large_err)]
     pub fn try_publish(&self, s: Submission) -> Result<(), mpsc::error::TrySendError<Submission>> {
         self.submissions.try_send(s)
     }
@@ -334,6 +337,11 @@ impl<A: Adapter> Writer<A> {
             }
         }
 
+        // The round's time of commit, the one every message of it records.
+        let at = crate::store::now_ms();
+        for s in batch.iter_mut() {
+            s.message.at = at;
+        }
         // A clientOffset repeated inside the batch is stored once; the repeats follow its fate.
         let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
         let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
@@ -437,11 +445,9 @@ impl<A: Adapter> Writer<A> {
             let mut entries = Vec::with_capacity(stored.len());
             for (id, i) in stored {
                 let message = &mut batch[i].message;
-                let entry = Entry::in_room(
-                    id,
-                    message.room.clone(),
-                    std::mem::take(&mut message.content),
-                );
+                let content = std::mem::take(&mut message.content);
+                let entry = Entry::in_room(id, message.room.clone(), content)
+                    .by(message.author.clone(), message.at);
                 messages.push(Message::encode(&entry, wire));
                 entries.push(entry);
             }
@@ -623,6 +629,8 @@ mod tests {
         async fn submit(&self, offset: &str, ack_id: u64) {
             let message = NewMessage {
                 room: crate::room::Room::main(),
+                author: Default::default(),
+                at: 0,
                 content: format!("content of {offset}"),
                 client_offset: offset.into(),
             };
@@ -742,6 +750,8 @@ mod tests {
             loop {
                 let late = NewMessage {
                     room: crate::room::Room::main(),
+                    author: Default::default(),
+                    at: 0,
                     content: "late".into(),
                     client_offset: "late".into(),
                 };

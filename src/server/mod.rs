@@ -21,6 +21,7 @@ use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
 use crate::delivery::Broadcaster;
 use crate::engine::EngineConfig;
+use crate::identity::Verifier;
 use crate::log::Wire;
 use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
@@ -111,6 +112,7 @@ pub fn redact(url: &str) -> String {
 /// database that cannot be reached or read, an address that cannot be bound.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
+    let identity = verifier(config).map_err(StartError::Config)?;
     let cluster = cluster_options(config);
     if let Some(options) = &cluster {
         options
@@ -165,7 +167,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         &background,
         stop_background.clone(),
     );
-    let namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
+    let mut namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
+    namespace.identity = identity;
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
@@ -322,7 +325,26 @@ fn namespace(
         metrics,
         replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
         recovery,
+        identity: Verifier::guests(),
     }
+}
+
+/// Who may connect, and how tokens are checked (`AUTH`, `JWT_*`). Errors name the setting.
+fn verifier(config: &Config) -> Result<Verifier, String> {
+    let pem = match &config.jwt_public_key {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("JWT_PUBLIC_KEY {}: cannot read it: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Verifier::new(
+        config.auth,
+        config.jwt_secret.as_deref(),
+        pem.as_deref(),
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+    )
 }
 
 /// Every Engine.IO session's heartbeat and payload limit.

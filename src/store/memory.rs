@@ -61,7 +61,13 @@ impl MemoryStore {
     /// Stores a row as a foreign writer would, behind the sequencer's back.
     pub fn insert_foreign(&self, offset: &str, content: &str) -> u64 {
         let mut inner = self.lock();
-        inner.store(offset, &Room::main(), content)
+        inner.store(&NewMessage {
+            room: Room::main(),
+            author: Default::default(),
+            at: 0,
+            content: content.into(),
+            client_offset: offset.into(),
+        })
     }
 
     /// Every stored row, ascending.
@@ -195,7 +201,7 @@ impl MemoryStore {
             .iter()
             .map(|m| match inner.offsets.get(&m.client_offset) {
                 Some(&id) => Inserted::Duplicate(id),
-                None => Inserted::Stored(inner.store(&m.client_offset, &m.room, &m.content)),
+                None => Inserted::Stored(inner.store(m)),
             })
             .collect();
         if fault == Some(Fault::CommitThenFail) {
@@ -209,12 +215,12 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn store(&mut self, offset: &str, room: &Room, content: &str) -> u64 {
+    fn store(&mut self, m: &NewMessage) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.offsets.insert(offset.to_string(), id);
-        self.rows
-            .push(Entry::in_room(id, room.clone(), content.to_string()));
+        self.offsets.insert(m.client_offset.clone(), id);
+        let entry = Entry::in_room(id, m.room.clone(), m.content.clone());
+        self.rows.push(entry.by(m.author.clone(), m.at));
         id
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
-use crate::log::Entry;
+use crate::log::{Author, Entry};
 use crate::room::Room;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -93,7 +93,7 @@ impl MysqlStore {
         conn.query_drop(SCHEMA)
             .await
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
-        upgrade_for_rooms(&mut conn).await?;
+        upgrade_in_place(&mut conn).await?;
         let content_limit: Option<u64> = conn
             .query_first(
                 "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
@@ -201,20 +201,24 @@ impl MysqlStore {
         let read = match room {
             None => {
                 conn.exec_map(
-                    "SELECT id, content, room FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                     WHERE id > ? ORDER BY id LIMIT ?",
                     (after, limit as u64),
-                    |(id, content, room): (u64, String, Vec<u8>)| {
-                        Entry::in_room(id, room_of(&room), content)
+                    |(id, content, room, user, name, at): Row| {
+                        Entry::in_room(id, room_of(&room), content).by(author_of(user, name), at)
                     },
                 )
                 .await
             }
             Some(room) => {
                 conn.exec_map(
-                    "SELECT id, content FROM messages FORCE INDEX (messages_room_id) \
+                    "SELECT id, content, room, user_id, user_name, created_at \
+                     FROM messages FORCE INDEX (messages_room_id) \
                      WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
                     (room.name(), after, limit as u64),
-                    |(id, content)| Entry::in_room(id, room.clone(), content),
+                    |(id, content, _, user, name, at): Row| {
+                        Entry::in_room(id, room.clone(), content).by(author_of(user, name), at)
+                    },
                 )
                 .await
             }
@@ -231,12 +235,15 @@ impl MysqlStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
-            "SELECT id, content FROM \
-             (SELECT id, content FROM messages FORCE INDEX (messages_room_id) \
+            "SELECT * FROM \
+             (SELECT id, content, room, user_id, user_name, created_at \
+              FROM messages FORCE INDEX (messages_room_id) \
               WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?) page \
              ORDER BY id",
             (room.name(), before, limit as u64),
-            |(id, content)| Entry::in_room(id, room.clone(), content),
+            |(id, content, _, user, name, at): Row| {
+                Entry::in_room(id, room.clone(), content).by(author_of(user, name), at)
+            },
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
@@ -316,11 +323,12 @@ impl MysqlStore {
     pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_map(
-            "SELECT id, content, room FROM \
-             (SELECT id, content, room FROM messages ORDER BY id DESC LIMIT ?) newest ORDER BY id",
+            "SELECT * FROM \
+             (SELECT id, content, room, user_id, user_name, created_at FROM messages \
+              ORDER BY id DESC LIMIT ?) newest ORDER BY id",
             (limit as u64,),
-            |(id, content, room): (u64, String, Vec<u8>)| {
-                Entry::in_room(id, room_of(&room), content)
+            |(id, content, room, user, name, at): Row| {
+                Entry::in_room(id, room_of(&room), content).by(author_of(user, name), at)
             },
         )
         .await
@@ -467,8 +475,9 @@ impl MysqlStore {
                     .collect());
             }
             let sql = format!(
-                "INSERT INTO messages (client_offset, content, room) VALUES {}",
-                placeholders("(?,?,?)", fresh.len())
+                "INSERT INTO messages \
+                 (client_offset, content, room, user_id, user_name, created_at) VALUES {}",
+                placeholders("(?,?,?,?,?,?)", fresh.len())
             );
             let params: Vec<mysql_async::Value> = fresh
                 .iter()
@@ -477,6 +486,9 @@ impl MysqlStore {
                         mysql_async::Value::Bytes(m.client_offset.as_bytes().to_vec()),
                         mysql_async::Value::Bytes(m.content.as_bytes().to_vec()),
                         mysql_async::Value::Bytes(m.room.name().as_bytes().to_vec()),
+                        text_or_null(m.author.user.as_deref()),
+                        text_or_null(m.author.name.as_deref()),
+                        mysql_async::Value::UInt(m.at),
                     ]
                 })
                 .collect();
@@ -691,25 +703,59 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+/// A row as read: id, content, room, user_id, user_name, created_at.
+type Row = (u64, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, u64);
+
+/// An author as stored, read back.
+fn author_of(user: Option<Vec<u8>>, name: Option<Vec<u8>>) -> Author {
+    let text = |b: Vec<u8>| Arc::from(String::from_utf8_lossy(&b).as_ref());
+    Author {
+        user: user.map(text),
+        name: name.map(text),
+    }
+}
+
+/// A nullable text column's parameter.
+fn text_or_null(text: Option<&str>) -> mysql_async::Value {
+    text.map_or(mysql_async::Value::NULL, |t| {
+        mysql_async::Value::Bytes(t.as_bytes().to_vec())
+    })
+}
+
 /// A room's name as stored, read back (only relay writes it; anything else would still be kept
 /// apart, under its own name).
 fn room_of(name: &[u8]) -> Room {
     Room::named(&String::from_utf8_lossy(name))
 }
 
-/// Brings a table made before rooms (by an older schema.sql, or by the tutorial's own DDL: `id,
-/// client_offset, content`) up to this schema in place: adds `room` (every row so far is `/`'s)
-/// and `messages_room_id`, online (`ALGORITHM=INPLACE, LOCK=NONE`: reads and writes go on), and
-/// logs what it did. Nothing to do on a table that has both. Checked through
-/// `information_schema`, as MySQL 8 has no `ADD COLUMN IF NOT EXISTS`.
-async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
-    let column = count(
-        conn,
-        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-         AND TABLE_NAME = 'messages' AND COLUMN_NAME = 'room'",
-        "cannot read the messages table's columns",
-    )
-    .await?;
+/// The columns a table made by an older relay (or by the tutorial's own DDL: `id, client_offset,
+/// content`) may lack, as `ALTER TABLE … ADD COLUMN` defines them.
+const ADDED_COLUMNS: [(&str, &str); 4] = [
+    ("room", "room VARBINARY(48) NOT NULL DEFAULT ''"),
+    ("user_id", "user_id VARBINARY(128) NULL"),
+    ("user_name", "user_name VARBINARY(256) NULL"),
+    (
+        "created_at",
+        "created_at BIGINT UNSIGNED NOT NULL DEFAULT 0",
+    ),
+];
+
+/// Brings a table made before rooms and authors (by an older schema.sql, or by the tutorial's
+/// own DDL) up to this schema in place: adds the columns it lacks (every row so far is `/`'s, of
+/// no known author or time) and `messages_room_id`, online (`ALGORITHM=INPLACE, LOCK=NONE`:
+/// reads and writes go on), and logs what it did. Nothing to do on a table that has them all.
+/// Checked through `information_schema`, as MySQL 8 has no `ADD COLUMN IF NOT EXISTS`.
+async fn upgrade_in_place(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
+    let mut changes = Vec::new();
+    for (column, definition) in ADDED_COLUMNS {
+        let sql = format!(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = 'messages' AND COLUMN_NAME = '{column}'"
+        );
+        if count(conn, &sql, "cannot read the messages table's columns").await? == 0 {
+            changes.push(format!("ADD COLUMN {definition}"));
+        }
+    }
     let index = count(
         conn,
         "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
@@ -717,12 +763,8 @@ async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreErro
         "cannot read the messages table's indexes",
     )
     .await?;
-    let mut changes = Vec::new();
-    if column == 0 {
-        changes.push("ADD COLUMN room VARBINARY(48) NOT NULL DEFAULT ''");
-    }
     if index == 0 {
-        changes.push("ADD KEY messages_room_id (room, id)");
+        changes.push("ADD KEY messages_room_id (room, id)".into());
     }
     if changes.is_empty() {
         return Ok(());
@@ -736,14 +778,14 @@ async fn upgrade_for_rooms(conn: &mut mysql_async::Conn) -> Result<(), StoreErro
         // An engine that cannot do it online (MyISAM, say): do it the blocking way.
         tracing::warn!(error = %e, "cannot upgrade the messages table online; locking it to upgrade");
         let sql = format!("ALTER TABLE messages {}", changes.join(", "));
-        conn.query_drop(&sql).await.map_err(StoreError::mysql(
-            "cannot upgrade the messages table for rooms",
-        ))?;
+        conn.query_drop(&sql)
+            .await
+            .map_err(StoreError::mysql("cannot upgrade the messages table"))?;
     }
     tracing::info!(
         change = %changes.join(", "),
         ms = started.elapsed().as_millis() as u64,
-        "upgraded the messages table in place for rooms: its rows so far are the room /'s"
+        "upgraded the messages table in place: its rows so far are the room /'s, of no known author or time"
     );
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
-use crate::log::Entry;
+use crate::log::{Author, Entry};
 use crate::room::Room;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -21,13 +21,16 @@ use tokio::sync::Semaphore;
 /// reused, even after the newest rows are deleted; `TEXT` compares with the BINARY collation, byte
 /// for byte, as the MySQL `VARBINARY` does.
 ///
-/// `room` and its index come after the table in [`upgrade_for_rooms`], so that a table made
-/// before rooms (or by the tutorial's own DDL) is upgraded in place.
+/// The index comes after the table in [`upgrade_in_place`], which also adds the columns a table
+/// made before rooms and authors (or by the tutorial's own DDL) lacks.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
   id            INTEGER PRIMARY KEY AUTOINCREMENT,
   client_offset TEXT NOT NULL UNIQUE,
   content       TEXT NOT NULL,
-  room          TEXT NOT NULL DEFAULT ''
+  room          TEXT NOT NULL DEFAULT '',
+  user_id       TEXT,
+  user_name     TEXT,
+  created_at    INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS relay_sessions (
   pid           TEXT PRIMARY KEY,
@@ -96,9 +99,8 @@ impl SqliteStore {
             }
             conn.execute_batch(SCHEMA)
                 .map_err(StoreError::sqlite("cannot create the messages table"))?;
-            upgrade_for_rooms(&conn).map_err(StoreError::sqlite(
-                "cannot upgrade the messages table for rooms",
-            ))?;
+            upgrade_in_place(&conn)
+                .map_err(StoreError::sqlite("cannot upgrade the messages table"))?;
             Ok((path, conn))
         })
         .await
@@ -145,19 +147,19 @@ impl SqliteStore {
         self.read("cannot read messages", move |c| match room {
             None => {
                 let mut stmt = c.prepare_cached(
-                    "SELECT id, content, room FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    "SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                     WHERE id > ?1 ORDER BY id LIMIT ?2",
                 )?;
                 let rows = stmt.query_map((after, limit), row)?;
                 rows.collect()
             }
             Some(room) => {
                 let mut stmt = c.prepare_cached(
-                    "SELECT id, content FROM messages INDEXED BY messages_room_id \
+                    "SELECT id, content, room, user_id, user_name, created_at \
+                     FROM messages INDEXED BY messages_room_id \
                      WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                 )?;
-                let rows = stmt.query_map((room.name(), after, limit), |r| {
-                    Ok(Entry::in_room(to_id(r.get(0)?), room.clone(), r.get(1)?))
-                })?;
+                let rows = stmt.query_map((room.name(), after, limit), row)?;
                 rows.collect()
             }
         })
@@ -175,14 +177,13 @@ impl SqliteStore {
         let room = room.clone();
         self.read("cannot read messages", move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, content FROM \
-                 (SELECT id, content FROM messages INDEXED BY messages_room_id \
+                "SELECT * FROM \
+                 (SELECT id, content, room, user_id, user_name, created_at \
+                  FROM messages INDEXED BY messages_room_id \
                   WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3) \
                  ORDER BY id",
             )?;
-            let rows = stmt.query_map((room.name(), before, limit), |r| {
-                Ok(Entry::in_room(to_id(r.get(0)?), room.clone(), r.get(1)?))
-            })?;
+            let rows = stmt.query_map((room.name(), before, limit), row)?;
             rows.collect()
         })
         .await
@@ -275,8 +276,9 @@ impl SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("cannot read the newest messages", move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, content, room FROM \
-                 (SELECT id, content, room FROM messages ORDER BY id DESC LIMIT ?1) ORDER BY id",
+                "SELECT * FROM \
+                 (SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                  ORDER BY id DESC LIMIT ?1) ORDER BY id",
             )?;
             let rows = stmt.query_map([limit], row)?;
             rows.collect()
@@ -288,10 +290,7 @@ impl SqliteStore {
     /// NOTHING`: one that inserted a row has `last_insert_rowid()` as its id; one that did not is a
     /// duplicate, and its first copy's id is looked up. Any error rolls the whole batch back.
     pub async fn insert(&self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
-        let rows: Vec<(String, String, Room)> = batch
-            .iter()
-            .map(|m| (m.client_offset.clone(), m.content.clone(), m.room.clone()))
-            .collect();
+        let rows: Vec<NewMessage> = batch.iter().map(|m| (*m).clone()).collect();
         self.write("cannot insert messages", move |conn| {
             insert_batch(conn, &rows)
         })
@@ -346,20 +345,26 @@ impl SqliteStore {
     }
 }
 
-fn insert_batch(
-    conn: &Connection,
-    rows: &[(String, String, Room)],
-) -> rusqlite::Result<Vec<Inserted>> {
+fn insert_batch(conn: &Connection, rows: &[NewMessage]) -> rusqlite::Result<Vec<Inserted>> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let mut out = Vec::with_capacity(rows.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (client_offset, content, room) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (client_offset) DO NOTHING",
+            "INSERT INTO messages (client_offset, content, room, user_id, user_name, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_offset) DO NOTHING",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM messages WHERE client_offset = ?1")?;
-        for (offset, content, room) in rows {
-            if insert.execute((offset, content, room.name()))? == 1 {
+        for m in rows {
+            let offset = &m.client_offset;
+            let values = (
+                offset,
+                &m.content,
+                m.room.name(),
+                m.author.user.as_deref(),
+                m.author.name.as_deref(),
+                to_sql_int(m.at),
+            );
+            if insert.execute(values)? == 1 {
                 out.push(Inserted::Stored(to_id(tx.last_insert_rowid())));
             } else {
                 let id: Option<i64> = find.query_row([offset], |r| r.get(0)).optional()?;
@@ -385,30 +390,41 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// An entry read with its room (`id, content, room`).
+/// An entry read with its room and author (`id, content, room, user_id, user_name, created_at`).
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let room: String = r.get(2)?;
-    Ok(Entry::in_room(
-        to_id(r.get(0)?),
-        Room::named(&room),
-        r.get(1)?,
-    ))
+    let author = Author {
+        user: r.get::<_, Option<String>>(3)?.map(Arc::from),
+        name: r.get::<_, Option<String>>(4)?.map(Arc::from),
+    };
+    let at = to_id(r.get::<_, i64>(5)?);
+    Ok(Entry::in_room(to_id(r.get(0)?), Room::named(&room), r.get(1)?).by(author, at))
 }
 
-/// Brings a table made before rooms (an older relay's, or the tutorial's own `id, client_offset,
-/// content`) up to this schema in place: adds `room` (every row so far is `/`'s; SQLite adds a
-/// column with a constant default without rewriting the table) and its index, and logs it.
-fn upgrade_for_rooms(conn: &Connection) -> rusqlite::Result<()> {
-    let has_room: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = 'room'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_room {
-        conn.execute_batch("ALTER TABLE messages ADD COLUMN room TEXT NOT NULL DEFAULT ''")?;
-        tracing::info!(
-            "upgraded the messages table in place for rooms: its rows so far are the room /'s"
-        );
+/// Brings a table made before rooms and authors (an older relay's, or the tutorial's own `id,
+/// client_offset, content`) up to this schema in place: adds the columns it lacks (every row so
+/// far is `/`'s, of no known author or time; SQLite adds a column with a constant default without
+/// rewriting the table) and the index, and logs it.
+fn upgrade_in_place(conn: &Connection) -> rusqlite::Result<()> {
+    const ADDED: [(&str, &str); 4] = [
+        ("room", "room TEXT NOT NULL DEFAULT ''"),
+        ("user_id", "user_id TEXT"),
+        ("user_name", "user_name TEXT"),
+        ("created_at", "created_at INTEGER NOT NULL DEFAULT 0"),
+    ];
+    for (column, definition) in ADDED {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('messages') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {definition}"))?;
+            tracing::info!(
+                column,
+                "upgraded the messages table in place: added a column"
+            );
+        }
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id)")
 }

@@ -18,7 +18,7 @@
 //! Must not: decode Socket.IO packets, or decide when a session ends beyond what the client did.
 
 use super::websocket::{WsCarrier, WsSink, WsTransport};
-use crate::delivery::batch::Message;
+use crate::delivery::batch::Framed;
 use crate::delivery::queue::{PacketQueue, PacketSink, LIVE_BACKLOG};
 use crate::engine::{DisconnectReason, Received, Transport};
 use crate::protocol::engineio::{self, PayloadPacket, SEPARATOR};
@@ -252,7 +252,7 @@ impl PollingSink {
 }
 
 impl PacketSink for PollingSink {
-    fn push_message(&mut self, message: &Message) {
+    fn push_message(&mut self, message: Framed<'_>) {
         match self {
             PollingSink::WebSocket(ws) => ws.push_message(message),
             PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => {

@@ -12,7 +12,7 @@
 //!
 //! Must not: decode Engine.IO or Socket.IO packets; block or await while the queue's lock is held.
 
-use crate::delivery::batch::Message;
+use crate::delivery::batch::Framed;
 use crate::delivery::queue::{PacketQueue, PacketSink};
 use crate::engine::{self, DisconnectReason, Received, Transport};
 use crate::protocol::websocket::{push_text_frame, CloseCodeFix};
@@ -172,7 +172,7 @@ impl WsSink {
 }
 
 impl PacketSink for WsSink {
-    fn push_message(&mut self, message: &Message) {
+    fn push_message(&mut self, message: Framed<'_>) {
         self.pending.extend_from_slice(message.ws_frame());
     }
 
@@ -511,7 +511,12 @@ mod tests {
         let b = Arc::new(Batch {
             prev: 0,
             messages: (1..=3)
-                .map(|id| Message::encode(&Entry::message(id, "m".into()), Wire::default()))
+                .map(|id| {
+                    crate::delivery::batch::Message::encode(
+                        &Entry::message(id, "m".into()),
+                        Wire::default(),
+                    )
+                })
                 .collect(),
         });
         assert_eq!(queue.offer(&crate::room::Room::main(), 1, &[b]), Some(3));

@@ -1,0 +1,430 @@
+//! Who a socket speaks for: a user verified from a signed token (a JWT in the CONNECT payload's
+//! `auth.token`, the socket.io convention), or a guest who may give a name (`auth.name`), never
+//! verified (protocol.md, "Identity"). Every message records its [`Author`].
+//!
+//! Tokens are checked with `jsonwebtoken` against the configured keys only: an HS256 secret
+//! (`JWT_SECRET`) and/or a public key (`JWT_PUBLIC_KEY`, a PEM file: RS256, ES256 or EdDSA). A
+//! token is accepted only with its key's algorithm, so `alg: none`, or an RS256 public key used as
+//! an HMAC secret, never pass.
+//!
+//! Pure: CPU only, no I/O after start.
+//!
+//! Must not: decide what a user may do beyond the room list its token carries (moderation does).
+
+use crate::room::Room;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Longest token read, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest user id (`sub`), in bytes.
+pub const MAX_USER_BYTES: usize = 128;
+/// Longest display name from a token, in characters.
+pub const MAX_TOKEN_NAME_CHARS: usize = 64;
+/// Longest guest name, in characters (after trimming).
+pub const MAX_GUEST_NAME_CHARS: usize = 32;
+/// Clock leeway for `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Who said a message: the verified user id (`sub`; `None` for a guest) and the display name
+/// (the token's `name`, or the guest's own; `None` when there is none). Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Author {
+    pub user: Option<Arc<str>>,
+    pub name: Option<Arc<str>>,
+}
+
+impl Author {
+    /// A guest: no verified id.
+    pub fn is_guest(&self) -> bool {
+        self.user.is_none()
+    }
+}
+
+/// A socket's identity, decided at its CONNECT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub author: Author,
+    /// The token's `exp` (seconds since the epoch), for a verified user.
+    pub expires: Option<u64>,
+    /// The token's `role` (`moderator`, `admin`), kept for moderation.
+    pub role: Option<String>,
+}
+
+/// `AUTH`: who may connect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Anyone; a token, when given and a key is configured, is verified.
+    #[default]
+    Guest,
+    /// Only sockets with a valid token, in every namespace, `/` included.
+    Token,
+}
+
+/// The claims relay reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    name: Option<String>,
+    exp: Option<u64>,
+    role: Option<String>,
+    rooms: Option<RoomsClaim>,
+}
+
+/// `rooms`: a list of room names (`/` for the main one), or `"*"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RoomsClaim {
+    All(String),
+    List(Vec<String>),
+}
+
+/// Decides identities at CONNECT from the configured mode and keys.
+pub struct Verifier {
+    mode: AuthMode,
+    keys: Vec<(DecodingKey, Algorithm)>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Verifier {
+    /// From the settings: `secret` (HS256), `public_key_pem` (the contents of a PEM file: an RSA,
+    /// EC P-256 or Ed25519 public key), and the optional issuer and audience to require. Errors:
+    /// a PEM that is none of those; `token` mode without any key.
+    pub fn new(
+        mode: AuthMode,
+        secret: Option<&str>,
+        public_key_pem: Option<&[u8]>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Verifier, String> {
+        let mut keys = Vec::new();
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            keys.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ));
+        }
+        if let Some(pem) = public_key_pem {
+            let key = DecodingKey::from_rsa_pem(pem)
+                .map(|k| (k, Algorithm::RS256))
+                .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
+                .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (k, Algorithm::EdDSA)))
+                .map_err(|_| {
+                    "JWT_PUBLIC_KEY is not an RSA, EC (P-256) or Ed25519 public key in PEM"
+                        .to_string()
+                })?;
+            keys.push(key);
+        }
+        if mode == AuthMode::Token && keys.is_empty() {
+            return Err("AUTH=token needs JWT_SECRET or JWT_PUBLIC_KEY".into());
+        }
+        Ok(Verifier {
+            mode,
+            keys,
+            issuer,
+            audience,
+        })
+    }
+
+    /// Guests only, no keys (tests, and relay without identity settings).
+    pub fn guests() -> Verifier {
+        Verifier {
+            mode: AuthMode::Guest,
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// The identity a CONNECT to `room` with `auth` gets, at `now` (seconds since the epoch), or
+    /// the CONNECT_ERROR message that refuses it: `token required`, `invalid token: <reason>`,
+    /// `not allowed in this room`, `invalid name: <reason>`.
+    pub fn identify(
+        &self,
+        auth: Option<&Value>,
+        room: &Room,
+        now: u64,
+    ) -> Result<Identity, String> {
+        let token = auth.and_then(|a| a.get("token"));
+        let token = match token {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.as_str()),
+            Some(_) => return Err("invalid token: not a JWT".into()),
+        };
+        match (token, self.keys.is_empty()) {
+            (Some(token), false) => self.verify(token, room, now),
+            _ if self.mode == AuthMode::Token => Err("token required".into()),
+            _ => Ok(Identity {
+                author: Author {
+                    user: None,
+                    name: guest_name(auth)?,
+                },
+                ..Identity::default()
+            }),
+        }
+    }
+
+    fn verify(&self, token: &str, room: &Room, now: u64) -> Result<Identity, String> {
+        let invalid = |why: &str| Err(format!("invalid token: {why}"));
+        if token.len() > MAX_TOKEN_BYTES {
+            return invalid("over 8 KiB");
+        }
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(_) => return invalid("not a JWT"),
+        };
+        let Some((key, alg)) = self.keys.iter().find(|(_, alg)| *alg == header.alg) else {
+            return invalid("signed with an algorithm this server does not take");
+        };
+        let mut validation = Validation::new(*alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.validate_exp = true;
+        validation.required_spec_claims.clear();
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let claims = match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            Ok(data) => data.claims,
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind as K;
+                return invalid(match e.kind() {
+                    K::InvalidSignature => "bad signature",
+                    K::ExpiredSignature => "expired",
+                    K::ImmatureSignature => "not yet valid",
+                    K::InvalidIssuer => "wrong issuer",
+                    K::InvalidAudience => "wrong audience",
+                    K::InvalidAlgorithm => "signed with an algorithm this server does not take",
+                    K::Json(_) => "claims of the wrong type",
+                    _ => "not a JWT",
+                });
+            }
+        };
+        let _ = now;
+        let user = match claims.sub {
+            Some(sub) if !sub.is_empty() && sub.len() <= MAX_USER_BYTES => sub,
+            Some(sub) if !sub.is_empty() => return invalid("sub over 128 bytes"),
+            _ => return invalid("no sub"),
+        };
+        if let Some(rooms) = &claims.rooms {
+            let allowed = match rooms {
+                RoomsClaim::All(all) => all == "*",
+                RoomsClaim::List(list) => list.iter().any(|r| {
+                    let r = r.strip_prefix('/').unwrap_or(r);
+                    r == room.name()
+                }),
+            };
+            if !allowed {
+                return Err("not allowed in this room".into());
+            }
+        }
+        let name = claims
+            .name
+            .map(|n| n.chars().take(MAX_TOKEN_NAME_CHARS).collect::<String>())
+            .filter(|n| !n.trim().is_empty());
+        Ok(Identity {
+            author: Author {
+                user: Some(Arc::from(user)),
+                name: name.map(Arc::from),
+            },
+            expires: claims.exp,
+            role: claims.role,
+        })
+    }
+}
+
+/// A guest's own name (`auth.name`): 1–32 characters after trimming, none of them a control or
+/// format character; `None` when not given.
+fn guest_name(auth: Option<&Value>) -> Result<Option<Arc<str>>, String> {
+    let name = match auth.and_then(|a| a.get("name")) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(n)) => n.trim(),
+        Some(_) => return Err("invalid name: must be a string".into()),
+    };
+    if name.is_empty() {
+        return Err("invalid name: empty".into());
+    }
+    if name.chars().count() > MAX_GUEST_NAME_CHARS {
+        return Err(format!(
+            "invalid name: over {MAX_GUEST_NAME_CHARS} characters"
+        ));
+    }
+    if name.chars().any(is_control_or_format) {
+        return Err("invalid name: control or format characters".into());
+    }
+    Ok(Some(Arc::from(name)))
+}
+
+/// Control characters (Cc) and the format characters (Cf) that reorder or hide text: bidi
+/// controls, zero-width characters, the BOM, soft hyphen, tags.
+fn is_control_or_format(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn verifier(mode: AuthMode) -> Verifier {
+        Verifier::new(mode, Some(SECRET), None, None, None).unwrap()
+    }
+
+    fn connect(v: &Verifier, auth: Value) -> Result<Identity, String> {
+        v.identify(Some(&auth), &Room::named("general"), now())
+    }
+
+    #[test]
+    fn a_valid_token_names_its_user() {
+        let v = verifier(AuthMode::Token);
+        let t = token(json!({"sub": "u1", "name": "Ana", "exp": now() + 60, "role": "admin"}));
+        let id = connect(&v, json!({ "token": t })).unwrap();
+        assert_eq!(id.author.user.as_deref(), Some("u1"));
+        assert_eq!(id.author.name.as_deref(), Some("Ana"));
+        assert_eq!(id.role.as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn every_token_fault_has_its_reason() {
+        let v = Verifier::new(
+            AuthMode::Token,
+            Some(SECRET),
+            None,
+            Some("me".into()),
+            Some("chat".into()),
+        )
+        .unwrap();
+        let ok = json!({"sub": "u", "iss": "me", "aud": "chat"});
+        let with = |extra: Value| {
+            let mut c = ok.clone();
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            token(c)
+        };
+        let cases = [
+            (json!({}), "token required"),
+            (json!({"token": 5}), "invalid token: not a JWT"),
+            (json!({"token": "abc"}), "invalid token: not a JWT"),
+            (
+                json!({"token": "x".repeat(9000)}),
+                "invalid token: over 8 KiB",
+            ),
+            (
+                json!({"token": with(json!({"exp": now() - 60}))}),
+                "invalid token: expired",
+            ),
+            (
+                json!({"token": with(json!({"nbf": now() + 60}))}),
+                "invalid token: not yet valid",
+            ),
+            (
+                json!({"token": with(json!({"iss": "other"}))}),
+                "invalid token: wrong issuer",
+            ),
+            (
+                json!({"token": with(json!({"aud": "other"}))}),
+                "invalid token: wrong audience",
+            ),
+            (
+                json!({"token": with(json!({"sub": ""}))}),
+                "invalid token: no sub",
+            ),
+            (
+                json!({"token": with(json!({"rooms": ["help"]}))}),
+                "not allowed in this room",
+            ),
+        ];
+        for (auth, want) in cases {
+            assert_eq!(connect(&v, auth.clone()).unwrap_err(), want, "{auth}");
+        }
+        assert!(connect(&v, json!({"token": with(json!({"rooms": ["general"]}))})).is_ok());
+        assert!(connect(&v, json!({"token": with(json!({"rooms": "*"}))})).is_ok());
+        // Another key's signature.
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &ok,
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        assert_eq!(
+            connect(&v, json!({ "token": forged })).unwrap_err(),
+            "invalid token: bad signature"
+        );
+        // alg: none — a header and claims with no signature.
+        let b64 = |v: &Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&ok)
+        );
+        assert!(connect(&v, json!({ "token": none }))
+            .unwrap_err()
+            .starts_with("invalid token: "));
+    }
+
+    #[test]
+    fn guests_may_name_themselves_within_the_rules() {
+        let v = Verifier::guests();
+        let id = connect(&v, json!({"name": "  Bo  "})).unwrap();
+        assert_eq!(
+            id.author,
+            Author {
+                user: None,
+                name: Some(Arc::from("Bo"))
+            }
+        );
+        assert!(id.author.is_guest());
+        assert_eq!(connect(&v, json!({})).unwrap().author, Author::default());
+        for bad in [
+            json!(""),
+            json!(" "),
+            json!(7),
+            json!("a\u{202E}b"),
+            json!("x".repeat(33)),
+        ] {
+            assert!(connect(&v, json!({ "name": bad }))
+                .unwrap_err()
+                .starts_with("invalid name: "));
+        }
+        // A token without a key to check it against: a guest, as the tutorial's clients are.
+        assert_eq!(
+            connect(&v, json!({"token": "whatever"})).unwrap().author,
+            Author::default()
+        );
+    }
+}

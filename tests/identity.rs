@@ -1,0 +1,227 @@
+//! Identity over the wire (protocol.md, "Identity"): tokens at CONNECT, guests' names, and the
+//! author and time of every message for the sockets that ask for them (`auth.meta`), live,
+//! replayed and paged; every other socket gets today's bytes.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const SECRET: &str = "relay-test-secret";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Sends a CONNECT to `/` and returns the raw reply.
+async fn connect(c: &mut Client, auth: Value) -> String {
+    c.send(&format!("40{auth}")).await;
+    c.recv_text().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_refuses_every_bad_token_and_names_the_good_ones() {
+    let s = TestServer::start_with(|c| {
+        c.auth = relay::identity::AuthMode::Token;
+        c.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let refusals = [
+        (json!({}), "token required"),
+        (json!({"token": "nope"}), "invalid token: not a JWT"),
+        (
+            json!({"token": hs256(json!({"sub": "u", "exp": now() - 60}))}),
+            "invalid token: expired",
+        ),
+        (
+            json!({"token": hs256(json!({"name": "no sub"}))}),
+            "invalid token: no sub",
+        ),
+        (
+            json!({"token": hs256(json!({"sub": "u", "rooms": ["help"]}))}),
+            "not allowed in this room",
+        ),
+    ];
+    for (auth, why) in refusals {
+        let mut c = s.client().await;
+        assert_eq!(
+            connect(&mut c, auth.clone()).await,
+            format!("44{}", json!({ "message": why })),
+            "{auth}"
+        );
+    }
+    // One refused namespace leaves the connection and its other namespaces alone.
+    let mut c = s.client().await;
+    assert!(connect(&mut c, json!({})).await.starts_with("44"));
+    let token = hs256(json!({"sub": "u1", "name": "Ana", "exp": now() + 600}));
+    let reply = connect(&mut c, json!({ "token": token, "meta": true })).await;
+    assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+    c.emit(Some(1), "hello", "ana-1").await;
+    let row = c.recv_text().await;
+    let v: Value = serde_json::from_str(&row[2..]).unwrap();
+    assert_eq!(v[0], "chat message");
+    assert_eq!((v[1].as_str(), v[2].as_u64()), (Some("hello"), Some(1)));
+    let meta = &v[3];
+    assert_eq!(
+        (
+            meta["user"].as_str(),
+            meta["name"].as_str(),
+            meta["guest"].as_bool()
+        ),
+        (Some("u1"), Some("Ana"), Some(false)),
+        "{row}"
+    );
+    let at = meta["at"].as_u64().unwrap();
+    assert!(
+        at / 1000 + 5 >= now() && at / 1000 <= now() + 5,
+        "commit time {at}"
+    );
+    assert_eq!(v[4], "1", "the recovery offset stays last: {row}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sockets_that_ask_get_authors_live_replayed_and_paged() {
+    let s = TestServer::start_with(|c| c.recovery_window_ms = 0).await;
+    let mut plain = s.joined(None).await;
+    let mut asks = s.client().await;
+    assert!(connect(&mut asks, json!({"meta": true, "name": "  Bo "}))
+        .await
+        .starts_with("40{"));
+    let mut other = s.client().await;
+    assert!(connect(&mut other, json!({"name": "Cy"}))
+        .await
+        .starts_with("40{"));
+    asks.emit(Some(0), "from bo", "bo-0").await;
+    let mut live = Vec::new();
+    loop {
+        let t = asks.recv_text().await;
+        if let Some(body) = t.strip_prefix("42") {
+            live.push(serde_json::from_str::<Value>(body).unwrap());
+        } else if t.starts_with("43") {
+            break;
+        }
+    }
+    other.emit(Some(0), "from cy", "cy-0").await;
+    // Today's bytes for a socket that did not ask, whoever spoke.
+    assert_eq!(plain.recv_text().await, r#"42["chat message","from bo",1]"#);
+    assert_eq!(plain.recv_text().await, r#"42["chat message","from cy",2]"#);
+    while live.len() < 2 {
+        let t = asks.recv_text().await;
+        if let Some(body) = t.strip_prefix("42") {
+            live.push(serde_json::from_str::<Value>(body).unwrap());
+        }
+    }
+    assert_eq!(live[0][3]["name"], "Bo");
+    assert_eq!(live[0][3]["guest"], true);
+    assert_eq!(live[0][3]["user"], Value::Null);
+    assert_eq!(live[1][3]["name"], "Cy");
+    // A replay and a history page carry them too.
+    let mut late = s.client().await;
+    assert!(connect(&mut late, json!({"meta": true, "serverOffset": 0}))
+        .await
+        .starts_with("40{"));
+    let replayed: Value = serde_json::from_str(&late.recv_text().await[2..]).unwrap();
+    assert_eq!(replayed[3], live[0][3]);
+    late.recv_text().await;
+    late.send(r#"421["history",{"before":3}]"#).await;
+    let page = late.recv_text().await;
+    let page: Value = serde_json::from_str(page.strip_prefix("431").unwrap()).unwrap();
+    let first = &page[0]["messages"][0];
+    assert_eq!(
+        (first["msg"].as_str(), first["name"].as_str()),
+        (Some("from bo"), Some("Bo"))
+    );
+    assert_eq!(first["at"], live[0][3]["at"]);
+    // The author is stored with the row.
+    let names = s
+        .sql::<(Option<String>, u64)>("SELECT user_name, created_at FROM messages ORDER BY id")
+        .await;
+    assert_eq!(names[0].0.as_deref(), Some("Bo"));
+    assert_eq!(names[0].1, live[0][3]["at"].as_u64().unwrap());
+    // Hostile guest names are refused with the reason; the connection stays.
+    let mut bad = s.client().await;
+    for name in [
+        json!(""),
+        json!("a\u{202e}b"),
+        json!("x".repeat(40)),
+        json!(5),
+    ] {
+        let reply = connect(&mut bad, json!({ "name": name })).await;
+        assert!(
+            reply.starts_with("44{\"message\":\"invalid name: "),
+            "{reply}"
+        );
+    }
+    s.stop().await;
+}
+
+/// With only a public key configured, a token signed HS256 with that public key as the HMAC
+/// secret (the classic algorithm confusion) is refused, and an EdDSA token passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_key_takes_only_its_own_algorithm() {
+    let dir = std::env::temp_dir().join(fresh_name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = (dir.join("key.pem"), dir.join("pub.pem"));
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl").args(args).status();
+        assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let public_pem = std::fs::read(&public).unwrap();
+    let s = TestServer::start_with(|c| {
+        c.auth = relay::identity::AuthMode::Token;
+        c.jwt_public_key = Some(public.clone());
+    })
+    .await;
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "mallory"}),
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    let mut c = s.client().await;
+    let reply = connect(&mut c, json!({ "token": confused })).await;
+    assert!(
+        reply.starts_with("44{\"message\":\"invalid token: "),
+        "{reply}"
+    );
+    let good = encode(
+        &Header::new(Algorithm::EdDSA),
+        &json!({"sub": "ed"}),
+        &EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert!(connect(&mut c, json!({ "token": good }))
+        .await
+        .starts_with("40{"));
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
