@@ -13,8 +13,23 @@ pub const MAX_ROOM_NAME: usize = 48;
 /// chat is the main namespace `/`, stored as the empty name; room `general` is the namespace
 /// `/general`. Cheap to clone (a shared string). A name is checked against the rules by
 /// [`Room::from_nsp`] before a room is made from a client's word.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Room(Arc<str>);
+
+/// By name, as equality is.
+impl std::hash::Hash for Room {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+/// By name, the shared string first: rooms are compared on the delivery path (each message of a
+/// batch against a socket's room), and the rooms of one server share their strings.
+impl PartialEq for Room {
+    fn eq(&self, other: &Room) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 static MAIN: LazyLock<Room> = LazyLock::new(|| Room(Arc::from("")));
 
