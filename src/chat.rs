@@ -14,6 +14,12 @@ pub const EVENT: &str = "chat message";
 /// The request for a page of older messages (acked with the page).
 pub const HISTORY_EVENT: &str = "history";
 
+/// A new token for the socket (`["refresh token", token]`, acked with `{"exp"}` or `{"error"}`).
+pub const REFRESH_EVENT: &str = "refresh token";
+
+/// What a socket whose token expired is sent, just before the server's DISCONNECT.
+pub const EXPIRED_EVENT: &str = "token expired";
+
 /// Most messages one history page, or a first visit's `historyLimit`, asks for.
 pub const MAX_HISTORY_PAGE: usize = 1000;
 

@@ -225,3 +225,49 @@ async fn a_public_key_takes_only_its_own_algorithm() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A token that expires while connected ends its socket with `("token expired")` and the
+/// server's DISCONNECT (after the 5 s leeway); a refresh of the same user's token first moves
+/// the end, and a token of another user is refused. The connection stays either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_its_socket_and_a_refresh_moves_the_end() {
+    let s = TestServer::start_with(|c| {
+        c.auth = relay::identity::AuthMode::Token;
+        c.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let short = |sub: &str| hs256(json!({"sub": sub, "exp": now() + 1}));
+    let mut ends = s.client().await;
+    assert!(connect(&mut ends, json!({ "token": short("u1") }))
+        .await
+        .starts_with("40{"));
+    let mut refreshed = s.client().await;
+    assert!(connect(&mut refreshed, json!({ "token": short("u2") }))
+        .await
+        .starts_with("40{"));
+    let other = hs256(json!({"sub": "someone else", "exp": now() + 600}));
+    refreshed
+        .send(&format!("421{}", json!(["refresh token", other])))
+        .await;
+    let (_, reply) = refreshed.recv_ack().await;
+    assert_eq!(reply[0]["error"], "refresh token: another user's token");
+    let later = now() + 600;
+    refreshed
+        .send(&format!(
+            "422{}",
+            json!(["refresh token", hs256(json!({"sub": "u2", "exp": later}))])
+        ))
+        .await;
+    assert_eq!(refreshed.recv_ack().await, (2, json!([{ "exp": later }])));
+    // The first socket ends; the connection takes a new CONNECT.
+    assert_eq!(ends.recv_text().await, r#"42["token expired"]"#);
+    assert_eq!(ends.recv_text().await, "41");
+    let fresh = hs256(json!({"sub": "u1", "exp": now() + 600}));
+    assert!(connect(&mut ends, json!({ "token": fresh }))
+        .await
+        .starts_with("40{"));
+    // The refreshed one did not end: it still chats.
+    refreshed.emit(Some(3), "still here", "u2-1").await;
+    assert_eq!(refreshed.recv_chat().await.0, "still here");
+    s.stop().await;
+}

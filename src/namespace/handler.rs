@@ -116,6 +116,9 @@ pub(super) struct Handler<T: Transport> {
     /// The tag of the next submission.
     next_tag: u64,
     rate: RateLimit,
+    /// When the first of the members' tokens expires (boxed: only sockets with a token that
+    /// expires carry it).
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -133,6 +136,7 @@ pub fn serve<T: Transport>(
         in_flight: VecDeque::new(),
         next_tag: 0,
         rate: RateLimit::new(ns.config.max_messages_per_second),
+        expiry: None,
         ns,
     };
     async move { handler.serve().await }
@@ -203,6 +207,10 @@ impl<T: Transport> Handler<T> {
                 }
                 Some(receipt) = next_receipt(&mut self.receipts) => {
                     self.on_receipt(receipt);
+                    Ok(())
+                }
+                () = next_expiry(&mut self.expiry) => {
+                    self.on_expiry();
                     Ok(())
                 }
                 inbound = self.socket.next(reading) => match inbound {
@@ -444,6 +452,7 @@ impl<T: Transport> Handler<T> {
                     // Its replay, history and acks are void; its submissions still commit.
                     self.members.swap_remove(i);
                     self.socket.engine.queue().leave(&room);
+                    self.set_expiry();
                 }
             }
             Inbound::Nothing => {}
@@ -462,6 +471,7 @@ impl<T: Transport> Handler<T> {
                     m.speaker = Some(Box::new(identity));
                 }
                 m.meta = chat::wants_meta(auth);
+                self.set_expiry();
             }
             Err(why) => {
                 let m = self.members.swap_remove(i);
@@ -561,6 +571,81 @@ impl<T: Transport> Handler<T> {
         m.acks.push(0, ack);
     }
 
+    /// `["refresh token", token]`: a new token for member `i`'s socket, of the same user; acked
+    /// `{"exp": <seconds>}` (`null` for a token that never expires), or `{"error": …}` for an
+    /// invalid token, one of another user, or a socket without one. Not a chat message: it is
+    /// neither stored nor counted as a refusal.
+    fn on_refresh(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
+        let token = payload.get(1).cloned().unwrap_or_default();
+        let m = &mut self.members[i];
+        let now = crate::store::now_ms() / 1000;
+        let current = m.speaker.as_ref().and_then(|s| s.author.user.clone());
+        let reply = match self
+            .ns
+            .identity
+            .identify(Some(&json!({ "token": token })), &m.room, now)
+        {
+            Ok(id) if current.is_some() && id.author.user == current => {
+                let exp = id.expires;
+                m.speaker = Some(Box::new(id));
+                json!([{ "exp": exp }])
+            }
+            Ok(_) if current.is_none() => {
+                json!([{ "error": "refresh token: this socket has no token to refresh" }])
+            }
+            Ok(_) => json!([{ "error": "refresh token: another user's token" }]),
+            Err(why) => json!([{ "error": format!("refresh token: {why}") }]),
+        };
+        if let Some(ack_id) = ack_id {
+            m.acks
+                .push(0, socketio::encode_ack(&nsp(&m.room), ack_id, &reply));
+        }
+        self.set_expiry();
+    }
+
+    /// Sets the timer to the first expiry among the members' tokens (none: no timer).
+    fn set_expiry(&mut self) {
+        let first = self
+            .members
+            .iter()
+            .filter_map(|m| m.speaker.as_ref()?.expires)
+            .min();
+        self.expiry = first.map(|exp| {
+            let now = crate::store::now_ms();
+            let wait = expiry_ms(exp).saturating_sub(now);
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(wait)))
+        });
+    }
+
+    /// Ends every socket whose token has expired: `("token expired")`, then the server's
+    /// DISCONNECT for that namespace (the stock client does not reconnect by itself). The
+    /// connection and its other namespaces stay.
+    fn on_expiry(&mut self) {
+        let now = crate::store::now_ms();
+        let mut i = 0;
+        while i < self.members.len() {
+            let expired = self.members[i]
+                .speaker
+                .as_ref()
+                .and_then(|s| s.expires)
+                .is_some_and(|exp| expiry_ms(exp) <= now);
+            if !expired {
+                i += 1;
+                continue;
+            }
+            let m = self.members.swap_remove(i);
+            tracing::debug!(room = %m.room, "token expired: socket ended");
+            let queue = self.socket.engine.queue();
+            queue.leave(&m.room);
+            queue.send(&socketio::encode_bare_event(
+                &nsp(&m.room),
+                chat::EXPIRED_EVENT,
+            ));
+            self.socket.disconnect(&m.room);
+        }
+        self.set_expiry();
+    }
+
     /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
     fn refuse(&mut self, i: usize, ack_id: Option<u64>, rejection: &Rejection) {
         tracing::debug!(kind = rejection.label(), "refused event: {rejection}");
@@ -592,9 +677,16 @@ impl<T: Transport> Handler<T> {
             self.refuse(i, ack_id, &rejection);
             return Ok(None);
         }
-        if chat::event_name(&payload) == Some(chat::HISTORY_EVENT) {
-            self.on_history(i, ack_id, &payload);
-            return Ok(None);
+        match chat::event_name(&payload) {
+            Some(chat::HISTORY_EVENT) => {
+                self.on_history(i, ack_id, &payload);
+                return Ok(None);
+            }
+            Some(chat::REFRESH_EVENT) => {
+                self.on_refresh(i, ack_id, &payload);
+                return Ok(None);
+            }
+            _ => {}
         }
         let room = &self.members[i].room;
         let message = chat::parse_event(room, payload, self.ns.config.max_message_bytes, lossy)
@@ -675,6 +767,20 @@ fn nsp(room: &Room) -> Cow<'static, str> {
         Cow::Borrowed(socketio::MAIN_NSP)
     } else {
         Cow::Owned(room.nsp())
+    }
+}
+
+/// When a token with `exp` (seconds) ends its socket, in milliseconds since the epoch: with the
+/// same leeway as at CONNECT, so that a token accepted is never ended at once.
+fn expiry_ms(exp: u64) -> u64 {
+    exp.saturating_add(crate::identity::LEEWAY_SECS)
+        .saturating_mul(1000)
+}
+
+async fn next_expiry(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

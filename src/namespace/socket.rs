@@ -125,6 +125,13 @@ impl<T: Transport> Socket<T> {
             .send(&socketio::encode_connect_error(&room.nsp(), message));
     }
 
+    /// Ends the socket in `room` from the server's side: `41[<nsp>,]`; the client may CONNECT
+    /// to it again.
+    pub fn disconnect(&mut self, room: &Room) {
+        self.states.retain(|(r, _)| r != room);
+        self.engine.send(&socketio::encode_disconnect(&room.nsp()));
+    }
+
     /// The next packet for the handler. `reading`: whether to read the client's packets now (a
     /// socket with a CONNECT in hand reads none). Errors: the session ended, the connect
     /// timeout passed, or a protocol error (the session is to be closed with that reason).

@@ -316,6 +316,24 @@ pub fn encode_connect_error(nsp: &str, message: &str) -> String {
     out
 }
 
+/// `41[<nsp>,]`: the server ends the client's socket in namespace `nsp` (the stock client's "io
+/// server disconnect": it does not reconnect by itself).
+pub fn encode_disconnect(nsp: &str) -> String {
+    let mut out = String::from("41");
+    push_nsp(&mut out, nsp);
+    out
+}
+
+/// `42[<nsp>,]["<event>"]`: an event with no arguments.
+pub fn encode_bare_event(nsp: &str, event: &str) -> String {
+    let mut out = String::from("42");
+    push_nsp(&mut out, nsp);
+    out.push('[');
+    push_json_str(&mut out, event);
+    out.push(']');
+    out
+}
+
 /// `43[<nsp>,]<id><args>`: an ACK in namespace `nsp`. `args` must be a JSON array; the stock
 /// client passes its items to the callback.
 pub fn encode_ack(nsp: &str, id: u64, args: &Value) -> String {
@@ -598,6 +616,12 @@ mod tests {
             "40/general,{\"sid\":\"s\",\"pid\":\"p\"}"
         );
         assert_eq!(encode_empty_ack("/general", 3), "43/general,3[]");
+        assert_eq!(encode_disconnect("/"), "41");
+        assert_eq!(encode_disconnect("/a"), "41/a,");
+        assert_eq!(
+            encode_bare_event("/a", "token expired"),
+            "42/a,[\"token expired\"]"
+        );
         assert_eq!(
             encode_event_text_id("/general", "chat message", "hi", 17, false),
             "42/general,[\"chat message\",\"hi\",17]"
