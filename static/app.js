@@ -25,6 +25,25 @@
 // message not sent keeps its text, and a click on it sends it again (with the
 // same clientOffset, so it is never stored twice). While an own message waits
 // for its ack for more than STALL_MS the badge says the server is not answering.
+//
+// People: every room's socket asks for message meta (`auth.meta: true`, protocol.md "Identity
+// (tokens and guests) and message meta"), and each row shows its author's name ("guest" when it has
+// none) and its time (HH:MM; the full date in the row's title). Both are data attributes drawn by
+// the stylesheet (data-name, data-time), so a row's text stays the message alone. "Your name" in the
+// top bar is a guest's name (`auth.name`), kept in localStorage (relay-name); changing it
+// reconnects every room with it, and a name the server refuses says why. Own messages are marked
+// (data-own), and stay marked after a reload: the ids of the last OWN_KEEP acknowledged ones are
+// kept in localStorage (relay-own).
+//
+// Tokens: a page opened as `/?token=<JWT>` connects with it (`auth.token`). When it expires the
+// server says "token expired" and ends the rooms' sockets; the page says so and waits for a new one.
+// A host page (an iframe's parent, a webview) hands one in with
+//
+//     window.relay.setToken(newToken)   // -> Promise of [{room, exp} | {room, error}]
+//
+// which is sent in-band to every connected room ("refresh token": no reconnect, nothing missed),
+// and used to reconnect the rooms that were ended or refused for their token (or that connected
+// as guests).
 (function () {
   "use strict";
 
@@ -43,6 +62,10 @@
   var ROOM_RULE = "A room name is 1\u201348 characters of a\u2013z, 0\u20139, _ and -, starting with a letter or digit.";
   // How often the room strip asks the server which rooms hold messages.
   var ROOMS_REFRESH_MS = 30000;
+  // Where the guest name and the ids of own messages are kept, and how many ids are kept.
+  var NAME_KEY = "relay-name";
+  var OWN_KEY = "relay-own";
+  var OWN_KEEP = 500;
 
   var form = document.getElementById("form");
   var input = document.getElementById("input");
@@ -59,6 +82,7 @@
   var newRoomForm = document.getElementById("new-room");
   var newRoomInput = document.getElementById("new-room-name");
   var newRoomCancel = document.getElementById("new-room-cancel");
+  var nameInput = document.getElementById("name");
   var noticeTimer = null;
   var lengthNotice = false;
 
@@ -79,6 +103,88 @@
   var roomsFetchedAt = 0;
   // The list shown while the hash names no room: nothing to show, nothing to send to.
   var noRoomList = newList();
+
+  // The guest name sent with every CONNECT ("" for none), and the token (null for none).
+  var myName = (stored(NAME_KEY) || "").trim();
+  var token = new URLSearchParams(location.search).get("token") || null;
+  // The ids of own acknowledged messages (ids are one sequence across rooms): id -> true.
+  var ownIds = Object.create(null);
+  loadOwnIds().forEach(function (id) {
+    ownIds[id] = true;
+  });
+
+  function stored(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch (e) {
+      return null; // storage off (a private mode): nothing is kept
+    }
+  }
+
+  function store(key, value) {
+    try {
+      if (value === null) {
+        window.localStorage.removeItem(key);
+      } else {
+        window.localStorage.setItem(key, value);
+      }
+    } catch (e) {
+      // storage off or full: kept for this page's life only
+    }
+  }
+
+  function loadOwnIds() {
+    try {
+      var ids = JSON.parse(stored(OWN_KEY) || "[]");
+      return Array.isArray(ids) ? ids.filter(function (id) {
+        return typeof id === "number" && id > 0;
+      }) : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  /** Records `id` as an own message, here and in storage (merged with other tabs', the newest kept). */
+  function addOwnId(id) {
+    id = Number(id);
+    if (!(id > 0)) {
+      return;
+    }
+    ownIds[id] = true;
+    var ids = loadOwnIds().filter(function (x) {
+      return x !== id;
+    });
+    ids.push(id);
+    store(OWN_KEY, JSON.stringify(ids.slice(-OWN_KEEP)));
+  }
+
+  function pad2(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  /** Puts a message's author and time on its row, as attributes (the stylesheet draws them). */
+  function decorate(li, meta) {
+    if (ownIds[li.dataset.id]) {
+      li.dataset.own = "";
+    }
+    if (!meta || typeof meta !== "object") {
+      return;
+    }
+    var name = typeof meta.name === "string" && meta.name ? meta.name : "";
+    if (!name && !meta.guest && typeof meta.user === "string") {
+      name = meta.user; // a verified user without a display name
+    }
+    li.dataset.name = name || "guest";
+    if (meta.guest) {
+      li.dataset.guest = "";
+    }
+    if (typeof meta.at === "number" && meta.at > 0) {
+      var at = new Date(meta.at);
+      li.dataset.at = String(meta.at);
+      li.dataset.time = pad2(at.getHours()) + ":" + pad2(at.getMinutes());
+      li.title = at.toLocaleString();
+    }
+  }
 
   function randomId() {
     if (window.crypto && typeof window.crypto.randomUUID === "function") {
@@ -214,6 +320,10 @@
     var list = room.list;
     var stallTimer = null;
     var refused = false;
+    // Why the server refused this room's CONNECT, when it was for who we are: "name" or "token".
+    var refusedFor = null;
+    var tokenExpired = false;
+    var connectedWithToken = false;
     // Whether older messages may remain, whether that was asked (ids are one sequence across
     // rooms, so "the oldest id is above 1" does not say), and whether a page is on its way.
     var earlierMayExist = true;
@@ -232,11 +342,18 @@
 
     var options = {
       // historyLimit: a first visit gets the newest page, not the whole history.
-      auth: { serverOffset: 0, historyLimit: HISTORY_PAGE },
+      // meta: every message comes with its author and time.
+      auth: { serverOffset: 0, historyLimit: HISTORY_PAGE, meta: true },
       ackTimeout: 10000,
       retries: 3,
     };
     // Same origin: the stock client multiplexes every room over one connection.
+    if (myName) {
+      options.auth.name = myName;
+    }
+    if (token) {
+      options.auth.token = token;
+    }
     var socket = name === "/" ? io(options) : io("/" + name, options);
     room.socket = socket;
 
@@ -316,6 +433,7 @@
         item.dir = "auto"; // right-to-left messages align on their own side
         item.textContent = pending[i].text;
         item.dataset.id = pending[i].id;
+        decorate(item, pending[i].meta);
         fragment.appendChild(item);
         if (!room.shown && !isOwn(pending[i].text)) {
           unread++;
@@ -347,12 +465,12 @@
       return false;
     }
 
-    socket.on("chat message", function (msg, serverOffset) {
+    socket.on("chat message", function (msg, serverOffset, meta) {
       if (typeof serverOffset !== "number" || serverOffset <= lastQueuedId) {
         return; // already shown (or malformed): never render twice
       }
       lastQueuedId = serverOffset;
-      pending.push({ text: String(msg), id: serverOffset });
+      pending.push({ text: String(msg), id: serverOffset, meta: meta });
       if (frameRequest === null) {
         frameRequest = requestAnimationFrame(render);
         // Background tabs get no animation frames; render anyway, less often.
@@ -406,6 +524,8 @@
         if (row) {
           entry.li.remove();
           mark(row, "sent", "sent");
+          row.dataset.own = "";
+          addOwnId(row.dataset.id);
         } else {
           mark(entry.li, "sent", "sent");
         }
@@ -416,6 +536,10 @@
       // Only a first visit is capped: a reconnect needs every message it missed.
       delete socket.auth.historyLimit;
       refused = false;
+      refusedFor = null;
+      tokenExpired = false;
+      connectedWithToken = Boolean(socket.auth.token);
+      nameInput.removeAttribute("aria-invalid");
       room.sticky = "";
       if (room.shown && !lengthNotice) {
         hideNotice();
@@ -472,6 +596,7 @@
         item.dir = "auto";
         item.textContent = String(page[i].msg);
         item.dataset.id = page[i].id;
+        decorate(item, "at" in page[i] || "name" in page[i] ? page[i] : null);
         fragment.appendChild(item);
         rows++;
       }
@@ -507,6 +632,11 @@
       if (refused) {
         return; // a refused attempt's engine closes too: the refusal is what to show
       }
+      if (tokenExpired) {
+        setStatus("refused", "token expired"); // the server ended it: a new token reconnects it
+        updateToggle();
+        return;
+      }
       if (socket.active) {
         setStatus("reconnecting", "reconnecting\u2026");
       } else {
@@ -515,6 +645,22 @@
     });
 
     socket.on("connect_error", function (err) {
+      var message = (err && err.message) || "refused";
+      if (!socket.active && /^invalid name\b/.test(message)) {
+        refusedFor = "name";
+        setStatus("refused", "name refused");
+        nameInput.setAttribute("aria-invalid", "true");
+        say("The server refused your name (" + message + "). Change it in \u201cYour name\u201d.", true);
+        updateToggle();
+        return;
+      }
+      if (!socket.active && /^(token required|invalid token\b)/.test(message)) {
+        refusedFor = "token";
+        setStatus("refused", "token refused");
+        say("The server refused this page's token (" + message + ").", true);
+        updateToggle();
+        return;
+      }
       if (!socket.active) {
         // The server answered this room's CONNECT with an error ("Invalid namespace": a name or a
         // room it does not take). Final for this room; the other rooms are not concerned.
@@ -559,11 +705,72 @@
       watchStall();
     }
 
+    socket.on("token expired", function () {
+      tokenExpired = true;
+      say("Your sign-in has expired (token expired). This room reconnects when the page gets a new token.", true);
+    });
+
+    /** Connects again (with the auth as it is now), if connected or refused for who we are. */
+    function reconnect() {
+      if (socket.active) {
+        socket.disconnect();
+      }
+      refusedFor = null;
+      tokenExpired = false;
+      room.sticky = "";
+      if (room.shown && !lengthNotice) {
+        hideNotice();
+      }
+      socket.connect();
+      setStatus("reconnecting", "connecting\u2026");
+    }
+
+    /** A new guest name ("" for none): the next CONNECT sends it; a connected room connects again. */
+    room.setName = function (value) {
+      if (value) {
+        socket.auth.name = value;
+      } else {
+        delete socket.auth.name;
+      }
+      if (socket.active || refusedFor === "name") {
+        reconnect();
+      }
+    };
+
+    /** A new token: sent in-band when connected with one, else used to connect again. */
+    room.setToken = function (value) {
+      if (value) {
+        socket.auth.token = value;
+      } else {
+        delete socket.auth.token;
+      }
+      return new Promise(function (resolve) {
+        if (value && socket.connected && connectedWithToken && !tokenExpired) {
+          socket.emit("refresh token", value, function (err, reply) {
+            var error = err ? err.message || String(err) : reply && reply.error;
+            if (error) {
+              say("Could not refresh the token: " + error);
+              resolve({ room: name, error: error });
+            } else {
+              resolve({ room: name, exp: reply ? reply.exp : null });
+            }
+          });
+          return;
+        }
+        if (tokenExpired || refusedFor === "token" || socket.connected) {
+          reconnect();
+        }
+        resolve({ room: name, exp: null });
+      });
+    };
+
     room.submit = function (text) {
       var clientOffset = pageId + "-" + counter++;
       var item = document.createElement("li");
       item.dir = "auto";
       item.textContent = text;
+      item.dataset.own = "";
+      item.dataset.name = myName || "guest";
       list.appendChild(item);
       updateEmpty();
       send(text, clientOffset, item);
@@ -928,6 +1135,34 @@
     }
     updateToggle();
   });
+
+  nameInput.value = myName;
+  nameInput.addEventListener("change", function () {
+    var value = nameInput.value.trim();
+    nameInput.value = value;
+    if (value === myName && nameInput.getAttribute("aria-invalid") !== "true") {
+      return; // nothing new to connect with
+    }
+    nameInput.removeAttribute("aria-invalid");
+    myName = value;
+    store(NAME_KEY, value || null);
+    Object.keys(rooms).forEach(function (n) {
+      rooms[n].setName(value);
+    });
+    updateToggle();
+  });
+
+  // For a host page: a fresh token (see the top of this file).
+  window.relay = {
+    setToken: function (value) {
+      token = typeof value === "string" && value ? value : null;
+      return Promise.all(
+        Object.keys(rooms).map(function (n) {
+          return rooms[n].setToken(token);
+        })
+      );
+    },
+  };
 
   route();
   refreshRooms();

@@ -189,7 +189,7 @@ describe("rooms on the chat page", () => {
     assert.deepEqual((await replay("/", "main from the page")).slice(-2), ["main from a client", "main from the page"]);
     // One namespace, `/`, with the tutorial's auth and the first visit's history cap.
     assert.equal(connects.length, 1, `CONNECTs: ${JSON.stringify(connects)}`);
-    assert.deepEqual(JSON.parse(connects[0].slice(2)), { serverOffset: 0, historyLimit: 100 });
+    assert.deepEqual(JSON.parse(connects[0].slice(2)), { serverOffset: 0, historyLimit: 100, meta: true });
     await close(page);
   });
 
