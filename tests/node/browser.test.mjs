@@ -5,13 +5,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import os from "node:os";
 import path from "node:path";
 import http from "node:http";
-import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
-import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName, until } from "./helpers.mjs";
+import { startRelay, withTimeout, PATIENCE_MS, mysqlExec, freshDbName, until, launchChromium } from "./helpers.mjs";
 import { spawn } from "node:child_process";
 import { startProxy } from "./proxy.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 // How long a page may take to show what a step waits for: a bound for a hung page, sized for a
 // busy machine, not a speed requirement.
 const WAIT_MS = PATIENCE_MS;
@@ -95,25 +93,9 @@ describe("chat page in Chromium", () => {
   const problems = []; // console errors and page errors, from every page
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
-    }
     // Out of the box: no DATABASE_URL, so relay's default SQLite file in its working directory.
     relay = await startRelay({ store: "default" });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--no-first-run",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-      ],
-      timeout: 2 * PATIENCE_MS,
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -288,7 +270,14 @@ describe("chat page in Chromium", () => {
       // Three older pages, each above the last, nothing twice, while a live message arrives.
       for (let n = 1; n <= 3; n++) {
         if (n === 2) await emitOne(big.url, "live while paging");
-        await page.click("#earlier");
+        // A DOM click: Playwright's own scrolls the button into view first, which reaches the
+        // top of the list, where the page may already be loading the earlier page by itself
+        // (and hides the button meanwhile).
+        await page.locator("#earlier").waitFor({ state: "visible", timeout: WAIT_MS });
+        await page.evaluate(() => {
+          const button = document.getElementById("earlier");
+          if (button && !button.hidden) button.click();
+        });
         await page.waitForFunction((want) => document.querySelectorAll("#messages li[data-id]").length >= want, 100 * (n + 1) + 1, { timeout: WAIT_MS });
       }
       const texts = (await items(page)).filter((t) => t.startsWith("history "));

@@ -397,3 +397,31 @@ export function pageLikeClient(url, name, opts = {}) {
   });
   return c;
 }
+
+/** The Chromium the page tests drive (`CHROMIUM_PATH`, else Debian's). */
+export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+
+/**
+ * Starts headless Chromium for the page tests through playwright-core, or fails with how to get
+ * it. (Imported lazily: only the page tests need playwright.)
+ */
+export async function launchChromium() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
+  }
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--no-first-run",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-quic",
+    ],
+    timeout: 2 * PATIENCE_MS,
+  });
+}

@@ -5,12 +5,9 @@
 // token from the URL (?token=) and a fresh one handed in with window.relay.setToken.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
 import { createHmac } from "node:crypto";
-import { chromium } from "playwright-core";
-import { startRelay, PATIENCE_MS } from "./helpers.mjs";
+import { startRelay, PATIENCE_MS, launchChromium } from "./helpers.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const WAIT_MS = PATIENCE_MS;
 const SECRET = "people-page-test-secret";
 
@@ -28,15 +25,8 @@ describe("people on the chat page", () => {
   const contexts = new Set();
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
-    }
     relay = await startRelay({ store: "sqlite", env: { MAX_MESSAGES_PER_SECOND: "0" } });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-quic"],
-      timeout: 2 * PATIENCE_MS,
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {

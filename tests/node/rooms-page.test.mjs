@@ -4,12 +4,9 @@
 // page, connecting nothing; the page without a hash exactly the main room `/`, as before rooms.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
-import { startRelay, PATIENCE_MS, newOffset, until } from "./helpers.mjs";
+import { startRelay, PATIENCE_MS, newOffset, until, launchChromium } from "./helpers.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 // How long a page may take to show what a step waits for: a bound for a hung page, sized for a
 // busy machine, not a speed requirement.
 const WAIT_MS = PATIENCE_MS;
@@ -22,24 +19,8 @@ describe("rooms on the chat page", () => {
   const clients = new Map(); // room -> a stock client in that room (the tests' own sender)
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
-    }
     relay = await startRelay({ store: "sqlite", env: { MAX_MESSAGES_PER_SECOND: "0" } });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--no-first-run",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-      ],
-      timeout: 2 * PATIENCE_MS,
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
