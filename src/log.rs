@@ -85,14 +85,13 @@ impl Entry {
     /// `42/general,`. UTF-8 text.
     pub fn packet(&self, wire: Wire) -> String {
         match &self.body {
-            Body::Message { content } => {
-                let nsp = if self.room.is_main() {
-                    socketio::MAIN_NSP.to_string()
-                } else {
-                    self.room.nsp()
-                };
-                socketio::encode_event_text_id(&nsp, chat::EVENT, content, self.id, wire.offsets)
-            }
+            Body::Message { content } => socketio::encode_event_text_id(
+                &self.room.nsp(),
+                chat::EVENT,
+                content,
+                self.id,
+                wire.offsets,
+            ),
         }
     }
 }

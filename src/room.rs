@@ -3,6 +3,7 @@
 //!
 //! Pure: no I/O.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -64,9 +65,13 @@ impl Room {
         nsp.strip_prefix('/') == Some(self.name())
     }
 
-    /// Its Socket.IO namespace: `/` or `/<name>`.
-    pub fn nsp(&self) -> String {
-        format!("/{}", self.0)
+    /// Its Socket.IO namespace as packets name it: `/` (without an allocation) or `/<name>`.
+    pub fn nsp(&self) -> Cow<'static, str> {
+        if self.is_main() {
+            Cow::Borrowed("/")
+        } else {
+            Cow::Owned(format!("/{}", self.0))
+        }
     }
 }
 
@@ -109,10 +114,14 @@ impl Allowed {
     /// The room namespace `nsp` names, when it is one that exists; `None` is answered as socket.io
     /// answers an unknown namespace.
     pub fn room(&self, nsp: &str) -> Option<Room> {
-        let room = Room::from_nsp(nsp)?;
+        Room::from_nsp(nsp).filter(|room| self.allows(room))
+    }
+
+    /// Whether `room` exists here.
+    pub fn allows(&self, room: &Room) -> bool {
         match self {
-            Allowed::Any => Some(room),
-            Allowed::Only(list) => (room.is_main() || list.contains(&room)).then_some(room),
+            Allowed::Any => true,
+            Allowed::Only(list) => room.is_main() || list.contains(room),
         }
     }
 }
@@ -171,7 +180,10 @@ mod tests {
             "/x_y-z",
             &format!("/{}", "a".repeat(48)),
         ] {
-            assert_eq!(Room::from_nsp(ok).map(|r| r.nsp()), Some(ok.to_string()));
+            assert_eq!(
+                Room::from_nsp(ok).map(|r| r.nsp().into_owned()),
+                Some(ok.to_string())
+            );
         }
         for bad in [
             "",

@@ -29,7 +29,6 @@ use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
 use crate::store::StoreError;
 use serde_json::json;
 use smallvec::SmallVec;
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -413,13 +412,13 @@ impl<T: Transport> Handler<T> {
                     id.min(self.ns.broadcaster.room_last(&m.room))
                 };
                 m.acks
-                    .push(wait, socketio::encode_empty_ack(&nsp(&m.room), ack_id));
+                    .push(wait, socketio::encode_empty_ack(&m.room.nsp(), ack_id));
             }
             Outcome::Refused(reason) => {
                 let reason = Rejection::Refused(reason).to_string();
                 m.acks.push(
                     0,
-                    socketio::encode_ack(&nsp(&m.room), ack_id, &json!([{ "error": reason }])),
+                    socketio::encode_ack(&m.room.nsp(), ack_id, &json!([{ "error": reason }])),
                 );
             }
             Outcome::Failed => {
@@ -560,12 +559,12 @@ impl<T: Transport> Handler<T> {
                     .metrics
                     .history_pages
                     .fetch_add(1, Ordering::Relaxed);
-                socketio::encode_ack_json(&nsp(&m.room), ack_id, &args)
+                socketio::encode_ack_json(&m.room.nsp(), ack_id, &args)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "history page failed");
                 let reply = json!([{ "error": "history: database unavailable, try again" }]);
-                socketio::encode_ack(&nsp(&m.room), ack_id, &reply)
+                socketio::encode_ack(&m.room.nsp(), ack_id, &reply)
             }
         };
         m.acks.push(0, ack);
@@ -598,7 +597,7 @@ impl<T: Transport> Handler<T> {
         };
         if let Some(ack_id) = ack_id {
             m.acks
-                .push(0, socketio::encode_ack(&nsp(&m.room), ack_id, &reply));
+                .push(0, socketio::encode_ack(&m.room.nsp(), ack_id, &reply));
         }
         self.set_expiry();
     }
@@ -638,7 +637,7 @@ impl<T: Transport> Handler<T> {
             let queue = self.socket.engine.queue();
             queue.leave(&m.room);
             queue.send(&socketio::encode_bare_event(
-                &nsp(&m.room),
+                &m.room.nsp(),
                 chat::EXPIRED_EVENT,
             ));
             self.socket.disconnect(&m.room);
@@ -654,7 +653,7 @@ impl<T: Transport> Handler<T> {
             let m = &mut self.members[i];
             let reply = json!([{ "error": rejection.to_string() }]);
             m.acks
-                .push(0, socketio::encode_ack(&nsp(&m.room), ack_id, &reply));
+                .push(0, socketio::encode_ack(&m.room.nsp(), ack_id, &reply));
         }
     }
 
@@ -759,15 +758,6 @@ fn poll_members(members: &mut [Member], cx: &mut Context<'_>) -> Poll<(usize, Do
         }
     }
     Poll::Pending
-}
-
-/// A room's namespace as its packets name it (`/` without an allocation).
-fn nsp(room: &Room) -> Cow<'static, str> {
-    if room.is_main() {
-        Cow::Borrowed(socketio::MAIN_NSP)
-    } else {
-        Cow::Owned(room.nsp())
-    }
 }
 
 /// When a token with `exp` (seconds) ends its socket, in milliseconds since the epoch: with the

@@ -105,7 +105,7 @@ fn rooms(app: &App) -> HttpResponse {
         .broadcaster
         .rooms()
         .into_iter()
-        .filter(|(room, _)| ns.config.rooms.room(&room.nsp()).is_some())
+        .filter(|(room, _)| ns.config.rooms.allows(room))
         .map(|(room, last)| {
             let name = if room.is_main() { "/" } else { room.name() };
             serde_json::json!({ "room": name, "last": last })
