@@ -462,8 +462,7 @@ impl<T: Transport> Handler<T> {
     /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
     /// recovery or capped replay is planned.
     fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
-        let now = crate::store::now_ms() / 1000;
-        match self.ns.identity.identify(auth, &self.members[i].room, now) {
+        match self.ns.identity.identify(auth, &self.members[i].room) {
             Ok(identity) => {
                 let m = &mut self.members[i];
                 if identity != Identity::default() {
@@ -577,12 +576,11 @@ impl<T: Transport> Handler<T> {
     fn on_refresh(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
         let token = payload.get(1).cloned().unwrap_or_default();
         let m = &mut self.members[i];
-        let now = crate::store::now_ms() / 1000;
         let current = m.speaker.as_ref().and_then(|s| s.author.user.clone());
         let reply = match self
             .ns
             .identity
-            .identify(Some(&json!({ "token": token })), &m.room, now)
+            .identify(Some(&json!({ "token": token })), &m.room)
         {
             Ok(id) if current.is_some() && id.author.user == current => {
                 let exp = id.expires;
