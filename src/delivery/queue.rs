@@ -190,7 +190,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// If the fan-out left this socket behind in `room`, hands its feeding back to the session.
     pub fn take_behind(&self, room: &Room) -> bool {
         let mut state = self.lock();
-        let Some(member) = state.member(room) else {
+        let Some((_, member)) = state.member(room) else {
             return false;
         };
         let behind = member.mode == Mode::Behind;
@@ -205,8 +205,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// `room`. Returns the messages queued.
     pub fn deliver_ahead(&self, room: &Room, recent: &Recent, batch: &Batch) -> usize {
         let mut state = self.lock();
-        let State { sink, members, .. } = &mut *state;
-        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+        let Some((sink, member)) = state.member(room) else {
             return 0;
         };
         if member.mode != Mode::Live || batch.last() <= member.cursor {
@@ -237,8 +236,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// Returns how many.
     pub fn deliver_entries(&self, room: &Room, entries: &[Entry], wire: Wire) -> usize {
         let mut state = self.lock();
-        let State { sink, members, .. } = &mut *state;
-        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+        let Some((sink, member)) = state.member(room) else {
             return 0;
         };
         let mut n = 0;
@@ -257,8 +255,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// otherwise the caller reads a page from the database.
     pub fn catch_up(&self, room: &Room, recent: &Recent) -> CatchUp {
         let mut state = self.lock();
-        let State { sink, members, .. } = &mut *state;
-        let Some(member) = members.iter_mut().find(|m| m.room == *room) else {
+        let Some((sink, member)) = state.member(room) else {
             return CatchUp::Live(0);
         };
         if member.mode != Mode::CatchingUp {
@@ -282,7 +279,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// Moves `room`'s cursor to `id`: the database was read to there and holds nothing more of
     /// the room (a quiet room), or no longer has those rows.
     pub fn skip_to(&self, room: &Room, id: u64) {
-        if let Some(member) = self.lock().member(room) {
+        if let Some((_, member)) = self.lock().member(room) {
             member.cursor = member.cursor.max(id);
         }
     }
@@ -291,7 +288,7 @@ impl<S: PacketSink> PacketQueue<S> {
     /// does. (A room the socket is not in has nothing to wait for.)
     pub fn reached(&self, room: &Room, id: u64) -> bool {
         let mut state = self.lock();
-        let Some(member) = state.member(room) else {
+        let Some((_, member)) = state.member(room) else {
             return true;
         };
         if member.cursor >= id {
@@ -359,8 +356,10 @@ impl<S: PacketSink> PacketQueue<S> {
 }
 
 impl<S> State<S> {
-    fn member(&mut self, room: &Room) -> Option<&mut Member> {
-        self.members.iter_mut().find(|m| m.room == *room)
+    /// The sink, and the socket's cursor in `room` if it is in it.
+    fn member(&mut self, room: &Room) -> Option<(&mut S, &mut Member)> {
+        let member = self.members.iter_mut().find(|m| m.room == *room)?;
+        Some((&mut self.sink, member))
     }
 }
 

@@ -23,6 +23,7 @@ use crate::delivery::queue::CatchUp;
 use crate::engine::{DisconnectReason, Session, Transport};
 use crate::identity::Identity;
 use crate::log::Entry;
+use crate::metrics::Metrics;
 use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
@@ -92,6 +93,20 @@ impl Member {
             history: None,
             identity: None,
         }
+    }
+}
+
+impl Member {
+    /// Queues `args` (a JSON array) as the ack `ack_id`, in this socket's namespace, behind the
+    /// acks before it.
+    fn answer(&mut self, ack_id: u64, args: &serde_json::Value) {
+        self.acks
+            .push(0, socketio::encode_ack(&self.room.nsp(), ack_id, args));
+    }
+
+    /// When the socket's token expires (`exp`, seconds since the epoch), if it has one.
+    fn expires(&self) -> Option<u64> {
+        self.speaker.as_ref()?.expires
     }
 }
 
@@ -317,7 +332,7 @@ impl<T: Transport> Handler<T> {
             }
             m.feeding = None;
         }
-        self.count_delivered(n);
+        count_delivered(&self.ns.metrics, n);
         self.ns
             .metrics
             .replayed_database
@@ -344,18 +359,9 @@ impl<T: Transport> Handler<T> {
                     .metrics
                     .replayed_memory
                     .fetch_add(n as u64, Ordering::Relaxed);
-                self.count_delivered(n);
+                count_delivered(&self.ns.metrics, n);
             }
             CatchUp::Page(after) => m.replay = Some(self.ns.page(&m.room, after)),
-        }
-    }
-
-    fn count_delivered(&self, n: usize) {
-        if n > 0 {
-            self.ns
-                .metrics
-                .deliveries
-                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -383,12 +389,7 @@ impl<T: Transport> Handler<T> {
         // this socket (the fan-out then skips it by the cursor).
         if let Some(batch) = &receipt.batch {
             let n = queue.deliver_ahead(&m.room, self.ns.broadcaster.recent(), batch);
-            if n > 0 {
-                self.ns
-                    .metrics
-                    .deliveries
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+            count_delivered(&self.ns.metrics, n);
         }
         let Some(ack_id) = ack_id else { return };
         match receipt.outcome {
@@ -416,10 +417,7 @@ impl<T: Transport> Handler<T> {
             }
             Outcome::Refused(reason) => {
                 let reason = Rejection::Refused(reason).to_string();
-                m.acks.push(
-                    0,
-                    socketio::encode_ack(&m.room.nsp(), ack_id, &json!([{ "error": reason }])),
-                );
+                m.answer(ack_id, &json!([{ "error": reason }]));
             }
             Outcome::Failed => {
                 tracing::debug!(ack_id, "not acknowledged: the database failed");
@@ -594,19 +592,14 @@ impl<T: Transport> Handler<T> {
             Err(why) => json!([{ "error": format!("refresh token: {why}") }]),
         };
         if let Some(ack_id) = ack_id {
-            m.acks
-                .push(0, socketio::encode_ack(&m.room.nsp(), ack_id, &reply));
+            m.answer(ack_id, &reply);
         }
         self.set_expiry();
     }
 
     /// Sets the timer to the first expiry among the members' tokens (none: no timer).
     fn set_expiry(&mut self) {
-        let first = self
-            .members
-            .iter()
-            .filter_map(|m| m.speaker.as_ref()?.expires)
-            .min();
+        let first = self.members.iter().filter_map(Member::expires).min();
         self.expiry = first.map(|exp| {
             let now = crate::store::now_ms();
             let wait = expiry_ms(exp).saturating_sub(now);
@@ -622,9 +615,7 @@ impl<T: Transport> Handler<T> {
         let mut i = 0;
         while i < self.members.len() {
             let expired = self.members[i]
-                .speaker
-                .as_ref()
-                .and_then(|s| s.expires)
+                .expires()
                 .is_some_and(|exp| expiry_ms(exp) <= now);
             if !expired {
                 i += 1;
@@ -648,10 +639,7 @@ impl<T: Transport> Handler<T> {
         tracing::debug!(kind = rejection.label(), "refused event: {rejection}");
         self.ns.metrics.refused(rejection);
         if let Some(ack_id) = ack_id {
-            let m = &mut self.members[i];
-            let reply = json!([{ "error": rejection.to_string() }]);
-            m.acks
-                .push(0, socketio::encode_ack(&m.room.nsp(), ack_id, &reply));
+            self.members[i].answer(ack_id, &json!([{ "error": rejection.to_string() }]));
         }
     }
 
@@ -756,6 +744,14 @@ fn poll_members(members: &mut [Member], cx: &mut Context<'_>) -> Poll<(usize, Do
         }
     }
     Poll::Pending
+}
+
+/// Counts `n` messages delivered to a socket outside the fan-out (replay, catch-up, a sender's
+/// own batch).
+fn count_delivered(metrics: &Metrics, n: usize) {
+    if n > 0 {
+        metrics.deliveries.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// When a token with `exp` (seconds) ends its socket, in milliseconds since the epoch: with the
