@@ -8,6 +8,7 @@
 //! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`identity`] (tokens, guests, authors), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics` | pure functions and counters |
 //! | storage | [`store`] | the durable log (SQLite or MySQL) and the one way it is read ([`store::Reader`]) |
 //! | delivery | [`delivery`] | batches encoded once, the recent history, packet queues, the fan-out, the broadcaster |
+//! | presence | [`presence`] | who is in each room and who types: counts per person, coalesced events to the sockets that ask |
 //! | sequencer | `sequencer` | the publish seam and the one writer: group commit, dedupe, order; its `Adapter` seam says where rounds are stored and batches go |
 //! | cluster | `cluster` | several relays on one database, behind the adapter seam: the commit lock, the sequencer lease, forwarding, the Redis bus, the ordered follower |
 //! | Engine.IO | `engine` | the transport-neutral session: open, heartbeat, close |
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod log;
 pub(crate) mod metrics;
 pub mod namespace;
+pub mod presence;
 pub mod protocol;
 pub mod room;
 pub(crate) mod sequencer;

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub not_recovered: AtomicU64,
     /// History pages served.
     pub history_pages: AtomicU64,
+    /// Presence events queued for sockets that asked for them.
+    pub presence_events: AtomicU64,
+    /// Typing events queued for sockets that asked for presence.
+    pub typing_events: AtomicU64,
     /// Cluster mode: batches published on the bus, and those that could not be.
     pub bus_published: AtomicU64,
     pub bus_publish_failures: AtomicU64,
@@ -198,6 +202,18 @@ impl Metrics {
             "counter",
             "Pages of older messages served to history requests.",
             self.history_pages.load(Relaxed),
+        );
+        one(
+            "relay_presence_events_total",
+            "counter",
+            "Presence events (a room's state or its change) queued for sockets that asked.",
+            self.presence_events.load(Relaxed),
+        );
+        one(
+            "relay_typing_events_total",
+            "counter",
+            "Typing events queued for sockets that asked for presence.",
+            self.typing_events.load(Relaxed),
         );
         one(
             "relay_sockets_closed_slow_total",

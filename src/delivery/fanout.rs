@@ -36,6 +36,9 @@ pub trait Subscriber: Send + Sync {
     fn offer(&self, room: &Room, generation: u64, batches: &[Arc<Batch>]) -> Option<usize>;
     /// Whether the connection is open and still in the `generation`th joining of `room`.
     fn is_member(&self, room: &Room, generation: u64) -> bool;
+    /// Queues an event outside the ordered messages (presence, typing) and sends it: see
+    /// [`PacketQueue::send_event`].
+    fn send_event(&self, packet: &str) -> Option<bool>;
 }
 
 impl<S: PacketSink> Subscriber for PacketQueue<S> {
@@ -44,6 +47,9 @@ impl<S: PacketSink> Subscriber for PacketQueue<S> {
     }
     fn is_member(&self, room: &Room, generation: u64) -> bool {
         PacketQueue::is_member(self, room, generation)
+    }
+    fn send_event(&self, packet: &str) -> Option<bool> {
+        PacketQueue::send_event(self, packet)
     }
 }
 

@@ -140,6 +140,27 @@ impl<S: PacketSink> PacketQueue<S> {
         self.lock().sink.push_packet(packet);
     }
 
+    /// Queues an event that is not part of any room's ordered messages (presence, typing) and
+    /// sends at once. Returns `None` when the connection is over, `Some(false)` when it was
+    /// dropped because the socket has more than [`LIVE_BACKLOG`] waiting (the caller sends a
+    /// fresh state once it drains), `Some(true)` when queued.
+    pub fn send_event(&self, packet: &str) -> Option<bool> {
+        let mut state = self.lock();
+        let sink = &mut state.sink;
+        if !sink.is_open() {
+            return None;
+        }
+        let had_backlog = sink.backlog() > 0;
+        if sink.backlog() > LIVE_BACKLOG {
+            return Some(false);
+        }
+        sink.push_packet(packet);
+        if sink.send_now().is_err() || (!had_backlog && sink.backlog() > 0) {
+            self.notify.notify_one();
+        }
+        Some(true)
+    }
+
     /// Whether anything is queued that the connection has not taken.
     pub fn has_backlog(&self) -> bool {
         self.backlog() > 0

@@ -19,11 +19,13 @@ use super::{
     HistoryFuture, JoinFuture, JoinPlan, Namespace, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
 };
 use crate::chat::{self, Rejection};
+use crate::delivery::fanout::Subscriber;
 use crate::delivery::queue::CatchUp;
 use crate::engine::{DisconnectReason, Session, Transport};
-use crate::identity::Identity;
+use crate::identity::{Author, Identity};
 use crate::log::Entry;
 use crate::metrics::Metrics;
+use crate::presence::{self, Person, Presence, Ticket};
 use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
@@ -77,6 +79,10 @@ struct Member {
     speaker: Option<Box<Identity>>,
     /// The socket asked for every message's author and time (`auth.meta`).
     meta: bool,
+    /// The socket asked for the room's presence and typing events (`auth.presence`).
+    watch: bool,
+    /// Its place in the room's presence, from its CONNECT's answer on.
+    presence: Option<Ticket>,
 }
 
 impl Member {
@@ -84,6 +90,8 @@ impl Member {
         Member {
             speaker: None,
             meta: false,
+            watch: false,
+            presence: None,
             room,
             generation: 0,
             replay: None,
@@ -133,6 +141,10 @@ pub(super) struct Handler<T: Transport> {
     /// When the first of the members' tokens expires (boxed: only sockets with a token that
     /// expires carry it).
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// This connection's number in presence.
+    conn: u64,
+    /// A guest's presence id, the same in each of its rooms (made at its first CONNECT).
+    guest: Option<Box<str>>,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -151,6 +163,8 @@ pub fn serve<T: Transport>(
         next_tag: 0,
         rate: RateLimit::new(ns.config.max_messages_per_second),
         expiry: None,
+        conn: ns.presence.connection(),
+        guest: None,
         ns,
     };
     async move { handler.serve().await }
@@ -159,6 +173,10 @@ pub fn serve<T: Transport>(
 impl<T: Transport> Handler<T> {
     async fn serve(&mut self) -> DisconnectReason {
         let reason = self.run().await;
+        // Gone from presence now, not after the close handshake.
+        for m in &mut self.members {
+            m.presence = None;
+        }
         let metrics = &self.ns.metrics;
         if let Some(kind) = reason.bad_input() {
             metrics.bad_input(kind);
@@ -467,6 +485,7 @@ impl<T: Transport> Handler<T> {
                     m.speaker = Some(Box::new(identity));
                 }
                 m.meta = chat::wants_meta(auth);
+                m.watch = presence::wanted(auth);
                 self.set_expiry();
             }
             Err(why) => {
@@ -509,13 +528,45 @@ impl<T: Transport> Handler<T> {
             tracing::debug!(sid = plan.sid, cursor, room = %m.room, "session recovered");
         }
         m.identity = Some((plan.sid, plan.pid));
+        // Counted, and (asked) told who is here, right after the CONNECT reply.
+        let person = self.person(i);
+        let m = &mut self.members[i];
         let queue = self.socket.engine.queue().clone();
+        let watch = m.watch.then(|| queue.clone() as Arc<dyn Subscriber>);
+        m.presence = Some(self.ns.presence.enter(&m.room, &person, self.conn, watch));
         m.generation = queue.join(&m.room, cursor, m.meta);
         // Registered before reading history: see the module docs for why this order closes the gap.
         self.ns
             .broadcaster
             .register(m.room.clone(), m.generation, queue);
         self.catch_up(i);
+    }
+
+    /// Member `i`'s socket as presence lists it: its verified user, or this connection's guest.
+    fn person(&mut self, i: usize) -> Person {
+        let author = match &self.members[i].speaker {
+            Some(speaker) => speaker.author.clone(),
+            None => Author::default(),
+        };
+        if author.user.is_some() {
+            return Person::new(&author, "");
+        }
+        let guest = self
+            .guest
+            .get_or_insert_with(|| Presence::guest_id().into_boxed_str());
+        Person::new(&author, guest)
+    }
+
+    /// `["typing"]`: passed on to the room's other watchers (see [`Presence::typing`]); acked
+    /// `[]` when asked. Not a chat message: neither stored nor counted as a refusal.
+    fn on_typing(&mut self, i: usize, ack_id: Option<u64>) {
+        let m = &mut self.members[i];
+        if let Some(ticket) = &m.presence {
+            self.ns.presence.typing(&m.room, ticket.person());
+        }
+        if let Some(ack_id) = ack_id {
+            m.answer(ack_id, &json!([]));
+        }
     }
 
     /// `["history", {"before": id, "limit": n}]`: a page of member `i`'s room's older messages,
@@ -669,6 +720,10 @@ impl<T: Transport> Handler<T> {
             }
             Some(chat::REFRESH_EVENT) => {
                 self.on_refresh(i, ack_id, &payload);
+                return Ok(None);
+            }
+            Some(presence::TYPING_EVENT) => {
+                self.on_typing(i, ack_id);
                 return Ok(None);
             }
             _ => {}
@@ -864,6 +919,7 @@ mod tests {
                 replay_reads: Arc::new(Semaphore::new(4)),
                 recovery,
                 identity: crate::identity::Verifier::guests(),
+                presence: Arc::new(crate::presence::Presence::new(Arc::new(Metrics::default()))),
             }),
             store,
             stop: CancellationToken::new(),

@@ -5,7 +5,8 @@
 //! - [`socket`]: the Socket.IO sockets of one connection, one per namespace — packets, binary
 //!   attachments, CONNECT/DISCONNECT order, the connect timeout, unknown namespaces refused;
 //! - [`handler`]: the chat's rules on them — the join plan and replay, `"chat message"` published
-//!   to the sequencer, acks in order behind their rows, history pages, the rate limit;
+//!   to the sequencer, acks in order behind their rows, history pages, the rate limit, presence
+//!   and typing ([`crate::presence`]);
 //!
 //! and what every socket shares, here: [`Namespace`] and its reads of a room (the join plan,
 //! replay pages, history pages).
@@ -31,6 +32,7 @@ use crate::delivery::Broadcaster;
 use crate::identity::Verifier;
 use crate::log::Entry;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::sid::new_sid;
 use crate::room::{Allowed, Room};
 use crate::sequencer::Sequencer;
@@ -82,6 +84,8 @@ pub(crate) struct Namespace {
     pub recovery: Option<RecoveryLog>,
     /// Who a CONNECT speaks for (`AUTH`, the JWT keys).
     pub identity: Verifier,
+    /// Who is in each room, and who types.
+    pub presence: Arc<Presence>,
 }
 
 /// A CONNECT being planned (recovery checks, the start of a capped first visit).

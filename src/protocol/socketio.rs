@@ -334,6 +334,19 @@ pub fn encode_bare_event(nsp: &str, event: &str) -> String {
     out
 }
 
+/// `42[<nsp>,]["<event>",<arg>]`: an event with one argument, `arg` already encoded as JSON.
+pub fn encode_event_json(nsp: &str, event: &str, arg: &str) -> String {
+    let mut out = String::with_capacity(nsp.len() + event.len() + arg.len() + 8);
+    out.push_str("42");
+    push_nsp(&mut out, nsp);
+    out.push('[');
+    push_json_str(&mut out, event);
+    out.push(',');
+    out.push_str(arg);
+    out.push(']');
+    out
+}
+
 /// `43[<nsp>,]<id><args>`: an ACK in namespace `nsp`. `args` must be a JSON array; the stock
 /// client passes its items to the callback.
 pub fn encode_ack(nsp: &str, id: u64, args: &Value) -> String {

@@ -26,6 +26,7 @@ use crate::log::Wire;
 use crate::metrics::Metrics;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
+use crate::presence::Presence;
 use crate::sequencer::adapter::LocalAdapter;
 use crate::sequencer::{Sequencer, SequencerOptions};
 use crate::store::{self, Reader, Store, StoreError};
@@ -169,6 +170,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     );
     let mut namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
     namespace.identity = identity;
+    namespace
+        .presence
+        .start(&background, stop_background.clone());
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
@@ -309,6 +313,7 @@ fn namespace(
     metrics: Arc<Metrics>,
     recovery: Option<RecoveryLog>,
 ) -> Namespace {
+    let presence = Arc::new(Presence::new(metrics.clone()));
     Namespace {
         sequencer,
         broadcaster: broadcaster.clone(),
@@ -326,6 +331,7 @@ fn namespace(
         replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
         recovery,
         identity: Verifier::guests(),
+        presence,
     }
 }
 
