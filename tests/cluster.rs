@@ -1210,3 +1210,107 @@ async fn a_node_under_another_cluster_name_on_the_same_database_is_refused() {
     drop(node);
     drop_database(&db).await;
 }
+
+/// A token signed with `secret` for user `sub`.
+fn token(secret: &str, sub: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": sub, "name": sub.to_uppercase() }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Reads presence events in `/general` until `done` holds for the latest one; returns every
+/// event read, each with the time it came.
+async fn presence_until(
+    c: &mut Client,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<(tokio::time::Instant, serde_json::Value)> {
+    let mut seen = Vec::new();
+    loop {
+        let t = c.recv_text().await;
+        let Some(body) = t.strip_prefix("42/general,") else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        if v[0] != "presence" {
+            continue;
+        }
+        let at = tokio::time::Instant::now();
+        let last = done(&v[1]);
+        seen.push((at, v[1].clone()));
+        if last {
+            return seen;
+        }
+    }
+}
+
+fn listed(events: &[(tokio::time::Instant, serde_json::Value)], list: &str) -> Vec<String> {
+    events
+        .iter()
+        .flat_map(|(_, e)| e[list].as_array().cloned().unwrap_or_default())
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Presence spans the nodes: a person counts once whatever node their tabs are on; typing
+/// crosses nodes; a SIGKILLed node's people leave within 10 s, except those who came straight
+/// back on another node, who never leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_killed_nodes_people_leave_within_ten_seconds() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let secret = "cluster-presence-secret";
+    let env = [("JWT_SECRET", secret)];
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start_with(&db, &redis, &cluster, &env))
+        .collect();
+    let open = |n: &Node, auth: serde_json::Value| {
+        let url = n.ws_url();
+        async move {
+            let mut c = Client::open(&url).await;
+            c.join_room("general", Some(auth)).await;
+            c
+        }
+    };
+    let mut watcher = open(&nodes[0], json!({"presence": true, "name": "W"})).await;
+    let _ana1 = open(&nodes[1], json!({"token": token(secret, "ana")})).await;
+    let _ana2 = open(&nodes[2], json!({"token": token(secret, "ana")})).await;
+    let _cy = open(&nodes[2], json!({"token": token(secret, "cy")})).await;
+    let _gus = open(&nodes[2], json!({"name": "Gus"})).await;
+    // W, Ana (two tabs, two nodes), Cy, Gus.
+    presence_until(&mut watcher, |e| e["online"] == 4).await;
+
+    // Typing on node 1 reaches node 0.
+    let mut ana1 = _ana1;
+    ana1.send("42/general,[\"typing\"]").await;
+    loop {
+        let t = watcher.recv_text().await;
+        if t.starts_with("42/general,[\"typing\"") {
+            assert!(t.contains("\"user\":\"ana\""), "{t}");
+            break;
+        }
+    }
+
+    // Node 2 is killed; Cy comes straight back on node 0.
+    let killed = tokio::time::Instant::now();
+    drop(nodes.remove(2));
+    let _cy_back = open(&nodes[0], json!({"token": token(secret, "cy")})).await;
+    let events = presence_until(&mut watcher, |e| e["online"] == 3).await;
+    let (at, _) = events.last().unwrap();
+    let took = *at - killed;
+    assert!(
+        took <= Duration::from_secs(10),
+        "the killed node's guest left after {took:?}"
+    );
+    let left = listed(&events, "left");
+    assert_eq!(left.len(), 1, "only Gus left: {events:?}");
+    assert!(left[0].starts_with("g:"), "{left:?}");
+    assert!(
+        !listed(&events, "joined").contains(&"u:cy".to_string()),
+        "Cy never left, so never joined again: {events:?}"
+    );
+    drop(nodes);
+    drop_database(&db).await;
+}

@@ -14,6 +14,8 @@
 //!   [`forward`] their messages to it over Redis, so the cluster's messages meet in one group
 //!   commit. Should forwarding fail, a node commits under the lock itself.
 //! - Dedupe, acks after commit, replay and recovery work unchanged: they rest on the database.
+//! - Presence: each node counts its own sockets and tells the others on Redis ([`presence`]);
+//!   a node that goes quiet is forgotten.
 //!
 //! Must not: be needed by a single node (unset `--cluster-url` and none of this runs).
 
@@ -21,12 +23,14 @@ pub mod adapter;
 pub mod follower;
 pub mod forward;
 pub mod lease;
+pub mod presence;
 pub mod redis;
 
 pub use adapter::RedisAdapter;
 
 use crate::delivery::Broadcaster;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::sid::new_sid;
 use crate::store::{Reader, Store, StoreError};
 use follower::Follower;
@@ -108,7 +112,7 @@ impl Cluster {
     /// Joins the cluster `options` names on `store` (a MySQL/MariaDB database at
     /// `database_url`): reads the chat's identity (recorded by its first node), starts the lease,
     /// the follower (publishing to `broadcaster`) and the Redis bus, and returns the adapter the
-    /// sequencer commits through. From `resign` on (shutdown begins), this node gives up the
+    /// sequencer commits through, and tells the other nodes who is here (`presence`). From `resign` on (shutdown begins), this node gives up the
     /// sequencer lease. Errors: bad settings, or a database that cannot say the chat's identity.
     pub async fn join(
         options: Options,
@@ -116,6 +120,7 @@ impl Cluster {
         store: &Store,
         broadcaster: &Arc<Broadcaster>,
         metrics: &Arc<Metrics>,
+        presence: &Arc<Presence>,
         resign: CancellationToken,
     ) -> Result<(Cluster, RedisAdapter), JoinError> {
         let client = options.client(database_url)?;
@@ -177,6 +182,16 @@ impl Cluster {
             resign,
             stop.clone(),
         ));
+        if let Some(notes) = presence.attach() {
+            let channel = presence::Channel {
+                client: client.clone(),
+                name: presence_channel(&prefix),
+                node: node.clone(),
+            };
+            let stop = stop.clone();
+            let run = presence::run(channel, presence.clone(), notes, metrics.clone(), stop);
+            tasks.spawn(run);
+        }
         let (bus, local) = RedisBus::start(
             Endpoint {
                 client,
@@ -248,6 +263,11 @@ pub fn channel(name: &str) -> String {
 /// A node's own channel: messages forwarded to it, replies to those it forwarded.
 pub fn node_channel(name: &str, node: &str) -> String {
     format!("{name}:node:{node}")
+}
+
+/// The Redis channel presence travels on ([`presence`]).
+pub fn presence_channel(name: &str) -> String {
+    format!("{name}:presence")
 }
 
 /// The database lock commits take.

@@ -139,12 +139,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     // Cancelled once the sessions are gone: the writer and the recovery log finish.
     let stop_background = CancellationToken::new();
+    let presence = Arc::new(Presence::new(metrics.clone()));
     let (sequencer, cluster) = start_sequencer(
         config,
         cluster,
         &store,
         &broadcaster,
         &metrics,
+        &presence,
         &background,
         &shutdown,
         &stop_background,
@@ -168,11 +170,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         &background,
         stop_background.clone(),
     );
-    let mut namespace = namespace(config, &store, &broadcaster, sequencer, metrics, recovery);
+    presence.start(&background, stop_background.clone());
+    let mut namespace = namespace(
+        config,
+        &store,
+        &broadcaster,
+        sequencer,
+        metrics,
+        recovery,
+        presence,
+    );
     namespace.identity = identity;
-    namespace
-        .presence
-        .start(&background, stop_background.clone());
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
@@ -220,6 +228,7 @@ async fn start_sequencer(
     store: &Store,
     broadcaster: &Arc<Broadcaster>,
     metrics: &Arc<Metrics>,
+    presence: &Arc<Presence>,
     background: &TaskTracker,
     shutdown: &CancellationToken,
     stop: &CancellationToken,
@@ -238,6 +247,7 @@ async fn start_sequencer(
         store,
         broadcaster,
         metrics,
+        presence,
         shutdown.clone(),
     )
     .await
@@ -312,8 +322,8 @@ fn namespace(
     sequencer: Sequencer,
     metrics: Arc<Metrics>,
     recovery: Option<RecoveryLog>,
+    presence: Arc<Presence>,
 ) -> Namespace {
-    let presence = Arc::new(Presence::new(metrics.clone()));
     Namespace {
         sequencer,
         broadcaster: broadcaster.clone(),
