@@ -116,6 +116,9 @@ struct Entry {
     nodes: SmallVec<[Arc<str>; 1]>,
     /// Whether the room's watchers were last told they are here.
     announced: bool,
+    /// A watcher's first state listed them before they were announced: if they go before they
+    /// are, the next change still says they left.
+    told: bool,
 }
 
 impl Entry {
@@ -159,8 +162,15 @@ impl RoomPresence {
                 local: 0,
                 nodes: SmallVec::new(),
                 announced: false,
+                told: false,
             });
         let was_present = entry.present();
+        if !was_present && entry.person != *person {
+            // Back under another name (a guest who renamed on the same connection): announced
+            // again, so that watchers replace the old name.
+            entry.person = person.clone();
+            entry.announced = false;
+        }
         let first_here = match node {
             None => {
                 entry.local += 1;
@@ -205,19 +215,20 @@ impl RoomPresence {
         last_here
     }
 
-    /// The room's whole state: `{"online": n, "users": [..]}`.
-    fn state(people: &HashMap<Arc<str>, Entry>, online: usize) -> String {
+    /// The room's whole state: `{"online": n, "users": [..]}`. Those listed before they were
+    /// announced are marked, so that their leaving is announced even if their joining never is.
+    fn state(people: &mut HashMap<Arc<str>, Entry>, online: usize) -> String {
         #[derive(Serialize)]
         struct State<'a> {
             online: usize,
             users: Vec<PersonJson<'a>>,
         }
-        let users = people
-            .values()
-            .filter(|e| e.present())
-            .take(MAX_LISTED)
-            .map(|e| e.person.json())
-            .collect();
+        let mut listed = Vec::new();
+        for e in people.values_mut().filter(|e| e.present()).take(MAX_LISTED) {
+            e.told |= !e.announced;
+            listed.push(&*e);
+        }
+        let users = listed.iter().map(|e| e.person.json()).collect();
         serde_json::to_string(&State { online, users }).unwrap_or_default()
     }
 
@@ -244,7 +255,10 @@ impl RoomPresence {
                     true => joined.push(id.clone()),
                     false => left.push(entry.person.clone()),
                 }
+            } else if !present && entry.told {
+                left.push(entry.person.clone()); // listed in a state, gone before announced
             }
+            entry.told = false;
             if !present {
                 self.people.remove(&id);
                 gone.push(id);
@@ -402,7 +416,7 @@ impl Presence {
                 // Nobody was told anything: what is here now is what the first watcher is told.
                 p.delta();
             }
-            let state = RoomPresence::state(&p.people, p.online);
+            let state = RoomPresence::state(&mut p.people, p.online);
             let frame = socketio::encode_event_json(&room.nsp(), PRESENCE_EVENT, &state);
             let stale = sink.send_event(&frame) != Some(true);
             self.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
@@ -679,6 +693,43 @@ mod tests {
         assert_eq!(got[1][1]["joined"].as_array().unwrap().len(), MAX_LISTED);
         assert!(w.with_sink(|s| s.sent[1].starts_with("42/general,[\"presence\",")));
         drop(back);
+    }
+
+    #[tokio::test]
+    async fn someone_listed_in_a_state_who_goes_before_the_tick_is_said_to_have_left() {
+        let hub = hub();
+        let room = Room::main();
+        let w1 = watcher();
+        let _first = hub.enter(&room, &person(None, "W1", "w1"), 1, Some(w1));
+        let bo = hub.enter(&room, &person(None, "Bo", "b"), 2, None);
+        // W2's state lists Bo, whose joining is not announced yet; Bo goes before it is.
+        let w2 = watcher();
+        let _second = hub.enter(&room, &person(None, "W2", "w2"), 3, Some(w2.clone()));
+        assert_eq!(names(&events(&w2)[0][1]["users"]), ["Bo", "W1", "W2"]);
+        drop(bo);
+        hub.tick();
+        let got = events(&w2);
+        assert_eq!(names(&got[1][1]["left"]), ["Bo"], "{got:?}");
+        assert_eq!(names(&got[1][1]["joined"]), ["W2"]);
+        assert_eq!(got[1][1]["online"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_guest_back_under_another_name_is_announced_again() {
+        let hub = hub();
+        let room = Room::main();
+        let w = watcher();
+        let _w = hub.enter(&room, &person(None, "W", "w"), 1, Some(w.clone()));
+        let old = hub.enter(&room, &person(None, "Bo", "b"), 2, None);
+        hub.tick();
+        drop(old);
+        let _new = hub.enter(&room, &person(None, "Bob", "b"), 2, None);
+        hub.tick();
+        let got = events(&w);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(names(&got[2][1]["joined"]), ["Bob"]);
+        assert_eq!(got[2][1]["joined"][0]["id"], got[1][1]["joined"][0]["id"]);
+        assert_eq!(got[2][1]["online"], 2);
     }
 
     #[tokio::test]

@@ -35,6 +35,12 @@
 // (data-own), and stay marked after a reload: the ids of the last OWN_KEEP acknowledged ones are
 // kept in localStorage (relay-own).
 //
+// Presence: every room's socket also asks for presence (`auth.presence: true`, protocol.md
+// "Presence and typing"). The strip's end shows how many people are in the room shown; a click
+// lists them (at most the 200 the server lists). While the message input is edited the page sends
+// "typing" (at most every TYPING_EVERY_MS, volatile: never queued while offline), and the line
+// above the input says who else is typing, for TYPING_SHOW_MS after each of their "typing" events.
+//
 // Tokens: a page opened as `/?token=<JWT>` connects with it (`auth.token`). When it expires the
 // server says "token expired" and ends the rooms' sockets; the page says so and waits for a new one.
 // A host page (an iframe's parent, a webview) hands one in with
@@ -62,6 +68,9 @@
   var ROOM_RULE = "A room name is 1\u201348 characters of a\u2013z, 0\u20139, _ and -, starting with a letter or digit.";
   // How often the room strip asks the server which rooms hold messages.
   var ROOMS_REFRESH_MS = 30000;
+  // How often this page says its user is typing, and how long another's typing stays shown.
+  var TYPING_EVERY_MS = 2000;
+  var TYPING_SHOW_MS = 3000;
   // Where the guest name and the ids of own messages are kept, and how many ids are kept.
   var NAME_KEY = "relay-name";
   var OWN_KEY = "relay-own";
@@ -83,6 +92,11 @@
   var newRoomInput = document.getElementById("new-room-name");
   var newRoomCancel = document.getElementById("new-room-cancel");
   var nameInput = document.getElementById("name");
+  var onlineButton = document.getElementById("online");
+  var peoplePanel = document.getElementById("people");
+  var peopleList = document.getElementById("people-list");
+  var peopleMore = document.getElementById("people-more");
+  var typingLine = document.getElementById("typing");
   var noticeTimer = null;
   var lengthNotice = false;
 
@@ -339,11 +353,18 @@
     // Own messages emitted and not yet acknowledged, oldest first: {text, li, after}. Their rows
     // stay at the end of the list; messages from the server go above them.
     var outbox = [];
+    // Who is here (id -> person, as the server listed them), how many (null: not known while
+    // offline), who else is typing (id -> {name, until}) and when this page last said it types.
+    room.people = Object.create(null);
+    room.online = null;
+    room.typers = Object.create(null);
+    var typedAt = 0;
 
     var options = {
       // historyLimit: a first visit gets the newest page, not the whole history.
       // meta: every message comes with its author and time.
-      auth: { serverOffset: 0, historyLimit: HISTORY_PAGE, meta: true },
+      // presence: who is here, and who types.
+      auth: { serverOffset: 0, historyLimit: HISTORY_PAGE, meta: true, presence: true },
       ackTimeout: 10000,
       retries: 3,
     };
@@ -629,6 +650,14 @@
     };
 
     socket.on("disconnect", function () {
+      // Who is here is not known until connected again (the server then sends it whole).
+      room.online = null;
+      room.people = Object.create(null);
+      room.typers = Object.create(null);
+      if (room.shown) {
+        renderPeople();
+        renderTyping();
+      }
       if (refused) {
         return; // a refused attempt's engine closes too: the refusal is what to show
       }
@@ -704,6 +733,58 @@
       });
       watchStall();
     }
+
+    socket.on("presence", function (p) {
+      if (!p || typeof p !== "object") {
+        return;
+      }
+      function valid(x) {
+        return x && typeof x === "object" && typeof x.id === "string";
+      }
+      if (Array.isArray(p.users)) {
+        room.people = Object.create(null);
+        p.users.filter(valid).forEach(function (x) {
+          room.people[x.id] = x;
+        });
+      }
+      (Array.isArray(p.joined) ? p.joined : []).filter(valid).forEach(function (x) {
+        room.people[x.id] = x;
+      });
+      (Array.isArray(p.left) ? p.left : []).filter(valid).forEach(function (x) {
+        delete room.people[x.id];
+        delete room.typers[x.id];
+      });
+      if (typeof p.online === "number") {
+        room.online = p.online;
+      }
+      if (room.shown) {
+        renderPeople();
+        renderTyping();
+      }
+    });
+
+    socket.on("typing", function (p) {
+      if (!p || typeof p !== "object" || typeof p.id !== "string") {
+        return;
+      }
+      room.typers[p.id] = { name: personName(p), until: Date.now() + TYPING_SHOW_MS };
+      if (room.shown) {
+        renderTyping();
+      }
+      setTimeout(function () {
+        if (room.shown) {
+          renderTyping();
+        }
+      }, TYPING_SHOW_MS + 50);
+    });
+
+    /** The user is typing in this room: says so, at most every TYPING_EVERY_MS, only while connected. */
+    room.typing = function () {
+      if (socket.connected && Date.now() - typedAt >= TYPING_EVERY_MS) {
+        typedAt = Date.now();
+        socket.volatile.emit("typing");
+      }
+    };
 
     socket.on("token expired", function () {
       tokenExpired = true;
@@ -809,6 +890,8 @@
       render();
       updateEmpty();
       updateEarlier();
+      renderPeople();
+      renderTyping();
       if (room.scroll === null) {
         scrollToEnd();
       } else {
@@ -823,6 +906,82 @@
     };
 
     return room;
+  }
+
+  /** How a person of a presence or typing event is called: their name, else "guest" or their id. */
+  function personName(p) {
+    if (typeof p.name === "string" && p.name) {
+      return p.name;
+    }
+    return p.guest || typeof p.user !== "string" ? "guest" : p.user;
+  }
+
+  /** The shown room's count of people, and its list when open. */
+  function renderPeople() {
+    var room = current;
+    if (!room || room.online === null) {
+      onlineButton.hidden = true;
+      showPeople(false);
+      return;
+    }
+    onlineButton.hidden = false;
+    onlineButton.textContent = thousands(room.online) + " online";
+    onlineButton.setAttribute("aria-label", room.online === 1 ? "1 person here" : thousands(room.online) + " people here");
+    if (peoplePanel.hidden) {
+      return;
+    }
+    var people = Object.keys(room.people).map(function (id) {
+      return room.people[id];
+    });
+    people.sort(function (a, b) {
+      return personName(a).localeCompare(personName(b));
+    });
+    var fragment = document.createDocumentFragment();
+    people.forEach(function (p) {
+      var li = document.createElement("li");
+      li.dir = "auto";
+      li.textContent = personName(p);
+      if (p.guest) {
+        li.dataset.guest = "";
+      }
+      fragment.appendChild(li);
+    });
+    peopleList.textContent = "";
+    peopleList.appendChild(fragment);
+    var more = room.online - people.length;
+    peopleMore.hidden = more <= 0;
+    peopleMore.textContent = more > 0 ? "and " + thousands(more) + " more" : "";
+  }
+
+  function showPeople(open) {
+    peoplePanel.hidden = !open;
+    onlineButton.setAttribute("aria-expanded", String(open));
+  }
+
+  /** "Ana is typing…" for the shown room: whoever typed in the last TYPING_SHOW_MS. */
+  function renderTyping() {
+    var room = current;
+    var now = Date.now();
+    var names = [];
+    if (room) {
+      Object.keys(room.typers).forEach(function (id) {
+        if (room.typers[id].until > now) {
+          names.push(room.typers[id].name);
+        } else {
+          delete room.typers[id];
+        }
+      });
+    }
+    var text = "";
+    if (names.length === 1) {
+      text = names[0] + " is typing\u2026";
+    } else if (names.length === 2) {
+      text = names[0] + " and " + names[1] + " are typing\u2026";
+    } else if (names.length > 2) {
+      text = "Several people are typing\u2026";
+    }
+    typingLine.textContent = text;
+    typingLine.hidden = !text;
   }
 
   /** Makes `list` the one on screen, under the id the page's styles and tests know. */
@@ -882,6 +1041,8 @@
     showList(noRoomList);
     empty.hidden = true;
     earlierButton.hidden = true;
+    renderPeople();
+    renderTyping();
     input.disabled = sendButton.disabled = true;
     statusBadge.dataset.state = "invalid";
     statusBadge.textContent = "no such room";
@@ -1081,7 +1242,21 @@
     }
   });
 
+  onlineButton.addEventListener("click", function () {
+    showPeople(peoplePanel.hidden);
+    renderPeople();
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && !peoplePanel.hidden) {
+      showPeople(false);
+      onlineButton.focus();
+    }
+  });
+
   input.addEventListener("input", function () {
+    if (current && input.value) {
+      current.typing();
+    }
     var bytes = bytesOverLimit(input.value);
     input.setAttribute("aria-invalid", bytes ? "true" : "false");
     if (bytes) {

@@ -2,7 +2,8 @@
 // message shows its author's name and time (drawn from the row's attributes, so the row's text
 // stays the message); a guest name ("Your name") kept across reloads and sent as auth.name; own
 // messages marked, and still marked after a reload; a name the server refuses shows its reason; a
-// token from the URL (?token=) and a fresh one handed in with window.relay.setToken.
+// token from the URL (?token=) and a fresh one handed in with window.relay.setToken; who is here
+// (presence) and who is typing.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
@@ -229,6 +230,48 @@ describe("people on the chat page", () => {
     } finally {
       await own.stop();
     }
+  });
+
+  it("shows who is here and who is typing, and who left", { timeout: 120000 }, async () => {
+    const ana = await openPage("ana", { path: "/#lounge" });
+    const bo = await openPage("bo", { path: "/#lounge" });
+    await Promise.all([connected(ana), connected(bo)]);
+    await setName(ana, "Ana");
+    await setName(bo, "Bo");
+    await Promise.all([connected(ana), connected(bo)]);
+    const online = (page, n) =>
+      page.waitForFunction((want) => {
+        const b = document.getElementById("online");
+        return !b.hidden && b.textContent === `${want} online`;
+      }, n, { timeout: WAIT_MS });
+    await Promise.all([online(ana, 2), online(bo, 2)]);
+
+    // A click lists who is here, guests said to be guests.
+    await ana.locator("#online").click();
+    await ana.waitForFunction(() => {
+      const names = [...document.querySelectorAll("#people-list > li")].map((li) => li.textContent);
+      return names.join(",") === "Ana,Bo";
+    }, null, { timeout: WAIT_MS });
+    assert.equal(await ana.locator("#online").getAttribute("aria-expanded"), "true");
+    const guest = await ana.evaluate(() => getComputedStyle(document.querySelector("#people-list > li"), "::after").content);
+    assert.match(guest, /guest/);
+    await ana.keyboard.press("Escape");
+    assert.equal(await ana.locator("#people").isHidden(), true);
+
+    // Bo types (not sent): Ana sees it, Bo does not see himself.
+    await bo.locator("#input").fill("hel");
+    await ana.waitForFunction(() => {
+      const t = document.getElementById("typing");
+      return !t.hidden && t.textContent === "Bo is typing\u2026";
+    }, null, { timeout: WAIT_MS });
+    assert.equal(await bo.locator("#typing").isHidden(), true, "never your own typing");
+    // It fades once Bo stops.
+    await ana.waitForFunction(() => document.getElementById("typing").hidden, null, { timeout: WAIT_MS });
+
+    // Bo leaves: Ana's count follows.
+    await close(bo);
+    await online(ana, 1);
+    await close(ana);
   });
 
   it("no page errors", () => {
