@@ -15,6 +15,7 @@
 //! cargo bench --bench load -- fanout --spawn --rooms 100 --receivers 1000 --senders 100  # 100 rooms
 //! cargo bench --bench load -- persist --spawn --rooms 100          # the 50 clients over 100 rooms
 //! cargo bench --bench load -- fanout --spawn --meta                 # receivers ask for authors
+//! cargo bench --bench load -- presence --spawn --sockets 5000    # join and leave storms
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
@@ -60,6 +61,9 @@ enum Workload {
     Idle,
     /// A `--backlog` of messages is replayed to one reconnecting client.
     Replay,
+    /// `--sockets` guests join one room at once, then all but one leave at once: without
+    /// presence, then with it (`auth.presence`); presence events delivered and server CPU.
+    Presence,
     /// `--clients` lose their connections (with `--restart`: relay restarts), a `--backlog` is
     /// stored meanwhile, and all reconnect at once: first with connection-state recovery
     /// (`pid` + `offset`), then again with only `serverOffset`, to compare.
@@ -133,7 +137,7 @@ struct Args {
     senders: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// idle: sockets; a comma list runs one point per value.
+    /// idle and presence: sockets; a comma list runs one point per value.
     #[arg(long, default_value = "5000", value_delimiter = ',')]
     sockets: Vec<usize>,
     #[arg(long, default_value_t = 10_000)]
@@ -562,6 +566,12 @@ async fn join_in(url: &str, room: &Room, offset: u64) -> Ws {
 
 /// As [`join_in`], asking for every message's author and time when `meta`.
 async fn join_in_with(url: &str, room: &Room, offset: u64, meta: bool) -> Ws {
+    let meta = if meta { ",\"meta\":true" } else { "" };
+    join_auth(url, room, &format!("{{\"serverOffset\":{offset}{meta}}}")).await
+}
+
+/// Connects, reads the open packet, joins `room` with the CONNECT payload `auth` (JSON).
+async fn join_auth(url: &str, room: &Room, auth: &str) -> Ws {
     let prefix = room.prefix();
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
@@ -569,12 +579,9 @@ async fn join_in_with(url: &str, room: &Room, offset: u64, meta: bool) -> Ws {
         .expect("websocket connects");
     let open = next_text(&mut ws).await.expect("open packet");
     assert!(open.starts_with('0'), "open packet expected: {open}");
-    let meta = if meta { ",\"meta\":true" } else { "" };
-    ws.send(Message::text(format!(
-        "40{prefix}{{\"serverOffset\":{offset}{meta}}}"
-    )))
-    .await
-    .expect("send CONNECT");
+    ws.send(Message::text(format!("40{prefix}{auth}")))
+        .await
+        .expect("send CONNECT");
     let reply = next_text(&mut ws).await.expect("CONNECT reply");
     assert!(
         reply.starts_with(&format!("40{prefix}{{")),
@@ -1017,6 +1024,146 @@ async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle:
     }
 }
 
+/// Sockets that connect at once in the presence workload's join storm.
+const JOINS_AT_ONCE: usize = 200;
+
+/// presence: `sockets` guests join one room in a storm ([`JOINS_AT_ONCE`] connecting at a time),
+/// then all but the first leave at once; first without `auth.presence`, then with it, each on a
+/// room of its own. Reports per phase the presence events delivered (and per second), their
+/// bytes, and the server's CPU: side by side, the price of presence.
+async fn presence(target: &Target, sockets: usize) {
+    let mut cpu = Vec::new();
+    for watch in [false, true] {
+        cpu.push(presence_run(target, sockets, watch).await);
+    }
+    if let (Some(off), Some(on)) = (cpu[0], cpu[1]) {
+        println!(
+            "presence sockets={sockets}: server CPU for the joins and leaves with presence / without = {:.2}x",
+            on / off.max(0.001)
+        );
+    }
+}
+
+/// One presence run: returns the server CPU seconds of its join and leave phases together.
+async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f64> {
+    let room = Room(format!("presence-{}", u8::from(watch)));
+    let events = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    // Sockets whose last event said everyone is here; the first socket's last `online`.
+    let complete = Arc::new(AtomicU64::new(0));
+    let first_online = Arc::new(AtomicU64::new(0));
+    let auth = |i: usize| match watch {
+        true => format!("{{\"presence\":true,\"name\":\"p{i}\"}}"),
+        false => format!("{{\"name\":\"p{i}\"}}"),
+    };
+    let cpu0 = target.cpu_secs_each();
+    let start = Instant::now();
+    let readers: Vec<tokio::task::JoinHandle<()>> = futures_util::stream::iter(0..sockets)
+        .map(|i| {
+            let (url, room, auth) = (target.ws_url_at(i), room.clone(), auth(i));
+            let (events, bytes) = (events.clone(), bytes.clone());
+            let (complete, first_online) = (complete.clone(), first_online.clone());
+            async move {
+                let mut ws = join_auth(&url, &room, &auth).await;
+                tokio::spawn(async move {
+                    let mut done = false;
+                    while let Some(t) = next_text(&mut ws).await {
+                        if t.as_str() == "2" {
+                            let _ = ws.send(Message::text("3")).await;
+                            continue;
+                        }
+                        if !t.contains("[\"presence\",") {
+                            continue;
+                        }
+                        events.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                        let online = t
+                            .split_once("\"online\":")
+                            .and_then(|(_, rest)| rest.split([',', '}']).next()?.parse().ok())
+                            .unwrap_or(0u64);
+                        if i == 0 {
+                            first_online.store(online, Ordering::Relaxed);
+                        }
+                        if !done && online == sockets as u64 {
+                            done = true;
+                            complete.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            }
+        })
+        .buffered(JOINS_AT_ONCE)
+        .collect()
+        .await;
+    let joined_in = start.elapsed();
+    // Everyone hears that everyone is here (with presence); the last tick's events with it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watch && complete.load(Ordering::Relaxed) < sockets as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let join_secs = start.elapsed().as_secs_f64();
+    let cpu1 = target.cpu_secs_each();
+    let (join_events, join_bytes) = (
+        events.swap(0, Ordering::Relaxed),
+        bytes.swap(0, Ordering::Relaxed),
+    );
+    let heard_all = complete.load(Ordering::Relaxed);
+
+    // All but the first leave at once (their connections close, as a tab does).
+    let leave = Instant::now();
+    for r in &readers[1..] {
+        r.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watch && first_online.load(Ordering::Relaxed) != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leave_secs = leave.elapsed().as_secs_f64();
+    let cpu2 = target.cpu_secs_each();
+    let (leave_events, leave_bytes) = (
+        events.swap(0, Ordering::Relaxed),
+        bytes.swap(0, Ordering::Relaxed),
+    );
+    readers[0].abort();
+
+    let secs = |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| {
+        a.as_ref()
+            .zip(b.as_ref())
+            .map(|(a, b)| a.iter().sum::<f64>() - b.iter().sum::<f64>())
+    };
+    let (join_cpu, leave_cpu) = (secs(&cpu1, &cpu0), secs(&cpu2, &cpu1));
+    let show = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{c:.2} s"));
+    let label = if watch {
+        "with presence"
+    } else {
+        "without presence"
+    };
+    println!(
+        "presence sockets={sockets} {label}: join storm {:.1} s (all connected in {:.1} s), \
+         {join_events} events ({:.0}/s, {:.1} MB), {heard_all} sockets heard everyone; server CPU {}",
+        join_secs,
+        joined_in.as_secs_f64(),
+        join_events as f64 / join_secs,
+        join_bytes as f64 / 1e6,
+        show(join_cpu),
+    );
+    println!(
+        "presence sockets={sockets} {label}: {} leave at once, {leave_secs:.1} s to the last event, \
+         {leave_events} events ({:.0}/s, {:.1} MB), the one left sees online={}; server CPU {}",
+        sockets - 1,
+        leave_events as f64 / leave_secs,
+        leave_bytes as f64 / 1e6,
+        match watch {
+            true => first_online.load(Ordering::Relaxed).to_string(),
+            false => "-".into(),
+        },
+        show(leave_cpu),
+    );
+    join_cpu.zip(leave_cpu).map(|(a, b)| a + b)
+}
+
 async fn replay(target: &Target, backlog: usize) {
     let url = target.ws_url();
     let stored = Instant::now();
@@ -1348,6 +1495,13 @@ fn main() {
                 for &clients in &args.clients {
                     let mut target = Target::new(&args).await;
                     recover(&mut target, clients, args.backlog, args.restart).await;
+                    target.stop().await;
+                }
+            }
+            Workload::Presence => {
+                for &sockets in &args.sockets {
+                    let target = Target::new(&args).await;
+                    presence(&target, sockets).await;
                     target.stop().await;
                 }
             }
