@@ -1058,7 +1058,7 @@ async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f6
     };
     let cpu0 = target.cpu_secs_each();
     let start = Instant::now();
-    let readers: Vec<tokio::task::JoinHandle<()>> = futures_util::stream::iter(0..sockets)
+    let readers: Vec<tokio::task::AbortHandle> = futures_util::stream::iter(0..sockets)
         .map(|i| {
             let (url, room, auth) = (target.ws_url_at(i), room.clone(), auth(i));
             let (events, bytes) = (events.clone(), bytes.clone());
@@ -1090,6 +1090,7 @@ async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f6
                         }
                     }
                 })
+                .abort_handle()
             }
         })
         .buffered(JOINS_AT_ONCE)
