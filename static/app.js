@@ -93,6 +93,7 @@
   var newRoomCancel = document.getElementById("new-room-cancel");
   var nameInput = document.getElementById("name");
   var onlineButton = document.getElementById("online");
+  var onlineCount = onlineButton.querySelector(".count");
   var peoplePanel = document.getElementById("people");
   var peopleList = document.getElementById("people-list");
   var peopleMore = document.getElementById("people-more");
@@ -924,9 +925,17 @@
       showPeople(false);
       return;
     }
+    var appeared = onlineButton.hidden;
     onlineButton.hidden = false;
-    onlineButton.textContent = thousands(room.online) + " online";
+    onlineCount.textContent = thousands(room.online);
     onlineButton.setAttribute("aria-label", room.online === 1 ? "1 person here" : thousands(room.online) + " people here");
+    if (appeared) {
+      // The strip just gave the count room: keep the room shown in sight.
+      var shown = roomList.querySelector('[aria-current="page"]');
+      if (shown && !inStrip(shown)) {
+        shown.scrollIntoView({ block: "nearest", inline: "nearest" });
+      }
+    }
     if (peoplePanel.hidden) {
       return;
     }

@@ -242,7 +242,7 @@ describe("people on the chat page", () => {
     const online = (page, n) =>
       page.waitForFunction((want) => {
         const b = document.getElementById("online");
-        return !b.hidden && b.textContent === `${want} online`;
+        return !b.hidden && b.textContent === `${want} online` && b.getAttribute("aria-label") === `${want} people here`.replace(/^1 people/, "1 person");
       }, n, { timeout: WAIT_MS });
     await Promise.all([online(ana, 2), online(bo, 2)]);
 

@@ -168,9 +168,10 @@ describe("rooms on the chat page", () => {
     await expectMessages(page, "main", ["main from a client", "main from the page"]);
     // What the page said went to `/`.
     assert.deepEqual((await replay("/", "main from the page")).slice(-2), ["main from a client", "main from the page"]);
-    // One namespace, `/`, with the tutorial's auth and the first visit's history cap.
+    // One namespace, `/`, with the tutorial's auth, the first visit's history cap, and the
+    // page's opt-ins (authors and times, who is here).
     assert.equal(connects.length, 1, `CONNECTs: ${JSON.stringify(connects)}`);
-    assert.deepEqual(JSON.parse(connects[0].slice(2)), { serverOffset: 0, historyLimit: 100, meta: true });
+    assert.deepEqual(JSON.parse(connects[0].slice(2)), { serverOffset: 0, historyLimit: 100, meta: true, presence: true });
     await close(page);
   });
 
