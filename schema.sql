@@ -16,11 +16,17 @@
 --               when there is none.
 -- created_at    the server's time of the commit, milliseconds since the Unix epoch (0 for rows
 --               stored before relay recorded it).
+-- deletes       for a deletion (protocol.md, "Moderation"), the id of the message it deletes; 0
+--               for a chat message. A deletion is an entry of the log like any message, with no
+--               content, stored under the clientOffset `relay:delete:<id>` (so a deletion of one
+--               message twice, or from two nodes at once, is one entry).
+-- deleted       1 once a deletion deleted this message: its content is emptied in the same
+--               transaction, and no replay, recovery or history page sends it again.
 -- messages_room_id  makes a room's replay and history pages one ordered range read of the index.
 --
 -- A table made by an older schema.sql, or by the tutorial's own DDL (id, client_offset, content),
 -- is upgraded in place at start: relay adds the columns it lacks (room, user_id, user_name,
--- created_at) and the index (ALGORITHM=INPLACE, LOCK=NONE: reads and writes go on meanwhile; no
+-- created_at, deletes, deleted) and the index (ALGORITHM=INPLACE, LOCK=NONE: reads and writes go on meanwhile; no
 -- row changes) and logs it.
 CREATE TABLE IF NOT EXISTS messages (
   id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -30,6 +36,8 @@ CREATE TABLE IF NOT EXISTS messages (
   user_id       VARBINARY(128) NULL,
   user_name     VARBINARY(256) NULL,
   created_at    BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  deletes       BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  deleted       TINYINT UNSIGNED NOT NULL DEFAULT 0,
   PRIMARY KEY (id),
   UNIQUE KEY messages_client_offset (client_offset),
   KEY messages_room_id (room, id)

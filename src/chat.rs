@@ -17,6 +17,20 @@ pub const HISTORY_EVENT: &str = "history";
 /// A new token for the socket (`["refresh token", token]`, acked with `{"exp"}` or `{"error"}`).
 pub const REFRESH_EVENT: &str = "refresh token";
 
+/// What the sockets of a room are sent when one of its messages is deleted:
+/// `("chat deleted", id)`.
+pub const DELETED_EVENT: &str = "chat deleted";
+
+/// A moderator's request to delete a message (`["delete message", id]`, acked `{}` or
+/// `{"error"}`).
+pub const DELETE_EVENT: &str = "delete message";
+
+/// The clientOffset a deletion of message `target` is stored under: two deletions of one message
+/// (twice, or from two nodes at once) are one entry, the second a duplicate.
+pub fn deletion_offset(target: u64) -> String {
+    format!("relay:delete:{target}")
+}
+
 /// What a socket whose token expired is sent, just before the server's DISCONNECT.
 pub const EXPIRED_EVENT: &str = "token expired";
 
@@ -45,6 +59,9 @@ pub struct NewMessage {
     pub at: u64,
     pub content: String,
     pub client_offset: String,
+    /// The message this one deletes (0: a chat message). A deletion has no content; it is stored
+    /// under [`deletion_offset`].
+    pub deletes: u64,
 }
 
 /// Why an event was refused. The text is what the client reads in its ack.
@@ -231,6 +248,7 @@ pub fn parse_event(
         at: 0,
         content,
         client_offset,
+        deletes: 0,
     })
 }
 
@@ -418,7 +436,8 @@ mod tests {
                 author: Author::default(),
                 at: 0,
                 content: "hi 😀".into(),
-                client_offset: "page-1".into()
+                client_offset: "page-1".into(),
+                deletes: 0,
             })
         );
         // Extra arguments are ignored; an empty message is still a message.

@@ -3,9 +3,10 @@
 //! centrifuge's `Publication` travels broker → hub → client).
 //!
 //! An entry has the id the database gave it (ids are the log's order: strictly increasing, never
-//! reused, one sequence for every room), the [`Room`] it belongs to, and a [`Body`]: what happened. Today the one kind is a chat message; the next kinds
-//! (a deletion, a room's event) are more [`Body`] variants on the same ordered chain, each written
-//! for the wire here, in [`Entry::packet`], and nowhere else.
+//! reused, one sequence for every room), the [`Room`] it belongs to, and a [`Body`]: what happened
+//! — a chat message, the deletion of one (after everything committed before it, so every socket,
+//! replay and recovery agrees on it), or a message deleted since. Each kind is written for the
+//! wire here, in [`Entry::packet`], and nowhere else.
 //!
 //! Pure: no I/O, no framing for a transport (see `delivery::batch` for the frames).
 //!
@@ -36,6 +37,12 @@ pub struct Entry {
 pub enum Body {
     /// A chat message (`messages.content`, UTF-8), sent to sockets as the `"chat message"` event.
     Message { content: String },
+    /// The deletion of the chat message `target`, an earlier entry of the same room
+    /// (`messages.deletes`): sent as `("chat deleted", target)` to the sockets that had it.
+    Deletion { target: u64 },
+    /// A chat message a later [`Body::Deletion`] deleted (`messages.deleted`, its content gone):
+    /// it keeps its place in the log and is never sent.
+    Deleted,
 }
 
 /// How entries are written for sockets: one setting for the whole server, decided at start.
@@ -72,17 +79,45 @@ impl Entry {
         self
     }
 
-    /// The message text (every entry is a message today).
+    /// The deletion of message `target` of `room`, stored under `id`.
+    pub fn deletion(id: u64, room: Room, target: u64) -> Entry {
+        Entry {
+            id,
+            room,
+            author: Author::default(),
+            at: 0,
+            body: Body::Deletion { target },
+        }
+    }
+
+    /// The message text (empty for a deletion and a deleted message).
     pub fn content(&self) -> &str {
         match &self.body {
             Body::Message { content } => content,
+            Body::Deletion { .. } | Body::Deleted => "",
         }
+    }
+
+    /// The message this entry deletes, if it is a deletion.
+    pub fn deletes(&self) -> Option<u64> {
+        match self.body {
+            Body::Deletion { target } => Some(target),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a chat message that was deleted since.
+    pub fn is_deleted(&self) -> bool {
+        self.body == Body::Deleted
     }
 
     /// The Socket.IO packet (with its Engine.IO type) that delivers this entry to a socket of its
     /// room: in `/`, `42["chat message",<content>,<id>]`, and with [`Wire::offsets`]
     /// `42["chat message",<content>,<id>,"<id>"]`; in room `general`, the same after
     /// `42/general,`. UTF-8 text.
+    ///
+    /// A deletion is `42[<nsp>,]["chat deleted",<target>]` (with the offset,
+    /// `["chat deleted",<target>,"<id>"]`); a deleted message has no packet (empty: never sent).
     pub fn packet(&self, wire: Wire) -> String {
         match &self.body {
             Body::Message { content } => socketio::encode_event_text_id(
@@ -92,6 +127,13 @@ impl Entry {
                 self.id,
                 wire.offsets,
             ),
+            Body::Deletion { target } => socketio::encode_event_number(
+                &self.room.nsp(),
+                chat::DELETED_EVENT,
+                *target,
+                wire.offsets.then_some(self.id),
+            ),
+            Body::Deleted => String::new(),
         }
     }
 }
@@ -147,6 +189,21 @@ mod tests {
         );
         assert_eq!(Room::named(""), Room::main());
         assert_eq!(Room::main().nsp(), "/");
+    }
+
+    #[test]
+    fn a_deletion_names_its_target_and_carries_its_own_offset() {
+        let d = Entry::deletion(25, Room::named("general"), 17);
+        assert_eq!(
+            d.packet(Wire::default()),
+            "42/general,[\"chat deleted\",17]"
+        );
+        assert_eq!(
+            d.packet(Wire { offsets: true }),
+            "42/general,[\"chat deleted\",17,\"25\"]"
+        );
+        assert_eq!((d.deletes(), d.content()), (Some(17), ""));
+        assert_eq!(Entry::message(1, "x".into()).deletes(), None);
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn in_room(room: &str, offset: &str, content: &str) -> NewMessage {
         at: 0,
         client_offset: offset.into(),
         content: content.into(),
+        deletes: 0,
     }
 }
 
@@ -531,10 +532,25 @@ async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
         store.page_after(Some(&Room::main()), 0, 10).await.unwrap(),
         old
     );
+    // A deletion on the upgraded table: its own entry, and its message's content gone.
+    let mut deletion = msg(&relay::chat::deletion_offset(1), "");
+    deletion.deletes = 1;
+    insert(&store, &[deletion]).await;
+    let all = store.page_after(None, 0, 10).await.unwrap();
+    assert_eq!(
+        (all[0].id, all[0].is_deleted(), all[0].content()),
+        (1, true, "")
+    );
+    assert_eq!((all[3].id, all[3].deletes()), (4, Some(1)));
+    assert_eq!(
+        store.page_before(&Room::main(), 10, 10).await.unwrap(),
+        [Entry::message(2, "two".into())],
+        "history holds neither the deleted message nor its deletion"
+    );
     store.close().await;
     // Starting again on the upgraded table changes nothing.
     let store = db.open().await;
-    assert_eq!(store.page_after(None, 0, 10).await.unwrap().len(), 3);
+    assert_eq!(store.page_after(None, 0, 10).await.unwrap().len(), 4);
     store.close().await;
     db.remove().await;
 }

@@ -311,6 +311,7 @@ mod tests {
                 at: 0,
                 content: format!("m{i}"),
                 client_offset: format!("o{i}"),
+                deletes: 0,
             };
             Store::Memory(store.clone()).insert(&[&m]).await.unwrap();
         }
@@ -388,6 +389,7 @@ mod tests {
             at: 0,
             content: "m".into(),
             client_offset: "o".into(),
+            deletes: 0,
         };
         let submission = crate::sequencer::Submission::new(message, Some(7), &receipts);
         f.push(batch(0, &[1, 2]));

@@ -92,7 +92,7 @@ pub fn encode_forward(node: &str, msgs: &[(u64, &NewMessage)]) -> String {
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (req, m) in self.0 {
                 let (offset, content) = (m.client_offset.as_str(), m.content.as_str());
-                match Extra::of(&m.author, 0) {
+                match Extra::of(&m.author, 0, m.deletes) {
                     Some(extra) => {
                         seq.serialize_element(&(req, offset, content, m.room.name(), extra))?
                     }
@@ -189,23 +189,29 @@ pub struct Extra {
     pub u: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<String>,
+    /// The message a deletion deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<u64>,
 }
 
 impl Extra {
-    /// The extra of `author` at `at` (0: no time); `None` when it would say nothing.
-    pub fn of(author: &Author, at: u64) -> Option<Extra> {
+    /// The extra of `author` at `at` (0: no time), of a deletion of message `deletes` (0: not a
+    /// deletion); `None` when it would say nothing.
+    pub fn of(author: &Author, at: u64, deletes: u64) -> Option<Extra> {
         let extra = Extra {
             t: (at > 0).then_some(at),
             u: author.user.as_deref().map(str::to_string),
             n: author.name.as_deref().map(str::to_string),
+            d: (deletes > 0).then_some(deletes),
         };
         (extra != Extra::default()).then_some(extra)
     }
 
-    /// The author it names (checked against the identity rules' bounds), and its time (0: none).
-    pub fn author(extra: Option<Extra>) -> Option<(Author, u64)> {
+    /// The author it names (checked against the identity rules' bounds), its time (0: none) and
+    /// the message it deletes (0: not a deletion).
+    pub fn author(extra: Option<Extra>) -> Option<(Author, u64, u64)> {
         let Some(e) = extra else {
-            return Some((Author::default(), 0));
+            return Some((Author::default(), 0, 0));
         };
         let user = match e.u {
             Some(u) if u.is_empty() || u.len() > MAX_USER_BYTES => return None,
@@ -215,7 +221,7 @@ impl Extra {
             Some(n) if n.chars().count() > MAX_TOKEN_NAME_CHARS => return None,
             n => n.map(Arc::from),
         };
-        Some((Author { user, name }, e.t.unwrap_or(0)))
+        Some((Author { user, name }, e.t.unwrap_or(0), e.d.unwrap_or(0)))
     }
 }
 
@@ -324,7 +330,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
             for msg in msgs {
                 let Strings(req, [client_offset, content, room], extra) = msg;
                 let room = room_named(room)?;
-                let (author, _) = Extra::author(extra)?;
+                let (author, _, deletes) = Extra::author(extra)?;
                 if client_offset.is_empty()
                     || client_offset.chars().count() > MAX_OFFSET_CHARS
                     || content.len() > max_message_bytes
@@ -339,6 +345,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<Direct> {
                         at: 0,
                         content,
                         client_offset,
+                        deletes,
                     },
                 ));
             }
@@ -675,6 +682,7 @@ mod tests {
             at: 0,
             content: content.into(),
             client_offset: offset.into(),
+            deletes: 0,
         }
     }
 

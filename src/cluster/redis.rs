@@ -317,7 +317,7 @@ pub fn encode(node: &str, prev: u64, entries: &[Entry]) -> String {
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for e in self.0 {
                 let (id, content) = (e.id, e.content());
-                match forward::Extra::of(&e.author, e.at) {
+                match forward::Extra::of(&e.author, e.at, e.deletes().unwrap_or(0)) {
                     Some(extra) => seq.serialize_element(&(id, content, e.room.name(), extra))?,
                     None if e.room.is_main() => seq.serialize_element(&(id, content))?,
                     None => seq.serialize_element(&(id, content, e.room.name()))?,
@@ -371,12 +371,16 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
     for row in wire.rows {
         let forward::Strings(id, [content, room], extra) = row;
         let room = forward::room_named(room)?;
-        let (author, at) = forward::Extra::author(extra)?;
-        if id <= last || content.len() > max_message_bytes {
+        let (author, at, deletes) = forward::Extra::author(extra)?;
+        if id <= last || content.len() > max_message_bytes || (deletes != 0 && deletes >= id) {
             return None;
         }
         last = id;
-        rows.push(Entry::in_room(id, room, content).by(author, at));
+        let entry = match deletes {
+            0 => Entry::in_room(id, room, content),
+            target => Entry::deletion(id, room, target),
+        };
+        rows.push(entry.by(author, at));
     }
     Some((wire.node, wire.prev, rows))
 }

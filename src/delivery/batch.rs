@@ -9,6 +9,7 @@
 use crate::log::{self, Author, Entry, Wire};
 use crate::protocol::websocket;
 use crate::room::Room;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// One committed log entry, ready for any transport. Cheap to clone (the frames are shared): a
@@ -32,6 +33,11 @@ struct Meta {
     author: Author,
     at: u64,
     wire: Wire,
+    /// The message a deletion deletes (0: not a deletion).
+    deletes: u64,
+    /// Deleted by a later deletion (a deleted row read back, or marked when its deletion was
+    /// published): never sent from then on. Shared by every room share's copy.
+    deleted: AtomicBool,
     /// The frame with the meta argument, and its header's length.
     framed: OnceLock<(Box<[u8]>, u8)>,
 }
@@ -75,9 +81,26 @@ impl Message {
                 author: entry.author.clone(),
                 at: entry.at,
                 wire,
+                deletes: entry.deletes().unwrap_or(0),
+                deleted: AtomicBool::new(entry.is_deleted()),
                 framed: OnceLock::new(),
             }),
         }
+    }
+
+    /// The message this entry deletes, if it is a deletion.
+    pub fn deletes(&self) -> Option<u64> {
+        Some(self.meta.deletes).filter(|&t| t != 0)
+    }
+
+    /// Whether the message was deleted since (it is not sent any more).
+    pub fn is_deleted(&self) -> bool {
+        self.meta.deleted.load(Ordering::Acquire)
+    }
+
+    /// Marks the message deleted: from now on no socket is sent it.
+    pub fn mark_deleted(&self) {
+        self.meta.deleted.store(true, Ordering::Release);
     }
 
     /// The message as every socket gets it: [`Entry::packet`].
@@ -106,9 +129,10 @@ impl Message {
         }
     }
 
-    /// [`Message::with_meta`] when `meta`, else [`Message::plain`].
+    /// [`Message::with_meta`] when `meta` (and the entry is a chat message), else
+    /// [`Message::plain`].
     pub fn framed(&self, meta: bool) -> Framed<'_> {
-        if meta {
+        if meta && self.meta.deletes == 0 {
             self.with_meta()
         } else {
             self.plain()

@@ -25,7 +25,7 @@ pub mod testing;
 use crate::log::{Entry, Wire};
 use crate::room::Room;
 use crate::store::MAX_BATCH;
-use batch::Batch;
+use batch::{Batch, Message};
 use fanout::{Fanout, Shares, Subscriber};
 use recent::{Recent, RecentLimits};
 use std::collections::HashMap;
@@ -136,6 +136,11 @@ impl Broadcaster {
     /// (`prev` of each is the `last` of the one before).
     pub fn broadcast(&self, batch: Arc<Batch>) {
         let last = batch.last();
+        // A deletion's message is sent from memory no more (before the deletion is visible: a
+        // socket that reads the message after this skips its deletion too).
+        for target in batch.messages.iter().filter_map(Message::deletes) {
+            self.recent.mark_deleted(target);
+        }
         // Into the history first: a session that registers with the fan-out and then reads the
         // history must find every batch the fan-out may not offer it there.
         self.recent.push(batch.clone());

@@ -76,6 +76,9 @@ struct Member {
     generation: u64,
     /// The socket asked for each message's author and time (`auth.meta`).
     meta: bool,
+    /// Deleted messages skipped since it joined whose deletion has not come yet: their deletion
+    /// is not sent either (the socket never had them). Boxed: rare.
+    skipped: Option<Box<SmallVec<[u64; 2]>>>,
 }
 
 struct State<S> {
@@ -199,6 +202,7 @@ impl<S: PacketSink> PacketQueue<S> {
             ack_wait: 0,
             generation,
             meta,
+            skipped: None,
         });
         generation
     }
@@ -264,8 +268,10 @@ impl<S: PacketSink> PacketQueue<S> {
         for entry in entries {
             if entry.id > member.cursor && entry.room == *room {
                 member.cursor = entry.id;
-                sink.push_message(Message::encode(entry, wire).framed(member.meta));
-                n += 1;
+                if member.admits(entry.id, entry.is_deleted(), entry.deletes()) {
+                    sink.push_message(Message::encode(entry, wire).framed(member.meta));
+                    n += 1;
+                }
             }
         }
         n
@@ -391,13 +397,36 @@ impl Member {
     fn append<S: PacketSink>(&mut self, sink: &mut S, batch: &Batch) -> usize {
         let mut n = 0;
         for m in &batch.messages {
-            if m.id > self.cursor && m.room == self.room {
+            if m.id > self.cursor
+                && m.room == self.room
+                && self.admits(m.id, m.is_deleted(), m.deletes())
+            {
                 sink.push_message(m.framed(self.meta));
                 n += 1;
             }
         }
         self.cursor = self.cursor.max(batch.last());
         n
+    }
+
+    /// Whether entry `id` is sent to this socket: not a message deleted before it was read (noted,
+    /// so that its deletion is not sent either), nor the deletion of one the socket never had.
+    fn admits(&mut self, id: u64, deleted: bool, deletes: Option<u64>) -> bool {
+        if deleted {
+            self.skipped.get_or_insert_default().push(id);
+            return false;
+        }
+        let (Some(target), Some(skipped)) = (deletes, self.skipped.as_mut()) else {
+            return true;
+        };
+        let Some(at) = skipped.iter().position(|&t| t == target) else {
+            return true;
+        };
+        skipped.swap_remove(at);
+        if skipped.is_empty() {
+            self.skipped = None;
+        }
+        false
     }
 }
 

@@ -96,6 +96,19 @@ impl Recent {
         Some(ring.batches.range(first..).cloned().collect())
     }
 
+    /// Marks message `id` deleted, if the ring holds it: no socket is sent it from memory again.
+    pub fn mark_deleted(&self, id: u64) {
+        let Ok(ring) = self.ring.read() else {
+            return;
+        };
+        let at = ring.batches.partition_point(|b| b.last() < id);
+        if let Some(b) = ring.batches.get(at) {
+            if let Ok(i) = b.messages.binary_search_by_key(&id, |m| m.id) {
+                b.messages[i].mark_deleted();
+            }
+        }
+    }
+
     /// Whether message `id` of `room` was published, if the ring reaches back to it (`None`: it
     /// does not; ask the database).
     pub fn contains(&self, room: &Room, id: u64) -> Option<bool> {
@@ -127,8 +140,8 @@ impl Recent {
             .rev()
             .flat_map(|b| b.messages.iter().rev())
         {
-            if m.room != *room {
-                continue;
+            if m.room != *room || m.deletes().is_some() || m.is_deleted() {
+                continue; // not a message to show
             }
             oldest = Some(m.id);
             left -= 1;

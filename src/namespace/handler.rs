@@ -569,6 +569,44 @@ impl<T: Transport> Handler<T> {
         }
     }
 
+    /// `["delete message", id]` from a moderator's socket (a token whose `role` is `moderator` or
+    /// `admin`): deletes message `id` of member `i`'s room through the log
+    /// ([`Namespace::delete`]); acked `{}` once its deletion is committed, or `{"error": …}`
+    /// (`not allowed`, `no such message`, …). The ack is queued by the deletion's own task: it
+    /// does not wait behind this socket's messages, and this socket's loop does not wait for it.
+    fn on_delete(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
+        let m = &mut self.members[i];
+        let moderator = m.speaker.as_ref().filter(|s| {
+            matches!(s.role.as_deref(), Some("moderator" | "admin")) && s.author.user.is_some()
+        });
+        let Some(speaker) = moderator else {
+            if let Some(ack_id) = ack_id {
+                m.answer(ack_id, &json!([{ "error": "not allowed" }]));
+            }
+            return;
+        };
+        let Some(target) = payload.get(1).and_then(serde_json::Value::as_u64) else {
+            if let Some(ack_id) = ack_id {
+                m.answer(
+                    ack_id,
+                    &json!([{ "error": "invalid id: a message id is a positive integer" }]),
+                );
+            }
+            return;
+        };
+        let (ns, by, room) = (self.ns.clone(), speaker.author.clone(), m.room.clone());
+        let queue = self.socket.engine.queue().clone();
+        tokio::spawn(async move {
+            let reply = match ns.delete(target, by, Some(&room)).await {
+                Ok(_) => json!([{}]),
+                Err(e) => json!([{ "error": e.to_string() }]),
+            };
+            if let Some(ack_id) = ack_id {
+                queue.send_event(&socketio::encode_ack(&room.nsp(), ack_id, &reply));
+            }
+        });
+    }
+
     /// `["history", {"before": id, "limit": n}]`: a page of member `i`'s room's older messages,
     /// in the ack.
     fn on_history(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
@@ -724,6 +762,10 @@ impl<T: Transport> Handler<T> {
             }
             Some(presence::TYPING_EVENT) => {
                 self.on_typing(i, ack_id);
+                return Ok(None);
+            }
+            Some(chat::DELETE_EVENT) => {
+                self.on_delete(i, ack_id, &payload);
                 return Ok(None);
             }
             _ => {}

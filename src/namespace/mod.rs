@@ -23,6 +23,7 @@
 
 pub(crate) mod acks;
 pub(crate) mod handler;
+pub(crate) mod moderation;
 pub(crate) mod rate;
 pub(crate) mod recovery;
 pub(crate) mod socket;

@@ -334,6 +334,25 @@ pub fn encode_bare_event(nsp: &str, event: &str) -> String {
     out
 }
 
+/// `42[<nsp>,]["<event>",<number>]`, and with `offset` `["<event>",<number>,"<offset>"]` (the
+/// stock client keeps a trailing string as its connection-state recovery offset).
+pub fn encode_event_number(nsp: &str, event: &str, number: u64, offset: Option<u64>) -> String {
+    let mut out = String::with_capacity(nsp.len() + event.len() + 48);
+    out.push_str("42");
+    push_nsp(&mut out, nsp);
+    out.push('[');
+    push_json_str(&mut out, event);
+    match offset {
+        Some(offset) => {
+            let _ = write!(out, ",{number},\"{offset}\"]");
+        }
+        None => {
+            let _ = write!(out, ",{number}]");
+        }
+    }
+    out
+}
+
 /// `42[<nsp>,]["<event>",<arg>]`: an event with one argument, `arg` already encoded as JSON.
 pub fn encode_event_json(nsp: &str, event: &str, arg: &str) -> String {
     let mut out = String::with_capacity(nsp.len() + event.len() + arg.len() + 8);

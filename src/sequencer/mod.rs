@@ -226,7 +226,6 @@ impl Sequencer {
 
     /// Publishes one message and waits for its outcome (request/response, for a caller with one
     /// message at a time, such as a server API).
-    #[allow(dead_code)] // until the server API (issue 23) publishes through it
     pub async fn request(&self, message: NewMessage) -> Result<Outcome, Stopped> {
         let mut mailbox = Mailbox::default();
         self.publish(Submission::new(message, None, &mailbox))
@@ -445,9 +444,14 @@ impl<A: Adapter> Writer<A> {
             let mut entries = Vec::with_capacity(stored.len());
             for (id, i) in stored {
                 let message = &mut batch[i].message;
-                let content = std::mem::take(&mut message.content);
-                let entry = Entry::in_room(id, message.room.clone(), content)
-                    .by(message.author.clone(), message.at);
+                let entry = match message.deletes {
+                    0 => {
+                        let content = std::mem::take(&mut message.content);
+                        Entry::in_room(id, message.room.clone(), content)
+                    }
+                    target => Entry::deletion(id, message.room.clone(), target),
+                }
+                .by(message.author.clone(), message.at);
                 messages.push(Message::encode(&entry, wire));
                 entries.push(entry);
             }
@@ -633,6 +637,7 @@ mod tests {
                 at: 0,
                 content: format!("content of {offset}"),
                 client_offset: offset.into(),
+                deletes: 0,
             };
             let s = Submission::new(message, Some(ack_id), &self.mailbox);
             assert!(self.sequencer.publish(s).await.is_ok());
@@ -754,6 +759,7 @@ mod tests {
                     at: 0,
                     content: "late".into(),
                     client_offset: "late".into(),
+                    deletes: 0,
                 };
                 if f.sequencer.request(late).await.is_err() {
                     break;

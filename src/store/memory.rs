@@ -67,6 +67,7 @@ impl MemoryStore {
             at: 0,
             content: content.into(),
             client_offset: offset.into(),
+            deletes: 0,
         })
     }
 
@@ -119,7 +120,7 @@ impl MemoryStore {
         let mut page: Vec<Entry> = inner.rows[..end]
             .iter()
             .rev()
-            .filter(|r| &r.room == room)
+            .filter(|r| &r.room == room && r.deletes().is_none() && !r.is_deleted())
             .take(limit)
             .cloned()
             .collect();
@@ -219,7 +220,19 @@ impl Inner {
         self.next_id += 1;
         let id = self.next_id;
         self.offsets.insert(m.client_offset.clone(), id);
-        let entry = Entry::in_room(id, m.room.clone(), m.content.clone());
+        let entry = match m.deletes {
+            0 => Entry::in_room(id, m.room.clone(), m.content.clone()),
+            target => {
+                if let Some(row) = self
+                    .rows
+                    .iter_mut()
+                    .find(|r| r.id == target && r.deletes().is_none())
+                {
+                    row.body = crate::log::Body::Deleted;
+                }
+                Entry::deletion(id, m.room.clone(), target)
+            }
+        };
         self.rows.push(entry.by(m.author.clone(), m.at));
         id
     }

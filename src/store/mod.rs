@@ -176,8 +176,8 @@ impl Store {
         }
     }
 
-    /// Up to `limit` entries of `room` with `id < before`, the newest of them, ascending (a page
-    /// of history before what a client has).
+    /// Up to `limit` chat messages of `room` (neither deletions nor deleted ones) with
+    /// `id < before`, the newest of them, ascending (a page of history before what a client has).
     pub async fn page_before(
         &self,
         room: &Room,
@@ -338,8 +338,8 @@ impl Reader {
         .await
     }
 
-    /// Up to `limit` entries of `room` with `id < before`, the newest of them, ascending (a
-    /// history page).
+    /// Up to `limit` chat messages of `room` (neither deletions nor deleted ones) with
+    /// `id < before`, the newest of them, ascending (a history page).
     pub async fn before_in(
         &self,
         room: &Room,

@@ -3,7 +3,7 @@
 
 use super::{Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
-use crate::log::{Author, Entry};
+use crate::log::{Author, Body, Entry};
 use crate::room::Room;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -201,24 +201,20 @@ impl MysqlStore {
         let read = match room {
             None => {
                 conn.exec_map(
-                    "SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
                      WHERE id > ? ORDER BY id LIMIT ?",
                     (after, limit as u64),
-                    |(id, content, room, user, name, at): Row| {
-                        Entry::in_room(id, room_of(&room), content).by(author_of(user, name), at)
-                    },
+                    |r: Row| entry_of(r, None),
                 )
                 .await
             }
             Some(room) => {
                 conn.exec_map(
-                    "SELECT id, content, room, user_id, user_name, created_at \
+                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
                      FROM messages FORCE INDEX (messages_room_id) \
                      WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
                     (room.name(), after, limit as u64),
-                    |(id, content, _, user, name, at): Row| {
-                        Entry::in_room(id, room.clone(), content).by(author_of(user, name), at)
-                    },
+                    |r: Row| entry_of(r, Some(room)),
                 )
                 .await
             }
@@ -226,7 +222,8 @@ impl MysqlStore {
         read.map_err(StoreError::mysql("cannot read messages"))
     }
 
-    /// Up to `limit` rows of `room` with `id < before`, the newest of them, ascending.
+    /// Up to `limit` chat messages of `room` (neither deletions nor deleted) with `id < before`,
+    /// the newest of them, ascending.
     pub async fn page_before(
         &self,
         room: &Room,
@@ -236,14 +233,13 @@ impl MysqlStore {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT * FROM \
-             (SELECT id, content, room, user_id, user_name, created_at \
+             (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
               FROM messages FORCE INDEX (messages_room_id) \
-              WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?) page \
+              WHERE room = ? AND id < ? AND deletes = 0 AND deleted = 0 \
+              ORDER BY id DESC LIMIT ?) page \
              ORDER BY id",
             (room.name(), before, limit as u64),
-            |(id, content, _, user, name, at): Row| {
-                Entry::in_room(id, room.clone(), content).by(author_of(user, name), at)
-            },
+            |r: Row| entry_of(r, Some(room)),
         )
         .await
         .map_err(StoreError::mysql("cannot read messages"))
@@ -324,12 +320,10 @@ impl MysqlStore {
         let mut conn = self.conn().await?;
         conn.exec_map(
             "SELECT * FROM \
-             (SELECT id, content, room, user_id, user_name, created_at FROM messages \
+             (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
               ORDER BY id DESC LIMIT ?) newest ORDER BY id",
             (limit as u64,),
-            |(id, content, room, user, name, at): Row| {
-                Entry::in_room(id, room_of(&room), content).by(author_of(user, name), at)
-            },
+            |r: Row| entry_of(r, None),
         )
         .await
         .map_err(StoreError::mysql("cannot read the newest messages"))
@@ -448,7 +442,53 @@ impl MysqlStore {
         result
     }
 
+    /// Stores `batch` (see [`MysqlStore::insert`]). A batch that holds deletions is one
+    /// transaction: the deletions' rows, and their messages' content gone (`deleted`), commit
+    /// together or not at all.
     async fn insert_on(
+        &self,
+        conn: &mut mysql_async::Conn,
+        batch: &[&NewMessage],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        if batch.iter().all(|m| m.deletes == 0) {
+            return self.insert_rows(conn, batch).await;
+        }
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(StoreError::mysql("cannot begin a deletion"))?;
+        let result = async {
+            let inserted = self.insert_rows(conn, batch).await?;
+            let targets: Vec<u64> = batch
+                .iter()
+                .zip(&inserted)
+                .filter_map(|(m, r)| match r {
+                    Inserted::Stored(_) if m.deletes != 0 => Some(m.deletes),
+                    _ => None,
+                })
+                .collect();
+            if !targets.is_empty() {
+                let sql = format!(
+                    "UPDATE messages SET content = '', deleted = 1 \
+                     WHERE deletes = 0 AND id IN ({})",
+                    placeholders("?", targets.len())
+                );
+                conn.exec_drop(sql, targets)
+                    .await
+                    .map_err(StoreError::mysql("cannot delete messages"))?;
+            }
+            conn.query_drop("COMMIT")
+                .await
+                .map_err(StoreError::mysql("cannot commit a deletion"))?;
+            Ok(inserted)
+        }
+        .await;
+        if result.is_err() {
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        result
+    }
+
+    async fn insert_rows(
         &self,
         conn: &mut mysql_async::Conn,
         batch: &[&NewMessage],
@@ -476,8 +516,8 @@ impl MysqlStore {
             }
             let sql = format!(
                 "INSERT INTO messages \
-                 (client_offset, content, room, user_id, user_name, created_at) VALUES {}",
-                placeholders("(?,?,?,?,?,?)", fresh.len())
+                 (client_offset, content, room, user_id, user_name, created_at, deletes) VALUES {}",
+                placeholders("(?,?,?,?,?,?,?)", fresh.len())
             );
             let params: Vec<mysql_async::Value> = fresh
                 .iter()
@@ -489,6 +529,7 @@ impl MysqlStore {
                         text_or_null(m.author.user.as_deref()),
                         text_or_null(m.author.name.as_deref()),
                         mysql_async::Value::UInt(m.at),
+                        mysql_async::Value::UInt(m.deletes),
                     ]
                 })
                 .collect();
@@ -703,8 +744,34 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// A row as read: id, content, room, user_id, user_name, created_at.
-type Row = (u64, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, u64);
+/// A row as read: id, content, room, user_id, user_name, created_at, deletes, deleted.
+type Row = (
+    u64,
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    u64,
+    u64,
+    u8,
+);
+
+/// The entry a row holds: a message, a deletion (`deletes`), or a deleted message (`deleted`).
+/// `room`: the room it was read from, known to the caller (no allocation for its name).
+fn entry_of(
+    (id, content, stored_room, user, name, at, deletes, deleted): Row,
+    room: Option<&Room>,
+) -> Entry {
+    let room = room.cloned().unwrap_or_else(|| room_of(&stored_room));
+    let mut entry = match deletes {
+        0 => Entry::in_room(id, room, content),
+        target => Entry::deletion(id, room, target),
+    };
+    if deleted != 0 {
+        entry.body = Body::Deleted;
+    }
+    entry.by(author_of(user, name), at)
+}
 
 /// An author as stored, read back.
 fn author_of(user: Option<Vec<u8>>, name: Option<Vec<u8>>) -> Author {
@@ -730,7 +797,7 @@ fn room_of(name: &[u8]) -> Room {
 
 /// The columns a table made by an older relay (or by the tutorial's own DDL: `id, client_offset,
 /// content`) may lack, as `ALTER TABLE … ADD COLUMN` defines them.
-const ADDED_COLUMNS: [(&str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str); 6] = [
     ("room", "room VARBINARY(48) NOT NULL DEFAULT ''"),
     ("user_id", "user_id VARBINARY(128) NULL"),
     ("user_name", "user_name VARBINARY(256) NULL"),
@@ -738,6 +805,8 @@ const ADDED_COLUMNS: [(&str, &str); 4] = [
         "created_at",
         "created_at BIGINT UNSIGNED NOT NULL DEFAULT 0",
     ),
+    ("deletes", "deletes BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+    ("deleted", "deleted TINYINT UNSIGNED NOT NULL DEFAULT 0"),
 ];
 
 /// Brings a table made before rooms and authors (by an older schema.sql, or by the tutorial's

@@ -9,7 +9,7 @@
 
 use super::{Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
-use crate::log::{Author, Entry};
+use crate::log::{Author, Body, Entry};
 use crate::room::Room;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,9 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
   room          TEXT NOT NULL DEFAULT '',
   user_id       TEXT,
   user_name     TEXT,
-  created_at    INTEGER NOT NULL DEFAULT 0
+  created_at    INTEGER NOT NULL DEFAULT 0,
+  deletes       INTEGER NOT NULL DEFAULT 0,
+  deleted       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS relay_sessions (
   pid           TEXT PRIMARY KEY,
@@ -147,7 +149,7 @@ impl SqliteStore {
         self.read("cannot read messages", move |c| match room {
             None => {
                 let mut stmt = c.prepare_cached(
-                    "SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
                      WHERE id > ?1 ORDER BY id LIMIT ?2",
                 )?;
                 let rows = stmt.query_map((after, limit), row)?;
@@ -155,7 +157,7 @@ impl SqliteStore {
             }
             Some(room) => {
                 let mut stmt = c.prepare_cached(
-                    "SELECT id, content, room, user_id, user_name, created_at \
+                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
                      FROM messages INDEXED BY messages_room_id \
                      WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                 )?;
@@ -178,9 +180,10 @@ impl SqliteStore {
         self.read("cannot read messages", move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT * FROM \
-                 (SELECT id, content, room, user_id, user_name, created_at \
+                 (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
                   FROM messages INDEXED BY messages_room_id \
-                  WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3) \
+                  WHERE room = ?1 AND id < ?2 AND deletes = 0 AND deleted = 0 \
+                  ORDER BY id DESC LIMIT ?3) \
                  ORDER BY id",
             )?;
             let rows = stmt.query_map((room.name(), before, limit), row)?;
@@ -277,7 +280,7 @@ impl SqliteStore {
         self.read("cannot read the newest messages", move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT * FROM \
-                 (SELECT id, content, room, user_id, user_name, created_at FROM messages \
+                 (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
                   ORDER BY id DESC LIMIT ?1) ORDER BY id",
             )?;
             let rows = stmt.query_map([limit], row)?;
@@ -350,10 +353,14 @@ fn insert_batch(conn: &Connection, rows: &[NewMessage]) -> rusqlite::Result<Vec<
     let mut out = Vec::with_capacity(rows.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (client_offset, content, room, user_id, user_name, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_offset) DO NOTHING",
+            "INSERT INTO messages \
+             (client_offset, content, room, user_id, user_name, created_at, deletes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (client_offset) DO NOTHING",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM messages WHERE client_offset = ?1")?;
+        let mut delete = tx.prepare_cached(
+            "UPDATE messages SET content = '', deleted = 1 WHERE id = ?1 AND deletes = 0",
+        )?;
         for m in rows {
             let offset = &m.client_offset;
             let values = (
@@ -363,9 +370,13 @@ fn insert_batch(conn: &Connection, rows: &[NewMessage]) -> rusqlite::Result<Vec<
                 m.author.user.as_deref(),
                 m.author.name.as_deref(),
                 to_sql_int(m.at),
+                to_sql_int(m.deletes),
             );
             if insert.execute(values)? == 1 {
                 out.push(Inserted::Stored(to_id(tx.last_insert_rowid())));
+                if m.deletes != 0 {
+                    delete.execute([to_sql_int(m.deletes)])?;
+                }
             } else {
                 let id: Option<i64> = find.query_row([offset], |r| r.get(0)).optional()?;
                 match id {
@@ -390,7 +401,8 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// An entry read with its room and author (`id, content, room, user_id, user_name, created_at`).
+/// An entry read with its room and author (`id, content, room, user_id, user_name, created_at,
+/// deletes, deleted`): a message, a deletion, or a deleted message.
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let room: String = r.get(2)?;
     let author = Author {
@@ -398,7 +410,15 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         name: r.get::<_, Option<String>>(4)?.map(Arc::from),
     };
     let at = to_id(r.get::<_, i64>(5)?);
-    Ok(Entry::in_room(to_id(r.get(0)?), Room::named(&room), r.get(1)?).by(author, at))
+    let (id, room) = (to_id(r.get(0)?), Room::named(&room));
+    let mut entry = match to_id(r.get(6)?) {
+        0 => Entry::in_room(id, room, r.get(1)?),
+        target => Entry::deletion(id, room, target),
+    };
+    if r.get::<_, i64>(7)? != 0 {
+        entry.body = Body::Deleted;
+    }
+    Ok(entry.by(author, at))
 }
 
 /// Brings a table made before rooms and authors (an older relay's, or the tutorial's own `id,
@@ -406,11 +426,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 /// far is `/`'s, of no known author or time; SQLite adds a column with a constant default without
 /// rewriting the table) and the index, and logs it.
 fn upgrade_in_place(conn: &Connection) -> rusqlite::Result<()> {
-    const ADDED: [(&str, &str); 4] = [
+    const ADDED: [(&str, &str); 6] = [
         ("room", "room TEXT NOT NULL DEFAULT ''"),
         ("user_id", "user_id TEXT"),
         ("user_name", "user_name TEXT"),
         ("created_at", "created_at INTEGER NOT NULL DEFAULT 0"),
+        ("deletes", "deletes INTEGER NOT NULL DEFAULT 0"),
+        ("deleted", "deleted INTEGER NOT NULL DEFAULT 0"),
     ];
     for (column, definition) in ADDED {
         let has: bool = conn.query_row(
