@@ -119,6 +119,16 @@ pub struct Config {
     #[arg(long, env = "AUTH", value_enum, default_value = "guest")]
     pub auth: AuthMode,
 
+    /// Keys that may call the server HTTP API (`Authorization: Bearer <key>`), a comma list;
+    /// unset: the API is off (protocol.md, "Server API").
+    #[arg(
+        long = "api-key",
+        env = "API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
     /// The HS256 secret tokens are signed with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -506,6 +506,35 @@ impl Presence {
         });
     }
 
+    /// Every room with people in it, and how many.
+    pub fn rooms(&self) -> Vec<(Room, usize)> {
+        let rooms = self.lock();
+        rooms
+            .iter()
+            .filter(|(_, p)| p.online > 0)
+            .map(|(room, p)| (room.clone(), p.online))
+            .collect()
+    }
+
+    /// `room`'s state as a watcher's first event has it, `{"online": n, "users": [..]}` (at most
+    /// [`MAX_LISTED`] listed), for the server API.
+    pub fn state(&self, room: &Room) -> serde_json::Value {
+        let rooms = self.lock();
+        let (online, users): (usize, Vec<serde_json::Value>) = match rooms.get(room) {
+            None => (0, Vec::new()),
+            Some(p) => (
+                p.online,
+                p.people
+                    .values()
+                    .filter(|e| e.present())
+                    .take(MAX_LISTED)
+                    .filter_map(|e| serde_json::to_value(e.person.json()).ok())
+                    .collect(),
+            ),
+        };
+        serde_json::json!({ "online": online, "users": users })
+    }
+
     /// How many people are in `room` now.
     pub fn online(&self, room: &Room) -> usize {
         self.lock().get(room).map_or(0, |p| p.online)

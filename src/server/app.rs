@@ -44,6 +44,8 @@ pub struct App {
     pub canary_timeout: Duration,
     /// When a refused Origin was last logged (milliseconds since the Unix epoch).
     pub origin_warned: AtomicU64,
+    /// The server API's keys (`API_KEYS`); empty: the API is off.
+    pub api_keys: Vec<String>,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;

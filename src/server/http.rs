@@ -1,8 +1,10 @@
 //! HTTP routing: the page, its assets, the client library, health and metrics; `/socket.io/`
-//! goes to the Engine.IO endpoint ([`super::endpoint`]).
+//! goes to the Engine.IO endpoint ([`super::endpoint`]), `/api/v1/` to the server API
+//! ([`super::api`]).
 //!
 //! Must not: parse Engine.IO packets or hold a session's state.
 
+use super::api;
 use super::app::{plain, App, HttpResponse};
 use super::assets;
 use super::endpoint;
@@ -24,6 +26,7 @@ pub async fn handle(
     let path = req.uri().path();
     let response = match path {
         "/socket.io/" | "/socket.io" => endpoint::handle(app, peer, req).await,
+        _ if path.starts_with(api::PREFIX) => api::handle(&app, req).await,
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

@@ -9,10 +9,12 @@
 //! commits what is queued and ends, the fan-out ends, and the store closes. Open sessions are
 //! counted by the permits of one semaphore of `MAX_CONNECTIONS`, each held by its session.
 
+pub(crate) mod api;
 pub(crate) mod app;
 pub(crate) mod assets;
 pub(crate) mod endpoint;
 pub(crate) mod http;
+pub(crate) mod openapi;
 pub(crate) mod origin;
 
 use crate::cluster::{self, Cluster};
@@ -197,6 +199,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
+        api_keys: config
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect(),
     });
     let node = metrics_node(&app);
     let database = redact(&config.database_url);

@@ -1,0 +1,423 @@
+//! The server HTTP API under `/api/v1/` (protocol.md, "Server API"; its OpenAPI 3.1 document is
+//! served at `/api/v1/openapi.json`), for a community's backend: publish a message with an
+//! idempotency key, read history, delete a message, list rooms and who is in them.
+//!
+//! Off unless `API_KEYS` names keys. Every call but the document's needs `Authorization: Bearer
+//! <key>`, compared in constant time (`subtle`); keys are never logged. JSON in and out; every
+//! error is `{"error": "<reason>"}` with its status: 400 (bad input), 401 (no or wrong key), 404,
+//! 405, 413 (body over the cap), 415 (not `application/json`), 503 (database unavailable).
+//!
+//! Publishing goes through the same sequencer as a socket's message (stored once, ordered,
+//! delivered and replayed alike); a deletion through [`Namespace::delete`].
+//!
+//! Must not: speak Engine.IO, or write to the database itself.
+
+use super::app::{App, HttpResponse};
+use crate::chat::{self, NewMessage};
+use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::namespace::moderation::DeleteError;
+use crate::namespace::Namespace;
+use crate::room::Room;
+use crate::sequencer::Outcome;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+/// Where the API lives.
+pub const PREFIX: &str = "/api/v1/";
+/// Messages a history read returns by default, and at most.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 500;
+/// What the idempotency key is stored under (a socket's clientOffset never begins so): the two
+/// ways in never take each other's keys.
+const KEY_PREFIX: &str = "api:";
+
+/// Answers a request under [`PREFIX`].
+pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
+    if app.api_keys.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the server API is off (set API_KEYS)",
+        );
+    }
+    let path = req.uri().path().trim_start_matches(PREFIX).to_string();
+    if path == "openapi.json" && req.method() == Method::GET {
+        return json_response(StatusCode::OK, super::openapi::document().to_string());
+    }
+    if !authorized(&app.api_keys, &req) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    let ns = &*app.namespace;
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let result = match (method, path.as_str()) {
+        (Method::POST, "messages") => match body(req, ns).await {
+            Ok(v) => publish(ns, v).await,
+            Err(e) => Err(e),
+        },
+        (Method::GET, "messages") => history(ns, &query).await,
+        (Method::DELETE, p) if p.starts_with("messages/") => {
+            delete(ns, &p["messages/".len()..]).await
+        }
+        (Method::GET, "rooms") => Ok((StatusCode::OK, rooms(ns))),
+        (Method::GET, "presence") => presence(ns, &query),
+        (_, "messages" | "rooms" | "presence") => Err(ApiError::method()),
+        (_, p) if p.starts_with("messages/") => Err(ApiError::method()),
+        _ => Err(ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())),
+    };
+    match result {
+        Ok((status, body)) => json_response(status, body.to_string()),
+        Err(ApiError(status, why)) => error(status, &why),
+    }
+}
+
+/// A refused call: its status and reason.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(why: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, why.into())
+    }
+    fn method() -> ApiError {
+        ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+    }
+    fn unavailable(why: impl std::fmt::Display) -> ApiError {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable, try again: {why}"),
+        )
+    }
+}
+
+type Answer = Result<(StatusCode, Value), ApiError>;
+
+/// Whether the request carries one of `keys` as its bearer token (each compared in constant
+/// time).
+fn authorized(keys: &[String], req: &Request<Incoming>) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = given.trim().as_bytes();
+    keys.iter().fold(false, |ok, key| {
+        ok | bool::from(key.as_bytes().ct_eq(given))
+    })
+}
+
+/// The JSON body of a POST: `application/json`, at most the largest message plus 4 KiB.
+async fn body(req: Request<Incoming>, ns: &Namespace) -> Result<Value, ApiError> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json".into(),
+        ));
+    }
+    // Content escaped as \uXXXX takes six bytes a character: room for the largest message.
+    let cap = ns.config.max_message_bytes.saturating_mul(6) + 4096;
+    let bytes = match Limited::new(req.into_body(), cap).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {cap} bytes"),
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))
+}
+
+/// A room named in a call: absent (or `/`) is the main room; it must exist under `ROOMS`.
+fn room_of(ns: &Namespace, name: Option<&str>) -> Result<Room, ApiError> {
+    let room = match name {
+        None | Some("" | "/") => Room::main(),
+        Some(name) => Room::from_nsp(&format!("/{}", name.trim_start_matches('/')))
+            .ok_or_else(|| ApiError::bad(format!("invalid room {name:?}")))?,
+    };
+    if !ns.config.rooms.allows(&room) {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such room".into()));
+    }
+    Ok(room)
+}
+
+/// A room as the API writes it: `/` for the main room, else its name.
+fn room_name(room: &Room) -> &str {
+    if room.is_main() {
+        "/"
+    } else {
+        room.name()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    room: Option<String>,
+    content: String,
+    idempotency_key: String,
+    user: Option<String>,
+    name: Option<String>,
+}
+
+/// `POST /api/v1/messages`: `201 {"id"}`, or `200 {"id", "duplicate": true}` for a key stored
+/// before (one row, one broadcast).
+async fn publish(ns: &Namespace, body: Value) -> Answer {
+    let p: Publish = serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
+    let room = room_of(ns, p.room.as_deref())?;
+    let max = ns.config.max_message_bytes;
+    if p.content.len() > max {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("content is {} bytes, the limit is {max}", p.content.len()),
+        ));
+    }
+    let key_chars = p.idempotency_key.chars().count();
+    if key_chars == 0 || key_chars > chat::MAX_OFFSET_CHARS {
+        return Err(ApiError::bad(format!(
+            "idempotency_key must be 1 to {} characters",
+            chat::MAX_OFFSET_CHARS
+        )));
+    }
+    if p.user
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.len() > MAX_USER_BYTES)
+    {
+        return Err(ApiError::bad(format!(
+            "user must be 1 to {MAX_USER_BYTES} bytes"
+        )));
+    }
+    let name = p
+        .name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| {
+        n.chars().count() > MAX_TOKEN_NAME_CHARS || n.chars().any(char::is_control)
+    }) {
+        return Err(ApiError::bad(format!(
+            "name must be at most {MAX_TOKEN_NAME_CHARS} characters, without control characters"
+        )));
+    }
+    if !ns.broadcaster.admit(&room, ns.config.max_rooms) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("too many rooms: the limit is {}", ns.config.max_rooms),
+        ));
+    }
+    let message = NewMessage {
+        room,
+        author: Author {
+            user: p.user.map(Into::into),
+            name: name.map(Into::into),
+        },
+        at: 0,
+        content: p.content,
+        client_offset: format!("{KEY_PREFIX}{}", p.idempotency_key),
+        deletes: 0,
+    };
+    match ns.sequencer.request(message).await {
+        Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
+        Ok(Outcome::Duplicate(id)) => Ok((StatusCode::OK, json!({ "id": id, "duplicate": true }))),
+        Ok(Outcome::Refused(why)) => Err(ApiError::bad(why)),
+        Ok(Outcome::Failed) => Err(ApiError::unavailable("the commit failed")),
+        Err(_) => Err(ApiError::unavailable("the server is shutting down")),
+    }
+}
+
+/// A query parameter's value (the first), percent-decoded.
+fn param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A positive integer parameter, or a clear refusal.
+fn number(name: &str, value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| ApiError::bad(format!("{name} must be a positive integer, not {value:?}")))
+}
+
+/// `GET /api/v1/messages?room=&before=&limit=`: the newest messages before `before`, newest
+/// first, and the `before` of the next page (`null`: no more).
+async fn history(ns: &Namespace, query: &str) -> Answer {
+    let room = room_of(ns, param(query, "room").as_deref())?;
+    let before = match param(query, "before") {
+        Some(b) => number("before", &b)?,
+        None => ns.broadcaster.published().saturating_add(1),
+    };
+    let limit = match param(query, "limit") {
+        Some(l) => {
+            let n = number("limit", &l)?;
+            if n > MAX_LIMIT as u64 {
+                return Err(ApiError::bad(format!("limit is at most {MAX_LIMIT}")));
+            }
+            n as usize
+        }
+        None => DEFAULT_LIMIT,
+    };
+    let page = ns
+        .reader
+        .before_in(&room, before, limit)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let next = (page.len() == limit).then(|| page[0].id);
+    let messages: Vec<Value> = page
+        .iter()
+        .rev()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "room": room_name(&e.room),
+                "content": e.content(),
+                "user": e.author.user.as_deref(),
+                "name": e.author.name.as_deref(),
+                "at": e.at,
+            })
+        })
+        .collect();
+    Ok((
+        StatusCode::OK,
+        json!({ "messages": messages, "before": next }),
+    ))
+}
+
+/// `DELETE /api/v1/messages/{id}`: `200 {"id", "deleted": true}` (again too); 404 for an id
+/// that is no message.
+async fn delete(ns: &Namespace, id: &str) -> Answer {
+    let id = number("the message id", id)?;
+    let by = Author {
+        user: None,
+        name: Some("api".into()),
+    };
+    match ns.delete(id, by, None).await {
+        Ok(_) => Ok((StatusCode::OK, json!({ "id": id, "deleted": true }))),
+        Err(DeleteError::NotFound) => {
+            Err(ApiError(StatusCode::NOT_FOUND, format!("no message {id}")))
+        }
+        Err(e) => Err(ApiError::unavailable(e)),
+    }
+}
+
+/// `GET /api/v1/rooms`: `[{"room", "online", "last_id"}]`, the rooms that hold messages or
+/// people, `/` first.
+fn rooms(ns: &Namespace) -> Value {
+    let mut rooms: Vec<(Room, u64, usize)> = ns
+        .broadcaster
+        .rooms()
+        .into_iter()
+        .filter(|(room, _)| ns.config.rooms.allows(room))
+        .map(|(room, last)| {
+            let online = ns.presence.online(&room);
+            (room, last, online)
+        })
+        .collect();
+    for (room, online) in ns.presence.rooms() {
+        if !rooms.iter().any(|(r, _, _)| *r == room) {
+            rooms.push((room, 0, online));
+        }
+    }
+    rooms.sort_by(|a, b| (!a.0.is_main(), a.0.name()).cmp(&(!b.0.is_main(), b.0.name())));
+    Value::Array(
+        rooms
+            .iter()
+            .map(|(room, last, online)| {
+                json!({ "room": room_name(room), "online": online, "last_id": last })
+            })
+            .collect(),
+    )
+}
+
+/// `GET /api/v1/presence?room=`: `{"online", "users"}` (at most 200 listed).
+fn presence(ns: &Namespace, query: &str) -> Answer {
+    let room = room_of(ns, param(query, "room").as_deref())?;
+    Ok((StatusCode::OK, ns.presence.state(&room)))
+}
+
+fn json_response(status: StatusCode, body: String) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, why: &str) -> HttpResponse {
+    let mut r = json_response(status, json!({ "error": why }).to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        assert_eq!(
+            param("room=gen%65ral&limit=5", "room").as_deref(),
+            Some("general")
+        );
+        assert_eq!(param("a=1&b=x+y", "b").as_deref(), Some("x y"));
+        assert_eq!(param("a=%zz", "a").as_deref(), Some("%zz"));
+        assert_eq!(param("a=%4", "a").as_deref(), Some("%4"));
+        assert_eq!(param("a=1", "b"), None);
+    }
+
+    #[test]
+    fn numbers_are_positive_integers() {
+        assert_eq!(number("x", "17").ok(), Some(17));
+        for bad in ["0", "-1", "1.5", "abc", "99999999999999999999999", ""] {
+            assert!(number("x", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The server API's OpenAPI 3.1 document, served at `/api/v1/openapi.json` (what
+//! [`super::api`] answers, written down for clients and validators). Kept beside the handlers and
+//! checked against them in `tests/api.rs` (each path answered as documented) and by a standard
+//! validator in the node suite.
+//!
+//! Must not: drift from `api.rs`: a new endpoint there is a new path here.
+
+use serde_json::{json, Value};
+
+/// The document.
+pub fn document() -> Value {
+    let error = json!({ "$ref": "#/components/responses/Error" });
+    let id_param = json!({
+        "name": "id", "in": "path", "required": true,
+        "schema": { "type": "integer", "minimum": 1 }
+    });
+    let room_param = json!({
+        "name": "room", "in": "query", "required": false,
+        "description": "The room's name; absent or `/`: the main room.",
+        "schema": { "type": "string" }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "relay server API",
+            "version": "1.0.0",
+            "description": "Publish, read and delete a chat's messages and see who is in its rooms, from a community's backend. Every call needs `Authorization: Bearer <key>` (API_KEYS). Every error is `{\"error\": \"<reason>\"}`."
+        },
+        "servers": [{ "url": "/api/v1" }],
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/messages": {
+                "post": {
+                    "summary": "Publish a message: stored once, ordered and delivered like a socket's.",
+                    "operationId": "publishMessage",
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Publish" } } }
+                    },
+                    "responses": {
+                        "201": { "description": "Stored.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
+                        "200": { "description": "This idempotency key was stored before: nothing new.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
+                        "400": error, "401": error, "404": error, "409": error, "413": error, "415": error, "503": error
+                    }
+                },
+                "get": {
+                    "summary": "A page of a room's messages, newest first.",
+                    "operationId": "listMessages",
+                    "parameters": [
+                        room_param,
+                        { "name": "before", "in": "query", "required": false, "description": "Only messages with a smaller id (the previous page's `before`).", "schema": { "type": "integer", "minimum": 1 } },
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } }
+                    ],
+                    "responses": {
+                        "200": { "description": "The page.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Page" } } } },
+                        "400": error, "401": error, "404": error, "503": error
+                    }
+                }
+            },
+            "/messages/{id}": {
+                "delete": {
+                    "summary": "Delete a message: an entry of the ordered log; every socket that had it is told, no read returns it again.",
+                    "operationId": "deleteMessage",
+                    "parameters": [id_param],
+                    "responses": {
+                        "200": { "description": "Deleted (now or before).", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["id", "deleted"],
+                            "properties": { "id": { "type": "integer" }, "deleted": { "const": true } }
+                        } } } },
+                        "400": error, "401": error, "404": error, "503": error
+                    }
+                }
+            },
+            "/rooms": {
+                "get": {
+                    "summary": "The rooms that hold messages or people.",
+                    "operationId": "listRooms",
+                    "responses": {
+                        "200": { "description": "The rooms, `/` first.", "content": { "application/json": { "schema": {
+                            "type": "array",
+                            "items": {
+                                "type": "object", "required": ["room", "online", "last_id"],
+                                "properties": {
+                                    "room": { "type": "string" },
+                                    "online": { "type": "integer", "minimum": 0 },
+                                    "last_id": { "type": "integer", "minimum": 0 }
+                                }
+                            }
+                        } } } },
+                        "401": error
+                    }
+                }
+            },
+            "/presence": {
+                "get": {
+                    "summary": "Who is in a room now.",
+                    "operationId": "getPresence",
+                    "parameters": [room_param],
+                    "responses": {
+                        "200": { "description": "The room's people (at most 200 listed; `online` exact).", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["online", "users"],
+                            "properties": {
+                                "online": { "type": "integer", "minimum": 0 },
+                                "users": { "type": "array", "items": { "$ref": "#/components/schemas/Person" } }
+                            }
+                        } } } },
+                        "400": error, "401": error, "404": error
+                    }
+                }
+            }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "responses": {
+                "Error": {
+                    "description": "The call was refused; `error` says why.",
+                    "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["error"],
+                        "properties": { "error": { "type": "string" } }
+                    } } }
+                }
+            },
+            "schemas": {
+                "Publish": {
+                    "type": "object",
+                    "required": ["content", "idempotency_key"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "room": { "type": "string", "description": "Absent: the main room `/`." },
+                        "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
+                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 255 },
+                        "user": { "type": "string", "maxLength": 128, "description": "The author's user id." },
+                        "name": { "type": "string", "maxLength": 64, "description": "The author's display name." }
+                    }
+                },
+                "Published": {
+                    "type": "object", "required": ["id"],
+                    "properties": { "id": { "type": "integer" }, "duplicate": { "const": true } }
+                },
+                "Message": {
+                    "type": "object",
+                    "required": ["id", "room", "content", "user", "name", "at"],
+                    "properties": {
+                        "id": { "type": "integer" },
+                        "room": { "type": "string" },
+                        "content": { "type": "string" },
+                        "user": { "type": ["string", "null"] },
+                        "name": { "type": ["string", "null"] },
+                        "at": { "type": "integer", "description": "Commit time, ms since the epoch (0: unknown)." }
+                    }
+                },
+                "Page": {
+                    "type": "object", "required": ["messages", "before"],
+                    "properties": {
+                        "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } },
+                        "before": { "type": ["integer", "null"], "description": "The next page's `before`; null: no more." }
+                    }
+                },
+                "Person": {
+                    "type": "object", "required": ["id", "user", "name", "guest"],
+                    "properties": {
+                        "id": { "type": "string" },
+                        "user": { "type": ["string", "null"] },
+                        "name": { "type": ["string", "null"] },
+                        "guest": { "type": "boolean" }
+                    }
+                }
+            }
+        }
+    })
+}

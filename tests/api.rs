@@ -1,0 +1,293 @@
+//! The server HTTP API (protocol.md, "Server API") against a real server, with a socket watching:
+//! off without keys; bearer keys; publish with an idempotency key (stored, ordered and delivered
+//! like a socket's message, once); history pages; deletion through the log; rooms and presence;
+//! every bad input a clear JSON error with its status.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+const KEY: &str = "test-api-key-1";
+
+/// A call: (status, JSON body).
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    call_typed(addr, method, path, key, body, "application/json").await
+}
+
+async fn call_typed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+    content_type: &str,
+) -> (u16, Value) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http_raw(addr, &request).await;
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// A POST that says it carries 10 MB: refused (413) after the cap, not read to its end.
+async fn oversized(addr: SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // As much as the server reads before it answers; it may close while we write.
+    let _ = tcp.write_all(&vec![b'y'; 200_000]).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut reply),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error body expected: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_off_without_keys() {
+    let s = TestServer::start_on(Backend::Sqlite, |_| {}).await;
+    let (status, body) = call(s.addr, "GET", "/api/v1/rooms", Some(KEY), None).await;
+    assert_eq!(status, 404);
+    assert!(error_of(&body).contains("API_KEYS"));
+    s.stop().await;
+}
+
+async fn publish_read_and_delete_like_a_socket(backend: Backend) {
+    let s = TestServer::start_on(backend, |c| {
+        c.api_keys = vec!["other-key".into(), KEY.into()];
+        c.max_message_bytes = 1000;
+    })
+    .await;
+    let a = s.addr;
+    let mut watcher = s
+        .joined(Some(json!({ "serverOffset": 0, "meta": true })))
+        .await;
+
+    // Keys.
+    for key in [None, Some("wrong"), Some("test-api-key-")] {
+        let (status, body) = call(a, "GET", "/api/v1/rooms", key, None).await;
+        assert_eq!(status, 401, "{key:?}");
+        error_of(&body);
+    }
+    let (status, doc) = call(a, "GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
+
+    // Publish: stored, delivered with its author; the same key again is the same message.
+    let first =
+        r#"{"content":"from the backend","idempotency_key":"k1","user":"bot","name":"Bot"}"#;
+    let (status, body) = call(a, "POST", "/api/v1/messages", Some(KEY), Some(first)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    let (status, again) = call(a, "POST", "/api/v1/messages", Some(KEY), Some(first)).await;
+    assert_eq!(
+        (status, again),
+        (200, json!({ "id": id, "duplicate": true }))
+    );
+    let t = watcher.recv_text().await;
+    let v: Value = serde_json::from_str(&t[2..]).unwrap();
+    assert_eq!(
+        (v[1].as_str(), v[2].as_u64()),
+        (Some("from the backend"), Some(id))
+    );
+    assert_eq!(
+        (v[3]["user"].as_str(), v[3]["name"].as_str()),
+        (Some("bot"), Some("Bot"))
+    );
+    assert_eq!(s.count().await, 1, "one row");
+    let (status, body) = call(
+        a,
+        "POST",
+        "/api/v1/messages",
+        Some(KEY),
+        Some(r#"{"room":"general","content":"in general","idempotency_key":"k2"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for i in 3..=6 {
+        let body = format!(r#"{{"content":"m{i}","idempotency_key":"k{i}"}}"#);
+        assert_eq!(
+            call(a, "POST", "/api/v1/messages", Some(KEY), Some(&body))
+                .await
+                .0,
+            201
+        );
+    }
+
+    // Bad input: each its status and reason.
+    let big = format!(
+        r#"{{"content":"{}","idempotency_key":"big"}}"#,
+        "x".repeat(1001)
+    );
+    let bad: [(&str, &str, u16); 7] = [
+        ("{", "application/json", 400),
+        (r#"{"content":"x"}"#, "application/json", 400),
+        (
+            r#"{"content":"x","idempotency_key":""}"#,
+            "application/json",
+            400,
+        ),
+        (
+            r#"{"content":7,"idempotency_key":"n"}"#,
+            "application/json",
+            400,
+        ),
+        (
+            r#"{"room":"Bad Room","content":"x","idempotency_key":"r"}"#,
+            "application/json",
+            400,
+        ),
+        (&big, "application/json", 413),
+        (
+            r#"{"content":"x","idempotency_key":"t"}"#,
+            "text/plain",
+            415,
+        ),
+    ];
+    for (body, content_type, want) in bad {
+        let (status, reply) = call_typed(
+            a,
+            "POST",
+            "/api/v1/messages",
+            Some(KEY),
+            Some(body),
+            content_type,
+        )
+        .await;
+        assert_eq!(status, want, "{body}: {reply}");
+        error_of(&reply);
+    }
+    assert_eq!(oversized(a).await, 413);
+
+    // History: newest first, paged by `before`, only the room's.
+    let (status, page) = call(a, "GET", "/api/v1/messages?limit=2", Some(KEY), None).await;
+    assert_eq!(status, 200, "{page}");
+    let texts = |p: &Value| -> Vec<String> {
+        p["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(texts(&page), ["m6", "m5"]);
+    let before = page["before"].as_u64().expect("more pages");
+    let (_, page) = call(
+        a,
+        "GET",
+        &format!("/api/v1/messages?limit=10&before={before}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(texts(&page), ["m4", "m3", "from the backend"]);
+    assert_eq!(page["before"], Value::Null);
+    let (_, general) = call(a, "GET", "/api/v1/messages?room=general", Some(KEY), None).await;
+    assert_eq!(texts(&general), ["in general"]);
+    assert_eq!(general["messages"][0]["room"], "general");
+    for query in [
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "limit=abc",
+        "before=99999999999999999999999",
+        "room=Bad%20Room",
+    ] {
+        let (status, body) = call(
+            a,
+            "GET",
+            &format!("/api/v1/messages?{query}"),
+            Some(KEY),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+
+    // Delete: an entry of the log; every socket that had it is told; reads skip it.
+    // The watcher has the messages before the deletion (up to m6).
+    while !watcher.recv_text().await.contains("\"m6\"") {}
+    let (status, body) = call(
+        a,
+        "DELETE",
+        &format!("/api/v1/messages/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({ "id": id, "deleted": true })));
+    let (status, _) = call(
+        a,
+        "DELETE",
+        &format!("/api/v1/messages/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "again: still deleted");
+    loop {
+        let t = watcher.recv_text().await;
+        if t.starts_with("42[\"chat deleted\"") {
+            assert!(t.starts_with(&format!("42[\"chat deleted\",{id}")), "{t}");
+            break;
+        }
+    }
+    let (_, page) = call(a, "GET", "/api/v1/messages?limit=10", Some(KEY), None).await;
+    assert_eq!(texts(&page), ["m6", "m5", "m4", "m3"]);
+    for (path, want) in [
+        ("/api/v1/messages/999999", 404),
+        ("/api/v1/messages/0", 400),
+        ("/api/v1/messages/-3", 400),
+        ("/api/v1/messages/x", 400),
+    ] {
+        let (status, body) = call(a, "DELETE", path, Some(KEY), None).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+
+    // Rooms and presence.
+    let (status, rooms) = call(a, "GET", "/api/v1/rooms", Some(KEY), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(rooms[0]["room"], "/");
+    assert_eq!(rooms[0]["online"], 1, "{rooms}");
+    assert_eq!(rooms[1]["room"], "general");
+    assert!(rooms[1]["last_id"].as_u64().unwrap() > 0);
+    let (status, presence) = call(a, "GET", "/api/v1/presence", Some(KEY), None).await;
+    assert_eq!((status, presence["online"].as_u64()), (200, Some(1)));
+    let (status, _) = call(a, "PUT", "/api/v1/rooms", Some(KEY), None).await;
+    assert_eq!(status, 405);
+    let (status, _) = call(a, "GET", "/api/v1/nothing", Some(KEY), None).await;
+    assert_eq!(status, 404);
+    s.stop().await;
+}
+
+on_both_stores!(publish_read_and_delete_like_a_socket);
