@@ -58,6 +58,34 @@ CREATE TABLE IF NOT EXISTS relay_sessions (
 ) ENGINE = InnoDB
 ;
 
+-- Bans (protocol.md, "Moderation"): a user (user_id: a token's sub) or an address (ip: CIDR text,
+-- e.g. 10.0.0.0/8 or 1.2.3.4/32), from created_at until expires_at (ms since the Unix epoch; 0: for
+-- good). Every node reads them every second: a ban applies on every node within a second.
+CREATE TABLE IF NOT EXISTS relay_bans (
+  id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  user_id       VARBINARY(128) NULL,
+  ip            VARBINARY(64) NULL,
+  reason        TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  created_at    BIGINT UNSIGNED NOT NULL,
+  expires_at    BIGINT UNSIGNED NOT NULL,
+  PRIMARY KEY (id)
+) ENGINE = InnoDB
+;
+
+-- Every moderation action, who did it and when (protocol.md, "Moderation"): action is delete,
+-- ban, unban or disconnect; subject what it was done to (a message id, a ban id, a user, an
+-- address); actor who did it (a moderator's sub, or "api").
+CREATE TABLE IF NOT EXISTS relay_moderation (
+  id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  at            BIGINT UNSIGNED NOT NULL,
+  actor         VARBINARY(128) NOT NULL,
+  action        VARBINARY(16) NOT NULL,
+  subject       VARBINARY(128) NOT NULL,
+  reason        TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  PRIMARY KEY (id)
+) ENGINE = InnoDB
+;
+
 -- Cluster mode (protocol.md §4a): the chat's identity, one random value per database, made by
 -- the first node that starts in cluster mode. Nodes put it in their Redis keys and channels, so
 -- two chats on one Redis never mix, even under one CLUSTER_NAME.

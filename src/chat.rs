@@ -98,11 +98,13 @@ pub enum Rejection {
     TooManyRooms {
         limit: usize,
     },
+    /// The socket's user or address is banned.
+    Banned,
 }
 
 /// Every kind of refusal, by its metric label (`relay_bad_inputs_total{kind=…}`, stable across
 /// releases), in the order `/metrics` lists them; [`Rejection::kind`] is a position in it.
-pub const REFUSAL_KINDS: [&str; 12] = [
+pub const REFUSAL_KINDS: [&str; 13] = [
     "unknown_event",
     "message_not_string",
     "message_too_large",
@@ -115,6 +117,7 @@ pub const REFUSAL_KINDS: [&str; 12] = [
     "refused_by_store",
     "rate_limited",
     "too_many_rooms",
+    "banned",
 ];
 
 impl Rejection {
@@ -133,6 +136,7 @@ impl Rejection {
             Rejection::Refused(_) => 9,
             Rejection::RateLimited { .. } => 10,
             Rejection::TooManyRooms { .. } => 11,
+            Rejection::Banned => 12,
         }
     }
 
@@ -176,6 +180,7 @@ impl std::fmt::Display for Rejection {
                 f,
                 "history: limit must be an integer from 1 to {MAX_HISTORY_PAGE}"
             ),
+            Rejection::Banned => f.write_str("banned"),
             Rejection::HistoryBusy => {
                 f.write_str("history: one request at a time; wait for the previous page")
             }

@@ -129,6 +129,11 @@ pub struct Config {
     )]
     pub api_keys: Vec<String>,
 
+    /// Reverse proxies (addresses or CIDR blocks, a comma list) whose `X-Forwarded-For` names
+    /// the client's address, for bans by address; unset: the peer's address is the client's.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// The HS256 secret tokens are signed with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

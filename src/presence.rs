@@ -105,6 +105,9 @@ pub enum Note {
     Gone(Room, Arc<str>),
     /// The person types in the room (already rate-limited here).
     Typing(Room, Person),
+    /// The server API asked to end the sockets of a user or an address (CIDR text) on every
+    /// node.
+    Kick(Option<String>, Option<String>),
 }
 
 /// One person in one room.
@@ -340,8 +343,13 @@ impl RoomPresence {
 }
 
 /// Every room's presence on this node.
+/// What ends a user's or an address's sockets on this node (set by the namespaces).
+type KickHook = Box<dyn Fn(Option<&str>, Option<&str>) -> usize + Send + Sync>;
+
 pub struct Presence {
     rooms: Mutex<HashMap<Room, RoomPresence>>,
+    /// Ends a user's or an address's sockets here, when another node asks.
+    kick: OnceLock<KickHook>,
     /// Set when this node is in a cluster: where its [`Note`]s go.
     cluster: OnceLock<mpsc::UnboundedSender<Note>>,
     connections: AtomicU64,
@@ -375,6 +383,7 @@ impl Presence {
     pub fn new(metrics: Arc<Metrics>) -> Presence {
         Presence {
             rooms: Mutex::new(HashMap::new()),
+            kick: OnceLock::new(),
             cluster: OnceLock::new(),
             connections: AtomicU64::new(0),
             metrics,
@@ -594,6 +603,25 @@ impl Presence {
                 p.remove(&id, Some(node));
             }
         }
+    }
+
+    /// Sets what ends a user's or an address's sockets on this node (once).
+    pub fn set_kick(
+        &self,
+        hook: impl Fn(Option<&str>, Option<&str>) -> usize + Send + Sync + 'static,
+    ) {
+        let _ = self.kick.set(Box::new(hook));
+    }
+
+    /// Asks the other nodes of the cluster (if any) to end the sockets of `user` or from `ip`.
+    pub fn kick_elsewhere(&self, user: Option<&str>, ip: Option<&str>) {
+        self.note(Note::Kick(user.map(Into::into), ip.map(Into::into)));
+    }
+
+    /// Another node asks to end the sockets of `user` or from `ip` here; returns how many
+    /// connections were told.
+    pub fn remote_kick(&self, user: Option<&str>, ip: Option<&str>) -> usize {
+        self.kick.get().map_or(0, |kick| kick(user, ip))
     }
 
     /// `person` types in `room` on another node (rate-limited there).

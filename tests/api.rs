@@ -290,4 +290,154 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
     s.stop().await;
 }
 
-on_both_stores!(publish_read_and_delete_like_a_socket);
+/// Waits for the server's DISCONNECT of `/` (`41`), skipping other packets.
+async fn expect_disconnect(c: &mut Client) {
+    loop {
+        let t = c.recv_text().await;
+        if t == "41" {
+            return;
+        }
+    }
+}
+
+async fn bans_end_sockets_refuse_connects_persist_and_expire(backend: Backend) {
+    const SECRET: &str = "api-ban-secret";
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({ "sub": sub }),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut s = TestServer::start_on(backend, |c| {
+        c.api_keys = vec![KEY.into()];
+        c.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let a = s.addr;
+    let mut spammer = s.joined(Some(json!({ "token": token("spammer") }))).await;
+    let mut other = s.joined(Some(json!({ "token": token("other") }))).await;
+
+    // Bad requests.
+    for (body, why) in [
+        (r#"{}"#, "name a user"),
+        (r#"{"ip":"nope"}"#, "not an address"),
+        (r#"{"user":"x","seconds":0}"#, "positive"),
+        (r#"{"user":"x","bogus":1}"#, "unknown field"),
+    ] {
+        let (status, reply) = call(a, "POST", "/api/v1/bans", Some(KEY), Some(body)).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert!(error_of(&reply).contains(why), "{body}: {reply}");
+    }
+
+    // A user ban: their socket is ended (no reconnect loop), a new CONNECT refused, a message
+    // from a socket that slipped in refused; the others untouched.
+    let (status, reply) = call(
+        a,
+        "POST",
+        "/api/v1/bans",
+        Some(KEY),
+        Some(r#"{"user":"spammer","reason":"spam"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{reply}");
+    let ban = reply["id"].as_u64().unwrap();
+    expect_disconnect(&mut spammer).await;
+    spammer
+        .send(&format!("40{}", json!({ "token": token("spammer") })))
+        .await;
+    assert_eq!(spammer.recv_text().await, r#"44{"message":"banned"}"#);
+    other.emit(Some(1), "still here", "o-1").await;
+    let mut acked = false;
+    for _ in 0..3 {
+        if parse_ack(&other.recv_text().await).is_some() {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "the other user still chats");
+    let (_, list) = call(a, "GET", "/api/v1/bans", Some(KEY), None).await;
+    assert_eq!(list["bans"][0]["user"], "spammer");
+    assert_eq!(list["bans"][0]["reason"], "spam");
+    assert_eq!(list["bans"][0]["expires_at"], Value::Null);
+
+    // Bans outlive a restart.
+    s.shutdown().await;
+    let config = s.config.clone();
+    let db = s.db.clone();
+    let s = TestServer::start_config(config, db).await;
+    let a = s.addr;
+    let mut again = s.client().await;
+    again
+        .send(&format!("40{}", json!({ "token": token("spammer") })))
+        .await;
+    assert_eq!(again.recv_text().await, r#"44{"message":"banned"}"#);
+
+    // Lifted: back in. Unknown and bad ids said so.
+    let (status, reply) = call(a, "DELETE", &format!("/api/v1/bans/{ban}"), Some(KEY), None).await;
+    assert_eq!((status, reply), (200, json!({ "id": ban, "lifted": true })));
+    assert_eq!(
+        call(a, "DELETE", &format!("/api/v1/bans/{ban}"), Some(KEY), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(a, "DELETE", "/api/v1/bans/x", Some(KEY), None).await.0,
+        400
+    );
+    again
+        .send(&format!("40{}", json!({ "token": token("spammer") })))
+        .await;
+    assert!(again.recv_text().await.starts_with("40{\"sid\""));
+
+    // An address ban that expires: every socket from it ended, then it ends by itself.
+    let mut guest = s.joined(None).await;
+    let (status, _) = call(
+        a,
+        "POST",
+        "/api/v1/bans",
+        Some(KEY),
+        Some(r#"{"ip":"127.0.0.0/8","seconds":1}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+    expect_disconnect(&mut guest).await;
+    let mut refused = s.client().await;
+    refused.send("40").await;
+    assert_eq!(refused.recv_text().await, r#"44{"message":"banned"}"#);
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    refused.send("40").await;
+    assert!(
+        refused.recv_text().await.starts_with("40{\"sid\""),
+        "the ban expired"
+    );
+
+    // Disconnect: the user's sockets end; they may come back (no ban).
+    let mut user = s.joined(Some(json!({ "token": token("cy") }))).await;
+    let (status, reply) = call(
+        a,
+        "POST",
+        "/api/v1/disconnect",
+        Some(KEY),
+        Some(r#"{"user":"cy"}"#),
+    )
+    .await;
+    assert_eq!((status, reply), (200, json!({ "disconnected": 1 })));
+    expect_disconnect(&mut user).await;
+    user.send(&format!("40{}", json!({ "token": token("cy") })))
+        .await;
+    assert!(user.recv_text().await.starts_with("40{\"sid\""));
+    // Every action is recorded.
+    let actions = s
+        .column("SELECT action FROM relay_moderation ORDER BY id")
+        .await;
+    assert_eq!(actions, ["ban", "unban", "ban"]);
+    s.stop().await;
+}
+
+on_both_stores!(
+    publish_read_and_delete_like_a_socket,
+    bans_end_sockets_refuse_connects_persist_and_expire
+);

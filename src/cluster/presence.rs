@@ -66,6 +66,9 @@ struct Message {
     /// Someone typing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     typing: Option<PersonWire>,
+    /// End the sockets of a user or from an address (CIDR text) here: `[user, ip]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kick: Option<(Option<String>, Option<String>)>,
 }
 
 fn to_wire(room: &Room, p: &Person) -> PersonWire {
@@ -182,6 +185,11 @@ pub async fn run(
                         typing: Some(to_wire(&room, &person)),
                         ..Message::default()
                     }),
+                    Note::Kick(user, ip) => out.push(Message {
+                        n: state.node.clone(),
+                        kick: Some((user, ip)),
+                        ..Message::default()
+                    }),
                     note => state.keep(note),
                 },
                 _ = flush.tick() => {
@@ -225,7 +233,9 @@ impl State {
             Note::Gone(room, id) => {
                 self.pending.insert((room, id), None);
             }
-            Note::Typing(..) => {} // not worth keeping: it is stale in 2 s
+            // Not worth keeping while Redis is away: typing is stale in 2 s, and a disconnect's
+            // sockets are ended by the ban that usually comes with it.
+            Note::Typing(..) | Note::Kick(..) => {}
         }
     }
 
@@ -286,6 +296,11 @@ impl State {
             return None;
         }
         let node: Arc<str> = m.n.as_str().into();
+        if let Some((user, ip)) = m.kick {
+            let n = self.presence.remote_kick(user.as_deref(), ip.as_deref());
+            tracing::info!(from = %node, connections = n, "a disconnect from another node");
+            return None;
+        }
         if let Some(person) = m.typing {
             if let Some((room, person)) = from_wire(person) {
                 self.presence.remote_typing(&room, &person);

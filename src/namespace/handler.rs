@@ -34,11 +34,13 @@ use serde_json::json;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Notify;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
 /// channel allocates a block of slots up front).
@@ -145,6 +147,10 @@ pub(super) struct Handler<T: Transport> {
     conn: u64,
     /// A guest's presence id, the same in each of its rooms (made at its first CONNECT).
     guest: Option<Box<str>>,
+    /// The client's address (for bans by address).
+    ip: Option<IpAddr>,
+    /// Woken when a ban or the server API's disconnect concerns this connection.
+    kick: Arc<Notify>,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -152,7 +158,10 @@ pub(super) struct Handler<T: Transport> {
 pub fn serve<T: Transport>(
     engine: Session<T>,
     ns: Arc<Namespace>,
+    ip: Option<IpAddr>,
 ) -> impl Future<Output = DisconnectReason> + Send {
+    let conn = ns.presence.connection();
+    let kick = ns.bans.register(conn, ip);
     // Built here and borrowed by the loop, not moved into an `async fn`, which would keep a
     // second copy of it: an idle socket's task holds the socket and its loop's state, once.
     let mut handler = Handler {
@@ -163,8 +172,10 @@ pub fn serve<T: Transport>(
         next_tag: 0,
         rate: RateLimit::new(ns.config.max_messages_per_second),
         expiry: None,
-        conn: ns.presence.connection(),
+        conn,
         guest: None,
+        ip,
+        kick,
         ns,
     };
     async move { handler.serve().await }
@@ -177,6 +188,7 @@ impl<T: Transport> Handler<T> {
         for m in &mut self.members {
             m.presence = None;
         }
+        self.ns.bans.unregister(self.conn);
         let metrics = &self.ns.metrics;
         if let Some(kind) = reason.bad_input() {
             metrics.bad_input(kind);
@@ -243,6 +255,10 @@ impl<T: Transport> Handler<T> {
                 }
                 () = next_expiry(&mut self.expiry) => {
                     self.on_expiry();
+                    Ok(())
+                }
+                () = self.kick.notified() => {
+                    self.on_kick();
                     Ok(())
                 }
                 inbound = self.socket.next(reading) => match inbound {
@@ -478,8 +494,22 @@ impl<T: Transport> Handler<T> {
     /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
     /// recovery or capped replay is planned.
     fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
-        match self.ns.identity.identify(auth, &self.members[i].room) {
+        let identified = self
+            .ns
+            .identity
+            .identify(auth, &self.members[i].room)
+            .and_then(|identity| {
+                let user = identity.author.user.as_deref();
+                match self.ns.bans.is_banned(user, self.ip) {
+                    true => Err("banned".to_string()),
+                    false => Ok(identity),
+                }
+            });
+        match identified {
             Ok(identity) => {
+                if let Some(user) = &identity.author.user {
+                    self.ns.bans.identify(self.conn, user);
+                }
                 let m = &mut self.members[i];
                 if identity != Identity::default() {
                     m.speaker = Some(Box::new(identity));
@@ -723,6 +753,31 @@ impl<T: Transport> Handler<T> {
         self.set_expiry();
     }
 
+    /// A ban (or the server API's disconnect) concerns this connection: ends each of its sockets
+    /// that is banned now, or every socket for a disconnect, with the server's
+    /// DISCONNECT for its namespace (the stock client's "io server disconnect": no reconnect
+    /// loop). The connection stays; the client closes it once it has no socket left.
+    fn on_kick(&mut self) {
+        let all = self.ns.bans.take_disconnect(self.conn);
+        let mut i = 0;
+        while i < self.members.len() {
+            let user = self.members[i]
+                .speaker
+                .as_ref()
+                .and_then(|s| s.author.user.clone());
+            let ended = all || self.ns.bans.is_banned(user.as_deref(), self.ip);
+            if !ended {
+                i += 1;
+                continue;
+            }
+            let m = self.members.swap_remove(i);
+            tracing::info!(room = %m.room, user = user.as_deref().unwrap_or("-"), "socket ended by a ban or a disconnect");
+            self.socket.engine.queue().leave(&m.room);
+            self.socket.disconnect(&m.room);
+        }
+        self.set_expiry();
+    }
+
     /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
     fn refuse(&mut self, i: usize, ack_id: Option<u64>, rejection: &Rejection) {
         tracing::debug!(kind = rejection.label(), "refused event: {rejection}");
@@ -771,7 +826,16 @@ impl<T: Transport> Handler<T> {
             _ => {}
         }
         let room = &self.members[i].room;
+        let user = self.members[i]
+            .speaker
+            .as_ref()
+            .and_then(|s| s.author.user.as_deref());
+        let banned = self.ns.bans.is_banned(user, self.ip);
         let message = chat::parse_event(room, payload, self.ns.config.max_message_bytes, lossy)
+            .and_then(|message| match banned {
+                true => Err(Rejection::Banned),
+                false => Ok(message),
+            })
             .and_then(|message| {
                 let max = self.ns.config.max_rooms;
                 match self.ns.broadcaster.admit(room, max) {
@@ -962,6 +1026,7 @@ mod tests {
                 recovery,
                 identity: crate::identity::Verifier::guests(),
                 presence: Arc::new(crate::presence::Presence::new(Arc::new(Metrics::default()))),
+                bans: Default::default(),
             }),
             store,
             stop: CancellationToken::new(),
@@ -986,7 +1051,7 @@ mod tests {
                 max_payload: 1000,
             };
             let session = Session::open(transport, queue.clone(), config, &self.stop);
-            let ended = self.tasks.spawn(serve(session, self.ns.clone()));
+            let ended = self.tasks.spawn(serve(session, self.ns.clone(), None));
             Client {
                 to_server,
                 queue,

@@ -22,6 +22,7 @@
 //! Must not: frame packets for a transport, or write to the database (the sequencer does).
 
 pub(crate) mod acks;
+pub(crate) mod bans;
 pub(crate) mod handler;
 pub(crate) mod moderation;
 pub(crate) mod rate;
@@ -87,6 +88,8 @@ pub(crate) struct Namespace {
     pub identity: Verifier,
     /// Who is in each room, and who types.
     pub presence: Arc<Presence>,
+    /// The bans in force, and the connections they may end.
+    pub bans: Arc<bans::Bans>,
 }
 
 /// A CONNECT being planned (recovery checks, the start of a capped first visit).

@@ -11,7 +11,7 @@ use crate::chat::{self, NewMessage};
 use crate::identity::Author;
 use crate::room::Room;
 use crate::sequencer::Outcome;
-use crate::store::StoreError;
+use crate::store::{now_ms, Action, StoreError};
 
 /// A deletion done (or found done before).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +100,21 @@ impl Namespace {
                     by = by.user.as_deref().or(by.name.as_deref()).unwrap_or("-"),
                     "message deleted"
                 );
+                let action = Action {
+                    at: now_ms(),
+                    actor: by
+                        .user
+                        .as_deref()
+                        .or(by.name.as_deref())
+                        .unwrap_or("-")
+                        .into(),
+                    action: "delete",
+                    subject: format!("message {target}"),
+                    reason: None,
+                };
+                if let Err(e) = self.store.record_action(&action).await {
+                    tracing::warn!(error = %e, "cannot record a moderation action");
+                }
                 Ok(deleted(false))
             }
             Ok(Outcome::Duplicate(_)) => Ok(deleted(true)),

@@ -1,6 +1,7 @@
 //! The server HTTP API under `/api/v1/` (protocol.md, "Server API"; its OpenAPI 3.1 document is
 //! served at `/api/v1/openapi.json`), for a community's backend: publish a message with an
-//! idempotency key, read history, delete a message, list rooms and who is in them.
+//! idempotency key, read history, delete a message, list rooms and who is in them, ban and lift
+//! bans, disconnect a user or an address.
 //!
 //! Off unless `API_KEYS` names keys. Every call but the document's needs `Authorization: Bearer
 //! <key>`, compared in constant time (`subtle`); keys are never logged. JSON in and out; every
@@ -15,10 +16,12 @@
 use super::app::{App, HttpResponse};
 use crate::chat::{self, NewMessage};
 use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
 use crate::namespace::Namespace;
 use crate::room::Room;
 use crate::sequencer::Outcome;
+use crate::store::{now_ms, Action, Ban};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -65,9 +68,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
             delete(ns, &p["messages/".len()..]).await
         }
         (Method::GET, "rooms") => Ok((StatusCode::OK, rooms(ns))),
+        (Method::GET, "bans") => list_bans(ns).await,
+        (Method::POST, "bans") => match body(req, ns).await {
+            Ok(v) => add_ban(ns, v).await,
+            Err(e) => Err(e),
+        },
+        (Method::DELETE, p) if p.starts_with("bans/") => lift_ban(ns, &p["bans/".len()..]).await,
+        (Method::POST, "disconnect") => match body(req, ns).await {
+            Ok(v) => disconnect(ns, v),
+            Err(e) => Err(e),
+        },
         (Method::GET, "presence") => presence(ns, &query),
-        (_, "messages" | "rooms" | "presence") => Err(ApiError::method()),
-        (_, p) if p.starts_with("messages/") => Err(ApiError::method()),
+        (_, "messages" | "rooms" | "presence" | "bans" | "disconnect") => Err(ApiError::method()),
+        (_, p) if p.starts_with("messages/") || p.starts_with("bans/") => Err(ApiError::method()),
         _ => Err(ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())),
     };
     match result {
@@ -374,6 +387,179 @@ fn rooms(ns: &Namespace) -> Value {
 fn presence(ns: &Namespace, query: &str) -> Answer {
     let room = room_of(ns, param(query, "room").as_deref())?;
     Ok((StatusCode::OK, ns.presence.state(&room)))
+}
+
+/// The longest ban, in seconds (ten years; unset: for good).
+const MAX_BAN_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// The longest reason, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    user: Option<String>,
+    ip: Option<String>,
+    seconds: Option<u64>,
+    reason: Option<String>,
+}
+
+/// A user and an address to act on, checked: at least one; the address an IP or a CIDR block.
+fn who(
+    user: Option<String>,
+    ip: Option<String>,
+) -> Result<(Option<String>, Option<ipnet::IpNet>), ApiError> {
+    if user
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.len() > MAX_USER_BYTES)
+    {
+        return Err(ApiError::bad(format!(
+            "user must be 1 to {MAX_USER_BYTES} bytes"
+        )));
+    }
+    let net = match ip {
+        Some(ip) => Some(parse_net(&ip).ok_or_else(|| {
+            ApiError::bad(format!("ip {ip:?} is not an address or a CIDR block"))
+        })?),
+        None => None,
+    };
+    if user.is_none() && net.is_none() {
+        return Err(ApiError::bad("name a user, an ip, or both"));
+    }
+    Ok((user, net))
+}
+
+/// Records a moderation action (best effort: the action stands if the record fails; it is in
+/// the log either way).
+async fn record(ns: &Namespace, action: &'static str, subject: String, reason: Option<String>) {
+    tracing::info!(target: "relay::moderation", action, subject, reason = reason.as_deref().unwrap_or("-"), by = "api", "moderation");
+    let a = Action {
+        at: now_ms(),
+        actor: "api".into(),
+        action,
+        subject,
+        reason,
+    };
+    if let Err(e) = ns.store.record_action(&a).await {
+        tracing::warn!(error = %e, "cannot record a moderation action");
+    }
+}
+
+/// `POST /api/v1/bans`: `201 {"id"}`; in force on this node at once, on every node within a
+/// second.
+async fn add_ban(ns: &Namespace, body: Value) -> Answer {
+    let b: BanRequest = serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (user, net) = who(b.user, b.ip)?;
+    let expires_at = match b.seconds {
+        Some(0) => return Err(ApiError::bad("seconds must be positive (absent: for good)")),
+        Some(s) if s > MAX_BAN_SECONDS => {
+            return Err(ApiError::bad(format!(
+                "seconds is at most {MAX_BAN_SECONDS}"
+            )))
+        }
+        Some(s) => now_ms() + s * 1000,
+        None => 0,
+    };
+    let reason = b
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(ApiError::bad(format!(
+            "reason is at most {MAX_REASON_CHARS} characters"
+        )));
+    }
+    let ban = Ban {
+        id: 0,
+        user,
+        ip: net.map(|n| n.to_string()),
+        reason,
+        created_at: now_ms(),
+        expires_at,
+    };
+    let id = ns
+        .store
+        .add_ban(&ban)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if let Err(e) = ns.bans.refresh(&ns.reader).await {
+        tracing::warn!(error = %e, "ban stored; it applies with the next read of the bans");
+    }
+    let subject = format!(
+        "ban {id}: user {} ip {}",
+        ban.user.as_deref().unwrap_or("-"),
+        ban.ip.as_deref().unwrap_or("-")
+    );
+    record(ns, "ban", subject, ban.reason.clone()).await;
+    Ok((StatusCode::CREATED, json!({ "id": id })))
+}
+
+/// `GET /api/v1/bans`: `{"bans": [...]}`, those in force.
+async fn list_bans(ns: &Namespace) -> Answer {
+    let bans = ns
+        .reader
+        .bans(now_ms())
+        .await
+        .map_err(ApiError::unavailable)?;
+    let bans: Vec<Value> = bans
+        .iter()
+        .map(|b| {
+            json!({
+                "id": b.id,
+                "user": b.user,
+                "ip": b.ip,
+                "reason": b.reason,
+                "created_at": b.created_at,
+                "expires_at": (b.expires_at > 0).then_some(b.expires_at),
+            })
+        })
+        .collect();
+    Ok((StatusCode::OK, json!({ "bans": bans })))
+}
+
+/// `DELETE /api/v1/bans/{id}`: `200 {"id", "lifted": true}`; 404 for no such ban.
+async fn lift_ban(ns: &Namespace, id: &str) -> Answer {
+    let id = number("the ban id", id)?;
+    let lifted = ns.store.lift_ban(id).await.map_err(ApiError::unavailable)?;
+    if !lifted {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no ban {id}")));
+    }
+    if let Err(e) = ns.bans.refresh(&ns.reader).await {
+        tracing::warn!(error = %e, "ban lifted; it ends with the next read of the bans");
+    }
+    record(ns, "unban", format!("ban {id}"), None).await;
+    Ok((StatusCode::OK, json!({ "id": id, "lifted": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    user: Option<String>,
+    ip: Option<String>,
+}
+
+/// `POST /api/v1/disconnect`: ends the sockets of a user or an address with the server's
+/// DISCONNECT, here and (in a cluster) on every other node; `{"disconnected": n}` counts this
+/// node's connections.
+fn disconnect(ns: &Namespace, body: Value) -> Answer {
+    let d: DisconnectRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (user, net) = who(d.user, d.ip)?;
+    let n = ns.bans.kick(user.as_deref(), net.as_ref());
+    ns.presence
+        .kick_elsewhere(user.as_deref(), net.map(|n| n.to_string()).as_deref());
+    tracing::info!(
+        target: "relay::moderation",
+        action = "disconnect",
+        user = user.as_deref().unwrap_or("-"),
+        ip = net.map(|n| n.to_string()).unwrap_or_default(),
+        connections = n,
+        by = "api",
+        "moderation"
+    );
+    Ok((StatusCode::OK, json!({ "disconnected": n })))
 }
 
 fn json_response(status: StatusCode, body: String) -> HttpResponse {

@@ -46,6 +46,8 @@ pub struct App {
     pub origin_warned: AtomicU64,
     /// The server API's keys (`API_KEYS`); empty: the API is off.
     pub api_keys: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;

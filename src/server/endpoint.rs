@@ -19,9 +19,10 @@ use crate::transport::websocket;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use std::net::SocketAddr;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,6 +58,12 @@ fn header(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
 /// Routes a request to `/socket.io/`, and adds the CORS headers an allowed cross-origin page
 /// needs to read the answer.
 pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    // The client's address: the peer's, or behind a trusted proxy the one it forwarded.
+    let forwarded = header(&req, HeaderName::from_static("x-forwarded-for"));
+    let peer = SocketAddr::new(
+        client_ip(&app.trusted_proxies, peer.ip(), forwarded),
+        peer.port(),
+    );
     let origin = header(&req, header::ORIGIN).map(str::to_string);
     let allowed = app
         .origins
@@ -85,6 +92,30 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
         }
     }
     response
+}
+
+/// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): when `peer` is one of
+/// them, the right-most address of `X-Forwarded-For` that is not (each proxy appends the address
+/// it got the request from, so the ones on the left are the client's word, not a proxy's);
+/// otherwise `peer` itself. A header that does not parse counts as absent.
+pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(list) = forwarded else {
+        return peer;
+    };
+    let hops: Option<Vec<IpAddr>> = list.split(',').map(|h| h.trim().parse().ok()).collect();
+    let Some(hops) = hops else {
+        return peer;
+    };
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// Says at warn level why a page was refused (at most once every 10 s: a refused page keeps
@@ -231,7 +262,8 @@ async fn run_session<T: Transport>(
     tracing::info!(%peer, sid = session.sid(), transport, "session opened");
     // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
     // hold the session's state alone, not room for the handshake's as well.
-    let reason = Box::pin(namespace::handler::serve(session, app.namespace.clone())).await;
+    let ns = app.namespace.clone();
+    let reason = Box::pin(namespace::handler::serve(session, ns, Some(peer.ip()))).await;
     metrics.connected.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(%peer, %reason, secs = started.elapsed().as_secs_f32(), "session closed");
     reason
@@ -384,7 +416,34 @@ fn upgrade(app: Arc<App>, sid: &str, mut req: Request<Incoming>) -> HttpResponse
 
 #[cfg(test)]
 mod tests {
-    use super::query_param;
+    use super::{client_ip, query_param, IpAddr, IpNet};
+
+    #[test]
+    fn the_client_address_comes_from_a_trusted_proxy_only() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = Some("203.0.113.9, 198.51.100.7, 10.0.0.2");
+        assert_eq!(
+            client_ip(&trusted, ip("192.0.2.1"), xff),
+            ip("192.0.2.1"),
+            "untrusted peer"
+        );
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("198.51.100.7"));
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), None), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(&trusted, ip("10.0.0.1"), Some("junk")),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_ip(&trusted, ip("10.0.0.1"), Some("10.1.1.1")),
+            ip("10.1.1.1")
+        );
+        assert_eq!(
+            client_ip(&[], ip("10.0.0.1"), xff),
+            ip("10.0.0.1"),
+            "no proxies trusted"
+        );
+    }
 
     #[test]
     fn query_params_in_any_order_with_extras() {

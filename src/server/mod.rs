@@ -115,6 +115,16 @@ pub fn redact(url: &str) -> String {
 /// database that cannot be reached or read, an address that cannot be bound.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
+    let trusted_proxies = config
+        .trusted_proxies
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            crate::namespace::bans::parse_net(p)
+                .ok_or_else(|| format!("TRUSTED_PROXIES: {p:?} is not an address or a CIDR block"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Config)?;
     let identity = verifier(config).map_err(StartError::Config)?;
     let cluster = cluster_options(config);
     if let Some(options) = &cluster {
@@ -183,6 +193,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         presence,
     );
     namespace.identity = identity;
+    // The bans in force before the first connection is accepted (then every second).
+    let reader = Reader::new(store.clone(), config.db_timeout());
+    if let Err(e) = namespace.bans.refresh(&reader).await {
+        tracing::warn!(error = %e, "cannot read the bans at start; trying again every second");
+    }
+    let bans = namespace.bans.clone();
+    namespace.presence.set_kick(move |user, ip| {
+        let net = ip.and_then(crate::namespace::bans::parse_net);
+        bans.kick(user, net.as_ref())
+    });
+    namespace.bans.start(
+        Reader::new(store.clone(), config.db_timeout()),
+        &background,
+        stop_background.clone(),
+    );
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
@@ -205,6 +230,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect(),
+        trusted_proxies,
     });
     let node = metrics_node(&app);
     let database = redact(&config.database_url);
@@ -350,6 +376,7 @@ fn namespace(
         recovery,
         identity: Verifier::guests(),
         presence,
+        bans: Default::default(),
     }
 }
 

@@ -91,6 +91,75 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/bans": {
+                "get": {
+                    "summary": "The bans in force.",
+                    "operationId": "listBans",
+                    "responses": {
+                        "200": { "description": "The bans.", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["bans"],
+                            "properties": { "bans": { "type": "array", "items": { "$ref": "#/components/schemas/Ban" } } }
+                        } } } },
+                        "401": error, "503": error
+                    }
+                },
+                "post": {
+                    "summary": "Ban a user or an address: their sockets end within a second on every node, their CONNECTs are refused.",
+                    "operationId": "addBan",
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": {
+                            "type": "object", "additionalProperties": false,
+                            "properties": {
+                                "user": { "type": "string", "maxLength": 128 },
+                                "ip": { "type": "string", "description": "An address or a CIDR block." },
+                                "seconds": { "type": "integer", "minimum": 1, "description": "Absent: for good." },
+                                "reason": { "type": "string", "maxLength": 500 }
+                            }
+                        } } }
+                    },
+                    "responses": {
+                        "201": { "description": "In force.", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" } }
+                        } } } },
+                        "400": error, "401": error, "413": error, "415": error, "503": error
+                    }
+                }
+            },
+            "/bans/{id}": {
+                "delete": {
+                    "summary": "Lift a ban.",
+                    "operationId": "liftBan",
+                    "parameters": [id_param],
+                    "responses": {
+                        "200": { "description": "Lifted.", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["id", "lifted"],
+                            "properties": { "id": { "type": "integer" }, "lifted": { "const": true } }
+                        } } } },
+                        "400": error, "401": error, "404": error, "503": error
+                    }
+                }
+            },
+            "/disconnect": {
+                "post": {
+                    "summary": "End the sockets of a user or an address, on every node (they may connect again).",
+                    "operationId": "disconnect",
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": {
+                            "type": "object", "additionalProperties": false,
+                            "properties": { "user": { "type": "string" }, "ip": { "type": "string" } }
+                        } } }
+                    },
+                    "responses": {
+                        "200": { "description": "Told; `disconnected` counts this node's connections.", "content": { "application/json": { "schema": {
+                            "type": "object", "required": ["disconnected"],
+                            "properties": { "disconnected": { "type": "integer", "minimum": 0 } }
+                        } } } },
+                        "400": error, "401": error, "413": error, "415": error
+                    }
+                }
+            },
             "/presence": {
                 "get": {
                     "summary": "Who is in a room now.",
@@ -154,6 +223,17 @@ pub fn document() -> Value {
                     "properties": {
                         "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } },
                         "before": { "type": ["integer", "null"], "description": "The next page's `before`; null: no more." }
+                    }
+                },
+                "Ban": {
+                    "type": "object", "required": ["id", "user", "ip", "reason", "created_at", "expires_at"],
+                    "properties": {
+                        "id": { "type": "integer" },
+                        "user": { "type": ["string", "null"] },
+                        "ip": { "type": ["string", "null"], "description": "CIDR form." },
+                        "reason": { "type": ["string", "null"] },
+                        "created_at": { "type": "integer" },
+                        "expires_at": { "type": ["integer", "null"], "description": "ms since the epoch; null: for good." }
                     }
                 },
                 "Person": {

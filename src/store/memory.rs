@@ -4,7 +4,7 @@
 //! Same contract as the real stores: ids increase from 1 and are never reused, a clientOffset is
 //! stored once, a batch is stored whole or not at all.
 
-use super::{Inserted, SessionRecord, StoreError};
+use super::{Ban, Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use crate::log::Entry;
 use crate::room::Room;
@@ -32,6 +32,7 @@ struct Inner {
     refused: Option<String>,
     inserts: usize,
     sessions: HashMap<String, (String, u64)>,
+    bans: Vec<Ban>,
 }
 
 #[derive(Clone, Default)]
@@ -134,6 +135,30 @@ impl MemoryStore {
             rooms.insert(r.room.clone(), r.id);
         }
         Ok(rooms.into_iter().collect())
+    }
+
+    pub async fn add_ban(&self, ban: &Ban) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let id = inner.bans.last().map_or(1, |b| b.id + 1);
+        inner.bans.push(Ban { id, ..ban.clone() });
+        Ok(id)
+    }
+
+    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .bans
+            .iter()
+            .filter(|b| b.expires_at == 0 || b.expires_at > now_ms)
+            .cloned()
+            .collect())
+    }
+
+    pub async fn lift_ban(&self, id: u64) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.bans.len();
+        inner.bans.retain(|b| b.id != id);
+        Ok(inner.bans.len() != before)
     }
 
     pub async fn save_sessions(

@@ -43,6 +43,31 @@ pub enum Inserted {
     Duplicate(u64),
 }
 
+/// A ban (protocol.md, "Moderation"): a user (a token's `sub`) or an address (an IP, or a CIDR
+/// block), from `created_at` until `expires_at` (milliseconds since the epoch; 0: for good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// `relay_bans.id` (0 before it is stored).
+    pub id: u64,
+    pub user: Option<String>,
+    /// In CIDR form (`10.0.0.0/8`, `1.2.3.4/32`, `::1/128`).
+    pub ip: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+/// A moderation action as recorded in `relay_moderation`: who (`actor`), what (`action`:
+/// `delete`, `ban`, `unban`, `disconnect`), on what (`subject`), why, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub at: u64,
+    pub actor: String,
+    pub action: &'static str,
+    pub subject: String,
+    pub reason: Option<String>,
+}
+
 /// A session that may be taken up again (Socket.IO connection-state recovery).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -189,6 +214,46 @@ impl Store {
             Store::Sqlite(s) => s.page_before(room, before, limit).await,
             #[cfg(test)]
             Store::Memory(s) => s.page_before(room, before, limit).await,
+        }
+    }
+
+    /// Records a ban; returns its id.
+    pub async fn add_ban(&self, ban: &Ban) -> Result<u64, StoreError> {
+        match self {
+            Store::Mysql(s) => s.add_ban(ban).await,
+            Store::Sqlite(s) => s.add_ban(ban).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.add_ban(ban).await,
+        }
+    }
+
+    /// The bans in force at `now_ms` (not expired), by id.
+    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
+        match self {
+            Store::Mysql(s) => s.bans(now_ms).await,
+            Store::Sqlite(s) => s.bans(now_ms).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.bans(now_ms).await,
+        }
+    }
+
+    /// Lifts ban `id`; whether there was one.
+    pub async fn lift_ban(&self, id: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Mysql(s) => s.lift_ban(id).await,
+            Store::Sqlite(s) => s.lift_ban(id).await,
+            #[cfg(test)]
+            Store::Memory(s) => s.lift_ban(id).await,
+        }
+    }
+
+    /// Records a moderation action (who, what, on what, why) in `relay_moderation`.
+    pub async fn record_action(&self, action: &Action) -> Result<(), StoreError> {
+        match self {
+            Store::Mysql(s) => s.record_action(action).await,
+            Store::Sqlite(s) => s.record_action(action).await,
+            #[cfg(test)]
+            Store::Memory(_) => Ok(()),
         }
     }
 
@@ -356,6 +421,12 @@ impl Reader {
     /// Every room that holds messages, with its highest id.
     pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
         self.timed("listing the rooms", self.store.rooms()).await
+    }
+
+    /// The bans in force at `now_ms`.
+    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
+        self.timed("reading the bans", self.store.bans(now_ms))
+            .await
     }
 
     /// The highest stored id (0 for an empty log).

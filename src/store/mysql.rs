@@ -1,7 +1,7 @@
 //! MySQL/MariaDB through mysql_async: a pool for reads, one writer connection whose prepared
 //! multi-row INSERTs stay warm.
 
-use super::{Inserted, SessionRecord, StoreError, MAX_BATCH};
+use super::{Action, Ban, Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
 use crate::log::{Author, Body, Entry};
 use crate::room::Room;
@@ -313,6 +313,70 @@ impl MysqlStore {
             .await
             .map_err(StoreError::mysql("cannot read a session"))?;
         Ok(sid.and_then(|s| String::from_utf8(s).ok()))
+    }
+
+    pub async fn add_ban(&self, ban: &Ban) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "INSERT INTO relay_bans (user_id, ip, reason, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+            (
+                &ban.user,
+                &ban.ip,
+                &ban.reason,
+                ban.created_at,
+                ban.expires_at,
+            ),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot record a ban"))?;
+        Ok(conn.last_insert_id().unwrap_or(0))
+    }
+
+    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
+        let mut conn = self.conn().await?;
+        type BanRow = (
+            u64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            u64,
+            u64,
+        );
+        conn.exec_map(
+            "SELECT id, user_id, ip, reason, created_at, expires_at FROM relay_bans \
+             WHERE expires_at = 0 OR expires_at > ? ORDER BY id",
+            (now_ms,),
+            |(id, user, ip, reason, created_at, expires_at): BanRow| Ban {
+                id,
+                user,
+                ip,
+                reason,
+                created_at,
+                expires_at,
+            },
+        )
+        .await
+        .map_err(StoreError::mysql("cannot read the bans"))
+    }
+
+    pub async fn lift_ban(&self, id: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop("DELETE FROM relay_bans WHERE id = ?", (id,))
+            .await
+            .map_err(StoreError::mysql("cannot lift a ban"))?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    pub async fn record_action(&self, a: &Action) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "INSERT INTO relay_moderation (at, actor, action, subject, reason) \
+             VALUES (?, ?, ?, ?, ?)",
+            (a.at, &a.actor, a.action, &a.subject, &a.reason),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot record a moderation action"))
     }
 
     /// The newest `limit` rows, ascending (to warm the in-memory history at start).

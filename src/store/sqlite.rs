@@ -7,7 +7,7 @@
 //! `synchronous = FULL` syncs the WAL on every commit, and the sequencer commits messages in groups, so
 //! the sync is paid once per group.
 
-use super::{Inserted, SessionRecord, StoreError};
+use super::{Action, Ban, Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
 use crate::log::{Author, Body, Entry};
 use crate::room::Room;
@@ -38,6 +38,22 @@ CREATE TABLE IF NOT EXISTS relay_sessions (
   pid           TEXT PRIMARY KEY,
   sid           TEXT NOT NULL,
   expires_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_bans (
+  id            INTEGER PRIMARY KEY AUTOINCREMENT,
+  user_id       TEXT,
+  ip            TEXT,
+  reason        TEXT,
+  created_at    INTEGER NOT NULL,
+  expires_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_moderation (
+  id            INTEGER PRIMARY KEY AUTOINCREMENT,
+  at            INTEGER NOT NULL,
+  actor         TEXT NOT NULL,
+  action        TEXT NOT NULL,
+  subject       TEXT NOT NULL,
+  reason        TEXT
 )";
 
 /// Read connections (and so concurrent reads) at most.
@@ -228,6 +244,66 @@ impl SqliteStore {
                 )?;
             }
             tx.commit()
+        })
+        .await
+    }
+
+    pub async fn add_ban(&self, ban: &Ban) -> Result<u64, StoreError> {
+        let ban = ban.clone();
+        self.write("cannot record a ban", move |conn| {
+            conn.execute(
+                "INSERT INTO relay_bans (user_id, ip, reason, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (
+                    &ban.user,
+                    &ban.ip,
+                    &ban.reason,
+                    to_sql_int(ban.created_at),
+                    to_sql_int(ban.expires_at),
+                ),
+            )?;
+            Ok(to_id(conn.last_insert_rowid()))
+        })
+        .await
+    }
+
+    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
+        self.read("cannot read the bans", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, user_id, ip, reason, created_at, expires_at FROM relay_bans \
+                 WHERE expires_at = 0 OR expires_at > ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([to_sql_int(now_ms)], |r| {
+                Ok(Ban {
+                    id: to_id(r.get(0)?),
+                    user: r.get(1)?,
+                    ip: r.get(2)?,
+                    reason: r.get(3)?,
+                    created_at: to_id(r.get(4)?),
+                    expires_at: to_id(r.get(5)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn lift_ban(&self, id: u64) -> Result<bool, StoreError> {
+        self.write("cannot lift a ban", move |conn| {
+            Ok(conn.execute("DELETE FROM relay_bans WHERE id = ?1", [to_sql_int(id)])? == 1)
+        })
+        .await
+    }
+
+    pub async fn record_action(&self, action: &Action) -> Result<(), StoreError> {
+        let a = action.clone();
+        self.write("cannot record a moderation action", move |conn| {
+            conn.execute(
+                "INSERT INTO relay_moderation (at, actor, action, subject, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (to_sql_int(a.at), &a.actor, a.action, &a.subject, &a.reason),
+            )
+            .map(drop)
         })
         .await
     }
