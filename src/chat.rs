@@ -514,6 +514,7 @@ mod tests {
             Rejection::Refused(String::new()),
             Rejection::RateLimited { per_second: 5 },
             Rejection::TooManyRooms { limit: 3 },
+            Rejection::Banned,
         ];
         let kinds: Vec<usize> = all.iter().map(Rejection::kind).collect();
         assert_eq!(kinds, (0..REFUSAL_KINDS.len()).collect::<Vec<_>>());
