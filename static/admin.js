@@ -323,6 +323,7 @@
           return;
         }
         // Not the key's fault (the API is off, the server is away): the key stays, try again.
+        keyPanel.hidden = false;
         keyButton.disabled = false;
         setStatus(err.status === 0 ? "offline" : "refused", err.status === 0 ? "unreachable" : "error");
         showText(keyError, "Could not check the key: " + err.reason);
@@ -820,7 +821,7 @@
 
   var key = savedKey();
   if (key) {
-    keyInput.value = "";
+    keyPanel.hidden = true; // asked again only if the server no longer takes it
     useKey(key);
   } else {
     lock("locked", "no key", null);

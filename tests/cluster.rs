@@ -1314,3 +1314,142 @@ async fn presence_spans_nodes_and_a_killed_nodes_people_leave_within_ten_seconds
     drop(nodes);
     drop_database(&db).await;
 }
+
+/// A server API call to `addr` with key `key`: (status, JSON body).
+async fn api(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http_raw(addr, &request).await;
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(json).unwrap_or_default())
+}
+
+/// Reads until `pred` holds for a text frame.
+async fn until_frame(c: &mut Client, pred: impl Fn(&str) -> bool) -> String {
+    loop {
+        let t = c.recv_text().await;
+        if pred(&t) {
+            return t;
+        }
+    }
+}
+
+/// Moderation across a cluster: a message published through one node's API reaches every node;
+/// its deletion through another node reaches every node's sockets; two nodes deleting one
+/// message at once make one deletion; a ban made on one node ends the user's socket on another
+/// and refuses their CONNECT on a third; a disconnect crosses nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_bans_and_disconnects_reach_every_node() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let secret = "cluster-moderation-secret";
+    let key = "cluster-api-key";
+    let env = [("JWT_SECRET", secret), ("API_KEYS", key)];
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start_with(&db, &redis, &cluster, &env))
+        .collect();
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        watchers.push(n.joined(0).await);
+    }
+    let mut ids = Vec::new();
+    for (i, text) in ["keep", "spam", "twice"].iter().enumerate() {
+        let body = format!(r#"{{"content":"{text}","idempotency_key":"c{i}"}}"#);
+        let (status, reply) = api(nodes[i].addr, key, "POST", "/api/v1/messages", &body).await;
+        assert_eq!(status, 201, "{reply}");
+        ids.push(reply["id"].as_u64().unwrap());
+    }
+    for w in watchers.iter_mut() {
+        assert_eq!(chats(w, 3).await, ids);
+    }
+    // Delete through node 1: every node's socket is told.
+    let (status, _) = api(
+        nodes[1].addr,
+        key,
+        "DELETE",
+        &format!("/api/v1/messages/{}", ids[1]),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for w in watchers.iter_mut() {
+        let t = until_frame(w, |t| t.starts_with("42[\"chat deleted\"")).await;
+        assert!(
+            t.starts_with(&format!("42[\"chat deleted\",{}", ids[1])),
+            "{t}"
+        );
+    }
+    // Two nodes delete one message at once: one deletion entry.
+    let path = format!("/api/v1/messages/{}", ids[2]);
+    let (a, b) = tokio::join!(
+        api(nodes[0].addr, key, "DELETE", &path, ""),
+        api(nodes[2].addr, key, "DELETE", &path, "")
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    let deletions: Vec<u64> = {
+        let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+            .await
+            .unwrap();
+        use mysql_async::prelude::Queryable;
+        let rows: Vec<u64> = conn
+            .exec(
+                format!("SELECT id FROM messages WHERE deletes = {}", ids[2]),
+                (),
+            )
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        rows
+    };
+    assert_eq!(deletions.len(), 1, "one deletion entry");
+    // A ban through node 2 ends the user's socket on node 0; node 1 refuses them.
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": "troll" }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut troll = Client::open(&nodes[0].ws_url()).await;
+    troll.join(Some(json!({ "token": token }))).await;
+    let (status, _) = api(
+        nodes[2].addr,
+        key,
+        "POST",
+        "/api/v1/bans",
+        r#"{"user":"troll"}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let banned_at = tokio::time::Instant::now();
+    until_frame(&mut troll, |t| t == "41").await;
+    // Every node reads the bans every second: a second after the ban, each refuses them.
+    tokio::time::sleep_until(banned_at + Duration::from_millis(1200)).await;
+    let mut elsewhere = Client::open(&nodes[1].ws_url()).await;
+    elsewhere
+        .send(&format!("40{}", json!({ "token": token })))
+        .await;
+    assert_eq!(elsewhere.recv_text().await, r#"44{"message":"banned"}"#);
+    // A disconnect through node 0 ends a guest's socket on node 2 (by address).
+    let mut guest = nodes[2].joined(0).await;
+    let (status, _) = api(
+        nodes[0].addr,
+        key,
+        "POST",
+        "/api/v1/disconnect",
+        r#"{"ip":"127.0.0.1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    until_frame(&mut guest, |t| t == "41").await;
+    drop(nodes);
+    drop_database(&db).await;
+}
