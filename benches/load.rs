@@ -16,6 +16,8 @@
 //! cargo bench --bench load -- persist --spawn --rooms 100          # the 50 clients over 100 rooms
 //! cargo bench --bench load -- fanout --spawn --meta                 # receivers ask for authors
 //! cargo bench --bench load -- presence --spawn --sockets 5000    # join and leave storms
+//! cargo bench --bench load -- api --spawn --clients 50 --seconds 5  # server API vs sockets
+//! cargo bench --bench load -- fanout --spawn --delete-every-ms 100  # deletions during fan-out
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
@@ -68,6 +70,9 @@ enum Workload {
     /// stored meanwhile, and all reconnect at once: first with connection-state recovery
     /// (`pid` + `offset`), then again with only `serverOffset`, to compare.
     Recover,
+    /// `--clients` callers publish through the server API (`POST /api/v1/messages`) for
+    /// `--seconds`, then as many sockets publish for as long: msg/s side by side.
+    Api,
     /// Not a workload: runs the yardstick server (see `raw_server`) on `--port`.
     RawServer,
 }
@@ -156,6 +161,10 @@ struct Args {
     /// only. 1: everyone in `/`, the tutorial's chat.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// fanout: meanwhile delete the newest message of `/` through the server API every this
+    /// many milliseconds (0: none), to see what deletions cost the fan-out.
+    #[arg(long, default_value_t = 0)]
+    delete_every_ms: u64,
     /// fanout: the receivers ask for every message's author and time (`auth.meta`).
     #[arg(long)]
     meta: bool,
@@ -231,6 +240,8 @@ fn start_node(mut command: Command, database_url: &str, port: u16) -> Node {
         // A load test is not a person typing: lift the per-connection limits.
         .env("MAX_MESSAGES_PER_SECOND", "0")
         .env("MAX_CONNECTIONS", "1000000")
+        // The server API on, for the `api` workload.
+        .env("API_KEYS", LOAD_API_KEY)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
         .spawn()
@@ -854,6 +865,8 @@ async fn persist(target: &Target, clients: usize, messages: usize, rooms: usize)
     );
 }
 
+// The workload's knobs, each a command-line flag.
+#[allow(clippy::too_many_arguments)]
 async fn fanout(
     target: &Target,
     receivers: usize,
@@ -862,6 +875,7 @@ async fn fanout(
     transport: TransportKind,
     rooms: usize,
     meta: bool,
+    delete_every_ms: u64,
 ) {
     assert!(
         (rooms <= 1 && !meta) || transport == TransportKind::Websocket,
@@ -948,8 +962,51 @@ async fn fanout(
             acks
         }));
     }
+    // Deletions meanwhile: every `delete_every_ms`, the newest message of `/`, through the API.
+    let deleter = (delete_every_ms > 0).then(|| {
+        let stop = stop.clone();
+        let base = target.nodes[0].url.replacen("ws://", "http://", 1);
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let http = http_client();
+            let call = |method: &str, path: String| {
+                hyper::Request::builder()
+                    .method(method)
+                    .uri(format!("{base}{path}"))
+                    .header("authorization", format!("Bearer {LOAD_API_KEY}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request")
+            };
+            let mut deleted = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(delete_every_ms)).await;
+                let Ok(res) = http
+                    .request(call("GET", "/api/v1/messages?limit=1".into()))
+                    .await
+                else {
+                    continue;
+                };
+                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                let id = body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["messages"][0]["id"].as_u64());
+                if let Some(id) = id {
+                    let path = format!("/api/v1/messages/{id}");
+                    if let Ok(res) = http.request(call("DELETE", path)).await {
+                        deleted += u64::from(res.status() == 200);
+                    }
+                }
+            }
+            deleted
+        })
+    });
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    let deleted = match deleter {
+        Some(d) => d.await.unwrap_or(0),
+        None => 0,
+    };
     let mut acks = Vec::new();
     for t in send_tasks {
         acks.extend(t.await.expect("sender"));
@@ -979,7 +1036,8 @@ async fn fanout(
     let sent = sent.load(Ordering::Relaxed);
     println!(
         "fanout receivers={receivers} ({transport:?}) senders={senders} rooms={rooms} meta={meta} {seconds}s: {sent} messages acked ({:.0}/s), \
-         {} deliveries to receivers = {:.0} deliveries/s (expected {}); e2e latency {}; ack latency {}; \
+         {deleted} deleted meanwhile, \
+         {} deliveries to receivers = {:.0} deliveries/s (expected {}, less what a deletion overtook); e2e latency {}; ack latency {}; \
          order violations {}, duplicates {}; {}; server RSS {}{}",
         sent as f64 / seconds as f64,
         total.deliveries,
@@ -1022,6 +1080,131 @@ async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle:
     for p in polls {
         p.abort();
     }
+}
+
+/// The server API key a spawned relay takes (the `api` workload).
+const LOAD_API_KEY: &str = "load-tool-api-key";
+
+/// api: `clients` callers publish through `POST /api/v1/messages` (keep-alive HTTP/1.1, one
+/// request in flight each) for `seconds`, then as many WebSocket clients publish through their
+/// sockets (one emit in flight each, awaiting its ack; each in a room of its own, so a message
+/// reaches one socket, as an API message reaches none) for as long. Only `201` answers and plain
+/// acks count: a refusal is never throughput.
+async fn api_publish(target: &Target, clients: usize, seconds: u64) {
+    use http_body_util::BodyExt;
+    let base = target.nodes[0].url.replacen("ws://", "http://", 1);
+    let url = format!("{}/api/v1/messages", base.trim_end_matches('/'));
+    let run = relay::protocol::sid::new_sid();
+    let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let stored = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let http = http_client();
+        let (url, run) = (url.clone(), run.clone());
+        let (stored, refused) = (stored.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let body =
+                    format!(r#"{{"content":"api c{i} m{n}","idempotency_key":"{run}-{i}-{n}"}}"#);
+                n += 1;
+                let req = hyper::Request::builder()
+                    .method("POST")
+                    .uri(&url)
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {LOAD_API_KEY}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .expect("request");
+                let sent = Instant::now();
+                match http.request(req).await {
+                    Ok(res) => {
+                        let status = res.status();
+                        let _ = res.into_body().collect().await;
+                        if status == 201 {
+                            stored.fetch_add(1, Ordering::Relaxed);
+                            latencies.push(sent.elapsed().as_micros() as u32);
+                        } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("caller"));
+    }
+    let api_rate = stored.load(Ordering::Relaxed) as f64 / seconds as f64;
+    println!(
+        "api callers={clients} seconds={seconds}: {} stored = {api_rate:.0} msg/s, {} refused; latency {}; {}",
+        stored.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        percentiles(latencies),
+        cpu_report(target, server_cpu, tool_cpu),
+    );
+
+    // The same number of socket publishers, each in a room of its own, for as long.
+    let mut sockets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let room = Room(format!("api-cmp-{i}"));
+        sockets.push((
+            room.clone(),
+            join_in(&target.ws_url_at(i), &room, NO_HISTORY).await,
+        ));
+    }
+    let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (i, (room, mut ws)) in sockets.into_iter().enumerate() {
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let prefix = room.prefix();
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                ws.send(Message::text(format!(
+                    "42{prefix}{n}[\"chat message\",\"ws c{i} m{n}\",\"{run}-ws-{i}-{n}\"]"
+                )))
+                .await
+                .expect("send");
+                loop {
+                    let Some(t) = next_text(&mut ws).await else {
+                        return latencies;
+                    };
+                    if ack_frame(&t) == Some(n) {
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                        break;
+                    }
+                }
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("socket publisher"));
+    }
+    let ws_rate = latencies.len() as f64 / seconds as f64;
+    println!(
+        "sockets={clients} seconds={seconds}: {} acked = {ws_rate:.0} msg/s; latency {}; {}",
+        latencies.len(),
+        percentiles(latencies),
+        cpu_report(target, server_cpu, tool_cpu),
+    );
+    println!(
+        "api publish / socket publish = {:.2}x (goal: at least 0.5x)",
+        api_rate / ws_rate.max(1.0)
+    );
 }
 
 /// Sockets that connect at once in the presence workload's join storm.
@@ -1477,6 +1660,7 @@ fn main() {
                         args.transport,
                         args.rooms,
                         args.meta,
+                        args.delete_every_ms,
                     )
                     .await;
                     target.stop().await;
@@ -1496,6 +1680,13 @@ fn main() {
                 for &clients in &args.clients {
                     let mut target = Target::new(&args).await;
                     recover(&mut target, clients, args.backlog, args.restart).await;
+                    target.stop().await;
+                }
+            }
+            Workload::Api => {
+                for &clients in &args.clients {
+                    let target = Target::new(&args).await;
+                    api_publish(&target, clients, args.seconds).await;
                     target.stop().await;
                 }
             }

@@ -59,7 +59,7 @@ pub fn client_file(path: &str) -> Option<(&'static [u8], &'static str)> {
 }
 
 /// The page's files, by name, with their content types.
-const PAGE: [(&str, &str, &[u8]); 4] = [
+const PAGE: [(&str, &str, &[u8]); 7] = [
     (
         "index.html",
         "text/html; charset=utf-8",
@@ -80,12 +80,28 @@ const PAGE: [(&str, &str, &[u8]); 4] = [
         "image/svg+xml",
         include_bytes!("../../static/favicon.svg"),
     ),
+    (
+        "admin.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../static/admin.html"),
+    ),
+    (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/admin.js"),
+    ),
+    (
+        "admin.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/admin.css"),
+    ),
 ];
 
 /// The page file a path names (`/` is `index.html`, `/favicon.ico` the SVG), with its type.
 pub fn page_file(path: &str) -> Option<(&'static str, &'static str)> {
     let name = match path {
         "/" | "/index.html" => "index.html",
+        "/admin" => "admin.html",
         "/favicon.ico" => "favicon.svg",
         other => other.strip_prefix('/')?,
     };
@@ -173,6 +189,15 @@ mod tests {
     #[test]
     fn only_the_page_files_are_named() {
         assert_eq!(page_file("/").map(|f| f.0), Some("index.html"));
+        assert_eq!(page_file("/admin").map(|f| f.0), Some("admin.html"));
+        assert_eq!(
+            page_file("/admin.js").map(|f| f.1),
+            Some("text/javascript; charset=utf-8")
+        );
+        assert_eq!(
+            page_file("/admin.css").map(|f| f.1),
+            Some("text/css; charset=utf-8")
+        );
         assert_eq!(page_file("/favicon.ico").map(|f| f.0), Some("favicon.svg"));
         assert_eq!(
             page_file("/app.js").map(|f| f.1),
