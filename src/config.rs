@@ -129,6 +129,11 @@ pub struct Config {
     )]
     pub api_keys: Vec<String>,
 
+    /// Server API calls each key may make per second (and in a burst); over it a call gets 429.
+    /// 0: no limit.
+    #[arg(long, env = "API_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
+    pub api_max_requests_per_second: u32,
+
     /// Reverse proxies (addresses or CIDR blocks, a comma list) whose `X-Forwarded-For` names
     /// the client's address, for bans by address; unset: the peer's address is the client's.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]

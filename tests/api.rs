@@ -441,3 +441,25 @@ on_both_stores!(
     publish_read_and_delete_like_a_socket,
     bans_end_sockets_refuse_connects_persist_and_expire
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_gets_429() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| {
+        c.api_keys = vec![KEY.into()];
+        c.api_max_requests_per_second = 2;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            call(s.addr, "GET", "/api/v1/rooms", Some(KEY), None)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let (status, body) = call(s.addr, "GET", "/api/v1/rooms", Some(KEY), None).await;
+    assert_eq!(status, 429);
+    assert!(error_of(&body).contains("too many requests"));
+    s.stop().await;
+}

@@ -6,7 +6,8 @@
 //! Off unless `API_KEYS` names keys. Every call but the document's needs `Authorization: Bearer
 //! <key>`, compared in constant time (`subtle`); keys are never logged. JSON in and out; every
 //! error is `{"error": "<reason>"}` with its status: 400 (bad input), 401 (no or wrong key), 404,
-//! 405, 413 (body over the cap), 415 (not `application/json`), 503 (database unavailable).
+//! 405, 409, 413 (body over the cap), 415 (not `application/json`), 429 (over
+//! `API_MAX_REQUESTS_PER_SECOND` for the key), 503 (database unavailable).
 //!
 //! Publishing goes through the same sequencer as a socket's message (stored once, ordered,
 //! delivered and replayed alike); a deletion through [`Namespace::delete`].
@@ -18,6 +19,7 @@ use crate::chat::{self, NewMessage};
 use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
+use crate::namespace::rate::RateLimit;
 use crate::namespace::Namespace;
 use crate::room::Room;
 use crate::sequencer::Outcome;
@@ -52,8 +54,20 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     if path == "openapi.json" && req.method() == Method::GET {
         return json_response(StatusCode::OK, super::openapi::document().to_string());
     }
-    if !authorized(&app.api_keys, &req) {
+    let Some(key) = authorized(&app.api_keys, &req) else {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    };
+    let allowed = app
+        .api_limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(key)
+        .is_none_or(RateLimit::allow);
+    if !allowed {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down",
+        );
     }
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
@@ -109,20 +123,21 @@ impl ApiError {
 
 type Answer = Result<(StatusCode, Value), ApiError>;
 
-/// Whether the request carries one of `keys` as its bearer token (each compared in constant
-/// time).
-fn authorized(keys: &[String], req: &Request<Incoming>) -> bool {
-    let Some(given) = req
+/// Which of `keys` the request carries as its bearer token, if any (every key compared, each in
+/// constant time).
+fn authorized(keys: &[String], req: &Request<Incoming>) -> Option<usize> {
+    let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let given = given.trim().as_bytes();
-    keys.iter().fold(false, |ok, key| {
-        ok | bool::from(key.as_bytes().ct_eq(given))
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim()
+        .as_bytes();
+    keys.iter().enumerate().fold(None, |found, (i, key)| {
+        match bool::from(key.as_bytes().ct_eq(given)) {
+            true => Some(i),
+            false => found,
+        }
     })
 }
 

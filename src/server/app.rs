@@ -46,6 +46,8 @@ pub struct App {
     pub origin_warned: AtomicU64,
     /// The server API's keys (`API_KEYS`); empty: the API is off.
     pub api_keys: Vec<String>,
+    /// Each key's rate limit (`API_MAX_REQUESTS_PER_SECOND`), by its place in `api_keys`.
+    pub api_limits: std::sync::Mutex<Vec<crate::namespace::rate::RateLimit>>,
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }

@@ -26,6 +26,7 @@ use crate::engine::EngineConfig;
 use crate::identity::Verifier;
 use crate::log::Wire;
 use crate::metrics::Metrics;
+use crate::namespace::rate::RateLimit;
 use crate::namespace::recovery::RecoveryLog;
 use crate::namespace::{Namespace, NamespaceConfig};
 use crate::presence::Presence;
@@ -208,6 +209,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         &background,
         stop_background.clone(),
     );
+    let api_keys: Vec<String> = config
+        .api_keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
@@ -224,12 +231,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
-        api_keys: config
-            .api_keys
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect(),
+        api_limits: std::sync::Mutex::new(
+            api_keys
+                .iter()
+                .map(|_| RateLimit::new(config.api_max_requests_per_second))
+                .collect(),
+        ),
+        api_keys,
         trusted_proxies,
     });
     let node = metrics_node(&app);
