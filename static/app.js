@@ -35,6 +35,8 @@
 // (data-own), and stay marked after a reload: the ids of the last OWN_KEEP acknowledged ones are
 // kept in localStorage (relay-own).
 //
+// Moderation: a message a moderator deleted ("chat deleted", id) is taken off the list.
+//
 // Presence: every room's socket also asks for presence (`auth.presence: true`, protocol.md
 // "Presence and typing"). The strip's end shows how many people are in the room shown; a click
 // lists them (at most the 200 the server lists). While the message input is edited the page sends
@@ -734,6 +736,22 @@
       });
       watchStall();
     }
+
+    // A message deleted by a moderator: gone from the list (and from what waits to be drawn).
+    socket.on("chat deleted", function (id) {
+      if (typeof id !== "number") {
+        return;
+      }
+      pending = pending.filter(function (p) {
+        return p.id !== id;
+      });
+      var li = list.querySelector('li[data-id="' + id + '"]');
+      if (li) {
+        li.remove();
+        rows--;
+        updateEmpty();
+      }
+    });
 
     socket.on("presence", function (p) {
       if (!p || typeof p !== "object") {

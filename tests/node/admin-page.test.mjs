@@ -383,6 +383,34 @@ describe("the admin page", () => {
     }
   });
 
+  it("a message deleted from /admin leaves the chat page that shows it", { timeout: 60000 }, async () => {
+    const room = `chat-${tag}`;
+    const keep = await publish("this one stays", { room });
+    const spam = await publish("buy cheap stuff", { room });
+    const context = await browser.newContext({ viewport: { width: 390, height: 700 } });
+    contexts.add(context);
+    const chat = await context.newPage();
+    chat.setDefaultTimeout(WAIT_MS);
+    chat.on("pageerror", (err) => problems.push(`chat page error: ${err.message}`));
+    await chat.goto(`${relay.url}/#${room}`, { waitUntil: "load" });
+    const shown = () => chat.$$eval("#messages > li[data-id]", (lis) => lis.map((li) => Number(li.dataset.id)));
+    await chat.waitForFunction((n) => document.querySelectorAll("#messages > li[data-id]").length === n, 2, { timeout: WAIT_MS });
+    assert.deepEqual(await shown(), [keep, spam]);
+    const admin = await openPage("admin for the chat");
+    await signIn(admin);
+    await openRoom(admin, room);
+    await rowsAre(admin, ["buy cheap stuff", "this one stays"], "the room's messages");
+    await admin.locator(`#admin-messages > li[data-id="${spam}"] button`).click();
+    await rowsAre(admin, ["this one stays"], "after the delete");
+    await chat.waitForFunction((id) => !document.querySelector(`#messages > li[data-id="${id}"]`), spam, { timeout: WAIT_MS });
+    assert.deepEqual(await shown(), [keep]);
+    // A reload does not bring it back.
+    await chat.reload({ waitUntil: "load" });
+    await chat.waitForFunction((n) => document.querySelectorAll("#messages > li[data-id]").length === n, 1, { timeout: WAIT_MS });
+    assert.deepEqual(await shown(), [keep]);
+    await close(admin, chat);
+  });
+
   it("no page errors", () => {
     assert.deepEqual(problems, []);
   });
