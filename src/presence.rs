@@ -344,7 +344,7 @@ impl RoomPresence {
 
 /// Every room's presence on this node.
 /// What ends a user's or an address's sockets on this node (set by the namespaces).
-type KickHook = Box<dyn Fn(Option<&str>, Option<&str>) -> usize + Send + Sync>;
+type KickHook = Box<dyn Fn(Option<&str>, Option<&str>) + Send + Sync>;
 
 pub struct Presence {
     rooms: Mutex<HashMap<Room, RoomPresence>>,
@@ -606,10 +606,7 @@ impl Presence {
     }
 
     /// Sets what ends a user's or an address's sockets on this node (once).
-    pub fn set_kick(
-        &self,
-        hook: impl Fn(Option<&str>, Option<&str>) -> usize + Send + Sync + 'static,
-    ) {
+    pub fn set_kick(&self, hook: impl Fn(Option<&str>, Option<&str>) + Send + Sync + 'static) {
         let _ = self.kick.set(Box::new(hook));
     }
 
@@ -618,10 +615,11 @@ impl Presence {
         self.note(Note::Kick(user.map(Into::into), ip.map(Into::into)));
     }
 
-    /// Another node asks to end the sockets of `user` or from `ip` here; returns how many
-    /// connections were told.
-    pub fn remote_kick(&self, user: Option<&str>, ip: Option<&str>) -> usize {
-        self.kick.get().map_or(0, |kick| kick(user, ip))
+    /// Another node asks to end the sockets of `user` or from `ip` here.
+    pub fn remote_kick(&self, user: Option<&str>, ip: Option<&str>) {
+        if let Some(kick) = self.kick.get() {
+            kick(user, ip);
+        }
     }
 
     /// `person` types in `room` on another node (rate-limited there).

@@ -297,8 +297,8 @@ impl State {
         }
         let node: Arc<str> = m.n.as_str().into();
         if let Some((user, ip)) = m.kick {
-            let n = self.presence.remote_kick(user.as_deref(), ip.as_deref());
-            tracing::info!(from = %node, connections = n, "a disconnect from another node");
+            self.presence.remote_kick(user.as_deref(), ip.as_deref());
+            tracing::info!(from = %node, "a disconnect from another node");
             return None;
         }
         if let Some(person) = m.typing {

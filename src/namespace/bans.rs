@@ -4,24 +4,27 @@
 //! within a second, survives restarts and ends at its time — and at once on the node that made it.
 //!
 //! A banned CONNECT is refused (`{"message": "banned"}`), a banned socket's messages are refused,
-//! and the connections a new ban matches are told to end their banned sockets (each with the
-//! server's DISCONNECT: the stock client does not reconnect by itself).
+//! and when the bans change (or the server API asks to disconnect someone) every connection looks
+//! at its sockets and ends those concerned, each with the server's DISCONNECT (the stock client
+//! does not reconnect by itself).
 //!
 //! Must not: decide who may ban (the server API did).
 
 use crate::store::{now_ms, Ban, Reader};
 use ipnet::IpNet;
-use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How often every node reads the bans.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// Disconnects remembered for the connections that have not looked yet (each looks at once).
+const DISCONNECTS_KEPT: usize = 64;
 
 /// A ban as checked.
 #[derive(Debug, Clone)]
@@ -40,21 +43,36 @@ impl Active {
     }
 }
 
-/// One connection as bans see it.
-struct Connection {
-    ip: Option<IpAddr>,
-    /// The verified users its sockets speak for.
-    users: SmallVec<[Arc<str>; 1]>,
-    kick: Arc<Notify>,
-    /// The server API asked to end all of its sockets.
-    disconnect: bool,
+/// The server API's request to end the sockets of a user or an address.
+struct Disconnect {
+    /// Its number in the [`Bans`] change count.
+    at: u64,
+    user: Option<String>,
+    net: Option<IpNet>,
+    /// Sockets ended for it so far.
+    ended: Arc<AtomicUsize>,
 }
 
-/// The bans in force, and the connections they may end.
-#[derive(Default)]
+/// The bans in force, and the disconnects asked, with one change count every connection
+/// follows: a connection holds a receiver of it (16 bytes), not a place in a registry, and looks
+/// at its own sockets when it moves.
 pub struct Bans {
     active: RwLock<Arc<Vec<Active>>>,
-    connections: Mutex<HashMap<u64, Connection>>,
+    /// The bans as last read, to tell a change from a re-read.
+    read: Mutex<Vec<Ban>>,
+    changes: watch::Sender<u64>,
+    disconnects: Mutex<VecDeque<Disconnect>>,
+}
+
+impl Default for Bans {
+    fn default() -> Bans {
+        Bans {
+            active: RwLock::default(),
+            read: Mutex::default(),
+            changes: watch::Sender::new(0),
+            disconnects: Mutex::default(),
+        }
+    }
 }
 
 /// An address or block as a ban names it: `1.2.3.4`, `10.0.0.0/8`, `::1`, `2001:db8::/32`;
@@ -82,8 +100,13 @@ impl Bans {
         active.iter().any(|b| b.matches(user, ip, now))
     }
 
-    /// Puts `bans` in force, and tells every connection one of them matches.
-    pub fn set(&self, bans: &[Ban]) {
+    /// Puts `bans` in force; when they differ from those in force, every connection looks at its
+    /// sockets again ([`Bans::changes`]).
+    pub fn set(&self, bans: Vec<Ban>) {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        if *read == bans {
+            return;
+        }
         let active: Vec<Active> = bans
             .iter()
             .map(|b| Active {
@@ -92,87 +115,60 @@ impl Bans {
                 expires_at: b.expires_at,
             })
             .collect();
-        let now = now_ms();
-        {
-            let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            for c in connections.values() {
-                let hit = active.iter().any(|b| {
-                    b.matches(None, c.ip, now)
-                        || c.users.iter().any(|u| b.matches(Some(u), None, now))
-                });
-                if hit {
-                    c.kick.notify_one();
-                }
-            }
-        }
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(active);
+        *read = bans;
+        self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Tells the connections of `user` or from `net` to end their sockets (the server API's
-    /// disconnect); returns how many were told.
-    pub fn kick(&self, user: Option<&str>, net: Option<&IpNet>) -> usize {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let mut n = 0;
-        for c in connections.values_mut() {
-            let by_user = user.is_some_and(|u| c.users.iter().any(|x| &**x == u));
-            let by_ip = matches!((net, c.ip), (Some(net), Some(ip)) if net.contains(&ip));
-            if by_user || by_ip {
-                c.disconnect = true;
-                c.kick.notify_one();
-                n += 1;
-            }
+    /// Asks every connection to end its sockets of `user` or from `net` (the server API's
+    /// disconnect). Returns the count of sockets ended for it, which grows as connections look.
+    pub fn disconnect(&self, user: Option<&str>, net: Option<IpNet>) -> Arc<AtomicUsize> {
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut disconnects = self.disconnects.lock().unwrap_or_else(|p| p.into_inner());
+        let at = *self.changes.borrow() + 1;
+        disconnects.push_back(Disconnect {
+            at,
+            user: user.map(Into::into),
+            net,
+            ended: ended.clone(),
+        });
+        if disconnects.len() > DISCONNECTS_KEPT {
+            disconnects.pop_front();
         }
-        n
+        self.changes.send_modify(|n| *n = at);
+        ended
     }
 
-    /// A connection from `ip` begins: returns what wakes it when a ban or a disconnect concerns
-    /// it.
-    pub fn register(&self, conn: u64, ip: Option<IpAddr>) -> Arc<Notify> {
-        let kick = Arc::new(Notify::new());
-        let c = Connection {
-            ip,
-            users: SmallVec::new(),
-            kick: kick.clone(),
-            disconnect: false,
-        };
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(conn, c);
-        kick
+    /// What a connection follows: it moves when the bans change or a disconnect is asked.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
-    /// Connection `conn` has a socket of `user`.
-    pub fn identify(&self, conn: u64, user: &Arc<str>) {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = connections.get_mut(&conn) {
-            if !c.users.contains(user) {
-                c.users.push(user.clone());
-            }
+    /// Whether a socket of `user` from `ip` is to end: banned now, or named by a disconnect asked
+    /// after change `since` (counted there).
+    pub fn ends(&self, user: Option<&str>, ip: Option<IpAddr>, since: u64) -> bool {
+        if self.is_banned(user, ip) {
+            return true;
         }
-    }
-
-    /// Whether the server API asked connection `conn` to end all its sockets (asked once: the
-    /// request is taken).
-    pub fn take_disconnect(&self, conn: u64) -> bool {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections
-            .get_mut(&conn)
-            .is_some_and(|c| std::mem::take(&mut c.disconnect))
-    }
-
-    /// Connection `conn` has ended.
-    pub fn unregister(&self, conn: u64) {
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&conn);
+        let disconnects = self.disconnects.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = disconnects.iter().filter(|d| d.at > since).find(|d| {
+            let by_user = d.user.is_some() && d.user.as_deref() == user;
+            let by_ip = matches!((&d.net, ip), (Some(net), Some(ip)) if net.contains(&ip));
+            by_user || by_ip
+        });
+        match hit {
+            Some(d) => {
+                d.ended.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Reads the bans now and puts them in force. Errors: the database's.
     pub async fn refresh(&self, reader: &Reader) -> Result<(), crate::store::StoreError> {
         let bans = reader.bans(now_ms()).await?;
-        self.set(&bans);
+        self.set(bans);
         Ok(())
     }
 
@@ -217,7 +213,7 @@ mod tests {
         let bans = Bans::default();
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert!(!bans.is_banned(Some("ana"), ip("10.1.2.3")));
-        bans.set(&[
+        bans.set(vec![
             ban(Some("ana"), None, 0),
             ban(None, Some("10.0.0.0/8"), 0),
             ban(None, Some("2001:db8::1"), 0),
@@ -231,24 +227,23 @@ mod tests {
         assert!(!bans.is_banned(Some("old"), None), "expired");
     }
 
-    #[tokio::test]
-    async fn a_new_ban_wakes_the_connections_it_matches() {
+    #[test]
+    fn connections_look_again_on_a_change_not_on_a_re_read() {
         let bans = Bans::default();
-        let a = bans.register(1, "10.0.0.1".parse().ok());
-        let b = bans.register(2, "192.0.2.1".parse().ok());
-        bans.identify(2, &Arc::from("bo"));
-        bans.set(&[ban(Some("bo"), None, 0)]);
-        tokio::time::timeout(Duration::from_secs(1), b.notified())
-            .await
-            .expect("bo's connection is told");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), a.notified())
-                .await
-                .is_err()
-        );
-        assert_eq!(bans.kick(None, parse_net("10.0.0.0/24").as_ref()), 1);
-        bans.unregister(1);
-        assert_eq!(bans.kick(None, parse_net("10.0.0.0/24").as_ref()), 0);
+        let mut seen = bans.changes();
+        bans.set(vec![ban(Some("bo"), None, 0)]);
+        assert!(seen.has_changed().unwrap());
+        let since = *seen.borrow_and_update();
+        bans.set(vec![ban(Some("bo"), None, 0)]);
+        assert!(!seen.has_changed().unwrap(), "the same bans read again");
+        let ended = bans.disconnect(None, parse_net("10.0.0.0/24"));
+        assert!(seen.has_changed().unwrap());
+        let ip = "10.0.0.7".parse().ok();
+        assert!(bans.ends(None, ip, since));
+        assert!(!bans.ends(None, ip, *seen.borrow()), "asked before");
+        assert!(!bans.ends(Some("cy"), "192.0.2.1".parse().ok(), since));
+        assert!(bans.ends(Some("bo"), None, since), "banned");
+        assert_eq!(ended.load(Ordering::Relaxed), 1);
     }
 
     #[test]

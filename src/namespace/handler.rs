@@ -40,7 +40,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::Notify;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
 /// channel allocates a block of slots up front).
@@ -149,8 +148,11 @@ pub(super) struct Handler<T: Transport> {
     guest: Option<Box<str>>,
     /// The client's address (for bans by address).
     ip: Option<IpAddr>,
-    /// Woken when a ban or the server API's disconnect concerns this connection.
-    kick: Arc<Notify>,
+    /// Moves when the bans change or the server API asks to disconnect someone: the
+    /// connection then looks at its sockets ([`Handler::on_bans`]).
+    bans: tokio::sync::watch::Receiver<u64>,
+    /// The change it last looked at.
+    bans_seen: u64,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -161,7 +163,8 @@ pub fn serve<T: Transport>(
     ip: Option<IpAddr>,
 ) -> impl Future<Output = DisconnectReason> + Send {
     let conn = ns.presence.connection();
-    let kick = ns.bans.register(conn, ip);
+    let bans = ns.bans.changes();
+    let bans_seen = *bans.borrow();
     // Built here and borrowed by the loop, not moved into an `async fn`, which would keep a
     // second copy of it: an idle socket's task holds the socket and its loop's state, once.
     let mut handler = Handler {
@@ -175,7 +178,8 @@ pub fn serve<T: Transport>(
         conn,
         guest: None,
         ip,
-        kick,
+        bans_seen,
+        bans,
         ns,
     };
     async move { handler.serve().await }
@@ -188,7 +192,6 @@ impl<T: Transport> Handler<T> {
         for m in &mut self.members {
             m.presence = None;
         }
-        self.ns.bans.unregister(self.conn);
         let metrics = &self.ns.metrics;
         if let Some(kind) = reason.bad_input() {
             metrics.bad_input(kind);
@@ -257,8 +260,8 @@ impl<T: Transport> Handler<T> {
                     self.on_expiry();
                     Ok(())
                 }
-                () = self.kick.notified() => {
-                    self.on_kick();
+                Ok(()) = self.bans.changed() => {
+                    self.on_bans();
                     Ok(())
                 }
                 inbound = self.socket.next(reading) => match inbound {
@@ -507,9 +510,6 @@ impl<T: Transport> Handler<T> {
             });
         match identified {
             Ok(identity) => {
-                if let Some(user) = &identity.author.user {
-                    self.ns.bans.identify(self.conn, user);
-                }
                 let m = &mut self.members[i];
                 if identity != Identity::default() {
                     m.speaker = Some(Box::new(identity));
@@ -753,25 +753,29 @@ impl<T: Transport> Handler<T> {
         self.set_expiry();
     }
 
-    /// A ban (or the server API's disconnect) concerns this connection: ends each of its sockets
-    /// that is banned now, or every socket for a disconnect, with the server's
-    /// DISCONNECT for its namespace (the stock client's "io server disconnect": no reconnect
-    /// loop). The connection stays; the client closes it once it has no socket left.
-    fn on_kick(&mut self) {
-        let all = self.ns.bans.take_disconnect(self.conn);
+    /// The bans changed, or the server API asked to disconnect someone: ends each socket of this
+    /// connection that is banned now or named by a disconnect asked since it last looked, with the
+    /// server's DISCONNECT for its namespace (the stock client's "io server disconnect": no
+    /// reconnect loop). The connection stays; the client closes it once it has no socket left.
+    fn on_bans(&mut self) {
+        let since = self.bans_seen;
+        self.bans_seen = *self.bans.borrow_and_update();
         let mut i = 0;
         while i < self.members.len() {
             let user = self.members[i]
                 .speaker
                 .as_ref()
                 .and_then(|s| s.author.user.clone());
-            let ended = all || self.ns.bans.is_banned(user.as_deref(), self.ip);
-            if !ended {
+            if !self.ns.bans.ends(user.as_deref(), self.ip, since) {
                 i += 1;
                 continue;
             }
             let m = self.members.swap_remove(i);
-            tracing::info!(room = %m.room, user = user.as_deref().unwrap_or("-"), "socket ended by a ban or a disconnect");
+            tracing::info!(
+                room = %m.room,
+                user = user.as_deref().unwrap_or("-"),
+                "socket ended by a ban or a disconnect"
+            );
             self.socket.engine.queue().leave(&m.room);
             self.socket.disconnect(&m.room);
         }

@@ -89,7 +89,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         },
         (Method::DELETE, p) if p.starts_with("bans/") => lift_ban(ns, &p["bans/".len()..]).await,
         (Method::POST, "disconnect") => match body(req, ns).await {
-            Ok(v) => disconnect(ns, v),
+            Ok(v) => disconnect(ns, v).await,
             Err(e) => Err(e),
         },
         (Method::GET, "presence") => presence(ns, &query),
@@ -555,22 +555,28 @@ struct DisconnectRequest {
     ip: Option<String>,
 }
 
+/// How long a disconnect waits for this node's connections to look before it answers.
+const DISCONNECT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// `POST /api/v1/disconnect`: ends the sockets of a user or an address with the server's
-/// DISCONNECT, here and (in a cluster) on every other node; `{"disconnected": n}` counts this
-/// node's connections.
-fn disconnect(ns: &Namespace, body: Value) -> Answer {
+/// DISCONNECT, here and (in a cluster) on every other node; `{"disconnected": n}` counts the
+/// sockets this node ended within [`DISCONNECT_WAIT`].
+async fn disconnect(ns: &Namespace, body: Value) -> Answer {
     let d: DisconnectRequest =
         serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
     let (user, net) = who(d.user, d.ip)?;
-    let n = ns.bans.kick(user.as_deref(), net.as_ref());
+    let ended = ns.bans.disconnect(user.as_deref(), net);
     ns.presence
         .kick_elsewhere(user.as_deref(), net.map(|n| n.to_string()).as_deref());
+    // Every connection looks at once; the count is of the sockets ended here meanwhile.
+    tokio::time::sleep(DISCONNECT_WAIT).await;
+    let n = ended.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         target: "relay::moderation",
         action = "disconnect",
         user = user.as_deref().unwrap_or("-"),
         ip = net.map(|n| n.to_string()).unwrap_or_default(),
-        connections = n,
+        sockets = n,
         by = "api",
         "moderation"
     );

@@ -202,7 +202,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let bans = namespace.bans.clone();
     namespace.presence.set_kick(move |user, ip| {
         let net = ip.and_then(crate::namespace::bans::parse_net);
-        bans.kick(user, net.as_ref())
+        bans.disconnect(user, net);
     });
     namespace.bans.start(
         Reader::new(store.clone(), config.db_timeout()),
