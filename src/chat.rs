@@ -25,10 +25,20 @@ pub const DELETED_EVENT: &str = "chat deleted";
 /// `{"error"}`).
 pub const DELETE_EVENT: &str = "delete message";
 
+/// How the clientOffsets the server itself stores begin (deletions, the server API's idempotency
+/// keys). A socket's clientOffset may not begin so: a client could otherwise take a future
+/// deletion's offset (and stop that deletion as a "duplicate") or a backend's key.
+pub const RESERVED_OFFSET_PREFIX: &str = "relay:";
+
 /// The clientOffset a deletion of message `target` is stored under: two deletions of one message
-/// (twice, or from two nodes at once) are one entry, the second a duplicate.
+/// (twice, or from two nodes at once) are one entry.
 pub fn deletion_offset(target: u64) -> String {
-    format!("relay:delete:{target}")
+    format!("{RESERVED_OFFSET_PREFIX}delete:{target}")
+}
+
+/// The clientOffset a server API publish with idempotency key `key` is stored under.
+pub fn api_offset(key: &str) -> String {
+    format!("{RESERVED_OFFSET_PREFIX}api:{key}")
 }
 
 /// What a socket whose token expired is sent, just before the server's DISCONNECT.
@@ -100,11 +110,13 @@ pub enum Rejection {
     },
     /// The socket's user or address is banned.
     Banned,
+    /// A clientOffset beginning with [`RESERVED_OFFSET_PREFIX`].
+    OffsetReserved,
 }
 
 /// Every kind of refusal, by its metric label (`relay_bad_inputs_total{kind=…}`, stable across
 /// releases), in the order `/metrics` lists them; [`Rejection::kind`] is a position in it.
-pub const REFUSAL_KINDS: [&str; 13] = [
+pub const REFUSAL_KINDS: [&str; 14] = [
     "unknown_event",
     "message_not_string",
     "message_too_large",
@@ -118,6 +130,7 @@ pub const REFUSAL_KINDS: [&str; 13] = [
     "rate_limited",
     "too_many_rooms",
     "banned",
+    "offset_reserved",
 ];
 
 impl Rejection {
@@ -137,6 +150,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => 10,
             Rejection::TooManyRooms { .. } => 11,
             Rejection::Banned => 12,
+            Rejection::OffsetReserved => 13,
         }
     }
 
@@ -181,6 +195,10 @@ impl std::fmt::Display for Rejection {
                 "history: limit must be an integer from 1 to {MAX_HISTORY_PAGE}"
             ),
             Rejection::Banned => f.write_str("banned"),
+            Rejection::OffsetReserved => write!(
+                f,
+                "clientOffset must not begin with {RESERVED_OFFSET_PREFIX:?} (the server's own)"
+            ),
             Rejection::HistoryBusy => {
                 f.write_str("history: one request at a time; wait for the previous page")
             }
@@ -239,6 +257,9 @@ pub fn parse_event(
     }
     if lossy && client_offset.contains('\u{FFFD}') {
         return Err(Rejection::OffsetNotUnicode);
+    }
+    if client_offset.starts_with(RESERVED_OFFSET_PREFIX) {
+        return Err(Rejection::OffsetReserved);
     }
     // Cheap bound first: 255 characters are at most 1020 bytes.
     if client_offset.len() > MAX_OFFSET_CHARS {
@@ -515,6 +536,7 @@ mod tests {
             Rejection::RateLimited { per_second: 5 },
             Rejection::TooManyRooms { limit: 3 },
             Rejection::Banned,
+            Rejection::OffsetReserved,
         ];
         let kinds: Vec<usize> = all.iter().map(Rejection::kind).collect();
         assert_eq!(kinds, (0..REFUSAL_KINDS.len()).collect::<Vec<_>>());

@@ -87,6 +87,20 @@ async fn a_deletion_is_an_entry_of_the_log_for_every_socket_replay_and_history(b
     // that socket, one it never had: neither it nor its deletion is sent).
     assert_eq!(events(&mut watcher, 3).await, ["one", "spam", "three"]);
 
+    // A client cannot take a deletion's offset ahead of it (nor a server API key).
+    for reserved in [format!("relay:delete:{spam}"), "relay:api:k1".to_string()] {
+        guest.emit(Some(50), "sneaky", &reserved).await;
+        let ack = loop {
+            if let Some((50, args)) = parse_ack(&guest.recv_text().await) {
+                break args[0].clone();
+            }
+        };
+        assert!(
+            ack["error"].as_str().is_some_and(|e| e.contains("relay:")),
+            "{reserved}: {ack}"
+        );
+    }
+
     // Only a moderator may delete; an unknown id or a bad one is said so.
     assert_eq!(
         delete(&mut user, 9, json!(spam)).await,

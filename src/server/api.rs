@@ -38,9 +38,6 @@ pub const PREFIX: &str = "/api/v1/";
 /// Messages a history read returns by default, and at most.
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
-/// What the idempotency key is stored under (a socket's clientOffset never begins so): the two
-/// ways in never take each other's keys.
-const KEY_PREFIX: &str = "api:";
 
 /// Answers a request under [`PREFIX`].
 pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
@@ -256,7 +253,8 @@ async fn publish(ns: &Namespace, body: Value) -> Answer {
         },
         at: 0,
         content: p.content,
-        client_offset: format!("{KEY_PREFIX}{}", p.idempotency_key),
+        // Under a prefix no socket may use: the two ways in never take each other's keys.
+        client_offset: chat::api_offset(&p.idempotency_key),
         deletes: 0,
     };
     match ns.sequencer.request(message).await {
