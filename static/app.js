@@ -51,7 +51,9 @@
 //
 // which is sent in-band to every connected room ("refresh token": no reconnect, nothing missed),
 // and used to reconnect the rooms that were ended or refused for their token (or that connected
-// as guests).
+// as guests). A minute before the token expires the page asks for one: the event
+// "relay:token-expiring" on its window, and, embedded, a message {type: "relay:token-expiring",
+// exp} to its host, which may answer with a message {type: "relay:set-token", token}.
 (function () {
   "use strict";
 
@@ -70,6 +72,8 @@
   var ROOM_RULE = "A room name is 1\u201348 characters of a\u2013z, 0\u20139, _ and -, starting with a letter or digit.";
   // How often the room strip asks the server which rooms hold messages.
   var ROOMS_REFRESH_MS = 30000;
+  // How long before its token expires the page asks its host for a new one.
+  var TOKEN_ASK_BEFORE_MS = 60000;
   // How often this page says its user is typing, and how long another's typing stays shown.
   var TYPING_EVERY_MS = 2000;
   var TYPING_SHOW_MS = 3000;
@@ -1354,10 +1358,42 @@
     updateToggle();
   });
 
+  /** A token's `exp` (seconds since the epoch), read from its payload (not verified: timing only). */
+  function expOf(jwt) {
+    try {
+      var part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+      return typeof claims.exp === "number" ? claims.exp : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // A minute before the token expires, the page asks for a new one: the event
+  // "relay:token-expiring" on this window, and a message {type: "relay:token-expiring", exp} to
+  // the host page when it is embedded. The answer is window.relay.setToken(t), or from the host
+  // page a message {type: "relay:set-token", token: t}.
+  var expiringTimer = null;
+  function watchExpiry() {
+    clearTimeout(expiringTimer);
+    var exp = token ? expOf(token) : null;
+    if (exp === null) {
+      return;
+    }
+    var wait = Math.max(0, exp * 1000 - Date.now() - TOKEN_ASK_BEFORE_MS);
+    expiringTimer = setTimeout(function () {
+      window.dispatchEvent(new CustomEvent("relay:token-expiring", { detail: { exp: exp } }));
+      if (window.parent !== window) {
+        window.parent.postMessage({ type: "relay:token-expiring", exp: exp }, "*");
+      }
+    }, Math.min(wait, 2147483647));
+  }
+
   // For a host page: a fresh token (see the top of this file).
   window.relay = {
     setToken: function (value) {
       token = typeof value === "string" && value ? value : null;
+      watchExpiry();
       return Promise.all(
         Object.keys(rooms).map(function (n) {
           return rooms[n].setToken(token);
@@ -1365,6 +1401,13 @@
       );
     },
   };
+  window.addEventListener("message", function (event) {
+    var data = event.data;
+    if (event.source === window.parent && data && data.type === "relay:set-token" && typeof data.token === "string") {
+      window.relay.setToken(data.token);
+    }
+  });
+  watchExpiry();
 
   route();
   refreshRooms();

@@ -232,6 +232,38 @@ describe("people on the chat page", () => {
     }
   });
 
+  it("asks its host for a new token a minute before expiry and takes one by message", { timeout: 120000 }, async () => {
+    const own = await startRelay({ store: "sqlite", env: { AUTH: "token", JWT_SECRET: SECRET, MAX_MESSAGES_PER_SECOND: "0" } });
+    try {
+      const now = Math.floor(Date.now() / 1000);
+      // Less than a minute left: the page asks at once.
+      const first = jwt({ sub: "u-eve", name: "Eve", exp: now + 8 });
+      const context = await browser.newContext();
+      contexts.add(context);
+      const page = await context.newPage();
+      page.setDefaultTimeout(WAIT_MS);
+      page.on("pageerror", (err) => problems.push(`expiring page error: ${err.message}`));
+      await page.addInitScript(() => {
+        window.__asked = new Promise((resolve) => window.addEventListener("relay:token-expiring", (e) => resolve(e.detail.exp), { once: true }));
+      });
+      await page.goto(`${own.url}/?token=${first}`, { waitUntil: "load" });
+      await connected(page);
+      assert.equal(await page.evaluate(() => window.__asked), now + 8, "asked about the token in use");
+      // The host page answers by message; the page refreshes in-band and stays connected.
+      const next = jwt({ sub: "u-eve", name: "Eve", exp: now + 3600 });
+      await page.evaluate((t) => window.postMessage({ type: "relay:set-token", token: t }, "*"), next);
+      await type(page, "still signed in");
+      assert.equal((await row(page, "still signed in", "own")).name, "Eve");
+      // Past the first token's expiry and its leeway, the socket lives on the new one.
+      await page.waitForTimeout(Math.max(0, (now + 8 + 7) * 1000 - Date.now()));
+      assert.equal(await state(page), "connected");
+      assert.equal(await page.locator("#notice").isHidden(), true, "no expiry notice");
+      await close(page);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it("shows who is here and who is typing, and who left", { timeout: 120000 }, async () => {
     const ana = await openPage("ana", { path: "/#lounge" });
     const bo = await openPage("bo", { path: "/#lounge" });
