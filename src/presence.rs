@@ -588,10 +588,26 @@ impl Presence {
         }
     }
 
+    /// Node `node`'s whole state: replaces what was known of it, under one lock, so a tick never
+    /// sees it half applied (everyone of it gone, then back: a storm of leaves and joins).
+    pub fn remote_full(&self, node: &Arc<str>, people: &[(Room, Person)]) {
+        let mut rooms = self.lock();
+        Self::forget_in(&mut rooms, node);
+        for (room, person) in people {
+            rooms
+                .entry(room.clone())
+                .or_default()
+                .add(person, Some(node));
+        }
+    }
+
     /// Forgets everyone node `node` counted (it stopped, or is cut off, or is about to send its
     /// whole state again).
     pub fn forget_node(&self, node: &str) {
-        let mut rooms = self.lock();
+        Self::forget_in(&mut self.lock(), node);
+    }
+
+    fn forget_in(rooms: &mut HashMap<Room, RoomPresence>, node: &str) {
         for p in rooms.values_mut() {
             let ids: Vec<Arc<str>> = p
                 .people
@@ -831,6 +847,27 @@ mod tests {
         assert_eq!(names(&got[1][1]["joined"]), ["Ana", "Gus"]);
         assert_eq!(names(&got[2][1]["left"]), ["Gus"]);
         assert_eq!(got[2][1]["online"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_nodes_whole_state_again_is_no_news() {
+        let hub = hub();
+        let room = Room::main();
+        let w = watcher();
+        let _me = hub.enter(&room, &person(Some("me"), "Me", ""), 0, Some(w.clone()));
+        let node: Arc<str> = "n2".into();
+        let ana = person(Some("ana"), "Ana", "");
+        hub.remote_full(&node, &[(room.clone(), ana.clone())]);
+        hub.tick();
+        hub.remote_full(&node, &[(room.clone(), ana)]);
+        hub.tick();
+        let got = events(&w);
+        assert_eq!(
+            got.len(),
+            2,
+            "the state and Ana's joining, nothing more: {got:?}"
+        );
+        assert_eq!(hub.online(&room), 2);
     }
 
     #[tokio::test]

@@ -39,6 +39,8 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(7);
 /// How long joins and leaves wait to go out together.
 pub const FLUSH: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest a publish (or the connection for it) may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A person on the channel: `[room, id, user, name]` (`room` is the name, `""` for `/`).
 type PersonWire = (String, String, Option<String>, Option<String>);
@@ -150,12 +152,13 @@ pub async fn run(
                 tracing::debug!(error = %e, "presence: cannot reach Redis");
                 let wait = tokio::time::sleep(backoff);
                 tokio::pin!(wait);
-                // Meanwhile: keep the notes (coalesced), forget the peers that went quiet.
+                // Meanwhile: the notes are dropped (the next subscription sends this node's whole
+                // state, which holds them), so nothing grows while Redis is away.
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = &mut wait => break,
-                        Some(note) = notes.recv() => state.keep(note),
+                        Some(_) = notes.recv() => {}
                     }
                 }
                 state.forget_quiet();
@@ -319,12 +322,12 @@ impl State {
                 seq: m.s,
             },
         );
+        let people: Vec<(Room, Person)> = m.here.into_iter().filter_map(from_wire).collect();
         if m.full {
-            self.presence.forget_node(&node);
-        }
-        for person in m.here {
-            if let Some((room, person)) = from_wire(person) {
-                self.presence.remote_here(&node, &room, &person);
+            self.presence.remote_full(&node, &people);
+        } else {
+            for (room, person) in &people {
+                self.presence.remote_here(&node, room, person);
             }
         }
         for (room, id) in m.gone {
@@ -361,8 +364,14 @@ async fn publish(
     conn: &mut Option<redis::aio::MultiplexedConnection>,
     messages: &[Message],
 ) {
+    // Bounded: a Redis that hangs must not stop this loop from reading its notes and
+    // forgetting quiet nodes.
     if conn.is_none() {
-        *conn = channel.client.get_multiplexed_async_connection().await.ok();
+        let connect = channel.client.get_multiplexed_async_connection();
+        *conn = tokio::time::timeout(PUBLISH_TIMEOUT, connect)
+            .await
+            .ok()
+            .and_then(Result::ok);
     }
     let Some(c) = conn.as_mut() else {
         return;
@@ -373,9 +382,9 @@ async fn publish(
             pipe.cmd("PUBLISH").arg(&channel.name).arg(payload).ignore();
         }
     }
-    let sent: redis::RedisResult<()> = pipe.query_async(c).await;
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "presence: publishing failed");
+    let sent = tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(c)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!("presence: publishing failed or timed out");
         *conn = None;
     }
 }

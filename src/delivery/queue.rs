@@ -164,6 +164,23 @@ impl<S: PacketSink> PacketQueue<S> {
         Some(true)
     }
 
+    /// Queues a packet of the session's own from another task (an ack answered there) and sends
+    /// at once, however much is waiting: an ack is never dropped. `false` when the connection is
+    /// over.
+    pub fn send_reply(&self, packet: &str) -> bool {
+        let mut state = self.lock();
+        let sink = &mut state.sink;
+        if !sink.is_open() {
+            return false;
+        }
+        let had_backlog = sink.backlog() > 0;
+        sink.push_packet(packet);
+        if sink.send_now().is_err() || (!had_backlog && sink.backlog() > 0) {
+            self.notify.notify_one();
+        }
+        true
+    }
+
     /// Whether anything is queued that the connection has not taken.
     pub fn has_backlog(&self) -> bool {
         self.backlog() > 0

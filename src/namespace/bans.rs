@@ -36,6 +36,7 @@ struct Active {
 
 impl Active {
     fn matches(&self, user: Option<&str>, ip: Option<IpAddr>, now: u64) -> bool {
+        let ip = ip.map(|ip| ip.to_canonical());
         let live = self.expires_at == 0 || self.expires_at > now;
         let by_user = self.user.is_some() && self.user.as_deref() == user;
         let by_ip = matches!((&self.net, ip), (Some(net), Some(ip)) if net.contains(&ip));
@@ -124,8 +125,14 @@ impl Bans {
     /// disconnect). Returns the count of sockets ended for it, which grows as connections look.
     pub fn disconnect(&self, user: Option<&str>, net: Option<IpNet>) -> Arc<AtomicUsize> {
         let ended = Arc::new(AtomicUsize::new(0));
+        // Under the lock the connections read it with: one that sees the new count finds the
+        // request. The count moves by one, whatever else moved it meanwhile.
         let mut disconnects = self.disconnects.lock().unwrap_or_else(|p| p.into_inner());
-        let at = *self.changes.borrow() + 1;
+        let mut at = 0;
+        self.changes.send_modify(|n| {
+            *n += 1;
+            at = *n;
+        });
         disconnects.push_back(Disconnect {
             at,
             user: user.map(Into::into),
@@ -135,7 +142,6 @@ impl Bans {
         if disconnects.len() > DISCONNECTS_KEPT {
             disconnects.pop_front();
         }
-        self.changes.send_modify(|n| *n = at);
         ended
     }
 

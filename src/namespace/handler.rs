@@ -632,7 +632,7 @@ impl<T: Transport> Handler<T> {
                 Err(e) => json!([{ "error": e.to_string() }]),
             };
             if let Some(ack_id) = ack_id {
-                queue.send_event(&socketio::encode_ack(&room.nsp(), ack_id, &reply));
+                queue.send_reply(&socketio::encode_ack(&room.nsp(), ack_id, &reply));
             }
         });
     }

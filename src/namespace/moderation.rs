@@ -53,8 +53,9 @@ impl From<StoreError> for DeleteError {
 
 impl Namespace {
     /// Deletes chat message `target` (of `room`, when given) on behalf of `by`: its deletion is
-    /// stored and published after everything committed before it, and the message's content is
-    /// gone from the table and from every node's memory. Deleting it again is no error
+    /// stored and published after everything committed before it; the message's content is
+    /// emptied in the table, and every node marks it deleted in its memory (never sent again; its
+    /// bytes leave memory when the recent history moves past it). Deleting it again is no error
     /// (`already`), and two deletions at once (two nodes) are one entry.
     pub(crate) async fn delete(
         &self,

@@ -35,6 +35,9 @@ use subtle::ConstantTimeEq;
 
 /// Where the API lives.
 pub const PREFIX: &str = "/api/v1/";
+/// The longest idempotency key: stored under `relay:api:`, it stays within a clientOffset's
+/// 255 characters (so a node that forwards it, and the column, take it).
+pub const MAX_KEY_CHARS: usize = chat::MAX_OFFSET_CHARS - "relay:api:".len();
 /// Messages a history read returns by default, and at most.
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
@@ -214,10 +217,9 @@ async fn publish(ns: &Namespace, body: Value) -> Answer {
         ));
     }
     let key_chars = p.idempotency_key.chars().count();
-    if key_chars == 0 || key_chars > chat::MAX_OFFSET_CHARS {
+    if key_chars == 0 || key_chars > MAX_KEY_CHARS {
         return Err(ApiError::bad(format!(
-            "idempotency_key must be 1 to {} characters",
-            chat::MAX_OFFSET_CHARS
+            "idempotency_key must be 1 to {MAX_KEY_CHARS} characters"
         )));
     }
     if p.user

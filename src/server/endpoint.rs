@@ -19,7 +19,7 @@ use crate::transport::websocket;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -59,9 +59,9 @@ fn header(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
 /// needs to read the answer.
 pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
     // The client's address: the peer's, or behind a trusted proxy the one it forwarded.
-    let forwarded = header(&req, HeaderName::from_static("x-forwarded-for"));
+    let forwarded = joined_header(&req, "x-forwarded-for");
     let peer = SocketAddr::new(
-        client_ip(&app.trusted_proxies, peer.ip(), forwarded),
+        client_ip(&app.trusted_proxies, peer.ip(), forwarded.as_deref()),
         peer.port(),
     );
     let origin = header(&req, header::ORIGIN).map(str::to_string);
@@ -94,28 +94,35 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
     response
 }
 
-/// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): when `peer` is one of
-/// them, the right-most address of `X-Forwarded-For` that is not (each proxy appends the address
-/// it got the request from, so the ones on the left are the client's word, not a proxy's);
-/// otherwise `peer` itself. A header that does not parse counts as absent.
+/// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): starting from `peer`,
+/// while the address in hand is a trusted proxy's, the next one to the left in
+/// `X-Forwarded-For` (`forwarded`: every header line, joined by commas) is the one it got the
+/// request from; the first that is not a trusted proxy's is the client's. Entries left of it are
+/// the client's own word and never read, so junk there cannot hide a client; an entry that does
+/// not parse where one is needed ends the walk at the proxy before it. IPv4 addresses written as
+/// IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
+    let mut client = peer.to_canonical();
+    let mut hops = forwarded.unwrap_or("").rsplit(',');
+    while is_trusted(&client) {
+        match hops.next().map(|h| h.trim().parse::<IpAddr>()) {
+            Some(Ok(ip)) => client = ip.to_canonical(),
+            _ => break,
+        }
     }
-    let Some(list) = forwarded else {
-        return peer;
-    };
-    let hops: Option<Vec<IpAddr>> = list.split(',').map(|h| h.trim().parse().ok()).collect();
-    let Some(hops) = hops else {
-        return peer;
-    };
-    hops.iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(hops.first())
-        .copied()
-        .unwrap_or(peer)
+    client
+}
+
+/// Every line of header `name`, joined by commas (as a list header reads), if any.
+fn joined_header(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let lines: Vec<&str> = req
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(","))
 }
 
 /// Says at warn level why a page was refused (at most once every 10 s: a refused page keeps
@@ -442,6 +449,22 @@ mod tests {
             client_ip(&[], ip("10.0.0.1"), xff),
             ip("10.0.0.1"),
             "no proxies trusted"
+        );
+        // Junk the client wrote, left of what the proxy appended, hides nothing.
+        let xff = Some("x, 203.0.113.5");
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("203.0.113.5"));
+        // Two trusted hops, then the client.
+        let xff = Some("1.1.1.1, 203.0.113.5, 10.9.9.9");
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("203.0.113.5"));
+        // A dual-stack listener's IPv4 peer is IPv4.
+        let xff = Some("203.0.113.5");
+        assert_eq!(
+            client_ip(&trusted, ip("::ffff:10.0.0.1"), xff),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(&[], ip("::ffff:192.0.2.1"), None),
+            ip("192.0.2.1")
         );
     }
 

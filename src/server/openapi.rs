@@ -197,7 +197,7 @@ pub fn document() -> Value {
                     "properties": {
                         "room": { "type": "string", "description": "Absent: the main room `/`." },
                         "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
-                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 255 },
+                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245 },
                         "user": { "type": "string", "maxLength": 128, "description": "The author's user id." },
                         "name": { "type": "string", "maxLength": 64, "description": "The author's display name." }
                     }
