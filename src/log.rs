@@ -72,6 +72,24 @@ impl Entry {
         }
     }
 
+    /// The entry a stored row holds (`messages.content`, `.deletes`, `.deleted`), of no known
+    /// author or time: a chat message; the deletion of message `deletes` when it is not 0; a
+    /// message deleted since when `deleted`.
+    pub fn stored(id: u64, room: Room, content: String, deletes: u64, deleted: bool) -> Entry {
+        let body = match (deletes, deleted) {
+            (_, true) => Body::Deleted,
+            (0, false) => Body::Message { content },
+            (target, false) => Body::Deletion { target },
+        };
+        Entry {
+            id,
+            room,
+            author: Author::default(),
+            at: 0,
+            body,
+        }
+    }
+
     /// The same entry, said by `author` and committed at `at` (ms since the epoch).
     pub fn by(mut self, author: Author, at: u64) -> Entry {
         self.author = author;
@@ -81,13 +99,7 @@ impl Entry {
 
     /// The deletion of message `target` of `room`, stored under `id`.
     pub fn deletion(id: u64, room: Room, target: u64) -> Entry {
-        Entry {
-            id,
-            room,
-            author: Author::default(),
-            at: 0,
-            body: Body::Deletion { target },
-        }
+        Entry::stored(id, room, String::new(), target, false)
     }
 
     /// The message text (empty for a deletion and a deleted message).

@@ -376,11 +376,7 @@ pub fn decode(payload: &[u8], max_message_bytes: usize) -> Option<(String, u64, 
             return None;
         }
         last = id;
-        let entry = match deletes {
-            0 => Entry::in_room(id, room, content),
-            target => Entry::deletion(id, room, target),
-        };
-        rows.push(entry.by(author, at));
+        rows.push(Entry::stored(id, room, content, deletes, false).by(author, at));
     }
     Some((wire.node, wire.prev, rows))
 }

@@ -444,14 +444,10 @@ impl<A: Adapter> Writer<A> {
             let mut entries = Vec::with_capacity(stored.len());
             for (id, i) in stored {
                 let message = &mut batch[i].message;
-                let entry = match message.deletes {
-                    0 => {
-                        let content = std::mem::take(&mut message.content);
-                        Entry::in_room(id, message.room.clone(), content)
-                    }
-                    target => Entry::deletion(id, message.room.clone(), target),
-                }
-                .by(message.author.clone(), message.at);
+                let content = std::mem::take(&mut message.content);
+                let entry =
+                    Entry::stored(id, message.room.clone(), content, message.deletes, false)
+                        .by(message.author.clone(), message.at);
                 messages.push(Message::encode(&entry, wire));
                 entries.push(entry);
             }

@@ -245,19 +245,14 @@ impl Inner {
         self.next_id += 1;
         let id = self.next_id;
         self.offsets.insert(m.client_offset.clone(), id);
-        let entry = match m.deletes {
-            0 => Entry::in_room(id, m.room.clone(), m.content.clone()),
-            target => {
-                if let Some(row) = self
-                    .rows
-                    .iter_mut()
-                    .find(|r| r.id == target && r.deletes().is_none())
-                {
-                    row.body = crate::log::Body::Deleted;
-                }
-                Entry::deletion(id, m.room.clone(), target)
-            }
-        };
+        if let Some(row) = self
+            .rows
+            .iter_mut()
+            .find(|r| m.deletes != 0 && r.id == m.deletes && r.deletes().is_none())
+        {
+            row.body = crate::log::Body::Deleted;
+        }
+        let entry = Entry::stored(id, m.room.clone(), m.content.clone(), m.deletes, false);
         self.rows.push(entry.by(m.author.clone(), m.at));
         id
     }

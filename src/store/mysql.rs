@@ -3,7 +3,7 @@
 
 use super::{Action, Ban, Inserted, SessionRecord, StoreError, MAX_BATCH};
 use crate::chat::NewMessage;
-use crate::log::{Author, Body, Entry};
+use crate::log::{Author, Entry};
 use crate::room::Room;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
@@ -827,14 +827,7 @@ fn entry_of(
     room: Option<&Room>,
 ) -> Entry {
     let room = room.cloned().unwrap_or_else(|| room_of(&stored_room));
-    let mut entry = match deletes {
-        0 => Entry::in_room(id, room, content),
-        target => Entry::deletion(id, room, target),
-    };
-    if deleted != 0 {
-        entry.body = Body::Deleted;
-    }
-    entry.by(author_of(user, name), at)
+    Entry::stored(id, room, content, deletes, deleted != 0).by(author_of(user, name), at)
 }
 
 /// An author as stored, read back.

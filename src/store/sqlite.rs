@@ -9,7 +9,7 @@
 
 use super::{Action, Ban, Inserted, SessionRecord, StoreError};
 use crate::chat::NewMessage;
-use crate::log::{Author, Body, Entry};
+use crate::log::{Author, Entry};
 use crate::room::Room;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -487,14 +487,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     };
     let at = to_id(r.get::<_, i64>(5)?);
     let (id, room) = (to_id(r.get(0)?), Room::named(&room));
-    let mut entry = match to_id(r.get(6)?) {
-        0 => Entry::in_room(id, room, r.get(1)?),
-        target => Entry::deletion(id, room, target),
-    };
-    if r.get::<_, i64>(7)? != 0 {
-        entry.body = Body::Deleted;
-    }
-    Ok(entry.by(author, at))
+    let (deletes, deleted) = (to_id(r.get(6)?), r.get::<_, i64>(7)? != 0);
+    Ok(Entry::stored(id, room, r.get(1)?, deletes, deleted).by(author, at))
 }
 
 /// Brings a table made before rooms and authors (an older relay's, or the tutorial's own `id,
