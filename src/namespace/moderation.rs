@@ -52,6 +52,36 @@ impl From<StoreError> for DeleteError {
 }
 
 impl Namespace {
+    /// Records a moderation action by `actor` (`delete`, `ban`, `unban`) on `subject`: a line
+    /// under the `relay::moderation` log target and a row of `relay_moderation`. Best effort: the
+    /// action stands if the row cannot be written (the log line says it happened).
+    pub(crate) async fn record(
+        &self,
+        actor: &str,
+        action: &'static str,
+        subject: String,
+        reason: Option<String>,
+    ) {
+        tracing::info!(
+            target: "relay::moderation",
+            action,
+            subject,
+            reason = reason.as_deref().unwrap_or("-"),
+            by = actor,
+            "moderation"
+        );
+        let action = Action {
+            at: now_ms(),
+            actor: actor.into(),
+            action,
+            subject,
+            reason,
+        };
+        if let Err(e) = self.store.record_action(&action).await {
+            tracing::warn!(error = %e, "cannot record a moderation action");
+        }
+    }
+
     /// Deletes chat message `target` (of `room`, when given) on behalf of `by`: its deletion is
     /// stored and published after everything committed before it; the message's content is
     /// emptied in the table, and every node marks it deleted in its memory (never sent again; its
@@ -92,30 +122,9 @@ impl Namespace {
         };
         match self.sequencer.request(deletion).await {
             Ok(Outcome::Stored(id)) => {
-                tracing::info!(
-                    target: "relay::moderation",
-                    action = "delete",
-                    message = target,
-                    deletion = id,
-                    room = %entry.room,
-                    by = by.user.as_deref().or(by.name.as_deref()).unwrap_or("-"),
-                    "message deleted"
-                );
-                let action = Action {
-                    at: now_ms(),
-                    actor: by
-                        .user
-                        .as_deref()
-                        .or(by.name.as_deref())
-                        .unwrap_or("-")
-                        .into(),
-                    action: "delete",
-                    subject: format!("message {target}"),
-                    reason: None,
-                };
-                if let Err(e) = self.store.record_action(&action).await {
-                    tracing::warn!(error = %e, "cannot record a moderation action");
-                }
+                let actor = by.user.as_deref().or(by.name.as_deref()).unwrap_or("-");
+                let subject = format!("message {target} in {} (deletion {id})", entry.room);
+                self.record(actor, "delete", subject, None).await;
                 Ok(deleted(false))
             }
             Ok(Outcome::Duplicate(_)) => Ok(deleted(true)),

@@ -23,7 +23,7 @@ use crate::namespace::rate::RateLimit;
 use crate::namespace::Namespace;
 use crate::room::Room;
 use crate::sequencer::Outcome;
-use crate::store::{now_ms, Action, Ban};
+use crate::store::{now_ms, Ban};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -443,22 +443,6 @@ fn who(
     Ok((user, net))
 }
 
-/// Records a moderation action (best effort: the action stands if the record fails; it is in
-/// the log either way).
-async fn record(ns: &Namespace, action: &'static str, subject: String, reason: Option<String>) {
-    tracing::info!(target: "relay::moderation", action, subject, reason = reason.as_deref().unwrap_or("-"), by = "api", "moderation");
-    let a = Action {
-        at: now_ms(),
-        actor: "api".into(),
-        action,
-        subject,
-        reason,
-    };
-    if let Err(e) = ns.store.record_action(&a).await {
-        tracing::warn!(error = %e, "cannot record a moderation action");
-    }
-}
-
 /// `POST /api/v1/bans`: `201 {"id"}`; in force on this node at once, on every node within a
 /// second.
 async fn add_ban(ns: &Namespace, body: Value) -> Answer {
@@ -507,7 +491,7 @@ async fn add_ban(ns: &Namespace, body: Value) -> Answer {
         ban.user.as_deref().unwrap_or("-"),
         ban.ip.as_deref().unwrap_or("-")
     );
-    record(ns, "ban", subject, ban.reason.clone()).await;
+    ns.record("api", "ban", subject, ban.reason.clone()).await;
     Ok((StatusCode::CREATED, json!({ "id": id })))
 }
 
@@ -544,7 +528,7 @@ async fn lift_ban(ns: &Namespace, id: &str) -> Answer {
     if let Err(e) = ns.bans.refresh(&ns.reader).await {
         tracing::warn!(error = %e, "ban lifted; it ends with the next read of the bans");
     }
-    record(ns, "unban", format!("ban {id}"), None).await;
+    ns.record("api", "unban", format!("ban {id}"), None).await;
     Ok((StatusCode::OK, json!({ "id": id, "lifted": true })))
 }
 
