@@ -149,18 +149,13 @@ impl<S: PacketSink> PacketQueue<S> {
     /// fresh state once it drains), `Some(true)` when queued.
     pub fn send_event(&self, packet: &str) -> Option<bool> {
         let mut state = self.lock();
-        let sink = &mut state.sink;
-        if !sink.is_open() {
+        if !state.sink.is_open() {
             return None;
         }
-        let had_backlog = sink.backlog() > 0;
-        if sink.backlog() > LIVE_BACKLOG {
+        if state.sink.backlog() > LIVE_BACKLOG {
             return Some(false);
         }
-        sink.push_packet(packet);
-        if sink.send_now().is_err() || (!had_backlog && sink.backlog() > 0) {
-            self.notify.notify_one();
-        }
+        self.push_now(&mut state.sink, packet);
         Some(true)
     }
 
@@ -169,16 +164,27 @@ impl<S: PacketSink> PacketQueue<S> {
     /// over.
     pub fn send_reply(&self, packet: &str) -> bool {
         let mut state = self.lock();
-        let sink = &mut state.sink;
-        if !sink.is_open() {
-            return false;
+        let open = state.sink.is_open();
+        if open {
+            self.push_now(&mut state.sink, packet);
         }
+        open
+    }
+
+    /// Appends `packet` to `sink` (under the lock) and sends at once.
+    fn push_now(&self, sink: &mut S, packet: &str) {
         let had_backlog = sink.backlog() > 0;
         sink.push_packet(packet);
+        self.send_and_wake(sink, had_backlog);
+    }
+
+    /// Sends what `sink` holds as far as the connection takes it now, and wakes the session when
+    /// the connection broke (it finds the error at its next flush) or has just backed up (it had
+    /// nothing waiting before: `had_backlog` false; the session then waits for the connection).
+    fn send_and_wake(&self, sink: &mut S, had_backlog: bool) {
         if sink.send_now().is_err() || (!had_backlog && sink.backlog() > 0) {
             self.notify.notify_one();
         }
-        true
     }
 
     /// Whether anything is queued that the connection has not taken.
@@ -384,12 +390,7 @@ impl<S: PacketSink> PacketQueue<S> {
             n += member.append(sink, batch);
         }
         if n > 0 {
-            if sink.send_now().is_err() {
-                // The session finds the error at its next flush or read.
-                self.notify.notify_one();
-            } else if !had_backlog && sink.backlog() > 0 {
-                self.notify.notify_one(); // backed up: the session waits for the connection
-            }
+            self.send_and_wake(sink, had_backlog);
             if member.ack_wait != 0 && member.cursor >= member.ack_wait {
                 member.ack_wait = 0;
                 self.notify.notify_one();
