@@ -326,40 +326,41 @@ pub fn encode_disconnect(nsp: &str) -> String {
 
 /// `42[<nsp>,]["<event>"]`: an event with no arguments.
 pub fn encode_bare_event(nsp: &str, event: &str) -> String {
-    let mut out = String::from("42");
+    let mut out = event_head(nsp, event, 1);
+    out.push(']');
+    out
+}
+
+/// `42[<nsp>,]["<event>"`: the start every event packet shares, with room for `more` bytes.
+fn event_head(nsp: &str, event: &str, more: usize) -> String {
+    let mut out = String::with_capacity(nsp.len() + event.len() + more + 8);
+    out.push_str("42");
     push_nsp(&mut out, nsp);
     out.push('[');
     push_json_str(&mut out, event);
-    out.push(']');
     out
+}
+
+/// `,<number>]`, or with `offset` `,<number>,"<offset>"]`: an event's numeric argument and the
+/// trailing recovery offset the stock client keeps.
+fn push_number_and_offset(out: &mut String, number: u64, offset: Option<u64>) {
+    let _ = match offset {
+        Some(offset) => write!(out, ",{number},\"{offset}\"]"),
+        None => write!(out, ",{number}]"),
+    };
 }
 
 /// `42[<nsp>,]["<event>",<number>]`, and with `offset` `["<event>",<number>,"<offset>"]` (the
 /// stock client keeps a trailing string as its connection-state recovery offset).
 pub fn encode_event_number(nsp: &str, event: &str, number: u64, offset: Option<u64>) -> String {
-    let mut out = String::with_capacity(nsp.len() + event.len() + 48);
-    out.push_str("42");
-    push_nsp(&mut out, nsp);
-    out.push('[');
-    push_json_str(&mut out, event);
-    match offset {
-        Some(offset) => {
-            let _ = write!(out, ",{number},\"{offset}\"]");
-        }
-        None => {
-            let _ = write!(out, ",{number}]");
-        }
-    }
+    let mut out = event_head(nsp, event, 48);
+    push_number_and_offset(&mut out, number, offset);
     out
 }
 
 /// `42[<nsp>,]["<event>",<arg>]`: an event with one argument, `arg` already encoded as JSON.
 pub fn encode_event_json(nsp: &str, event: &str, arg: &str) -> String {
-    let mut out = String::with_capacity(nsp.len() + event.len() + arg.len() + 8);
-    out.push_str("42");
-    push_nsp(&mut out, nsp);
-    out.push('[');
-    push_json_str(&mut out, event);
+    let mut out = event_head(nsp, event, arg.len() + 2);
     out.push(',');
     out.push_str(arg);
     out.push(']');
@@ -393,18 +394,10 @@ pub fn encode_empty_ack(nsp: &str, id: u64) -> String {
 /// its connection-state recovery offset (after the numeric id, so `(msg, id)` handlers are
 /// unaffected). Encoded once per message; the same bytes go to every socket.
 pub fn encode_event_text_id(nsp: &str, event: &str, text: &str, id: u64, offset: bool) -> String {
-    let mut out = String::with_capacity(nsp.len() + text.len() + event.len() + 48);
-    out.push_str("42");
-    push_nsp(&mut out, nsp);
-    out.push('[');
-    push_json_str(&mut out, event);
+    let mut out = event_head(nsp, event, text.len() + 48);
     out.push(',');
     push_json_str(&mut out, text);
-    if offset {
-        let _ = write!(out, ",{id},\"{id}\"]");
-    } else {
-        let _ = write!(out, ",{id}]");
-    }
+    push_number_and_offset(&mut out, id, offset.then_some(id));
     out
 }
 
