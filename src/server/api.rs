@@ -14,7 +14,7 @@
 //!
 //! Must not: speak Engine.IO, or write to the database itself.
 
-use super::app::{App, HttpResponse};
+use super::app::{file, App, HttpResponse};
 use crate::chat::{self, NewMessage};
 use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::namespace::bans::parse_net;
@@ -25,10 +25,10 @@ use crate::room::Room;
 use crate::sequencer::Outcome;
 use crate::store::{now_ms, Ban};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -568,14 +568,8 @@ async fn disconnect(ns: &Namespace, body: Value) -> Answer {
 }
 
 fn json_response(status: StatusCode, body: String) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = file(Bytes::from(body), "application/json", "no-store");
     *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

@@ -64,3 +64,15 @@ pub fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
     );
     r
 }
+
+/// A body with its type and caching rule (a page file, a JSON answer), status 200.
+pub fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) -> HttpResponse {
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    r
+}

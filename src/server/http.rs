@@ -5,7 +5,7 @@
 //! Must not: parse Engine.IO packets or hold a session's state.
 
 use super::api;
-use super::app::{plain, App, HttpResponse};
+use super::app::{file, plain, App, HttpResponse};
 use super::assets;
 use super::endpoint;
 use bytes::Bytes;
@@ -116,18 +116,6 @@ fn rooms(app: &App) -> HttpResponse {
         .collect();
     let body = serde_json::json!({ "rooms": rooms }).to_string();
     file(Bytes::from(body), "application/json", "no-store")
-}
-
-/// A file's bytes with its type and caching rule.
-fn file(body: Bytes, content_type: &'static str, cache_control: &'static str) -> HttpResponse {
-    let mut r = Response::new(Full::new(body));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
-    r
 }
 
 /// A file of the client package: cached by version (`ETag`), as the stock server does, so that a
