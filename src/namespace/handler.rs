@@ -117,6 +117,11 @@ impl Member {
     fn expires(&self) -> Option<u64> {
         self.speaker.as_ref()?.expires
     }
+
+    /// The verified user the socket speaks for (none for a guest).
+    fn user(&self) -> Option<&str> {
+        self.speaker.as_ref()?.author.user.as_deref()
+    }
 }
 
 /// What one of the members' pending reads produced.
@@ -762,18 +767,14 @@ impl<T: Transport> Handler<T> {
         self.bans_seen = *self.bans.borrow_and_update();
         let mut i = 0;
         while i < self.members.len() {
-            let user = self.members[i]
-                .speaker
-                .as_ref()
-                .and_then(|s| s.author.user.clone());
-            if !self.ns.bans.ends(user.as_deref(), self.ip, since) {
+            if !self.ns.bans.ends(self.members[i].user(), self.ip, since) {
                 i += 1;
                 continue;
             }
             let m = self.members.swap_remove(i);
             tracing::info!(
                 room = %m.room,
-                user = user.as_deref().unwrap_or("-"),
+                user = m.user().unwrap_or("-"),
                 "socket ended by a ban or a disconnect"
             );
             self.socket.engine.queue().leave(&m.room);
@@ -830,11 +831,7 @@ impl<T: Transport> Handler<T> {
             _ => {}
         }
         let room = &self.members[i].room;
-        let user = self.members[i]
-            .speaker
-            .as_ref()
-            .and_then(|s| s.author.user.as_deref());
-        let banned = self.ns.bans.is_banned(user, self.ip);
+        let banned = self.ns.bans.is_banned(self.members[i].user(), self.ip);
         let message = chat::parse_event(room, payload, self.ns.config.max_message_bytes, lossy)
             .and_then(|message| match banned {
                 true => Err(Rejection::Banned),
