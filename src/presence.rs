@@ -87,6 +87,26 @@ impl Person {
     }
 }
 
+/// A room's whole state on the wire: `{"online": n, "users": [..]}`, at most [`MAX_LISTED`]
+/// listed.
+#[derive(Serialize)]
+struct State<'a> {
+    online: usize,
+    users: Vec<PersonJson<'a>>,
+}
+
+impl State<'_> {
+    fn of(people: &HashMap<Arc<str>, Entry>, online: usize) -> State<'_> {
+        let users = people
+            .values()
+            .filter(|e| e.present())
+            .take(MAX_LISTED)
+            .map(|e| e.person.json())
+            .collect();
+        State { online, users }
+    }
+}
+
 /// A person on the wire: `{"id", "user", "name", "guest"}`.
 #[derive(Serialize)]
 struct PersonJson<'a> {
@@ -221,18 +241,11 @@ impl RoomPresence {
     /// The room's whole state: `{"online": n, "users": [..]}`. Those listed before they were
     /// announced are marked, so that their leaving is announced even if their joining never is.
     fn state(people: &mut HashMap<Arc<str>, Entry>, online: usize) -> String {
-        #[derive(Serialize)]
-        struct State<'a> {
-            online: usize,
-            users: Vec<PersonJson<'a>>,
-        }
-        let mut listed = Vec::new();
+        // The same entries `listed` yields next: the map does not change in between.
         for e in people.values_mut().filter(|e| e.present()).take(MAX_LISTED) {
             e.told |= !e.announced;
-            listed.push(&*e);
         }
-        let users = listed.iter().map(|e| e.person.json()).collect();
-        serde_json::to_string(&State { online, users }).unwrap_or_default()
+        serde_json::to_string(&State::of(people, online)).unwrap_or_default()
     }
 
     /// The change since the last event, `{"online", "joined", "left"}`, if any; the people it
@@ -529,19 +542,14 @@ impl Presence {
     /// [`MAX_LISTED`] listed), for the server API.
     pub fn state(&self, room: &Room) -> serde_json::Value {
         let rooms = self.lock();
-        let (online, users): (usize, Vec<serde_json::Value>) = match rooms.get(room) {
-            None => (0, Vec::new()),
-            Some(p) => (
-                p.online,
-                p.people
-                    .values()
-                    .filter(|e| e.present())
-                    .take(MAX_LISTED)
-                    .filter_map(|e| serde_json::to_value(e.person.json()).ok())
-                    .collect(),
-            ),
+        let state = match rooms.get(room) {
+            Some(p) => State::of(&p.people, p.online),
+            None => State {
+                online: 0,
+                users: Vec::new(),
+            },
         };
-        serde_json::json!({ "online": online, "users": users })
+        serde_json::to_value(&state).unwrap_or_default()
     }
 
     /// How many people are in `room` now.
