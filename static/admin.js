@@ -109,6 +109,25 @@
     return node;
   }
 
+  /**
+   * Finishes a list row: `body`, with the place for the row's own error under it, then its action
+   * button (`className`, `label`, `ariaLabel`); a click calls `act(button, rowError)`.
+   */
+  function rowAction(li, body, className, label, ariaLabel, act) {
+    var rowError = el("p", "row-error");
+    rowError.setAttribute("role", "alert");
+    rowError.hidden = true;
+    body.appendChild(rowError);
+    li.appendChild(body);
+    var button = el("button", className, label);
+    button.type = "button";
+    button.setAttribute("aria-label", ariaLabel);
+    button.addEventListener("click", function () {
+      act(button, rowError);
+    });
+    li.appendChild(button);
+  }
+
   function showText(node, text) {
     node.textContent = text;
     node.hidden = false;
@@ -606,18 +625,9 @@
     var content = el("p", "content", typeof m.content === "string" ? m.content : "");
     content.dir = "auto";
     body.appendChild(content);
-    var rowError = el("p", "row-error");
-    rowError.setAttribute("role", "alert");
-    rowError.hidden = true;
-    body.appendChild(rowError);
-    li.appendChild(body);
-    var button = el("button", "delete danger", "Delete");
-    button.type = "button";
-    button.setAttribute("aria-label", "Delete message " + m.id);
-    button.addEventListener("click", function () {
+    rowAction(li, body, "delete danger", "Delete", "Delete message " + m.id, function (button, rowError) {
       deleteMessage(v, m.id, button, rowError);
     });
-    li.appendChild(button);
     return li;
   }
 
@@ -744,18 +754,9 @@
       dates.appendChild(document.createTextNode(" \u00b7 never expires"));
     }
     body.appendChild(dates);
-    var rowError = el("p", "row-error");
-    rowError.setAttribute("role", "alert");
-    rowError.hidden = true;
-    body.appendChild(rowError);
-    li.appendChild(body);
-    var button = el("button", "lift danger", "Lift");
-    button.type = "button";
-    button.setAttribute("aria-label", "Lift ban " + b.id);
-    button.addEventListener("click", function () {
+    rowAction(li, body, "lift danger", "Lift", "Lift ban " + b.id, function (button, rowError) {
       liftBan(b.id, li, button, rowError);
     });
-    li.appendChild(button);
     return li;
   }
 

@@ -40,6 +40,14 @@ async fn presence(c: &mut Client) -> Value {
     e[1].clone()
 }
 
+/// Asserts that `c` gets no typing event for `ms` milliseconds (other frames may come).
+async fn no_typing_within(c: &mut Client, ms: u64, what: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(t) = tokio::time::timeout_at(until, c.recv_text()).await {
+        assert!(!t.contains("\"typing\""), "{what}: {t}");
+    }
+}
+
 fn names(list: &Value) -> Vec<String> {
     let mut names: Vec<String> = list
         .as_array()
@@ -140,17 +148,8 @@ async fn typing_reaches_the_others_at_most_every_two_seconds_and_is_never_stored
     );
     // Again within 2 s: not passed on.
     ana.send("42/general,[\"typing\"]").await;
-    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(1200);
-    while let Ok(t) = tokio::time::timeout_at(quiet_until, bo.recv_text()).await {
-        assert!(!t.contains("\"typing\""), "typing twice within 2 s: {t}");
-    }
-    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(t) = tokio::time::timeout_at(quiet_until, ana.recv_text()).await {
-        assert!(
-            !t.contains("\"typing\""),
-            "typing echoed to its sender: {t}"
-        );
-    }
+    no_typing_within(&mut bo, 1200, "typing twice within 2 s").await;
+    no_typing_within(&mut ana, 300, "typing echoed to its sender").await;
     // Never stored.
     assert_eq!(s.count().await, 0);
     s.stop().await;
