@@ -58,7 +58,7 @@ struct Disconnect {
 /// follows: a connection holds a receiver of it (16 bytes), not a place in a registry, and looks
 /// at its own sockets when it moves.
 pub struct Bans {
-    active: RwLock<Arc<Vec<Active>>>,
+    active: RwLock<Vec<Active>>,
     /// The bans as last read, to tell a change from a re-read.
     read: Mutex<Vec<Ban>>,
     changes: watch::Sender<u64>,
@@ -89,11 +89,8 @@ pub fn parse_net(text: &str) -> Option<IpNet> {
 impl Bans {
     /// Whether a socket of `user` (verified), from `ip`, is banned now.
     pub fn is_banned(&self, user: Option<&str>, ip: Option<IpAddr>) -> bool {
-        let active = self
-            .active
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Read in place: every chat message asks, and there is usually no ban at all.
+        let active = self.active.read().unwrap_or_else(|p| p.into_inner());
         if active.is_empty() {
             return false;
         }
@@ -116,7 +113,7 @@ impl Bans {
                 expires_at: b.expires_at,
             })
             .collect();
-        *self.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(active);
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = active;
         *read = bans;
         self.changes.send_modify(|n| *n += 1);
     }

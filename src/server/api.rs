@@ -372,21 +372,20 @@ async fn delete(ns: &Namespace, id: &str) -> Answer {
 /// `GET /api/v1/rooms`: `[{"room", "online", "last_id"}]`, the rooms that hold messages or
 /// people, `/` first.
 fn rooms(ns: &Namespace) -> Value {
+    // Who is where, read once (not a lock of the presence hub per room).
+    let mut people: std::collections::HashMap<Room, usize> =
+        ns.presence.rooms().into_iter().collect();
     let mut rooms: Vec<(Room, u64, usize)> = ns
         .broadcaster
         .rooms()
         .into_iter()
         .filter(|(room, _)| ns.config.rooms.allows(room))
         .map(|(room, last)| {
-            let online = ns.presence.online(&room);
+            let online = people.remove(&room).unwrap_or(0);
             (room, last, online)
         })
         .collect();
-    for (room, online) in ns.presence.rooms() {
-        if !rooms.iter().any(|(r, _, _)| *r == room) {
-            rooms.push((room, 0, online));
-        }
-    }
+    rooms.extend(people.into_iter().map(|(room, online)| (room, 0, online)));
     rooms.sort_by(|a, b| (!a.0.is_main(), a.0.name()).cmp(&(!b.0.is_main(), b.0.name())));
     Value::Array(
         rooms
