@@ -18,6 +18,7 @@
 //! cargo bench --bench load -- presence --spawn --sockets 5000    # join and leave storms
 //! cargo bench --bench load -- api --spawn --clients 50 --seconds 5  # server API vs sockets
 //! cargo bench --bench load -- fanout --spawn --delete-every-ms 100  # deletions during fan-out
+//! cargo bench --bench load -- fanout --spawn --rate 200 --seconds 10  # everyday load, not saturation
 //! cargo bench --bench load -- replay --spawn --backlog 10000
 //! cargo bench --bench load -- recover --spawn --clients 1000 --backlog 100 --restart
 //! cargo bench --bench load -- persist --clients 100,1000,5000 --messages 20 --spawn
@@ -165,6 +166,11 @@ struct Args {
     /// many milliseconds (0: none), to see what deletions cost the fan-out.
     #[arg(long, default_value_t = 0)]
     delete_every_ms: u64,
+    /// fanout: the senders' total rate in messages a second, spread evenly over them and over
+    /// time (each still awaits its ack before the next); 0: as fast as the acks allow. A chat's
+    /// everyday load, not saturation: `--rate 200`.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// fanout: the receivers ask for every message's author and time (`auth.meta`).
     #[arg(long)]
     meta: bool,
@@ -867,16 +873,12 @@ async fn persist(target: &Target, clients: usize, messages: usize, rooms: usize)
 
 // The workload's knobs, each a command-line flag.
 #[allow(clippy::too_many_arguments)]
-async fn fanout(
-    target: &Target,
-    receivers: usize,
-    senders: usize,
-    seconds: u64,
-    transport: TransportKind,
-    rooms: usize,
-    meta: bool,
-    delete_every_ms: u64,
-) {
+async fn fanout(target: &Target, receivers: usize, args: &Args) {
+    let (senders, seconds, transport) = (args.senders, args.seconds, args.transport);
+    let (rooms, meta, delete_every_ms) = (args.rooms, args.meta, args.delete_every_ms);
+    // With --rate, each sender sends one message every `period`, still awaiting each ack.
+    let period =
+        (args.rate > 0).then(|| Duration::from_secs_f64(senders as f64 / args.rate as f64));
     assert!(
         (rooms <= 1 && !meta) || transport == TransportKind::Websocket,
         "--rooms and --meta take WebSocket receivers"
@@ -939,7 +941,13 @@ async fn fanout(
         send_tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             let mut acks = Vec::new();
+            // Paced senders start spread over one period, so that the room's messages come
+            // evenly, not in bursts of `senders`.
+            let first = period.map(|p| Instant::now() + p.mul_f64(n as f64 / senders as f64));
             while !stop.load(Ordering::Relaxed) {
+                if let (Some(first), Some(p)) = (first, period) {
+                    tokio::time::sleep_until((first + p * i as u32).into()).await;
+                }
                 let ts = epoch.elapsed().as_micros();
                 let t0 = Instant::now();
                 let frame = format!("42{prefix}{i}[\"chat message\",\"t {ts}\",\"{run}-{n}-{i}\"]");
@@ -1034,11 +1042,22 @@ async fn fanout(
     }
     let secs = Duration::from_micros(total.last_at).as_secs_f64();
     let sent = sent.load(Ordering::Relaxed);
+    let server_cpu_now = target.cpu_secs_each();
+    let per_million = server_cpu_now
+        .zip(server_cpu.clone())
+        .map(|(a, b)| a.iter().sum::<f64>() - b.iter().sum::<f64>())
+        .map_or("n/a".to_string(), |cpu| {
+            format!("{:.2}", cpu * 1e6 / total.deliveries.max(1) as f64)
+        });
+    let rate = match args.rate {
+        0 => String::new(),
+        r => format!(" rate={r}/s"),
+    };
     println!(
-        "fanout receivers={receivers} ({transport:?}) senders={senders} rooms={rooms} meta={meta} {seconds}s: {sent} messages acked ({:.0}/s), \
+        "fanout receivers={receivers} ({transport:?}) senders={senders}{rate} rooms={rooms} meta={meta} {seconds}s: {sent} messages acked ({:.0}/s), \
          {deleted} deleted meanwhile, \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}, less what a deletion overtook); e2e latency {}; ack latency {}; \
-         order violations {}, duplicates {}; {}; server RSS {}{}",
+         order violations {}, duplicates {}; {} (server CPU-s per million deliveries {per_million}); server RSS {}{}",
         sent as f64 / seconds as f64,
         total.deliveries,
         total.deliveries as f64 / secs,
@@ -1652,17 +1671,7 @@ fn main() {
             Workload::Fanout => {
                 for &receivers in &args.receivers {
                     let target = Target::new(&args).await;
-                    fanout(
-                        &target,
-                        receivers,
-                        args.senders,
-                        args.seconds,
-                        args.transport,
-                        args.rooms,
-                        args.meta,
-                        args.delete_every_ms,
-                    )
-                    .await;
+                    fanout(&target, receivers, &args).await;
                     target.stop().await;
                 }
             }
