@@ -17,11 +17,13 @@ use crate::namespace;
 use crate::transport::polling::{PollOutcome, PollingSessions, PostError};
 use crate::transport::websocket;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -224,13 +226,13 @@ fn open_websocket(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.connections
-        .spawn(serve_websocket(app.clone(), peer, on_upgrade, permit));
+        .spawn(start_websocket(app.clone(), peer, on_upgrade, permit));
     websocket::switching_protocols(&key)
 }
 
-/// Runs a session on an upgraded connection until it ends. `permit` counts it against
-/// `MAX_CONNECTIONS` for as long as it runs.
-async fn serve_websocket(
+/// Completes the upgrade and starts the session on a task of its own ([`session_task`]). This
+/// task ends then: the handshake's state is never part of an idle socket's memory.
+async fn start_websocket(
     app: Arc<App>,
     peer: SocketAddr,
     on_upgrade: hyper::upgrade::OnUpgrade,
@@ -251,29 +253,36 @@ async fn serve_websocket(
         }
     };
     let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
-    run_session(&app, peer, session, "websocket").await;
-    drop(permit);
+    // Spawned while this task still runs, so the tracker never sees the connection gone.
+    app.connections
+        .spawn(session_task(&app, peer, session, "websocket", permit));
 }
 
-/// Serves the chat on an open Engine.IO session until it ends, counting and logging it.
-async fn run_session<T: Transport>(
-    app: &App,
+/// The task that serves the chat on an open Engine.IO session until it ends, counting and
+/// logging it; `permit` counts it against `MAX_CONNECTIONS` until then.
+///
+/// A task's memory is the largest state its future ever has, for as long as it lives: this
+/// one is the handler's future itself with a few words around it (`map`, not an `async` block,
+/// which would keep room for the session it was given beside the future made of it).
+fn session_task<T: Transport>(
+    app: &Arc<App>,
     peer: SocketAddr,
     session: engine::Session<T>,
     transport: &'static str,
-) -> DisconnectReason {
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = DisconnectReason> + Send + 'static {
     let started = Instant::now();
-    let metrics = &app.namespace.metrics;
+    let metrics = app.namespace.metrics.clone();
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     metrics.connected.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%peer, sid = session.sid(), transport, "session opened");
-    // Boxed: a task's memory is the largest state its future ever has, and an idle socket should
-    // hold the session's state alone, not room for the handshake's as well.
-    let ns = app.namespace.clone();
-    let reason = Box::pin(namespace::handler::serve(session, ns, Some(peer.ip()))).await;
-    metrics.connected.fetch_sub(1, Ordering::Relaxed);
-    tracing::info!(%peer, %reason, secs = started.elapsed().as_secs_f32(), "session closed");
-    reason
+    let serve = namespace::handler::serve(session, app.namespace.clone(), Some(peer.ip()));
+    serve.map(move |reason| {
+        metrics.connected.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(%peer, %reason, secs = started.elapsed().as_secs_f32(), "session closed");
+        drop(permit);
+        reason
+    })
 }
 
 /// `GET …&transport=polling` without a sid: opens a polling session and answers with its open
@@ -297,11 +306,9 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
     let open = handle.handshake_payload();
     app.polling.insert(&sid, handle);
     let task_app = app.clone();
-    app.connections.spawn(async move {
-        run_session(&task_app, peer, session, "polling").await;
-        task_app.polling.remove(&sid);
-        drop(permit);
-    });
+    let task = session_task(&app, peer, session, "polling", permit);
+    app.connections
+        .spawn(task.map(move |_| task_app.polling.remove(&sid)));
     payload(open)
 }
 

@@ -150,13 +150,9 @@ impl WsSink {
             }
         }
         if written == self.pending.len() {
-            if self.pending.capacity() > 4096 {
-                // A burst or a big message is over: give the memory back, or every idle socket
-                // keeps as much as the largest write it ever had.
-                self.pending = Vec::new();
-            } else {
-                self.pending.clear();
-            }
+            // All sent: give the memory back, or every idle socket keeps as much as the largest
+            // write it ever had. (An allocation a write is nothing beside the system call.)
+            self.pending = Vec::new();
         } else {
             self.pending.drain(..written);
         }
@@ -328,9 +324,11 @@ impl<S: WsCarrier> WsTransport<S> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_payload))
             .max_frame_size(Some(max_payload))
-            // Sized for many mostly idle sockets: chat frames are small. No write buffer: every
-            // frame goes whole into the socket's packet queue, the one buffer its output shares.
-            .read_buffer_size(1024)
+            // Sized for many mostly idle sockets, which hold it all their life: a chat frame is
+            // well under 256 bytes (a longer one takes a read per 256 bytes). No write buffer:
+            // every frame goes whole into the socket's packet queue, the one buffer its output
+            // shares.
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
