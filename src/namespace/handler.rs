@@ -271,7 +271,12 @@ impl<T: Transport> Handler<T> {
                 }
                 inbound = self.socket.next(reading) => match inbound {
                     Ok(inbound) => match self.on_inbound(inbound) {
-                        Ok(Some(submission)) => self.submit(submission).await,
+                        // The wait for room in a full queue is boxed: rare, and the largest
+                        // state of this loop is what every socket's task is sized for.
+                        Ok(Some(submission)) => match self.try_submit(submission) {
+                            Ok(submitted) => submitted,
+                            Err(submission) => Box::pin(self.submit(submission)).await,
+                        },
                         Ok(None) => Ok(()),
                         Err(reason) => Err(reason),
                     },
@@ -862,23 +867,33 @@ impl<T: Transport> Handler<T> {
     }
 
     /// Hands a message to the sequencer, waiting while its queue is full.
+    /// Hands `submission` to the sequencer if its queue has room now; gives it back when the
+    /// queue is full (rare: it holds 16K), for [`Handler::submit`] to wait.
+    // The error hands the submission back, as tokio's `try_send` does.
+    #[allow(clippy::result_large_err)]
+    fn try_submit(
+        &mut self,
+        submission: Submission,
+    ) -> Result<Result<(), DisconnectReason>, Submission> {
+        match self.ns.sequencer.try_publish(submission) {
+            Ok(()) => Ok(Ok(())),
+            Err(TrySendError::Closed(_)) => Ok(self.stopped()),
+            Err(TrySendError::Full(submission)) => Err(submission),
+        }
+    }
+
+    /// Hands `submission` to the sequencer, waiting while its queue is full.
     async fn submit(&mut self, submission: Submission) -> Result<(), DisconnectReason> {
-        let submitted = match self.ns.sequencer.try_publish(submission) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(()),
-            // Rare (the sequencer's queue holds 16K): the waiting send is boxed, so that every
-            // socket's state does not carry room for a bounded send's future (~500 bytes).
-            Err(TrySendError::Full(submission)) => {
-                let wait: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                    Box::pin(self.ns.sequencer.publish(submission));
-                wait.await.map_err(drop)
-            }
-        };
-        if submitted.is_err() {
-            self.in_flight.pop_back();
-            return Err(DisconnectReason::ClosingServer);
+        if self.ns.sequencer.publish(submission).await.is_err() {
+            return self.stopped();
         }
         Ok(())
+    }
+
+    /// The sequencer stopped: the submission just counted in flight was not taken.
+    fn stopped(&mut self) -> Result<(), DisconnectReason> {
+        self.in_flight.pop_back();
+        Err(DisconnectReason::ClosingServer)
     }
 }
 
