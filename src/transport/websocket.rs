@@ -167,12 +167,28 @@ impl WsSink {
     }
 }
 
+impl WsSink {
+    /// Gives an empty buffer room for a pass's worth of frames at once: it is freed after every
+    /// write that took it all, and growing it frame by frame would copy it again and again.
+    fn reserve_first(&mut self, len: usize) {
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(len.max(FIRST_RESERVE));
+        }
+    }
+}
+
+/// Bytes an empty output buffer starts with: a dozen chat frames.
+const FIRST_RESERVE: usize = 1024;
+
 impl PacketSink for WsSink {
     fn push_message(&mut self, message: Framed<'_>) {
-        self.pending.extend_from_slice(message.ws_frame());
+        let frame = message.ws_frame();
+        self.reserve_first(frame.len());
+        self.pending.extend_from_slice(frame);
     }
 
     fn push_packet(&mut self, packet: &str) {
+        self.reserve_first(packet.len() + 10);
         push_text_frame(&mut self.pending, packet.as_bytes());
     }
 
