@@ -3,8 +3,8 @@
 //! is gone. The first ping is due `pingInterval` after the open packet, each next one
 //! `pingInterval` after the pong.
 //!
-//! Pure state: the caller owns the clock and the timer, and asks [`Heartbeat::deadline`] when to
-//! look again.
+//! Pure state: the caller owns the clock, the timer and the two durations (one copy for every
+//! session), and asks [`Heartbeat::deadline`] when to look again.
 
 use tokio::time::{Duration, Instant};
 
@@ -21,19 +21,15 @@ pub enum Due {
 
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
     next_ping: Instant,
     /// Set while a ping waits for its pong.
     pong_due: Option<Instant>,
 }
 
 impl Heartbeat {
-    /// A heartbeat whose first ping is due `interval` after `opened`.
-    pub fn new(interval: Duration, timeout: Duration, opened: Instant) -> Heartbeat {
+    /// A heartbeat whose first ping is due `interval` (`pingInterval`) after `opened`.
+    pub fn new(interval: Duration, opened: Instant) -> Heartbeat {
         Heartbeat {
-            interval,
-            timeout,
             next_ping: opened + interval,
             pong_due: None,
         }
@@ -44,23 +40,25 @@ impl Heartbeat {
         self.pong_due.unwrap_or(self.next_ping)
     }
 
-    /// What is due at `now`. A ping it asks for counts as sent.
-    pub fn poll(&mut self, now: Instant) -> Due {
+    /// What is due at `now`. A ping it asks for counts as sent, and must be answered within
+    /// `timeout` (`pingTimeout`).
+    pub fn poll(&mut self, now: Instant, timeout: Duration) -> Due {
         match self.pong_due {
             Some(due) if due <= now => Due::Timeout,
             Some(_) => Due::Nothing,
             None if self.next_ping <= now => {
-                self.pong_due = Some(now + self.timeout);
+                self.pong_due = Some(now + timeout);
                 Due::Ping
             }
             None => Due::Nothing,
         }
     }
 
-    /// The client answered. A pong nobody asked for changes nothing.
-    pub fn pong(&mut self, now: Instant) {
+    /// The client answered; the next ping is due `interval` (`pingInterval`) later. A pong
+    /// nobody asked for changes nothing.
+    pub fn pong(&mut self, now: Instant, interval: Duration) {
         if self.pong_due.take().is_some() {
-            self.next_ping = now + self.interval;
+            self.next_ping = now + interval;
         }
     }
 }
@@ -73,18 +71,18 @@ mod tests {
     fn pings_every_interval_after_the_pong_and_times_out_without_one() {
         let t0 = Instant::now();
         let (i, t) = (Duration::from_millis(100), Duration::from_millis(50));
-        let mut h = Heartbeat::new(i, t, t0);
+        let mut h = Heartbeat::new(i, t0);
         assert_eq!(h.deadline(), t0 + i);
-        assert_eq!(h.poll(t0 + i - Duration::from_millis(1)), Due::Nothing);
-        assert_eq!(h.poll(t0 + i), Due::Ping);
+        assert_eq!(h.poll(t0 + i - Duration::from_millis(1), t), Due::Nothing);
+        assert_eq!(h.poll(t0 + i, t), Due::Ping);
         assert_eq!(h.deadline(), t0 + i + t);
-        assert_eq!(h.poll(t0 + i + Duration::from_millis(10)), Due::Nothing);
-        h.pong(t0 + i + Duration::from_millis(20));
+        assert_eq!(h.poll(t0 + i + Duration::from_millis(10), t), Due::Nothing);
+        h.pong(t0 + i + Duration::from_millis(20), i);
         assert_eq!(h.deadline(), t0 + 2 * i + Duration::from_millis(20));
-        h.pong(t0 + 2 * i); // unasked: ignored
+        h.pong(t0 + 2 * i, i); // unasked: ignored
         assert_eq!(h.deadline(), t0 + 2 * i + Duration::from_millis(20));
         let second = h.deadline();
-        assert_eq!(h.poll(second), Due::Ping);
-        assert_eq!(h.poll(second + t), Due::Timeout);
+        assert_eq!(h.poll(second, t), Due::Ping);
+        assert_eq!(h.poll(second + t, t), Due::Timeout);
     }
 }

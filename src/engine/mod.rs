@@ -150,7 +150,7 @@ pub enum Incoming<Text> {
 
 /// One Engine.IO session.
 pub struct Session<T: Transport> {
-    sid: String,
+    sid: Box<str>,
     transport: T,
     queue: Arc<PacketQueue<T::Sink>>,
     heartbeat: Heartbeat,
@@ -159,22 +159,24 @@ pub struct Session<T: Transport> {
     /// One timer and one shutdown future for the session's whole life: recreating them every
     /// turn would register with the timer wheel and the token's waiter list each time a socket
     /// gets a message.
+    /// Set to the earlier of the heartbeat's deadline and `deadline` ([`Sleep::deadline`]).
     timer: Pin<Box<Sleep>>,
-    armed: Instant,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
-    config: EngineConfig,
+    /// Shared by every session (a copy each would be part of every socket's memory).
+    config: Arc<EngineConfig>,
 }
 
 impl<T: Transport> Session<T> {
     /// Opens a session on `transport`: queues the open packet and starts the heartbeat. `stop`
-    /// is the server's shutdown signal.
+    /// is the server's shutdown signal; `config` is best shared (an `Arc` every session clones).
     pub fn open(
         transport: T,
         queue: Arc<PacketQueue<T::Sink>>,
-        config: EngineConfig,
+        config: impl Into<Arc<EngineConfig>>,
         stop: &CancellationToken,
     ) -> Session<T> {
+        let config = config.into();
         let sid = new_sid();
         queue.send(&engineio::encode_open(&Handshake {
             sid: &sid,
@@ -184,16 +186,15 @@ impl<T: Transport> Session<T> {
             max_payload: config.max_payload,
         }));
         let now = Instant::now();
-        let heartbeat = Heartbeat::new(config.ping_interval, config.ping_timeout, now);
+        let heartbeat = Heartbeat::new(config.ping_interval, now);
         let armed = heartbeat.deadline();
         Session {
-            sid,
+            sid: sid.into(),
             transport,
             queue,
             heartbeat,
             deadline: None,
             timer: Box::pin(sleep_until(armed)),
-            armed,
             stopping: Box::pin(stop.clone().cancelled_owned()),
             closing: false,
             config,
@@ -237,11 +238,7 @@ impl<T: Transport> Session<T> {
     /// Waits for the next thing the layer above must handle. Reads from the client only while
     /// `reading` (backpressure) and not shutting down.
     pub async fn next(&mut self, reading: bool) -> Result<Incoming<T::Text>, DisconnectReason> {
-        let deadline = self.timer_deadline();
-        if deadline != self.armed {
-            self.armed = deadline;
-            self.timer.as_mut().reset(deadline);
-        }
+        self.rearm();
         let reading = reading && !self.closing;
         tokio::select! {
             biased;
@@ -258,20 +255,29 @@ impl<T: Transport> Session<T> {
         }
     }
 
+    /// Moves the timer to the next deadline if that changed. (Not inline in `next`: a local
+    /// held there would be part of every idle socket's state.)
+    fn rearm(&mut self) {
+        let deadline = self.timer_deadline();
+        if deadline != self.timer.deadline() {
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
     fn on_timer(&mut self) -> Result<Incoming<T::Text>, DisconnectReason> {
         let now = Instant::now();
         if self.deadline.is_some_and(|d| d <= now) {
             self.deadline = None;
             return Ok(Incoming::Deadline);
         }
-        match self.heartbeat.poll(now) {
+        match self.heartbeat.poll(now, self.config.ping_timeout) {
             Due::Ping => self.queue.send(engineio::PING),
             Due::Timeout => return Err(DisconnectReason::HeartbeatTimeout),
             Due::Nothing => {}
         }
         // Re-arm even when the deadline did not move, so a fired timer is never polled again.
-        self.armed = self.timer_deadline();
-        self.timer.as_mut().reset(self.armed);
+        let deadline = self.timer_deadline();
+        self.timer.as_mut().reset(deadline);
         Ok(Incoming::Woken)
     }
 
@@ -279,7 +285,8 @@ impl<T: Transport> Session<T> {
         match engineio::decode(text.as_ref()) {
             Ok(Inbound::Message(_)) => Ok(Incoming::Message(text)),
             Ok(Inbound::Pong(_)) => {
-                self.heartbeat.pong(Instant::now());
+                self.heartbeat
+                    .pong(Instant::now(), self.config.ping_interval);
                 Ok(Incoming::Woken)
             }
             Ok(Inbound::Close) => Err(DisconnectReason::TransportClose),

@@ -74,7 +74,7 @@ struct Member {
     /// A history request being read.
     history: Option<HistoryFuture>,
     /// The socket id and pid the client got at CONNECT (the pid with recovery on).
-    identity: Option<(String, Option<String>)>,
+    identity: Option<(Box<str>, Option<Box<str>>)>,
     /// Who the socket speaks for (the author of its messages). Boxed: a guest's is empty, and
     /// sockets are many.
     speaker: Option<Box<Identity>>,
@@ -211,7 +211,7 @@ impl<T: Transport> Handler<T> {
                 if let (true, Some((sid, Some(pid)))) =
                     (self.socket.connected(&m.room), m.identity.take())
                 {
-                    log.keep(pid, sid);
+                    log.keep(pid.into(), sid.into());
                 }
             }
         }
@@ -221,9 +221,12 @@ impl<T: Transport> Handler<T> {
         reason
     }
 
+    // A task's memory is the largest state its future ever has, for as long as it lives: this
+    // loop keeps nothing across its awaits but what it must (no locals beside the futures, and
+    // the rare wait for a full sequencer queue boxed, after the select, not inside a branch).
     async fn run(&mut self) -> DisconnectReason {
-        let limit = self.socket.engine.config().ping_timeout;
         loop {
+            let limit = self.socket.engine.config().ping_timeout;
             if let Err(reason) = self.socket.engine.flush(limit).await {
                 return reason;
             }
@@ -255,40 +258,36 @@ impl<T: Transport> Handler<T> {
             let step = tokio::select! {
                 biased;
                 (i, done) = std::future::poll_fn(|cx| poll_members(&mut self.members, cx)) => {
-                    self.on_done(i, done)
+                    self.on_done(i, done).map(|()| None)
                 }
                 Some(receipt) = next_receipt(&mut self.receipts) => {
                     self.on_receipt(receipt);
-                    Ok(())
+                    Ok(None)
                 }
                 () = next_expiry(&mut self.expiry) => {
                     self.on_expiry();
-                    Ok(())
+                    Ok(None)
                 }
                 Ok(()) = self.bans.changed() => {
                     self.on_bans();
-                    Ok(())
+                    Ok(None)
                 }
-                inbound = self.socket.next(reading) => match inbound {
-                    Ok(inbound) => match self.on_inbound(inbound) {
-                        // The wait for room in a full queue is boxed: rare, and the largest
-                        // state of this loop is what every socket's task is sized for.
-                        Ok(Some(submission)) => match self.try_submit(submission) {
-                            Ok(submitted) => submitted,
-                            Err(submission) => Box::pin(self.submit(submission)).await,
-                        },
-                        Ok(None) => Ok(()),
-                        Err(reason) => Err(reason),
-                    },
-                    Err(reason) => Err(reason),
-                },
+                inbound = self.socket.next(reading) => inbound.and_then(|i| self.on_inbound(i)),
                 // Last: the socket has drained what it was given and nothing else is ready.
                 () = std::future::ready(()), if feeding => {
                     if let Some(i) = self.members.iter().position(|m| m.feeding.is_some()) {
                         self.feed(i);
                     }
-                    Ok(())
+                    Ok(None)
                 }
+            };
+            let step = match step {
+                Ok(Some(submission)) => match self.try_submit(submission) {
+                    Ok(submitted) => submitted,
+                    Err(submission) => Box::pin(self.submit(submission)).await,
+                },
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
             };
             if let Err(reason) = step {
                 return reason;
@@ -567,7 +566,7 @@ impl<T: Transport> Handler<T> {
         if plan.recovered {
             tracing::debug!(sid = plan.sid, cursor, room = %m.room, "session recovered");
         }
-        m.identity = Some((plan.sid, plan.pid));
+        m.identity = Some((plan.sid.into(), plan.pid.map(Into::into)));
         // Counted, and (asked) told who is here, right after the CONNECT reply.
         let person = self.person(i);
         let m = &mut self.members[i];

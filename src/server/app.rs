@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 /// What request handlers share.
 pub struct App {
     pub namespace: Arc<Namespace>,
-    pub engine: EngineConfig,
+    pub engine: Arc<EngineConfig>,
     /// Longest `/readyz` waits for the database.
     pub db_timeout: Duration,
     /// Where the page's files are read from on every request; `None`: the built-in copy.

@@ -219,7 +219,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
         namespace: Arc::new(namespace),
-        engine: engine_config(config),
+        engine: Arc::new(engine_config(config)),
         db_timeout: config.db_timeout(),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown.clone(),
