@@ -98,5 +98,47 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode, fanout);
+/// A fan-out pass's frames (20 chat messages) into 1,000 sockets' output buffers, then "written":
+/// relay frees a buffer once the connection took all of it (an idle socket keeps nothing), and
+/// starts an empty one with 1 KiB; against keeping each buffer's capacity for ever, and against
+/// freeing it and growing it again frame by frame.
+fn output_buffer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("output buffer");
+    let entries: Vec<Entry> = (1..=20)
+        .map(|id| Entry::message(id, "hello world, this is a typical chat line".into()))
+        .collect();
+    let frames: Vec<Message> = entries
+        .iter()
+        .map(|e| Message::encode(e, Wire::default()))
+        .collect();
+    let n = 1000;
+    g.throughput(Throughput::Elements((n * frames.len()) as u64));
+    let pass = |buffers: &mut Vec<Vec<u8>>, first: usize, keep: bool| {
+        for buf in buffers.iter_mut() {
+            if buf.capacity() == 0 {
+                buf.reserve(first);
+            }
+            for m in &frames {
+                buf.extend_from_slice(m.ws_frame());
+            }
+            black_box(&*buf);
+            if keep {
+                buf.clear();
+            } else {
+                *buf = Vec::new();
+            }
+        }
+    };
+    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); n];
+    g.bench_function("freed after each write, 1 KiB first (relay)", |b| {
+        b.iter(|| pass(&mut buffers, 1024, false))
+    });
+    g.bench_function("freed after each write, grown frame by frame", |b| {
+        b.iter(|| pass(&mut buffers, 0, false))
+    });
+    g.bench_function("capacity kept", |b| b.iter(|| pass(&mut buffers, 0, true)));
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, fanout, output_buffer);
 criterion_main!(benches);
