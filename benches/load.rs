@@ -490,6 +490,22 @@ fn cpu_report(target: &Target, server0: Option<Vec<f64>>, tool0: Option<f64>) ->
     }
 }
 
+/// `name`'s value summed over the nodes' `/metrics` (0 where a node does not report it).
+async fn metric_sum(target: &Target, name: &str) -> f64 {
+    let http = http_client();
+    let mut sum = 0.0;
+    for node in &target.nodes {
+        let url = format!("{}/metrics", node.url.replacen("ws://", "http://", 1));
+        if let Some(text) = PollClient::request(&http, "GET", &url, String::new()).await {
+            sum += text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
 /// In cluster mode: each node's share of the cluster's work, from its `/metrics` (whether it
 /// is the sequencer, messages it forwarded or committed for others, group commits and their
 /// mean time, bus batches out and in, rows read from the database for gaps). Empty otherwise.
@@ -1049,6 +1065,15 @@ async fn fanout(target: &Target, receivers: usize, args: &Args) {
         .map_or("n/a".to_string(), |cpu| {
             format!("{:.2}", cpu * 1e6 / total.deliveries.max(1) as f64)
         });
+    // relay's fan-out writes (none for the yardstick or Node, whose /metrics do not exist).
+    let writes = metric_sum(target, "relay_fanout_writes_total").await;
+    let writes = match writes {
+        0.0 => String::new(),
+        w => format!(
+            "; fan-out writes {w:.0} ({:.2} deliveries a write)",
+            total.deliveries as f64 / w
+        ),
+    };
     let rate = match args.rate {
         0 => String::new(),
         r => format!(" rate={r}/s"),
@@ -1057,7 +1082,7 @@ async fn fanout(target: &Target, receivers: usize, args: &Args) {
         "fanout receivers={receivers} ({transport:?}) senders={senders}{rate} rooms={rooms} meta={meta} {seconds}s: {sent} messages acked ({:.0}/s), \
          {deleted} deleted meanwhile, \
          {} deliveries to receivers = {:.0} deliveries/s (expected {}, less what a deletion overtook); e2e latency {}; ack latency {}; \
-         order violations {}, duplicates {}; {} (server CPU-s per million deliveries {per_million}); server RSS {}{}",
+         order violations {}, duplicates {}; {} (server CPU-s per million deliveries {per_million}){writes}; server RSS {}{}",
         sent as f64 / seconds as f64,
         total.deliveries,
         total.deliveries as f64 / secs,

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub store_failures: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Writes the fan-out made: one per socket per pass that had messages for it.
+    pub fanout_writes: AtomicU64,
     pub replayed_memory: AtomicU64,
     pub replayed_database: AtomicU64,
     pub catch_ups: AtomicU64,
@@ -172,6 +174,12 @@ impl Metrics {
             "counter",
             "Chat messages handed to sockets (into their output buffers), live and replayed.",
             self.deliveries.load(Relaxed),
+        );
+        one(
+            "relay_fanout_writes_total",
+            "counter",
+            "Writes the live fan-out made to sockets, each carrying every message a pass had for one socket.",
+            self.fanout_writes.load(Relaxed),
         );
         one(
             "relay_catch_ups_total",

@@ -35,6 +35,10 @@ async fn health_readiness_and_metrics() {
     assert_eq!(metric(&text, "relay_messages_stored_total"), 1.0);
     assert_eq!(metric(&text, "relay_duplicates_total"), 1.0);
     assert_eq!(metric(&text, "relay_broadcast_deliveries_total"), 3.0);
+    // b's copy came from the fan-out, in one write; a's from its own session, or the fan-out if
+    // that came round first; the late joiner's from its replay.
+    let writes = metric(&text, "relay_fanout_writes_total");
+    assert!((1.0..=2.0).contains(&writes), "fan-out writes {writes}");
     assert_eq!(
         metric(&text, "relay_replayed_messages_total{source=\"memory\"}"),
         1.0

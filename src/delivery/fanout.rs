@@ -212,7 +212,7 @@ async fn run_shard(
                 by_room.entry(room.clone()).or_default().push(share.clone());
             }
         }
-        let mut delivered = 0;
+        let (mut delivered, mut writes) = (0, 0);
         let mut since_yield = 0;
         for (room, shares) in by_room.drain() {
             let Some(sockets) = rooms.by_room.get_mut(&room) else {
@@ -224,6 +224,7 @@ async fn run_shard(
                 match socket.offer(&room, *generation, &shares) {
                     Some(n) => {
                         delivered += n;
+                        writes += usize::from(n > 0);
                         i += 1;
                     }
                     None => {
@@ -247,6 +248,9 @@ async fn run_shard(
             metrics
                 .deliveries
                 .fetch_add(delivered as u64, Ordering::Relaxed);
+            metrics
+                .fanout_writes
+                .fetch_add(writes as u64, Ordering::Relaxed);
         }
         last_pass = Instant::now();
     }
