@@ -14,9 +14,10 @@
 use super::app::{plain, App, HttpResponse};
 use crate::engine::{self, DisconnectReason, Transport};
 use crate::namespace;
-use crate::transport::polling::{PollOutcome, PollingSessions, PostError};
+use crate::transport::polling::{PollOutcome, PollingSession, PollingSessions, PostError};
 use crate::transport::websocket;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -57,9 +58,13 @@ fn header(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The answer to a request, to come. Boxed, and made of the one route's state alone: a waiting
+/// long poll holds its session and its wait, not the request and every route's room.
+pub type Answer = BoxFuture<'static, HttpResponse>;
+
 /// Routes a request to `/socket.io/`, and adds the CORS headers an allowed cross-origin page
 /// needs to read the answer.
-pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+pub fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     // The client's address: the peer's, or behind a trusted proxy the one it forwarded.
     let forwarded = joined_header(&req, "x-forwarded-for");
     let peer = SocketAddr::new(
@@ -70,30 +75,44 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
     let allowed = app
         .origins
         .allows(origin.as_deref(), header(&req, header::HOST));
-    let mut response = if !allowed {
+    let answer = if !allowed {
         app.namespace
             .metrics
             .refused_connections
             .fetch_add(1, Ordering::Relaxed);
         warn_refused_origin(&app, origin.as_deref(), header(&req, header::HOST));
-        refuse(StatusCode::FORBIDDEN, 4, "Forbidden: origin not allowed")
+        now(refuse(
+            StatusCode::FORBIDDEN,
+            4,
+            "Forbidden: origin not allowed",
+        ))
     } else if req.method() == Method::OPTIONS {
-        preflight(&req)
+        now(preflight(&req))
     } else {
-        route(app, peer, req).await
+        route(app, peer, req)
     };
-    if let (true, Some(origin)) = (allowed, origin) {
-        let h = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&origin) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-    }
-    response
+    let Some(origin) = origin.filter(|_| allowed) else {
+        return answer;
+    };
+    answer
+        .map(move |mut response| {
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&origin) {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            }
+            response
+        })
+        .boxed()
+}
+
+/// An answer that is ready now.
+fn now(response: HttpResponse) -> Answer {
+    futures_util::future::ready(response).boxed()
 }
 
 /// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): starting from `peer`,
@@ -172,21 +191,21 @@ fn preflight(req: &Request<Incoming>) -> HttpResponse {
     r
 }
 
-async fn route(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+fn route(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     let query = req.uri().query().unwrap_or("");
     if query_param(query, "EIO") != Some("4") {
-        return bad_request(5, "Unsupported protocol version");
+        return now(bad_request(5, "Unsupported protocol version"));
     }
     let websocket = match query_param(query, "transport") {
         Some("websocket") => true,
         Some("polling") => false,
-        _ => return bad_request(0, "Transport unknown"),
+        _ => return now(bad_request(0, "Transport unknown")),
     };
     match (query_param(query, "sid").map(str::to_string), websocket) {
-        (None, true) => open_websocket(app, peer, req),
-        (None, false) => open_polling(app, peer, &req),
-        (Some(sid), true) => upgrade(app, &sid, req),
-        (Some(sid), false) => poll(app, &sid, req).await,
+        (None, true) => now(open_websocket(app, peer, req)),
+        (None, false) => now(open_polling(app, peer, &req)),
+        (Some(sid), true) => now(upgrade(app, &sid, req)),
+        (Some(sid), false) => poll(app, &sid, req),
     }
 }
 
@@ -325,78 +344,84 @@ fn payload(body: Vec<u8>) -> HttpResponse {
 }
 
 /// `GET` or `POST …&transport=polling&sid=…`: a long poll, or packets from the client.
-async fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> HttpResponse {
+fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Answer {
     let Some(session) = app.polling.get(sid) else {
-        return bad_request(1, "Session ID unknown");
+        return now(bad_request(1, "Session ID unknown"));
     };
     if session.upgraded() {
         // The session lives on its WebSocket now.
-        return bad_request(3, "Bad request");
+        return now(bad_request(3, "Bad request"));
     }
     match *req.method() {
-        Method::GET => {
-            let outcome = session.queue.with_sink(|sink| match sink.polling() {
-                Some(buffer) => buffer.poll(),
-                None => PollOutcome::Closed,
-            });
-            match outcome {
-                PollOutcome::Now(packets) => payload(packets),
-                // A session that ended without answering: the close packet, so the client
-                // reconnects.
-                PollOutcome::Wait(rx) => {
-                    let waiting = session.begin_wait();
-                    let packets = rx.await.unwrap_or_else(|_| b"1".to_vec());
-                    waiting.answered();
-                    payload(packets)
-                }
-                PollOutcome::Duplicate => {
-                    session.close(DisconnectReason::PacketParsingError(
-                        "a second GET while one was waiting".into(),
-                    ));
-                    bad_request(3, "Bad request")
-                }
-                PollOutcome::Closed => bad_request(1, "Session ID unknown"),
-            }
+        Method::GET => long_poll(session).boxed(),
+        Method::POST => post(app, session, req).boxed(),
+        _ => now(bad_request(2, "Bad handshake method")),
+    }
+}
+
+/// A GET: the packets waiting, or a wait for the next ones. What a polling client's connection
+/// holds between two messages: the session, the wait and its guard.
+async fn long_poll(session: Arc<PollingSession>) -> HttpResponse {
+    let outcome = session.queue.with_sink(|sink| match sink.polling() {
+        Some(buffer) => buffer.poll(),
+        None => PollOutcome::Closed,
+    });
+    match outcome {
+        PollOutcome::Now(packets) => payload(packets),
+        // A session that ended without answering: the close packet, so the client reconnects.
+        PollOutcome::Wait(rx) => {
+            let waiting = session.begin_wait();
+            let packets = rx.await.unwrap_or_else(|_| b"1".to_vec());
+            waiting.answered();
+            payload(packets)
         }
-        Method::POST => {
-            let Some(posting) = session.begin_post() else {
-                return bad_request(3, "Bad request"); // overlapping POSTs: the session is closed
-            };
-            let limit = app.engine.max_payload;
-            let read = tokio::select! {
-                read = Limited::new(req.into_body(), limit).collect() => read,
-                // The session ended while the body arrived: the POST ends with it, and what was
-                // buffered is dropped.
-                () = session.ended() => return bad_request(1, "Session ID unknown"),
-            };
-            let body = match read {
-                Ok(body) => body.to_bytes(),
-                Err(e) => {
-                    let too_big = e
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some();
-                    if too_big {
-                        session.close(DisconnectReason::PayloadTooLarge);
-                        app.namespace
-                            .metrics
-                            .bad_input(crate::metrics::BadInput::TooBig);
-                        return refuse(StatusCode::PAYLOAD_TOO_LARGE, 3, "Payload too large");
-                    }
-                    return bad_request(3, "Bad request"); // the client went away mid-body
-                }
-            };
-            match session.post(&posting, &body).await {
-                Ok(()) => {
-                    let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-                    r
-                }
-                Err(PostError::Gone) => bad_request(1, "Session ID unknown"),
-                Err(PostError::Invalid(_)) => bad_request(3, "Bad request"),
-            }
+        PollOutcome::Duplicate => {
+            session.close(DisconnectReason::PacketParsingError(
+                "a second GET while one was waiting".into(),
+            ));
+            bad_request(3, "Bad request")
         }
-        _ => bad_request(2, "Bad handshake method"),
+        PollOutcome::Closed => bad_request(1, "Session ID unknown"),
+    }
+}
+
+/// A POST: packets from the client, handed to the session.
+async fn post(app: Arc<App>, session: Arc<PollingSession>, req: Request<Incoming>) -> HttpResponse {
+    let Some(posting) = session.begin_post() else {
+        return bad_request(3, "Bad request"); // overlapping POSTs: the session is closed
+    };
+    let limit = app.engine.max_payload;
+    let read = tokio::select! {
+        read = Limited::new(req.into_body(), limit).collect() => read,
+        // The session ended while the body arrived: the POST ends with it, and what was
+        // buffered is dropped.
+        () = session.ended() => return bad_request(1, "Session ID unknown"),
+    };
+    let body = match read {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if too_big {
+                session.close(DisconnectReason::PayloadTooLarge);
+                app.namespace
+                    .metrics
+                    .bad_input(crate::metrics::BadInput::TooBig);
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, 3, "Payload too large");
+            }
+            return bad_request(3, "Bad request"); // the client went away mid-body
+        }
+    };
+    match session.post(&posting, &body).await {
+        Ok(()) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            r
+        }
+        Err(PostError::Gone) => bad_request(1, "Session ID unknown"),
+        Err(PostError::Invalid(_)) => bad_request(3, "Bad request"),
     }
 }
 

@@ -9,6 +9,8 @@ use super::app::{file, plain, App, HttpResponse};
 use super::assets;
 use super::endpoint;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -17,15 +19,26 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Routes one request.
-pub async fn handle(
+/// Routes one request. The answer's future is boxed: hyper keeps room for one service future
+/// in every connection for as long as it is open, and a waiting long poll (what a polling
+/// client's connection does all day) should hold its own small state, not the largest route's
+/// (the server API's is 2 KB).
+pub fn handle(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<HttpResponse, Infallible> {
+) -> BoxFuture<'static, Result<HttpResponse, Infallible>> {
     let path = req.uri().path();
-    let response = match path {
-        "/socket.io/" | "/socket.io" => endpoint::handle(app, peer, req).await,
+    if path == "/socket.io/" || path == "/socket.io" {
+        return endpoint::handle(app, peer, req).map(Ok).boxed();
+    }
+    route(app, req).map(Ok).boxed()
+}
+
+/// Everything but `/socket.io/`.
+async fn route(app: Arc<App>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path();
+    match path {
         _ if path.starts_with(api::PREFIX) => api::handle(&app, req).await,
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -62,8 +75,7 @@ pub async fn handle(
             }
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
-    };
-    Ok(response)
+    }
 }
 
 /// Ready: not shutting down, the delivery canary comes back ([`crate::delivery::canary`]),
