@@ -158,8 +158,8 @@ pub struct Session<T: Transport> {
     deadline: Option<Instant>,
     /// One timer and one shutdown future for the session's whole life: recreating them every
     /// turn would register with the timer wheel and the token's waiter list each time a socket
-    /// gets a message.
-    /// Set to the earlier of the heartbeat's deadline and `deadline` ([`Sleep::deadline`]).
+    /// gets a message. The timer is set to the earlier of the heartbeat's deadline and
+    /// `deadline`, and remembers it ([`Sleep::deadline`]).
     timer: Pin<Box<Sleep>>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,

@@ -865,7 +865,6 @@ impl<T: Transport> Handler<T> {
         Ok(None)
     }
 
-    /// Hands a message to the sequencer, waiting while its queue is full.
     /// Hands `submission` to the sequencer if its queue has room now; gives it back when the
     /// queue is full (rare: it holds 16K), for [`Handler::submit`] to wait.
     // The error hands the submission back, as tokio's `try_send` does.

@@ -159,20 +159,18 @@ impl WsSink {
         Ok(())
     }
 
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.tcp.as_ref() {
-            Some(tcp) => tcp.poll_write_ready(cx),
-            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-}
-
-impl WsSink {
     /// Gives an empty buffer room for a pass's worth of frames at once: it is freed after every
     /// write that took it all, and growing it frame by frame would copy it again and again.
     fn reserve_first(&mut self, len: usize) {
         if self.pending.capacity() == 0 {
             self.pending.reserve(len.max(FIRST_RESERVE));
+        }
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tcp.as_ref() {
+            Some(tcp) => tcp.poll_write_ready(cx),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
     }
 }
@@ -188,6 +186,7 @@ impl PacketSink for WsSink {
     }
 
     fn push_packet(&mut self, packet: &str) {
+        // A server frame's header is at most 10 bytes.
         self.reserve_first(packet.len() + 10);
         push_text_frame(&mut self.pending, packet.as_bytes());
     }
