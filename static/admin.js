@@ -128,6 +128,22 @@
     li.appendChild(button);
   }
 
+  // A row's button that DELETEs `path`: it says `busy` meanwhile, then `done` runs; on failure
+  // the button is back as it was and the row says why, after `failed`.
+  function deleteFromRow(path, button, rowError, busy, failed, done) {
+    var label = button.textContent;
+    button.disabled = true;
+    button.textContent = busy;
+    hide(rowError);
+    api("DELETE", path)
+      .then(done)
+      .catch(function (err) {
+        button.disabled = false;
+        button.textContent = label;
+        shows(rowError, failed)(err);
+      });
+  }
+
   function showText(node, text) {
     node.textContent = text;
     node.hidden = false;
@@ -632,22 +648,14 @@
   }
 
   function deleteMessage(v, id, button, rowError) {
-    button.disabled = true;
-    button.textContent = "Deleting\u2026";
-    hide(rowError);
-    api("DELETE", "messages/" + encodeURIComponent(String(id)))
-      .then(function () {
-        v.edits++;
-        removeRow(v, id);
-        if (v === view) {
-          showMessagesState(v);
-        }
-      })
-      .catch(function (err) {
-        button.disabled = false;
-        button.textContent = "Delete";
-        shows(rowError, "Not deleted: ")(err);
-      });
+    var path = "messages/" + encodeURIComponent(String(id));
+    deleteFromRow(path, button, rowError, "Deleting\u2026", "Not deleted: ", function () {
+      v.edits++;
+      removeRow(v, id);
+      if (v === view) {
+        showMessagesState(v);
+      }
+    });
   }
 
   olderButton.addEventListener("click", function () {
@@ -761,23 +769,15 @@
   }
 
   function liftBan(id, li, button, rowError) {
-    button.disabled = true;
-    button.textContent = "Lifting\u2026";
-    hide(rowError);
-    api("DELETE", "bans/" + encodeURIComponent(String(id)))
-      .then(function () {
-        banEdits++;
-        if (li.parentNode) {
-          li.parentNode.removeChild(li);
-        }
-        bansEmpty.hidden = banList.children.length > 0;
-        loadBans();
-      })
-      .catch(function (err) {
-        button.disabled = false;
-        button.textContent = "Lift";
-        shows(rowError, "Not lifted: ")(err);
-      });
+    var path = "bans/" + encodeURIComponent(String(id));
+    deleteFromRow(path, button, rowError, "Lifting\u2026", "Not lifted: ", function () {
+      banEdits++;
+      if (li.parentNode) {
+        li.parentNode.removeChild(li);
+      }
+      bansEmpty.hidden = banList.children.length > 0;
+      loadBans();
+    });
   }
 
   banForm.addEventListener("submit", function (e) {
