@@ -517,14 +517,11 @@ impl Presence {
     pub fn start(self: &Arc<Self>, tasks: &TaskTracker, stop: CancellationToken) {
         let presence = self.clone();
         tasks.spawn(async move {
-            let mut every = tokio::time::interval(TICK);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => presence.tick(),
-                    () = stop.cancelled() => return,
-                }
-            }
+            crate::periodic::every(TICK, &stop, || {
+                presence.tick();
+                async {}
+            })
+            .await
         });
     }
 

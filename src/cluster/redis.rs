@@ -269,13 +269,7 @@ async fn bus_canary(
 ) {
     let channel = super::node_channel(&endpoint.name, &endpoint.node);
     let payload = forward::encode_canary(&endpoint.node);
-    let mut tick = tokio::time::interval(BUS_CANARY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    crate::periodic::every(BUS_CANARY_EVERY, &stop, || {
         let _ = outbox.send(Outgoing {
             channel: channel.clone(),
             payload: payload.clone(),
@@ -292,7 +286,9 @@ async fn bus_canary(
                 );
             }
         }
-    }
+        async {}
+    })
+    .await
 }
 
 /// Gives back the forwarded messages whose reply is overdue, until `stop`.

@@ -180,18 +180,13 @@ impl Bans {
     pub fn start(self: &Arc<Self>, reader: Reader, tasks: &TaskTracker, stop: CancellationToken) {
         let bans = self.clone();
         tasks.spawn(async move {
-            let mut every = tokio::time::interval(REFRESH);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        if let Err(e) = bans.refresh(&reader).await {
-                            tracing::debug!(error = %e, "cannot read the bans; keeping those known");
-                        }
-                    }
-                    () = stop.cancelled() => return,
+            let (bans, reader) = (&bans, &reader);
+            crate::periodic::every(REFRESH, &stop, move || async move {
+                if let Err(e) = bans.refresh(reader).await {
+                    tracing::debug!(error = %e, "cannot read the bans; keeping those known");
                 }
-            }
+            })
+            .await
         });
     }
 }

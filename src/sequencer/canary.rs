@@ -27,20 +27,16 @@ pub fn start(
     let canary = Arc::new(Canary::default());
     let kept = canary.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(CANARY_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        crate::periodic::every(CANARY_EVERY, &stop, || {
             metrics
                 .canary_age_ms
                 .store(kept.age().as_millis() as u64, Ordering::Relaxed);
             if let Some(probe) = kept.send() {
                 sequencer.probe(probe);
             }
-        }
+            async {}
+        })
+        .await
     });
     canary
 }
