@@ -1272,6 +1272,15 @@ async fn presence(target: &Target, sockets: usize) {
 }
 
 /// One presence run: returns the server CPU seconds of its join and leave phases together.
+/// Waits until `done` (at most 60 s), then 1.5 s more for the last presence tick's events.
+async fn settle(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f64> {
     let room = Room(format!("presence-{}", u8::from(watch)));
     let events = Arc::new(AtomicU64::new(0));
@@ -1325,17 +1334,17 @@ async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f6
         .await;
     let joined_in = start.elapsed();
     // Everyone hears that everyone is here (with presence); the last tick's events with it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while watch && complete.load(Ordering::Relaxed) < sockets as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The events and bytes counted since the last call.
+    let take = || {
+        (
+            events.swap(0, Ordering::Relaxed),
+            bytes.swap(0, Ordering::Relaxed),
+        )
+    };
+    settle(|| !watch || complete.load(Ordering::Relaxed) >= sockets as u64).await;
     let join_secs = start.elapsed().as_secs_f64();
     let cpu1 = target.cpu_secs_each();
-    let (join_events, join_bytes) = (
-        events.swap(0, Ordering::Relaxed),
-        bytes.swap(0, Ordering::Relaxed),
-    );
+    let (join_events, join_bytes) = take();
     let heard_all = complete.load(Ordering::Relaxed);
 
     // All but the first leave at once (their connections close, as a tab does).
@@ -1343,17 +1352,10 @@ async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f6
     for r in &readers[1..] {
         r.abort();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while watch && first_online.load(Ordering::Relaxed) != 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(|| !watch || first_online.load(Ordering::Relaxed) == 1).await;
     let leave_secs = leave.elapsed().as_secs_f64();
     let cpu2 = target.cpu_secs_each();
-    let (leave_events, leave_bytes) = (
-        events.swap(0, Ordering::Relaxed),
-        bytes.swap(0, Ordering::Relaxed),
-    );
+    let (leave_events, leave_bytes) = take();
     readers[0].abort();
 
     let secs = |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| {
