@@ -55,6 +55,16 @@ impl Room {
         &self.0
     }
 
+    /// How the HTTP interfaces (`GET /rooms`, the server API) name it: `/` for the main room,
+    /// otherwise its name.
+    pub fn label(&self) -> &str {
+        if self.is_main() {
+            "/"
+        } else {
+            self.name()
+        }
+    }
+
     /// Whether this is `/`.
     pub fn is_main(&self) -> bool {
         self.0.is_empty()
@@ -205,6 +215,12 @@ mod tests {
             assert_eq!(Room::from_nsp(bad), None, "{bad:?}");
         }
         assert!(Room::named("general").name() == "general" && !Room::named("x").is_main());
+    }
+
+    #[test]
+    fn the_http_interfaces_call_the_main_room_slash() {
+        assert_eq!(Room::main().label(), "/");
+        assert_eq!(Room::named("general").label(), "general");
     }
 
     #[test]

@@ -115,6 +115,14 @@ struct JoinPlan {
 }
 
 impl Namespace {
+    /// Every room with messages that exists under `ROOMS`, with its last id, `/` first, then by
+    /// name (what `GET /rooms` and the server API's rooms list).
+    pub(crate) fn rooms_with_messages(&self) -> Vec<(Room, u64)> {
+        let mut rooms = self.broadcaster.rooms();
+        rooms.retain(|(room, _)| self.config.rooms.allows(room));
+        rooms
+    }
+
     /// A fresh socket's plan: a new socket id (and a new pid with recovery on), the replay from
     /// `server_offset`.
     fn fresh_plan(&self, server_offset: u64) -> JoinPlan {

@@ -185,15 +185,6 @@ fn room_of(ns: &Namespace, name: Option<&str>) -> Result<Room, ApiError> {
     Ok(room)
 }
 
-/// A room as the API writes it: `/` for the main room, else its name.
-fn room_name(room: &Room) -> &str {
-    if room.is_main() {
-        "/"
-    } else {
-        room.name()
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Publish {
@@ -338,7 +329,7 @@ async fn history(ns: &Namespace, query: &str) -> Answer {
         .map(|e| {
             json!({
                 "id": e.id,
-                "room": room_name(&e.room),
+                "room": e.room.label(),
                 "content": e.content(),
                 "user": e.author.user.as_deref(),
                 "name": e.author.name.as_deref(),
@@ -376,10 +367,8 @@ fn rooms(ns: &Namespace) -> Value {
     let mut people: std::collections::HashMap<Room, usize> =
         ns.presence.rooms().into_iter().collect();
     let mut rooms: Vec<(Room, u64, usize)> = ns
-        .broadcaster
-        .rooms()
+        .rooms_with_messages()
         .into_iter()
-        .filter(|(room, _)| ns.config.rooms.allows(room))
         .map(|(room, last)| {
             let online = people.remove(&room).unwrap_or(0);
             (room, last, online)
@@ -391,7 +380,7 @@ fn rooms(ns: &Namespace) -> Value {
         rooms
             .iter()
             .map(|(room, last, online)| {
-                json!({ "room": room_name(room), "online": online, "last_id": last })
+                json!({ "room": room.label(), "online": online, "last_id": last })
             })
             .collect(),
     )

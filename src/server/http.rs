@@ -117,14 +117,9 @@ async fn ready(app: &App) -> HttpResponse {
 fn rooms(app: &App) -> HttpResponse {
     let ns = &app.namespace;
     let rooms: Vec<serde_json::Value> = ns
-        .broadcaster
-        .rooms()
+        .rooms_with_messages()
         .into_iter()
-        .filter(|(room, _)| ns.config.rooms.allows(room))
-        .map(|(room, last)| {
-            let name = if room.is_main() { "/" } else { room.name() };
-            serde_json::json!({ "room": name, "last": last })
-        })
+        .map(|(room, last)| serde_json::json!({ "room": room.label(), "last": last }))
         .collect();
     let body = serde_json::json!({ "rooms": rooms }).to_string();
     file(Bytes::from(body), "application/json", "no-store")
