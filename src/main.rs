@@ -1,5 +1,6 @@
-//! The `relay` binary: reads the configuration, starts the server, waits for SIGINT/SIGTERM and
-//! shuts down in order. Everything else lives in the library.
+//! The `relay` binary: reads the configuration, starts the server (listening for SIGINT/SIGTERM
+//! from the start), prints its address, waits for one of those signals and shuts down in order.
+//! Everything else lives in the library.
 
 use clap::Parser;
 use relay::config::Config;
@@ -20,18 +21,29 @@ async fn main() -> ExitCode {
         .init();
 
     raise_open_file_limit(config.max_connections);
-    let running = match relay::server::start(&config).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("relay: {e}");
-            return ExitCode::FAILURE;
+    // Listened for from the start: a supervisor that stops relay as soon as it is up (or while it
+    // starts) gets an orderly exit, never the signal's default death.
+    let mut stop = shutdown_signal();
+    let running = tokio::select! {
+        started = relay::server::start(&config) => match started {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        () = &mut stop => {
+            eprintln!("relay: stopped while starting");
+            return ExitCode::SUCCESS;
         }
     };
-    // One line on stdout that scripts and tests can wait for.
-    println!("relay listening on http://{}", running.addr);
-    let _ = std::io::stdout().flush();
+    // One line on stdout that scripts and tests can wait for. Nobody reading it (a closed
+    // pipe) is no reason to stop: `println!` would panic.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "relay listening on http://{}", running.addr);
+    let _ = stdout.flush();
 
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
@@ -59,17 +71,25 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT or SIGTERM: listened for from this call on (not from the first poll), so none is
+/// missed while the server starts.
+fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

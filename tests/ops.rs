@@ -331,3 +331,52 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
     assert!(ready, "ready again once the canary is back");
     s.stop().await;
 }
+
+/// Nobody reading the address line on stdout (a pipe whose reader is gone, as in
+/// `relay | head -0`, or a supervisor that closed its end) is no reason to stop: `println!`
+/// panicked there, and the server died right after it began to serve. A SIGTERM once it serves
+/// is an orderly exit (status 0) whenever it comes: relay listens for it before it starts.
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_the_server() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (db, url) = Backend::Sqlite.fresh();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "relay=warn")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the relay binary");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let served = tokio::time::timeout(WAIT, async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break http_get(addr, "/healthz").await.0;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break 0; // it exited before serving
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("relay serves or exits");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    let _ = std::fs::remove_dir_all(sqlite_dir(&db));
+    assert_eq!(served, 200, "relay serves with nobody reading its stdout");
+    assert_eq!(status.code(), Some(0), "and stops in order on SIGTERM");
+}
