@@ -63,15 +63,16 @@ pub struct Person {
 }
 
 impl Person {
-    /// `author` as presence lists them: a verified user by `sub`, a guest by `guest_id` (one per
-    /// connection, from [`Presence::guest_id`]).
-    pub fn new(author: &Author, guest_id: &str) -> Person {
+    /// `author` as presence lists them: a verified user by `sub`, a guest by the id `guest_id`
+    /// gives (one per connection, from [`Presence::guest_id`]; shared, not copied: sockets are
+    /// many).
+    pub fn new(author: &Author, guest_id: impl FnOnce() -> Arc<str>) -> Person {
         let id = match &author.user {
-            Some(user) => format!("u:{user}"),
-            None => format!("g:{guest_id}"),
+            Some(user) => format!("u:{user}").into(),
+            None => guest_id(),
         };
         Person {
-            id: id.into(),
+            id,
             user: author.user.clone(),
             name: author.name.clone(),
         }
@@ -413,9 +414,10 @@ impl Presence {
         self.connections.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A new guest connection's presence id (random, 12 characters): unique across a cluster.
-    pub fn guest_id() -> String {
-        crate::protocol::sid::new_sid()[..12].to_string()
+    /// A new guest connection's presence id, `g:` and 12 random characters: unique across a
+    /// cluster.
+    pub fn guest_id() -> Arc<str> {
+        format!("g:{}", &crate::protocol::sid::new_sid()[..12]).into()
     }
 
     /// Counts a socket of `person` (on connection `conn`) in `room`; with `watch`, the socket
@@ -669,7 +671,7 @@ mod tests {
                 user: user.map(Into::into),
                 name: Some(name.into()),
             },
-            guest,
+            || format!("g:{guest}").into(),
         )
     }
 

@@ -19,46 +19,49 @@ pub enum Due {
     Timeout,
 }
 
+/// One deadline at a time: the next ping's, or the pong's while a ping waits for it (three
+/// words, not four, in every session).
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
-    next_ping: Instant,
-    /// Set while a ping waits for its pong.
-    pong_due: Option<Instant>,
+    due: Instant,
+    /// Set while a ping waits for its pong: `due` is the pong's deadline.
+    pinged: bool,
 }
 
 impl Heartbeat {
     /// A heartbeat whose first ping is due `interval` (`pingInterval`) after `opened`.
     pub fn new(interval: Duration, opened: Instant) -> Heartbeat {
         Heartbeat {
-            next_ping: opened + interval,
-            pong_due: None,
+            due: opened + interval,
+            pinged: false,
         }
     }
 
     /// When the timer must fire next.
     pub fn deadline(&self) -> Instant {
-        self.pong_due.unwrap_or(self.next_ping)
+        self.due
     }
 
     /// What is due at `now`. A ping it asks for counts as sent, and must be answered within
     /// `timeout` (`pingTimeout`).
     pub fn poll(&mut self, now: Instant, timeout: Duration) -> Due {
-        match self.pong_due {
-            Some(due) if due <= now => Due::Timeout,
-            Some(_) => Due::Nothing,
-            None if self.next_ping <= now => {
-                self.pong_due = Some(now + timeout);
-                Due::Ping
-            }
-            None => Due::Nothing,
+        if self.due > now {
+            Due::Nothing
+        } else if self.pinged {
+            Due::Timeout
+        } else {
+            self.due = now + timeout;
+            self.pinged = true;
+            Due::Ping
         }
     }
 
     /// The client answered; the next ping is due `interval` (`pingInterval`) later. A pong
     /// nobody asked for changes nothing.
     pub fn pong(&mut self, now: Instant, interval: Duration) {
-        if self.pong_due.take().is_some() {
-            self.next_ping = now + interval;
+        if self.pinged {
+            self.pinged = false;
+            self.due = now + interval;
         }
     }
 }

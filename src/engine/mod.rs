@@ -107,6 +107,8 @@ pub trait Transport: Send + 'static {
     type Sink: PacketSink;
     /// One packet's text as the transport received it.
     type Text: AsRef<str> + Send;
+    /// The transport's name, as in the handshake's `transport` query parameter.
+    const NAME: &'static str;
     /// Transports this one may upgrade to, for the open packet.
     const UPGRADES: &'static [&'static str];
 

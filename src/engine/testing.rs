@@ -39,6 +39,7 @@ impl MemoryTransport {
 impl Transport for MemoryTransport {
     type Sink = MemorySink;
     type Text = String;
+    const NAME: &'static str = "test";
     const UPGRADES: &'static [&'static str] = &[];
 
     async fn recv(&mut self) -> Result<Received<String>, DisconnectReason> {

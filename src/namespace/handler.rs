@@ -34,11 +34,12 @@ use serde_json::json;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::sync::mpsc::error::TrySendError;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
@@ -149,10 +150,13 @@ pub(super) struct Handler<T: Transport> {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// This connection's number in presence.
     conn: u64,
-    /// A guest's presence id, the same in each of its rooms (made at its first CONNECT).
-    guest: Option<Box<str>>,
-    /// The client's address (for bans by address).
-    ip: Option<IpAddr>,
+    /// A guest's presence id, the same in each of its rooms (made at its first CONNECT), shared
+    /// with presence.
+    guest: Option<Arc<str>>,
+    /// The client's address and port (bans by address; the session's log lines).
+    peer: Option<SocketAddr>,
+    /// When the session opened.
+    opened: Instant,
     /// Moves when the bans change or the server API asks to disconnect someone: the
     /// connection then looks at its sockets ([`Handler::on_bans`]).
     bans: tokio::sync::watch::Receiver<u64>,
@@ -161,12 +165,21 @@ pub(super) struct Handler<T: Transport> {
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
-/// why it ended.
+/// why it ended. The session is counted (`relay_connected`, `relay_connections_total`) and its
+/// opening and closing logged, with `peer`, the client's address, when there is one.
 pub fn serve<T: Transport>(
     engine: Session<T>,
     ns: Arc<Namespace>,
-    ip: Option<IpAddr>,
+    peer: Option<SocketAddr>,
 ) -> impl Future<Output = DisconnectReason> + Send {
+    ns.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    ns.metrics.connected.fetch_add(1, Ordering::Relaxed);
+    match peer {
+        Some(peer) => {
+            tracing::info!(%peer, sid = engine.sid(), transport = T::NAME, "session opened")
+        }
+        None => tracing::info!(sid = engine.sid(), transport = T::NAME, "session opened"),
+    }
     let conn = ns.presence.connection();
     let bans = ns.bans.changes();
     let bans_seen = *bans.borrow();
@@ -182,17 +195,52 @@ pub fn serve<T: Transport>(
         expiry: None,
         conn,
         guest: None,
-        ip,
+        peer,
+        opened: Instant::now(),
         bans_seen,
         bans,
         ns,
     };
-    async move { handler.serve().await }
+    // One async block, not an `async fn serve` awaited inside it: a nested future's own state
+    // (and its padding) would be part of every idle socket's task.
+    async move {
+        // Boxed, with the reason moved in and out of scope before the await: the close
+        // handshake's state is needed once, at the end, and an idle socket should not carry
+        // room for it (or for a reason kept across an await) all its life.
+        let close = {
+            let reason = handler.run().await;
+            handler.end(&reason);
+            let engine = &mut handler.socket.engine;
+            Box::pin(async move {
+                engine.close(&reason).await;
+                reason
+            })
+        };
+        let reason = close.await;
+        handler.closed(&reason);
+        reason
+    }
 }
 
 impl<T: Transport> Handler<T> {
-    async fn serve(&mut self) -> DisconnectReason {
-        let reason = self.run().await;
+    /// The client's address (for bans by address).
+    fn ip(&self) -> Option<IpAddr> {
+        self.peer.map(|p| p.ip())
+    }
+
+    /// The session is closed: no longer counted, and logged.
+    fn closed(&self, reason: &DisconnectReason) {
+        self.ns.metrics.connected.fetch_sub(1, Ordering::Relaxed);
+        let secs = self.opened.elapsed().as_secs_f32();
+        match self.peer {
+            Some(peer) => tracing::info!(%peer, %reason, secs, "session closed"),
+            None => tracing::info!(%reason, secs, "session closed"),
+        }
+    }
+
+    /// The session ended for `reason`: out of presence, counted, and its sockets kept for
+    /// recovery. (The close handshake follows.)
+    fn end(&mut self, reason: &DisconnectReason) {
         // Gone from presence now, not after the close handshake.
         for m in &mut self.members {
             m.presence = None;
@@ -201,7 +249,7 @@ impl<T: Transport> Handler<T> {
         if let Some(kind) = reason.bad_input() {
             metrics.bad_input(kind);
         }
-        if reason == DisconnectReason::SlowClient {
+        if *reason == DisconnectReason::SlowClient {
             metrics.closed_slow.fetch_add(1, Ordering::Relaxed);
         }
         // Ended while connected: the client may take each socket up again (not after its own
@@ -215,10 +263,6 @@ impl<T: Transport> Handler<T> {
                 }
             }
         }
-        // Boxed: the close handshake's state is needed once, at the end, and an idle socket should
-        // not carry room for it all its life.
-        Box::pin(self.socket.engine.close(&reason)).await;
-        reason
     }
 
     // A task's memory is the largest state its future ever has, for as long as it lives: this
@@ -512,7 +556,7 @@ impl<T: Transport> Handler<T> {
             .identify(auth, &self.members[i].room)
             .and_then(|identity| {
                 let user = identity.author.user.as_deref();
-                match self.ns.bans.is_banned(user, self.ip) {
+                match self.ns.bans.is_banned(user, self.ip()) {
                     true => Err("banned".to_string()),
                     false => Ok(identity),
                 }
@@ -587,13 +631,10 @@ impl<T: Transport> Handler<T> {
             Some(speaker) => speaker.author.clone(),
             None => Author::default(),
         };
-        if author.user.is_some() {
-            return Person::new(&author, "");
-        }
-        let guest = self
-            .guest
-            .get_or_insert_with(|| Presence::guest_id().into_boxed_str());
-        Person::new(&author, guest)
+        let guest = &mut self.guest;
+        Person::new(&author, || {
+            guest.get_or_insert_with(Presence::guest_id).clone()
+        })
     }
 
     /// `["typing"]`: passed on to the room's other watchers (see [`Presence::typing`]); acked
@@ -771,7 +812,7 @@ impl<T: Transport> Handler<T> {
         self.bans_seen = *self.bans.borrow_and_update();
         let mut i = 0;
         while i < self.members.len() {
-            if !self.ns.bans.ends(self.members[i].user(), self.ip, since) {
+            if !self.ns.bans.ends(self.members[i].user(), self.ip(), since) {
                 i += 1;
                 continue;
             }
@@ -835,7 +876,7 @@ impl<T: Transport> Handler<T> {
             _ => {}
         }
         let room = &self.members[i].room;
-        let banned = self.ns.bans.is_banned(self.members[i].user(), self.ip);
+        let banned = self.ns.bans.is_banned(self.members[i].user(), self.ip());
         let message = chat::parse_event(room, payload, self.ns.config.max_message_bytes, lossy)
             .and_then(|message| match banned {
                 true => Err(Rejection::Banned),

@@ -3,10 +3,11 @@
 
 use tokio::time::Instant;
 
+/// Three words (`f32`s, not `f64`s: a connection holds one all its life).
 #[derive(Debug)]
 pub struct RateLimit {
-    per_second: f64,
-    tokens: f64,
+    per_second: f32,
+    tokens: f32,
     last: Instant,
 }
 
@@ -14,8 +15,9 @@ impl RateLimit {
     /// A full bucket. `per_second == 0`: no limit.
     pub fn new(per_second: u32) -> RateLimit {
         RateLimit {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
+            // Exact up to 2^24 a second; a limit above that is as good as none.
+            per_second: per_second as f32,
+            tokens: per_second as f32,
             last: Instant::now(),
         }
     }
@@ -26,7 +28,7 @@ impl RateLimit {
             return true;
         }
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        let refill = now.duration_since(self.last).as_secs_f32() * self.per_second;
         self.tokens = (self.tokens + refill).min(self.per_second);
         self.last = now;
         if self.tokens >= 1.0 {

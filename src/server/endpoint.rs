@@ -28,7 +28,6 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// An Engine.IO refusal: `status` with `{"code":…,"message":…}` (engine.io's error codes).
@@ -274,31 +273,23 @@ async fn start_websocket(
     let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
     // Spawned while this task still runs, so the tracker never sees the connection gone.
     app.connections
-        .spawn(session_task(&app, peer, session, "websocket", permit));
+        .spawn(session_task(&app, peer, session, permit));
 }
 
-/// The task that serves the chat on an open Engine.IO session until it ends, counting and
-/// logging it; `permit` counts it against `MAX_CONNECTIONS` until then.
+/// The task that serves the chat on an open Engine.IO session until it ends (the handler counts
+/// and logs it); `permit` counts it against `MAX_CONNECTIONS` until then.
 ///
 /// A task's memory is the largest state its future ever has, for as long as it lives: this
-/// one is the handler's future itself with a few words around it (`map`, not an `async` block,
+/// one is the handler's future itself with the permit beside it (`map`, not an `async` block,
 /// which would keep room for the session it was given beside the future made of it).
 fn session_task<T: Transport>(
     app: &Arc<App>,
     peer: SocketAddr,
     session: engine::Session<T>,
-    transport: &'static str,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = DisconnectReason> + Send + 'static {
-    let started = Instant::now();
-    let metrics = app.namespace.metrics.clone();
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    metrics.connected.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%peer, sid = session.sid(), transport, "session opened");
-    let serve = namespace::handler::serve(session, app.namespace.clone(), Some(peer.ip()));
+    let serve = namespace::handler::serve(session, app.namespace.clone(), Some(peer));
     serve.map(move |reason| {
-        metrics.connected.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(%peer, %reason, secs = started.elapsed().as_secs_f32(), "session closed");
         drop(permit);
         reason
     })
@@ -325,7 +316,7 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
     let open = handle.handshake_payload();
     app.polling.insert(&sid, handle);
     let task_app = app.clone();
-    let task = session_task(&app, peer, session, "polling", permit);
+    let task = session_task(&app, peer, session, permit);
     app.connections
         .spawn(task.map(move |_| task_app.polling.remove(&sid)));
     payload(open)

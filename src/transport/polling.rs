@@ -22,7 +22,6 @@ use crate::delivery::batch::Framed;
 use crate::delivery::queue::{PacketQueue, PacketSink, LIVE_BACKLOG};
 use crate::engine::{DisconnectReason, Received, Transport};
 use crate::protocol::engineio::{self, PayloadPacket, SEPARATOR};
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -354,7 +353,7 @@ pub enum Inbound {
     /// A binary packet of a POST (`b<base64>`), this many bytes.
     Binary(usize),
     /// A WebSocket opened with this session's sid: the TCP socket and the bytes read with it.
-    Upgrade(Arc<TcpStream>, Bytes),
+    Upgrade(Arc<TcpStream>, Box<[u8]>),
     /// The client broke the polling protocol; the session ends.
     Close(DisconnectReason),
 }
@@ -374,6 +373,7 @@ pub struct PollingTransport {
 impl Transport for PollingTransport {
     type Sink = PollingSink;
     type Text = PacketText;
+    const NAME: &'static str = "polling";
     const UPGRADES: &'static [&'static str] = &["websocket"];
 
     async fn recv(&mut self) -> Result<Received<PacketText>, DisconnectReason> {
@@ -449,7 +449,7 @@ async fn next_ws(
 }
 
 impl PollingTransport {
-    async fn begin_upgrade(&mut self, tcp: Arc<TcpStream>, early: Bytes) {
+    async fn begin_upgrade(&mut self, tcp: Arc<TcpStream>, early: Box<[u8]>) {
         if !self
             .queue
             .with_sink(|sink| sink.begin_upgrade(WsSink::new(tcp.clone())))
@@ -593,7 +593,7 @@ impl PollingSession {
     }
 
     /// Hands the session a WebSocket opened with its sid.
-    pub async fn upgrade(&self, tcp: Arc<TcpStream>, early: Bytes) {
+    pub async fn upgrade(&self, tcp: Arc<TcpStream>, early: Box<[u8]>) {
         let _ = self.inbound.send(Inbound::Upgrade(tcp, early)).await;
     }
 

@@ -16,7 +16,6 @@ use crate::delivery::batch::Framed;
 use crate::delivery::queue::{PacketQueue, PacketSink};
 use crate::engine::{self, DisconnectReason, Received, Transport};
 use crate::protocol::websocket::{push_text_frame, CloseCodeFix};
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
@@ -77,14 +76,14 @@ pub fn switching_protocols<B: Default>(key: &HeaderValue) -> Response<B> {
 /// request (the first WebSocket bytes). Fails only when the connection is not a TCP stream.
 pub fn take_tcp(
     upgraded: hyper::upgrade::Upgraded,
-) -> Result<(Arc<TcpStream>, Bytes), &'static str> {
+) -> Result<(Arc<TcpStream>, Box<[u8]>), &'static str> {
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| "upgraded connection is not a TCP stream")?;
     // A slice of hyper's read buffer keeps all of that buffer alive: copy it out.
     Ok((
         Arc::new(parts.io.into_inner()),
-        Bytes::copy_from_slice(&parts.read_buf),
+        Box::from(&parts.read_buf[..]),
     ))
 }
 
@@ -224,8 +223,9 @@ impl PacketSink for WsSink {
 pub struct ByteStream<S: WsCarrier> {
     queue: Arc<PacketQueue<S>>,
     tcp: Arc<TcpStream>,
-    /// Bytes read with the upgrade request that belong to the WebSocket.
-    early: Bytes,
+    /// Bytes read with the upgrade request that belong to the WebSocket (usually none; a boxed
+    /// slice is two words where `Bytes` is four, in every socket).
+    early: Box<[u8]>,
     /// Lets a client's close code 1014 through tungstenite (see [`CloseCodeFix`]).
     close_fix: CloseCodeFix,
 }
@@ -245,10 +245,8 @@ impl<S: WsCarrier> AsyncRead for ByteStream<S> {
         let before = buf.filled().len();
         if !self.early.is_empty() {
             let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early.split_to(n));
-            if self.early.is_empty() {
-                self.early = Bytes::new();
-            }
+            buf.put_slice(&self.early[..n]);
+            self.early = Box::from(&self.early[n..]);
             self.close_fix.inbound(&mut buf.filled_mut()[before..]);
             return Poll::Ready(Ok(()));
         }
@@ -317,8 +315,8 @@ impl<S: WsCarrier> AsyncWrite for ByteStream<S> {
 
 /// An Engine.IO session's WebSocket, over a sink that carries its frames.
 pub struct WsTransport<S: WsCarrier> {
+    /// Its byte stream holds the packet queue (one pointer per socket, not two).
     ws: WebSocketStream<ByteStream<S>>,
-    queue: Arc<PacketQueue<S>>,
 }
 
 impl<S: WsCarrier> WsTransport<S> {
@@ -327,12 +325,12 @@ impl<S: WsCarrier> WsTransport<S> {
     pub async fn start(
         queue: Arc<PacketQueue<S>>,
         tcp: Arc<TcpStream>,
-        early: Bytes,
+        early: Box<[u8]>,
         max_payload: usize,
     ) -> WsTransport<S> {
         let stream = ByteStream {
             close_fix: CloseCodeFix::default(),
-            queue: queue.clone(),
+            queue,
             tcp,
             early,
         };
@@ -347,7 +345,7 @@ impl<S: WsCarrier> WsTransport<S> {
             .write_buffer_size(0)
             .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        WsTransport { ws, queue }
+        WsTransport { ws }
     }
 
     /// The next text or binary message; WebSocket control frames are handled here.
@@ -380,12 +378,13 @@ impl<S: WsCarrier> WsTransport<S> {
     /// Ends the WebSocket: the close frame that says why, after what is queued (unless the
     /// client is too slow to take it), then waits briefly for the client's close.
     pub async fn close_with(&mut self, reason: &DisconnectReason, grace: Duration) {
+        let queue = self.ws.get_ref().queue.clone();
         match close_frame(reason) {
             None => {
                 // Flushes the answer tungstenite queued for the client's close frame. (The
                 // inherent `WebSocketStream::close` would try to *send* a second close and fail.)
                 let _ = timeout(grace, SinkExt::close(&mut self.ws)).await;
-                let _ = engine::flush(&self.queue, grace).await;
+                let _ = engine::flush(&queue, grace).await;
             }
             Some((code, mut text)) => {
                 truncate_utf8(&mut text, 123);
@@ -394,7 +393,7 @@ impl<S: WsCarrier> WsTransport<S> {
                     reason: text.into(),
                 };
                 if *reason != DisconnectReason::SlowClient {
-                    let _ = engine::flush(&self.queue, grace).await;
+                    let _ = engine::flush(&queue, grace).await;
                 }
                 if timeout(grace, self.ws.close(Some(frame))).await.is_ok() {
                     // Drain until the client's close frame (or its disconnect), within the grace.
@@ -412,6 +411,7 @@ impl Transport for WsTransport<WsSink> {
     type Sink = WsSink;
     type Text = Utf8Bytes;
     /// A WebSocket session has nothing to upgrade to.
+    const NAME: &'static str = "websocket";
     const UPGRADES: &'static [&'static str] = &[];
 
     async fn recv(&mut self) -> Result<Received<Utf8Bytes>, DisconnectReason> {
