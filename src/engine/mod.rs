@@ -18,7 +18,7 @@ pub mod testing;
 use crate::delivery::queue::{PacketQueue, PacketSink};
 use crate::metrics::BadInput;
 use crate::protocol::engineio::{self, Handshake, Inbound};
-use crate::protocol::sid::new_sid;
+use crate::protocol::sid::Sid;
 use heartbeat::{Due, Heartbeat};
 use std::future::Future;
 use std::pin::Pin;
@@ -152,7 +152,7 @@ pub enum Incoming<Text> {
 
 /// One Engine.IO session.
 pub struct Session<T: Transport> {
-    sid: Box<str>,
+    sid: Sid,
     transport: T,
     queue: Arc<PacketQueue<T::Sink>>,
     heartbeat: Heartbeat,
@@ -179,9 +179,9 @@ impl<T: Transport> Session<T> {
         stop: &CancellationToken,
     ) -> Session<T> {
         let config = config.into();
-        let sid = new_sid();
+        let sid = Sid::new();
         queue.send(&engineio::encode_open(&Handshake {
-            sid: &sid,
+            sid: sid.as_str(),
             upgrades: T::UPGRADES,
             ping_interval_ms: config.ping_interval.as_millis() as u64,
             ping_timeout_ms: config.ping_timeout.as_millis() as u64,
@@ -191,7 +191,7 @@ impl<T: Transport> Session<T> {
         let heartbeat = Heartbeat::new(config.ping_interval, now);
         let armed = heartbeat.deadline();
         Session {
-            sid: sid.into(),
+            sid,
             transport,
             queue,
             heartbeat,
@@ -205,7 +205,7 @@ impl<T: Transport> Session<T> {
 
     /// The Engine.IO session id.
     pub fn sid(&self) -> &str {
-        &self.sid
+        self.sid.as_str()
     }
 
     /// The session's packet queue.

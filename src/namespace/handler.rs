@@ -26,6 +26,7 @@ use crate::identity::{Author, Identity};
 use crate::log::Entry;
 use crate::metrics::Metrics;
 use crate::presence::{self, Person, Presence, Ticket};
+use crate::protocol::sid::Sid;
 use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::{Mailbox, Outcome, Receipt, Submission};
@@ -75,7 +76,7 @@ struct Member {
     /// A history request being read.
     history: Option<HistoryFuture>,
     /// The socket id and pid the client got at CONNECT (the pid with recovery on).
-    identity: Option<(Box<str>, Option<Box<str>>)>,
+    identity: Option<(Sid, Option<Sid>)>,
     /// Who the socket speaks for (the author of its messages). Boxed: a guest's is empty, and
     /// sockets are many.
     speaker: Option<Box<Identity>>,
@@ -259,7 +260,7 @@ impl<T: Transport> Handler<T> {
                 if let (true, Some((sid, Some(pid)))) =
                     (self.socket.connected(&m.room), m.identity.take())
                 {
-                    log.keep(pid.into(), sid.into());
+                    log.keep(pid.to_string(), sid.to_string());
                 }
             }
         }
@@ -610,7 +611,10 @@ impl<T: Transport> Handler<T> {
         if plan.recovered {
             tracing::debug!(sid = plan.sid, cursor, room = %m.room, "session recovered");
         }
-        m.identity = Some((plan.sid.into(), plan.pid.map(Into::into)));
+        // Every id relay makes parses; one from elsewhere (a recovery record of another
+        // version) that does not only costs that socket its next recovery.
+        m.identity =
+            Sid::parse(&plan.sid).map(|sid| (sid, plan.pid.as_deref().and_then(Sid::parse)));
         // Counted, and (asked) told who is here, right after the CONNECT reply.
         let person = self.person(i);
         let m = &mut self.members[i];
