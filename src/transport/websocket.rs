@@ -337,11 +337,13 @@ impl<S: WsCarrier> WsTransport<S> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_payload))
             .max_frame_size(Some(max_payload))
-            // Sized for many mostly idle sockets, which hold it all their life: a chat frame is
-            // well under 256 bytes (a longer one takes a read per 256 bytes). No write buffer:
+            // Sized for many mostly idle sockets, which hold it all their life: the stock
+            // client's chat frame (`42["chat message",text,offset]`) is under 128 bytes for a
+            // line of text; a longer frame takes a read per 128 bytes (tungstenite reads at most
+            // this much at once). At 256 the persist workload ran no faster. No write buffer:
             // every frame goes whole into the socket's packet queue, the one buffer its output
             // shares.
-            .read_buffer_size(256)
+            .read_buffer_size(128)
             .write_buffer_size(0)
             .max_write_buffer_size(max_payload.saturating_mul(4).max(1 << 20));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
