@@ -29,7 +29,6 @@ use crate::metrics::Metrics;
 use crate::protocol::socketio;
 use crate::room::Room;
 use serde::Serialize;
-use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -136,8 +135,9 @@ struct Entry {
     person: Person,
     /// Their sockets on this node.
     local: u32,
-    /// Other nodes that count them.
-    nodes: SmallVec<[Arc<str>; 1]>,
+    /// Other nodes that count them: boxed, as only a cluster's entries have any (there is an
+    /// entry for each person in each room: two words less each).
+    nodes: Option<Box<[Arc<str>]>>,
     /// Whether the room's watchers were last told they are here.
     announced: bool,
     /// A watcher's first state listed them before they were announced: if they go before they
@@ -147,7 +147,30 @@ struct Entry {
 
 impl Entry {
     fn present(&self) -> bool {
-        self.local > 0 || !self.nodes.is_empty()
+        self.local > 0 || self.nodes.is_some()
+    }
+
+    fn counted_on(&self, node: &str) -> bool {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.iter())
+            .any(|n| &**n == node)
+    }
+
+    fn add_node(&mut self, node: &Arc<str>) {
+        if !self.counted_on(node) {
+            let mut nodes = self.nodes.take().map(Vec::from).unwrap_or_default();
+            nodes.push(node.clone());
+            self.nodes = Some(nodes.into_boxed_slice());
+        }
+    }
+
+    fn remove_node(&mut self, node: &str) {
+        if self.counted_on(node) {
+            let mut nodes = self.nodes.take().map(Vec::from).unwrap_or_default();
+            nodes.retain(|n| &**n != node);
+            self.nodes = (!nodes.is_empty()).then(|| nodes.into_boxed_slice());
+        }
     }
 }
 
@@ -184,7 +207,7 @@ impl RoomPresence {
             .or_insert_with(|| Entry {
                 person: person.clone(),
                 local: 0,
-                nodes: SmallVec::new(),
+                nodes: None,
                 announced: false,
                 told: false,
             });
@@ -201,9 +224,7 @@ impl RoomPresence {
                 entry.local == 1
             }
             Some(node) => {
-                if !entry.nodes.contains(node) {
-                    entry.nodes.push(node.clone());
-                }
+                entry.add_node(node);
                 false
             }
         };
@@ -228,7 +249,7 @@ impl RoomPresence {
             }
             None => false,
             Some(node) => {
-                entry.nodes.retain(|n| &**n != node);
+                entry.remove_node(node);
                 false
             }
         };
@@ -619,7 +640,7 @@ impl Presence {
             let ids: Vec<Arc<str>> = p
                 .people
                 .values()
-                .filter(|e| e.nodes.iter().any(|n| &**n == node))
+                .filter(|e| e.counted_on(node))
                 .map(|e| e.person.id.clone())
                 .collect();
             for id in ids {
