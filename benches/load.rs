@@ -490,20 +490,32 @@ fn cpu_report(target: &Target, server0: Option<Vec<f64>>, tool0: Option<f64>) ->
     }
 }
 
-/// `name`'s value summed over the nodes' `/metrics` (0 where a node does not report it).
-async fn metric_sum(target: &Target, name: &str) -> f64 {
+/// Each node's `/metrics` text (`None` where it has none: the yardstick, Node).
+async fn node_metrics(target: &Target) -> Vec<Option<String>> {
     let http = http_client();
-    let mut sum = 0.0;
+    let mut texts = Vec::new();
     for node in &target.nodes {
         let url = format!("{}/metrics", node.url.replacen("ws://", "http://", 1));
-        if let Some(text) = PollClient::request(&http, "GET", &url, String::new()).await {
-            sum += text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        }
+        texts.push(PollClient::request(&http, "GET", &url, String::new()).await);
     }
-    sum
+    texts
+}
+
+/// `name`'s value in a `/metrics` text (0 when it is not there).
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `name`'s value summed over the nodes' `/metrics` (0 where a node does not report it).
+async fn metric_sum(target: &Target, name: &str) -> f64 {
+    node_metrics(target)
+        .await
+        .iter()
+        .flatten()
+        .map(|text| metric_value(text, name))
+        .sum()
 }
 
 /// In cluster mode: each node's share of the cluster's work, from its `/metrics` (whether it
@@ -511,18 +523,12 @@ async fn metric_sum(target: &Target, name: &str) -> f64 {
 /// mean time, bus batches out and in, rows read from the database for gaps). Empty otherwise.
 /// Counters run from each node's start: for nodes given by --url, they include earlier traffic.
 async fn cluster_report(target: &Target) -> String {
-    let http = http_client();
     let mut lines = Vec::new();
-    for (i, node) in target.nodes.iter().enumerate() {
-        let url = format!("{}/metrics", node.url.replacen("ws://", "http://", 1));
-        let Some(text) = PollClient::request(&http, "GET", &url, String::new()).await else {
+    for (i, text) in node_metrics(target).await.iter().enumerate() {
+        let Some(text) = text else {
             continue;
         };
-        let value = |name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |name: &str| metric_value(text, name);
         if text.lines().all(|l| !l.starts_with("relay_node_info")) {
             continue; // not in cluster mode
         }
@@ -1271,7 +1277,6 @@ async fn presence(target: &Target, sockets: usize) {
     }
 }
 
-/// One presence run: returns the server CPU seconds of its join and leave phases together.
 /// Waits until `done` (at most 60 s), then 1.5 s more for the last presence tick's events.
 async fn settle(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1281,6 +1286,7 @@ async fn settle(done: impl Fn() -> bool) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
+/// One presence run: returns the server CPU seconds of its join and leave phases together.
 async fn presence_run(target: &Target, sockets: usize, watch: bool) -> Option<f64> {
     let room = Room(format!("presence-{}", u8::from(watch)));
     let events = Arc::new(AtomicU64::new(0));
