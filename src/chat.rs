@@ -421,8 +421,7 @@ pub struct RecoveryRequest {
 pub fn recovery_request(auth: Option<&Value>) -> Option<RecoveryRequest> {
     let auth = auth?;
     let pid = auth.get("pid")?.as_str()?;
-    let url_safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    if pid.is_empty() || pid.len() > 64 || !pid.chars().all(url_safe) {
+    if pid.is_empty() || pid.len() > 64 || !pid.bytes().all(crate::protocol::sid::is_url_safe) {
         return None;
     }
     let offset = integer(auth.get("offset")?)?;

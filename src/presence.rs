@@ -438,7 +438,7 @@ impl Presence {
     /// A new guest connection's presence id, `g:` and 12 random characters: unique across a
     /// cluster.
     pub fn guest_id() -> Arc<str> {
-        format!("g:{}", &crate::protocol::sid::new_sid()[..12]).into()
+        format!("g:{}", &crate::protocol::sid::Sid::random().as_str()[..12]).into()
     }
 
     /// Counts a socket of `person` (on connection `conn`) in `room`; with `watch`, the socket

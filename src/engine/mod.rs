@@ -179,7 +179,7 @@ impl<T: Transport> Session<T> {
         stop: &CancellationToken,
     ) -> Session<T> {
         let config = config.into();
-        let sid = Sid::new();
+        let sid = Sid::random();
         queue.send(&engineio::encode_open(&Handshake {
             sid: sid.as_str(),
             upgrades: T::UPGRADES,

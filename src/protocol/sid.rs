@@ -10,11 +10,11 @@ pub const SID_LEN: usize = 20;
 pub struct Sid([u8; SID_LEN]);
 
 impl Sid {
-    /// A fresh id (120 bits from the OS's random source).
+    /// A fresh random id (120 bits from the OS's random source).
     ///
     /// Without OS randomness (never seen on Linux) it falls back to the clock: ids must then only
     /// be unique, not secret, which holds for both sids (neither grants anything over WebSocket).
-    pub fn new() -> Sid {
+    pub fn random() -> Sid {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut bytes = [0u8; 15];
@@ -38,21 +38,12 @@ impl Sid {
     /// `text` as an id, if it is one: exactly 20 url-safe characters.
     pub fn parse(text: &str) -> Option<Sid> {
         let bytes: [u8; SID_LEN] = text.as_bytes().try_into().ok()?;
-        bytes
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-            .then_some(Sid(bytes))
+        bytes.iter().all(|c| is_url_safe(*c)).then_some(Sid(bytes))
     }
 
     pub fn as_str(&self) -> &str {
         // Only url-safe ASCII ever gets in (`new`, `parse`).
         std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl Default for Sid {
-    fn default() -> Sid {
-        Sid::new()
     }
 }
 
@@ -68,9 +59,14 @@ impl std::fmt::Debug for Sid {
     }
 }
 
-/// A fresh 20-character url-safe random id, as a `String` ([`Sid::new`]).
+/// A fresh 20-character url-safe random id, as a `String` ([`Sid::random`]).
 pub fn new_sid() -> String {
-    Sid::new().as_str().to_owned()
+    Sid::random().as_str().to_owned()
+}
+
+/// Whether `c` may be in an id: an ASCII letter or digit, `-` or `_` (base64url's alphabet).
+pub fn is_url_safe(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
 }
 
 #[cfg(test)]
@@ -82,15 +78,13 @@ mod tests {
         let a = new_sid();
         let b = new_sid();
         assert_eq!(a.len(), 20);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a.bytes().all(is_url_safe));
         assert_ne!(a, b);
     }
 
     #[test]
     fn an_id_parses_back_and_nothing_else_does() {
-        let a = Sid::new();
+        let a = Sid::random();
         assert_eq!(Sid::parse(a.as_str()), Some(a));
         assert_eq!(a.to_string().len(), SID_LEN);
         for bad in [
