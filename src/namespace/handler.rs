@@ -175,12 +175,13 @@ pub fn serve<T: Transport>(
 ) -> impl Future<Output = DisconnectReason> + Send {
     ns.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     ns.metrics.connected.fetch_add(1, Ordering::Relaxed);
-    match peer {
-        Some(peer) => {
-            tracing::info!(%peer, sid = engine.sid(), transport = T::NAME, "session opened")
-        }
-        None => tracing::info!(sid = engine.sid(), transport = T::NAME, "session opened"),
-    }
+    let shown = peer.map(tracing::field::display);
+    tracing::info!(
+        peer = shown,
+        sid = engine.sid(),
+        transport = T::NAME,
+        "session opened"
+    );
     let conn = ns.presence.connection();
     let bans = ns.bans.changes();
     let bans_seen = *bans.borrow();
@@ -233,10 +234,8 @@ impl<T: Transport> Handler<T> {
     fn closed(&self, reason: &DisconnectReason) {
         self.ns.metrics.connected.fetch_sub(1, Ordering::Relaxed);
         let secs = self.opened.elapsed().as_secs_f32();
-        match self.peer {
-            Some(peer) => tracing::info!(%peer, %reason, secs, "session closed"),
-            None => tracing::info!(%reason, secs, "session closed"),
-        }
+        let peer = self.peer.map(tracing::field::display);
+        tracing::info!(peer, %reason, secs, "session closed");
     }
 
     /// The session ended for `reason`: out of presence, counted, and its sockets kept for

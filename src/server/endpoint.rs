@@ -283,7 +283,7 @@ async fn start_websocket(
 /// one is the handler's future itself with the permit beside it (`map`, not an `async` block,
 /// which would keep room for the session it was given beside the future made of it).
 fn session_task<T: Transport>(
-    app: &Arc<App>,
+    app: &App,
     peer: SocketAddr,
     session: engine::Session<T>,
     permit: OwnedSemaphorePermit,
