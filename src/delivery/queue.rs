@@ -138,6 +138,12 @@ impl<S: PacketSink> PacketQueue<S> {
         self.notify.notified().await
     }
 
+    /// Wakes the session's next [`PacketQueue::notified`] (now, or the next time it waits): the
+    /// layer above has news for it.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Queues a packet of the session's own; it leaves at the next flush.
     pub fn send(&self, packet: &str) {
         self.lock().sink.push_packet(packet);

@@ -3,10 +3,15 @@
 //! is gone. The first ping is due `pingInterval` after the open packet, each next one
 //! `pingInterval` after the pong.
 //!
-//! Pure state: the caller owns the clock, the timer and the two durations (one copy for every
-//! session), and asks [`Heartbeat::deadline`] when to look again.
+//! Pure state: the caller owns the clock (milliseconds since a start of its choosing), the timer
+//! and the two durations (one copy for every session), and asks [`Heartbeat::deadline`] when to
+//! look again.
 
-use tokio::time::{Duration, Instant};
+use std::time::Duration;
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 /// What is due when the timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,49 +24,58 @@ pub enum Due {
     Timeout,
 }
 
-/// One deadline at a time: the next ping's, or the pong's while a ping waits for it (three
-/// words, not four, in every session).
+/// One deadline at a time: the next ping's, or the pong's while a ping waits for it (two words
+/// for every session).
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
-    due: Instant,
+    /// Milliseconds on the caller's clock.
+    due: u64,
     /// Set while a ping waits for its pong: `due` is the pong's deadline.
     pinged: bool,
 }
 
 impl Heartbeat {
-    /// A heartbeat whose first ping is due `interval` (`pingInterval`) after `opened`.
-    pub fn new(interval: Duration, opened: Instant) -> Heartbeat {
+    /// A heartbeat whose first ping is due `interval` (`pingInterval`) after `opened` (ms).
+    pub fn new(interval: Duration, opened: u64) -> Heartbeat {
         Heartbeat {
-            due: opened + interval,
+            due: opened + ms(interval),
             pinged: false,
         }
     }
 
-    /// When the timer must fire next.
-    pub fn deadline(&self) -> Instant {
+    /// When the timer must fire next (ms).
+    pub fn deadline(&self) -> u64 {
         self.due
     }
 
-    /// What is due at `now`. A ping it asks for counts as sent, and must be answered within
+    /// What is due at `now` (ms). A ping it asks for counts as sent, and must be answered within
     /// `timeout` (`pingTimeout`).
-    pub fn poll(&mut self, now: Instant, timeout: Duration) -> Due {
+    pub fn poll(&mut self, now: u64, timeout: Duration) -> Due {
         if self.due > now {
             Due::Nothing
         } else if self.pinged {
             Due::Timeout
         } else {
-            self.due = now + timeout;
+            self.due = now + ms(timeout);
             self.pinged = true;
             Due::Ping
         }
     }
 
-    /// The client answered; the next ping is due `interval` (`pingInterval`) later. A pong
-    /// nobody asked for changes nothing.
-    pub fn pong(&mut self, now: Instant, interval: Duration) {
+    /// The ping [`Heartbeat::poll`] asked for went out only at `now` (ms), later: its pong is
+    /// due `timeout` (`pingTimeout`) from then.
+    pub fn sent(&mut self, now: u64, timeout: Duration) {
+        if self.pinged {
+            self.due = now + ms(timeout);
+        }
+    }
+
+    /// The client answered at `now` (ms); the next ping is due `interval` (`pingInterval`)
+    /// later. A pong nobody asked for changes nothing.
+    pub fn pong(&mut self, now: u64, interval: Duration) {
         if self.pinged {
             self.pinged = false;
-            self.due = now + interval;
+            self.due = now + ms(interval);
         }
     }
 }
@@ -72,20 +86,23 @@ mod tests {
 
     #[test]
     fn pings_every_interval_after_the_pong_and_times_out_without_one() {
-        let t0 = Instant::now();
+        let t0 = 1_000;
         let (i, t) = (Duration::from_millis(100), Duration::from_millis(50));
         let mut h = Heartbeat::new(i, t0);
-        assert_eq!(h.deadline(), t0 + i);
-        assert_eq!(h.poll(t0 + i - Duration::from_millis(1), t), Due::Nothing);
-        assert_eq!(h.poll(t0 + i, t), Due::Ping);
-        assert_eq!(h.deadline(), t0 + i + t);
-        assert_eq!(h.poll(t0 + i + Duration::from_millis(10), t), Due::Nothing);
-        h.pong(t0 + i + Duration::from_millis(20), i);
-        assert_eq!(h.deadline(), t0 + 2 * i + Duration::from_millis(20));
-        h.pong(t0 + 2 * i, i); // unasked: ignored
-        assert_eq!(h.deadline(), t0 + 2 * i + Duration::from_millis(20));
+        assert_eq!(h.deadline(), t0 + 100);
+        assert_eq!(h.poll(t0 + 99, t), Due::Nothing);
+        assert_eq!(h.poll(t0 + 100, t), Due::Ping);
+        assert_eq!(h.deadline(), t0 + 150);
+        assert_eq!(h.poll(t0 + 110, t), Due::Nothing);
+        h.pong(t0 + 120, i);
+        assert_eq!(h.deadline(), t0 + 220);
+        h.pong(t0 + 200, i); // unasked: ignored
+        assert_eq!(h.deadline(), t0 + 220);
         let second = h.deadline();
         assert_eq!(h.poll(second, t), Due::Ping);
-        assert_eq!(h.poll(second + t, t), Due::Timeout);
+        // Sent late: the pong is due from then.
+        h.sent(second + 30, t);
+        assert_eq!(h.poll(second + 50, t), Due::Nothing);
+        assert_eq!(h.poll(second + 80, t), Due::Timeout);
     }
 }

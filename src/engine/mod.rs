@@ -1,6 +1,7 @@
 //! The Engine.IO v4 session, transport-neutral (spec: socketio/engine.io-protocol `README.md`;
 //! reference: socket.io's `packages/engine.io/lib/socket.ts`): the open packet, the heartbeat, the
-//! packet queue, and how a session ends ([`DisconnectReason`]).
+//! packet queue, and how a session ends ([`DisconnectReason`]). The server's open sessions are in
+//! its [`Registry`], whose one task keeps every session's heartbeat and tells them of shutdown.
 //!
 //! A transport (see [`crate::transport`]) gives the session packets the client sent through
 //! [`Transport::recv`], and drains the session's [`PacketQueue`] towards the client through its
@@ -12,6 +13,7 @@
 //! Must not: know about Socket.IO packets or the chat, or about one transport's framing.
 
 pub mod heartbeat;
+pub mod registry;
 #[cfg(test)]
 pub mod testing;
 
@@ -19,13 +21,13 @@ use crate::delivery::queue::{PacketQueue, PacketSink};
 use crate::metrics::BadInput;
 use crate::protocol::engineio::{self, Handshake, Inbound};
 use crate::protocol::sid::Sid;
-use heartbeat::{Due, Heartbeat};
+pub use registry::Registry;
+use registry::{Membership, News};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::time::{sleep_until, timeout, Duration, Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Why a session ended. Logged when it closes; each transport tells the client in its own way
 /// (a WebSocket picks a close code).
@@ -143,7 +145,7 @@ pub enum Incoming<Text> {
     Message(Text),
     /// A binary message of this many bytes (an attachment of a binary Socket.IO packet).
     Binary(usize),
-    /// Anything else (a ping went out, a pong came, the fan-out has news, shutdown began): the
+    /// Anything else (a pong came, a ping was queued, the fan-out has news, shutdown began): the
     /// caller flushes and looks at its state again.
     Woken,
     /// The deadline given to [`Session::set_deadline`] passed.
@@ -155,30 +157,24 @@ pub struct Session<T: Transport> {
     sid: Sid,
     transport: T,
     queue: Arc<PacketQueue<T::Sink>>,
-    heartbeat: Heartbeat,
-    /// The layer above's own deadline (the Socket.IO connect timeout).
-    deadline: Option<Instant>,
-    /// One timer and one shutdown future for the session's whole life: recreating them every
-    /// turn would register with the timer wheel and the token's waiter list each time a socket
-    /// gets a message. The timer is set to the earlier of the heartbeat's deadline and
-    /// `deadline`, and remembers it ([`Sleep::deadline`]).
-    timer: Pin<Box<Sleep>>,
-    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Its slot in the server's registry, which pings it, finds a missed pong and tells it of
+    /// shutdown (through the queue's wake-up), so the session keeps no timer of its own.
+    membership: Membership,
+    /// The layer above's own deadline (the Socket.IO connect timeout): a timer only while one is
+    /// set, so a connected socket has none.
+    deadline: Option<Pin<Box<Sleep>>>,
     closing: bool,
-    /// Shared by every session (a copy each would be part of every socket's memory).
-    config: Arc<EngineConfig>,
 }
 
 impl<T: Transport> Session<T> {
-    /// Opens a session on `transport`: queues the open packet and starts the heartbeat. `stop`
-    /// is the server's shutdown signal; `config` is best shared (an `Arc` every session clones).
+    /// Opens a session on `transport`: queues the open packet and enters it in `registry`,
+    /// which starts its heartbeat.
     pub fn open(
         transport: T,
         queue: Arc<PacketQueue<T::Sink>>,
-        config: impl Into<Arc<EngineConfig>>,
-        stop: &CancellationToken,
+        registry: &Arc<Registry>,
     ) -> Session<T> {
-        let config = config.into();
+        let config = registry.config();
         let sid = Sid::random();
         queue.send(&engineio::encode_open(&Handshake {
             sid: sid.as_str(),
@@ -187,19 +183,14 @@ impl<T: Transport> Session<T> {
             ping_timeout_ms: config.ping_timeout.as_millis() as u64,
             max_payload: config.max_payload,
         }));
-        let now = Instant::now();
-        let heartbeat = Heartbeat::new(config.ping_interval, now);
-        let armed = heartbeat.deadline();
+        let membership = registry.register(queue.clone());
         Session {
             sid,
             transport,
             queue,
-            heartbeat,
+            membership,
             deadline: None,
-            timer: Box::pin(sleep_until(armed)),
-            stopping: Box::pin(stop.clone().cancelled_owned()),
             closing: false,
-            config,
         }
     }
 
@@ -213,8 +204,9 @@ impl<T: Transport> Session<T> {
         &self.queue
     }
 
+    /// The parameters the session announced in its open packet.
     pub fn config(&self) -> &EngineConfig {
-        &self.config
+        self.membership.registry().config()
     }
 
     /// Whether the server is shutting down (the session stops reading and should end soon).
@@ -224,7 +216,11 @@ impl<T: Transport> Session<T> {
 
     /// Sets (or clears) the deadline [`Session::next`] reports with [`Incoming::Deadline`].
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
+        match (deadline, &mut self.deadline) {
+            (None, timer) => *timer = None,
+            (Some(at), Some(timer)) => timer.as_mut().reset(at),
+            (Some(at), timer) => *timer = Some(Box::pin(sleep_until(at))),
+        }
     }
 
     /// Queues a packet.
@@ -232,24 +228,17 @@ impl<T: Transport> Session<T> {
         self.queue.send(packet);
     }
 
-    fn timer_deadline(&self) -> Instant {
-        let heartbeat = self.heartbeat.deadline();
-        self.deadline.map_or(heartbeat, |d| d.min(heartbeat))
-    }
-
     /// Waits for the next thing the layer above must handle. Reads from the client only while
     /// `reading` (backpressure) and not shutting down.
     pub async fn next(&mut self, reading: bool) -> Result<Incoming<T::Text>, DisconnectReason> {
-        self.rearm();
         let reading = reading && !self.closing;
         tokio::select! {
             biased;
-            () = &mut self.stopping, if !self.closing => {
-                self.closing = true;
-                Ok(Incoming::Woken)
+            () = passed(&mut self.deadline) => {
+                self.deadline = None;
+                Ok(Incoming::Deadline)
             }
-            () = &mut self.timer => self.on_timer(),
-            () = self.queue.notified() => Ok(Incoming::Woken),
+            () = self.queue.notified() => self.on_wake(),
             received = self.transport.recv(), if reading => match received? {
                 Received::Text(text) => self.on_packet(text),
                 Received::Binary(len) => Ok(Incoming::Binary(len)),
@@ -257,29 +246,21 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Moves the timer to the next deadline if that changed. (Not inline in `next`: a local
-    /// held there would be part of every idle socket's state.)
-    fn rearm(&mut self) {
-        let deadline = self.timer_deadline();
-        if deadline != self.timer.deadline() {
-            self.timer.as_mut().reset(deadline);
+    /// Woken through the queue: by the fan-out, or by the registry with news (a ping it owes
+    /// goes out at the caller's next flush).
+    fn on_wake(&mut self) -> Result<Incoming<T::Text>, DisconnectReason> {
+        let News {
+            timed_out,
+            closing,
+            ping,
+        } = self.membership.take_news();
+        if timed_out {
+            return Err(DisconnectReason::HeartbeatTimeout);
         }
-    }
-
-    fn on_timer(&mut self) -> Result<Incoming<T::Text>, DisconnectReason> {
-        let now = Instant::now();
-        if self.deadline.is_some_and(|d| d <= now) {
-            self.deadline = None;
-            return Ok(Incoming::Deadline);
+        if ping {
+            self.queue.send(engineio::PING);
         }
-        match self.heartbeat.poll(now, self.config.ping_timeout) {
-            Due::Ping => self.queue.send(engineio::PING),
-            Due::Timeout => return Err(DisconnectReason::HeartbeatTimeout),
-            Due::Nothing => {}
-        }
-        // Re-arm even when the deadline did not move, so a fired timer is never polled again.
-        let deadline = self.timer_deadline();
-        self.timer.as_mut().reset(deadline);
+        self.closing |= closing;
         Ok(Incoming::Woken)
     }
 
@@ -287,8 +268,7 @@ impl<T: Transport> Session<T> {
         match engineio::decode(text.as_ref()) {
             Ok(Inbound::Message(_)) => Ok(Incoming::Message(text)),
             Ok(Inbound::Pong(_)) => {
-                self.heartbeat
-                    .pong(Instant::now(), self.config.ping_interval);
+                self.membership.pong();
                 Ok(Incoming::Woken)
             }
             Ok(Inbound::Close) => Err(DisconnectReason::TransportClose),
@@ -314,6 +294,14 @@ impl<T: Transport> Session<T> {
     /// Ends the session: the transport tells the client why and closes.
     pub async fn close(&mut self, reason: &DisconnectReason) {
         self.transport.close(reason, Duration::from_secs(1)).await;
+    }
+}
+
+/// Resolves when `timer` fires; never when there is none.
+async fn passed(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -350,7 +338,7 @@ pub async fn flush<S: PacketSink>(
 
 #[cfg(test)]
 mod tests {
-    use super::testing::MemoryTransport;
+    use super::testing::{registry, MemoryTransport};
     use super::*;
 
     fn config() -> EngineConfig {
@@ -361,39 +349,45 @@ mod tests {
         }
     }
 
+    fn pings(queue: &PacketQueue<crate::delivery::testing::MemorySink>) -> usize {
+        queue.with_sink(|s| s.sent.iter().chain(&s.queued).filter(|p| *p == "2").count())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_pings_on_time_and_closes_a_client_that_never_pongs() {
         let (transport, _client, queue) = MemoryTransport::new();
-        let stop = CancellationToken::new();
+        let (registry, _shutdown) = registry(config());
         let start = Instant::now();
-        let mut session = Session::open(transport, queue.clone(), config(), &stop);
+        let mut session = Session::open(transport, queue.clone(), &registry);
         let open = queue.with_sink(|s| s.queued.clone());
+        session.flush(Duration::from_secs(1)).await.unwrap();
         assert_eq!(open.len(), 1);
         assert!(open[0].starts_with(&format!("0{{\"sid\":\"{}\"", session.sid())));
         assert!(open[0].contains("\"upgrades\":[],\"pingInterval\":300,\"pingTimeout\":200"));
-        // The first ping, pingInterval after the open packet.
-        assert!(matches!(session.next(true).await, Ok(Incoming::Woken)));
-        assert_eq!(start.elapsed(), Duration::from_millis(300));
-        assert_eq!(
-            queue.with_sink(|s| s.queued.last().cloned()),
-            Some("2".into())
-        );
+        // The first ping, pingInterval after the open packet, goes out without the session.
+        tokio::time::sleep_until(start + Duration::from_millis(299)).await;
+        assert_eq!(pings(&queue), 0);
+        tokio::time::sleep_until(start + Duration::from_millis(301)).await;
+        assert_eq!(pings(&queue), 1);
         // No pong: closed pingTimeout later.
         assert_eq!(
             session.next(true).await.unwrap_err(),
             DisconnectReason::HeartbeatTimeout
         );
         assert_eq!(start.elapsed(), Duration::from_millis(500));
+        drop(session);
+        assert!(registry.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pong_moves_the_next_ping_and_messages_come_through() {
         let (transport, client, queue) = MemoryTransport::new();
-        let stop = CancellationToken::new();
+        let (registry, _shutdown) = registry(config());
         let start = Instant::now();
-        let mut session = Session::open(transport, queue.clone(), config(), &stop);
-        assert!(matches!(session.next(true).await, Ok(Incoming::Woken))); // ping at 300
-        tokio::time::advance(Duration::from_millis(100)).await;
+        let mut session = Session::open(transport, queue.clone(), &registry);
+        session.flush(Duration::from_secs(1)).await.unwrap();
+        tokio::time::sleep_until(start + Duration::from_millis(400)).await;
+        assert_eq!(pings(&queue), 1); // at 300
         client.send(Ok(Received::Text("3".into()))).unwrap();
         assert!(matches!(session.next(true).await, Ok(Incoming::Woken))); // pong at 400
         client.send(Ok(Received::Text("40".into()))).unwrap();
@@ -401,21 +395,44 @@ mod tests {
             Ok(Incoming::Message(text)) => assert_eq!(text, "40"),
             other => panic!("{other:?}"),
         }
-        // Next ping pingInterval after the pong, not after the first ping.
+        // Not timed out at 500; the next ping pingInterval after the pong, not after the first
+        // ping.
+        tokio::time::sleep_until(start + Duration::from_millis(699)).await;
+        assert_eq!(pings(&queue), 1);
+        tokio::time::sleep_until(start + Duration::from_millis(701)).await;
+        assert_eq!(pings(&queue), 2);
+        client.send(Ok(Received::Text("3".into()))).unwrap();
         assert!(matches!(session.next(true).await, Ok(Incoming::Woken)));
-        assert_eq!(start.elapsed(), Duration::from_millis(700));
-        let pings = queue.with_sink(|s| s.queued.iter().filter(|p| *p == "2").count());
-        assert_eq!(pings, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backed_up_connection_gets_its_ping_from_its_session_and_the_pong_time_from_then() {
+        let (transport, _client, queue) = MemoryTransport::new();
+        queue.with_sink(|s| s.taking = false); // the open packet stays waiting
+        let (registry, _shutdown) = registry(config());
+        let start = Instant::now();
+        let mut session = Session::open(transport, queue.clone(), &registry);
+        tokio::time::sleep_until(start + Duration::from_millis(350)).await;
+        assert_eq!(pings(&queue), 0);
+        // Woken at 300; queues the ping when it looks, at 350.
+        assert!(matches!(session.next(true).await, Ok(Incoming::Woken)));
+        assert_eq!(pings(&queue), 1);
+        assert_eq!(
+            session.next(true).await.unwrap_err(),
+            DisconnectReason::HeartbeatTimeout
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(550));
     }
 
     #[tokio::test(start_paused = true)]
     async fn not_reading_leaves_packets_waiting_and_bad_packets_end_the_session() {
         let (transport, client, queue) = MemoryTransport::new();
-        let stop = CancellationToken::new();
-        let mut session = Session::open(transport, queue, config(), &stop);
+        let (registry, _shutdown) = registry(config());
+        let mut session = Session::open(transport, queue, &registry);
         client.send(Ok(Received::Text("2".into()))).unwrap();
-        // Backpressure: not read; the ping timer fires first.
-        assert!(matches!(session.next(false).await, Ok(Incoming::Woken)));
+        // Backpressure: not read.
+        let waited = timeout(Duration::from_millis(100), session.next(false)).await;
+        assert!(waited.is_err());
         assert!(matches!(
             session.next(true).await,
             Err(DisconnectReason::PacketParsingError(_))
@@ -425,14 +442,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deadlines_and_shutdown_wake_the_layer_above() {
         let (transport, _client, queue) = MemoryTransport::new();
-        let stop = CancellationToken::new();
+        let (registry, shutdown) = registry(config());
         let start = Instant::now();
-        let mut session = Session::open(transport, queue, config(), &stop);
+        let mut session = Session::open(transport, queue, &registry);
         session.set_deadline(Some(start + Duration::from_millis(50)));
         assert!(matches!(session.next(true).await, Ok(Incoming::Deadline)));
         assert_eq!(start.elapsed(), Duration::from_millis(50));
-        stop.cancel();
+        shutdown.cancel();
         assert!(matches!(session.next(true).await, Ok(Incoming::Woken)));
         assert!(session.closing());
+        // A session opened during shutdown is told at once.
+        let (transport, _client, queue) = MemoryTransport::new();
+        let mut late = Session::open(transport, queue, &registry);
+        assert!(matches!(late.next(true).await, Ok(Incoming::Woken)));
+        assert!(late.closing());
     }
 }

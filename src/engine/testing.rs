@@ -2,12 +2,27 @@
 //! network. The test holds the client's end: it sends packet texts (or a transport error) and
 //! reads what the session queued from the [`MemorySink`].
 
-use super::{DisconnectReason, Received, Transport};
+use super::{DisconnectReason, EngineConfig, Received, Registry, Transport};
 use crate::delivery::queue::PacketQueue;
 use crate::delivery::testing::MemorySink;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A registry with its heartbeat running on the test's runtime, and the token that shuts it
+/// down.
+pub fn registry(config: EngineConfig) -> (Arc<Registry>, CancellationToken) {
+    let registry = Registry::new(config);
+    let shutdown = CancellationToken::new();
+    registry.start(
+        &TaskTracker::new(),
+        shutdown.clone(),
+        CancellationToken::new(),
+    );
+    (registry, shutdown)
+}
 
 pub type ClientEnd = mpsc::UnboundedSender<Result<Received<String>, DisconnectReason>>;
 

@@ -1024,6 +1024,7 @@ mod tests {
         ns: Arc<Namespace>,
         store: MemoryStore,
         stop: CancellationToken,
+        engine: Arc<crate::engine::Registry>,
         tasks: TaskTracker,
     }
 
@@ -1065,6 +1066,13 @@ mod tests {
                 CancellationToken::new(),
             )
         });
+        let stop = CancellationToken::new();
+        let engine = crate::engine::Registry::new(EngineConfig {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1000,
+        });
+        engine.start(&tasks, stop.clone(), CancellationToken::new());
         Chat {
             ns: Arc::new(Namespace {
                 sequencer,
@@ -1087,7 +1095,8 @@ mod tests {
                 bans: Default::default(),
             }),
             store,
-            stop: CancellationToken::new(),
+            stop,
+            engine,
             tasks,
         }
     }
@@ -1103,12 +1112,7 @@ mod tests {
     impl Chat {
         fn connect(&self) -> Client {
             let (transport, to_server, queue) = MemoryTransport::new();
-            let config = EngineConfig {
-                ping_interval: Duration::from_secs(25),
-                ping_timeout: Duration::from_secs(20),
-                max_payload: 1000,
-            };
-            let session = Session::open(transport, queue.clone(), config, &self.stop);
+            let session = Session::open(transport, queue.clone(), &self.engine);
             let ended = self.tasks.spawn(serve(session, self.ns.clone(), None));
             Client {
                 to_server,

@@ -5,7 +5,7 @@
 
 use super::origin::OriginPolicy;
 use crate::delivery::canary::Canary;
-use crate::engine::EngineConfig;
+use crate::engine::Registry;
 use crate::namespace::Namespace;
 use crate::transport::polling::PollingSessions;
 use bytes::Bytes;
@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 /// What request handlers share.
 pub struct App {
     pub namespace: Arc<Namespace>,
-    pub engine: Arc<EngineConfig>,
+    /// The open Engine.IO sessions, their parameters and heartbeat.
+    pub engine: Arc<Registry>,
     /// Longest `/readyz` waits for the database.
     pub db_timeout: Duration,
     /// Where the page's files are read from on every request; `None`: the built-in copy.

@@ -263,14 +263,15 @@ async fn start_websocket(
             return;
         }
     };
-    let (transport, queue) = match websocket::accept(upgraded, app.engine.max_payload).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(%peer, error = e, "cannot start the WebSocket");
-            return;
-        }
-    };
-    let session = engine::Session::open(transport, queue, app.engine.clone(), &app.shutdown);
+    let (transport, queue) =
+        match websocket::accept(upgraded, app.engine.config().max_payload).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(%peer, error = e, "cannot start the WebSocket");
+                return;
+            }
+        };
+    let session = engine::Session::open(transport, queue, &app.engine);
     // Spawned while this task still runs, so the tracker never sees the connection gone.
     app.connections
         .spawn(session_task(&app, peer, session, permit));
@@ -305,13 +306,8 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
         Ok(p) => p,
         Err(refusal) => return *refusal,
     };
-    let (transport, handle) = PollingSessions::create(app.engine.max_payload);
-    let session = engine::Session::open(
-        transport,
-        handle.queue.clone(),
-        app.engine.clone(),
-        &app.shutdown,
-    );
+    let (transport, handle) = PollingSessions::create(app.engine.config().max_payload);
+    let session = engine::Session::open(transport, handle.queue.clone(), &app.engine);
     let sid = session.sid().to_string();
     let open = handle.handshake_payload();
     app.polling.insert(&sid, handle);
@@ -381,7 +377,7 @@ async fn post(app: Arc<App>, session: Arc<PollingSession>, req: Request<Incoming
     let Some(posting) = session.begin_post() else {
         return bad_request(3, "Bad request"); // overlapping POSTs: the session is closed
     };
-    let limit = app.engine.max_payload;
+    let limit = app.engine.config().max_payload;
     let read = tokio::select! {
         read = Limited::new(req.into_body(), limit).collect() => read,
         // The session ended while the body arrived: the POST ends with it, and what was

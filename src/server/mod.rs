@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
 use crate::delivery::Broadcaster;
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, Registry};
 use crate::identity::Verifier;
 use crate::log::Wire;
 use crate::metrics::Metrics;
@@ -215,11 +215,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
         .collect();
+    let engine = Registry::new(engine_config(config));
+    engine.start(&background, shutdown.clone(), stop_background.clone());
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
         namespace: Arc::new(namespace),
-        engine: Arc::new(engine_config(config)),
+        engine,
         db_timeout: config.db_timeout(),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown.clone(),
