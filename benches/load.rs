@@ -1116,12 +1116,15 @@ async fn idle(target: &Target, sockets: usize, transport: TransportKind, settle:
         .into_iter()
         .map(|mut r| tokio::spawn(async move { while r.next_text().await.is_some() {} }))
         .collect();
+    // The CPU the held sockets cost (heartbeats) over the settle time, all connected.
+    let (server_cpu, tool_cpu) = (target.cpu_secs_each(), cpu_secs_of("/proc/self/stat"));
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = target.rss_kib();
     match (before, after) {
         (Some(b), Some(a)) => println!(
-            "idle sockets={sockets} ({transport:?}): server RSS {b} KiB -> {a} KiB = {:.2} KiB per socket",
-            (a.saturating_sub(b)) as f64 / sockets as f64
+            "idle sockets={sockets} ({transport:?}): server RSS {b} KiB -> {a} KiB = {:.2} KiB per socket; over {settle} s held: {}",
+            (a.saturating_sub(b)) as f64 / sockets as f64,
+            cpu_report(target, server_cpu, tool_cpu),
         ),
         _ => println!(
             "idle sockets={sockets}: connected; server memory unknown (give --pid or --spawn)"
