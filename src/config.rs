@@ -82,7 +82,7 @@ pub struct Config {
     /// Under load, the fan-out writes to each socket at most once per this many milliseconds,
     /// so that each write carries every message of the interval (a message after a quiet spell
     /// goes out at once). 0: write every committed batch as soon as it is published. At most 1000.
-    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 
     /// Browser origins allowed to connect besides the server's own page, comma-separated
