@@ -112,11 +112,11 @@ impl Registry {
     }
 
     /// The longest a ping or a timeout may be late: a twentieth of the shorter of
-    /// `pingInterval` and `pingTimeout`, at most 1 s (with socket.io's defaults, 25 s and 20 s:
-    /// 1 s).
+    /// `pingInterval` and `pingTimeout`, between 1 ms and 1 s (with socket.io's defaults, 25 s
+    /// and 20 s: 1 s).
     pub fn resolution(&self) -> Duration {
         let shorter = self.config.ping_interval.min(self.config.ping_timeout);
-        (shorter / 20).min(Duration::from_secs(1))
+        (shorter / 20).clamp(Duration::from_millis(1), Duration::from_secs(1))
     }
 
     /// Number of open sessions.
