@@ -12,6 +12,7 @@
 //! cargo bench --bench load -- fanout --spawn --transport polling   # receivers on HTTP long-polling
 //! cargo bench --bench load -- idle --spawn --transport polling --sockets 5000
 //! cargo bench --bench load -- fanout --spawn --transport polling --node-reference  # stock Node server
+//! cargo bench --bench load -- fanout --spawn --transport polling --socketioxide-reference  # socketioxide
 //! cargo bench --bench load -- fanout --spawn --rooms 100 --receivers 1000 --senders 100  # 100 rooms
 //! cargo bench --bench load -- persist --spawn --rooms 100          # the 50 clients over 100 rooms
 //! cargo bench --bench load -- fanout --spawn --meta                 # receivers ask for authors
@@ -109,6 +110,11 @@ struct Args {
     /// `npm ci --prefix benches/node-reference` once first).
     #[arg(long)]
     node_reference: bool,
+    /// With --spawn: start the tutorial chat on socketioxide (no database) instead of relay, as
+    /// the Rust reference (`benches/socketioxide-reference/`; build it once first with
+    /// `cargo build --release --manifest-path benches/socketioxide-reference/Cargo.toml`).
+    #[arg(long)]
+    socketioxide_reference: bool,
     /// With --spawn: start the yardstick instead of relay — a raw tokio-tungstenite broadcast
     /// server with no database, acking at once (the issue's "raw no-DB server").
     #[arg(long)]
@@ -211,7 +217,7 @@ struct Node {
 struct Target {
     nodes: Vec<Node>,
     db: Option<Scratch>,
-    /// How the spawned relays were started (None: --url, --baseline, --node-reference), so
+    /// How the spawned relays were started (None: --url, --baseline, a reference server), so
     /// that `restart` can start one again on its port.
     relay: Option<RelaySpec>,
 }
@@ -337,6 +343,11 @@ impl Target {
                 let mut c = Command::new("node");
                 c.arg(script);
                 c
+            } else if args.socketioxide_reference {
+                Command::new(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/benches/socketioxide-reference/target/release/socketioxide-reference"
+                ))
             } else if args.baseline {
                 let mut c = Command::new(std::env::current_exe().expect("own path"));
                 c.args(["raw-server", "--bench"]);
@@ -349,7 +360,7 @@ impl Target {
             };
             nodes.push(start_node(command, &url, 0));
         }
-        let relay = !args.baseline && !args.node_reference;
+        let relay = !args.baseline && !args.node_reference && !args.socketioxide_reference;
         Target {
             nodes,
             db: relay.then_some(scratch),
@@ -766,8 +777,14 @@ fn chat_frame(t: &str) -> Option<(&str, u64)> {
     Some((rest[..comma].strip_suffix('"')?, id))
 }
 
+/// The ack id of an ack with no arguments: `43<n>[]` (socketioxide acks a unit as `[null]`).
+/// An ack carrying an error is not one.
 fn ack_frame(t: &str) -> Option<u64> {
-    without_nsp(t, "43")?.strip_suffix("[]")?.parse().ok()
+    let rest = without_nsp(t, "43")?;
+    let id = rest
+        .strip_suffix("[]")
+        .or_else(|| rest.strip_suffix("[null]"))?;
+    id.parse().ok()
 }
 
 #[derive(Default)]

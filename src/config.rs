@@ -85,6 +85,13 @@ pub struct Config {
     #[arg(long, env = "FANOUT_INTERVAL_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 
+    /// HTTP long-polling: a client gets at most one answer per this many milliseconds while
+    /// packets keep coming, each carrying what came meanwhile (every answer costs the client a
+    /// new request); after a quiet spell a packet goes out at once. 0: every packet at once. At
+    /// most 1000.
+    #[arg(long, env = "POLLING_INTERVAL_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub polling_interval_ms: u64,
+
     /// Browser origins allowed to connect besides the server's own page, comma-separated
     /// (`https://chat.example.com,https://www.example.com`), or `*` for any. The page relay serves
     /// is always allowed (its Origin is the request's Host); requests without an Origin header

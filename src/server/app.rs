@@ -25,6 +25,8 @@ pub struct App {
     pub namespace: Arc<Namespace>,
     /// The open Engine.IO sessions, their parameters and heartbeat.
     pub engine: Arc<Registry>,
+    /// The least time between two answers to a polling client while packets keep coming.
+    pub polling_interval: Duration,
     /// Longest `/readyz` waits for the database.
     pub db_timeout: Duration,
     /// Where the page's files are read from on every request; `None`: the built-in copy.

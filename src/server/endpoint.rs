@@ -306,7 +306,8 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
         Ok(p) => p,
         Err(refusal) => return *refusal,
     };
-    let (transport, handle) = PollingSessions::create(app.engine.config().max_payload);
+    let (transport, handle) =
+        PollingSessions::create(app.engine.config().max_payload, app.polling_interval);
     let session = engine::Session::open(transport, handle.queue.clone(), &app.engine);
     let sid = session.sid().to_string();
     let open = handle.handshake_payload();
@@ -356,9 +357,20 @@ async fn long_poll(session: Arc<PollingSession>) -> HttpResponse {
     match outcome {
         PollOutcome::Now(packets) => payload(packets),
         // A session that ended without answering: the close packet, so the client reconnects.
-        PollOutcome::Wait(rx) => {
+        PollOutcome::Wait(mut rx, held) => {
             let waiting = session.begin_wait();
-            let packets = rx.await.unwrap_or_else(|_| b"1".to_vec());
+            let packets = match held {
+                // Within the poll interval of the last answer: what comes waits for its end.
+                Some(until) => tokio::select! {
+                    packets = &mut rx => packets,
+                    () = tokio::time::sleep_until(until) => {
+                        session.release();
+                        (&mut rx).await
+                    }
+                },
+                None => rx.await,
+            };
+            let packets = packets.unwrap_or_else(|_| b"1".to_vec());
             waiting.answered();
             payload(packets)
         }

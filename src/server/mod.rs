@@ -222,6 +222,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let app = Arc::new(App {
         namespace: Arc::new(namespace),
         engine,
+        polling_interval: Duration::from_millis(config.polling_interval_ms),
         db_timeout: config.db_timeout(),
         static_dir: config.static_dir.clone(),
         shutdown: shutdown.clone(),

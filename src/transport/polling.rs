@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Duration;
+use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Packets a POST may hand over before it waits for the session to take them.
@@ -47,14 +47,25 @@ pub struct PollBuffer {
     /// for the WebSocket.
     paused: bool,
     closed: bool,
+    /// The least time from one answer to the next while packets keep coming
+    /// (`POLLING_INTERVAL_MS`): every answer costs the client a new request, so under load
+    /// each carries what came meanwhile. 0: every packet at once.
+    hold: Duration,
+    /// When the last GET was answered.
+    answered: Option<Instant>,
+    /// The payload holds a packet of the session's own (an ack, the CONNECT reply, a ping, a
+    /// presence event): it goes at once, whatever the interval; only the fan-out's chat
+    /// messages wait for it.
+    urgent: bool,
 }
 
 /// What a GET gets.
 pub enum PollOutcome {
     /// The packets queued, now.
     Now(Vec<u8>),
-    /// Packets to come.
-    Wait(oneshot::Receiver<Vec<u8>>),
+    /// Packets to come; those that come before the instant (the poll interval since the last
+    /// answer) wait for it, and the GET then takes them with [`PollingSession::release`].
+    Wait(oneshot::Receiver<Vec<u8>>, Option<Instant>),
     /// Another GET is waiting already: the client broke the protocol.
     Duplicate,
     /// The session is over.
@@ -72,9 +83,27 @@ impl PollBuffer {
         self.payload.extend_from_slice(packet);
     }
 
-    /// Gives the payload to the waiting GET, if there is one and something to give. A GET whose
-    /// client went away gives it back.
+    /// Until when an answer must wait: the poll interval after the last one, if that is still
+    /// ahead.
+    fn held_until(&self, now: Instant) -> Option<Instant> {
+        let until = self.answered? + self.hold;
+        (until > now).then_some(until)
+    }
+
+    /// Gives the payload to the waiting GET, if there is one and something to give, unless the
+    /// last answer was less than the poll interval ago (the GET takes it when that is over).
     fn hand_over(&mut self) {
+        if self.payload.is_empty() || self.waiting.is_none() {
+            return;
+        }
+        if !self.hold.is_zero() && !self.urgent && self.held_until(Instant::now()).is_some() {
+            return;
+        }
+        self.answer();
+    }
+
+    /// Gives the payload to the waiting GET now. A GET whose client went away gives it back.
+    fn answer(&mut self) {
         if self.payload.is_empty() {
             return;
         }
@@ -82,7 +111,11 @@ impl PollBuffer {
             return;
         };
         match get.send(std::mem::take(&mut self.payload)) {
-            Ok(()) => self.wake_drained(),
+            Ok(()) => {
+                self.answered = Some(Instant::now());
+                self.urgent = false;
+                self.wake_drained();
+            }
             Err(payload) => self.payload = payload,
         }
     }
@@ -95,19 +128,23 @@ impl PollBuffer {
         if self.waiting.as_ref().is_some_and(|w| !w.is_closed()) {
             return PollOutcome::Duplicate;
         }
+        let now = Instant::now();
+        let held = self.held_until(now);
         if self.paused {
             // A GET that was on its way when the client probed a WebSocket: ended at once with a
             // noop, so the client's pause completes and it can upgrade.
             self.push(engineio::NOOP.as_bytes());
         }
-        if !self.payload.is_empty() {
+        if !self.payload.is_empty() && (held.is_none() || self.paused || self.urgent) {
+            self.answered = Some(now);
+            self.urgent = false;
             self.wake_drained();
             return PollOutcome::Now(std::mem::take(&mut self.payload));
         }
         let (tx, rx) = oneshot::channel();
         self.waiting = Some(tx);
         self.wake_drained();
-        PollOutcome::Wait(rx)
+        PollOutcome::Wait(rx, held)
     }
 
     fn wake_drained(&mut self) {
@@ -141,11 +178,11 @@ impl PollBuffer {
         }
     }
 
-    /// Ends the waiting GET (if any) with `packet` after what is queued.
+    /// Ends the waiting GET (if any) with `packet` after what is queued, at once.
     fn end_poll(&mut self, packet: &str) {
         if self.waiting.is_some() {
             self.push(packet.as_bytes());
-            self.hand_over();
+            self.answer();
         }
     }
 
@@ -182,6 +219,14 @@ pub enum PollingSink {
 impl PollingSink {
     fn new() -> PollingSink {
         PollingSink::Polling(PollBuffer::default())
+    }
+
+    /// A polling sink whose answers come at most once per `hold` while packets keep coming.
+    fn with_hold(hold: Duration) -> PollingSink {
+        PollingSink::Polling(PollBuffer {
+            hold,
+            ..PollBuffer::default()
+        })
     }
 
     /// The poll buffer, while the session is on polling.
@@ -264,7 +309,8 @@ impl PacketSink for PollingSink {
         match self {
             PollingSink::WebSocket(ws) => ws.push_packet(packet),
             PollingSink::Polling(b) | PollingSink::Upgrading { polling: b, .. } => {
-                b.push(packet.as_bytes())
+                b.push(packet.as_bytes());
+                b.urgent = true;
             }
         }
     }
@@ -554,6 +600,16 @@ impl PollingSession {
         Some(Posting(self))
     }
 
+    /// The poll interval of a waiting GET is over: it takes what came meanwhile, if anything
+    /// (else the next packet goes to it at once).
+    pub fn release(&self) {
+        self.queue.with_sink(|sink| {
+            if let Some(buffer) = sink.polling() {
+                buffer.answer();
+            }
+        });
+    }
+
     /// A GET begins to wait for packets; see [`WaitingGet`].
     pub fn begin_wait(&self) -> WaitingGet<'_> {
         WaitingGet(Some(self))
@@ -611,10 +667,11 @@ pub struct PollingSessions {
 
 impl PollingSessions {
     /// A new session's transport and queue (its sink empty); register it with
-    /// [`PollingSessions::insert`] once its Engine.IO sid is known.
-    pub fn create(max_payload: usize) -> (PollingTransport, Arc<PollingSession>) {
+    /// [`PollingSessions::insert`] once its Engine.IO sid is known. `max_payload` bounds a
+    /// client's message (bytes); `hold` is the poll interval (see [`PollOutcome::Wait`]).
+    pub fn create(max_payload: usize, hold: Duration) -> (PollingTransport, Arc<PollingSession>) {
         let (tx, rx) = mpsc::channel(INBOUND);
-        let queue = Arc::new(PacketQueue::new(PollingSink::new()));
+        let queue = Arc::new(PacketQueue::new(PollingSink::with_hold(hold)));
         let transport = PollingTransport {
             inbound: rx,
             queue: queue.clone(),
@@ -672,7 +729,7 @@ mod tests {
             PollOutcome::Now(p) => assert_eq!(p, b"0{}\x1e40{\"sid\":\"x\"}"),
             _ => panic!("queued packets go at once"),
         }
-        let PollOutcome::Wait(rx) = sink_payload(&q) else {
+        let PollOutcome::Wait(rx, _) = sink_payload(&q) else {
             panic!("nothing queued: the GET waits")
         };
         assert!(matches!(sink_payload(&q), PollOutcome::Duplicate));
@@ -688,10 +745,53 @@ mod tests {
         assert!(!q.has_backlog());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn under_load_a_get_is_answered_at_most_once_per_poll_interval() {
+        let hold = Duration::from_millis(50);
+        let q = PacketQueue::new(PollingSink::with_hold(hold));
+        let start = Instant::now();
+        q.send("a");
+        assert!(matches!(sink_payload(&q), PollOutcome::Now(p) if p == b"a"));
+        // The next GET, 10 ms on: what comes waits until 50 ms after the last answer.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let PollOutcome::Wait(mut rx, Some(until)) = sink_payload(&q) else {
+            panic!("within the interval: a wait with its end")
+        };
+        assert_eq!(until, start + hold);
+        make_live(&q);
+        let room = crate::room::Room::main();
+        assert_eq!(q.offer(&room, 1, &[batch(0, &[1])]), Some(1));
+        assert_eq!(q.offer(&room, 1, &[batch(1, &[2])]), Some(1));
+        assert!(rx.try_recv().is_err());
+        tokio::time::advance(Duration::from_millis(40)).await;
+        q.with_sink(|s| s.polling().unwrap().answer());
+        assert_eq!(
+            rx.await.unwrap(),
+            b"42[\"chat message\",\"m\",1]\x1e42[\"chat message\",\"m\",2]"
+        );
+        // A GET that finds chat messages queued within the interval waits for its end too...
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(q.offer(&room, 1, &[batch(2, &[3])]), Some(1));
+        let PollOutcome::Wait(rx, Some(_)) = sink_payload(&q) else {
+            panic!("chat messages within the interval wait")
+        };
+        // ...but a packet of the session's own (an ack) takes them along at once.
+        q.send("431[]");
+        q.with_sink(|s| s.send_now()).unwrap();
+        assert_eq!(rx.await.unwrap(), b"42[\"chat message\",\"m\",3]\x1e431[]");
+        // After a quiet spell, at once.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let PollOutcome::Wait(rx, None) = sink_payload(&q) else {
+            panic!("nothing queued, interval over: a plain wait")
+        };
+        assert_eq!(q.offer(&room, 1, &[batch(3, &[4])]), Some(1));
+        assert_eq!(rx.await.unwrap(), b"42[\"chat message\",\"m\",4]");
+    }
+
     #[tokio::test]
     async fn a_vanished_get_gives_its_packets_back() {
         let q = PacketQueue::new(PollingSink::new());
-        let PollOutcome::Wait(rx) = sink_payload(&q) else {
+        let PollOutcome::Wait(rx, _) = sink_payload(&q) else {
             panic!()
         };
         drop(rx);
@@ -711,7 +811,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let q = PacketQueue::new(PollingSink::new());
-        let PollOutcome::Wait(get) = sink_payload(&q) else {
+        let PollOutcome::Wait(get, _) = sink_payload(&q) else {
             panic!()
         };
         assert!(q.with_sink(|s| s.begin_upgrade(WsSink::new(Arc::new(server)))));
