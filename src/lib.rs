@@ -11,7 +11,7 @@
 //! | presence | [`presence`] | who is in each room and who types: counts per person, coalesced events to the sockets that ask |
 //! | sequencer | `sequencer` | the publish seam and the one writer: group commit, dedupe, order; its `Adapter` seam says where rounds are stored and batches go |
 //! | cluster | `cluster` | several relays on one database, behind the adapter seam: the commit lock, the sequencer lease, forwarding, the Redis bus, the ordered follower |
-//! | Engine.IO | `engine` | the transport-neutral session: open, heartbeat, close |
+//! | Engine.IO | `engine` | the transport-neutral session: open, close; the registry of open sessions, whose one task keeps every heartbeat and tells them of shutdown |
 //! | transports | `transport` | WebSocket and HTTP long-polling, and the upgrade between them |
 //! | Socket.IO | [`namespace`] | the namespaces, one room each: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler.rs`) |
 //! | server | [`server`], [`config`] | routing, limits, the composition root, start and shutdown |
