@@ -385,3 +385,51 @@ async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2));
     s.stop().await;
 }
+
+/// Under load a polling client gets at most one answer per `POLLING_INTERVAL_MS`, carrying every
+/// chat message of the interval; a packet of its own session (its ack) is not held.
+#[tokio::test]
+async fn chat_messages_wait_for_the_poll_interval_and_acks_do_not() {
+    let interval = Duration::from_millis(1000);
+    let s = TestServer::start_with(|c| c.polling_interval_ms = 1000).await;
+    let (sid, _) = handshake(s.addr).await;
+    assert_eq!(post(s.addr, &polling(&sid), "40").await.0, 200);
+    let connect = poll_packets(s.addr, &sid, 1).await;
+    assert!(connect[0].starts_with("40{\"sid\":"), "{connect:?}");
+    let answered = std::time::Instant::now();
+    // Two messages from a WebSocket client right after that answer: the next GET brings both,
+    // once the interval since the last answer is over.
+    let addr = s.addr;
+    let query = polling(&sid);
+    let next = tokio::spawn(async move { get(addr, &query).await });
+    let mut ws = s.joined(None).await;
+    ws.emit(Some(1), "one", "w-1").await;
+    ws.emit(Some(2), "two", "w-2").await;
+    let (status, body) = next.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        answered.elapsed() >= interval - Duration::from_millis(100),
+        "answered after {:?}: {body}",
+        answered.elapsed()
+    );
+    let packets: Vec<&str> = body.split(SEP).collect();
+    assert_eq!(
+        packets,
+        [
+            "42[\"chat message\",\"one\",1,\"1\"]",
+            "42[\"chat message\",\"two\",2,\"2\"]"
+        ]
+    );
+    // Its own message right after: the ack (with its row) does not wait for the interval.
+    let answered = std::time::Instant::now();
+    let payload = "420[\"chat message\",\"three\",\"p-1\"]";
+    assert_eq!(post(s.addr, &polling(&sid), payload).await.0, 200);
+    let got = poll_packets(s.addr, &sid, 2).await;
+    assert!(got.iter().any(|p| p == "430[]"), "{got:?}");
+    assert!(
+        answered.elapsed() < interval - Duration::from_millis(100),
+        "the ack waited {:?}",
+        answered.elapsed()
+    );
+    s.stop().await;
+}
