@@ -8,7 +8,7 @@
 //! answer in time. A session whose connection has bytes waiting is woken to queue its ping itself
 //! once it has sent them, and its pong is due from then: a ping behind a backlog neither reaches
 //! the client sooner nor counts as the connection moving. At shutdown the task wakes every session
-//! once. A session therefore holds no timer and no shutdown future of its own (about 200 bytes of
+//! once. A session therefore holds no timer and no shutdown future of its own (about 150 bytes of
 //! every idle socket), only its slot here.
 //!
 //! Timing: a ping goes out when due, or up to [`Registry::resolution`] later when many sessions
