@@ -84,10 +84,20 @@ impl PollBuffer {
     }
 
     /// Until when an answer must wait: the poll interval after the last one, if that is still
-    /// ahead.
+    /// ahead and the payload holds only chat messages (`urgent` packets go at once).
     fn held_until(&self, now: Instant) -> Option<Instant> {
+        if self.hold.is_zero() || self.urgent {
+            return None;
+        }
         let until = self.answered? + self.hold;
         (until > now).then_some(until)
+    }
+
+    /// A GET was just answered (at `now`).
+    fn took_payload(&mut self, now: Instant) {
+        self.answered = Some(now);
+        self.urgent = false;
+        self.wake_drained();
     }
 
     /// Gives the payload to the waiting GET, if there is one and something to give, unless the
@@ -96,7 +106,7 @@ impl PollBuffer {
         if self.payload.is_empty() || self.waiting.is_none() {
             return;
         }
-        if !self.hold.is_zero() && !self.urgent && self.held_until(Instant::now()).is_some() {
+        if self.held_until(Instant::now()).is_some() {
             return;
         }
         self.answer();
@@ -111,11 +121,7 @@ impl PollBuffer {
             return;
         };
         match get.send(std::mem::take(&mut self.payload)) {
-            Ok(()) => {
-                self.answered = Some(Instant::now());
-                self.urgent = false;
-                self.wake_drained();
-            }
+            Ok(()) => self.took_payload(Instant::now()),
             Err(payload) => self.payload = payload,
         }
     }
@@ -135,10 +141,8 @@ impl PollBuffer {
             // noop, so the client's pause completes and it can upgrade.
             self.push(engineio::NOOP.as_bytes());
         }
-        if !self.payload.is_empty() && (held.is_none() || self.paused || self.urgent) {
-            self.answered = Some(now);
-            self.urgent = false;
-            self.wake_drained();
+        if !self.payload.is_empty() && (held.is_none() || self.paused) {
+            self.took_payload(now);
             return PollOutcome::Now(std::mem::take(&mut self.payload));
         }
         let (tx, rx) = oneshot::channel();
