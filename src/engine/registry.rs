@@ -115,8 +115,13 @@ impl Registry {
     /// `pingInterval` and `pingTimeout`, between 1 ms and 1 s (with socket.io's defaults, 25 s
     /// and 20 s: 1 s).
     pub fn resolution(&self) -> Duration {
-        let shorter = self.config.ping_interval.min(self.config.ping_timeout);
-        (shorter / 20).clamp(Duration::from_millis(1), Duration::from_secs(1))
+        (self.shorter_period() / 20).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    /// The shorter of `pingInterval` and `pingTimeout`: no deadline set now (a new session's
+    /// first ping, a pong's next ping, a ping's pong) falls due sooner than that from now.
+    fn shorter_period(&self) -> Duration {
+        self.config.ping_interval.min(self.config.ping_timeout)
     }
 
     /// Number of open sessions.
@@ -263,9 +268,8 @@ impl Registry {
                 Action::Wake => peer.wake(),
             }
         }
-        let longest = config.ping_interval.min(config.ping_timeout);
-        let at =
-            self.epoch + Duration::from_millis(earliest.min(now_ms + longest.as_millis() as u64));
+        let latest = now_ms + self.shorter_period().as_millis() as u64;
+        let at = self.epoch + Duration::from_millis(earliest.min(latest));
         at.max(now + self.resolution())
     }
 }

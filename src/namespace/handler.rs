@@ -1066,13 +1066,11 @@ mod tests {
                 CancellationToken::new(),
             )
         });
-        let stop = CancellationToken::new();
-        let engine = crate::engine::Registry::new(EngineConfig {
+        let (engine, stop) = crate::engine::testing::registry(EngineConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             max_payload: 1000,
         });
-        engine.start(&tasks, stop.clone(), CancellationToken::new());
         Chat {
             ns: Arc::new(Namespace {
                 sequencer,

@@ -42,7 +42,7 @@ impl Sid {
     }
 
     pub fn as_str(&self) -> &str {
-        // Only url-safe ASCII ever gets in (`new`, `parse`).
+        // Only url-safe ASCII ever gets in (`random`, `parse`).
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
