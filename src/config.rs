@@ -151,7 +151,7 @@ pub struct Config {
     pub jwt_secret: Option<String>,
 
     /// A PEM file with the public key tokens are signed with: RSA (RS256), EC P-256 (ES256) or
-    /// Ed25519 (EdDSA).
+    /// P-384 (ES384), or Ed25519 (EdDSA). A private key or another curve stops relay at start.
     #[arg(long, env = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 

@@ -3,8 +3,8 @@
 //! verified (protocol.md, "Identity"). Every message records its [`Author`].
 //!
 //! Tokens are checked with `jsonwebtoken` against the configured keys only: an HS256 secret
-//! (`JWT_SECRET`) and/or a public key (`JWT_PUBLIC_KEY`, a PEM file: RS256, ES256 or EdDSA). A
-//! token is accepted only with its key's algorithm, so `alg: none`, or an RS256 public key used as
+//! (`JWT_SECRET`) and/or a public key (`JWT_PUBLIC_KEY`, a PEM file: RS256, ES256, ES384 or
+//! EdDSA). A token is accepted only with its key's algorithm, so `alg: none`, or an RS256 public key used as
 //! an HMAC secret, never pass.
 //!
 //! Pure: CPU only, no I/O after start.
@@ -68,7 +68,8 @@ pub enum AuthMode {
 struct Claims {
     sub: Option<String>,
     name: Option<String>,
-    exp: Option<u64>,
+    /// A NumericDate: seconds since the epoch, a fraction allowed (RFC 7519 §2).
+    exp: Option<f64>,
     role: Option<String>,
     rooms: Option<RoomsClaim>,
 }
@@ -91,8 +92,9 @@ pub struct Verifier {
 
 impl Verifier {
     /// From the settings: `secret` (HS256), `public_key_pem` (the contents of a PEM file: an RSA,
-    /// EC P-256 or Ed25519 public key), and the optional issuer and audience to require. Errors:
-    /// a PEM that is none of those; `token` mode without any key.
+    /// EC P-256 or P-384, or Ed25519 public key), and the optional issuer and audience to
+    /// require. Errors: a PEM that is none of those (a private key among them); `token` mode
+    /// without any key.
     pub fn new(
         mode: AuthMode,
         secret: Option<&str>,
@@ -108,15 +110,7 @@ impl Verifier {
             ));
         }
         if let Some(pem) = public_key_pem {
-            let key = DecodingKey::from_rsa_pem(pem)
-                .map(|k| (k, Algorithm::RS256))
-                .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
-                .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (k, Algorithm::EdDSA)))
-                .map_err(|_| {
-                    "JWT_PUBLIC_KEY is not an RSA, EC (P-256) or Ed25519 public key in PEM"
-                        .to_string()
-                })?;
-            keys.push(key);
+            keys.push(public_key(pem)?);
         }
         if mode == AuthMode::Token && keys.is_empty() {
             return Err("AUTH=token needs JWT_SECRET or JWT_PUBLIC_KEY".into());
@@ -230,9 +224,65 @@ impl Verifier {
                 user: Some(Arc::from(user)),
                 name: name.map(Arc::from),
             },
-            expires: claims.exp,
+            // A fraction of a second rounds down: the token ends no later than it says.
+            expires: claims.exp.map(|exp| exp.max(0.0) as u64),
             role: claims.role,
         })
+    }
+}
+
+/// The key and algorithm of `JWT_PUBLIC_KEY`'s PEM text: an RSA public key (RS256), an EC
+/// public key on P-256 (ES256) or P-384 (ES384), or an Ed25519 public key (EdDSA). Errors say
+/// what is wrong: a private key (tokens are checked with the public half, and `jsonwebtoken`
+/// would take an RSA private key for a public key no signature matches), another curve, or no
+/// key at all.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), String> {
+    if String::from_utf8_lossy(pem).contains("PRIVATE KEY-----") {
+        return Err("JWT_PUBLIC_KEY holds a private key: give its public key \
+                    (`openssl pkey -in key.pem -pubout`)"
+            .into());
+    }
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((k, Algorithm::RS256));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return match ec_curve(pem) {
+            Some(alg) => Ok((k, alg)),
+            None => Err(
+                "JWT_PUBLIC_KEY is an EC key on a curve relay does not take \
+                         (P-256 for ES256, P-384 for ES384)"
+                    .into(),
+            ),
+        };
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok((k, Algorithm::EdDSA));
+    }
+    Err("JWT_PUBLIC_KEY is not an RSA, EC (P-256, P-384) or Ed25519 public key in PEM".into())
+}
+
+/// The algorithm of an EC public key's PEM, from its curve: the named curve of its
+/// `SubjectPublicKeyInfo` (RFC 5480 §2.1.1: `SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve },
+/// BIT STRING }`), which `jsonwebtoken` does not look at. `None` for any other curve or shape.
+fn ec_curve(pem: &[u8]) -> Option<Algorithm> {
+    use simple_asn1::{oid, ASN1Block};
+    let der = pem::parse(pem).ok()?.into_contents();
+    let blocks = simple_asn1::from_der(&der).ok()?;
+    let ASN1Block::Sequence(_, spki) = blocks.first()? else {
+        return None;
+    };
+    let ASN1Block::Sequence(_, algorithm) = spki.first()? else {
+        return None;
+    };
+    let ASN1Block::ObjectIdentifier(_, curve) = algorithm.get(1)? else {
+        return None;
+    };
+    if *curve == oid!(1, 2, 840, 10045, 3, 1, 7) {
+        Some(Algorithm::ES256) // secp256r1 (P-256)
+    } else if *curve == oid!(1, 3, 132, 0, 34) {
+        Some(Algorithm::ES384) // secp384r1 (P-384)
+    } else {
+        None
     }
 }
 
@@ -390,6 +440,24 @@ mod tests {
         assert!(connect(&v, json!({ "token": none }))
             .unwrap_err()
             .starts_with("invalid token: "));
+    }
+
+    #[test]
+    fn an_exp_with_a_fraction_is_a_date_and_rounds_down() {
+        // RFC 7519's NumericDate may carry a fraction (Python's `time.time() + 3600` does).
+        let v = verifier(AuthMode::Token);
+        let exp = now() as f64 + 60.75;
+        let id = connect(&v, json!({"token": token(json!({"sub": "u", "exp": exp}))})).unwrap();
+        assert_eq!(id.expires, Some(exp as u64));
+        let past = now() as f64 - 60.5;
+        assert_eq!(
+            connect(
+                &v,
+                json!({"token": token(json!({"sub": "u", "exp": past}))})
+            )
+            .unwrap_err(),
+            "invalid token: expired"
+        );
     }
 
     #[test]

@@ -226,6 +226,73 @@ async fn a_public_key_takes_only_its_own_algorithm() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A P-384 public key takes ES384 tokens; a private key, or a key on a curve relay does not
+/// verify, stops relay at start with the reason, rather than refusing every token later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p384_key_takes_es384_and_a_key_that_cannot_work_stops_the_start() {
+    let dir = std::env::temp_dir().join(fresh_name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl").args(args).status();
+        assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
+    };
+    let key_pair = |curve: &str| {
+        let (private, public) = (
+            dir.join(format!("{curve}.pem")),
+            dir.join(format!("{curve}.pub")),
+        );
+        let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
+        let param = format!("ec_paramgen_curve:{curve}");
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            &param,
+            "-out",
+            private_s,
+        ]);
+        openssl(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
+        (private, public)
+    };
+    let (private, public) = key_pair("P-384");
+    let s = TestServer::start_with(|c| {
+        c.auth = relay::identity::AuthMode::Token;
+        c.jwt_public_key = Some(public.clone());
+    })
+    .await;
+    let es384 = encode(
+        &Header::new(Algorithm::ES384),
+        &json!({"sub": "p384"}),
+        &EncodingKey::from_ec_pem(&std::fs::read(&private).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut c = s.client().await;
+    let reply = connect(&mut c, json!({ "token": es384 })).await;
+    assert!(reply.starts_with("40{"), "{reply}");
+    s.stop().await;
+
+    let start = |pem: &[u8]| {
+        relay::identity::Verifier::new(
+            relay::identity::AuthMode::Token,
+            None,
+            Some(pem),
+            None,
+            None,
+        )
+        .err()
+        .unwrap_or_default()
+    };
+    let why = start(&std::fs::read(&private).unwrap());
+    assert!(why.contains("holds a private key"), "{why}");
+    let (_, p521) = key_pair("P-521");
+    let why = start(&std::fs::read(&p521).unwrap());
+    assert!(why.contains("a curve relay does not take"), "{why}");
+    let (_, p256) = key_pair("P-256");
+    assert_eq!(start(&std::fs::read(&p256).unwrap()), "");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A token that expires while connected ends its socket with `("token expired")` and the
 /// server's DISCONNECT (after the 5 s leeway); a refresh of the same user's token first moves
 /// the end, and a token of another user is refused. The connection stays either way.

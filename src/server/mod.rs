@@ -127,6 +127,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Config)?;
     let identity = verifier(config).map_err(StartError::Config)?;
+    warn_of_unreachable_message_bytes(config);
     let cluster = cluster_options(config);
     if let Some(options) = &cluster {
         options
@@ -407,6 +408,25 @@ fn verifier(config: &Config) -> Result<Verifier, String> {
         config.jwt_issuer.clone(),
         config.jwt_audience.clone(),
     )
+}
+
+/// Says at start when a message of `MAX_MESSAGE_BYTES` may not fit one packet of `MAX_PAYLOAD`:
+/// in its JSON a quote or backslash takes 2 bytes and a control character 6, and a packet over
+/// the payload closes its connection (1009), which the stock client's `retries` then resend. Not
+/// an error: the smaller limit is the one that holds, and small payloads have their uses.
+fn warn_of_unreachable_message_bytes(config: &Config) {
+    // `42/<room>,<ack id>["chat message","<content>","<offset>"]` around the content.
+    let framing = 64 + 48 + 20 + 2 * 255;
+    let worst = config.max_message_bytes.saturating_mul(6) + framing;
+    if worst > config.max_payload {
+        tracing::warn!(
+            max_message_bytes = config.max_message_bytes,
+            max_payload = config.max_payload,
+            "a message of MAX_MESSAGE_BYTES may not fit MAX_PAYLOAD once written as JSON (up to \
+             6 bytes a character, plus the packet): its connection would close with 1009; \
+             raise MAX_PAYLOAD to {worst} or lower MAX_MESSAGE_BYTES"
+        );
+    }
 }
 
 /// Every Engine.IO session's heartbeat and payload limit.
