@@ -426,6 +426,11 @@ async fn bans_end_sockets_refuse_connects_persist_and_expire(backend: Backend) {
     .await;
     assert_eq!((status, reply), (200, json!({ "disconnected": 1 })));
     expect_disconnect(&mut user).await;
+    // What the client sent before it heard (here: a typing event and a message) is dropped, not a
+    // protocol error: the connection stays, and it may CONNECT again.
+    user.send("42[\"typing\"]").await;
+    user.emit(Some(9), "sent before the DISCONNECT arrived", "late-1")
+        .await;
     user.send(&format!("40{}", json!({ "token": token("cy") })))
         .await;
     assert!(user.recv_text().await.starts_with("40{\"sid\""));

@@ -198,3 +198,29 @@ async fn rooms_are_counted_apart_and_a_reconnect_storm_is_a_few_events() {
     watcher.expect_silence(Duration::from_millis(1500)).await;
     s.stop().await;
 }
+
+/// A page sends `typing` on every keystroke: it never spends the message rate limit, so a fast
+/// typist on a server with a low `MAX_MESSAGES_PER_SECOND` is neither closed (typing carries no
+/// ack id) nor refused the message it then sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_not_counted_against_the_rate_limit() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| c.max_messages_per_second = 2).await;
+    let mut c = s.client().await;
+    c.join_room("general", None).await;
+    for _ in 0..25 {
+        c.send("42/general,[\"typing\"]").await;
+    }
+    c.emit_in("general", Some(1), "typed fast", "typing-rate-1")
+        .await;
+    c.emit_in("general", Some(2), "and again", "typing-rate-2")
+        .await;
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        let t = c.recv_text().await;
+        if let Some(ack) = t.strip_prefix("43/general,") {
+            acks.push(ack.to_string());
+        }
+    }
+    assert_eq!(acks, ["1[]", "2[]"], "acked, not refused");
+    s.stop().await;
+}

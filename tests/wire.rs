@@ -227,7 +227,6 @@ async fn bad_frames_close_that_connection_only() {
             CloseCode::Protocol,
         ), // before CONNECT
         (false, vec![t("41")], CloseCode::Protocol),
-        (true, vec![t("40")], CloseCode::Protocol), // second CONNECT
         (true, vec![t("")], CloseCode::Protocol),
         (true, vec![t("9")], CloseCode::Protocol),
         (true, vec![t("0{}")], CloseCode::Protocol),
@@ -580,5 +579,23 @@ async fn a_client_close_is_echoed_with_its_code_when_the_code_is_registered() {
         c.frame(0x8, &payload, true).await;
         assert_eq!(c.close_code().await, Some(answer), "close {code}");
     }
+    s.stop().await;
+}
+
+/// The stock client sends a second CONNECT when `connect()` is called while its first is on the
+/// way: it is answered again with the same sid, as the reference server answers every CONNECT,
+/// and the connection goes on (it used to be closed with 1002).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_is_answered_again_with_the_same_sid() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let sid = c.join(None).await;
+    c.send("40{\"serverOffset\":0}").await;
+    let reply = c.recv_text().await;
+    let v: serde_json::Value = serde_json::from_str(&reply[2..]).expect("a CONNECT reply");
+    assert_eq!(v["sid"].as_str(), Some(sid.as_str()), "{reply}");
+    c.emit(Some(1), "still here", "second-connect-1").await;
+    assert_eq!(c.recv_chat().await.0, "still here");
+    assert_eq!(c.recv_ack().await.0, 1);
     s.stop().await;
 }

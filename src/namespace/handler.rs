@@ -86,6 +86,8 @@ struct Member {
     watch: bool,
     /// Its place in the room's presence, from its CONNECT's answer on.
     presence: Option<Ticket>,
+    /// When its last `typing` went to the room's presence.
+    typed: Option<Instant>,
 }
 
 impl Member {
@@ -95,6 +97,7 @@ impl Member {
             meta: false,
             watch: false,
             presence: None,
+            typed: None,
             room,
             generation: 0,
             replay: None,
@@ -542,6 +545,17 @@ impl<T: Transport> Handler<T> {
                     self.set_expiry();
                 }
             }
+            Inbound::Reconnect { room } => {
+                // The same answer again: the sid and pid, the identity and the cursor stay.
+                let m = self.members.iter().find(|m| m.room == room);
+                match m.and_then(|m| m.identity.as_ref()) {
+                    Some((sid, pid)) => {
+                        let pid = pid.as_ref().map(Sid::as_str);
+                        self.socket.accept(&room, sid.as_str(), pid);
+                    }
+                    None => tracing::debug!(%room, "second CONNECT: no sid to answer with"),
+                }
+            }
             Inbound::Nothing => {}
         }
         Ok(None)
@@ -641,10 +655,18 @@ impl<T: Transport> Handler<T> {
     }
 
     /// `["typing"]`: passed on to the room's other watchers (see [`Presence::typing`]); acked
-    /// `[]` when asked. Not a chat message: neither stored nor counted as a refusal.
+    /// `[]` when asked. Not a chat message: neither stored, nor counted as a refusal, nor against
+    /// the rate limit. One per [`presence::TYPING_EVERY`] from this socket reaches the room's
+    /// presence (which passes on one per person in that time); the rest stop here, so a flood
+    /// of them costs the shared presence nothing.
     fn on_typing(&mut self, i: usize, ack_id: Option<u64>) {
         let m = &mut self.members[i];
-        if let Some(ticket) = &m.presence {
+        let now = Instant::now();
+        let due = m
+            .typed
+            .is_none_or(|at| now.duration_since(at) >= presence::TYPING_EVERY);
+        if let (true, Some(ticket)) = (due, &m.presence) {
+            m.typed = Some(now);
             self.ns.presence.typing(&m.room, ticket.person());
         }
         if let Some(ack_id) = ack_id {
@@ -848,6 +870,12 @@ impl<T: Transport> Handler<T> {
         lossy: bool,
     ) -> Result<Option<Submission>, DisconnectReason> {
         let payload = data.unwrap_or_default();
+        // Typing is not a message: a page sends it on every keystroke, so it is throttled on its
+        // own ([`Handler::on_typing`]) and never spends, or is refused by, the rate limit.
+        if chat::event_name(&payload) == Some(presence::TYPING_EVENT) {
+            self.on_typing(i, ack_id);
+            return Ok(None);
+        }
         if !self.rate.allow() {
             let rejection = Rejection::RateLimited {
                 per_second: self.ns.config.max_messages_per_second,
@@ -866,10 +894,6 @@ impl<T: Transport> Handler<T> {
             }
             Some(chat::REFRESH_EVENT) => {
                 self.on_refresh(i, ack_id, &payload);
-                return Ok(None);
-            }
-            Some(presence::TYPING_EVENT) => {
-                self.on_typing(i, ack_id);
                 return Ok(None);
             }
             Some(chat::DELETE_EVENT) => {

@@ -7,6 +7,11 @@
 //! in each namespace and the connect timeout, and hands what is left to the handler as
 //! [`Inbound`] packets, each with its room.
 //!
+//! Two races of the stock client are not errors, as in the reference server: packets for a
+//! namespace the server just ended (they were on the wire before its DISCONNECT arrived) are
+//! dropped, and a second CONNECT to a namespace the socket is in (`connect()` called again
+//! while the first was on the way) is answered again.
+//!
 //! Must not: know events, acks or the chat's rules (the handler does), or frame packets for a
 //! transport (the Engine.IO session does).
 
@@ -30,6 +35,11 @@ pub enum Inbound {
     /// A CONNECT to `room`'s namespace with its auth payload: answer it with
     /// [`Socket::accept`]. Nothing else is read until then.
     Connect { room: Room, auth: Option<Value> },
+    /// Another CONNECT to `room`, whose namespace the socket is in: answer it again, with the
+    /// same sid ([`Socket::accept`]); its auth is not read (the socket's identity and cursor
+    /// stay). The stock client sends one when `connect()` is called while its first CONNECT is
+    /// on the way.
+    Reconnect { room: Room },
     /// An EVENT in `room` (text, or binary once its attachments are in) with the ack id it asks
     /// for. `lossy`: the decoder replaced a lone UTF-16 surrogate somewhere in `data`.
     Event {
@@ -75,6 +85,10 @@ pub struct Socket<T: Transport> {
     rooms: Arc<Allowed>,
     /// The namespaces it is in or connecting to (usually one, kept inline).
     states: SmallVec<[(Room, State); 1]>,
+    /// The namespaces the server ended (its DISCONNECT, [`Socket::disconnect`]) that the client
+    /// has not connected to again, the latest [`MAX_NAMESPACES`]: what the client sent them
+    /// before it heard is dropped, not a protocol error. Empty (no allocation) but for that.
+    ended: Vec<Room>,
     /// Boxed: rare, and sockets are many.
     reconstructing: Option<Box<Reconstruction>>,
 }
@@ -93,6 +107,7 @@ impl<T: Transport> Socket<T> {
             engine,
             rooms,
             states: SmallVec::new(),
+            ended: Vec::new(),
             reconstructing: None,
         }
     }
@@ -126,10 +141,28 @@ impl<T: Transport> Socket<T> {
     }
 
     /// Ends the socket in `room` from the server's side: `41[<nsp>,]`; the client may CONNECT
-    /// to it again.
+    /// to it again. What it sent there before it heard is dropped.
     pub fn disconnect(&mut self, room: &Room) {
         self.states.retain(|(r, _)| r != room);
         self.engine.send(&socketio::encode_disconnect(&room.nsp()));
+        if !self.ended.contains(room) {
+            if self.ended.len() == MAX_NAMESPACES {
+                self.ended.remove(0);
+            }
+            self.ended.push(room.clone());
+        }
+    }
+
+    /// Whether the server ended `nsp` (and the client has not connected to it again); a
+    /// CONNECT to it (`connecting`) ends that.
+    fn ended(&mut self, nsp: &str, connecting: bool) -> bool {
+        let Some(at) = self.ended.iter().position(|r| r.is_nsp(nsp)) else {
+            return false;
+        };
+        if connecting {
+            self.ended.remove(at);
+        }
+        true
     }
 
     /// The next packet for the handler. `reading`: whether to read the client's packets now (a
@@ -211,7 +244,17 @@ impl<T: Transport> Socket<T> {
         let protocol = |why: String| Err(DisconnectReason::PacketParsingError(why));
         let known = self.states.iter().position(|(r, _)| r.is_nsp(nsp));
         let Some(at) = known else {
+            let ended = self.ended(nsp, kind == Kind::Connect);
             if kind != Kind::Connect {
+                if ended {
+                    // Sent before the client heard of the server's DISCONNECT.
+                    tracing::debug!(
+                        nsp,
+                        ?kind,
+                        "packet for a namespace the server ended: dropped"
+                    );
+                    return Ok(Inbound::Nothing);
+                }
                 return protocol(format!("packet before CONNECT to {nsp:?}"));
             }
             let Some(room) = self.rooms.room(nsp) else {
@@ -233,7 +276,7 @@ impl<T: Transport> Socket<T> {
             (Kind::Connect, State::Connecting) => {
                 protocol("a second CONNECT while the first is answered".into())
             }
-            (Kind::Connect, State::In) => protocol(format!("already connected to {nsp:?}")),
+            (Kind::Connect, State::In) => Ok(Inbound::Reconnect { room }),
             (_, State::Connecting) => protocol("packet before CONNECT".into()),
             (Kind::Disconnect, State::In) => {
                 self.states.swap_remove(at);
