@@ -284,6 +284,46 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
     s.stop().await;
 }
 
+/// Packets a POST handed over (answered `ok`) that the session had not read yet when the client
+/// sent `5` are read before the WebSocket's: here the session holds its inbound packets while it
+/// plans a CONNECT with a recovery request, and the client upgrades right after the POST's `ok`.
+/// Before the fix, the session moved to the WebSocket and those packets were never read (the
+/// reviewer's repro lost 18 of 50); each round has the same race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_posted_before_the_upgrade_are_read_before_the_websocket() {
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    for round in 0..5 {
+        let (sid, _) = handshake(addr).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        ))
+        .await
+        .expect("upgrade");
+        ws.send(Message::text("2probe")).await.unwrap();
+        let probe = ws.next().await.unwrap().unwrap();
+        assert_eq!(probe.to_text().unwrap(), "3probe");
+        let mut packets =
+            vec![r#"40{"pid":"AAAAAAAAAAAAAAAAAAAA","offset":"1","serverOffset":0}"#.to_string()];
+        packets
+            .extend((0..10).map(|i| format!(r#"42{i}["chat message","m{i}","race-{round}-{i}"]"#)));
+        let body = packets.join(&SEP.to_string());
+        assert_eq!(post(addr, &polling(&sid), &body).await, (200, "ok".into()));
+        ws.send(Message::text("5")).await.unwrap();
+        let mut acks = 0;
+        while acks < 10 {
+            let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: {acks} of 10 acks"))
+                .unwrap()
+                .unwrap();
+            acks += usize::from(m.to_text().unwrap().starts_with("43"));
+        }
+    }
+    assert_eq!(s.count().await, 50);
+    s.stop().await;
+}
+
 /// Opens a POST of `length` declared bytes on its own connection and sends only `sent` of them:
 /// a body still arriving.
 async fn trickling_post(addr: SocketAddr, sid: &str, length: usize, sent: &str) -> TcpStream {

@@ -429,6 +429,18 @@ impl Transport for PollingTransport {
     async fn recv(&mut self) -> Result<Received<PacketText>, DisconnectReason> {
         loop {
             if self.upgraded {
+                // What POSTs handed over before the client's `5` comes first: each was answered
+                // `ok`, and the client sends `5` only after that (socket.io-client's `pause`).
+                match self.inbound.try_recv() {
+                    Ok(Inbound::Packet(text)) => {
+                        return Ok(Received::Text(PacketText::Polling(text)))
+                    }
+                    Ok(Inbound::Binary(len)) => return Ok(Received::Binary(len)),
+                    Ok(Inbound::Close(reason)) => return Err(reason),
+                    // Another WebSocket with this sid: dropped, which closes it.
+                    Ok(Inbound::Upgrade(..)) => continue,
+                    Err(_) => {}
+                }
                 if let Some(ws) = self.ws.as_mut() {
                     return ws.recv_message().await.map(|r| match r {
                         Received::Text(t) => Received::Text(PacketText::Ws(t)),
@@ -549,6 +561,8 @@ pub struct PollingSession {
     inbound: mpsc::Sender<Inbound>,
     /// A POST is being read.
     posting: AtomicBool,
+    /// The HTTP side closed the session ([`PollingSession::close`]): POSTs are refused.
+    closing: AtomicBool,
 }
 
 /// Why a POST was refused; each ends the session.
@@ -635,6 +649,9 @@ impl PollingSession {
             }
         };
         for packet in packets {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(PostError::Gone);
+            }
             let event = match packet {
                 PayloadPacket::Text(text) => Inbound::Packet(text.to_string()),
                 PayloadPacket::Binary(len) => Inbound::Binary(len),
@@ -647,9 +664,20 @@ impl PollingSession {
         Ok(())
     }
 
-    /// Ends the session for a reason the HTTP side found.
+    /// Ends the session for a reason the HTTP side found, after the packets handed over before
+    /// it (the session reads them in order). Should the session's queue be full (a session
+    /// that is not reading: its client does not fetch what it was sent), the close waits for
+    /// room on a task of its own; POSTs from now on are refused.
     pub fn close(&self, reason: DisconnectReason) {
-        let _ = self.inbound.try_send(Inbound::Close(reason));
+        self.closing.store(true, Ordering::Release);
+        if let Err(mpsc::error::TrySendError::Full(close)) =
+            self.inbound.try_send(Inbound::Close(reason))
+        {
+            let inbound = self.inbound.clone();
+            tokio::spawn(async move {
+                let _ = inbound.send(close).await;
+            });
+        }
     }
 
     /// Hands the session a WebSocket opened with its sid.
@@ -687,6 +715,7 @@ impl PollingSessions {
             queue,
             inbound: tx,
             posting: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         });
         (transport, session)
     }
@@ -722,6 +751,30 @@ mod tests {
 
     fn sink_payload(q: &PacketQueue<PollingSink>) -> PollOutcome {
         q.with_sink(|s| s.polling().expect("polling").poll())
+    }
+
+    #[tokio::test]
+    async fn a_close_reaches_a_session_whose_queue_is_full_after_what_came_before() {
+        let (mut transport, session) = PollingSessions::create(1_000_000, Duration::ZERO);
+        let posting = session.begin_post().expect("one POST");
+        let body = vec!["42[\"chat message\",\"m\",\"o\"]"; INBOUND].join("\u{1e}");
+        session.post(&posting, body.as_bytes()).await.unwrap();
+        drop(posting);
+        // The queue is full (the session is not reading): the close must not be lost.
+        session.close(DisconnectReason::PayloadTooLarge);
+        let posting = session.begin_post().expect("the first POST ended");
+        assert_eq!(
+            session.post(&posting, b"40").await,
+            Err(PostError::Gone),
+            "no POST after the close"
+        );
+        for _ in 0..INBOUND {
+            assert!(matches!(transport.recv().await, Ok(Received::Text(_))));
+        }
+        assert_eq!(
+            transport.recv().await.err(),
+            Some(DisconnectReason::PayloadTooLarge)
+        );
     }
 
     #[tokio::test]
