@@ -169,6 +169,21 @@ async fn only_sockets_that_ask_get_authors_live_replayed_and_paged() {
     s.stop().await;
 }
 
+/// Runs the `openssl` command with `args`; it must succeed.
+fn openssl(args: &[&str]) {
+    let ok = std::process::Command::new("openssl").args(args).status();
+    assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
+}
+
+/// A server that takes only tokens, checked with the public key in the PEM file `public`.
+async fn with_public_key(public: &std::path::Path) -> TestServer {
+    TestServer::start_with(|c| {
+        c.auth = relay::identity::AuthMode::Token;
+        c.jwt_public_key = Some(public.to_path_buf());
+    })
+    .await
+}
+
 /// With only a public key configured, a token signed HS256 with that public key as the HMAC
 /// secret (the classic algorithm confusion) is refused, and an EdDSA token passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,10 +191,6 @@ async fn a_public_key_takes_only_its_own_algorithm() {
     let dir = std::env::temp_dir().join(fresh_name());
     std::fs::create_dir_all(&dir).unwrap();
     let (private, public) = (dir.join("key.pem"), dir.join("pub.pem"));
-    let openssl = |args: &[&str]| {
-        let ok = std::process::Command::new("openssl").args(args).status();
-        assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
-    };
     openssl(&[
         "genpkey",
         "-algorithm",
@@ -196,11 +207,7 @@ async fn a_public_key_takes_only_its_own_algorithm() {
         public.to_str().unwrap(),
     ]);
     let public_pem = std::fs::read(&public).unwrap();
-    let s = TestServer::start_with(|c| {
-        c.auth = relay::identity::AuthMode::Token;
-        c.jwt_public_key = Some(public.clone());
-    })
-    .await;
+    let s = with_public_key(&public).await;
     let confused = encode(
         &Header::new(Algorithm::HS256),
         &json!({"sub": "mallory"}),
@@ -232,10 +239,6 @@ async fn a_public_key_takes_only_its_own_algorithm() {
 async fn a_p384_key_takes_es384_and_a_key_that_cannot_work_stops_the_start() {
     let dir = std::env::temp_dir().join(fresh_name());
     std::fs::create_dir_all(&dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let ok = std::process::Command::new("openssl").args(args).status();
-        assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
-    };
     let key_pair = |curve: &str| {
         let (private, public) = (
             dir.join(format!("{curve}.pem")),
@@ -256,11 +259,7 @@ async fn a_p384_key_takes_es384_and_a_key_that_cannot_work_stops_the_start() {
         (private, public)
     };
     let (private, public) = key_pair("P-384");
-    let s = TestServer::start_with(|c| {
-        c.auth = relay::identity::AuthMode::Token;
-        c.jwt_public_key = Some(public.clone());
-    })
-    .await;
+    let s = with_public_key(&public).await;
     let es384 = encode(
         &Header::new(Algorithm::ES384),
         &json!({"sub": "p384"}),

@@ -235,14 +235,7 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
     // A long poll waits while the WebSocket is probed.
     let sid1 = sid.clone();
     let waiting = tokio::spawn(async move { get(addr, &polling(&sid1)).await });
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
-    ))
-    .await
-    .expect("upgrade");
-    ws.send(Message::text("2probe")).await.unwrap();
-    let probe = ws.next().await.unwrap().unwrap();
-    assert_eq!(probe.to_text().unwrap(), "3probe");
+    let mut ws = probed_websocket(addr, &sid).await;
     let (status, body) = waiting.await.unwrap();
     assert_eq!(
         (status, body.as_str()),
@@ -284,6 +277,22 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
     s.stop().await;
 }
 
+/// Opens the WebSocket of polling session `sid`'s upgrade and probes it (`2probe`, `3probe`).
+async fn probed_websocket(
+    addr: SocketAddr,
+    sid: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    ))
+    .await
+    .expect("upgrade");
+    ws.send(Message::text("2probe")).await.unwrap();
+    let probe = ws.next().await.unwrap().unwrap();
+    assert_eq!(probe.to_text().unwrap(), "3probe");
+    ws
+}
+
 /// Packets a POST handed over (answered `ok`) that the session had not read yet when the client
 /// sent `5` are read before the WebSocket's: here the session holds its inbound packets while it
 /// plans a CONNECT with a recovery request, and the client upgrades right after the POST's `ok`.
@@ -295,14 +304,7 @@ async fn packets_posted_before_the_upgrade_are_read_before_the_websocket() {
     let addr = s.addr;
     for round in 0..5 {
         let (sid, _) = handshake(addr).await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-            "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
-        ))
-        .await
-        .expect("upgrade");
-        ws.send(Message::text("2probe")).await.unwrap();
-        let probe = ws.next().await.unwrap().unwrap();
-        assert_eq!(probe.to_text().unwrap(), "3probe");
+        let mut ws = probed_websocket(addr, &sid).await;
         let mut packets =
             vec![r#"40{"pid":"AAAAAAAAAAAAAAAAAAAA","offset":"1","serverOffset":0}"#.to_string()];
         packets
