@@ -77,13 +77,24 @@ impl Default for Bans {
 }
 
 /// An address or block as a ban names it: `1.2.3.4`, `10.0.0.0/8`, `::1`, `2001:db8::/32`;
-/// normalised to CIDR text.
+/// normalised to CIDR text. An IPv4 address written as IPv6 (`::ffff:1.2.3.4`, or a block of
+/// them, `::ffff:10.0.0.0/104`) is taken as IPv4, as the server takes client addresses, so that
+/// the ban matches.
 pub fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .ok()
         .map(|n| n.trunc())
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    Some(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    })
 }
 
 impl Bans {
@@ -250,5 +261,14 @@ mod tests {
         assert_eq!(parse_net(" 10.1.2.3/8 ").unwrap().to_string(), "10.0.0.0/8");
         assert!(parse_net("nope").is_none());
         assert!(parse_net("10.0.0.0/33").is_none());
+        assert_eq!(
+            parse_net("::ffff:127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(
+            parse_net("::ffff:10.1.0.0/112").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
     }
 }

@@ -119,16 +119,22 @@ fn now(response: HttpResponse) -> Answer {
 /// `X-Forwarded-For` (`forwarded`: every header line, joined by commas) is the one it got the
 /// request from; the first that is not a trusted proxy's is the client's. Entries left of it are
 /// the client's own word and never read, so junk there cannot hide a client; an entry that does
-/// not parse where one is needed ends the walk at the proxy before it. IPv4 addresses written as
-/// IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
+/// not parse where one is needed ends the walk at the proxy before it. An entry with a port
+/// (`203.0.113.5:4711`, `[2001:db8::1]:4711`, which some proxies write) is its address. IPv4
+/// addresses written as IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.to_canonical();
     let mut hops = forwarded.unwrap_or("").rsplit(',');
     while is_trusted(&client) {
-        match hops.next().map(|h| h.trim().parse::<IpAddr>()) {
-            Some(Ok(ip)) => client = ip.to_canonical(),
-            _ => break,
+        let hop = hops.next().map(str::trim).and_then(|h| {
+            h.parse::<IpAddr>()
+                .or_else(|_| h.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+                .ok()
+        });
+        match hop {
+            Some(ip) => client = ip.to_canonical(),
+            None => break,
         }
     }
     client
@@ -487,6 +493,11 @@ mod tests {
         // Two trusted hops, then the client.
         let xff = Some("1.1.1.1, 203.0.113.5, 10.9.9.9");
         assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("203.0.113.5"));
+        // An entry with a port is its address.
+        let xff = Some("203.0.113.5:4711");
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("203.0.113.5"));
+        let xff = Some("[2001:db8::7]:4711");
+        assert_eq!(client_ip(&trusted, ip("10.0.0.1"), xff), ip("2001:db8::7"));
         // A dual-stack listener's IPv4 peer is IPv4.
         let xff = Some("203.0.113.5");
         assert_eq!(
