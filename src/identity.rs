@@ -215,9 +215,16 @@ impl Verifier {
                 return Err("not allowed in this room".into());
             }
         }
+        // The issuer's word, but shown to everyone: control and format characters (a newline,
+        // a right-to-left override) are dropped, as a guest's name may not hold them.
         let name = claims
             .name
-            .map(|n| n.chars().take(MAX_TOKEN_NAME_CHARS).collect::<String>())
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !is_control_or_format(*c))
+                    .take(MAX_TOKEN_NAME_CHARS)
+                    .collect::<String>()
+            })
             .filter(|n| !n.trim().is_empty());
         Ok(Identity {
             author: Author {
@@ -358,6 +365,15 @@ mod tests {
         assert_eq!(id.author.user.as_deref(), Some("u1"));
         assert_eq!(id.author.name.as_deref(), Some("Ana"));
         assert_eq!(id.role.as_deref(), Some("admin"));
+        // What could reorder or hide text around the name is dropped.
+        let t = token(json!({"sub": "u2", "name": "Eve\u{202E}gnp.exe\n\u{0}"}));
+        let id = connect(&v, json!({ "token": t })).unwrap();
+        assert_eq!(id.author.name.as_deref(), Some("Evegnp.exe"));
+        let t = token(json!({"sub": "u3", "name": "\u{200B}\n"}));
+        assert_eq!(
+            connect(&v, json!({ "token": t })).unwrap().author.name,
+            None
+        );
     }
 
     #[test]

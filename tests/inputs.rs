@@ -111,6 +111,16 @@ async fn binary_that_breaks_the_protocol_closes_only_that_connection() {
     send_binary(&mut c, &[0u8; 3000]).await;
     send_binary(&mut c, &[0u8; 3000]).await;
     assert_eq!(close(c.expect_close().await), Some(CloseCode::Size));
+    // Exactly maxPayload on the wire, the packet's Engine.IO `4` counted, is taken (and refused
+    // as a message, an attachment not being text); one byte more closes.
+    let header = r#"451-0["chat message",{"_placeholder":true,"num":0},"o-3"]"#;
+    let mut c = s.joined(None).await;
+    c.send(header).await;
+    send_binary(&mut c, &vec![0u8; 4096 - header.len()]).await;
+    assert!(c.recv_text().await.starts_with("430[{\"error\""));
+    c.send(header).await;
+    send_binary(&mut c, &vec![0u8; 4096 - header.len() + 1]).await;
+    assert_eq!(close(c.expect_close().await), Some(CloseCode::Size));
     // More attachments than the reference allows, or a placeholder that names none.
     for header in [
         r#"4511-["chat message","m","o-1"]"#,

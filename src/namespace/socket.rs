@@ -196,7 +196,8 @@ impl<T: Transport> Socket<T> {
                 data: packet.data,
                 lossy: packet.lossy,
                 missing: packet.attachments,
-                bytes: text.len(),
+                // With the Engine.IO type byte (`4`) the packet came with.
+                bytes: text.len() + 1,
             }));
             return Ok(Inbound::Nothing);
         }
