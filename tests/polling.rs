@@ -236,6 +236,15 @@ async fn the_upgrade_to_websocket_loses_and_doubles_nothing() {
     let sid1 = sid.clone();
     let waiting = tokio::spawn(async move { get(addr, &polling(&sid1)).await });
     let mut ws = probed_websocket(addr, &sid).await;
+    // A second WebSocket for the session, while the first is probed: refused, not given a 101.
+    let second = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    ))
+    .await;
+    match second {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("a second WebSocket: {:?}", other.map(|(_, r)| r.status())),
+    }
     let (status, body) = waiting.await.unwrap();
     assert_eq!(
         (status, body.as_str()),

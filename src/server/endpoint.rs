@@ -436,7 +436,9 @@ fn upgrade(app: Arc<App>, sid: &str, mut req: Request<Incoming>) -> HttpResponse
     let Some(session) = app.polling.get(sid) else {
         return bad_request(1, "Session ID unknown");
     };
-    if session.upgraded() {
+    // One WebSocket per session: a second, during the probe or after `5`, is refused before it
+    // gets a 101 (the spec's "Bad request").
+    if session.has_websocket() {
         return bad_request(3, "Bad request");
     }
     if req.method() != Method::GET {

@@ -689,6 +689,12 @@ impl PollingSession {
     pub fn upgraded(&self) -> bool {
         self.queue.with_sink(|sink| sink.polling().is_none())
     }
+
+    /// Whether the session has a WebSocket, upgraded or being probed: another is refused.
+    pub fn has_websocket(&self) -> bool {
+        self.queue
+            .with_sink(|sink| !matches!(sink, PollingSink::Polling(_)))
+    }
 }
 
 /// The polling sessions of this process, by Engine.IO sid.
