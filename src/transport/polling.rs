@@ -428,39 +428,35 @@ impl Transport for PollingTransport {
 
     async fn recv(&mut self) -> Result<Received<PacketText>, DisconnectReason> {
         loop {
-            if self.upgraded {
+            let event = match (self.upgraded, self.ws.as_mut()) {
                 // What POSTs handed over before the client's `5` comes first: each was answered
                 // `ok`, and the client sends `5` only after that (socket.io-client's `pause`).
-                match self.inbound.try_recv() {
-                    Ok(Inbound::Packet(text)) => {
-                        return Ok(Received::Text(PacketText::Polling(text)))
-                    }
-                    Ok(Inbound::Binary(len)) => return Ok(Received::Binary(len)),
-                    Ok(Inbound::Close(reason)) => return Err(reason),
-                    // Another WebSocket with this sid: dropped, which closes it.
-                    Ok(Inbound::Upgrade(..)) => continue,
-                    Err(_) => {}
-                }
-                if let Some(ws) = self.ws.as_mut() {
-                    return ws.recv_message().await.map(|r| match r {
-                        Received::Text(t) => Received::Text(PacketText::Ws(t)),
-                        Received::Binary(n) => Received::Binary(n),
-                    });
-                }
-            }
-            tokio::select! {
-                event = self.inbound.recv() => match event {
-                    Some(Inbound::Packet(text)) => {
-                        return Ok(Received::Text(PacketText::Polling(text)))
-                    }
-                    Some(Inbound::Binary(len)) => return Ok(Received::Binary(len)),
-                    Some(Inbound::Close(reason)) => return Err(reason),
-                    Some(Inbound::Upgrade(tcp, early)) => self.begin_upgrade(tcp, early).await,
-                    None => {
-                        return Err(DisconnectReason::TransportError("session removed".into()))
+                (true, Some(ws)) => match self.inbound.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => {
+                        return ws.recv_message().await.map(|r| match r {
+                            Received::Text(t) => Received::Text(PacketText::Ws(t)),
+                            Received::Binary(n) => Received::Binary(n),
+                        })
                     }
                 },
-                probe = next_ws(&mut self.ws) => self.on_upgrade_packet(probe),
+                _ => tokio::select! {
+                    event = self.inbound.recv() => event,
+                    probe = next_ws(&mut self.ws) => {
+                        self.on_upgrade_packet(probe);
+                        continue;
+                    }
+                },
+            };
+            match event {
+                Some(Inbound::Packet(text)) => {
+                    return Ok(Received::Text(PacketText::Polling(text)))
+                }
+                Some(Inbound::Binary(len)) => return Ok(Received::Binary(len)),
+                Some(Inbound::Close(reason)) => return Err(reason),
+                // After `5` (or during a probe) the sink refuses it, and dropping it closes it.
+                Some(Inbound::Upgrade(tcp, early)) => self.begin_upgrade(tcp, early).await,
+                None => return Err(DisconnectReason::TransportError("session removed".into())),
             }
         }
     }
