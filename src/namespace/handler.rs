@@ -870,9 +870,10 @@ impl<T: Transport> Handler<T> {
         lossy: bool,
     ) -> Result<Option<Submission>, DisconnectReason> {
         let payload = data.unwrap_or_default();
+        let event = chat::event_name(&payload);
         // Typing is not a message: a page sends it on every keystroke, so it is throttled on its
         // own ([`Handler::on_typing`]) and never spends, or is refused by, the rate limit.
-        if chat::event_name(&payload) == Some(presence::TYPING_EVENT) {
+        if event == Some(presence::TYPING_EVENT) {
             self.on_typing(i, ack_id);
             return Ok(None);
         }
@@ -887,7 +888,7 @@ impl<T: Transport> Handler<T> {
             self.refuse(i, ack_id, &rejection);
             return Ok(None);
         }
-        match chat::event_name(&payload) {
+        match event {
             Some(chat::HISTORY_EVENT) => {
                 self.on_history(i, ack_id, &payload);
                 return Ok(None);
