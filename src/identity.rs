@@ -4,8 +4,8 @@
 //!
 //! Tokens are checked with `jsonwebtoken` against the configured keys only: an HS256 secret
 //! (`JWT_SECRET`) and/or a public key (`JWT_PUBLIC_KEY`, a PEM file: RS256, ES256, ES384 or
-//! EdDSA). A token is accepted only with its key's algorithm, so `alg: none`, or an RS256 public key used as
-//! an HMAC secret, never pass.
+//! EdDSA). A token is accepted only with its key's algorithm, so `alg: none`, or an RS256 public
+//! key used as an HMAC secret, never pass.
 //!
 //! Pure: CPU only, no I/O after start.
 //!

@@ -226,9 +226,10 @@ impl Registry {
     }
 
     /// One pass of the heartbeat at `now`: pings the sessions due one (or wakes them to, when
-    /// their connection is backed up), wakes the ones whose pong is late. Returns when to look again: the earliest deadline, but not before `resolution`
-    /// from now, and not after the shorter of `pingInterval` and `pingTimeout` (nothing
-    /// registered or answered later can fall due before that).
+    /// their connection is backed up), wakes the ones whose pong is late. Returns when to look
+    /// again: the earliest deadline, but not before `resolution` from now, and not after the
+    /// shorter of `pingInterval` and `pingTimeout` (nothing registered or answered later can
+    /// fall due before that).
     fn beat(&self, now: Instant) -> Instant {
         let now_ms = self.now_ms(now);
         let config = &self.config;
@@ -393,9 +394,10 @@ mod tests {
         assert_eq!(ma.take_news(), News::default());
         registry.beat(t0 + ms(5000));
         assert_eq!(counts(&b), (1, 1));
-        assert_eq!(counts(&a), (2, 1)); // its second ping was never answered
-                                        // A backed-up connection: its session is woken to queue the ping, and nothing is owed
-                                        // again until it has.
+        // Its second ping was never answered.
+        assert_eq!(counts(&a), (2, 1));
+        // A backed-up connection: its session is woken to queue the ping, and nothing is owed
+        // again until it has.
         drop(ma);
         a.backed_up.store(true, Ordering::Relaxed);
         let ma = registry.register(a.clone());
