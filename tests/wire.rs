@@ -75,6 +75,10 @@ async fn refusals_happen_before_the_upgrade() {
     let (status, text) = http_get(s.addr, "/socket.io/?EIO=4&transport=polling&t=abc").await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"upgrades\":[\"websocket\"]"), "{text}");
+    // The query is percent-decoded, as the reference server's parser reads it.
+    let (status, text) = http_get(s.addr, "/socket.io/?EIO=%34&transport=pollin%67").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"upgrades\":[\"websocket\"]"), "{text}");
     s.stop().await;
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Must not: speak Engine.IO, or write to the database itself.
 
-use super::app::{file, App, HttpResponse};
+use super::app::{file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
 use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::namespace::bans::parse_net;
@@ -261,33 +261,7 @@ async fn publish(ns: &Namespace, body: Value) -> Answer {
 
 /// A query parameter's value (the first), percent-decoded.
 fn param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    query_param(query, key).map(std::borrow::Cow::into_owned)
 }
 
 /// A positive integer parameter, or a clear refusal.

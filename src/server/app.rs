@@ -1,5 +1,6 @@
 //! What every request handler shares: the [`App`] (the namespace, the limits, the session
-//! bookkeeping) and the plain response both the router and the Engine.IO endpoint answer with.
+//! bookkeeping), the plain response both the router and the Engine.IO endpoint answer with, and
+//! the reading of a query string.
 //!
 //! Must not: route requests or speak Engine.IO.
 
@@ -78,4 +79,35 @@ pub fn file(body: Bytes, content_type: &'static str, cache_control: &'static str
         HeaderValue::from_static(cache_control),
     );
     r
+}
+
+/// The value of the first `key=value` pair named `key` in a URL's query string (`a=1&b=2`, no
+/// `?`), both sides percent-decoded and `+` read as a space, as the reference server's query
+/// parser (Node's `querystring`) reads them: `EIO=%34` is `EIO=4`. A key with no `=` has the
+/// empty value; a malformed escape stays as written; invalid UTF-8 becomes U+FFFD. Decoding by
+/// `form_urlencoded` (the `url` crate's, already in the tree through mysql_async and redis).
+pub fn query_param<'a>(query: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| (k == key).then_some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params_in_any_order_with_extras_and_escapes() {
+        let q = "foo=1&transport=websocket&EIO=4&t=abc&flag";
+        assert_eq!(query_param(q, "EIO").as_deref(), Some("4"));
+        assert_eq!(query_param(q, "transport").as_deref(), Some("websocket"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "sid"), None);
+        assert_eq!(query_param("", "EIO"), None);
+        // As Node's querystring reads them (the reference server's query).
+        assert_eq!(query_param("EIO=%34", "EIO").as_deref(), Some("4"));
+        assert_eq!(query_param("%45IO=4", "EIO").as_deref(), Some("4"));
+        assert_eq!(query_param("EIO=4&EIO=3", "EIO").as_deref(), Some("4"));
+        assert_eq!(query_param("a=x+y%20z", "a").as_deref(), Some("x y z"));
+        assert_eq!(query_param("a=%zz&b=%4", "a").as_deref(), Some("%zz"));
+        assert_eq!(query_param("a=%zz&b=%4", "b").as_deref(), Some("%4"));
+    }
 }
