@@ -149,8 +149,13 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
         r#"{{"content":"{}","idempotency_key":"big"}}"#,
         "x".repeat(1001)
     );
-    let bad: [(&str, &str, u16); 7] = [
+    let bad: [(&str, &str, u16); 8] = [
         ("{", "application/json", 400),
+        (
+            r#"{"content":"x","idempotency_key":"half \ud83d"}"#,
+            "application/json",
+            400,
+        ),
         (r#"{"content":"x"}"#, "application/json", 400),
         (
             r#"{"content":"x","idempotency_key":""}"#,
@@ -188,6 +193,18 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
         error_of(&reply);
     }
     assert_eq!(oversized(a).await, 413);
+    // A lone surrogate in content is read as a socket's is: stored as U+FFFD.
+    let (status, body) = call(
+        a,
+        "POST",
+        "/api/v1/messages",
+        Some(KEY),
+        Some(r#"{"room":"surrogates","content":"half \ud83d","idempotency_key":"lone"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, page) = call(a, "GET", "/api/v1/messages?room=surrogates", Some(KEY), None).await;
+    assert_eq!(page["messages"][0]["content"], "half \u{FFFD}", "{page}");
 
     // History: newest first, paged by `before`, only the room's.
     let (status, page) = call(a, "GET", "/api/v1/messages?limit=2", Some(KEY), None).await;

@@ -138,7 +138,8 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
     let (data, lossy) = if rest.is_empty() {
         (None, false)
     } else {
-        let (value, lossy) = parse_json(rest)?;
+        let (value, lossy) =
+            parse_json(rest).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
         (Some(value), lossy)
     };
 
@@ -158,15 +159,15 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
 
 /// JSON as `JSON.parse` reads it (see the module docs): serde_json first, and only when it
 /// refuses, once more after [`javascript_json`] rewrote what JavaScript accepts and serde_json
-/// does not. Returns the value and whether a lone surrogate was replaced.
-fn parse_json(text: &str) -> Result<(Value, bool), DecodeError> {
+/// does not. Returns the value and whether a lone surrogate was replaced by U+FFFD; the error is
+/// serde_json's first one. The server API reads its bodies with it too, so both ways in read the
+/// same text the same way.
+pub fn parse_json(text: &str) -> Result<(Value, bool), serde_json::Error> {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => Ok((value, false)),
         Err(e) => match javascript_json(text) {
-            Some((fixed, lossy)) => serde_json::from_str::<Value>(&fixed)
-                .map(|value| (value, lossy))
-                .map_err(|e| DecodeError::InvalidJson(e.to_string())),
-            None => Err(DecodeError::InvalidJson(e.to_string())),
+            Some((fixed, lossy)) => serde_json::from_str::<Value>(&fixed).map(|v| (v, lossy)),
+            None => Err(e),
         },
     }
 }

@@ -21,6 +21,7 @@ use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
 use crate::namespace::rate::RateLimit;
 use crate::namespace::Namespace;
+use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::Outcome;
 use crate::store::{now_ms, Ban};
@@ -74,7 +75,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     let method = req.method().clone();
     let result = match (method, path.as_str()) {
         (Method::POST, "messages") => match body(req, ns).await {
-            Ok(v) => publish(ns, v).await,
+            Ok((v, lossy)) => publish(ns, v, lossy).await,
             Err(e) => Err(e),
         },
         (Method::GET, "messages") => history(ns, &query).await,
@@ -84,12 +85,12 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         (Method::GET, "rooms") => Ok((StatusCode::OK, rooms(ns))),
         (Method::GET, "bans") => list_bans(ns).await,
         (Method::POST, "bans") => match body(req, ns).await {
-            Ok(v) => add_ban(ns, v).await,
+            Ok((v, _)) => add_ban(ns, v).await,
             Err(e) => Err(e),
         },
         (Method::DELETE, p) if p.starts_with("bans/") => lift_ban(ns, &p["bans/".len()..]).await,
         (Method::POST, "disconnect") => match body(req, ns).await {
-            Ok(v) => disconnect(ns, v).await,
+            Ok((v, _)) => disconnect(ns, v).await,
             Err(e) => Err(e),
         },
         (Method::GET, "presence") => presence(ns, &query),
@@ -141,8 +142,10 @@ fn authorized(keys: &[String], req: &Request<Incoming>) -> Option<usize> {
     })
 }
 
-/// The JSON body of a POST: `application/json`, at most the largest message plus 4 KiB.
-async fn body(req: Request<Incoming>, ns: &Namespace) -> Result<Value, ApiError> {
+/// The JSON body of a POST: `application/json`, at most the largest message escaped plus 4 KiB,
+/// read as the sockets' events are ([`socketio::parse_json`]): a lone UTF-16 surrogate escape
+/// becomes U+FFFD, and the `bool` says one did.
+async fn body(req: Request<Incoming>, ns: &Namespace) -> Result<(Value, bool), ApiError> {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -169,7 +172,9 @@ async fn body(req: Request<Incoming>, ns: &Namespace) -> Result<Value, ApiError>
             ))
         }
     };
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?;
+    socketio::parse_json(text).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))
 }
 
 /// A room named in a call: absent (or `/`) is the main room; it must exist under `ROOMS`.
@@ -196,8 +201,9 @@ struct Publish {
 }
 
 /// `POST /api/v1/messages`: `201 {"id"}`, or `200 {"id", "duplicate": true}` for a key stored
-/// before (one row, one broadcast).
-async fn publish(ns: &Namespace, body: Value) -> Answer {
+/// before (one row, one broadcast). `lossy`: the body held a lone surrogate, now U+FFFD; content
+/// keeps it (as a socket's message does), a key holding one is refused (two keys would be one).
+async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
     let p: Publish = serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
     let room = room_of(ns, p.room.as_deref())?;
     let max = ns.config.max_message_bytes;
@@ -212,6 +218,11 @@ async fn publish(ns: &Namespace, body: Value) -> Answer {
         return Err(ApiError::bad(format!(
             "idempotency_key must be 1 to {MAX_KEY_CHARS} characters"
         )));
+    }
+    if lossy && p.idempotency_key.contains('\u{FFFD}') {
+        return Err(ApiError::bad(
+            "idempotency_key must be valid Unicode (it holds a lone UTF-16 surrogate)",
+        ));
     }
     if p.user
         .as_ref()
