@@ -70,6 +70,9 @@ struct Claims {
     name: Option<String>,
     /// A NumericDate: seconds since the epoch, a fraction allowed (RFC 7519 §2).
     exp: Option<f64>,
+    /// As `exp`. jsonwebtoken checks both only when they read as a `u64`: a negative or
+    /// fractional one, or one beyond `u64`, is checked here.
+    nbf: Option<f64>,
     role: Option<String>,
     rooms: Option<RoomsClaim>,
 }
@@ -198,6 +201,17 @@ impl Verifier {
                 });
             }
         };
+        // What jsonwebtoken passed over (see `Claims::nbf`), with the same leeway.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let leeway = LEEWAY_SECS as f64;
+        if claims.exp.is_some_and(|exp| exp + leeway <= now) {
+            return invalid("expired");
+        }
+        if claims.nbf.is_some_and(|nbf| nbf - leeway > now) {
+            return invalid("not yet valid");
+        }
         let user = match claims.sub {
             Some(sub) if !sub.is_empty() && sub.len() <= MAX_USER_BYTES => sub,
             Some(sub) if !sub.is_empty() => return invalid("sub over 128 bytes"),
@@ -316,11 +330,13 @@ fn guest_name(auth: Option<&Value>) -> Result<Option<Arc<str>>, String> {
 }
 
 /// Control characters (Cc) and the format characters (Cf) that reorder or hide text: bidi
-/// controls, zero-width characters, the BOM, soft hyphen, tags.
+/// controls, zero-width spaces, the BOM, soft hyphen, tags. The zero-width joiner and non-joiner
+/// (U+200D, U+200C) are letters' business, not hiding: emoji sequences (👩‍💻, 🏳️‍🌈) and Persian or
+/// Indic names need them.
 fn is_control_or_format(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}' | '\u{200E}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
             | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
 }
@@ -465,6 +481,24 @@ mod tests {
         let exp = now() as f64 + 60.75;
         let id = connect(&v, json!({"token": token(json!({"sub": "u", "exp": exp}))})).unwrap();
         assert_eq!(id.expires, Some(exp as u64));
+        // Dates jsonwebtoken does not read as a u64 are still dates.
+        for (claims, why) in [
+            (json!({"sub": "u", "exp": -1}), "invalid token: expired"),
+            (json!({"sub": "u", "exp": -1e10}), "invalid token: expired"),
+            (
+                json!({"sub": "u", "nbf": 1e30}),
+                "invalid token: not yet valid",
+            ),
+            (
+                json!({"sub": "u", "nbf": now() as f64 + 60.5}),
+                "invalid token: not yet valid",
+            ),
+        ] {
+            assert_eq!(
+                connect(&v, json!({ "token": token(claims) })).unwrap_err(),
+                why
+            );
+        }
         let past = now() as f64 - 60.5;
         assert_eq!(
             connect(
@@ -494,11 +528,21 @@ mod tests {
             json!(" "),
             json!(7),
             json!("a\u{202E}b"),
+            json!("a\u{200B}b"),
             json!("x".repeat(33)),
         ] {
             assert!(connect(&v, json!({ "name": bad }))
                 .unwrap_err()
                 .starts_with("invalid name: "));
+        }
+        // Joiners are part of names and emoji, not hiding: 👩‍💻, 🏳️‍🌈, Persian with a ZWNJ.
+        for good in [
+            "👩\u{200D}💻 Ana",
+            "Sam 🏳\u{FE0F}\u{200D}🌈",
+            "مهدی\u{200C}زاده",
+        ] {
+            let id = connect(&v, json!({ "name": good })).unwrap();
+            assert_eq!(id.author.name.as_deref(), Some(good));
         }
         // A token without a key to check it against: a guest, as the tutorial's clients are.
         assert_eq!(

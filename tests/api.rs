@@ -203,7 +203,14 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (_, page) = call(a, "GET", "/api/v1/messages?room=surrogates", Some(KEY), None).await;
+    let (_, page) = call(
+        a,
+        "GET",
+        "/api/v1/messages?room=surrogates",
+        Some(KEY),
+        None,
+    )
+    .await;
     assert_eq!(page["messages"][0]["content"], "half \u{FFFD}", "{page}");
 
     // History: newest first, paged by `before`, only the room's.

@@ -317,6 +317,12 @@ async fn an_expired_token_ends_its_socket_and_a_refresh_moves_the_end() {
         .await;
     let (_, reply) = refreshed.recv_ack().await;
     assert_eq!(reply[0]["error"], "refresh token: another user's token");
+    refreshed.send(r#"425["refresh token"]"#).await;
+    let (_, reply) = refreshed.recv_ack().await;
+    assert_eq!(
+        reply[0]["error"],
+        "refresh token: the token must be a string"
+    );
     let later = now() + 600;
     refreshed
         .send(&format!(

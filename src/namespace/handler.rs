@@ -769,11 +769,15 @@ impl<T: Transport> Handler<T> {
         let token = payload.get(1).cloned().unwrap_or_default();
         let m = &mut self.members[i];
         let current = m.speaker.as_ref().and_then(|s| s.author.user.clone());
-        let reply = match self
-            .ns
-            .identity
-            .identify(Some(&json!({ "token": token })), &m.room)
-        {
+        // Checked first: no token at all would read as a guest's connect.
+        let identified = match token.is_string() {
+            true => self
+                .ns
+                .identity
+                .identify(Some(&json!({ "token": token })), &m.room),
+            false => Err("the token must be a string".into()),
+        };
+        let reply = match identified {
             Ok(id) if current.is_some() && id.author.user == current => {
                 let exp = id.expires;
                 m.speaker = Some(Box::new(id));
@@ -782,6 +786,7 @@ impl<T: Transport> Handler<T> {
             Ok(_) if current.is_none() => {
                 json!([{ "error": "refresh token: this socket has no token to refresh" }])
             }
+
             Ok(_) => json!([{ "error": "refresh token: another user's token" }]),
             Err(why) => json!([{ "error": format!("refresh token: {why}") }]),
         };
