@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS relay_moderation (
   at            BIGINT UNSIGNED NOT NULL,
   actor         VARBINARY(128) NOT NULL,
   action        VARBINARY(16) NOT NULL,
-  subject       VARBINARY(128) NOT NULL,
+  subject       VARBINARY(512) NOT NULL,
   reason        TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   PRIMARY KEY (id)
 ) ENGINE = InnoDB

@@ -490,7 +490,11 @@ async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
         Backend::Mysql => {
             "CREATE TABLE messages (id INT PRIMARY KEY AUTO_INCREMENT, \
              client_offset VARCHAR(255) UNIQUE, content TEXT); \
-             INSERT INTO messages (client_offset, content) VALUES ('a', 'one'), ('b', 'two')"
+             INSERT INTO messages (client_offset, content) VALUES ('a', 'one'), ('b', 'two'); \
+             CREATE TABLE relay_moderation (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, \
+             at BIGINT UNSIGNED NOT NULL, actor VARBINARY(128) NOT NULL, \
+             action VARBINARY(16) NOT NULL, subject VARBINARY(128) NOT NULL, \
+             reason TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, PRIMARY KEY (id))"
         }
         Backend::Sqlite => {
             "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, \
@@ -500,6 +504,20 @@ async fn a_table_from_before_rooms_is_upgraded_in_place(backend: Backend) {
     })
     .await;
     let store = db.open().await;
+    // relay_moderation.subject, 128 bytes before, takes a ban's subject: a 128-byte user and
+    // an IPv6 block.
+    let subject = format!(
+        "ban 1: user {} ip 2001:db8:1234:5678:9abc:def0:1234:5678/128",
+        "u".repeat(128)
+    );
+    let action = relay::store::Action {
+        at: 1,
+        actor: "api".into(),
+        action: "ban",
+        subject,
+        reason: None,
+    };
+    store.record_action(&action).await.expect("recorded");
     let old = store.page_after(None, 0, 10).await.unwrap();
     assert_eq!(
         old,

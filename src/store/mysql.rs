@@ -94,6 +94,7 @@ impl MysqlStore {
             .await
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
         upgrade_in_place(&mut conn).await?;
+        widen_moderation_subject(&mut conn).await?;
         let content_limit: Option<u64> = conn
             .query_first(
                 "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
@@ -913,6 +914,30 @@ async fn upgrade_in_place(conn: &mut mysql_async::Conn) -> Result<(), StoreError
         ms = started.elapsed().as_millis() as u64,
         "upgraded the messages table in place: its rows so far are the room /'s, of no known author or time"
     );
+    Ok(())
+}
+
+/// `relay_moderation.subject` as schema.sql makes it now: a table made when it was 128 bytes
+/// could not hold a ban's subject (`ban <id>: user <128 bytes> ip <block>`), and the record was
+/// lost. Widened at start (a small table: a plain `ALTER`).
+async fn widen_moderation_subject(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
+    let width = count(
+        conn,
+        "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'relay_moderation' \
+         AND COLUMN_NAME = 'subject'",
+        "cannot read the relay_moderation table's columns",
+    )
+    .await?;
+    if width < 512 {
+        conn.query_drop("ALTER TABLE relay_moderation MODIFY subject VARBINARY(512) NOT NULL")
+            .await
+            .map_err(StoreError::mysql("cannot widen relay_moderation.subject"))?;
+        tracing::info!(
+            from = width,
+            "widened relay_moderation.subject to 512 bytes"
+        );
+    }
     Ok(())
 }
 
