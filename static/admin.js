@@ -1,5 +1,5 @@
 // relay admin page (/admin): the server API (/api/v1/) for whoever holds one of the server's
-// API_KEYS — the rooms and who is in them, a room's latest messages (deleted with a click), and
+// API_KEYS — the rooms and who is in them, a room's latest messages (deleted with two taps), and
 // bans (added and lifted).
 //
 // The key: pasted into the page, kept for this tab only (sessionStorage relay-api-key, never
@@ -11,7 +11,8 @@
 // and on "Refresh". A click on a room shows its newest PAGE_SIZE messages (`GET
 // /api/v1/messages?room=&limit=`, newest first); "Older messages" follows the answer's `before`
 // for the page before; each refresh merges the room's newest page in (new messages on top,
-// messages deleted elsewhere gone). Delete: `DELETE /api/v1/messages/<id>`, and the row goes.
+// messages deleted elsewhere gone). Delete (two taps: see rowAction): `DELETE
+// /api/v1/messages/<id>`, and the row goes.
 //
 // Bans: `GET /api/v1/bans` ({bans: [{id, user, ip, reason, created_at, expires_at}]}), refreshed
 // with the rooms; the form sends `POST /api/v1/bans` ({user?, ip?, seconds?, reason?}, a user, an
@@ -113,7 +114,12 @@
    * Finishes a list row: `body`, with the place for the row's own error under it, then its action
    * button (`className`, `label`, `ariaLabel`); a click calls `act(button, rowError)`.
    */
-  function rowAction(li, body, className, label, ariaLabel, act) {
+  // A row's destructive button (Delete, Lift) takes two taps: the first arms it ("Delete #42?",
+  // the row marked) for ARM_MS, the second acts. Rows move under a finger while the list refreshes
+  // (new messages come in on top), so one tap must never act on a row the admin did not see.
+  var ARM_MS = 4000;
+
+  function rowAction(li, body, className, label, ariaLabel, act, confirmLabel) {
     var rowError = el("p", "row-error");
     rowError.setAttribute("role", "alert");
     rowError.hidden = true;
@@ -122,7 +128,29 @@
     var button = el("button", className, label);
     button.type = "button";
     button.setAttribute("aria-label", ariaLabel);
+    var disarm = null;
     button.addEventListener("click", function () {
+      if (disarm === null) {
+        button.textContent = confirmLabel;
+        button.setAttribute("aria-label", "Confirm: " + ariaLabel);
+        button.classList.add("armed");
+        li.classList.add("armed");
+        var timer = setTimeout(function () {
+          disarm();
+        }, ARM_MS);
+        disarm = function () {
+          clearTimeout(timer);
+          disarm = null;
+          button.classList.remove("armed");
+          li.classList.remove("armed");
+          button.setAttribute("aria-label", ariaLabel);
+          if (!button.disabled) {
+            button.textContent = label;
+          }
+        };
+        return;
+      }
+      disarm();
       act(button, rowError);
     });
     li.appendChild(button);
@@ -643,7 +671,7 @@
     body.appendChild(content);
     rowAction(li, body, "delete danger", "Delete", "Delete message " + m.id, function (button, rowError) {
       deleteMessage(v, m.id, button, rowError);
-    });
+    }, "Delete #" + m.id + "?");
     return li;
   }
 
@@ -764,7 +792,7 @@
     body.appendChild(dates);
     rowAction(li, body, "lift danger", "Lift", "Lift ban " + b.id, function (button, rowError) {
       liftBan(b.id, li, button, rowError);
-    });
+    }, "Lift ban " + b.id + "?");
     return li;
   }
 

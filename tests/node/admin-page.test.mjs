@@ -221,9 +221,20 @@ describe("the admin page", () => {
     assert.match(await page.locator("#messages-heading").textContent(), /\//);
     assert.equal(await page.locator("#older").isHidden(), true, "no older page");
 
-    // Delete the first: its row goes, and the API no longer has it.
+    // Delete the first: one tap only arms it (rows move under a finger as the list refreshes),
+    // nothing is sent; the second deletes. Its row goes, and the API no longer has it.
+    const deleteButton = page.locator(`#admin-messages > li[data-id="${first}"] button.delete`);
+    let sent = 0;
+    const countDeletes = (req) => { if (req.method() === "DELETE") sent++; };
+    page.on("request", countDeletes);
+    await deleteButton.click();
+    assert.equal(await deleteButton.textContent(), `Delete #${first}?`);
+    assert.match(await page.locator(`#admin-messages > li[data-id="${first}"]`).getAttribute("class"), /armed/);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(sent, 0, "one tap sends nothing");
+    page.off("request", countDeletes);
     const deleted = page.waitForResponse((res) => res.request().method() === "DELETE" && res.url().endsWith(`/api/v1/messages/${first}`));
-    await page.locator(`#admin-messages > li[data-id="${first}"] button.delete`).click();
+    await deleteButton.click();
     assert.equal((await deleted).status(), 200);
     await page.locator(`#admin-messages > li[data-id="${first}"]`).waitFor({ state: "detached" });
     const history = await api("GET", "messages?room=%2F&limit=50");
@@ -320,6 +331,8 @@ describe("the admin page", () => {
     // Lift the user's ban: gone here and from the API; the other stays.
     const lifted = page.waitForResponse((res) => res.request().method() === "DELETE" && res.url().endsWith(`/api/v1/bans/${ban.id}`));
     await row.locator("button.lift").click();
+    assert.equal(await row.locator("button.lift").textContent(), `Lift ban ${ban.id}?`);
+    await row.locator("button.lift").click();
     assert.equal((await lifted).status(), 200);
     await row.waitFor({ state: "detached" });
     const after = await api("GET", "bans");
@@ -400,6 +413,7 @@ describe("the admin page", () => {
     await signIn(admin);
     await openRoom(admin, room);
     await rowsAre(admin, ["buy cheap stuff", "this one stays"], "the room's messages");
+    await admin.locator(`#admin-messages > li[data-id="${spam}"] button`).click();
     await admin.locator(`#admin-messages > li[data-id="${spam}"] button`).click();
     await rowsAre(admin, ["this one stays"], "after the delete");
     await chat.waitForFunction((id) => !document.querySelector(`#messages > li[data-id="${id}"]`), spam, { timeout: WAIT_MS });
