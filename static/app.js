@@ -35,6 +35,10 @@
 // (data-own), and stay marked after a reload: the ids of the last OWN_KEEP acknowledged ones are
 // kept in localStorage (relay-own).
 //
+// Reading back: a live message scrolls the page to it only when the reader is at the end (within
+// END_SLACK_PX); scrolled up, the page stays where it is and a "N new messages" button appears,
+// until a click on it or a scroll to the end.
+//
 // Moderation: a message a moderator deleted ("chat deleted", id) is taken off the list.
 //
 // Presence: every room's socket also asks for presence (`auth.presence: true`, protocol.md
@@ -63,6 +67,8 @@
     var n = meta ? parseInt(meta.content, 10) : NaN;
     return n > 0 ? n : 65535;
   })();
+  // How near the end (px) the reader must be for live messages to keep the page at the end.
+  var END_SLACK_PX = 120;
   // How long an own message may wait for its ack before the page says so.
   var STALL_MS = 3000;
   // Messages a first visit shows, and each "load earlier" adds.
@@ -104,6 +110,9 @@
   var peopleList = document.getElementById("people-list");
   var peopleMore = document.getElementById("people-more");
   var typingLine = document.getElementById("typing");
+  var latestButton = document.getElementById("latest");
+  // Messages that arrived below while the reader was scrolled up.
+  var unseenBelow = 0;
   var noticeTimer = null;
   var lengthNotice = false;
 
@@ -223,11 +232,14 @@
   function showNotice(text, sticky) {
     clearTimeout(noticeTimer);
     notice.textContent = text;
+    var follow = atEnd();
     notice.hidden = false;
     if (!sticky) {
       noticeTimer = setTimeout(hideNotice, 5000);
     }
-    scrollToEnd();
+    if (follow) {
+      scrollToEnd();
+    }
   }
 
   function hideNotice() {
@@ -239,6 +251,24 @@
 
   function scrollToEnd() {
     window.scrollTo(0, document.body.scrollHeight);
+    seenBelow();
+  }
+
+  /** Whether the reader is at (or near) the end of the page. */
+  function atEnd() {
+    return window.innerHeight + window.scrollY >= document.body.scrollHeight - END_SLACK_PX;
+  }
+
+  /** `n` more messages arrived below a reader scrolled up: the button says how many. */
+  function unseen(n) {
+    unseenBelow += n;
+    latestButton.textContent = unseenBelow === 1 ? "1 new message \u2193" : unseenBelow + " new messages \u2193";
+    latestButton.hidden = false;
+  }
+
+  function seenBelow() {
+    unseenBelow = 0;
+    latestButton.hidden = true;
   }
 
   function utf8Length(text) {
@@ -456,6 +486,7 @@
       }
       var fragment = document.createDocumentFragment();
       var unread = 0;
+      var follow = atEnd();
       for (var i = 0; i < pending.length; i++) {
         var item = document.createElement("li");
         item.dir = "auto"; // right-to-left messages align on their own side
@@ -470,10 +501,13 @@
       // The offset a reconnect asks from is the last message on screen.
       socket.auth.serverOffset = pending[pending.length - 1].id;
       rows += pending.length;
+      var added = pending.length;
       pending = [];
       list.insertBefore(fragment, outbox.length ? outbox[0].li : null);
-      if (room.shown) {
+      if (room.shown && follow) {
         scrollToEnd();
+      } else if (room.shown) {
+        unseen(added);
       }
       if (unread) {
         room.unread += unread;
@@ -897,6 +931,7 @@
     room.show = function () {
       room.shown = true;
       room.unread = 0;
+      seenBelow();
       showList(list);
       statusBadge.dataset.state = room.state;
       statusBadge.textContent = room.stateText;
@@ -1271,7 +1306,11 @@
     if (current && window.scrollY === 0 && !earlierButton.hidden) {
       current.loadEarlier();
     }
+    if (unseenBelow && atEnd()) {
+      seenBelow();
+    }
   });
+  latestButton.addEventListener("click", scrollToEnd);
 
   onlineButton.addEventListener("click", function () {
     showPeople(peoplePanel.hidden);

@@ -291,6 +291,34 @@ describe("chat page in Chromium", () => {
     }
   });
 
+  it("a reader scrolled up stays put while messages arrive, and a button takes them to the new ones", { timeout: 300000 }, async () => {
+    await seed(relay.url, 60, "scrollback");
+    const page = await openPage("scrollback");
+    await page.waitForFunction(() => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === "scrollback 59"), null, { timeout: WAIT_MS });
+    const atEnd = () => page.evaluate(() => window.innerHeight + window.scrollY >= document.body.scrollHeight - 2);
+    await page.waitForFunction(() => window.innerHeight + window.scrollY >= document.body.scrollHeight - 2, null, { timeout: WAIT_MS });
+    // Reading back (not at the very top, which would load an earlier page).
+    await page.evaluate(() => window.scrollTo(0, 200));
+    const y = await page.evaluate(() => window.scrollY);
+    await emitOne(relay.url, "below one");
+    await emitOne(relay.url, "below two");
+    await page.waitForFunction(() => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === "below two"), null, { timeout: WAIT_MS });
+    assert.equal(await page.evaluate(() => window.scrollY), y, "the page did not move under the reader");
+    const latest = page.locator("#latest");
+    await latest.waitFor({ state: "visible", timeout: WAIT_MS });
+    assert.equal(await latest.textContent(), "2 new messages \u2193");
+    await latest.click();
+    await page.waitForFunction(() => window.innerHeight + window.scrollY >= document.body.scrollHeight - 2, null, { timeout: WAIT_MS });
+    await latest.waitFor({ state: "hidden", timeout: WAIT_MS });
+    // At the end, the page follows live messages again.
+    await emitOne(relay.url, "followed");
+    await page.waitForFunction(() => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === "followed"), null, { timeout: WAIT_MS });
+    await page.waitForFunction(() => window.innerHeight + window.scrollY >= document.body.scrollHeight - 2, null, { timeout: WAIT_MS });
+    assert.ok(await atEnd());
+    assert.equal(await latest.isHidden(), true);
+    await page.context().close();
+  });
+
   /** Sends one message from a client of its own and waits for the ack. */
   async function emitOne(url, text) {
     const sender = io(url, { transports: ["websocket"], forceNew: true });
