@@ -630,6 +630,16 @@ impl<T: Transport> Handler<T> {
             Sid::parse(&plan.sid).map(|sid| (sid, plan.pid.as_deref().and_then(Sid::parse)));
         // Counted, and (asked) told who is here, right after the CONNECT reply.
         let person = self.person(i);
+        // Who is where: the one place a moderator can find a guest's address (presence lists
+        // a guest by this id and name, never by address) to ban it.
+        tracing::info!(
+            peer = self.peer.map(tracing::field::display),
+            sid = self.socket.engine.sid(),
+            room = %self.members[i].room,
+            person = %person.id,
+            name = person.name.as_deref(),
+            "joined"
+        );
         let m = &mut self.members[i];
         let queue = self.socket.engine.queue().clone();
         let watch = m.watch.then(|| queue.clone() as Arc<dyn Subscriber>);
