@@ -136,6 +136,11 @@ impl Verifier {
         }
     }
 
+    /// Whether every socket needs a valid token (`AUTH=token`).
+    pub fn requires_token(&self) -> bool {
+        self.mode == AuthMode::Token
+    }
+
     /// The identity a CONNECT to `room` with `auth` gets (times checked against this machine's
     /// clock, by `jsonwebtoken`), or
     /// the CONNECT_ERROR message that refuses it: `token required`, `invalid token: <reason>`,

@@ -1217,7 +1217,12 @@
     }
     roomsFetching = true;
     roomsFetchedAt = Date.now();
-    fetch("/rooms", { cache: "no-store", headers: { Accept: "application/json" } })
+    // Under AUTH=token the list is for token holders (the rooms their token opens).
+    var headers = { Accept: "application/json" };
+    if (token) {
+      headers.Authorization = "Bearer " + token;
+    }
+    fetch("/rooms", { cache: "no-store", headers: headers })
       .then(function (res) {
         if (res.status === 404) {
           roomsListed = false; // a relay before rooms: only the rooms opened here are listed

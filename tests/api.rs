@@ -309,8 +309,34 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
     assert_eq!((status, presence["online"].as_u64()), (200, Some(1)));
     let (status, _) = call(a, "PUT", "/api/v1/rooms", Some(KEY), None).await;
     assert_eq!(status, 405);
+    let (_, head) = http_raw(
+        a,
+        &format!(
+            "PUT /api/v1/bans HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nallow: get, post\r\n"),
+        "{head}"
+    );
     let (status, _) = call(a, "GET", "/api/v1/nothing", Some(KEY), None).await;
     assert_eq!(status, 404);
+    let (status, body) = call(a, "GET", "/api/v1", Some(KEY), None).await;
+    assert_eq!(status, 404);
+    error_of(&body);
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let (_, head) = http_raw(
+        a,
+        &format!(
+            "GET /api/v1/rooms HTTP/1.1\r\nHost: {a}\r\nAuthorization: bearer {KEY}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.stop().await;
 }
 

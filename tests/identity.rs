@@ -90,6 +90,39 @@ async fn token_mode_refuses_every_bad_token_and_names_the_good_ones() {
         "commit time {at}"
     );
     assert_eq!(v[4], "1", "the recovery offset stays last: {row}");
+    // The room list is for token holders too, each seeing the rooms their token opens.
+    let rooms = |token: Option<String>| {
+        let addr = s.addr;
+        async move {
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let (status, text) = http_raw(
+                addr,
+                &format!("GET /rooms HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+            )
+            .await;
+            let body = text
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_string();
+            (
+                status,
+                serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(rooms(None).await, (401, json!({"error": "token required"})));
+    assert_eq!(
+        rooms(Some("nope".into())).await,
+        (401, json!({"error": "invalid token: not a JWT"}))
+    );
+    let help_only = hs256(json!({"sub": "u2", "rooms": ["help"]}));
+    assert_eq!(rooms(Some(help_only)).await, (200, json!({"rooms": []})));
+    assert_eq!(
+        rooms(Some(token)).await,
+        (200, json!({"rooms": [{"room": "/", "last": 1}]}))
+    );
     s.stop().await;
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Must not: speak Engine.IO, or write to the database itself.
 
-use super::app::{file, query_param, App, HttpResponse};
+use super::app::{bearer, file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
 use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::namespace::bans::parse_net;
@@ -51,7 +51,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
             "the server API is off (set API_KEYS)",
         );
     }
-    let path = req.uri().path().trim_start_matches(PREFIX).to_string();
+    let Some(path) = req.uri().path().strip_prefix(PREFIX).map(str::to_string) else {
+        // `/api`, `/api/v1` and the like: not an endpoint, said in the API's own form.
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    };
     if path == "openapi.json" && req.method() == Method::GET {
         return json_response(StatusCode::OK, super::openapi::document().to_string());
     }
@@ -100,7 +103,24 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     };
     match result {
         Ok((status, body)) => json_response(status, body.to_string()),
-        Err(ApiError(status, why)) => error(status, &why),
+        Err(ApiError(status, why)) => {
+            let mut r = error(status, &why);
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(methods_of(&path)));
+            }
+            r
+        }
+    }
+}
+
+/// The methods an endpoint takes, for a 405's `Allow` (RFC 9110 §15.5.6).
+fn methods_of(path: &str) -> &'static str {
+    match path {
+        "messages" | "bans" => "GET, POST",
+        "rooms" | "presence" => "GET",
+        "disconnect" => "POST",
+        _ => "DELETE", // messages/{id}, bans/{id}
     }
 }
 
@@ -127,13 +147,7 @@ type Answer = Result<(StatusCode, Value), ApiError>;
 /// Which of `keys` the request carries as its bearer token, if any (every key compared, each in
 /// constant time).
 fn authorized(keys: &[String], req: &Request<Incoming>) -> Option<usize> {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?
-        .trim()
-        .as_bytes();
+    let given = bearer(req)?.as_bytes();
     keys.iter().enumerate().fold(None, |found, (i, key)| {
         match bool::from(key.as_bytes().ct_eq(given)) {
             true => Some(i),

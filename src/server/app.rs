@@ -81,6 +81,16 @@ pub fn file(body: Bytes, content_type: &'static str, cache_control: &'static str
     r
 }
 
+/// The credentials of an `Authorization: Bearer <credentials>` header, trimmed; the scheme's name
+/// in any case (RFC 9110 §11.1: it is case-insensitive). `None` without one.
+pub fn bearer<B>(req: &hyper::Request<B>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credentials.trim())
+}
+
 /// The value of the first `key=value` pair named `key` in a URL's query string (`a=1&b=2`, no
 /// `?`), both sides percent-decoded and `+` read as a space, as the reference server's query
 /// parser (Node's `querystring`) reads them: `EIO=%34` is `EIO=4`. A key with no `=` has the

@@ -5,7 +5,7 @@
 //! Must not: parse Engine.IO packets or hold a session's state.
 
 use super::api;
-use super::app::{file, plain, App, HttpResponse};
+use super::app::{bearer, file, plain, App, HttpResponse};
 use super::assets;
 use super::endpoint;
 use bytes::Bytes;
@@ -39,7 +39,7 @@ pub fn handle(
 async fn route(app: Arc<App>, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path();
     match path {
-        _ if path.starts_with(api::PREFIX) => api::handle(&app, req).await,
+        _ if path == "/api" || path.starts_with("/api/") => api::handle(&app, req).await,
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -48,7 +48,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> HttpResponse {
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
         "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/rooms" => rooms(&app),
+        "/rooms" => rooms(&app, &req),
         "/readyz" => ready(&app).await,
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(app.namespace.metrics.render())));
@@ -113,12 +113,34 @@ async fn ready(app: &App) -> HttpResponse {
 
 /// `GET /rooms`: every room that holds messages (and exists under `ROOMS`) with its last id, by
 /// name, `/` first: `{"rooms":[{"room":"/","last":17},{"room":"general","last":42}]}` (protocol.md,
-/// "Rooms"). The page's room list and unread markers read it.
-fn rooms(app: &App) -> HttpResponse {
+/// "Rooms"). The page's room list and unread markers read it. Under `AUTH=token` it takes the
+/// page's token (`Authorization: Bearer <JWT>`) and lists only the rooms that token may open;
+/// without a valid one it answers 401 `{"error": <the CONNECT_ERROR's reason>}`.
+fn rooms(app: &App, req: &Request<Incoming>) -> HttpResponse {
     let ns = &app.namespace;
+    let identity = &ns.identity;
+    let auth = identity
+        .requires_token()
+        .then(|| serde_json::json!({ "token": bearer(req) }));
+    if let Some(auth) = &auth {
+        // The token itself, whatever rooms it opens.
+        match identity.identify(Some(auth), &crate::room::Room::main()) {
+            Err(why) if why != "not allowed in this room" => {
+                let body = serde_json::json!({ "error": why }).to_string();
+                let mut r = file(Bytes::from(body), "application/json", "no-store");
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                return r;
+            }
+            _ => {}
+        }
+    }
     let rooms: Vec<serde_json::Value> = ns
         .rooms_with_messages()
         .into_iter()
+        .filter(|(room, _)| {
+            auth.as_ref()
+                .is_none_or(|auth| identity.identify(Some(auth), room).is_ok())
+        })
         .map(|(room, last)| serde_json::json!({ "room": room.label(), "last": last }))
         .collect();
     let body = serde_json::json!({ "rooms": rooms }).to_string();

@@ -40,7 +40,7 @@ pub fn document() -> Value {
                     "responses": {
                         "201": { "description": "Stored.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
                         "200": { "description": "This idempotency key was stored before: nothing new.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
-                        "400": error, "401": error, "404": error, "409": error, "413": error, "415": error, "503": error
+                        "400": error, "401": error, "405": error, "429": error, "404": error, "409": error, "413": error, "415": error, "503": error
                     }
                 },
                 "get": {
@@ -53,7 +53,7 @@ pub fn document() -> Value {
                     ],
                     "responses": {
                         "200": { "description": "The page.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Page" } } } },
-                        "400": error, "401": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
                     }
                 }
             },
@@ -67,7 +67,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["id", "deleted"],
                             "properties": { "id": { "type": "integer" }, "deleted": { "const": true } }
                         } } } },
-                        "400": error, "401": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
                     }
                 }
             },
@@ -87,7 +87,7 @@ pub fn document() -> Value {
                                 }
                             }
                         } } } },
-                        "401": error
+                        "401": error, "405": error, "429": error
                     }
                 }
             },
@@ -100,7 +100,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["bans"],
                             "properties": { "bans": { "type": "array", "items": { "$ref": "#/components/schemas/Ban" } } }
                         } } } },
-                        "401": error, "503": error
+                        "401": error, "405": error, "429": error, "503": error
                     }
                 },
                 "post": {
@@ -111,7 +111,7 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": {
                             "type": "object", "additionalProperties": false,
                             "properties": {
-                                "user": { "type": "string", "maxLength": 128 },
+                                "user": { "type": "string", "minLength": 1, "description": "A verified user id (a token's sub): at most 128 UTF-8 bytes." },
                                 "ip": { "type": "string", "description": "An address or a CIDR block." },
                                 "seconds": { "type": "integer", "minimum": 1, "description": "Absent: for good." },
                                 "reason": { "type": "string", "maxLength": 500 }
@@ -122,7 +122,7 @@ pub fn document() -> Value {
                         "201": { "description": "In force.", "content": { "application/json": { "schema": {
                             "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" } }
                         } } } },
-                        "400": error, "401": error, "413": error, "415": error, "503": error
+                        "400": error, "401": error, "405": error, "429": error, "413": error, "415": error, "503": error
                     }
                 }
             },
@@ -136,7 +136,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["id", "lifted"],
                             "properties": { "id": { "type": "integer" }, "lifted": { "const": true } }
                         } } } },
-                        "400": error, "401": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
                     }
                 }
             },
@@ -156,7 +156,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["disconnected"],
                             "properties": { "disconnected": { "type": "integer", "minimum": 0 } }
                         } } } },
-                        "400": error, "401": error, "413": error, "415": error
+                        "400": error, "401": error, "405": error, "429": error, "413": error, "415": error
                     }
                 }
             },
@@ -173,7 +173,7 @@ pub fn document() -> Value {
                                 "users": { "type": "array", "items": { "$ref": "#/components/schemas/Person" } }
                             }
                         } } } },
-                        "400": error, "401": error, "404": error
+                        "400": error, "401": error, "405": error, "429": error, "404": error
                     }
                 }
             }
@@ -198,7 +198,7 @@ pub fn document() -> Value {
                         "room": { "type": "string", "description": "Absent: the main room `/`." },
                         "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
                         "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245 },
-                        "user": { "type": "string", "maxLength": 128, "description": "The author's user id." },
+                        "user": { "type": "string", "minLength": 1, "description": "The author's user id: at most 128 UTF-8 bytes." },
                         "name": { "type": "string", "maxLength": 64, "description": "The author's display name." }
                     }
                 },
