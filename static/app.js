@@ -47,7 +47,8 @@
 // "typing" (at most every TYPING_EVERY_MS, volatile: never queued while offline), and the line
 // above the input says who else is typing, for TYPING_SHOW_MS after each of their "typing" events.
 //
-// Tokens: a page opened as `/?token=<JWT>` connects with it (`auth.token`). When it expires the
+// Tokens: a page opened as `/?token=<JWT>` connects with it (`auth.token`), keeps it for the tab
+// (sessionStorage) and takes it off the address bar. When it expires the
 // server says "token expired" and ends the rooms' sockets; the page says so and waits for a new one.
 // A host page (an iframe's parent, a webview) hands one in with
 //
@@ -136,7 +137,30 @@
 
   // The guest name sent with every CONNECT ("" for none), and the token (null for none).
   var myName = (stored(NAME_KEY) || "").trim();
-  var token = new URLSearchParams(location.search).get("token") || null;
+  // The token: read from `?token=` once, then kept for this tab (sessionStorage relay-token) and
+  // taken off the address bar, so that a copied room link never carries it and a reload after
+  // an in-band refresh (window.relay.setToken) uses the new one.
+  var TOKEN_KEY = "relay-token";
+  var token = (function () {
+    var params = new URLSearchParams(location.search);
+    var given = params.get("token");
+    if (given) {
+      try {
+        sessionStorage.setItem(TOKEN_KEY, given);
+      } catch (e) {
+        // storage refused (a sandboxed frame): the token lives as long as the page
+      }
+      params.delete("token");
+      var rest = params.toString();
+      history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+      return given;
+    }
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || null;
+    } catch (e) {
+      return null;
+    }
+  })();
   // The ids of own acknowledged messages (ids are one sequence across rooms): id -> true.
   var ownIds = Object.create(null);
   loadOwnIds().forEach(function (id) {
@@ -533,6 +557,13 @@
       }
       lastQueuedId = serverOffset;
       pending.push({ text: String(msg), id: serverOffset, meta: meta });
+      // A verified user's message ends their "is typing" (a guest's typing id is not in meta).
+      if (meta && typeof meta.user === "string" && room.typers["u:" + meta.user]) {
+        delete room.typers["u:" + meta.user];
+        if (room.shown) {
+          renderTyping();
+        }
+      }
       if (frameRequest === null) {
         frameRequest = requestAnimationFrame(render);
         // Background tabs get no animation frames; render anyway, less often.
@@ -690,7 +721,7 @@
       });
     };
 
-    socket.on("disconnect", function () {
+    socket.on("disconnect", function (reason) {
       // Who is here is not known until connected again (the server then sends it whole).
       room.online = null;
       room.people = Object.create(null);
@@ -704,6 +735,14 @@
       }
       if (tokenExpired) {
         setStatus("refused", "token expired"); // the server ended it: a new token reconnects it
+        updateToggle();
+        return;
+      }
+      if (reason === "io server disconnect") {
+        // The server ended this room's socket (a moderator's ban or disconnect): the client does
+        // not reconnect by itself. Connect asks again, and a ban then says so.
+        setStatus("refused", "ended by the server");
+        say("The server ended your connection to " + label(name) + ". Press Connect to try again.", true);
         updateToggle();
         return;
       }
@@ -728,6 +767,12 @@
         refusedFor = "token";
         setStatus("refused", "token refused");
         say("The server refused this page's token (" + message + ").", true);
+        updateToggle();
+        return;
+      }
+      if (!socket.active && message === "banned") {
+        setStatus("refused", "banned");
+        say("You are banned from " + label(name) + ".", true);
         updateToggle();
         return;
       }
@@ -1007,8 +1052,8 @@
       var li = document.createElement("li");
       li.dir = "auto";
       li.textContent = personName(p);
-      if (p.guest) {
-        li.dataset.guest = "";
+      if (p.guest && typeof p.name === "string" && p.name) {
+        li.dataset.guest = ""; // "Bo (guest)"; an unnamed one is just "guest"
       }
       fragment.appendChild(li);
     });
@@ -1345,8 +1390,8 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value;
-    if (!text || !current) {
-      return;
+    if (!text.trim() || !current) {
+      return; // nothing to say (spaces alone are not a message)
     }
     var bytes = bytesOverLimit(text);
     if (bytes) {
@@ -1437,6 +1482,15 @@
   window.relay = {
     setToken: function (value) {
       token = typeof value === "string" && value ? value : null;
+      try {
+        if (token) {
+          sessionStorage.setItem(TOKEN_KEY, token);
+        } else {
+          sessionStorage.removeItem(TOKEN_KEY);
+        }
+      } catch (e) {
+        // storage refused: a reload starts from the page's address again
+      }
       watchExpiry();
       return Promise.all(
         Object.keys(rooms).map(function (n) {

@@ -425,6 +425,31 @@ describe("the admin page", () => {
     await close(admin, chat);
   });
 
+  it("a chat page a ban ends says so, and Connect then says it is banned", { timeout: 60000 }, async () => {
+    const context = await browser.newContext({ viewport: { width: 390, height: 700 } });
+    contexts.add(context);
+    const chat = await context.newPage();
+    chat.setDefaultTimeout(WAIT_MS);
+    chat.on("pageerror", (err) => problems.push(`banned chat page error: ${err.message}`));
+    await chat.goto(`${relay.url}/`, { waitUntil: "load" });
+    const status = () => chat.locator("#status").textContent();
+    await chat.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+    const ban = await api("POST", "bans", { ip: "127.0.0.0/8", seconds: 60, reason: "page test" });
+    assert.equal(ban.status, 201, ban.text);
+    try {
+      await chat.waitForFunction(() => document.getElementById("status").textContent === "ended by the server", null, { timeout: WAIT_MS });
+      assert.match(await chat.locator("#notice").textContent(), /ended your connection/);
+      assert.equal(await chat.locator("#toggle-btn").textContent(), "Connect", "the button says what a click does");
+      await chat.locator("#toggle-btn").click();
+      await chat.waitForFunction(() => document.getElementById("status").textContent === "banned", null, { timeout: WAIT_MS });
+      assert.match(await chat.locator("#notice").textContent(), /banned/);
+      assert.equal(await status(), "banned");
+    } finally {
+      await api("DELETE", `bans/${ban.body?.id}`);
+    }
+    await close(chat);
+  });
+
   it("no page errors", () => {
     assert.deepEqual(problems, []);
   });

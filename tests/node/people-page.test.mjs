@@ -226,6 +226,13 @@ describe("people on the chat page", () => {
       assert.equal(await state(page), "connected");
       await type(page, "still here");
       assert.equal((await row(page, "still here", "own")).name, "Dee");
+      // The token left the address bar (a copied link does not carry it); a reload signs in
+      // with the newest one, kept for the tab.
+      assert.ok(!page.url().includes("token="), `no token in the address bar: ${page.url()}`);
+      await page.reload({ waitUntil: "load" });
+      await connected(page);
+      await type(page, "after a reload");
+      assert.equal((await row(page, "after a reload", "own")).name, "Dee");
       await close(page);
     } finally {
       await own.stop();
