@@ -149,7 +149,12 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
         r#"{{"content":"{}","idempotency_key":"big"}}"#,
         "x".repeat(1001)
     );
-    let bad: [(&str, &str, u16); 8] = [
+    let bad: [(&str, &str, u16); 9] = [
+        (
+            r#"{"content":"x","idempotency_key":"rlo","name":"a\u202eb"}"#,
+            "application/json",
+            400,
+        ),
         ("{", "application/json", 400),
         (
             r#"{"content":"x","idempotency_key":"half \ud83d"}"#,

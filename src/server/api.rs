@@ -16,7 +16,7 @@
 
 use super::app::{bearer, file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
-use crate::identity::{Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::identity::{is_control_or_format, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
 use crate::namespace::rate::RateLimit;
@@ -250,11 +250,12 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
         .name
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty());
+    // The rule of every name shown to people (identity.rs): no bidi override, no hidden text.
     if name.as_ref().is_some_and(|n| {
-        n.chars().count() > MAX_TOKEN_NAME_CHARS || n.chars().any(char::is_control)
+        n.chars().count() > MAX_TOKEN_NAME_CHARS || n.chars().any(is_control_or_format)
     }) {
         return Err(ApiError::bad(format!(
-            "name must be at most {MAX_TOKEN_NAME_CHARS} characters, without control characters"
+            "name must be at most {MAX_TOKEN_NAME_CHARS} characters, without control or format characters"
         )));
     }
     if !ns.broadcaster.admit(&room, ns.config.max_rooms) {
