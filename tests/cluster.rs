@@ -1453,3 +1453,117 @@ async fn deletions_bans_and_disconnects_reach_every_node() {
     drop(nodes);
     drop_database(&db).await;
 }
+
+/// A TCP proxy to MariaDB that the test can cut: every connection through it dropped, new ones
+/// refused, until it is restored.
+struct CutProxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start() -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, pipes) = (up.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                pipes.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:3306").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        CutProxy {
+            port,
+            up,
+            open,
+            task,
+        }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.up.store(!cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for pipe in self.open.lock().unwrap().drain(..) {
+                pipe.abort();
+            }
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut(true);
+    }
+}
+
+/// Sends message `k` (with the same clientOffset each time, as the stock client's retries do)
+/// until it is acked: a message a failed commit did not ack is sent again.
+async fn send_acked(c: &mut Client, k: u64, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        c.emit(Some(k), text, text).await;
+        let acked = tokio::time::timeout(Duration::from_secs(2), await_ack(c, k)).await;
+        if acked.is_ok() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text} never acked");
+    }
+}
+
+/// A sequencer that loses its own link to the database (the database is up for the others) gives
+/// the lease up: the cluster goes on committing through another node, its own clients' messages
+/// included (it forwards them), instead of every node forwarding to a sequencer whose commits
+/// all fail for as long as its link is down. Once its link is back it takes part again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_cut_off_from_the_database_hands_the_lease_on() {
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let proxy = CutProxy::start().await;
+    let url = format!("mysql://root@127.0.0.1:{}/{db}", proxy.port);
+    // The first node, through the proxy: the cluster's sequencer.
+    let behind = {
+        let (child, addr) = spawn_relay(
+            Command::new(env!("CARGO_BIN_EXE_relay"))
+                .env("HOST", "127.0.0.1")
+                .env("PORT", "0")
+                .env("DATABASE_URL", &url)
+                .env("CLUSTER_URL", redis.url())
+                .env("CLUSTER_NAME", &cluster)
+                .env("MAX_MESSAGES_PER_SECOND", "0")
+                .env("DB_TIMEOUT_MS", "3000")
+                .env("RUST_LOG", "relay=warn"),
+        );
+        Node { addr, child }
+    };
+    wait_for_metric_eq(behind.addr, "relay_sequencer", 1.0).await;
+    let direct = Node::start(&db, &redis, &cluster);
+    let nodes = [behind, direct];
+    assert_eq!(sequencer_of(&nodes).await, 0);
+    let mut on_behind = nodes[0].joined(0).await;
+    let mut on_direct = nodes[1].joined(0).await;
+    send_acked(&mut on_direct, 0, "before the cut").await;
+    proxy.cut(true);
+    // Both nodes' clients are acked: the lease moved to the node that reaches the database.
+    send_acked(&mut on_direct, 1, "from the healthy node").await;
+    send_acked(&mut on_behind, 1, "from the cut-off node").await;
+    assert_eq!(sequencer_of(&nodes).await, 1);
+    proxy.cut(false);
+    send_acked(&mut on_behind, 2, "after the cut").await;
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 4, "each message once: {ids:?}");
+    let mut watcher = nodes[0].joined(0).await;
+    assert_eq!(chats(&mut watcher, 4).await, ids, "in order, once");
+    drop(nodes);
+    drop_database(&db).await;
+}

@@ -14,7 +14,7 @@
 //! Must not: decide order within a round or dedupe (the sequencer does), or block the writer
 //! between rounds.
 
-use super::lease::Role;
+use super::lease::{DbHealth, Role};
 use super::redis::RedisBus;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
@@ -52,17 +52,20 @@ pub struct RedisAdapter {
     lock_kept: bool,
     /// When the writer last began to wait with the lock kept ([`Adapter::idle_due`]).
     idle_since: Cell<Option<Instant>>,
+    /// What this node's commits say of its database link, for the lease.
+    db_health: Arc<DbHealth>,
 }
 
 impl RedisAdapter {
     /// An adapter committing into `db` under the database lock `lock`, routing by `role`,
-    /// taking in `local`, and carrying batches on `bus`.
+    /// taking in `local`, carrying batches on `bus`, and telling `db_health` how each commit went.
     pub fn new(
         bus: RedisBus,
         db: MysqlStore,
         lock: String,
         role: watch::Receiver<Role>,
         local: mpsc::UnboundedReceiver<Submission>,
+        db_health: Arc<DbHealth>,
     ) -> RedisAdapter {
         RedisAdapter {
             bus,
@@ -74,6 +77,7 @@ impl RedisAdapter {
             keep_lock: false,
             lock_kept: false,
             idle_since: Cell::new(None),
+            db_health,
         }
     }
 
@@ -105,9 +109,13 @@ impl Adapter for RedisAdapter {
         messages: &'a [&'a NewMessage],
     ) -> Result<(u64, Vec<Inserted>), StoreError> {
         self.lock_kept = self.keep_lock;
-        self.db
+        let attempt = self.db_health.attempt();
+        let result = self
+            .db
             .insert_locked(messages, &self.lock, self.keep_lock)
-            .await
+            .await;
+        attempt.done(result.is_ok());
+        result
     }
 
     fn shared(&self) -> bool {

@@ -10,13 +10,16 @@
 //!
 //! The lease only decides who does the work, never correctness: two nodes that both believe
 //! they hold it still commit one at a time under the commit lock. A node that is going away gives
-//! the lease up first, so the next node takes over within one renewal.
+//! the lease up first, so the next node takes over within one renewal. So does a node whose own
+//! commits fail ([`DbHealth`]): the others forward to the sequencer, so one that cannot reach the
+//! database would stop the whole cluster; it takes part again once the database answers it.
 //!
 //! Must not: be needed for order or dedupe.
 
 use super::BusHealth;
 use crate::metrics::Metrics;
-use std::sync::atomic::Ordering;
+use crate::store::mysql::MysqlStore;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::{timeout, Duration};
@@ -49,6 +52,62 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// Give the lease up if it is ours; return the holder (another node), or nil.
+const STEP_DOWN: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+return holder
+";
+
+/// Whether this node's database link works, as its own commits find it. Set by the adapter
+/// around each insert ([`DbHealth::attempt`]); read by the lease, which gives the lease up while
+/// commits fail and pings the database until it answers again.
+#[derive(Debug, Default)]
+pub struct DbHealth {
+    failing: AtomicBool,
+}
+
+impl DbHealth {
+    /// Whether the last commit failed (or never came back) and no ping has answered since.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// The database answered a ping: commits may work again.
+    fn done_pinging(&self) {
+        self.failing.store(false, Ordering::Relaxed);
+    }
+
+    /// One commit's watch: it counts as failed unless [`Attempt::done`] says otherwise, so a
+    /// commit dropped at the sequencer's deadline (`DB_TIMEOUT_MS`) counts as failed too.
+    pub fn attempt(self: &Arc<Self>) -> Attempt {
+        Attempt(Some(self.clone()))
+    }
+}
+
+/// See [`DbHealth::attempt`].
+pub struct Attempt(Option<Arc<DbHealth>>);
+
+impl Attempt {
+    /// The commit came back: `ok`, or with an error.
+    pub fn done(mut self, ok: bool) {
+        if let Some(health) = self.0.take() {
+            health.failing.store(!ok, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.take() {
+            health.failing.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Where this node commits its sockets' messages, as the lease decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +158,9 @@ impl Lease {
 /// Keeps `lease` (and `role`, the writer's view of it) up to date until `stop`; from `resign`
 /// on, this node gives the lease up and commits its own messages. Reads from `health` whether
 /// this node is subscribed (if not, no node can forward to it, so it commits alone), and tells
-/// it whether Redis answered in time (a Redis that hangs keeps the subscription).
+/// it whether Redis answered in time (a Redis that hangs keeps the subscription). While `db`
+/// says this node's commits fail, it holds no lease (it forwards to whoever holds it) and pings
+/// `database` at each renewal until it answers.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: redis::Client,
@@ -107,12 +168,15 @@ pub async fn run(
     node: String,
     metrics: Arc<Metrics>,
     health: Arc<BusHealth>,
+    (database, db): (MysqlStore, Arc<DbHealth>),
     role: watch::Sender<Role>,
     lease: watch::Sender<Lease>,
     resign: CancellationToken,
     stop: CancellationToken,
 ) {
     let claim = redis::Script::new(CLAIM);
+    let step_down = redis::Script::new(STEP_DOWN);
+    let mut stepped_down = false;
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let ttl = LEASE_TTL.as_millis() as u64;
     let mut wait = Duration::ZERO;
@@ -129,6 +193,21 @@ pub async fn run(
         } else {
             BUS_DOWN_CHECK
         };
+        if db.failing() && matches!(timeout(LEASE_RENEW, database.ping()).await, Ok(Ok(()))) {
+            db.done_pinging();
+        }
+        let failing = db.failing();
+        if failing != stepped_down {
+            stepped_down = failing;
+            if failing {
+                tracing::warn!(node, "this node's commits fail: it holds no sequencer lease until the database answers it");
+            } else {
+                tracing::info!(
+                    node,
+                    "the database answers this node again: it takes part in the lease"
+                );
+            }
+        }
         let now = if !health.receiving() {
             Lease::alone()
         } else {
@@ -137,6 +216,15 @@ pub async fn run(
                     conn = Some(client.get_multiplexed_async_connection().await?);
                 }
                 let c = conn.as_mut().expect("connected above");
+                if failing {
+                    // Give it up if ours; follow whoever holds it (none: commit alone).
+                    let holder = step_down
+                        .key(&key)
+                        .arg(&node)
+                        .invoke_async::<Option<String>>(c)
+                        .await?;
+                    return Ok(holder.unwrap_or_default());
+                }
                 claim
                     .key(&key)
                     .arg(&node)
@@ -157,6 +245,7 @@ pub async fn run(
                 }
             }
             match held {
+                Ok(Ok(holder)) if holder.is_empty() => Lease::alone(),
                 Ok(Ok(holder)) if holder == node => Lease {
                     role: Role::Sequencer,
                     sequencer: None,

@@ -171,12 +171,14 @@ impl Cluster {
             role: Role::Commit,
             sequencer: None,
         });
+        let db_health = Arc::new(lease::DbHealth::default());
         tasks.spawn(lease::run(
             client.clone(),
             lease::key(&prefix),
             node.clone(),
             metrics.clone(),
             health.clone(),
+            (db.clone(), db_health.clone()),
             role_tx,
             lease_tx,
             resign,
@@ -207,7 +209,14 @@ impl Cluster {
             &tasks,
             stop.clone(),
         );
-        let adapter = RedisAdapter::new(bus, db.clone(), commit_lock(&options.name), role, local);
+        let adapter = RedisAdapter::new(
+            bus,
+            db.clone(),
+            commit_lock(&options.name),
+            role,
+            local,
+            db_health,
+        );
         Ok((
             Cluster {
                 tasks,
