@@ -953,7 +953,7 @@
       item.dir = "auto";
       item.textContent = text;
       item.dataset.own = "";
-      item.dataset.name = myName || "guest";
+      item.dataset.name = ownName();
       list.appendChild(item);
       updateEmpty();
       send(text, clientOffset, item);
@@ -1009,6 +1009,33 @@
     };
 
     return room;
+  }
+
+  /**
+   * The name an own message shows until the server's row replaces it: the token's `name` (else its
+   * `sub`), read from its payload (for display only: the server checks the token), else the guest
+   * name, else "guest".
+   */
+  function ownName() {
+    if (token) {
+      try {
+        var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+        part += "===".slice((part.length + 3) % 4);
+        var bytes = Uint8Array.from(atob(part), function (c) {
+          return c.charCodeAt(0);
+        });
+        var claims = JSON.parse(new TextDecoder().decode(bytes));
+        if (typeof claims.name === "string" && claims.name.trim()) {
+          return claims.name;
+        }
+        if (typeof claims.sub === "string" && claims.sub) {
+          return claims.sub;
+        }
+      } catch (e) {
+        // not a JWT the page can read: the server will say
+      }
+    }
+    return myName || "guest";
   }
 
   /** How a person of a presence or typing event is called: their name, else "guest" or their id. */
