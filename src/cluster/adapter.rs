@@ -14,8 +14,9 @@
 //! Must not: decide order within a round or dedupe (the sequencer does), or block the writer
 //! between rounds.
 
-use super::lease::{DbHealth, Role};
+use super::lease::Role;
 use super::redis::RedisBus;
+use super::DbHealth;
 use crate::chat::NewMessage;
 use crate::delivery::batch::Batch;
 use crate::delivery::canary::Probe;

@@ -10,6 +10,7 @@
 //!
 //! Must not: publish out of order, or publish a row twice.
 
+use super::DbHealth;
 use crate::delivery::batch::{Batch, Message};
 use crate::delivery::canary::Probe;
 use crate::delivery::Broadcaster;
@@ -53,11 +54,12 @@ pub struct Follower {
 
 impl Follower {
     /// Starts the follower's task on `tasks`: it publishes to `broadcaster`, reads gaps through
-    /// `reader`, and ends when `stop` is cancelled.
+    /// `reader` (not while `db` says this node's commits fail: see [`DbHealth`]), checks the
+    /// database more often while `bus_up` is false, and ends when `stop` is cancelled.
     pub fn start(
         broadcaster: Arc<Broadcaster>,
         reader: Reader,
-        bus_up: watch::Receiver<bool>,
+        (bus_up, db): (watch::Receiver<bool>, Arc<DbHealth>),
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
@@ -69,6 +71,7 @@ impl Follower {
             broadcaster,
             reader,
             bus_up,
+            db,
             metrics,
             waiting: BTreeMap::new(),
             gap_since: None,
@@ -127,6 +130,8 @@ struct State {
     reader: Reader,
     /// Whether the bus is up (the database is then checked less often).
     bus_up: watch::Receiver<bool>,
+    /// Whether this node's database link fails (no read is tried until it answers a ping).
+    db: Arc<DbHealth>,
     metrics: Arc<Metrics>,
     /// The last id published here.
     published: u64,
@@ -149,9 +154,10 @@ impl State {
             } else {
                 QUIET_CHECK_BUS_DOWN
             };
+            // A gap waits for the bus, then for a read; not while reads cannot work (no spin).
             let wake = match self.gap_since {
-                Some(since) => since + GAP_WAIT,
-                None => quiet_since + check,
+                Some(since) if !self.db.failing() => since + GAP_WAIT,
+                _ => quiet_since + check,
             };
             tokio::select! {
                 biased;
@@ -179,7 +185,9 @@ impl State {
                 },
                 () = sleep_until(wake) => {
                     quiet_since = Instant::now();
-                    if self.gap_since.is_none() {
+                    if self.db.failing() {
+                        // The read would wait out its deadline: batches and receipts first.
+                    } else if self.gap_since.is_none() {
                         // Quiet: anything committed that no batch announced?
                         match self.reader.max_id().await {
                             Ok(max) => self.wanted = self.wanted.max(max),
@@ -190,7 +198,7 @@ impl State {
                     }
                 }
             }
-            if self.wanted > self.published {
+            if self.wanted > self.published && !self.db.failing() {
                 self.fill().await;
             }
         }
@@ -346,7 +354,7 @@ mod tests {
         let f = Follower::start(
             broadcaster.clone(),
             Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
-            watch::channel(true).1,
+            (watch::channel(true).1, Arc::default()),
             metrics,
             &tasks,
             CancellationToken::new(),

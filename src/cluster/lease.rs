@@ -16,10 +16,10 @@
 //!
 //! Must not: be needed for order or dedupe.
 
-use super::BusHealth;
+use super::{BusHealth, DbHealth};
 use crate::metrics::Metrics;
 use crate::store::mysql::MysqlStore;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::{timeout, Duration};
@@ -62,52 +62,6 @@ if holder == ARGV[1] then
 end
 return holder
 ";
-
-/// Whether this node's database link works, as its own commits find it. Set by the adapter
-/// around each insert ([`DbHealth::attempt`]); read by the lease, which gives the lease up while
-/// commits fail and pings the database until it answers again.
-#[derive(Debug, Default)]
-pub struct DbHealth {
-    failing: AtomicBool,
-}
-
-impl DbHealth {
-    /// Whether the last commit failed (or never came back) and no ping has answered since.
-    pub fn failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
-    /// The database answered a ping: commits may work again.
-    fn done_pinging(&self) {
-        self.failing.store(false, Ordering::Relaxed);
-    }
-
-    /// One commit's watch: it counts as failed unless [`Attempt::done`] says otherwise, so a
-    /// commit dropped at the sequencer's deadline (`DB_TIMEOUT_MS`) counts as failed too.
-    pub fn attempt(self: &Arc<Self>) -> Attempt {
-        Attempt(Some(self.clone()))
-    }
-}
-
-/// See [`DbHealth::attempt`].
-pub struct Attempt(Option<Arc<DbHealth>>);
-
-impl Attempt {
-    /// The commit came back: `ok`, or with an error.
-    pub fn done(mut self, ok: bool) {
-        if let Some(health) = self.0.take() {
-            health.failing.store(!ok, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if let Some(health) = self.0.take() {
-            health.failing.store(true, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Where this node commits its sockets' messages, as the lease decides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use crate::store::{Reader, Store, StoreError};
 use follower::Follower;
 use lease::{Lease, Role};
 use redis::{Endpoint, RedisBus};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -156,10 +156,11 @@ impl Cluster {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let health = Arc::new(BusHealth::default());
+        let db_health = Arc::new(DbHealth::default());
         let follower = Follower::start(
             broadcaster.clone(),
             Reader::new(store.clone(), options.db_timeout),
-            health.watch(),
+            (health.watch(), db_health.clone()),
             metrics.clone(),
             &tasks,
             stop.clone(),
@@ -171,7 +172,6 @@ impl Cluster {
             role: Role::Commit,
             sequencer: None,
         });
-        let db_health = Arc::new(lease::DbHealth::default());
         tasks.spawn(lease::run(
             client.clone(),
             lease::key(&prefix),
@@ -282,6 +282,54 @@ pub fn presence_channel(name: &str) -> String {
 /// The database lock commits take.
 pub fn commit_lock(name: &str) -> String {
     format!("{name}:commit")
+}
+
+/// Whether this node's database link works, as its own commits find it. Set by the adapter
+/// around each insert ([`DbHealth::attempt`]); read by the lease, which gives the lease up while
+/// commits fail and pings the database until it answers again, and by the follower, which reads
+/// the database meanwhile only once that ping answers (a read would only wait out its deadline,
+/// holding up the batches and receipts the bus brings).
+#[derive(Debug, Default)]
+pub struct DbHealth {
+    failing: AtomicBool,
+}
+
+impl DbHealth {
+    /// Whether the last commit failed (or never came back) and no ping has answered since.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// The database answered a ping: commits may work again.
+    pub(super) fn done_pinging(&self) {
+        self.failing.store(false, Ordering::Relaxed);
+    }
+
+    /// One commit's watch: it counts as failed unless [`Attempt::done`] says otherwise, so a
+    /// commit dropped at the sequencer's deadline (`DB_TIMEOUT_MS`) counts as failed too.
+    pub fn attempt(self: &Arc<Self>) -> Attempt {
+        Attempt(Some(self.clone()))
+    }
+}
+
+/// See [`DbHealth::attempt`].
+pub struct Attempt(Option<Arc<DbHealth>>);
+
+impl Attempt {
+    /// The commit came back: `ok`, or with an error.
+    pub fn done(mut self, ok: bool) {
+        if let Some(health) = self.0.take() {
+            health.failing.store(!ok, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.take() {
+            health.failing.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether the bus works, as three checks see it: the subscriber (subscribed to the channels),
