@@ -9,7 +9,9 @@
 // this page's life keeps its socket (the stock client multiplexes them over one
 // connection) and its own list, history paging, offset and own messages; a
 // message that arrives in a room not shown counts as unread on that room in the
-// strip. The strip lists the rooms that hold messages (`GET /rooms`, refreshed on
+// strip; a room not opened in this page shows a dot when the list says it holds
+// messages newer than this browser last saw there (localStorage relay-seen). The
+// strip lists the rooms that hold messages (`GET /rooms`, refreshed on
 // connect and every ROOMS_REFRESH_MS) and the rooms opened here; "+" opens a new
 // one by name.
 //
@@ -88,6 +90,9 @@
   var NAME_KEY = "relay-name";
   var OWN_KEY = "relay-own";
   var OWN_KEEP = 500;
+  // Where the last id seen of each room is kept (a room not opened in this page whose list entry
+  // (`GET /rooms`) is newer shows a dot in the strip).
+  var SEEN_KEY = "relay-seen";
 
   var form = document.getElementById("form");
   var input = document.getElementById("input");
@@ -166,6 +171,35 @@
   loadOwnIds().forEach(function (id) {
     ownIds[id] = true;
   });
+  // Room name -> the last id this browser saw of it (shown, or listed when first listed).
+  var seen = (function () {
+    try {
+      var map = JSON.parse(stored(SEEN_KEY) || "{}");
+      return map && typeof map === "object" && !Array.isArray(map) ? map : {};
+    } catch (e) {
+      return {};
+    }
+  })();
+  var seenDirty = false;
+  // Whether a room list has come yet (rooms unknown to the browser before it are not news).
+  var roomsListedOnce = false;
+
+  /** Room `name` was seen up to `id` (kept in memory; saved by saveSeen). */
+  function sawUpTo(name, id) {
+    if (typeof id === "number" && !(seen[name] >= id)) {
+      seen[name] = id;
+      seenDirty = true;
+    }
+  }
+
+  function saveSeen() {
+    if (seenDirty) {
+      seenDirty = false;
+      store(SEEN_KEY, JSON.stringify(seen));
+    }
+  }
+  window.addEventListener("pagehide", saveSeen);
+  document.addEventListener("visibilitychange", saveSeen);
 
   function stored(key) {
     try {
@@ -524,6 +558,9 @@
       }
       // The offset a reconnect asks from is the last message on screen.
       socket.auth.serverOffset = pending[pending.length - 1].id;
+      if (room.shown) {
+        sawUpTo(name, socket.auth.serverOffset);
+      }
       rows += pending.length;
       var added = pending.length;
       pending = [];
@@ -977,6 +1014,7 @@
       room.shown = true;
       room.unread = 0;
       seenBelow();
+      sawUpTo(name, listed[name]);
       showList(list);
       statusBadge.dataset.state = room.state;
       statusBadge.textContent = room.stateText;
@@ -1247,7 +1285,14 @@
         a.setAttribute("aria-current", "page");
       }
       var unread = rooms[name] ? rooms[name].unread : 0;
-      if (unread) {
+      if (!rooms[name] && listed[name] > (seen[name] || 0)) {
+        // Not opened in this page, and newer than this browser last saw it.
+        var dot = document.createElement("span");
+        dot.className = "unread dot";
+        dot.textContent = "\u2022";
+        a.appendChild(dot);
+        a.setAttribute("aria-label", label(name) + ", new messages");
+      } else if (unread) {
         var badge = document.createElement("span");
         badge.className = "unread";
         badge.textContent = unread > 99 ? "99+" : String(unread);
@@ -1308,8 +1353,15 @@
           body.rooms.forEach(function (r) {
             if (r && typeof r.room === "string" && (r.room === "/" || ROOM_NAME.test(r.room))) {
               listed[r.room] = r.last;
+              if (!(r.room in seen)) {
+                // Unknown to this browser: at the page's first listing, what it holds is old
+                // news; a room that appears later is new, all of it.
+                sawUpTo(r.room, roomsListedOnce ? 0 : r.last);
+              }
             }
           });
+          roomsListedOnce = true;
+          saveSeen();
           renderRoomList();
         }
       })
