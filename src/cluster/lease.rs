@@ -87,6 +87,15 @@ impl Role {
     }
 }
 
+/// Logs a turn for the better (`good`: info) or the worse (warn) of what this node can do.
+fn log_turn(node: &str, good: bool, better: &str, worse: &str) {
+    if good {
+        tracing::info!(node, "{better}");
+    } else {
+        tracing::warn!(node, "{worse}");
+    }
+}
+
 /// The Redis key of the lease.
 pub fn key(cluster: &str) -> String {
     format!("{cluster}:sequencer")
@@ -153,14 +162,12 @@ pub async fn run(
         let failing = db.failing();
         if failing != stepped_down {
             stepped_down = failing;
-            if failing {
-                tracing::warn!(node, "this node's commits fail: it holds no sequencer lease until the database answers it");
-            } else {
-                tracing::info!(
-                    node,
-                    "the database answers this node again: it takes part in the lease"
-                );
-            }
+            log_turn(
+                &node,
+                !failing,
+                "the database answers this node again: it takes part in the lease",
+                "this node's commits fail: it holds no sequencer lease until the database answers it",
+            );
         }
         let now = if !health.receiving() {
             Lease::alone()
@@ -189,14 +196,12 @@ pub async fn run(
             .await;
             let answered = matches!(held, Ok(Ok(_)));
             if health.set_answering(answered, &metrics) {
-                if answered {
-                    tracing::info!(node, "bus up again: Redis answers");
-                } else {
-                    tracing::warn!(
-                        node,
-                        "bus down: Redis did not answer the lease call in time"
-                    );
-                }
+                log_turn(
+                    &node,
+                    answered,
+                    "bus up again: Redis answers",
+                    "bus down: Redis did not answer the lease call in time",
+                );
             }
             match held {
                 Ok(Ok(holder)) if holder.is_empty() => Lease::alone(),
