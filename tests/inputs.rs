@@ -84,6 +84,21 @@ async fn binary_attachments_are_read_and_the_chat_rules_decide() {
     c.send(r#"450-2["chat message","plain","o-3"]"#).await;
     assert_eq!(c.recv_chat().await.0, "plain");
     assert_eq!(c.recv_ack().await, (2, json!([])));
+    // Attachments written as text (`b<base64>`: the stock client with `forceBase64: true`), as
+    // the reference server reads them.
+    c.send(r#"451-3["chat message",{"_placeholder":true,"num":0},"o-4"]"#)
+        .await;
+    c.send("bAAFiaW5hcnk=").await;
+    assert_eq!(
+        c.recv_ack().await,
+        (3, json!([{"error": "message must be a string"}]))
+    );
+    c.send(r#"451-4["chat message","with a base64 file","o-5",{"_placeholder":true,"num":0}]"#)
+        .await;
+    c.send("bBwcH").await;
+    assert_eq!(c.recv_chat().await.0, "with a base64 file");
+    assert_eq!(c.recv_ack().await, (4, json!([])));
+    assert_eq!(s.count().await, 3);
     s.stop().await;
 }
 

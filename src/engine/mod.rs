@@ -267,6 +267,8 @@ impl<T: Transport> Session<T> {
     fn on_packet(&mut self, text: T::Text) -> Result<Incoming<T::Text>, DisconnectReason> {
         match engineio::decode(text.as_ref()) {
             Ok(Inbound::Message(_)) => Ok(Incoming::Message(text)),
+            // An attachment written as text (`forceBase64` on a WebSocket).
+            Ok(Inbound::Binary(len)) => Ok(Incoming::Binary(len)),
             Ok(Inbound::Pong(_)) => {
                 self.membership.pong();
                 Ok(Incoming::Woken)

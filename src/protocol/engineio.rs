@@ -1,7 +1,9 @@
 //! Engine.IO v4 packets (spec: socketio/engine.io-protocol `README.md`, "Packet encoding"):
 //! `<type digit>[data]`. On a WebSocket each packet is one text frame, with no length prefix and
 //! no record separator. On HTTP long-polling a body is a payload: packets joined by the record
-//! separator `\x1e`, a binary packet written `b<base64>`.
+//! separator `\x1e`, a binary packet written `b<base64>`. A client that cannot send binary frames
+//! (the stock client with `forceBase64: true`) writes its binary packets `b<base64>` in text
+//! frames on a WebSocket too (engine.io-parser's `encodePacket` without binary support).
 //!
 //! Pure: text in, packets out. Nothing here touches a socket, a clock or the database.
 
@@ -22,6 +24,8 @@ pub enum Inbound<'a> {
     Upgrade,
     /// `6`: noop (polling only). Ignored.
     Noop,
+    /// `b<base64>`: a binary message of this many bytes, written as text.
+    Binary(usize),
 }
 
 /// Why a frame is not an Engine.IO packet a client may send.
@@ -29,8 +33,10 @@ pub enum Inbound<'a> {
 pub enum DecodeError {
     /// The frame was empty.
     Empty,
-    /// The first character is not a packet type a client sends (`1`-`6`).
+    /// The first character is not a packet type a client sends (`1`-`6`, `b`).
     UnknownType(char),
+    /// A `b` packet whose data is not base64 (standard alphabet, padded).
+    NotBase64,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -38,6 +44,7 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::Empty => f.write_str("empty Engine.IO packet"),
             DecodeError::UnknownType(c) => write!(f, "unknown Engine.IO packet type {c:?}"),
+            DecodeError::NotBase64 => f.write_str("binary packet is not base64"),
         }
     }
 }
@@ -56,6 +63,13 @@ pub fn decode(frame: &str) -> Result<Inbound<'_>, DecodeError> {
         '4' => Ok(Inbound::Message(data)),
         '5' => Ok(Inbound::Upgrade),
         '6' => Ok(Inbound::Noop),
+        'b' => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map(|bytes| Inbound::Binary(bytes.len()))
+                .map_err(|_| DecodeError::NotBase64)
+        }
         // `0` (open) is server-to-client only.
         other => Err(DecodeError::UnknownType(other)),
     }
@@ -105,17 +119,13 @@ impl std::error::Error for PayloadError {}
 /// Splits a polling POST body into its packets, checking each: text packets must be packets a
 /// client sends, binary ones valid base64 (standard alphabet, padded, as the stock client writes).
 pub fn decode_payload(body: &[u8]) -> Result<Vec<PayloadPacket<'_>>, PayloadError> {
-    use base64::Engine as _;
     let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
     text.split(char::from(SEPARATOR))
-        .map(|packet| match packet.strip_prefix('b') {
-            Some(data) => base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map(|bytes| PayloadPacket::Binary(bytes.len()))
-                .map_err(|_| PayloadError::Base64),
-            None => decode(packet)
-                .map(|_| PayloadPacket::Text(packet))
-                .map_err(PayloadError::Packet),
+        .map(|packet| match decode(packet) {
+            Ok(Inbound::Binary(len)) => Ok(PayloadPacket::Binary(len)),
+            Ok(_) => Ok(PayloadPacket::Text(packet)),
+            Err(DecodeError::NotBase64) => Err(PayloadError::Base64),
+            Err(e) => Err(PayloadError::Packet(e)),
         })
         .collect()
 }
@@ -176,6 +186,10 @@ mod tests {
         assert_eq!(decode("4"), Ok(Inbound::Message("")));
         assert_eq!(decode("5"), Ok(Inbound::Upgrade));
         assert_eq!(decode("6"), Ok(Inbound::Noop));
+        // Binary as text (`forceBase64`): its decoded size.
+        assert_eq!(decode("bAQID"), Ok(Inbound::Binary(3)));
+        assert_eq!(decode("b"), Ok(Inbound::Binary(0)));
+        assert_eq!(decode("b!!"), Err(DecodeError::NotBase64));
     }
 
     #[test]
