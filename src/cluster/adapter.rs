@@ -123,6 +123,12 @@ impl Adapter for RedisAdapter {
         true
     }
 
+    fn can_commit(&self) -> bool {
+        // A failed commit alone may be a blip; once the lease gave up the node for it (its ping
+        // failed too), another node commits and rounds here would only wait out their deadline.
+        !(self.db_health.failing() && self.now != Role::Sequencer)
+    }
+
     fn fill_to(&self, id: u64) {
         self.bus.fill_to(id);
     }

@@ -56,6 +56,14 @@ pub trait Adapter: Send + 'static {
         false
     }
 
+    /// Whether a round is worth trying now. `false` when this node knows its database cannot be
+    /// reached (a cluster node that gave up the lease for it): the round's submissions are then
+    /// answered `Failed` at once (not acked: their clients retry, on a node that can commit)
+    /// instead of each waiting out `DB_TIMEOUT_MS`. One node always tries.
+    fn can_commit(&self) -> bool {
+        true
+    }
+
     /// Entry `id` is committed but this node may not have published it (another node's, or one
     /// whose commit this node could not confirm; `u64::MAX`: the newest): publish it here, in
     /// order. Called only when [`Adapter::shared`].

@@ -325,6 +325,13 @@ impl<A: Adapter> Writer<A> {
     }
 
     async fn commit(&mut self, batch: &mut Vec<Submission>) {
+        if !self.adapter.can_commit() {
+            self.metrics
+                .store_failures
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            reply_all(batch, Outcome::Failed);
+            return;
+        }
         if self.outcome_unknown {
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, count = batch.len(), "database unavailable; messages not acknowledged, clients will retry");
