@@ -1567,3 +1567,66 @@ async fn a_sequencer_cut_off_from_the_database_hands_the_lease_on() {
     drop(nodes);
     drop_database(&db).await;
 }
+
+/// A row that only the database holds (a round that committed without its node knowing: the
+/// node lost its link at the commit) reaches a node that cannot read the database either: the
+/// node that read it to fill its own chain publishes it on the bus. Before, that node's sockets
+/// waited for their database link, and every ack behind the row with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_one_node_read_from_the_database_reach_a_node_cut_off_from_it() {
+    use mysql_async::prelude::*;
+    let redis = Redis::start();
+    let (db, cluster) = fresh();
+    let proxy = CutProxy::start().await;
+    let direct = Node::start(&db, &redis, &cluster);
+    wait_for_metric_eq(direct.addr, "relay_sequencer", 1.0).await;
+    let behind = {
+        let (child, addr) = spawn_relay(
+            Command::new(env!("CARGO_BIN_EXE_relay"))
+                .env("HOST", "127.0.0.1")
+                .env("PORT", "0")
+                .env(
+                    "DATABASE_URL",
+                    format!("mysql://root@127.0.0.1:{}/{db}", proxy.port),
+                )
+                .env("CLUSTER_URL", redis.url())
+                .env("CLUSTER_NAME", &cluster)
+                .env("MAX_MESSAGES_PER_SECOND", "0")
+                .env("RUST_LOG", "relay=warn"),
+        );
+        Node { addr, child }
+    };
+    wait_for_metric_eq(behind.addr, "relay_bus_up", 1.0).await;
+    let mut watcher = behind.joined(0).await;
+    let mut sender = direct.joined(0).await;
+    send_acked(&mut sender, 0, "before").await;
+    assert_eq!(chats(&mut watcher, 1).await.len(), 1);
+    proxy.cut(true);
+    // Committed under the commit lock, as a node does, by one that never published it (it lost
+    // its link right after): no batch announces it, and the next round starts after it.
+    let mut conn = mysql_async::Conn::from_url(format!("{}/{db}", mysql_base()))
+        .await
+        .expect("MariaDB");
+    let lock = format!("{cluster}:commit");
+    let taken: Option<i64> = conn
+        .exec_first("SELECT GET_LOCK(?, 10)", (&lock,))
+        .await
+        .expect("GET_LOCK");
+    assert_eq!(taken, Some(1));
+    conn.query_drop(
+        "INSERT INTO messages (client_offset, content) VALUES ('foreign-1', 'only in the database')",
+    )
+    .await
+    .expect("insert");
+    conn.exec_drop("DO RELEASE_LOCK(?)", (&lock,))
+        .await
+        .expect("RELEASE_LOCK");
+    let _ = conn.disconnect().await;
+    send_acked(&mut sender, 1, "after").await;
+    // The node cut off from the database gets both, in order.
+    let ids = table(&db).await;
+    assert_eq!(chats(&mut watcher, 2).await, ids[1..], "in order, once");
+    proxy.cut(false);
+    drop((direct, behind));
+    drop_database(&db).await;
+}

@@ -45,6 +45,11 @@ enum Event {
     Probe(Arc<Probe>),
 }
 
+/// Passes rows this node read from the database (they filled a gap in its chain) on to the other
+/// nodes, which may miss them too: `(prev, rows)`, the rows being every entry after `prev` up to
+/// the last. Set by [`super`] to publish a batch on the bus.
+pub type Republish = Box<dyn Fn(u64, &[crate::log::Entry]) + Send + Sync>;
+
 /// The follower's handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Follower {
@@ -60,6 +65,7 @@ impl Follower {
         broadcaster: Arc<Broadcaster>,
         reader: Reader,
         (bus_up, db): (watch::Receiver<bool>, Arc<DbHealth>),
+        republish: Option<Republish>,
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
@@ -72,6 +78,7 @@ impl Follower {
             reader,
             bus_up,
             db,
+            republish,
             metrics,
             waiting: BTreeMap::new(),
             gap_since: None,
@@ -132,6 +139,8 @@ struct State {
     bus_up: watch::Receiver<bool>,
     /// Whether this node's database link fails (no read is tried until it answers a ping).
     db: Arc<DbHealth>,
+    /// Where rows read to fill a gap go on to the other nodes (while the bus is up).
+    republish: Option<Republish>,
     metrics: Arc<Metrics>,
     /// The last id published here.
     published: u64,
@@ -278,6 +287,11 @@ impl State {
                 self.metrics
                     .bus_gap_rows
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                // A node that lost its database link may miss the same rows, and only the
+                // database holds them (a round that committed without its node knowing).
+                if let Some(republish) = self.republish.as_ref().filter(|_| *self.bus_up.borrow()) {
+                    republish(self.published, &entries);
+                }
                 self.apply(Batch::encode(self.published, &entries, wire));
                 self.apply_waiting();
                 self.published
@@ -355,6 +369,7 @@ mod tests {
             broadcaster.clone(),
             Reader::new(Store::Memory(store.clone()), Duration::from_secs(5)),
             (watch::channel(true).1, Arc::default()),
+            None,
             metrics,
             &tasks,
             CancellationToken::new(),

@@ -157,10 +157,31 @@ impl Cluster {
         let stop = CancellationToken::new();
         let health = Arc::new(BusHealth::default());
         let db_health = Arc::new(DbHealth::default());
+        let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let republish: follower::Republish = {
+            let (outbox, channel, node) = (outbox.clone(), channel(&prefix), node.clone());
+            Box::new(move |prev, entries| {
+                // The bus's form has no "deleted" mark (a batch is published as committed): a
+                // page holding a message deleted since is left to each node's own read.
+                if entries.iter().any(|e| e.is_deleted()) {
+                    return;
+                }
+                let payload = redis::encode(&node, prev, entries);
+                // A long outage's catch-up is the others' own business: not one huge message.
+                if payload.len() <= REPUBLISH_MAX_BYTES {
+                    let _ = outbox.send(forward::Outgoing {
+                        channel: channel.clone(),
+                        payload,
+                        forwarded: Vec::new(),
+                    });
+                }
+            })
+        };
         let follower = Follower::start(
             broadcaster.clone(),
             Reader::new(store.clone(), options.db_timeout),
             (health.watch(), db_health.clone()),
+            Some(republish),
             metrics.clone(),
             &tasks,
             stop.clone(),
@@ -195,6 +216,7 @@ impl Cluster {
             tasks.spawn(run);
         }
         let (bus, local) = RedisBus::start(
+            (outbox, outbox_rx),
             Endpoint {
                 client,
                 name: prefix.clone(),
@@ -240,6 +262,10 @@ impl Cluster {
         let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
     }
 }
+
+/// The largest batch a follower republishes after reading it from the database (bytes of its
+/// wire form): enough for the rows of a lost round or two.
+const REPUBLISH_MAX_BYTES: usize = 1 << 20;
 
 /// The longest cluster name. It prefixes the commit lock's name, which MySQL allows 64
 /// characters, and with the chat's identity ([`CHAT_ID_CHARS`]) the Redis keys and channels.

@@ -86,11 +86,16 @@ struct Inbox {
 impl RedisBus {
     /// Starts the publisher, the subscriber, the inbox of forwarded messages and their expiry
     /// on `tasks`; all end when `stop` is cancelled. Batches are published until then, so cancel
-    /// it after the sequencer stopped. `lease` says where to forward. Returns the bus, and what
-    /// this node's writer commits whatever its role
+    /// it after the sequencer stopped. `lease` says where to forward. `outbox` is the channel the
+    /// publisher sends (its sender is shared: the follower republishes through it). Returns the
+    /// bus, and what this node's writer commits whatever its role
     /// ([`crate::sequencer::SequencerOptions::local`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
+        (tx, rx): (
+            mpsc::UnboundedSender<Outgoing>,
+            mpsc::UnboundedReceiver<Outgoing>,
+        ),
         endpoint: Endpoint,
         follower: Follower,
         lease: watch::Receiver<Lease>,
@@ -100,7 +105,6 @@ impl RedisBus {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> (RedisBus, mpsc::UnboundedReceiver<Submission>) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let (local, local_rx) = mpsc::unbounded_channel();
         let forwarder = Forwarder::new(
             &endpoint.node,
