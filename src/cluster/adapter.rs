@@ -125,8 +125,9 @@ impl Adapter for RedisAdapter {
 
     fn can_commit(&self) -> bool {
         // A failed commit alone may be a blip; once the lease gave up the node for it (its ping
-        // failed too), another node commits and rounds here would only wait out their deadline.
-        !(self.db_health.failing() && self.now != Role::Sequencer)
+        // failed too) and another node holds it, that node commits, and rounds here would only
+        // wait out their deadline. A node alone (bus down, no holder) always tries.
+        !(self.db_health.failing() && self.now == Role::Forward)
     }
 
     fn fill_to(&self, id: u64) {

@@ -164,8 +164,9 @@ impl State {
                 QUIET_CHECK_BUS_DOWN
             };
             // A gap waits for the bus, then for a read; not while reads cannot work (no spin).
+            let reads = self.reads();
             let wake = match self.gap_since {
-                Some(since) if !self.db.failing() => since + GAP_WAIT,
+                Some(since) if reads => since + GAP_WAIT,
                 _ => quiet_since + check,
             };
             tokio::select! {
@@ -194,7 +195,7 @@ impl State {
                 },
                 () = sleep_until(wake) => {
                     quiet_since = Instant::now();
-                    if self.db.failing() {
+                    if !self.reads() {
                         // The read would wait out its deadline: batches and receipts first.
                     } else if self.gap_since.is_none() {
                         // Quiet: anything committed that no batch announced?
@@ -207,10 +208,17 @@ impl State {
                     }
                 }
             }
-            if self.wanted > self.published && !self.db.failing() {
+            if self.wanted > self.published && self.reads() {
                 self.fill().await;
             }
         }
+    }
+
+    /// Whether to read the database now: not while this node's commits fail and the bus brings
+    /// the others' batches (a read would only wait out its deadline, holding them up); with the
+    /// bus down the database is the only way, so it is always tried.
+    fn reads(&self) -> bool {
+        !self.db.failing() || !*self.bus_up.borrow()
     }
 
     /// The `prev` of the first batch waiting (what must be read to reach it).
