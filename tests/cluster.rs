@@ -191,12 +191,17 @@ impl Node {
 
     /// A node with `env` set besides the cluster's settings.
     fn start_with(db: &str, redis: &Redis, cluster: &str, env: &[(&str, &str)]) -> Node {
+        Node::start_at(&format!("{}/{db}", mysql_base()), redis, cluster, env)
+    }
+
+    /// A node on the database at `url` (a proxy in front of it, say).
+    fn start_at(url: &str, redis: &Redis, cluster: &str, env: &[(&str, &str)]) -> Node {
         let (child, addr) = spawn_relay(
             Command::new(env!("CARGO_BIN_EXE_relay"))
                 .envs(env.iter().copied())
                 .env("HOST", "127.0.0.1")
                 .env("PORT", "0")
-                .env("DATABASE_URL", format!("{}/{db}", mysql_base()))
+                .env("DATABASE_URL", url)
                 .env("CLUSTER_URL", redis.url())
                 .env("CLUSTER_NAME", cluster)
                 .env("MAX_MESSAGES_PER_SECOND", "0")
@@ -1532,20 +1537,7 @@ async fn a_sequencer_cut_off_from_the_database_hands_the_lease_on() {
     let proxy = CutProxy::start().await;
     let url = format!("mysql://root@127.0.0.1:{}/{db}", proxy.port);
     // The first node, through the proxy: the cluster's sequencer.
-    let behind = {
-        let (child, addr) = spawn_relay(
-            Command::new(env!("CARGO_BIN_EXE_relay"))
-                .env("HOST", "127.0.0.1")
-                .env("PORT", "0")
-                .env("DATABASE_URL", &url)
-                .env("CLUSTER_URL", redis.url())
-                .env("CLUSTER_NAME", &cluster)
-                .env("MAX_MESSAGES_PER_SECOND", "0")
-                .env("DB_TIMEOUT_MS", "3000")
-                .env("RUST_LOG", "relay=warn"),
-        );
-        Node { addr, child }
-    };
+    let behind = Node::start_at(&url, &redis, &cluster, &[("DB_TIMEOUT_MS", "3000")]);
     wait_for_metric_eq(behind.addr, "relay_sequencer", 1.0).await;
     let direct = Node::start(&db, &redis, &cluster);
     let nodes = [behind, direct];
@@ -1580,22 +1572,8 @@ async fn rows_one_node_read_from_the_database_reach_a_node_cut_off_from_it() {
     let proxy = CutProxy::start().await;
     let direct = Node::start(&db, &redis, &cluster);
     wait_for_metric_eq(direct.addr, "relay_sequencer", 1.0).await;
-    let behind = {
-        let (child, addr) = spawn_relay(
-            Command::new(env!("CARGO_BIN_EXE_relay"))
-                .env("HOST", "127.0.0.1")
-                .env("PORT", "0")
-                .env(
-                    "DATABASE_URL",
-                    format!("mysql://root@127.0.0.1:{}/{db}", proxy.port),
-                )
-                .env("CLUSTER_URL", redis.url())
-                .env("CLUSTER_NAME", &cluster)
-                .env("MAX_MESSAGES_PER_SECOND", "0")
-                .env("RUST_LOG", "relay=warn"),
-        );
-        Node { addr, child }
-    };
+    let url = format!("mysql://root@127.0.0.1:{}/{db}", proxy.port);
+    let behind = Node::start_at(&url, &redis, &cluster, &[]);
     wait_for_metric_eq(behind.addr, "relay_bus_up", 1.0).await;
     let mut watcher = behind.joined(0).await;
     let mut sender = direct.joined(0).await;
