@@ -1055,23 +1055,12 @@
    * name, else "guest".
    */
   function ownName() {
-    if (token) {
-      try {
-        var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-        part += "===".slice((part.length + 3) % 4);
-        var bytes = Uint8Array.from(atob(part), function (c) {
-          return c.charCodeAt(0);
-        });
-        var claims = JSON.parse(new TextDecoder().decode(bytes));
-        if (typeof claims.name === "string" && claims.name.trim()) {
-          return claims.name;
-        }
-        if (typeof claims.sub === "string" && claims.sub) {
-          return claims.sub;
-        }
-      } catch (e) {
-        // not a JWT the page can read: the server will say
-      }
+    var claims = token ? claimsOf(token) : null;
+    if (claims && typeof claims.name === "string" && claims.name.trim()) {
+      return claims.name;
+    }
+    if (claims && typeof claims.sub === "string" && claims.sub) {
+      return claims.sub;
     }
     return myName || "guest";
   }
@@ -1526,15 +1515,27 @@
     updateToggle();
   });
 
-  /** A token's `exp` (seconds since the epoch), read from its payload (not verified: timing only). */
-  function expOf(jwt) {
+  /**
+   * A token's claims, read from its payload (base64url JSON, UTF-8) and not verified: for timing and
+   * display only, the server checks the token. `null` for what is no JWT the page can read.
+   */
+  function claimsOf(jwt) {
     try {
       var part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      var claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
-      return typeof claims.exp === "number" ? claims.exp : null;
+      var bytes = Uint8Array.from(atob(part + "===".slice((part.length + 3) % 4)), function (c) {
+        return c.charCodeAt(0);
+      });
+      var claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === "object" ? claims : null;
     } catch (e) {
       return null;
     }
+  }
+
+  /** A token's `exp` (seconds since the epoch), or null. */
+  function expOf(jwt) {
+    var claims = claimsOf(jwt);
+    return claims && typeof claims.exp === "number" ? claims.exp : null;
   }
 
   // A minute before the token expires, the page asks for a new one: the event
