@@ -796,7 +796,6 @@ impl<T: Transport> Handler<T> {
             Ok(_) if current.is_none() => {
                 json!([{ "error": "refresh token: this socket has no token to refresh" }])
             }
-
             Ok(_) => json!([{ "error": "refresh token: another user's token" }]),
             Err(why) => json!([{ "error": format!("refresh token: {why}") }]),
         };
