@@ -179,12 +179,11 @@ pub async fn run(
                 let c = conn.as_mut().expect("connected above");
                 if failing {
                     // Give it up if ours; follow whoever holds it (none: commit alone).
-                    let holder = step_down
+                    return step_down
                         .key(&key)
                         .arg(&node)
                         .invoke_async::<Option<String>>(c)
-                        .await?;
-                    return Ok(holder.unwrap_or_default());
+                        .await;
                 }
                 claim
                     .key(&key)
@@ -192,6 +191,7 @@ pub async fn run(
                     .arg(ttl)
                     .invoke_async::<String>(c)
                     .await
+                    .map(Some)
             })
             .await;
             let answered = matches!(held, Ok(Ok(_)));
@@ -204,12 +204,12 @@ pub async fn run(
                 );
             }
             match held {
-                Ok(Ok(holder)) if holder.is_empty() => Lease::alone(),
-                Ok(Ok(holder)) if holder == node => Lease {
+                Ok(Ok(None)) => Lease::alone(),
+                Ok(Ok(Some(holder))) if holder == node => Lease {
                     role: Role::Sequencer,
                     sequencer: None,
                 },
-                Ok(Ok(holder)) => Lease {
+                Ok(Ok(Some(holder))) => Lease {
                     role: Role::Forward,
                     sequencer: Some(holder),
                 },
