@@ -95,16 +95,12 @@ impl MysqlStore {
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
         upgrade_in_place(&mut conn).await?;
         widen_moderation_subject(&mut conn).await?;
-        let content_limit: Option<u64> = conn
-            .query_first(
-                "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' \
-                 AND COLUMN_NAME = 'content'",
-            )
-            .await
-            .map_err(StoreError::mysql(
-                "cannot read the messages table's columns",
-            ))?;
+        let content_limit = column_bytes(
+            &mut conn,
+            ("messages", "content"),
+            "cannot read the messages table's columns",
+        )
+        .await?;
         let id_step: Option<u64> = conn
             .query_first("SELECT @@auto_increment_increment")
             .await
@@ -921,14 +917,13 @@ async fn upgrade_in_place(conn: &mut mysql_async::Conn) -> Result<(), StoreError
 /// could not hold a ban's subject (`ban <id>: user <128 bytes> ip <block>`), and the record was
 /// lost. Widened at start (a small table: a plain `ALTER`).
 async fn widen_moderation_subject(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
-    let width = count(
+    let width = column_bytes(
         conn,
-        "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'relay_moderation' \
-         AND COLUMN_NAME = 'subject'",
+        ("relay_moderation", "subject"),
         "cannot read the relay_moderation table's columns",
     )
-    .await?;
+    .await?
+    .unwrap_or(0);
     if width < 512 {
         conn.query_drop("ALTER TABLE relay_moderation MODIFY subject VARBINARY(512) NOT NULL")
             .await
@@ -939,6 +934,22 @@ async fn widen_moderation_subject(conn: &mut mysql_async::Conn) -> Result<(), St
         );
     }
     Ok(())
+}
+
+/// The most bytes column `column` of `table` (in this database) holds, from
+/// `information_schema`; `None` for a column it does not know. `what` names the step in an error.
+async fn column_bytes(
+    conn: &mut mysql_async::Conn,
+    (table, column): (&str, &str),
+    what: &'static str,
+) -> Result<Option<u64>, StoreError> {
+    conn.exec_first(
+        "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+        (table, column),
+    )
+    .await
+    .map_err(StoreError::mysql(what))
 }
 
 /// The one number a `SELECT COUNT(*)` answers; `what` names the step in an error.
