@@ -326,19 +326,13 @@ impl<A: Adapter> Writer<A> {
 
     async fn commit(&mut self, batch: &mut Vec<Submission>) {
         if !self.adapter.can_commit() {
-            self.metrics
-                .store_failures
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            reply_all(batch, Outcome::Failed);
+            self.fail_round(batch);
             return;
         }
         if self.outcome_unknown {
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, count = batch.len(), "database unavailable; messages not acknowledged, clients will retry");
-                self.metrics
-                    .store_failures
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                reply_all(batch, Outcome::Failed);
+                self.fail_round(batch);
                 return;
             }
         }
@@ -500,6 +494,17 @@ impl<A: Adapter> Writer<A> {
         within(self.db_timeout, "insert", round).await
     }
 
+    /// A round not tried, or whose database could not be made sure of: every submission is
+    /// answered `Failed` (not acked: its client retries) and counted.
+    fn fail_round(&self, batch: &mut Vec<Submission>) {
+        self.metrics
+            .store_failures
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for s in batch.drain(..) {
+            s.answer(Outcome::Failed, None).send();
+        }
+    }
+
     fn failed(&mut self, e: &StoreError) {
         tracing::warn!(error = %e, "storing messages failed; not acknowledged, clients will retry");
         self.outcome_unknown = true;
@@ -549,12 +554,6 @@ impl From<Inserted> for Outcome {
             Inserted::Stored(id) => Outcome::Stored(id),
             Inserted::Duplicate(id) => Outcome::Duplicate(id),
         }
-    }
-}
-
-fn reply_all(batch: &mut Vec<Submission>, outcome: Outcome) {
-    for s in batch.drain(..) {
-        s.answer(outcome.clone(), None).send();
     }
 }
 
