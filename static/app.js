@@ -312,9 +312,10 @@
     seenBelow();
   }
 
-  /** Whether the reader is at (or near) the end of the page. */
-  function atEnd() {
-    return window.innerHeight + window.scrollY >= document.body.scrollHeight - END_SLACK_PX;
+  /** Whether the reader is within `slack` px (default END_SLACK_PX) of the end of the page. */
+  function atEnd(slack) {
+    var within = slack === undefined ? END_SLACK_PX : slack;
+    return window.innerHeight + window.scrollY >= document.body.scrollHeight - within;
   }
 
   /** `n` more messages arrived below a reader scrolled up: the button says how many. */
@@ -1041,8 +1042,7 @@
     };
 
     room.hide = function () {
-      var atEnd = window.innerHeight + window.scrollY >= document.body.scrollHeight - 2;
-      room.scroll = atEnd ? null : window.scrollY;
+      room.scroll = atEnd(2) ? null : window.scrollY;
       room.shown = false;
     };
 
