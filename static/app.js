@@ -27,6 +27,9 @@
 // message not sent keeps its text, and a click on it sends it again (with the
 // same clientOffset, so it is never stored twice). While an own message waits
 // for its ack for more than STALL_MS the badge says the server is not answering.
+// Until its ack (or the server's refusal) an own message is also kept for the tab
+// (sessionStorage relay-outbox): a reload, or a tab the browser restores, sends
+// it again with its clientOffset, so typing offline and reloading loses nothing.
 //
 // People: every room's socket asks for message meta (`auth.meta: true`, protocol.md "Identity
 // (tokens and guests) and message meta"), and each row shows its author's name ("guest" when it has
@@ -93,6 +96,10 @@
   // Where the last id seen of each room is kept (a room not opened in this page whose list entry
   // (`GET /rooms`) is newer shows a dot in the strip).
   var SEEN_KEY = "relay-seen";
+  // Where this tab keeps its own messages not yet acknowledged (sessionStorage: a reload or a
+  // restored tab sends them again, with their clientOffsets; another tab does not), and how many.
+  var OUTBOX_KEY = "relay-outbox";
+  var OUTBOX_KEEP = 200;
 
   var form = document.getElementById("form");
   var input = document.getElementById("input");
@@ -219,6 +226,41 @@
     } catch (e) {
       // storage off or full: kept for this page's life only
     }
+  }
+
+  /** This tab's unacknowledged own messages: [{room, text, clientOffset}], oldest first. */
+  function loadOutbox() {
+    try {
+      var kept = JSON.parse(window.sessionStorage.getItem(OUTBOX_KEY) || "[]");
+      return Array.isArray(kept) ? kept.filter(function (m) {
+        return m && typeof m.room === "string" && typeof m.text === "string" && typeof m.clientOffset === "string";
+      }) : [];
+    } catch (e) {
+      return []; // storage off, or not ours
+    }
+  }
+
+  function saveOutbox(kept) {
+    try {
+      if (kept.length === 0) {
+        window.sessionStorage.removeItem(OUTBOX_KEY);
+      } else {
+        window.sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(kept.slice(-OUTBOX_KEEP)));
+      }
+    } catch (e) {
+      // storage off or full: a reload loses what was not acknowledged, as without it
+    }
+  }
+
+  /** Keeps an own message until it is acknowledged or refused (`keep` false: forget it). */
+  function keepUnacked(room, text, clientOffset, keep) {
+    var kept = loadOutbox().filter(function (m) {
+      return m.clientOffset !== clientOffset;
+    });
+    if (keep) {
+      kept.push({ room: room, text: text, clientOffset: clientOffset });
+    }
+    saveOutbox(kept);
   }
 
   function loadOwnIds() {
@@ -624,6 +666,11 @@
         }
         if (!li.dataset.state && li.textContent === entry.text) {
           found = li;
+          if (entry.restored) {
+            // Sent before a reload: the replay may hold older rows with its text, and the
+            // row is the newest of them (stored now, or just before the reload).
+            break;
+          }
         }
       }
       return found;
@@ -633,6 +680,11 @@
       render(); // rows received before this answer go on screen first, above the own rows
       outbox.splice(outbox.indexOf(entry), 1);
       watchStall();
+      // Given up by the client (no ack after its retries): kept, so a reload tries it again.
+      // Acknowledged, or refused by the server: done with.
+      if (!err) {
+        keepUnacked(name, entry.text, entry.clientOffset, false);
+      }
       if (err) {
         // The client's retries are used up (no ack within ackTimeout, several times): the text
         // stays, and a click sends it again with the same clientOffset.
@@ -848,10 +900,11 @@
     });
 
     /** Emits an own message (again, for a retry: same text, same clientOffset, same row). */
-    function send(text, clientOffset, item) {
+    function send(text, clientOffset, item, restored) {
       mark(item, "pending", pendingNote());
-      var entry = { text: text, li: item, after: lastQueuedId, clientOffset: clientOffset, since: Date.now() };
+      var entry = { text: text, li: item, after: lastQueuedId, clientOffset: clientOffset, since: Date.now(), restored: Boolean(restored) };
       outbox.push(entry);
+      keepUnacked(name, text, clientOffset, true);
       socket.emit("chat message", text, clientOffset, function (err, reply) {
         settle(entry, err, reply);
       });
@@ -985,8 +1038,8 @@
       });
     };
 
-    room.submit = function (text) {
-      var clientOffset = pageId + "-" + counter++;
+    /** A row for an own message, at the end of the list, and its emit. */
+    function emitOwn(text, clientOffset, restored) {
       var item = document.createElement("li");
       item.dir = "auto";
       item.textContent = text;
@@ -994,8 +1047,20 @@
       item.dataset.name = ownName();
       list.appendChild(item);
       updateEmpty();
-      send(text, clientOffset, item);
+      send(text, clientOffset, item, restored);
+    }
+
+    room.submit = function (text) {
+      emitOwn(text, pageId + "-" + counter++, false);
     };
+
+    // What this tab sent here before a reload and saw no answer to: sent again, with the same
+    // clientOffsets, so a message the server stored meanwhile is acked, not stored twice.
+    loadOutbox().forEach(function (m) {
+      if (m.room === name) {
+        emitOwn(m.text, m.clientOffset, true);
+      }
+    });
 
     room.disconnect = function () {
       socket.disconnect();

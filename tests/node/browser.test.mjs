@@ -429,6 +429,57 @@ describe("chat page in Chromium", () => {
     }
   });
 
+  it("own messages not yet acked are sent again after a reload, and stored once", { timeout: 300000 }, async () => {
+    const own = await startRelay({ store: "sqlite" });
+    try {
+      const page = await openPage("outbox", { url: own.url });
+      const other = await openPage("outbox (other)", { url: own.url });
+      const connected = (p) => p.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+      await connected(page);
+
+      // Typed while offline, then the tab reloads before it is back online: not lost.
+      await page.locator("#toggle-btn").click();
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "offline", null, { timeout: WAIT_MS });
+      await type(page, "typed offline, then reloaded");
+      await type(page, "a second one");
+      await page.reload({ waitUntil: "load" });
+      await connected(page);
+      await sent(page, "a second one");
+      await sent(page, "typed offline, then reloaded");
+      await expectMessages(other, "outbox (other)", ["typed offline, then reloaded", "a second one"]);
+
+      // Acked messages are not kept: another reload sends nothing again.
+      await page.reload({ waitUntil: "load" });
+      await connected(page);
+      await expectMessages(page, "outbox (reloaded again)", ["typed offline, then reloaded", "a second one"]);
+      assert.equal(await page.locator('#messages > li[data-state="pending"]').count(), 0);
+      assert.equal(await page.evaluate(() => sessionStorage.getItem("relay-outbox")), null);
+
+      // Stored, but the answer never reached the tab (it reloaded first): sent again with the
+      // same clientOffset, acked as a duplicate, shown once and marked as sent.
+      const sender = io(own.url, { transports: ["websocket"], forceNew: true });
+      try {
+        await sender.timeout(PATIENCE_MS).emitWithAck("chat message", "stored before the reload", "outbox-test-1");
+      } finally {
+        sender.disconnect();
+      }
+      await page.evaluate(() =>
+        sessionStorage.setItem("relay-outbox", JSON.stringify([{ room: "/", text: "stored before the reload", clientOffset: "outbox-test-1" }])),
+      );
+      await page.reload({ waitUntil: "load" });
+      await connected(page);
+      await sent(page, "stored before the reload");
+      const all = ["typed offline, then reloaded", "a second one", "stored before the reload"];
+      await expectMessages(page, "outbox (duplicate)", all);
+      await expectMessages(other, "outbox (other)", all);
+      await page.waitForFunction(() => sessionStorage.getItem("relay-outbox") === null, null, { timeout: WAIT_MS });
+      await Promise.all([page.context().close(), other.context().close()]);
+    } finally {
+      await closePages();
+      await own.stop();
+    }
+  });
+
   it("a message the server refuses shows as not sent, with the server's reason", { timeout: 300000 }, async () => {
     // A page that does not know the server's limit (an own page in STATIC_DIR without the
     // limit's meta tag: the page then assumes the default): the server refuses, and the page
