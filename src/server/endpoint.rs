@@ -245,7 +245,7 @@ fn open_websocket(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.connections
         .spawn(start_websocket(app.clone(), peer, on_upgrade, permit));
-    websocket::switching_protocols(&key)
+    websocket::switching_protocols(&key, req.headers())
 }
 
 /// Completes the upgrade and starts the session on a task of its own ([`session_task`]). This
@@ -451,7 +451,7 @@ fn upgrade(app: Arc<App>, sid: &str, mut req: Request<Incoming>) -> HttpResponse
             Err(e) => tracing::error!(error = e, "cannot start the WebSocket"),
         }
     });
-    websocket::switching_protocols(&key)
+    websocket::switching_protocols(&key, req.headers())
 }
 
 #[cfg(test)]

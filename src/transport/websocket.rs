@@ -59,8 +59,12 @@ pub fn upgrade_key(headers: &HeaderMap) -> Option<HeaderValue> {
         .cloned()
 }
 
-/// The `101 Switching Protocols` answer to an upgrade request with `key`.
-pub fn switching_protocols<B: Default>(key: &HeaderValue) -> Response<B> {
+/// The `101 Switching Protocols` answer to the upgrade request with `headers`, whose key
+/// [`upgrade_key`] read. When the client offers subprotocols (`Sec-WebSocket-Protocol`, the
+/// stock client's `protocols` option) the first is taken, as the reference server's `ws` does
+/// by default: a client that asked for one fails the connection when none is answered (RFC 6455
+/// §4.1, and the WHATWG WebSocket rules). relay speaks the same Engine.IO frames whatever it is.
+pub fn switching_protocols<B: Default>(key: &HeaderValue, headers: &HeaderMap) -> Response<B> {
     let mut r = Response::new(B::default());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -69,7 +73,22 @@ pub fn switching_protocols<B: Default>(key: &HeaderValue) -> Response<B> {
     if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if let Some(protocol) = first_subprotocol(headers) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     r
+}
+
+/// The first subprotocol the request offers (`Sec-WebSocket-Protocol: a, b` over one or more
+/// header lines), if it is an HTTP token (RFC 6455 §4.1); `None` otherwise.
+fn first_subprotocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let line = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    let first = line.split(',').next()?.trim();
+    let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+    if first.is_empty() || !first.chars().all(token) {
+        return None;
+    }
+    HeaderValue::from_str(first).ok()
 }
 
 /// Takes an upgraded connection back from hyper: the TCP socket, and whatever hyper read past the
@@ -464,6 +483,27 @@ mod tests {
     use crate::delivery::testing::make_live;
     use crate::log::{Entry, Wire};
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_first_offered_subprotocol_is_taken() {
+        let offered = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_str(l).unwrap(),
+                );
+            }
+            first_subprotocol(&h).map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(offered(&[]), None);
+        assert_eq!(offered(&["chat"]).as_deref(), Some("chat"));
+        assert_eq!(offered(&[" chat , v2.x"]).as_deref(), Some("chat"));
+        assert_eq!(offered(&["a", "b"]).as_deref(), Some("a"));
+        assert_eq!(offered(&[""]), None);
+        assert_eq!(offered(&["a b, c"]), None, "not a token");
+        assert_eq!(offered(&["\"x\", c"]), None, "not a token");
+    }
 
     #[test]
     fn close_reasons_fit_a_close_frame() {

@@ -1,6 +1,6 @@
 // The stock socket.io-client on HTTP long-polling: with its default options (polling first, then
-// the upgrade to WebSocket) and with polling only. The chat's promises hold on both, and across
-// the upgrade while messages flow.
+// the upgrade to WebSocket), with polling only, and offering WebSocket subprotocols. The chat's
+// promises hold on each, and across the upgrade while messages flow.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { makeClient, connected, collect, emitAck, newOffset, mysqlExec, relayFixture } from "./helpers.mjs";
@@ -11,6 +11,10 @@ const stockClient = (url, opts = {}) => makeClient(url, { transports: ["polling"
 const TRANSPORTS = [
   ["default options (polling, then WebSocket)", {}],
   ["polling only", { transports: ["polling"] }],
+  // The stock client's `protocols` option offers WebSocket subprotocols: a server that answers
+  // none fails the WebSocket (the upgrade, or every connection when WebSocket is the only one).
+  ["default options with a WebSocket subprotocol (protocols)", { protocols: ["chat", "v2"] }],
+  ["WebSocket only, with a subprotocol", { transports: ["websocket"], protocols: ["chat"] }],
 ];
 
 for (const [label, transportOpts] of TRANSPORTS) {
@@ -29,7 +33,7 @@ for (const [label, transportOpts] of TRANSPORTS) {
       const c = await client("transport");
       const engine = c.socket.io.engine;
       if (transportOpts.transports) {
-        assert.equal(engine.transport.name, "polling");
+        assert.equal(engine.transport.name, transportOpts.transports[0]);
       } else {
         // The upgrade happens right after the connection: wait for it.
         if (engine.transport.name !== "websocket") {
