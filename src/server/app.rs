@@ -54,6 +54,8 @@ pub struct App {
     pub api_limits: std::sync::Mutex<Vec<crate::namespace::rate::RateLimit>>,
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether an `X-Forwarded-For` from a peer not in `trusted_proxies` was logged (once).
+    pub forwarded_warned: std::sync::atomic::AtomicBool,
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;

@@ -60,6 +60,9 @@ pub type Answer = BoxFuture<'static, HttpResponse>;
 pub fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     // The client's address: the peer's, or behind a trusted proxy the one it forwarded.
     let forwarded = joined_header(&req, "x-forwarded-for");
+    if forwarded.is_some() {
+        warn_untrusted_forwarder(&app, peer.ip());
+    }
     let peer = SocketAddr::new(
         client_ip(&app.trusted_proxies, peer.ip(), forwarded.as_deref()),
         peer.port(),
@@ -132,6 +135,25 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> Ip
         }
     }
     client
+}
+
+/// Says once, at warn level, that an `X-Forwarded-For` came from `peer`, a proxy not in
+/// `TRUSTED_PROXIES`: relay then takes the proxy for the client, so every client behind it shares
+/// one address, and a ban by address bans them all. (A client that sends the header itself is
+/// ignored the same way; the line says what to set if `peer` is the operator's proxy.)
+fn warn_untrusted_forwarder(app: &App, peer: IpAddr) {
+    let peer = peer.to_canonical();
+    if app.trusted_proxies.iter().any(|net| net.contains(&peer))
+        || app.forwarded_warned.swap(true, Ordering::Relaxed)
+    {
+        return;
+    }
+    tracing::warn!(
+        %peer,
+        "X-Forwarded-For ignored: {peer} is not in TRUSTED_PROXIES; if it is your reverse proxy, \
+         set TRUSTED_PROXIES={peer}, or every client behind it shares its address (bans by address \
+         would ban them all)"
+    );
 }
 
 /// Every line of header `name`, joined by commas (as a list header reads), if any.

@@ -235,6 +235,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
+        forwarded_warned: Default::default(),
         api_limits: std::sync::Mutex::new(
             api_keys
                 .iter()

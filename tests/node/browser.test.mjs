@@ -731,12 +731,14 @@ describe("chat page in Chromium", () => {
     }
   });
 
-  it("behind nginx configured as the README says, on a port of its own, the page chats on both transports", { timeout: 300000 }, async () => {
+  it("behind nginx configured as the README says, on a port of its own, the page chats on both transports, and a ban by address bans the client, not the proxy", { timeout: 300000 }, async () => {
     const nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
     assert.ok(nginx, "nginx is missing: tests/run installs it (Debian's nginx package)");
     const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
     const block = readme.match(/```nginx\n([\s\S]*?)```/)[1];
-    const own = await startRelay({ store: "sqlite" });
+    const key = "nginx-test-key";
+    // As the README says: TRUSTED_PROXIES names the proxy (nginx here, on 127.0.0.1).
+    const own = await startRelay({ store: "sqlite", env: { API_KEYS: key, TRUSTED_PROXIES: "127.0.0.1" } });
     const dir = mkdtempSync(path.join(os.tmpdir(), "relay_nginx_"));
     const port = await new Promise((resolve) => {
       const probe = http.createServer().listen(0, "127.0.0.1", () => {
@@ -775,6 +777,48 @@ describe("chat page in Chromium", () => {
           await page.waitForFunction(() => window.__transport && window.__transport() === "websocket", null, { timeout: WAIT_MS });
         }
         await page.context().close();
+      }
+
+      // Two stock clients through nginx, from 127.0.0.2 (which writes another address into
+      // X-Forwarded-For itself) and from 127.0.0.1. A ban of 127.0.0.2 ends the first and refuses
+      // it again, on both transports; the second, behind the same proxy, chats on.
+      const via = (localAddress, transports) =>
+        io(url, {
+          transports,
+          // From that address on both transports (the polling requests go through the agent).
+          localAddress,
+          agent: new http.Agent({ localAddress }),
+          extraHeaders: { "X-Forwarded-For": "203.0.113.9" },
+          forceNew: true,
+          reconnection: false,
+          auth: { serverOffset: 0 },
+        });
+      const banned = via("127.0.0.2", ["websocket"]);
+      const bystander = via("127.0.0.1", ["websocket"]);
+      try {
+        await Promise.all([banned, bystander].map((s) => withTimeout(new Promise((resolve) => s.once("connect", resolve)), PATIENCE_MS, "connect through nginx")));
+        const ended = new Promise((resolve) => banned.once("disconnect", resolve));
+        const ban = await fetch(`${own.url}/api/v1/bans`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+          body: JSON.stringify({ ip: "127.0.0.2", reason: "nginx test" }),
+        });
+        assert.equal(ban.status, 201, await ban.text());
+        assert.equal(await withTimeout(ended, PATIENCE_MS, "the banned client's socket ends"), "io server disconnect");
+        for (const transports of [["websocket"], ["polling"]]) {
+          const again = via("127.0.0.2", transports);
+          try {
+            const refused = await withTimeout(new Promise((resolve) => again.once("connect_error", resolve)), PATIENCE_MS, `refused again on ${transports}`);
+            assert.equal(refused.message, "banned", `on ${transports}`);
+          } finally {
+            again.disconnect();
+          }
+        }
+        assert.ok(bystander.connected, "the other client behind the same proxy is not banned");
+        assert.equal(await bystander.timeout(PATIENCE_MS).emitWithAck("chat message", "still here", "nginx-bystander-1"), undefined);
+      } finally {
+        banned.disconnect();
+        bystander.disconnect();
       }
     } finally {
       await closePages();
