@@ -521,5 +521,18 @@ async fn a_key_over_its_rate_gets_429() {
     let (status, body) = call(s.addr, "GET", "/api/v1/rooms", Some(KEY), None).await;
     assert_eq!(status, 429);
     assert!(error_of(&body).contains("too many requests"));
+    // It says when to come back (RFC 9110 §10.2.3), as the OpenAPI document promises.
+    let (status, text) = http_raw(
+        s.addr,
+        &format!(
+            "GET /api/v1/rooms HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\
+             Connection: close\r\n\r\n",
+            s.addr
+        ),
+    )
+    .await;
+    assert_eq!(status, 429);
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.contains("\r\nretry-after: 1\r\n"), "{head}");
     s.stop().await;
 }

@@ -77,7 +77,8 @@ impl Namespace {
             subject,
             reason,
         };
-        if let Err(e) = self.store.record_action(&action).await {
+        let write = self.store.record_action(&action);
+        if let Err(e) = crate::store::within(self.reader.deadline(), "recording", write).await {
             tracing::warn!(error = %e, "cannot record a moderation action");
         }
     }

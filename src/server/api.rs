@@ -24,7 +24,7 @@ use crate::namespace::Namespace;
 use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::Outcome;
-use crate::store::{now_ms, Ban};
+use crate::store::{now_ms, within, Ban};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -68,10 +68,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         .get_mut(key)
         .is_none_or(RateLimit::allow);
     if !allowed {
-        return error(
+        let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down",
         );
+        // The limit is per second: the next second has room again.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
     }
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
@@ -108,6 +112,12 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
             if status == StatusCode::METHOD_NOT_ALLOWED {
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(methods_of(&path)));
+            }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                // The database did not answer within DB_TIMEOUT_MS: worth another try soon
+                // (as a socket's client retries).
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             r
         }
@@ -177,6 +187,17 @@ async fn body(req: Request<Incoming>, ns: &Namespace) -> Result<(Value, bool), A
     }
     // Content escaped as \uXXXX takes six bytes a character: room for the largest message.
     let cap = ns.config.max_message_bytes.saturating_mul(6) + 4096;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        // Said up front, not after waiting for a body that will be refused.
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {cap} bytes"),
+        ));
+    }
     let bytes = match Limited::new(req.into_body(), cap).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -466,9 +487,7 @@ async fn add_ban(ns: &Namespace, body: Value) -> Answer {
         created_at: now_ms(),
         expires_at,
     };
-    let id = ns
-        .store
-        .add_ban(&ban)
+    let id = within(ns.reader.deadline(), "adding a ban", ns.store.add_ban(&ban))
         .await
         .map_err(ApiError::unavailable)?;
     if let Err(e) = ns.bans.refresh(&ns.reader).await {
@@ -509,7 +528,9 @@ async fn list_bans(ns: &Namespace) -> Answer {
 /// `DELETE /api/v1/bans/{id}`: `200 {"id", "lifted": true}`; 404 for no such ban.
 async fn lift_ban(ns: &Namespace, id: &str) -> Answer {
     let id = number("the ban id", id)?;
-    let lifted = ns.store.lift_ban(id).await.map_err(ApiError::unavailable)?;
+    let lifted = within(ns.reader.deadline(), "lifting a ban", ns.store.lift_ban(id))
+        .await
+        .map_err(ApiError::unavailable)?;
     if !lifted {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no ban {id}")));
     }

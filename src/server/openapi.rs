@@ -7,17 +7,22 @@
 
 use serde_json::{json, Value};
 
+/// A room's name as the API takes it: `/` or nothing for the main room, else 1–48 characters of
+/// `a-z 0-9 _ -`, not starting with `_` or `-` (`room.rs`), with or without a leading `/`.
+const ROOM_PATTERN: &str = "^/?([a-z0-9][a-z0-9_-]{0,47})?$";
+
 /// The document.
 pub fn document() -> Value {
     let error = json!({ "$ref": "#/components/responses/Error" });
+    let retry = json!({ "$ref": "#/components/responses/Retry" });
     let id_param = json!({
         "name": "id", "in": "path", "required": true,
-        "schema": { "type": "integer", "minimum": 1 }
+        "schema": { "type": "integer", "minimum": 1, "maximum": u64::MAX }
     });
     let room_param = json!({
         "name": "room", "in": "query", "required": false,
-        "description": "The room's name; absent or `/`: the main room.",
-        "schema": { "type": "string" }
+        "description": "The room's name; absent or `/`: the main room. A room `ROOMS` does not open is 404.",
+        "schema": { "type": "string", "pattern": ROOM_PATTERN }
     });
     json!({
         "openapi": "3.1.0",
@@ -40,7 +45,7 @@ pub fn document() -> Value {
                     "responses": {
                         "201": { "description": "Stored.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
                         "200": { "description": "This idempotency key was stored before: nothing new.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
-                        "400": error, "401": error, "405": error, "429": error, "404": error, "409": error, "413": error, "415": error, "503": error
+                        "400": error, "401": error, "405": error, "429": retry, "404": error, "409": error, "413": error, "415": error, "503": retry
                     }
                 },
                 "get": {
@@ -48,12 +53,12 @@ pub fn document() -> Value {
                     "operationId": "listMessages",
                     "parameters": [
                         room_param,
-                        { "name": "before", "in": "query", "required": false, "description": "Only messages with a smaller id (the previous page's `before`).", "schema": { "type": "integer", "minimum": 1 } },
+                        { "name": "before", "in": "query", "required": false, "description": "Only messages with a smaller id (the previous page's `before`).", "schema": { "type": "integer", "minimum": 1, "maximum": u64::MAX } },
                         { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } }
                     ],
                     "responses": {
                         "200": { "description": "The page.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Page" } } } },
-                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": retry, "404": error, "503": retry
                     }
                 }
             },
@@ -67,7 +72,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["id", "deleted"],
                             "properties": { "id": { "type": "integer" }, "deleted": { "const": true } }
                         } } } },
-                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": retry, "404": error, "503": retry
                     }
                 }
             },
@@ -87,7 +92,7 @@ pub fn document() -> Value {
                                 }
                             }
                         } } } },
-                        "401": error, "405": error, "429": error
+                        "401": error, "405": error, "429": retry
                     }
                 }
             },
@@ -100,7 +105,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["bans"],
                             "properties": { "bans": { "type": "array", "items": { "$ref": "#/components/schemas/Ban" } } }
                         } } } },
-                        "401": error, "405": error, "429": error, "503": error
+                        "401": error, "405": error, "429": retry, "503": retry
                     }
                 },
                 "post": {
@@ -111,10 +116,10 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": {
                             "type": "object", "additionalProperties": false,
                             "properties": {
-                                "user": { "type": "string", "minLength": 1, "description": "A verified user id (a token's sub): at most 128 UTF-8 bytes." },
-                                "ip": { "type": "string", "description": "An address or a CIDR block." },
-                                "seconds": { "type": "integer", "minimum": 1, "description": "Absent: for good." },
-                                "reason": { "type": "string", "maxLength": 500 }
+                                "user": { "type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "A verified user id (a token's sub): at most 128 UTF-8 bytes. At least one of `user` and `ip`." },
+                                "ip": { "type": ["string", "null"], "description": "An address or a CIDR block (`203.0.113.7`, `2001:db8::/48`)." },
+                                "seconds": { "type": "integer", "minimum": 1, "maximum": 315360000, "description": "Absent: for good." },
+                                "reason": { "type": ["string", "null"], "maxLength": 500 }
                             }
                         } } }
                     },
@@ -122,7 +127,7 @@ pub fn document() -> Value {
                         "201": { "description": "In force.", "content": { "application/json": { "schema": {
                             "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" } }
                         } } } },
-                        "400": error, "401": error, "405": error, "429": error, "413": error, "415": error, "503": error
+                        "400": error, "401": error, "405": error, "429": retry, "413": error, "415": error, "503": retry
                     }
                 }
             },
@@ -136,7 +141,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["id", "lifted"],
                             "properties": { "id": { "type": "integer" }, "lifted": { "const": true } }
                         } } } },
-                        "400": error, "401": error, "405": error, "429": error, "404": error, "503": error
+                        "400": error, "401": error, "405": error, "429": retry, "404": error, "503": retry
                     }
                 }
             },
@@ -148,7 +153,7 @@ pub fn document() -> Value {
                         "required": true,
                         "content": { "application/json": { "schema": {
                             "type": "object", "additionalProperties": false,
-                            "properties": { "user": { "type": "string" }, "ip": { "type": "string" } }
+                            "properties": { "user": { "type": ["string", "null"], "minLength": 1, "maxLength": 128 }, "ip": { "type": ["string", "null"], "description": "An address or a CIDR block. At least one of `user` and `ip`." } }
                         } } }
                     },
                     "responses": {
@@ -156,7 +161,7 @@ pub fn document() -> Value {
                             "type": "object", "required": ["disconnected"],
                             "properties": { "disconnected": { "type": "integer", "minimum": 0 } }
                         } } } },
-                        "400": error, "401": error, "405": error, "429": error, "413": error, "415": error
+                        "400": error, "401": error, "405": error, "429": retry, "413": error, "415": error
                     }
                 }
             },
@@ -173,7 +178,7 @@ pub fn document() -> Value {
                                 "users": { "type": "array", "items": { "$ref": "#/components/schemas/Person" } }
                             }
                         } } } },
-                        "400": error, "401": error, "405": error, "429": error, "404": error
+                        "400": error, "401": error, "405": error, "429": retry, "404": error
                     }
                 }
             }
@@ -187,6 +192,14 @@ pub fn document() -> Value {
                         "type": "object", "required": ["error"],
                         "properties": { "error": { "type": "string" } }
                     } } }
+                },
+                "Retry": {
+                    "description": "Not now (429: this key's API_MAX_REQUESTS_PER_SECOND; 503: the database did not answer within DB_TIMEOUT_MS): try again after `Retry-After` seconds. `error` says why.",
+                    "headers": { "Retry-After": { "required": true, "schema": { "type": "integer", "minimum": 1 } } },
+                    "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["error"],
+                        "properties": { "error": { "type": "string" } }
+                    } } }
                 }
             },
             "schemas": {
@@ -195,11 +208,11 @@ pub fn document() -> Value {
                     "required": ["content", "idempotency_key"],
                     "additionalProperties": false,
                     "properties": {
-                        "room": { "type": "string", "description": "Absent: the main room `/`." },
+                        "room": { "type": ["string", "null"], "pattern": ROOM_PATTERN, "description": "Absent or null: the main room `/`." },
                         "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
                         "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245 },
-                        "user": { "type": "string", "minLength": 1, "description": "The author's user id: at most 128 UTF-8 bytes." },
-                        "name": { "type": "string", "maxLength": 64, "description": "The author's display name." }
+                        "user": { "type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "The author's user id: at most 128 UTF-8 bytes. Absent or null: none." },
+                        "name": { "type": ["string", "null"], "maxLength": 64, "description": "The author's display name, without control or format characters. Absent or null: none." }
                     }
                 },
                 "Published": {
