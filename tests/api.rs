@@ -503,6 +503,49 @@ on_both_stores!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_message_is_refused() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| c.api_keys = vec![KEY.into()]).await;
+    let post = |body: &'static str| call(s.addr, "POST", "/api/v1/messages", Some(KEY), Some(body));
+    let (status, first) =
+        post(r#"{"room":"general","content":"notice","idempotency_key":"n-42","user":"bot"}"#)
+            .await;
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_u64().unwrap();
+    // A retry: the same message, acked as the one stored.
+    let (status, again) =
+        post(r#"{"room":"general","content":"notice","idempotency_key":"n-42","user":"bot"}"#)
+            .await;
+    assert_eq!(
+        (status, again),
+        (200, json!({ "id": id, "duplicate": true }))
+    );
+    // The same key for another room, other content or another author: not a retry.
+    for body in [
+        r#"{"room":"other","content":"notice","idempotency_key":"n-42","user":"bot"}"#,
+        r#"{"room":"general","content":"changed","idempotency_key":"n-42","user":"bot"}"#,
+        r#"{"room":"general","content":"notice","idempotency_key":"n-42"}"#,
+    ] {
+        let (status, refused) = post(body).await;
+        assert_eq!(status, 422, "{body}: {refused}");
+        assert!(
+            error_of(&refused).contains(&format!("another message (id {id})")),
+            "{refused}"
+        );
+    }
+    // Nothing was stored for them.
+    let (_, page) = call(
+        s.addr,
+        "GET",
+        "/api/v1/messages?room=other",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(page["messages"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429() {
     let s = TestServer::start_on(Backend::Sqlite, |c| {
         c.api_keys = vec![KEY.into()];

@@ -17,6 +17,7 @@
 use super::app::{bearer, file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
 use crate::identity::{is_control_or_format, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::log::Body;
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
 use crate::namespace::rate::RateLimit;
@@ -217,7 +218,7 @@ fn room_of(ns: &Namespace, name: Option<&str>) -> Result<Room, ApiError> {
     let room = match name {
         None | Some("" | "/") => Room::main(),
         Some(name) => Room::from_nsp(&format!("/{}", name.trim_start_matches('/')))
-            .ok_or_else(|| ApiError::bad(format!("invalid room {name:?}")))?,
+            .ok_or_else(|| ApiError::bad(format!("invalid room {}", json!(name))))?,
     };
     if !ns.config.rooms.allows(&room) {
         return Err(ApiError(StatusCode::NOT_FOUND, "no such room".into()));
@@ -297,13 +298,59 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
         client_offset: chat::api_offset(&p.idempotency_key),
         deletes: 0,
     };
+    let sent = (
+        message.room.clone(),
+        message.author.clone(),
+        message.content.clone(),
+    );
     match ns.sequencer.request(message).await {
         Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
-        Ok(Outcome::Duplicate(id)) => Ok((StatusCode::OK, json!({ "id": id, "duplicate": true }))),
+        Ok(Outcome::Duplicate(id)) => {
+            reused_key(ns, id, sent, &p.idempotency_key).await?;
+            Ok((StatusCode::OK, json!({ "id": id, "duplicate": true })))
+        }
         Ok(Outcome::Refused(why)) => Err(ApiError::bad(why)),
         Ok(Outcome::Failed) => Err(ApiError::unavailable("the commit failed")),
         Err(_) => Err(ApiError::unavailable("the server is shutting down")),
     }
+}
+
+/// A publish whose idempotency key message `id` was stored under: a retry (the same room,
+/// author and content) is answered with that message, anything else is refused with 422, as
+/// the IETF's Idempotency-Key draft (§2.7) asks: before, a backend that used one key for two
+/// messages (the same notice to two rooms) got a success for the second, which was never stored.
+/// A message deleted since is compared by room and author alone; when the stored message cannot
+/// be read, the retry is believed.
+async fn reused_key(
+    ns: &Namespace,
+    id: u64,
+    (room, author, content): (Room, Author, String),
+    key: &str,
+) -> Result<(), ApiError> {
+    let stored = match ns.reader.after(id - 1, 1).await {
+        Ok(entries) => entries.into_iter().find(|e| e.id == id),
+        Err(e) => {
+            tracing::debug!(error = %e, id, "cannot read the message of a reused idempotency key");
+            None
+        }
+    };
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let same_content = match &stored.body {
+        Body::Message { content: c } => *c == content,
+        _ => true,
+    };
+    if stored.room == room && stored.author == author && same_content {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "idempotency_key {} was used for another message (id {id}): a retry sends the same room, content, user and name",
+            json!(key)
+        ),
+    ))
 }
 
 /// A query parameter's value (the first), percent-decoded.
@@ -313,11 +360,17 @@ fn param(query: &str, key: &str) -> Option<String> {
 
 /// A positive integer parameter, or a clear refusal.
 fn number(name: &str, value: &str) -> Result<u64, ApiError> {
-    value
-        .parse::<u64>()
-        .ok()
+    // Digits alone: `parse` would also take a leading `+`.
+    Some(value)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .filter(|&n| n > 0)
-        .ok_or_else(|| ApiError::bad(format!("{name} must be a positive integer, not {value:?}")))
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "{name} must be a positive integer, not {}",
+                json!(value)
+            ))
+        })
 }
 
 /// `GET /api/v1/messages?room=&before=&limit=`: the newest messages before `before`, newest
@@ -442,7 +495,10 @@ fn who(
     }
     let net = match ip {
         Some(ip) => Some(parse_net(&ip).ok_or_else(|| {
-            ApiError::bad(format!("ip {ip:?} is not an address or a CIDR block"))
+            ApiError::bad(format!(
+                "ip {} is not an address or a CIDR block",
+                json!(ip)
+            ))
         })?),
         None => None,
     };

@@ -45,7 +45,7 @@ pub fn document() -> Value {
                     "responses": {
                         "201": { "description": "Stored.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
                         "200": { "description": "This idempotency key was stored before: nothing new.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Published" } } } },
-                        "400": error, "401": error, "405": error, "429": retry, "404": error, "409": error, "413": error, "415": error, "503": retry
+                        "400": error, "401": error, "405": error, "429": retry, "404": error, "409": error, "413": error, "415": error, "422": error, "503": retry
                     }
                 },
                 "get": {
@@ -210,7 +210,7 @@ pub fn document() -> Value {
                     "properties": {
                         "room": { "type": ["string", "null"], "pattern": ROOM_PATTERN, "description": "Absent or null: the main room `/`." },
                         "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
-                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245 },
+                        "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245, "description": "One message's key: a retry with it (the same room, content, user and name) answers 200 with the message stored; the key with anything else is refused with 422." },
                         "user": { "type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "The author's user id: at most 128 UTF-8 bytes. Absent or null: none." },
                         "name": { "type": ["string", "null"], "maxLength": 64, "description": "The author's display name, without control or format characters. Absent or null: none." }
                     }
