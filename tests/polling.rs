@@ -484,3 +484,80 @@ async fn chat_messages_wait_for_the_poll_interval_and_acks_do_not() {
     );
     s.stop().await;
 }
+
+/// A probed WebSocket whose `5` never comes (lost, or a half-open socket behind a proxy) is given
+/// up after the reference's `upgradeTimeout` (10 s): it is closed, polling long-polls again
+/// instead of answering every GET with a noop at once, and the client may upgrade afresh. Before,
+/// the probe held the session's one upgrade and paused polling for as long as the client lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_never_completed_is_given_up_and_polling_goes_on() {
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    assert_eq!(post(addr, &polling(&sid), "40").await, (200, "ok".into()));
+    let connected = poll_packets(addr, &sid, 1).await;
+    assert!(connected[0].starts_with("40{\"sid\""), "{connected:?}");
+    let mut ws = probed_websocket(addr, &sid).await;
+    let probed_at = tokio::time::Instant::now();
+    // While the probe stands, polling is paused: a GET is a noop at once.
+    assert_eq!(get(addr, &polling(&sid)).await, (200, "6".into()));
+    // The server gives the probe up: its WebSocket ends.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the probe's WebSocket still open after 30 s");
+    let waited = probed_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "given up after {waited:?}, before the upgrade timeout"
+    );
+    // Polling long-polls again: a GET waits for the ack of a message posted meanwhile.
+    let poll_sid = sid.clone();
+    let poll = tokio::spawn(async move { get(addr, &polling(&poll_sid)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "a GET was answered at once: polling still paused"
+    );
+    let message = r#"421["chat message","after the probe","up-1"]"#;
+    assert_eq!(
+        post(addr, &polling(&sid), message).await,
+        (200, "ok".into())
+    );
+    let (status, mut body) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the waiting GET is answered")
+        .unwrap();
+    assert_eq!(status, 200);
+    while !body.split(SEP).any(|p| p == "431[]") {
+        let (status, more) = get(addr, &polling(&sid)).await;
+        assert_eq!(status, 200, "{more}");
+        body = more;
+    }
+    // And the client may upgrade again: the given-up probe no longer holds the session's one
+    // WebSocket.
+    let mut ws = probed_websocket(addr, &sid).await;
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text(
+        r#"422["chat message","on the websocket","up-2"]"#,
+    ))
+    .await
+    .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.to_text().is_ok_and(|t| t == "432[]") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(acked, Ok(true), "the second upgrade carries the chat");
+    assert_eq!(s.count().await, 2);
+    s.stop().await;
+}

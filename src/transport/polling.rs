@@ -13,7 +13,8 @@
 //! answered `3probe`); the waiting GET is answered `6` (noop) so the client can pause polling;
 //! the client sends `5` and from then on the session lives on the WebSocket. Packets still in the
 //! poll buffer at that moment go out on the WebSocket first, in order: nothing lost, nothing twice.
-//! Until `5`, polling keeps working (a failed upgrade changes nothing).
+//! Until `5`, polling keeps working (a failed upgrade changes nothing); an upgrade not completed
+//! within [`UPGRADE_TIMEOUT`] is given up.
 //!
 //! Must not: decode Socket.IO packets, or decide when a session ends beyond what the client did.
 
@@ -34,6 +35,13 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Packets a POST may hand over before it waits for the session to take them.
 const INBOUND: usize = 16;
+
+/// How long a WebSocket opened for an upgrade may take to complete it (`5`): past it the
+/// WebSocket is dropped and polling goes on, as the reference server's `upgradeTimeout`
+/// (default 10 s) does. Without it, a probe whose `5` never came (lost, or a half-open socket
+/// behind a proxy) kept polling paused, every GET answered by a noop at once, for as long as the
+/// client answered pings.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A polling session's outgoing packets, joined by `\x1e`, and the GET waiting for them.
 #[derive(Default)]
@@ -417,6 +425,8 @@ pub struct PollingTransport {
     ws: Option<Box<WsTransport<PollingSink>>>,
     /// The client sent `5`: the session lives on `ws`.
     upgraded: bool,
+    /// When the upgrade in progress is given up ([`UPGRADE_TIMEOUT`]); `None` without one.
+    upgrade_by: Option<Instant>,
     max_payload: usize,
 }
 
@@ -444,6 +454,13 @@ impl Transport for PollingTransport {
                     event = self.inbound.recv() => event,
                     probe = next_ws(&mut self.ws) => {
                         self.on_upgrade_packet(probe);
+                        continue;
+                    }
+                    () = until(self.upgrade_by) => {
+                        tracing::debug!("upgrade not completed within {UPGRADE_TIMEOUT:?}: polling goes on");
+                        // Dropping the WebSocket's stream hands the sink back to polling.
+                        self.ws = None;
+                        self.upgrade_by = None;
                         continue;
                     }
                 },
@@ -496,6 +513,14 @@ impl Transport for PollingTransport {
     }
 }
 
+/// Ready at `deadline`; pending without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next message on the WebSocket of an upgrade in progress; pending without one.
 async fn next_ws(
     ws: &mut Option<Box<WsTransport<PollingSink>>>,
@@ -516,6 +541,7 @@ impl PollingTransport {
         }
         let ws = WsTransport::start(self.queue.clone(), tcp, early, self.max_payload).await;
         self.ws = Some(Box::new(ws));
+        self.upgrade_by = Some(Instant::now() + UPGRADE_TIMEOUT);
     }
 
     /// A message on the upgrading WebSocket: the probe, the upgrade itself, or anything else,
@@ -526,10 +552,14 @@ impl PollingTransport {
             Received::Binary(_) => "",
         }) {
             Ok("2probe") => self.queue.with_sink(PollingSink::probed),
-            Ok("5") => self.upgraded = self.queue.with_sink(PollingSink::finish_upgrade),
+            Ok("5") => {
+                self.upgraded = self.queue.with_sink(PollingSink::finish_upgrade);
+                self.upgrade_by = None;
+            }
             _ => {
                 // Dropping the WebSocket's stream hands the sink back to polling.
                 self.ws = None;
+                self.upgrade_by = None;
             }
         }
     }
@@ -711,6 +741,7 @@ impl PollingSessions {
             queue: queue.clone(),
             ws: None,
             upgraded: false,
+            upgrade_by: None,
             max_payload,
         };
         let session = Arc::new(PollingSession {
