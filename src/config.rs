@@ -70,8 +70,9 @@ pub struct Config {
 
     /// `/readyz` answers 503 once the delivery canary (a probe through the sequencer and the
     /// fan-out, every second) has not come back for this long (ms). Longer than DB_TIMEOUT_MS,
-    /// so a slow but working database does not make the node flap.
-    #[arg(long, env = "CANARY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// so a slow but working database does not make the node flap; at least 1500, since a probe
+    /// goes out only every second (below that an idle, healthy node would flap).
+    #[arg(long, env = "CANARY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1500..))]
     pub canary_timeout_ms: u64,
 
     /// Recent messages kept in memory (also capped at 16 MiB), so that replays of recent history
@@ -99,8 +100,9 @@ pub struct Config {
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Most open WebSocket connections; beyond it upgrades get HTTP 503.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Most open connections (WebSocket and polling sessions); beyond it a handshake gets HTTP
+    /// 503. At least 1.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
     /// Messages a connection may send per second (bursts up to the same number); beyond it the
@@ -237,5 +239,10 @@ mod tests {
         assert!(Config::try_parse_from(["relay", "--ping-timeout-ms", "0"]).is_err());
         let err = Config::try_parse_from(["relay", "--fanout-interval-ms", "5000"]).unwrap_err();
         assert!(err.to_string().contains("0..=1000"), "{err}");
+        // Values that would start a server that cannot work: a canary timeout under its probe's
+        // interval (readiness flaps), no connection allowed.
+        assert!(Config::try_parse_from(["relay", "--canary-timeout-ms", "100"]).is_err());
+        assert!(Config::try_parse_from(["relay", "--canary-timeout-ms", "1500"]).is_ok());
+        assert!(Config::try_parse_from(["relay", "--max-connections", "0"]).is_err());
     }
 }

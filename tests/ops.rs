@@ -277,6 +277,23 @@ async fn an_unreachable_database_fails_the_start_and_says_where() {
     }
 }
 
+#[tokio::test]
+async fn a_static_dir_that_is_not_a_directory_fails_the_start() {
+    // Before, relay started and answered 404 for its own page.
+    let mut config = relay::config::Config::defaults();
+    config.port = 0;
+    config.database_url = "sqlite::memory:".into();
+    config.static_dir = Some("/no/such/relay/page".into());
+    let err = match relay::server::start(&config).await {
+        Ok(_) => panic!("started with a STATIC_DIR that is not there"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("STATIC_DIR") && err.contains("/no/such/relay/page") && !err.contains('\n'),
+        "{err}"
+    );
+}
+
 /// Issue 25, fault 5 (Centrifugo issue 1189): readiness proves delivery. A sequencer stuck in
 /// the database — here behind a table lock, with a database that still answers `SELECT 1` —
 /// holds the canary, and `/readyz` says 503 with the reason; once it moves, ready again.

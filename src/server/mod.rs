@@ -127,6 +127,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Config)?;
     let identity = verifier(config).map_err(StartError::Config)?;
+    if let Some(dir) = &config.static_dir {
+        if !dir.is_dir() {
+            return Err(StartError::Config(format!(
+                "STATIC_DIR: {} is not a directory (unset it to serve the page built into relay)",
+                dir.display()
+            )));
+        }
+    }
     warn_of_unreachable_message_bytes(config);
     let cluster = cluster_options(config);
     if let Some(options) = &cluster {
@@ -139,6 +147,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         error,
     };
     let store = open_store(config).await.map_err(db_error)?;
+    if config.max_message_bytes > store.content_limit() as u64 {
+        tracing::warn!(
+            max_message_bytes = config.max_message_bytes,
+            limit = store.content_limit(),
+            "MAX_MESSAGE_BYTES is over what the database's content column holds: messages are \
+             capped at {} bytes",
+            store.content_limit()
+        );
+    }
     if cluster.is_none() {
         refuse_a_clusters_database(config, &store).await?;
     }
