@@ -545,6 +545,66 @@ async fn an_idempotency_key_reused_for_another_message_is_refused() {
     s.stop().await;
 }
 
+/// A history page stops near 1 MiB of JSON however large its messages (here 20 of 60,000
+/// control characters, 360 KB each once escaped), and `before` walks the rest: every message
+/// once, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_are_capped_in_bytes_and_page_through_everything() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| c.api_keys = vec![KEY.into()]).await;
+    let content = "\u{1}".repeat(60_000);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let body =
+            json!({ "room": "big", "content": content, "idempotency_key": format!("big-{i}") });
+        let (status, v) = call(
+            s.addr,
+            "POST",
+            "/api/v1/messages",
+            Some(KEY),
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    ids.reverse();
+    let (mut seen, mut before, mut pages) = (Vec::new(), None::<u64>, 0);
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/v1/messages?room=big&limit=500&before={b}"),
+            None => "/api/v1/messages?room=big&limit=500".to_string(),
+        };
+        let (status, text) = http_raw(
+            s.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\
+                 Connection: close\r\n\r\n",
+                s.addr
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        assert!(
+            body.len() < 1024 * 1024 + 400_000,
+            "a page of {} bytes",
+            body.len()
+        );
+        let page: Value = serde_json::from_str(body).unwrap();
+        let messages = page["messages"].as_array().unwrap();
+        assert!(!messages.is_empty());
+        seen.extend(messages.iter().map(|m| m["id"].as_u64().unwrap()));
+        pages += 1;
+        match page["before"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every message once, newest first");
+    assert!(pages >= 7, "{pages} pages for 7 MB of JSON");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_gets_429() {
     let s = TestServer::start_on(Backend::Sqlite, |c| {

@@ -235,7 +235,7 @@ pub fn document() -> Value {
                     "type": "object", "required": ["messages", "before"],
                     "properties": {
                         "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } },
-                        "before": { "type": ["integer", "null"], "description": "The next page's `before`; null: no more." }
+                        "before": { "type": ["integer", "null"], "description": "The next page's `before`; null: no more. A page ends at `limit` messages or once they pass 1 MiB of JSON, whichever comes first." }
                     }
                 },
                 "Ban": {
