@@ -255,10 +255,11 @@ pub fn javascript_json(text: &str) -> Option<(String, bool)> {
 fn placeholders_are_valid(data: Option<&Value>, attachments: usize) -> bool {
     fn valid(v: &Value, attachments: usize) -> bool {
         match v {
+            // A number, as the reference's `typeof num === "number"` reads it: `0.0` is 0.
             Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => map
                 .get("num")
-                .and_then(Value::as_u64)
-                .is_some_and(|n| (n as usize) < attachments),
+                .and_then(Value::as_f64)
+                .is_some_and(|n| n >= 0.0 && n.fract() == 0.0 && n < attachments as f64),
             Value::Object(map) => map.values().all(|v| valid(v, attachments)),
             Value::Array(items) => items.iter().all(|v| valid(v, attachments)),
             _ => true,
@@ -542,11 +543,18 @@ mod tests {
         let p = ok("61-0[{\"_placeholder\":true,\"num\":0}]");
         assert_eq!((p.kind, p.attachments), (Kind::BinaryAck, 1));
         assert_eq!(ok("50-[\"x\"]").attachments, 0);
+        // A client that writes numbers as floats (not a JavaScript one): the same attachment.
+        assert_eq!(
+            ok("51-[\"x\",{\"_placeholder\":true,\"num\":0.0}]").attachments,
+            1
+        );
         // A placeholder naming an attachment that does not come.
         for bad in [
             "51-[\"x\",{\"_placeholder\":true,\"num\":1}]",
             "51-[\"x\",{\"_placeholder\":true,\"num\":-1}]",
             "51-[\"x\",{\"_placeholder\":true}]",
+            "51-[\"x\",{\"_placeholder\":true,\"num\":0.5}]",
+            "51-[\"x\",{\"_placeholder\":true,\"num\":\"0\"}]",
         ] {
             assert_eq!(
                 decode(bad),
