@@ -105,6 +105,14 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
+    /// Connections from one address (an IPv6 /64) not yet through their first Socket.IO
+    /// CONNECT; beyond it a new one gets HTTP 503. A client gets through in milliseconds, so this
+    /// bounds what one address can hold with handshakes it never finishes (each up to
+    /// CONNECT_TIMEOUT_MS). Behind a proxy, set TRUSTED_PROXIES, or every client counts as the
+    /// proxy. 0: no limit.
+    #[arg(long, env = "MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 256)]
+    pub max_handshakes_per_address: usize,
+
     /// Messages a connection may send per second (bursts up to the same number); beyond it the
     /// ack carries an error, or the connection closes when no ack was asked for. 0: no limit.
     #[arg(long, env = "MAX_MESSAGES_PER_SECOND", default_value_t = 200)]

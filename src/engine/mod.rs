@@ -160,10 +160,18 @@ pub struct Session<T: Transport> {
     /// Its slot in the server's registry, which pings it, finds a missed pong and tells it of
     /// shutdown (through the queue's wake-up), so the session keeps no timer of its own.
     membership: Membership,
-    /// The layer above's own deadline (the Socket.IO connect timeout): a timer only while one is
-    /// set, so a connected socket has none.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// The layer above's own deadline (the Socket.IO connect timeout) and what is held until it
+    /// is lifted: boxed and present only until then, so a connected socket has neither.
+    deadline: Option<Box<Deadline>>,
     closing: bool,
+}
+
+/// A session's deadline ([`Session::set_deadline`]) and what it holds until the deadline is
+/// lifted ([`Session::hold`]).
+#[derive(Default)]
+struct Deadline {
+    timer: Option<Pin<Box<Sleep>>>,
+    _hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl<T: Transport> Session<T> {
@@ -215,12 +223,23 @@ impl<T: Transport> Session<T> {
     }
 
     /// Sets (or clears) the deadline [`Session::next`] reports with [`Incoming::Deadline`].
+    /// Clearing it also drops what [`Session::hold`] gave.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        match (deadline, &mut self.deadline) {
-            (None, timer) => *timer = None,
-            (Some(at), Some(timer)) => timer.as_mut().reset(at),
-            (Some(at), timer) => *timer = Some(Box::pin(sleep_until(at))),
+        let Some(at) = deadline else {
+            self.deadline = None;
+            return;
+        };
+        match &mut self.deadline.get_or_insert_with(Box::default).timer {
+            Some(timer) => timer.as_mut().reset(at),
+            timer => *timer = Some(Box::pin(sleep_until(at))),
         }
+    }
+
+    /// Keeps `hold` until the deadline is cleared (the layer above's CONNECT answered) or the
+    /// session ends, whichever comes first: the server's count of a client address's handshakes
+    /// not yet connected, say.
+    pub fn hold(&mut self, hold: Box<dyn Send + Sync>) {
+        self.deadline.get_or_insert_with(Box::default)._hold = Some(hold);
     }
 
     /// Queues a packet.
@@ -300,8 +319,8 @@ impl<T: Transport> Session<T> {
 }
 
 /// Resolves when `timer` fires; never when there is none.
-async fn passed(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
+async fn passed(deadline: &mut Option<Box<Deadline>>) {
+    match deadline.as_mut().and_then(|d| d.timer.as_mut()) {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }

@@ -37,6 +37,8 @@ pub struct App {
     pub connections: TaskTracker,
     /// One permit per open session (`MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
+    /// Each address's handshakes not yet connected (`MAX_HANDSHAKES_PER_ADDRESS`).
+    pub handshakes: Arc<super::handshakes::Handshakes>,
     /// Which browser pages may open sessions.
     pub origins: OriginPolicy,
     /// The sessions on HTTP long-polling, by Engine.IO sid.
@@ -48,6 +50,8 @@ pub struct App {
     pub canary_timeout: Duration,
     /// When a refused Origin was last logged (milliseconds since the Unix epoch).
     pub origin_warned: AtomicU64,
+    /// When an address refused for its pending handshakes was last logged (the same).
+    pub handshakes_warned: AtomicU64,
     /// The server API's keys (`API_KEYS`); empty: the API is off.
     pub api_keys: Vec<String>,
     /// Each key's rate limit (`API_MAX_REQUESTS_PER_SECOND`), by its place in `api_keys`.

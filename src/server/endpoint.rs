@@ -12,6 +12,7 @@
 //! do), or keep a session's state.
 
 use super::app::{plain, query_param, App, HttpResponse};
+use super::handshakes::Pending;
 use crate::engine::{self, DisconnectReason, Transport};
 use crate::namespace;
 use crate::transport::polling::{PollOutcome, PollingSession, PollingSessions, PostError};
@@ -230,10 +231,21 @@ fn route(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     }
 }
 
-/// Takes a `MAX_CONNECTIONS` permit for a new session, or says why not (boxed: the refusal is
-/// the rare path).
-fn admit(app: &App) -> Result<OwnedSemaphorePermit, Box<HttpResponse>> {
+/// What a new session holds: its `MAX_CONNECTIONS` permit for its life, and its place among
+/// its address's handshakes until its first CONNECT is answered ([`super::handshakes`]).
+struct Admission {
+    permit: OwnedSemaphorePermit,
+    pending: Pending,
+}
+
+/// Admits a new session from `client`, or says why not (boxed: the refusal is the rare path):
+/// `MAX_HANDSHAKES_PER_ADDRESS` of its address not yet connected, or `MAX_CONNECTIONS` in all.
+fn admit(app: &App, client: IpAddr) -> Result<Admission, Box<HttpResponse>> {
     let metrics = &app.namespace.metrics;
+    let refused = |why: &'static str| {
+        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, 3, why))
+    };
     if app.shutdown.is_cancelled() {
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
         return Err(Box::new(plain(
@@ -241,15 +253,39 @@ fn admit(app: &App) -> Result<OwnedSemaphorePermit, Box<HttpResponse>> {
             "shutting down\n",
         )));
     }
+    let Some(pending) = app.handshakes.begin(client) else {
+        warn_pending_handshakes(app, client);
+        return Err(refused("Too many connections from this address"));
+    };
     // Held by the session for its whole life: taking the permit is the check and the count.
-    app.permits.clone().try_acquire_owned().map_err(|_| {
-        metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        Box::new(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            3,
-            "Too many connections",
-        ))
-    })
+    let permit = app
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| refused("Too many connections"))?;
+    Ok(Admission { permit, pending })
+}
+
+/// Says at warn level (at most once every 10 s) that an address was refused for its handshakes
+/// not yet connected: a flood, or many clients behind one proxy that TRUSTED_PROXIES does not name.
+fn warn_pending_handshakes(app: &App, client: IpAddr) {
+    let now = crate::store::now_ms();
+    let last = app.handshakes_warned.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 10_000
+        || app
+            .handshakes_warned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    tracing::warn!(
+        %client,
+        pending = app.handshakes.pending(client),
+        "refused a connection: its address has MAX_HANDSHAKES_PER_ADDRESS handshakes not yet \
+         connected (a flood of handshakes that never CONNECT; or, behind a reverse proxy, set \
+         TRUSTED_PROXIES so that clients are told apart)"
+    );
 }
 
 /// `GET …&transport=websocket`: answers 101 and runs a WebSocket session on its own task.
@@ -260,13 +296,13 @@ fn open_websocket(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -
     let Some(key) = websocket::upgrade_key(req.headers()) else {
         return bad_request(3, "Bad request");
     };
-    let permit = match admit(&app) {
-        Ok(p) => p,
+    let admission = match admit(&app, peer.ip()) {
+        Ok(a) => a,
         Err(refusal) => return *refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.connections
-        .spawn(start_websocket(app.clone(), peer, on_upgrade, permit));
+        .spawn(start_websocket(app.clone(), peer, on_upgrade, admission));
     websocket::switching_protocols(&key, req.headers())
 }
 
@@ -276,7 +312,7 @@ async fn start_websocket(
     app: Arc<App>,
     peer: SocketAddr,
     on_upgrade: hyper::upgrade::OnUpgrade,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -296,11 +332,12 @@ async fn start_websocket(
     let session = engine::Session::open(transport, queue, &app.engine);
     // Spawned while this task still runs, so the tracker never sees the connection gone.
     app.connections
-        .spawn(session_task(&app, peer, session, permit));
+        .spawn(session_task(&app, peer, session, admission));
 }
 
 /// The task that serves the chat on an open Engine.IO session until it ends (the handler counts
-/// and logs it); `permit` counts it against `MAX_CONNECTIONS` until then.
+/// and logs it); its admission's permit counts it against `MAX_CONNECTIONS` until then, and its
+/// place among its address's handshakes is held by the session until its first CONNECT.
 ///
 /// A task's memory is the largest state its future ever has, for as long as it lives: this
 /// one is the handler's future itself with the permit beside it (`map`, not an `async` block,
@@ -308,9 +345,10 @@ async fn start_websocket(
 fn session_task<T: Transport>(
     app: &App,
     peer: SocketAddr,
-    session: engine::Session<T>,
-    permit: OwnedSemaphorePermit,
+    mut session: engine::Session<T>,
+    Admission { permit, pending }: Admission,
 ) -> impl Future<Output = DisconnectReason> + Send + 'static {
+    session.hold(Box::new(pending));
     let serve = namespace::handler::serve(session, app.namespace.clone(), Some(peer));
     serve.map(move |reason| {
         drop(permit);
@@ -324,8 +362,8 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
     if req.method() != Method::GET {
         return bad_request(2, "Bad handshake method");
     }
-    let permit = match admit(&app) {
-        Ok(p) => p,
+    let admission = match admit(&app, peer.ip()) {
+        Ok(a) => a,
         Err(refusal) => return *refusal,
     };
     let (transport, handle) =
@@ -335,7 +373,7 @@ fn open_polling(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Htt
     let open = handle.handshake_payload();
     app.polling.insert(&sid, handle);
     let task_app = app.clone();
-    let task = session_task(&app, peer, session, permit);
+    let task = session_task(&app, peer, session, admission);
     app.connections
         .spawn(task.map(move |_| task_app.polling.remove(&sid)));
     payload(open)

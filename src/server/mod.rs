@@ -13,6 +13,7 @@ pub(crate) mod api;
 pub(crate) mod app;
 pub(crate) mod assets;
 pub(crate) mod endpoint;
+pub(crate) mod handshakes;
 pub(crate) mod http;
 pub(crate) mod openapi;
 pub(crate) mod origin;
@@ -246,12 +247,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
         connections: connections.clone(),
         permits: permits.clone(),
+        handshakes: handshakes::Handshakes::new(config.max_handshakes_per_address),
         origins,
         polling: Default::default(),
         bus_up: cluster.as_ref().map(Cluster::bus_up),
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
+        handshakes_warned: AtomicU64::new(0),
         forwarded_warned: Default::default(),
         api_limits: std::sync::Mutex::new(
             api_keys

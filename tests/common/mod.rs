@@ -387,6 +387,18 @@ impl Client {
 
     /// As [`Client::open`], with a socket receive buffer of only `bytes`: a client on a slow
     /// link, whose pauses back relay's writes up at once.
+    /// Connects from `local` (another loopback address, say: another client's address).
+    pub async fn open_from(local: std::net::IpAddr, addr: SocketAddr, url: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(local, 0)).expect("bind");
+        let tcp = socket.connect(addr).await.expect("tcp connects");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("websocket connects");
+        Client::opened(ws).await
+    }
+
     pub async fn open_with_recv_buffer(addr: SocketAddr, url: &str, bytes: u32) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(bytes).expect("receive buffer");

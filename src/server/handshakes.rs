@@ -1,0 +1,142 @@
+//! Handshakes not yet connected, counted per client address: a connection holds a
+//! `MAX_CONNECTIONS` permit from its Engine.IO handshake on, and until its first Socket.IO
+//! CONNECT is answered it is only a promise. A client keeps that promise in milliseconds; one
+//! that never does holds its permit for `CONNECT_TIMEOUT_MS` (45 s by default, as socket.io's
+//! `connectTimeout`). Without a per-address bound a few hundred such handshakes a second from
+//! one machine kept every new client out (503) for as long as they went on.
+//!
+//! An address is an IPv4 address, or an IPv6 address's /64 (what one subscriber is given).
+//!
+//! Must not: count a connection past its first CONNECT, or keep an address with nothing pending.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// The count of each address's handshakes not yet connected (`MAX_HANDSHAKES_PER_ADDRESS`).
+pub struct Handshakes {
+    /// The most per address; 0: no limit (nothing is counted).
+    limit: usize,
+    pending: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One pending handshake of an address: counted until dropped (the session's first CONNECT
+/// answered, or the session ended).
+pub struct Pending {
+    /// `None` when nothing is counted (no limit).
+    handshakes: Option<Arc<Handshakes>>,
+    address: IpAddr,
+}
+
+impl Handshakes {
+    /// At most `limit` pending handshakes per address (0: no limit).
+    pub fn new(limit: usize) -> Arc<Handshakes> {
+        Arc::new(Handshakes {
+            limit,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new handshake from `client`, or `None` when its address has `limit` pending
+    /// already.
+    pub fn begin(self: &Arc<Self>, client: IpAddr) -> Option<Pending> {
+        let address = key(client);
+        if self.limit == 0 {
+            return Some(Pending {
+                handshakes: None,
+                address,
+            });
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let n = pending.entry(address).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Pending {
+            handshakes: Some(self.clone()),
+            address,
+        })
+    }
+
+    /// Pending handshakes of `client`'s address.
+    pub fn pending(&self, client: IpAddr) -> usize {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.get(&key(client)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(handshakes) = &self.handshakes else {
+            return;
+        };
+        let mut pending = handshakes.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pending.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The address a client counts under: IPv4 as it is (an IPv4-mapped IPv6 address as IPv4), IPv6
+/// by its /64.
+fn key(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_holds_at_most_the_limit_and_gets_each_back_when_dropped() {
+        let h = Handshakes::new(2);
+        let a = h.begin(ip("192.0.2.1")).unwrap();
+        let b = h.begin(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(h.begin(ip("192.0.2.1")).is_none(), "the third is refused");
+        assert!(h.begin(ip("192.0.2.2")).is_some(), "another address is not");
+        drop(a);
+        let c = h.begin(ip("192.0.2.1")).unwrap();
+        assert_eq!(h.pending(ip("192.0.2.1")), 2);
+        drop((b, c));
+        assert_eq!(h.pending(ip("192.0.2.1")), 0);
+        assert!(
+            h.pending.lock().unwrap().is_empty(),
+            "no address kept with none pending"
+        );
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_no_limit_counts_nothing() {
+        let h = Handshakes::new(1);
+        let _a = h.begin(ip("2001:db8:1:2::1")).unwrap();
+        assert!(
+            h.begin(ip("2001:db8:1:2:ffff::9")).is_none(),
+            "the same /64"
+        );
+        assert!(h.begin(ip("2001:db8:1:3::1")).is_some(), "another /64");
+        let none = Handshakes::new(0);
+        let held: Vec<_> = (0..1000)
+            .map(|_| none.begin(ip("192.0.2.1")).unwrap())
+            .collect();
+        assert_eq!(
+            none.pending(ip("192.0.2.1")),
+            0,
+            "no limit: nothing counted"
+        );
+        drop(held);
+    }
+}
