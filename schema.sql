@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS messages (
 -- connected can be taken up again by its client, with the same socket id, until expires_at.
 -- pid           the client's secret: 20 random url-safe characters, never derived from the sid.
 -- sid           the Socket.IO socket id the client gets back.
--- expires_at    milliseconds since the Unix epoch; 0 while a client holds the session.
+-- expires_at    milliseconds since the Unix epoch (0: claimed, for the moment before the claim
+--               deletes the row).
 CREATE TABLE IF NOT EXISTS relay_sessions (
   pid           VARBINARY(32) NOT NULL,
   sid           VARBINARY(32) NOT NULL,

@@ -70,6 +70,29 @@ impl Fresh {
         }
     }
 
+    /// The number a `SELECT COUNT(*) …` answers, read outside relay.
+    async fn count(&self, sql: &str) -> u64 {
+        match self.backend {
+            Backend::Mysql => {
+                use mysql_async::prelude::*;
+                let mut conn = mysql_async::Conn::from_url(&self.url).await.unwrap();
+                let n: Option<u64> = conn.query_first(sql).await.unwrap();
+                let _ = conn.disconnect().await;
+                n.unwrap()
+            }
+            Backend::Sqlite => {
+                let path = common::sqlite_file(&self.name);
+                let sql = sql.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
     async fn remove(self) {
         self.backend.remove(&self.name).await
     }
@@ -425,6 +448,18 @@ async fn a_saved_session_is_claimed_once_until_it_is_saved_again(backend: Backen
         Some("s1")
     );
     assert_eq!(store.claim_session("p1", now + 150).await.unwrap(), None);
+    // A claimed session's row is gone: one that then ends cleanly is not saved again, and
+    // nothing of it stays (before, every such row stayed for ever).
+    let rows = "SELECT COUNT(*) FROM relay_sessions";
+    assert_eq!(db.count(rows).await, 0);
+    // Rows an older relay left claimed (expires_at 0) go with the next purge.
+    db.execute("INSERT INTO relay_sessions (pid, sid, expires_at) VALUES ('old', 's0', 0)")
+        .await;
+    store
+        .save_sessions(&[record("p3", "s3", now + 100)], now)
+        .await
+        .unwrap();
+    assert_eq!(db.count(rows).await, 1, "only p3 left");
     store.close().await;
     db.remove().await;
 }

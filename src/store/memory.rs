@@ -172,9 +172,7 @@ impl MemoryStore {
                 .sessions
                 .insert(r.pid.clone(), (r.sid.clone(), r.expires_at_ms));
         }
-        inner
-            .sessions
-            .retain(|_, (_, expires)| *expires == 0 || *expires >= now_ms);
+        inner.sessions.retain(|_, (_, expires)| *expires >= now_ms);
         Ok(())
     }
 
@@ -184,10 +182,10 @@ impl MemoryStore {
         now_ms: u64,
     ) -> Result<Option<String>, StoreError> {
         let mut inner = self.lock();
-        match inner.sessions.get_mut(pid) {
-            Some((sid, expires)) if *expires >= now_ms && *expires > 0 => {
-                *expires = 0;
-                Ok(Some(sid.clone()))
+        // The claim takes the record: as the real stores delete a claimed row.
+        match inner.sessions.get(pid) {
+            Some((_, expires)) if *expires >= now_ms && *expires > 0 => {
+                Ok(inner.sessions.remove(pid).map(|(sid, _)| sid))
             }
             _ => Ok(None),
         }

@@ -278,15 +278,14 @@ impl MysqlStore {
         conn.exec_drop(sql, params)
             .await
             .map_err(StoreError::mysql("cannot save sessions"))?;
-        conn.exec_drop(
-            "DELETE FROM relay_sessions WHERE expires_at > 0 AND expires_at < ?",
-            (now_ms,),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot forget expired sessions"))
+        // (Rows of expires_at 0 are sessions an older relay claimed and kept: gone with them.)
+        conn.exec_drop("DELETE FROM relay_sessions WHERE expires_at < ?", (now_ms,))
+            .await
+            .map_err(StoreError::mysql("cannot forget expired sessions"))
     }
 
-    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins.
+    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins; the
+    /// row is then deleted (the session is saved again if it ends without a clean close).
     pub async fn claim_session(
         &self,
         pid: &str,
@@ -309,6 +308,13 @@ impl MysqlStore {
             )
             .await
             .map_err(StoreError::mysql("cannot read a session"))?;
+        // Claimed, the row has done its work: kept, one that ended cleanly stayed for ever.
+        conn.exec_drop(
+            "DELETE FROM relay_sessions WHERE pid = ? AND expires_at = 0",
+            (pid.as_bytes(),),
+        )
+        .await
+        .map_err(StoreError::mysql("cannot forget a claimed session"))?;
         Ok(sid.and_then(|s| String::from_utf8(s).ok()))
     }
 

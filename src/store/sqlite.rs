@@ -239,7 +239,8 @@ impl SqliteStore {
                     upsert.execute((&r.pid, &r.sid, to_sql_int(r.expires_at_ms)))?;
                 }
                 tx.execute(
-                    "DELETE FROM relay_sessions WHERE expires_at > 0 AND expires_at < ?1",
+                    // (Rows of expires_at 0: sessions an older relay claimed and kept.)
+                    "DELETE FROM relay_sessions WHERE expires_at < ?1",
                     [to_sql_int(now_ms)],
                 )?;
             }
@@ -308,7 +309,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins.
+    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins; the
+    /// row is then deleted (the session is saved again if it ends without a clean close).
     pub async fn claim_session(
         &self,
         pid: &str,
@@ -323,12 +325,18 @@ impl SqliteStore {
             if claimed != 1 {
                 return Ok(None);
             }
-            conn.query_row(
-                "SELECT sid FROM relay_sessions WHERE pid = ?1",
+            let sid = conn
+                .query_row(
+                    "SELECT sid FROM relay_sessions WHERE pid = ?1",
+                    [&pid],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            conn.execute(
+                "DELETE FROM relay_sessions WHERE pid = ?1 AND expires_at = 0",
                 [&pid],
-                |r| r.get(0),
-            )
-            .optional()
+            )?;
+            Ok(sid)
         })
         .await
     }
