@@ -349,6 +349,56 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
     s.stop().await;
 }
 
+/// The same table lock with a short DB_TIMEOUT_MS: every round fails at its deadline and the
+/// canary passes between them, so it never says stalled; readiness sees that no message could
+/// be committed for CANARY_TIMEOUT_MS (a reviewer's lock of 20 s kept `/readyz` at 200 while
+/// nothing was acked), and is ready again once one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_every_commit_fails_and_comes_back() {
+    use mysql_async::prelude::Queryable;
+    let s = TestServer::start_with(|c| {
+        c.db_timeout_ms = 300;
+        c.canary_timeout_ms = 1500;
+    })
+    .await;
+    let mut a = s.joined(None).await;
+    assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
+    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .expect("connects");
+    holder
+        .query_drop("LOCK TABLES messages WRITE")
+        .await
+        .expect("lock");
+    // A client that keeps retrying, as the stock client does: every try fails at 300 ms.
+    let mut unready = None;
+    for i in 0..60 {
+        a.emit(None, "retried", "c-retry").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, text) = http_get(s.addr, "/readyz").await;
+        if status == 503 {
+            unready = Some((i, text));
+            break;
+        }
+    }
+    let (_, text) = unready.expect("503 within 12 s of failing commits");
+    assert!(text.contains("commits failing"), "{text}");
+    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let _ = holder.disconnect().await;
+    let mut ready = false;
+    for _ in 0..50 {
+        a.emit(None, "retried", "c-retry").await;
+        if http_get(s.addr, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "ready again once a message is stored");
+    assert_eq!(s.count().await, 1, "the retries stored it once");
+    s.stop().await;
+}
+
 /// Nobody reading the address line on stdout (a pipe whose reader is gone, as in
 /// `relay | head -0`, or a supervisor that closed its end) is no reason to stop: `println!`
 /// panicked there, and the server died right after it began to serve. A SIGTERM once it serves

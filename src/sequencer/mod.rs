@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::store::{within, Inserted, Reader, Store, StoreError, MAX_BATCH};
 use adapter::Adapter;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -156,6 +156,31 @@ pub struct Sequencer {
     submissions: mpsc::Sender<Submission>,
     /// Canary probes, taken by the writer between rounds.
     probes: mpsc::UnboundedSender<Arc<Probe>>,
+    /// Whether the writer's rounds have been failing, and since when.
+    failing: Arc<Failing>,
+}
+
+/// Since when every round of the writer has failed (milliseconds since the Unix epoch; 0: the
+/// last round did not fail, or there was none). The canary passes between failed rounds, so a
+/// database that refuses or holds every INSERT (a table lock) is seen here, not there.
+#[derive(Default)]
+struct Failing {
+    since_ms: AtomicU64,
+}
+
+impl Failing {
+    /// A round failed: every submission of it answered `Failed`.
+    fn round_failed(&self) {
+        let now = crate::store::now_ms().max(1);
+        let _ = self
+            .since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A round stored, found or refused something: the database answers.
+    fn round_done(&self) {
+        self.since_ms.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The sequencer stopped (the server is shutting down): nothing was taken.
@@ -189,6 +214,7 @@ impl Sequencer {
     ) -> Sequencer {
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
         let (probes, probes_rx) = mpsc::unbounded_channel();
+        let failing = Arc::new(Failing::default());
         let writer = Writer {
             store: options.store,
             adapter,
@@ -196,11 +222,24 @@ impl Sequencer {
             outcome_unknown: false,
             db_timeout: options.db_timeout,
             metrics: options.metrics,
+            failing: failing.clone(),
         };
         tasks.spawn(writer.run(queue, probes_rx, stop));
         Sequencer {
             submissions,
             probes,
+            failing,
+        }
+    }
+
+    /// How long every round of the writer has failed (not one message stored, found or
+    /// refused), or `None` when the last round did not fail. `/readyz` reads it.
+    pub fn failing_for(&self) -> Option<Duration> {
+        match self.failing.since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(
+                crate::store::now_ms().saturating_sub(since),
+            )),
         }
     }
 
@@ -244,6 +283,7 @@ struct Writer<A> {
     outcome_unknown: bool,
     db_timeout: Duration,
     metrics: Arc<Metrics>,
+    failing: Arc<Failing>,
 }
 
 impl<A: Adapter> Writer<A> {
@@ -404,6 +444,11 @@ impl<A: Adapter> Writer<A> {
             }
         }
 
+        if outcomes.iter().all(|o| *o == Outcome::Failed) {
+            self.failing.round_failed();
+        } else {
+            self.failing.round_done();
+        }
         for outcome in &outcomes {
             let counter = match outcome {
                 Outcome::Stored(_) => &self.metrics.stored,
@@ -497,6 +542,7 @@ impl<A: Adapter> Writer<A> {
     /// A round not tried, or whose database could not be made sure of: every submission is
     /// answered `Failed` (not acked: its client retries) and counted.
     fn fail_round(&self, batch: &mut Vec<Submission>) {
+        self.failing.round_failed();
         self.metrics
             .store_failures
             .fetch_add(batch.len() as u64, Ordering::Relaxed);

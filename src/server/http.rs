@@ -101,6 +101,23 @@ async fn ready(app: &App) -> HttpResponse {
             "delivery stalled: the canary has not come back through the sequencer and fan-out\n",
         );
     }
+    if let Some(failing) = app
+        .namespace
+        .sequencer
+        .failing_for()
+        .filter(|f| *f > app.canary_timeout)
+    {
+        // Every round failed for that long: the database answers a ping (the canary passes
+        // between failed rounds) but stores nothing (a table lock, a full disk, a refused write).
+        tracing::warn!(
+            secs = failing.as_secs(),
+            "not ready: every message has failed to commit"
+        );
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "commits failing: no message could be stored for over CANARY_TIMEOUT_MS\n",
+        );
+    }
     match ping {
         Ok(Ok(())) if bus_down => plain(
             StatusCode::OK,
