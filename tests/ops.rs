@@ -399,6 +399,48 @@ async fn readiness_fails_while_every_commit_fails_and_comes_back() {
     s.stop().await;
 }
 
+/// A new room whose first message the database did not take keeps no `MAX_ROOMS` place: after
+/// an outage in which first messages to two new rooms failed, two other rooms still open under
+/// `MAX_ROOMS=2`. Before, the failed ones held both places until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rooms_failed_first_message_keeps_no_room_place() {
+    use mysql_async::prelude::Queryable;
+    let s = TestServer::start_with(|c| {
+        c.db_timeout_ms = 300;
+        c.max_rooms = 2;
+    })
+    .await;
+    let mut a = s.client().await;
+    for room in ["r1", "r2", "r3", "r4"] {
+        a.join_room(room, None).await;
+    }
+    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .expect("connects");
+    holder
+        .query_drop("LOCK TABLES messages WRITE")
+        .await
+        .expect("lock");
+    a.emit_in("r1", None, "lost", "r1-1").await;
+    a.emit_in("r2", None, "lost", "r2-1").await;
+    // Both rounds fail at DB_TIMEOUT_MS; then the database is back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let _ = holder.disconnect().await;
+    for (i, room) in ["r3", "r4"].into_iter().enumerate() {
+        a.emit_in(room, Some(i as u64), "kept", &format!("{room}-1"))
+            .await;
+        loop {
+            let t = a.recv_text().await;
+            if t.starts_with("43/") {
+                assert_eq!(t, format!("43/{room},{i}[]"), "acked, not refused");
+                break;
+            }
+        }
+    }
+    s.stop().await;
+}
+
 /// Nobody reading the address line on stdout (a pipe whose reader is gone, as in
 /// `relay | head -0`, or a supervisor that closed its end) is no reason to stop: `println!`
 /// panicked there, and the server died right after it began to serve. A SIGTERM once it serves

@@ -202,6 +202,18 @@ impl Broadcaster {
         true
     }
 
+    /// Takes back [`Broadcaster::admit`]'s place for `room` if it still holds no message: its
+    /// first message was refused or its round failed. Without it, each new room whose first
+    /// message the database did not take (an outage) kept a `MAX_ROOMS` place until a restart.
+    /// (Another first message of the room still in flight is published all the same, and its
+    /// room counts again from then.)
+    pub fn forget_if_empty(&self, room: &Room) {
+        let mut rooms = self.lock_rooms();
+        if !room.is_main() && rooms.get(room) == Some(&0) {
+            rooms.remove(room);
+        }
+    }
+
     fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Room, u64>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -477,6 +477,10 @@ impl<T: Transport> Handler<T> {
         else {
             return;
         };
+        if matches!(receipt.outcome, Outcome::Failed | Outcome::Refused(_)) {
+            // A new room's first message not stored holds no MAX_ROOMS place.
+            self.ns.broadcaster.forget_if_empty(&m.room);
+        }
         let queue = self.socket.engine.queue();
         // The batch that holds our row: deliver it now rather than wait for the fan-out to reach
         // this socket (the fan-out then skips it by the cursor).

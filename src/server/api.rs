@@ -310,11 +310,21 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
     match ns.sequencer.request(message).await {
         Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
         Ok(Outcome::Duplicate(id)) => {
-            reused_key(ns, id, sent, &p.idempotency_key).await?;
+            let room = sent.0.clone();
+            if let Err(refused) = reused_key(ns, id, sent, &p.idempotency_key).await {
+                ns.broadcaster.forget_if_empty(&room);
+                return Err(refused);
+            }
             Ok((StatusCode::OK, json!({ "id": id, "duplicate": true })))
         }
-        Ok(Outcome::Refused(why)) => Err(ApiError::bad(why)),
-        Ok(Outcome::Failed) => Err(ApiError::unavailable("the commit failed")),
+        Ok(Outcome::Refused(why)) => {
+            ns.broadcaster.forget_if_empty(&sent.0);
+            Err(ApiError::bad(why))
+        }
+        Ok(Outcome::Failed) => {
+            ns.broadcaster.forget_if_empty(&sent.0);
+            Err(ApiError::unavailable("the commit failed"))
+        }
         Err(_) => Err(ApiError::unavailable("the server is shutting down")),
     }
 }
