@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 
-    raise_open_file_limit(config.max_connections);
+    config.max_connections = raise_open_file_limit(config.max_connections);
     // Listened for from the start: a supervisor that stops relay as soon as it is up (or while it
     // starts) gets an orderly exit, never the signal's default death.
     let mut stop = shutdown_signal();
@@ -50,25 +50,33 @@ async fn main() -> ExitCode {
 }
 
 /// Every socket is a file descriptor, and the usual soft limit (1024) is far below
-/// `MAX_CONNECTIONS`: raise it to the hard limit, as the process may, and say when even that is
-/// short.
-fn raise_open_file_limit(max_connections: usize) {
+/// `MAX_CONNECTIONS`: raise it to the hard limit, as the process may. Returns the connections
+/// relay may admit: `max_connections`, or fewer when even the hard limit is short, leaving room
+/// for the database's connections, the listener, HTTP requests and polling's requests (a tenth
+/// of the limit, at least 64). At the limit itself every accept fails, `/metrics` and `/readyz`
+/// included: better to refuse the connection past the cap with a 503.
+fn raise_open_file_limit(max_connections: usize) -> usize {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            // Sockets, plus the database's connections, the listener and a margin.
-            let wanted = max_connections as u64 + 64;
-            if limit < wanted {
+            let reserve = (limit / 10).max(64);
+            let fits = usize::try_from(limit.saturating_sub(reserve))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if fits < max_connections {
                 tracing::warn!(
                     limit,
                     max_connections,
-                    "open-file limit below MAX_CONNECTIONS: connections beyond it will fail; raise `ulimit -n` (hard) or lower MAX_CONNECTIONS"
+                    admitted = fits,
+                    "open-file limit too low for MAX_CONNECTIONS: admitting {fits} connections; \
+                     raise `ulimit -n` (hard) or lower MAX_CONNECTIONS"
                 );
-            } else {
-                tracing::debug!(limit, "open-file limit");
+                return fits;
             }
+            tracing::debug!(limit, "open-file limit");
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
+    max_connections
 }
 
 /// SIGINT or SIGTERM: listened for from this call on (not from the first poll), so none is

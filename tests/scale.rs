@@ -467,6 +467,41 @@ async fn one_address_that_never_connects_cannot_keep_others_out() {
     }
 }
 
+/// At an open-file limit below `MAX_CONNECTIONS` relay admits what fits, leaving room for the
+/// database, HTTP and polling requests: connections past it get 503 (and are closed), and
+/// `/healthz` still answers. Before, every descriptor went to sockets, accepts failed (a warning
+/// every 50 ms), and `/metrics`, `/healthz` and polling's requests could not get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_low_open_file_limit_relay_admits_what_fits_and_stays_reachable() {
+    let (db, url) = common::Backend::Sqlite.fresh();
+    let mut command = Command::new("prlimit");
+    command
+        .args(["--nofile=256:256", "--"])
+        .arg(env!("CARGO_BIN_EXE_relay"))
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", url)
+        .env("MAX_HANDSHAKES_PER_ADDRESS", "0")
+        .env("RUST_LOG", "relay=warn");
+    let (child, addr) = common::spawn_relay(&mut command);
+    let relay = Spawned {
+        child,
+        addr,
+        dir: common::sqlite_dir(&db),
+    };
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..300 {
+        match upgrade_from("127.0.0.1", relay.addr).await {
+            (tcp, 101) => held.push(tcp),
+            (_, 503) => refused += 1,
+            (_, other) => panic!("answered {other}"),
+        }
+    }
+    // 256 less a tenth (at least 64) for everything else.
+    assert_eq!((held.len(), refused), (192, 108));
+    assert_eq!(common::http_get(relay.addr, "/healthz").await.0, 200);
+}
+
 /// Issue 5, scenario 3, measured from outside the process: one client stops reading while another
 /// chats at full speed. Every one of the sender's 500 acks comes while the stuck socket is still
 /// open (relay tolerates its stall for far longer than the sending takes, even on a busy

@@ -244,7 +244,12 @@ fn admit(app: &App, client: IpAddr) -> Result<Admission, Box<HttpResponse>> {
     let metrics = &app.namespace.metrics;
     let refused = |why: &'static str| {
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-        Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, 3, why))
+        let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, 3, why);
+        // Full: the connection is closed after the answer, not kept for another request (a
+        // descriptor each, and a client that retries opens a new one).
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Box::new(r)
     };
     if app.shutdown.is_cancelled() {
         metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
