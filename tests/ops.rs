@@ -294,12 +294,31 @@ async fn a_static_dir_that_is_not_a_directory_fails_the_start() {
     );
 }
 
+/// Holds `LOCK TABLES messages WRITE` on the server's database from a connection of its own,
+/// as an operator's maintenance would: every INSERT waits until [`unlock`].
+async fn lock_messages(s: &TestServer) -> mysql_async::Conn {
+    use mysql_async::prelude::Queryable;
+    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .expect("connects");
+    holder
+        .query_drop("LOCK TABLES messages WRITE")
+        .await
+        .expect("lock");
+    holder
+}
+
+async fn unlock(mut holder: mysql_async::Conn) {
+    use mysql_async::prelude::Queryable;
+    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let _ = holder.disconnect().await;
+}
+
 /// Issue 25, fault 5 (Centrifugo issue 1189): readiness proves delivery. A sequencer stuck in
 /// the database — here behind a table lock, with a database that still answers `SELECT 1` —
 /// holds the canary, and `/readyz` says 503 with the reason; once it moves, ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
-    use mysql_async::prelude::Queryable;
     let s = TestServer::start_with(|c| {
         c.db_timeout_ms = 60_000; // the stuck INSERT waits rather than failing over
         c.canary_timeout_ms = 1500;
@@ -311,13 +330,7 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
     a.recv_ack().await;
     assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
 
-    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
-        .await
-        .expect("connects");
-    holder
-        .query_drop("LOCK TABLES messages WRITE")
-        .await
-        .expect("lock");
+    let holder = lock_messages(&s).await;
     a.emit(Some(1), "stuck", "c-1").await; // the writer's INSERT now waits for the lock
     let mut unready = None;
     for _ in 0..60 {
@@ -333,8 +346,7 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
     // The gauge is refreshed at the canary's next tick (every second), not at the 503.
     wait_for_metric(s.addr, "relay_canary_age_seconds", |age| age >= 1.0).await;
 
-    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
-    let _ = holder.disconnect().await;
+    unlock(holder).await;
     assert_eq!(a.recv_chat().await.0, "stuck");
     a.recv_ack().await;
     let mut ready = false;
@@ -355,7 +367,6 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
 /// nothing was acked), and is ready again once one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_every_commit_fails_and_comes_back() {
-    use mysql_async::prelude::Queryable;
     let s = TestServer::start_with(|c| {
         c.db_timeout_ms = 300;
         c.canary_timeout_ms = 1500;
@@ -363,13 +374,7 @@ async fn readiness_fails_while_every_commit_fails_and_comes_back() {
     .await;
     let mut a = s.joined(None).await;
     assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
-    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
-        .await
-        .expect("connects");
-    holder
-        .query_drop("LOCK TABLES messages WRITE")
-        .await
-        .expect("lock");
+    let holder = lock_messages(&s).await;
     // A client that keeps retrying, as the stock client does: every try fails at 300 ms.
     let mut unready = None;
     for i in 0..60 {
@@ -383,8 +388,7 @@ async fn readiness_fails_while_every_commit_fails_and_comes_back() {
     }
     let (_, text) = unready.expect("503 within 12 s of failing commits");
     assert!(text.contains("commits failing"), "{text}");
-    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
-    let _ = holder.disconnect().await;
+    unlock(holder).await;
     let mut ready = false;
     for _ in 0..50 {
         a.emit(None, "retried", "c-retry").await;
@@ -404,7 +408,6 @@ async fn readiness_fails_while_every_commit_fails_and_comes_back() {
 /// `MAX_ROOMS=2`. Before, the failed ones held both places until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_rooms_failed_first_message_keeps_no_room_place() {
-    use mysql_async::prelude::Queryable;
     let s = TestServer::start_with(|c| {
         c.db_timeout_ms = 300;
         c.max_rooms = 2;
@@ -414,19 +417,12 @@ async fn a_new_rooms_failed_first_message_keeps_no_room_place() {
     for room in ["r1", "r2", "r3", "r4"] {
         a.join_room(room, None).await;
     }
-    let mut holder = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
-        .await
-        .expect("connects");
-    holder
-        .query_drop("LOCK TABLES messages WRITE")
-        .await
-        .expect("lock");
+    let holder = lock_messages(&s).await;
     a.emit_in("r1", None, "lost", "r1-1").await;
     a.emit_in("r2", None, "lost", "r2-1").await;
     // Both rounds fail at DB_TIMEOUT_MS; then the database is back.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    holder.query_drop("UNLOCK TABLES").await.expect("unlock");
-    let _ = holder.disconnect().await;
+    unlock(holder).await;
     for (i, room) in ["r3", "r4"].into_iter().enumerate() {
         a.emit_in(room, Some(i as u64), "kept", &format!("{room}-1"))
             .await;

@@ -90,33 +90,27 @@ async fn ready(app: &App) -> HttpResponse {
     let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
     let bus_down = app.bus_up.as_ref().is_some_and(|up| !*up.borrow());
     let away = app.canary.age();
-    if away > app.canary_timeout {
+    // Each a 503 with its reason, once its state has lasted CANARY_TIMEOUT_MS.
+    let stalled = [
         // A path that stopped delivering: the database may answer, the chat does not move.
-        tracing::warn!(
-            secs = away.as_secs(),
-            "not ready: the delivery canary has not come back"
-        );
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
+        (
+            Some(away),
+            "the delivery canary has not come back",
             "delivery stalled: the canary has not come back through the sequencer and fan-out\n",
-        );
-    }
-    if let Some(failing) = app
-        .namespace
-        .sequencer
-        .failing_for()
-        .filter(|f| *f > app.canary_timeout)
-    {
-        // Every round failed for that long: the database answers a ping (the canary passes
-        // between failed rounds) but stores nothing (a table lock, a full disk, a refused write).
-        tracing::warn!(
-            secs = failing.as_secs(),
-            "not ready: every message has failed to commit"
-        );
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        // Every round failed: the database answers a ping (the canary passes between failed
+        // rounds) but stores nothing (a table lock, a full disk, a refused write).
+        (
+            app.namespace.sequencer.failing_for(),
+            "every message has failed to commit",
             "commits failing: no message could be stored for over CANARY_TIMEOUT_MS\n",
-        );
+        ),
+    ];
+    for (lasted, why, body) in stalled {
+        if let Some(lasted) = lasted.filter(|d| *d > app.canary_timeout) {
+            tracing::warn!(secs = lasted.as_secs(), "not ready: {why}");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, body);
+        }
     }
     match ping {
         Ok(Ok(())) if bus_down => plain(
