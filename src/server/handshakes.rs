@@ -37,26 +37,29 @@ impl Handshakes {
         })
     }
 
-    /// Counts a new handshake from `client`, or `None` when its address has `limit` pending
-    /// already.
-    pub fn begin(self: &Arc<Self>, client: IpAddr) -> Option<Pending> {
+    /// Whether `client`'s address may open another handshake: fewer than `limit` pending.
+    pub fn has_room(&self, client: IpAddr) -> bool {
+        self.limit == 0 || self.pending(client) < self.limit
+    }
+
+    /// Counts a handshake from `client` (checked with [`Handshakes::has_room`] before its
+    /// answer: a session is counted once it exists, so that nothing but a permit is carried
+    /// through a WebSocket's upgrade; handshakes answered at the same moment may pass the limit
+    /// by how many they are).
+    pub fn count(self: &Arc<Self>, client: IpAddr) -> Pending {
         let address = key(client);
         if self.limit == 0 {
-            return Some(Pending {
+            return Pending {
                 handshakes: None,
                 address,
-            });
+            };
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let n = pending.entry(address).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Pending {
+        *pending.entry(address).or_insert(0) += 1;
+        Pending {
             handshakes: Some(self.clone()),
             address,
-        })
+        }
     }
 
     /// Pending handshakes of `client`'s address.
@@ -102,14 +105,15 @@ mod tests {
     }
 
     #[test]
-    fn an_address_holds_at_most_the_limit_and_gets_each_back_when_dropped() {
+    fn an_address_has_room_below_the_limit_and_gets_each_place_back_when_dropped() {
         let h = Handshakes::new(2);
-        let a = h.begin(ip("192.0.2.1")).unwrap();
-        let b = h.begin(ip("::ffff:192.0.2.1")).unwrap();
-        assert!(h.begin(ip("192.0.2.1")).is_none(), "the third is refused");
-        assert!(h.begin(ip("192.0.2.2")).is_some(), "another address is not");
+        let a = h.count(ip("192.0.2.1"));
+        let b = h.count(ip("::ffff:192.0.2.1"));
+        assert!(!h.has_room(ip("192.0.2.1")), "no room for a third");
+        assert!(h.has_room(ip("192.0.2.2")), "another address has");
         drop(a);
-        let c = h.begin(ip("192.0.2.1")).unwrap();
+        assert!(h.has_room(ip("192.0.2.1")));
+        let c = h.count(ip("192.0.2.1"));
         assert_eq!(h.pending(ip("192.0.2.1")), 2);
         drop((b, c));
         assert_eq!(h.pending(ip("192.0.2.1")), 0);
@@ -122,16 +126,12 @@ mod tests {
     #[test]
     fn ipv6_counts_by_its_64_and_no_limit_counts_nothing() {
         let h = Handshakes::new(1);
-        let _a = h.begin(ip("2001:db8:1:2::1")).unwrap();
-        assert!(
-            h.begin(ip("2001:db8:1:2:ffff::9")).is_none(),
-            "the same /64"
-        );
-        assert!(h.begin(ip("2001:db8:1:3::1")).is_some(), "another /64");
+        let _a = h.count(ip("2001:db8:1:2::1"));
+        assert!(!h.has_room(ip("2001:db8:1:2:ffff::9")), "the same /64");
+        assert!(h.has_room(ip("2001:db8:1:3::1")), "another /64");
         let none = Handshakes::new(0);
-        let held: Vec<_> = (0..1000)
-            .map(|_| none.begin(ip("192.0.2.1")).unwrap())
-            .collect();
+        let held: Vec<_> = (0..1000).map(|_| none.count(ip("192.0.2.1"))).collect();
+        assert!(none.has_room(ip("192.0.2.1")));
         assert_eq!(
             none.pending(ip("192.0.2.1")),
             0,
