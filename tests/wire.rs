@@ -292,6 +292,43 @@ async fn oversize_frames_close_with_1009() {
     s.stop().await;
 }
 
+/// A frame far over maxPayload (1.5 MB), refused from its header while the client is still
+/// sending it: the client reads the 1009 close frame (a reviewer's Node client reported 1006
+/// there; a raw client sent only the header also gets `88 1c 03 f1 "message exceeds
+/// maxPayload"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_over_max_payload_still_gets_1009() {
+    let s = TestServer::start().await; // maxPayload 1,000,000
+    let c = s.joined(None).await;
+    let big = format!("42[\"chat message\",\"{}\",\"o\"]", "a".repeat(1_500_000));
+    // Sent from a task of its own: relay reads the header, refuses it, and the send may end in
+    // an error once relay has closed; what the client reads is what counts.
+    let (mut sink, mut stream) = c.ws.split();
+    let sending = tokio::spawn(async move {
+        let _ = sink.send(Message::text(big)).await;
+        sink
+    });
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("ended without a close frame".into()),
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    let _ = sending.await;
+    let frame = close
+        .expect("a close frame, not a reset")
+        .expect("with a code");
+    assert_eq!(frame.code, CloseCode::Size);
+    assert_eq!(s.count().await, 0);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn client_close_frames_are_answered() {
     let s = TestServer::start().await;
