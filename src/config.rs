@@ -109,7 +109,7 @@ pub struct Config {
     /// CONNECT; beyond it a new one gets HTTP 503. A client gets through in milliseconds, so this
     /// bounds what one address can hold with handshakes it never finishes (each up to
     /// CONNECT_TIMEOUT_MS). Behind a proxy, set TRUSTED_PROXIES, or every client counts as the
-    /// proxy. 0: no limit.
+    /// proxy; loopback clients are not counted. 0: no limit.
     #[arg(long, env = "MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 256)]
     pub max_handshakes_per_address: usize,
 

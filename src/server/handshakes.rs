@@ -6,6 +6,9 @@
 //! one machine kept every new client out (503) for as long as they went on.
 //!
 //! An address is an IPv4 address, or an IPv6 address's /64 (what one subscriber is given).
+//! Loopback clients are not counted: behind a reverse proxy on the same machine that
+//! `TRUSTED_PROXIES` does not name, every user would be the one address 127.0.0.1, and a
+//! reconnect storm after a restart would be refused in turns (local tools and tests too).
 //!
 //! Must not: count a connection past its first CONNECT, or keep an address with nothing pending.
 
@@ -39,7 +42,7 @@ impl Handshakes {
 
     /// Whether `client`'s address may open another handshake: fewer than `limit` pending.
     pub fn has_room(&self, client: IpAddr) -> bool {
-        self.limit == 0 || self.pending(client) < self.limit
+        self.limit == 0 || client.to_canonical().is_loopback() || self.pending(client) < self.limit
     }
 
     /// Counts a handshake from `client` (checked with [`Handshakes::has_room`] before its
@@ -48,7 +51,7 @@ impl Handshakes {
     /// by how many they are).
     pub fn count(self: &Arc<Self>, client: IpAddr) -> Pending {
         let address = key(client);
-        if self.limit == 0 {
+        if self.limit == 0 || address.is_loopback() {
             return Pending {
                 handshakes: None,
                 address,
@@ -124,11 +127,18 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_counts_by_its_64_and_no_limit_counts_nothing() {
+    fn ipv6_counts_by_its_64_and_loopback_and_no_limit_count_nothing() {
         let h = Handshakes::new(1);
         let _a = h.count(ip("2001:db8:1:2::1"));
         assert!(!h.has_room(ip("2001:db8:1:2:ffff::9")), "the same /64");
         assert!(h.has_room(ip("2001:db8:1:3::1")), "another /64");
+        let local = h.count(ip("127.0.0.1"));
+        assert!(
+            h.has_room(ip("127.0.0.1")) && h.has_room(ip("::1")),
+            "loopback: not counted"
+        );
+        assert_eq!(h.pending(ip("127.0.0.1")), 0);
+        drop(local);
         let none = Handshakes::new(0);
         let held: Vec<_> = (0..1000).map(|_| none.count(ip("192.0.2.1"))).collect();
         assert!(none.has_room(ip("192.0.2.1")));

@@ -387,13 +387,14 @@ impl Client {
 
     /// As [`Client::open`], with a socket receive buffer of only `bytes`: a client on a slow
     /// link, whose pauses back relay's writes up at once.
-    /// Connects from `local` (another loopback address, say: another client's address).
-    pub async fn open_from(local: std::net::IpAddr, addr: SocketAddr, url: &str) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind(SocketAddr::new(local, 0)).expect("bind");
-        let tcp = socket.connect(addr).await.expect("tcp connects");
-        tcp.set_nodelay(true).expect("nodelay");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+    /// Connects with one more request header (`X-Forwarded-For`, as a proxy would send it).
+    pub async fn open_with_header(url: &str, name: &'static str, value: &str) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a request");
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("a header value"));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .expect("websocket connects");
         Client::opened(ws).await
