@@ -344,7 +344,9 @@ fn session_task<T: Transport>(
     mut session: engine::Session<T>,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = DisconnectReason> + Send + 'static {
-    session.hold(Box::new(app.handshakes.count(peer.ip())));
+    if let Some(pending) = app.handshakes.count(peer.ip()) {
+        session.hold(Box::new(pending));
+    }
     let serve = namespace::handler::serve(session, app.namespace.clone(), Some(peer));
     serve.map(move |reason| {
         drop(permit);
