@@ -72,20 +72,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         .unwrap_or_else(|p| p.into_inner())
         .get_mut(key)
         .is_none_or(RateLimit::allow);
-    if !allowed {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down",
-        );
-        // The limit is per second: the next second has room again.
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
-    }
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
     let result = match (method, path.as_str()) {
+        _ if !allowed => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down".into(),
+        )),
         (Method::POST, "messages") => match body(req, ns).await {
             Ok((v, lossy)) => publish(ns, v, lossy).await,
             Err(e) => Err(e),
@@ -118,9 +112,12 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(methods_of(&path)));
             }
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                // The database did not answer within DB_TIMEOUT_MS: worth another try soon
-                // (as a socket's client retries).
+            if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                // A key's limit is per second; a database that did not answer within
+                // DB_TIMEOUT_MS is worth another try soon (as a socket's client retries).
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -310,9 +307,8 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
     match ns.sequencer.request(message).await {
         Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
         Ok(Outcome::Duplicate(id)) => {
-            let room = sent.0.clone();
-            if let Err(refused) = reused_key(ns, id, sent, &p.idempotency_key).await {
-                ns.broadcaster.forget_if_empty(&room);
+            if let Err(refused) = reused_key(ns, id, &sent, &p.idempotency_key).await {
+                ns.broadcaster.forget_if_empty(&sent.0);
                 return Err(refused);
             }
             Ok((StatusCode::OK, json!({ "id": id, "duplicate": true })))
@@ -338,7 +334,7 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
 async fn reused_key(
     ns: &Namespace,
     id: u64,
-    (room, author, content): (Room, Author, String),
+    (room, author, content): &(Room, Author, String),
     key: &str,
 ) -> Result<(), ApiError> {
     let stored = match ns.reader.after(id - 1, 1).await {
@@ -352,10 +348,10 @@ async fn reused_key(
         return Ok(());
     };
     let same_content = match &stored.body {
-        Body::Message { content: c } => *c == content,
+        Body::Message { content: c } => c == content,
         _ => true,
     };
-    if stored.room == room && stored.author == author && same_content {
+    if stored.room == *room && stored.author == *author && same_content {
         return Ok(());
     }
     Err(ApiError(
