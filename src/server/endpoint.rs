@@ -120,10 +120,9 @@ fn now(response: HttpResponse) -> Answer {
 /// (`203.0.113.5:4711`, `[2001:db8::1]:4711`, which some proxies write) is its address. IPv4
 /// addresses written as IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.to_canonical();
     let mut hops = forwarded.unwrap_or("").rsplit(',');
-    while is_trusted(&client) {
+    while is_trusted(trusted, &client) {
         let hop = hops.next().map(str::trim).and_then(|h| {
             h.parse::<IpAddr>()
                 .or_else(|_| h.parse::<std::net::SocketAddr>().map(|s| s.ip()))
@@ -137,13 +136,19 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> Ip
     client
 }
 
+/// Whether `ip` (canonical: IPv4 as IPv4) is one of the `trusted` proxies.
+fn is_trusted(trusted: &[IpNet], ip: &IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
 /// Says once, at warn level, that an `X-Forwarded-For` came from `peer`, a proxy not in
 /// `TRUSTED_PROXIES`: relay then takes the proxy for the client, so every client behind it shares
 /// one address, and a ban by address bans them all. (A client that sends the header itself is
 /// ignored the same way; the line says what to set if `peer` is the operator's proxy.)
 fn warn_untrusted_forwarder(app: &App, peer: IpAddr) {
     let peer = peer.to_canonical();
-    if app.trusted_proxies.iter().any(|net| net.contains(&peer))
+    if app.forwarded_warned.load(Ordering::Relaxed)
+        || is_trusted(&app.trusted_proxies, &peer)
         || app.forwarded_warned.swap(true, Ordering::Relaxed)
     {
         return;
