@@ -308,6 +308,28 @@ async fn lock_messages(s: &TestServer) -> mysql_async::Conn {
     holder
 }
 
+/// Asks `/readyz` until it answers `status`, at most `tries` times, `every` apart; each time
+/// `retrying` (a client retrying its message, as the stock client does) first sends it again.
+/// The body of that answer, or `None`.
+async fn readyz_until(
+    s: &TestServer,
+    status: u16,
+    (tries, every): (usize, Duration),
+    mut retrying: Option<&mut Client>,
+) -> Option<String> {
+    for _ in 0..tries {
+        if let Some(c) = retrying.as_deref_mut() {
+            c.emit(None, "retried", "c-retry").await;
+        }
+        let (answered, text) = http_get(s.addr, "/readyz").await;
+        if answered == status {
+            return Some(text);
+        }
+        tokio::time::sleep(every).await;
+    }
+    None
+}
+
 async fn unlock(mut holder: mysql_async::Conn) {
     use mysql_async::prelude::Queryable;
     holder.query_drop("UNLOCK TABLES").await.expect("unlock");
@@ -332,16 +354,9 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
 
     let holder = lock_messages(&s).await;
     a.emit(Some(1), "stuck", "c-1").await; // the writer's INSERT now waits for the lock
-    let mut unready = None;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (status, text) = http_get(s.addr, "/readyz").await;
-        if status == 503 {
-            unready = Some(text);
-            break;
-        }
-    }
-    let text = unready.expect("503 within 6 s of the stall");
+    let text = readyz_until(&s, 503, (60, Duration::from_millis(100)), None)
+        .await
+        .expect("503 within 6 s of the stall");
     assert!(text.contains("delivery stalled"), "{text}");
     // The gauge is refreshed at the canary's next tick (every second), not at the 503.
     wait_for_metric(s.addr, "relay_canary_age_seconds", |age| age >= 1.0).await;
@@ -349,15 +364,8 @@ async fn readiness_fails_while_the_sequencer_is_stalled_and_comes_back() {
     unlock(holder).await;
     assert_eq!(a.recv_chat().await.0, "stuck");
     a.recv_ack().await;
-    let mut ready = false;
-    for _ in 0..50 {
-        if http_get(s.addr, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again once the canary is back");
+    let ready = readyz_until(&s, 200, (50, Duration::from_millis(100)), None).await;
+    assert!(ready.is_some(), "ready again once the canary is back");
     s.stop().await;
 }
 
@@ -376,29 +384,14 @@ async fn readiness_fails_while_every_commit_fails_and_comes_back() {
     assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
     let holder = lock_messages(&s).await;
     // A client that keeps retrying, as the stock client does: every try fails at 300 ms.
-    let mut unready = None;
-    for i in 0..60 {
-        a.emit(None, "retried", "c-retry").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (status, text) = http_get(s.addr, "/readyz").await;
-        if status == 503 {
-            unready = Some((i, text));
-            break;
-        }
-    }
-    let (_, text) = unready.expect("503 within 12 s of failing commits");
+    let every = Duration::from_millis(200);
+    let text = readyz_until(&s, 503, (60, every), Some(&mut a))
+        .await
+        .expect("503 within 12 s of failing commits");
     assert!(text.contains("commits failing"), "{text}");
     unlock(holder).await;
-    let mut ready = false;
-    for _ in 0..50 {
-        a.emit(None, "retried", "c-retry").await;
-        if http_get(s.addr, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(ready, "ready again once a message is stored");
+    let ready = readyz_until(&s, 200, (50, every), Some(&mut a)).await;
+    assert!(ready.is_some(), "ready again once a message is stored");
     assert_eq!(s.count().await, 1, "the retries stored it once");
     s.stop().await;
 }
