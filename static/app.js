@@ -157,21 +157,14 @@
     var params = new URLSearchParams(location.search);
     var given = params.get("token");
     if (given) {
-      try {
-        sessionStorage.setItem(TOKEN_KEY, given);
-      } catch (e) {
-        // storage refused (a sandboxed frame): the token lives as long as the page
-      }
+      // (Storage refused, a sandboxed frame: the token lives as long as the page.)
+      store(TOKEN_KEY, given, true);
       params.delete("token");
       var rest = params.toString();
       history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
       return given;
     }
-    try {
-      return sessionStorage.getItem(TOKEN_KEY) || null;
-    } catch (e) {
-      return null;
-    }
+    return stored(TOKEN_KEY, true) || null;
   })();
   // The ids of own acknowledged messages (ids are one sequence across rooms): id -> true.
   var ownIds = Object.create(null);
@@ -208,20 +201,27 @@
   window.addEventListener("pagehide", saveSeen);
   document.addEventListener("visibilitychange", saveSeen);
 
-  function stored(key) {
+  /**
+   * What the browser keeps under `key`: across tabs and visits (localStorage), or with `tab` for
+   * this tab alone (sessionStorage). null where storage is off (a private mode, a sandboxed frame:
+   * even reading the property throws there).
+   */
+  function stored(key, tab) {
     try {
-      return window.localStorage.getItem(key);
+      return (tab ? window.sessionStorage : window.localStorage).getItem(key);
     } catch (e) {
-      return null; // storage off (a private mode): nothing is kept
+      return null; // storage off: nothing is kept
     }
   }
 
-  function store(key, value) {
+  /** Keeps `value` under `key` (null: forgets it), where `stored(key, tab)` reads it. */
+  function store(key, value, tab) {
     try {
+      var area = tab ? window.sessionStorage : window.localStorage;
       if (value === null) {
-        window.localStorage.removeItem(key);
+        area.removeItem(key);
       } else {
-        window.localStorage.setItem(key, value);
+        area.setItem(key, value);
       }
     } catch (e) {
       // storage off or full: kept for this page's life only
@@ -231,7 +231,7 @@
   /** This tab's unacknowledged own messages: [{room, text, clientOffset}], oldest first. */
   function loadOutbox() {
     try {
-      var kept = JSON.parse(window.sessionStorage.getItem(OUTBOX_KEY) || "[]");
+      var kept = JSON.parse(stored(OUTBOX_KEY, true) || "[]");
       return Array.isArray(kept) ? kept.filter(function (m) {
         return m && typeof m.room === "string" && typeof m.text === "string" && typeof m.clientOffset === "string";
       }) : [];
@@ -241,15 +241,8 @@
   }
 
   function saveOutbox(kept) {
-    try {
-      if (kept.length === 0) {
-        window.sessionStorage.removeItem(OUTBOX_KEY);
-      } else {
-        window.sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(kept.slice(-OUTBOX_KEEP)));
-      }
-    } catch (e) {
-      // storage off or full: a reload loses what was not acknowledged, as without it
-    }
+    // (Storage off or full: a reload loses what was not acknowledged, as without it.)
+    store(OUTBOX_KEY, kept.length ? JSON.stringify(kept.slice(-OUTBOX_KEEP)) : null, true);
   }
 
   /** Keeps an own message until it is acknowledged or refused (`keep` false: forget it). */
@@ -1627,15 +1620,8 @@
   window.relay = {
     setToken: function (value) {
       token = typeof value === "string" && value ? value : null;
-      try {
-        if (token) {
-          sessionStorage.setItem(TOKEN_KEY, token);
-        } else {
-          sessionStorage.removeItem(TOKEN_KEY);
-        }
-      } catch (e) {
-        // storage refused: a reload starts from the page's address again
-      }
+      // (Storage refused: a reload starts from the page's address again.)
+      store(TOKEN_KEY, token, true);
       watchExpiry();
       return Promise.all(
         Object.keys(rooms).map(function (n) {
