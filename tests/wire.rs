@@ -196,6 +196,25 @@ async fn unknown_namespace_is_refused_and_the_connection_stays() {
     s.stop().await;
 }
 
+/// socket.io-parser checks a payload only when there is one, and the reference server dispatches
+/// nothing for an EVENT or ACK without one: relay neither closes nor answers.
+#[tokio::test]
+async fn events_and_acks_without_a_payload_are_ignored() {
+    let s = TestServer::start().await;
+    let mut c = s.joined(None).await;
+    for frame in ["42", "420", "43", "437", "452-"] {
+        c.send(frame).await;
+    }
+    // "452-" announced two attachments: they are read and the packet, with no payload, ignored.
+    c.ws.send(Message::binary(vec![1u8])).await.expect("send");
+    c.ws.send(Message::binary(vec![2u8])).await.expect("send");
+    c.emit(Some(1), "after the empty ones", "empty-0").await;
+    // The next frames are this message and its ack: no ack for `420`, nothing stored.
+    assert_eq!(c.recv_chat().await.0, "after the empty ones");
+    assert_eq!(c.recv_ack().await, (1, json!([])));
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
 /// Each case: frames to send after the open packet (joined first when `join`), and the close code.
 async fn assert_closed(s: &TestServer, join: bool, frames: &[Message], code: CloseCode) {
     let mut c = s.client().await;

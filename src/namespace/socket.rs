@@ -283,6 +283,9 @@ impl<T: Transport> Socket<T> {
                 self.states.swap_remove(at);
                 Ok(Inbound::Disconnect { room })
             }
+            // An event without a payload names no event: the reference server dispatches
+            // nothing (and sends no ack) for `42` or `420`.
+            (Kind::Event | Kind::BinaryEvent, State::In) if data.is_none() => Ok(Inbound::Nothing),
             (Kind::Event | Kind::BinaryEvent, State::In) => Ok(Inbound::Event {
                 room,
                 ack_id: id,

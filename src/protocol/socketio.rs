@@ -274,6 +274,9 @@ fn payload_is_valid(kind: Kind, data: Option<&Value>) -> bool {
         (Kind::Connect, None | Some(Value::Object(_))) => true,
         (Kind::Disconnect, None) => true,
         (Kind::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
+        // socket.io-parser checks a payload only when there is one: `2`, `20` and `3` decode
+        // (the reference server then dispatches nothing), so they are not protocol errors.
+        (Kind::Event | Kind::BinaryEvent | Kind::Ack | Kind::BinaryAck, None) => true,
         (Kind::Ack | Kind::BinaryAck, Some(Value::Array(_))) => true,
         (Kind::Event | Kind::BinaryEvent, Some(Value::Array(items))) => match items.first() {
             Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
@@ -476,8 +479,10 @@ mod tests {
         use DecodeError::InvalidPayload;
         assert_eq!(decode("2[]"), Err(InvalidPayload(Kind::Event)));
         assert_eq!(decode("2{}"), Err(InvalidPayload(Kind::Event)));
-        assert_eq!(decode("2"), Err(InvalidPayload(Kind::Event)));
-        assert_eq!(decode("20"), Err(InvalidPayload(Kind::Event)));
+        // No payload at all is no wrong payload (socket.io-parser's `decodeString`).
+        assert_eq!(ok("2").data, None);
+        assert_eq!(ok("20").id, Some(0));
+        assert_eq!(ok("2/admin,").data, None);
         assert_eq!(decode("2[null]"), Err(InvalidPayload(Kind::Event)));
         assert_eq!(decode("2[[\"x\"]]"), Err(InvalidPayload(Kind::Event)));
         for reserved in RESERVED_EVENTS {
@@ -493,7 +498,7 @@ mod tests {
         assert_eq!(ok("30[]").data, Some(json!([])));
         assert_eq!(ok("35[1,\"a\"]").id, Some(5));
         assert_eq!(decode("30{}"), Err(DecodeError::InvalidPayload(Kind::Ack)));
-        assert_eq!(decode("3"), Err(DecodeError::InvalidPayload(Kind::Ack)));
+        assert_eq!(ok("3").data, None);
         assert_eq!(ok("4{\"message\":\"x\"}").kind, Kind::ConnectError);
         assert_eq!(ok("4\"x\"").kind, Kind::ConnectError);
         assert_eq!(
