@@ -324,9 +324,26 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
     .await;
     assert!(
         head.to_ascii_lowercase()
-            .contains("\r\nallow: get, post\r\n"),
+            .contains("\r\nallow: get, head, post\r\n"),
         "{head}"
     );
+    // HEAD answers as GET does, without the body.
+    let (status, text) = http_raw(
+        a,
+        &format!(
+            "HEAD /api/v1/rooms HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer {KEY}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(body, "", "a HEAD answer has no body");
     let (status, _) = call(a, "GET", "/api/v1/nothing", Some(KEY), None).await;
     assert_eq!(status, 404);
     let (status, body) = call(a, "GET", "/api/v1", Some(KEY), None).await;
@@ -379,6 +396,9 @@ async fn bans_end_sockets_refuse_connects_persist_and_expire(backend: Backend) {
         (r#"{}"#, "name a user"),
         (r#"{"ip":"nope"}"#, "not an address"),
         (r#"{"user":"x","seconds":0}"#, "positive"),
+        (r#"{"user":"x","seconds":0.0}"#, "positive"),
+        (r#"{"user":"x","seconds":1.5}"#, "whole number"),
+        (r#"{"user":"x","seconds":-60}"#, "whole number"),
         (r#"{"user":"x","bogus":1}"#, "unknown field"),
     ] {
         let (status, reply) = call(a, "POST", "/api/v1/bans", Some(KEY), Some(body)).await;
@@ -454,7 +474,8 @@ async fn bans_end_sockets_refuse_connects_persist_and_expire(backend: Backend) {
         "POST",
         "/api/v1/bans",
         Some(KEY),
-        Some(r#"{"ip":"127.0.0.0/8","seconds":1}"#),
+        // `1.0`: a whole number written as a float (Python's json) is a whole number.
+        Some(r#"{"ip":"127.0.0.0/8","seconds":1.0}"#),
     )
     .await;
     assert_eq!(status, 201);
@@ -637,5 +658,34 @@ async fn a_key_over_its_rate_gets_429() {
     assert_eq!(status, 429);
     let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(head.contains("\r\nretry-after: 1\r\n"), "{head}");
+    s.stop().await;
+}
+
+/// Guessing keys: past 20 wrong-key calls a second (all callers together) the answer is 429
+/// with `Retry-After`, while the right key is answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_are_answered_no_faster_than_their_budget() {
+    let s = TestServer::start_on(Backend::Sqlite, |c| {
+        c.api_keys = vec![KEY.into()];
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let guess = format!("guess-{i}");
+        statuses.push(
+            call(s.addr, "GET", "/api/v1/rooms", Some(&guess), None)
+                .await
+                .0,
+        );
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(refused >= 10, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429));
+    let (status, _) = call(s.addr, "GET", "/api/v1/rooms", Some(KEY), None).await;
+    assert_eq!(status, 200, "the right key is not held back");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _) = call(s.addr, "GET", "/api/v1/rooms", Some("guess-x"), None).await;
+    assert_eq!(status, 401, "the budget refills");
     s.stop().await;
 }

@@ -48,6 +48,10 @@ pub const MAX_LIMIT: usize = 500;
 /// 65,535 control characters (escaped six bytes each) was about 196 MB, built in memory.
 pub const PAGE_BYTES: usize = 1024 * 1024;
 
+/// Requests a second, from all callers together, answered 401 for a missing or wrong key;
+/// beyond it they get 429 (with `Retry-After`), so keys cannot be guessed fast.
+pub const WRONG_KEYS_PER_SECOND: u32 = 20;
+
 /// Answers a request under [`PREFIX`].
 pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     if app.api_keys.is_empty() {
@@ -60,22 +64,44 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         // `/api`, `/api/v1` and the like: not an endpoint, said in the API's own form.
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
-    if path == "openapi.json" && req.method() == Method::GET {
+    // HEAD is GET without the body (RFC 9110 §9.3.2): hyper leaves the body out of the answer.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
+    if path == "openapi.json" && method == Method::GET {
         return json_response(StatusCode::OK, super::openapi::document().to_string());
     }
-    let Some(key) = authorized(&app.api_keys, &req) else {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    let key = authorized(&app.api_keys, &req);
+    let allowed = match key {
+        Some(key) => app
+            .api_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+            .is_none_or(RateLimit::allow),
+        // One budget for every caller without a right key: guessing keys goes no faster than
+        // it, whatever the number of addresses.
+        None => app
+            .api_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(),
     };
-    let allowed = app
-        .api_limits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(key)
-        .is_none_or(RateLimit::allow);
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
-    let method = req.method().clone();
     let result = match (method, path.as_str()) {
+        _ if key.is_none() && !allowed => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many requests with a missing or wrong API key (at most \
+                 {WRONG_KEYS_PER_SECOND} a second for all callers): slow down"
+            ),
+        )),
+        _ if key.is_none() => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key".into(),
+        )),
         _ if !allowed => Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down".into(),
@@ -129,8 +155,8 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
 /// The methods an endpoint takes, for a 405's `Allow` (RFC 9110 §15.5.6).
 fn methods_of(path: &str) -> &'static str {
     match path {
-        "messages" | "bans" => "GET, POST",
-        "rooms" | "presence" => "GET",
+        "messages" | "bans" => "GET, HEAD, POST",
+        "rooms" | "presence" => "GET, HEAD",
         "disconnect" => "POST",
         _ => "DELETE", // messages/{id}, bans/{id}
     }
@@ -491,8 +517,28 @@ const MAX_REASON_CHARS: usize = 500;
 struct BanRequest {
     user: Option<String>,
     ip: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     seconds: Option<u64>,
     reason: Option<String>,
+}
+
+/// An optional whole number as JSON Schema 2020-12 (OpenAPI 3.1) reads `integer`: any number
+/// with no fraction, so `60.0` (what Python's `json` writes for a float) is 60. Errors: a
+/// fraction, a negative number, or one beyond 2^53 written as a float.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 => {
+                Ok(Some(f as u64))
+            }
+            _ => Err(D::Error::custom(format!(
+                "expected a whole number of seconds, got {n}"
+            ))),
+        },
+    }
 }
 
 /// A user and an address to act on, checked: at least one; the address an IP or a CIDR block.

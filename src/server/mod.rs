@@ -49,6 +49,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// API keys shorter than this are warned of at start: they can be guessed.
+const MIN_API_KEY_CHARS: usize = 16;
+
 /// Why the server could not start. The message names what failed and where.
 #[derive(Debug)]
 pub enum StartError {
@@ -234,6 +237,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
         .collect();
+    if api_keys
+        .iter()
+        .any(|k| k.chars().count() < MIN_API_KEY_CHARS)
+    {
+        tracing::warn!(
+            "an API key is shorter than {MIN_API_KEY_CHARS} characters: easy to guess; use a \
+             random one (`openssl rand -hex 32`)"
+        );
+    }
     let engine = Registry::new(engine_config(config));
     engine.start(&background, shutdown.clone(), stop_background.clone());
     let connections = TaskTracker::new();
@@ -262,6 +274,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 .map(|_| RateLimit::new(config.api_max_requests_per_second))
                 .collect(),
         ),
+        api_refused: std::sync::Mutex::new(RateLimit::new(api::WRONG_KEYS_PER_SECOND)),
         api_keys,
         trusted_proxies,
     });
