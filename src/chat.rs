@@ -112,11 +112,16 @@ pub enum Rejection {
     Banned,
     /// A clientOffset beginning with [`RESERVED_OFFSET_PREFIX`].
     OffsetReserved,
+    /// The first message of a new room from a user or address that opened
+    /// `MAX_NEW_ROOMS_PER_HOUR` rooms within the hour.
+    TooManyNewRooms {
+        per_hour: u32,
+    },
 }
 
 /// Every kind of refusal, by its metric label (`relay_bad_inputs_total{kind=…}`, stable across
 /// releases), in the order `/metrics` lists them; [`Rejection::kind`] is a position in it.
-pub const REFUSAL_KINDS: [&str; 14] = [
+pub const REFUSAL_KINDS: [&str; 15] = [
     "unknown_event",
     "message_not_string",
     "message_too_large",
@@ -131,6 +136,7 @@ pub const REFUSAL_KINDS: [&str; 14] = [
     "too_many_rooms",
     "banned",
     "offset_reserved",
+    "too_many_new_rooms",
 ];
 
 impl Rejection {
@@ -151,6 +157,7 @@ impl Rejection {
             Rejection::TooManyRooms { .. } => 11,
             Rejection::Banned => 12,
             Rejection::OffsetReserved => 13,
+            Rejection::TooManyNewRooms { .. } => 14,
         }
     }
 
@@ -209,6 +216,11 @@ impl std::fmt::Display for Rejection {
             Rejection::TooManyRooms { limit } => write!(
                 f,
                 "too many rooms: this server keeps at most {limit} rooms with messages"
+            ),
+            Rejection::TooManyNewRooms { per_hour } => write!(
+                f,
+                "too many new rooms: you may open at most {per_hour} an hour; post in a room \
+                 that has messages"
             ),
         }
     }
@@ -536,6 +548,7 @@ mod tests {
             Rejection::TooManyRooms { limit: 3 },
             Rejection::Banned,
             Rejection::OffsetReserved,
+            Rejection::TooManyNewRooms { per_hour: 2 },
         ];
         let kinds: Vec<usize> = all.iter().map(Rejection::kind).collect();
         assert_eq!(kinds, (0..REFUSAL_KINDS.len()).collect::<Vec<_>>());

@@ -130,6 +130,13 @@ pub struct Config {
     #[arg(long, env = "MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
 
+    /// New rooms (first messages of a room with none) one signed-in user, or one guest address
+    /// (an IPv6 /64; behind a proxy set TRUSTED_PROXIES), may open per hour, in a burst of as
+    /// many; past it the message gets an error ack. Loopback clients are not counted; the server
+    /// API is not limited. Keeps one guest from filling MAX_ROOMS. 0: no limit.
+    #[arg(long, env = "MAX_NEW_ROOMS_PER_HOUR", default_value_t = 20)]
+    pub max_new_rooms_per_hour: u32,
+
     /// Who may connect: `guest` (anyone; a token in `auth.token`, when given and a key is set,
     /// is verified, and a guest may give a name in `auth.name`) or `token` (a valid JWT is
     /// required on every namespace, `/` included).

@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`identity`] (tokens, guests, authors), [`chat`] (the chat's rules and refusals), [`log`] (the log's entry and its wire form), `metrics`, `periodic` (work every period until shutdown) | pure functions, counters, the one periodic loop |
+//! | codecs | [`protocol`] (Engine.IO, Socket.IO, WebSocket frames, sids), [`room`] (rooms and their names), [`identity`] (tokens, guests, authors), [`chat`] (the chat's rules and refusals), `address` (client addresses as limits count them), [`log`] (the log's entry and its wire form), `metrics`, `periodic` (work every period until shutdown) | pure functions, counters, the one periodic loop |
 //! | storage | [`store`] | the durable log (SQLite or MySQL) and the one way it is read ([`store::Reader`]) |
 //! | delivery | [`delivery`] | batches encoded once, the recent history, packet queues, the fan-out, the broadcaster |
 //! | presence | [`presence`] | who is in each room and who types: counts per person, coalesced events to the sockets that ask |
@@ -20,6 +20,7 @@
 //! [`server::start`] with [`config::Config`], and [`delivery::batch::Message`] for the codec
 //! benchmarks. Everything else is `pub(crate)`.
 
+pub(crate) mod address;
 pub mod chat;
 pub(crate) mod cluster;
 pub mod config;

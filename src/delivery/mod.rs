@@ -181,6 +181,12 @@ impl Broadcaster {
         rooms
     }
 
+    /// Whether `room` is `/` or holds messages (or a first message was admitted and is on its
+    /// way).
+    pub fn holds(&self, room: &Room) -> bool {
+        room.is_main() || self.lock_rooms().contains_key(room)
+    }
+
     /// Whether `room` may take a message: it is `/` (always there, never counted), it has
     /// messages already, or fewer than `max` rooms do (0: no cap). A new room admitted counts
     /// from now on, so first messages of several new rooms at once cannot pass the cap together

@@ -16,7 +16,7 @@ use super::acks::AckQueue;
 use super::rate::RateLimit;
 use super::socket::{Inbound, Socket};
 use super::{
-    HistoryFuture, JoinFuture, JoinPlan, Namespace, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
+    HistoryFuture, JoinFuture, JoinPlan, Namespace, Opener, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
 };
 use crate::chat::{self, Rejection};
 use crate::delivery::fanout::Subscriber;
@@ -231,6 +231,24 @@ impl<T: Transport> Handler<T> {
     /// The client's address (for bans by address).
     fn ip(&self) -> Option<IpAddr> {
         self.peer.map(|p| p.ip())
+    }
+
+    /// Takes one of the new rooms member `i`'s user (or, for a guest, its address) may open
+    /// this hour (`MAX_NEW_ROOMS_PER_HOUR`), if one is left. A loopback client is not counted
+    /// (as [`crate::address`] says why).
+    fn may_open_room(&self, i: usize) -> bool {
+        let Some(address) = self.ip().and_then(crate::address::counted_as) else {
+            return true;
+        };
+        let opener = match self.members[i].user() {
+            Some(user) => Opener::User(user.into()),
+            None => Opener::Address(address),
+        };
+        self.ns
+            .new_rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(opener)
     }
 
     /// The session is closed: no longer counted, and logged.
@@ -930,6 +948,10 @@ impl<T: Transport> Handler<T> {
             })
             .and_then(|message| {
                 let max = self.ns.config.max_rooms;
+                if !self.ns.broadcaster.holds(room) && !self.may_open_room(i) {
+                    let per_hour = self.ns.config.max_new_rooms_per_hour;
+                    return Err(Rejection::TooManyNewRooms { per_hour });
+                }
                 match self.ns.broadcaster.admit(room, max) {
                     true => Ok(message),
                     false => Err(Rejection::TooManyRooms { limit: max }),
@@ -1127,6 +1149,7 @@ mod tests {
                     max_messages_per_second: 0,
                     rooms: Arc::new(crate::room::Allowed::Any),
                     max_rooms: 3,
+                    max_new_rooms_per_hour: 0,
                 },
                 metrics,
                 replay_reads: Arc::new(Semaphore::new(4)),
@@ -1134,6 +1157,10 @@ mod tests {
                 identity: crate::identity::Verifier::guests(),
                 presence: Arc::new(crate::presence::Presence::new(Arc::new(Metrics::default()))),
                 bans: Default::default(),
+                new_rooms: std::sync::Mutex::new(super::super::rate::Budget::new(
+                    0,
+                    Duration::from_secs(3600),
+                )),
             }),
             store,
             stop,

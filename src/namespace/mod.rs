@@ -67,6 +67,18 @@ pub(crate) struct NamespaceConfig {
     pub rooms: Arc<Allowed>,
     /// Most rooms that may hold messages (`MAX_ROOMS`; 0: no cap).
     pub max_rooms: usize,
+    /// New rooms a user or guest address may open per hour (`MAX_NEW_ROOMS_PER_HOUR`; 0: no
+    /// limit).
+    pub max_new_rooms_per_hour: u32,
+}
+
+/// Who opens a new room, as [`Namespace::new_rooms`] counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Opener {
+    /// A signed-in user, by their verified id.
+    User(Arc<str>),
+    /// A guest, by its address ([`crate::address::counted_as`]).
+    Address(std::net::IpAddr),
 }
 
 /// The namespaces: what every socket shares.
@@ -90,6 +102,8 @@ pub(crate) struct Namespace {
     pub presence: Arc<Presence>,
     /// The bans in force, and the connections they may end.
     pub bans: Arc<bans::Bans>,
+    /// New rooms each user or guest address may still open (`MAX_NEW_ROOMS_PER_HOUR`).
+    pub new_rooms: std::sync::Mutex<rate::Budget<Opener>>,
 }
 
 /// A CONNECT being planned (recovery checks, the start of a capped first visit).

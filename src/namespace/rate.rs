@@ -1,7 +1,11 @@
-//! The per-connection rate limit on events: a token bucket of `per_second` tokens a second,
-//! holding at most `per_second` (so a burst of that many passes after a quiet second).
+//! Rate limits as token buckets: the per-connection limit on events ([`RateLimit`]:
+//! `per_second` tokens a second, holding at most `per_second`, so a burst of that many passes
+//! after a quiet second), and a budget per key over a longer period ([`Budget`]: new rooms per
+//! user or address an hour).
 
-use tokio::time::Instant;
+use std::collections::HashMap;
+use std::hash::Hash;
+use tokio::time::{Duration, Instant};
 
 /// Three words (`f32`s, not `f64`s: a connection holds one all its life).
 #[derive(Debug)]
@@ -40,10 +44,58 @@ impl RateLimit {
     }
 }
 
+/// `count` actions per `period` for each key: a token bucket per key holding at most `count`,
+/// refilled evenly over `period`. A key whose bucket is full again holds nothing worth keeping;
+/// such keys are dropped whenever the map has doubled since the last sweep, so memory follows
+/// the keys active within one `period`.
+#[derive(Debug)]
+pub struct Budget<K> {
+    /// 0: no limit.
+    count: u32,
+    period: Duration,
+    buckets: HashMap<K, (f64, Instant)>,
+    swept: usize,
+}
+
+impl<K: Hash + Eq> Budget<K> {
+    /// `count` per `period` for each key (0: no limit).
+    pub fn new(count: u32, period: Duration) -> Budget<K> {
+        Budget {
+            count,
+            period,
+            buckets: HashMap::new(),
+            swept: 0,
+        }
+    }
+
+    /// Takes one of `key`'s tokens if it has one.
+    pub fn allow(&mut self, key: K) -> bool {
+        if self.count == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let (full, per_second) = (
+            self.count as f64,
+            self.count as f64 / self.period.as_secs_f64(),
+        );
+        let refilled = |(tokens, last): (f64, Instant)| {
+            (tokens + now.duration_since(last).as_secs_f64() * per_second).min(full)
+        };
+        let bucket = self.buckets.entry(key).or_insert((full, now));
+        let tokens = refilled(*bucket);
+        let allowed = tokens >= 1.0;
+        *bucket = (tokens - f64::from(u8::from(allowed)), now);
+        if self.buckets.len() >= 2 * self.swept.max(256) {
+            self.buckets.retain(|_, b| refilled(*b) < full);
+            self.swept = self.buckets.len();
+        }
+        allowed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_passes_then_the_rate_refills() {
@@ -59,5 +111,31 @@ mod tests {
         );
         let mut free = RateLimit::new(0);
         assert!((0..10_000).all(|_| free.allow()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_is_per_key_refills_over_its_period_and_forgets_full_keys() {
+        let mut b = Budget::new(3, Duration::from_secs(3600));
+        assert_eq!((0..5).filter(|_| b.allow("a")).count(), 3);
+        assert!(b.allow("b"), "another key has its own");
+        tokio::time::advance(Duration::from_secs(1200)).await;
+        assert_eq!(
+            (0..5).filter(|_| b.allow("a")).count(),
+            1,
+            "a third of the period: one"
+        );
+        let mut b2 = Budget::new(2, Duration::from_secs(1));
+        for i in 0..600 {
+            b2.allow(i);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The next sweep (at 1,024 keys) drops the 600 whose buckets are full again.
+        for i in 600..1100 {
+            b2.allow(i);
+        }
+        assert!(b2.buckets.len() <= 500, "{} keys kept", b2.buckets.len());
+        assert!(!b2.buckets.contains_key(&0));
+        let mut free = Budget::new(0, Duration::from_secs(1));
+        assert!((0..10_000).all(|_| free.allow(1)));
     }
 }

@@ -5,10 +5,8 @@
 //! `connectTimeout`). Without a per-address bound a few hundred such handshakes a second from
 //! one machine kept every new client out (503) for as long as they went on.
 //!
-//! An address is an IPv4 address, or an IPv6 address's /64 (what one subscriber is given).
-//! Loopback clients are not counted: behind a reverse proxy on the same machine that
-//! `TRUSTED_PROXIES` does not name, every user would be the one address 127.0.0.1, and a
-//! reconnect storm after a restart would be refused in turns (local tools and tests too).
+//! Addresses are counted as [`crate::address`] says: an IPv6 client by its /64, loopback
+//! clients not at all.
 //!
 //! Must not: count a connection past its first CONNECT, or keep an address with nothing pending.
 
@@ -67,7 +65,7 @@ impl Handshakes {
     /// The address `client` counts under, or `None` when it is not counted: no limit, or a
     /// loopback client.
     fn counted(&self, client: IpAddr) -> Option<IpAddr> {
-        (self.limit > 0 && !client.to_canonical().is_loopback()).then(|| key(client))
+        crate::address::counted_as(client).filter(|_| self.limit > 0)
     }
 
     fn pending_at(&self, address: IpAddr) -> usize {
@@ -88,18 +86,6 @@ impl Drop for Pending {
                 pending.remove(&self.address);
             }
         }
-    }
-}
-
-/// The address a client counts under: IPv4 as it is (an IPv4-mapped IPv6 address as IPv4), IPv6
-/// by its /64.
-fn key(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
     }
 }
 

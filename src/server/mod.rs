@@ -416,6 +416,7 @@ fn namespace(
             max_messages_per_second: config.max_messages_per_second,
             rooms: Arc::new(config.rooms.clone()),
             max_rooms: config.max_rooms,
+            max_new_rooms_per_hour: config.max_new_rooms_per_hour,
         },
         metrics,
         replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
@@ -423,6 +424,10 @@ fn namespace(
         identity: Verifier::guests(),
         presence,
         bans: Default::default(),
+        new_rooms: std::sync::Mutex::new(crate::namespace::rate::Budget::new(
+            config.max_new_rooms_per_hour,
+            Duration::from_secs(3600),
+        )),
     }
 }
 
