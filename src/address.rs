@@ -13,15 +13,19 @@ use std::net::{IpAddr, Ipv6Addr};
 
 /// The address `client` counts under, or `None` for a loopback client (not counted).
 pub fn counted_as(client: IpAddr) -> Option<IpAddr> {
+    // Loopback is read before the /64 is taken: `::1`'s /64 is `::`, which is not.
+    (!client.to_canonical().is_loopback()).then(|| subscriber(client))
+}
+
+/// `client`'s subscriber: IPv4 as it is (an IPv4-mapped IPv6 address read as IPv4), IPv6 by its
+/// /64. (The server API's budget of wrong keys counts loopback callers too.)
+pub fn subscriber(client: IpAddr) -> IpAddr {
     match client.to_canonical() {
-        ip if ip.is_loopback() => None,
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            Some(IpAddr::V6(Ipv6Addr::new(
-                s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-            )))
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
-        v4 => Some(v4),
+        v4 => v4,
     }
 }
 
@@ -44,5 +48,7 @@ mod tests {
         assert_eq!(counted_as(ip("127.0.0.5")), None);
         assert_eq!(counted_as(ip("::1")), None);
         assert_eq!(counted_as(ip("::ffff:127.0.0.1")), None);
+        assert_eq!(subscriber(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(subscriber(ip("::1")), ip("::"), "its /64");
     }
 }

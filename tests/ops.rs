@@ -430,6 +430,45 @@ async fn a_new_rooms_failed_first_message_keeps_no_room_place() {
     s.stop().await;
 }
 
+/// A guest's new room whose first message the database did not take costs none of its
+/// `MAX_NEW_ROOMS_PER_HOUR`: with an allowance of one, the retries of a first message lost in an
+/// outage (as the stock client retries) and then a stored one leave that room opened and no
+/// more; the next new room is refused. Before, each attempt took one: a short outage locked the
+/// guest out of new rooms for up to an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rooms_failed_first_message_costs_its_opener_nothing() {
+    let s = TestServer::start_with(|c| {
+        c.db_timeout_ms = 300;
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.max_new_rooms_per_hour = 1;
+    })
+    .await;
+    let mut a = Client::open_with_header(&s.ws_url(), "x-forwarded-for", "203.0.113.40").await;
+    for room in ["r1", "r2"] {
+        a.join_room(room, None).await;
+    }
+    let holder = lock_messages(&s).await;
+    for _ in 0..3 {
+        a.emit_in("r1", None, "lost", "r1-1").await;
+        tokio::time::sleep(Duration::from_millis(450)).await; // each round fails at 300 ms
+    }
+    unlock(holder).await;
+    async fn ack_of(c: &mut Client, room: &str, ack: u64, offset: &str) -> String {
+        c.emit_in(room, Some(ack), "kept", offset).await;
+        loop {
+            let t = c.recv_text().await;
+            if t.starts_with("43/") {
+                return t;
+            }
+        }
+    }
+    assert_eq!(ack_of(&mut a, "r1", 1, "r1-1").await, "43/r1,1[]");
+    let refused = ack_of(&mut a, "r2", 2, "r2-1").await;
+    assert!(refused.contains("too many new rooms"), "{refused}");
+    assert_eq!(s.count().await, 1);
+    s.stop().await;
+}
+
 /// Nobody reading the address line on stdout (a pipe whose reader is gone, as in
 /// `relay | head -0`, or a supervisor that closed its end) is no reason to stop: `println!`
 /// panicked there, and the server died right after it began to serve. A SIGTERM once it serves

@@ -36,6 +36,15 @@ use tokio::sync::{oneshot, Notify};
 /// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_fill`]).
 type FillFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
 
+/// Why [`Broadcaster::admit`] did not let a new room take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAdmitted {
+    /// `MAX_ROOMS` rooms hold messages.
+    Full,
+    /// Its opener may open no more rooms now (`may_open` said no).
+    NotYours,
+}
+
 /// This process's side of the chat: what every local socket is delivered from.
 pub(crate) struct Broadcaster {
     recent: Recent,
@@ -181,31 +190,34 @@ impl Broadcaster {
         rooms
     }
 
-    /// Whether `room` is `/` or holds messages (or a first message was admitted and is on its
-    /// way).
-    pub fn holds(&self, room: &Room) -> bool {
-        room.is_main() || self.lock_rooms().contains_key(room)
-    }
-
     /// Whether `room` may take a message: it is `/` (always there, never counted), it has
-    /// messages already, or fewer than `max` rooms do (0: no cap). A new room admitted counts
-    /// from now on, so first messages of several new rooms at once cannot pass the cap together
-    /// (on this node: nodes of a cluster each count what they have seen, so at the cap two nodes
-    /// may each admit one more).
-    pub fn admit(&self, room: &Room, max: usize) -> bool {
-        if max == 0 || room.is_main() {
-            return true;
+    /// messages already (or a first message admitted and on its way), or fewer than `max` rooms
+    /// do (0: no cap) and `may_open` (asked only then, under the rooms' lock) lets it open. A new
+    /// room admitted counts from now on, so first messages of several new rooms at once cannot
+    /// pass the cap together (on this node: nodes of a cluster each count what they have seen,
+    /// so at the cap two nodes may each admit one more). Errors: why it may not.
+    pub fn admit(
+        &self,
+        room: &Room,
+        max: usize,
+        may_open: impl FnOnce() -> bool,
+    ) -> Result<(), NotAdmitted> {
+        if room.is_main() {
+            return Ok(());
         }
         let mut rooms = self.lock_rooms();
         if rooms.contains_key(room) {
-            return true;
+            return Ok(());
         }
         let counted = rooms.len() - usize::from(rooms.contains_key(&Room::main()));
-        if counted >= max {
-            return false;
+        if max > 0 && counted >= max {
+            return Err(NotAdmitted::Full);
+        }
+        if !may_open() {
+            return Err(NotAdmitted::NotYours);
         }
         rooms.insert(room.clone(), 0);
-        true
+        Ok(())
     }
 
     /// Takes back [`Broadcaster::admit`]'s place for `room` if it still holds no message: its
@@ -213,11 +225,10 @@ impl Broadcaster {
     /// message the database did not take (an outage) kept a `MAX_ROOMS` place until a restart.
     /// (Another first message of the room still in flight is published all the same, and its
     /// room counts again from then.)
-    pub fn forget_if_empty(&self, room: &Room) {
+    /// Returns whether it did (the room's opener may then have its new room back).
+    pub fn forget_if_empty(&self, room: &Room) -> bool {
         let mut rooms = self.lock_rooms();
-        if !room.is_main() && rooms.get(room) == Some(&0) {
-            rooms.remove(room);
-        }
+        !room.is_main() && rooms.get(room) == Some(&0) && rooms.remove(room).is_some()
     }
 
     fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Room, u64>> {
@@ -242,5 +253,45 @@ impl Broadcaster {
     /// Ends the fan-out's tasks (at shutdown, once no socket is left).
     pub fn stop(&self) {
         self.fanout.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use tokio::time::Duration;
+    use tokio_util::task::TaskTracker;
+
+    #[tokio::test]
+    async fn a_new_room_asks_its_opener_only_when_it_would_take_a_place() {
+        let tasks = TaskTracker::new();
+        let fanout = Fanout::start(1, Duration::ZERO, Arc::new(Metrics::default()), &tasks);
+        let limits = RecentLimits {
+            rows: 16,
+            bytes: 1 << 20,
+        };
+        let b = Broadcaster::new(0, Vec::new(), &[], limits, fanout, Wire::default());
+        let room = |n: &str| Room::named(n);
+        let asked = std::cell::Cell::new(0);
+        let yes = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        assert_eq!(b.admit(&Room::main(), 1, || unreachable!()), Ok(()));
+        assert_eq!(b.admit(&room("a"), 1, yes), Ok(()));
+        assert_eq!(b.admit(&room("a"), 1, || unreachable!()), Ok(()), "held");
+        assert_eq!(
+            b.admit(&room("b"), 1, || unreachable!()),
+            Err(NotAdmitted::Full),
+            "a full server spends nobody's allowance"
+        );
+        assert!(b.forget_if_empty(&room("a")) && !b.forget_if_empty(&room("a")));
+        assert_eq!(b.admit(&room("b"), 1, || false), Err(NotAdmitted::NotYours));
+        // No cap: the room still counts as opened from its first message on.
+        assert_eq!(b.admit(&room("c"), 0, yes), Ok(()));
+        assert_eq!(b.admit(&room("c"), 0, || unreachable!()), Ok(()));
+        assert_eq!(asked.get(), 2);
+        b.stop();
     }
 }

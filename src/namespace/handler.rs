@@ -21,6 +21,7 @@ use super::{
 use crate::chat::{self, Rejection};
 use crate::delivery::fanout::Subscriber;
 use crate::delivery::queue::CatchUp;
+use crate::delivery::NotAdmitted;
 use crate::engine::{DisconnectReason, Session, Transport};
 use crate::identity::{Author, Identity};
 use crate::log::Entry;
@@ -231,24 +232,6 @@ impl<T: Transport> Handler<T> {
     /// The client's address (for bans by address).
     fn ip(&self) -> Option<IpAddr> {
         self.peer.map(|p| p.ip())
-    }
-
-    /// Takes one of the new rooms member `i`'s user (or, for a guest, its address) may open
-    /// this hour (`MAX_NEW_ROOMS_PER_HOUR`), if one is left. A loopback client is not counted
-    /// (as [`crate::address`] says why).
-    fn may_open_room(&self, i: usize) -> bool {
-        let Some(address) = self.ip().and_then(crate::address::counted_as) else {
-            return true;
-        };
-        let opener = match self.members[i].user() {
-            Some(user) => Opener::User(user.into()),
-            None => Opener::Address(address),
-        };
-        self.ns
-            .new_rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(opener)
     }
 
     /// The session is closed: no longer counted, and logged.
@@ -487,6 +470,7 @@ impl<T: Transport> Handler<T> {
         let Some((_, generation, ack_id)) = self.in_flight.remove(at) else {
             return;
         };
+        let ip = self.ip();
         // The socket may have left the room since (its acks are void).
         let Some(m) = self
             .members
@@ -495,9 +479,14 @@ impl<T: Transport> Handler<T> {
         else {
             return;
         };
-        if matches!(receipt.outcome, Outcome::Failed | Outcome::Refused(_)) {
-            // A new room's first message not stored holds no MAX_ROOMS place.
-            self.ns.broadcaster.forget_if_empty(&m.room);
+        if matches!(receipt.outcome, Outcome::Failed | Outcome::Refused(_))
+            && self.ns.broadcaster.forget_if_empty(&m.room)
+        {
+            // A new room's first message not stored holds no MAX_ROOMS place, and costs its
+            // opener none of their new rooms (a stock client retries it: one room, one charge).
+            if let Some(o) = opener(ip, m.user()) {
+                self.ns.new_rooms().give_back(&o);
+            }
         }
         let queue = self.socket.engine.queue();
         // The batch that holds our row: deliver it now rather than wait for the fan-out to reach
@@ -948,13 +937,14 @@ impl<T: Transport> Handler<T> {
             })
             .and_then(|message| {
                 let max = self.ns.config.max_rooms;
-                if !self.ns.broadcaster.holds(room) && !self.may_open_room(i) {
-                    let per_hour = self.ns.config.max_new_rooms_per_hour;
-                    return Err(Rejection::TooManyNewRooms { per_hour });
-                }
-                match self.ns.broadcaster.admit(room, max) {
-                    true => Ok(message),
-                    false => Err(Rejection::TooManyRooms { limit: max }),
+                let opener = opener(self.ip(), self.members[i].user());
+                let may_open = || opener.is_none_or(|o| self.ns.new_rooms().allow(o));
+                match self.ns.broadcaster.admit(room, max, may_open) {
+                    Ok(()) => Ok(message),
+                    Err(NotAdmitted::Full) => Err(Rejection::TooManyRooms { limit: max }),
+                    Err(NotAdmitted::NotYours) => Err(Rejection::TooManyNewRooms {
+                        per_hour: self.ns.config.max_new_rooms_per_hour,
+                    }),
                 }
             });
         match message {
@@ -1057,6 +1047,17 @@ async fn next_receipt(receipts: &mut Receipts) -> Option<Receipt> {
         Some(mailbox) => mailbox.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Who opens a new room from a socket of `user` (a verified id; none for a guest) at `ip`, as
+/// `MAX_NEW_ROOMS_PER_HOUR` counts them: the user, or a guest's address; `None` for a loopback
+/// client (not counted, as [`crate::address`] says why).
+fn opener(ip: Option<IpAddr>, user: Option<&str>) -> Option<Opener> {
+    let address = ip.and_then(crate::address::counted_as)?;
+    Some(match user {
+        Some(user) => Opener::User(user.into()),
+        None => Opener::Address(address),
+    })
 }
 
 #[cfg(test)]

@@ -129,6 +129,11 @@ struct JoinPlan {
 }
 
 impl Namespace {
+    /// The budget of new rooms each user or guest address may still open.
+    pub(crate) fn new_rooms(&self) -> std::sync::MutexGuard<'_, rate::Budget<Opener>> {
+        self.new_rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Every room with messages that exists under `ROOMS`, with its last id, `/` first, then by
     /// name (what `GET /rooms` and the server API's rooms list).
     pub(crate) fn rooms_with_messages(&self) -> Vec<(Room, u64)> {

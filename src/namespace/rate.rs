@@ -74,23 +74,55 @@ impl<K: Hash + Eq> Budget<K> {
             return true;
         }
         let now = Instant::now();
-        let (full, per_second) = (
-            self.count as f64,
-            self.count as f64 / self.period.as_secs_f64(),
-        );
-        let refilled = |(tokens, last): (f64, Instant)| {
-            (tokens + now.duration_since(last).as_secs_f64() * per_second).min(full)
-        };
-        let bucket = self.buckets.entry(key).or_insert((full, now));
-        let tokens = refilled(*bucket);
+        let full = self.count as f64;
+        let tokens = self
+            .buckets
+            .get(&key)
+            .map_or(full, |b| self.refilled(*b, now));
         let allowed = tokens >= 1.0;
-        *bucket = (tokens - f64::from(u8::from(allowed)), now);
+        self.buckets
+            .insert(key, (tokens - f64::from(u8::from(allowed)), now));
         if self.buckets.len() >= 2 * self.swept.max(256) {
-            self.buckets.retain(|_, b| refilled(*b) < full);
+            let (count, period) = (self.count, self.period);
+            self.buckets
+                .retain(|_, b| refill(count, period, *b, now) < full);
             self.swept = self.buckets.len();
         }
         allowed
     }
+
+    /// Whether `key` has a token now (none is taken).
+    pub fn has(&self, key: &K) -> bool {
+        self.count == 0
+            || self
+                .buckets
+                .get(key)
+                .is_none_or(|b| self.refilled(*b, Instant::now()) >= 1.0)
+    }
+
+    /// Gives `key` back a token taken for something that did not happen (the bucket never holds
+    /// more than `count`).
+    pub fn give_back(&mut self, key: &K) {
+        let now = Instant::now();
+        let full = self.count as f64;
+        if let Some(b) = self.buckets.get(key).copied() {
+            let tokens = (self.refilled(b, now) + 1.0).min(full);
+            if let Some(bucket) = self.buckets.get_mut(key) {
+                *bucket = (tokens, now);
+            }
+        }
+    }
+
+    /// `bucket`'s tokens at `now`.
+    fn refilled(&self, bucket: (f64, Instant), now: Instant) -> f64 {
+        refill(self.count, self.period, bucket, now)
+    }
+}
+
+/// A bucket of at most `count` tokens, refilled evenly over `period`, at `now`.
+fn refill(count: u32, period: Duration, (tokens, last): (f64, Instant), now: Instant) -> f64 {
+    let per_second = count as f64 / period.as_secs_f64();
+    (tokens + now.duration_since(last).as_secs_f64() * per_second).min(count as f64)
 }
 
 #[cfg(test)]
@@ -135,6 +167,12 @@ mod tests {
         }
         assert!(b2.buckets.len() <= 500, "{} keys kept", b2.buckets.len());
         assert!(!b2.buckets.contains_key(&0));
+        let mut c = Budget::new(2, Duration::from_secs(3600));
+        assert!(c.allow("x") && c.allow("x") && !c.has(&"x"));
+        c.give_back(&"x");
+        assert!(c.has(&"x") && c.allow("x") && !c.allow("x"));
+        c.give_back(&"y"); // a key never charged holds a full bucket already
+        assert!(c.allow("y") && c.allow("y") && !c.allow("y"));
         let mut free = Budget::new(0, Duration::from_secs(1));
         assert!((0..10_000).all(|_| free.allow(1)));
     }

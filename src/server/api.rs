@@ -20,7 +20,7 @@ use crate::identity::{is_control_or_format, Author, MAX_TOKEN_NAME_CHARS, MAX_US
 use crate::log::Body;
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
-use crate::namespace::rate::RateLimit;
+use crate::namespace::rate::{Budget, RateLimit};
 use crate::namespace::Namespace;
 use crate::protocol::socketio;
 use crate::room::Room;
@@ -33,6 +33,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 
 /// Where the API lives.
@@ -48,12 +49,24 @@ pub const MAX_LIMIT: usize = 500;
 /// 65,535 control characters (escaped six bytes each) was about 196 MB, built in memory.
 pub const PAGE_BYTES: usize = 1024 * 1024;
 
-/// Requests a second, from all callers together, answered 401 for a missing or wrong key;
-/// beyond it they get 429 (with `Retry-After`), so keys cannot be guessed fast.
-pub const WRONG_KEYS_PER_SECOND: u32 = 20;
+/// Requests with a missing or wrong key one address may make in a burst; the budget refills by
+/// one a second. An address past it gets 429 (with `Retry-After`) for every request, a right
+/// key's too, so that no answer tells a right guess from a wrong one: keys are guessed at one a
+/// second at most.
+pub const WRONG_KEYS_BURST: u32 = 20;
 
-/// Answers a request under [`PREFIX`].
-pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
+/// The budget of requests with a missing or wrong key, per client address
+/// ([`crate::address::subscriber`], loopback included).
+pub fn wrong_keys_budget() -> Budget<IpAddr> {
+    Budget::new(
+        WRONG_KEYS_BURST,
+        std::time::Duration::from_secs(WRONG_KEYS_BURST.into()),
+    )
+}
+
+/// Answers a request under [`PREFIX`] from `client` (the peer, or behind a trusted proxy the
+/// address it forwarded).
+pub async fn handle(app: &App, client: IpAddr, req: Request<Incoming>) -> HttpResponse {
     if app.api_keys.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
@@ -69,39 +82,25 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
         &Method::HEAD => Method::GET,
         other => other.clone(),
     };
-    if path == "openapi.json" && method == Method::GET {
-        return json_response(StatusCode::OK, super::openapi::document().to_string());
+    if path == "openapi.json" {
+        return match method {
+            Method::GET => json_response(StatusCode::OK, super::openapi::document().to_string()),
+            _ => refusal(&path, ApiError::method()),
+        };
     }
-    let key = authorized(&app.api_keys, &req);
-    let allowed = match key {
-        Some(key) => app
-            .api_limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(key)
-            .is_none_or(RateLimit::allow),
-        // One budget for every caller without a right key: guessing keys goes no faster than
-        // it, whatever the number of addresses.
-        None => app
-            .api_refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(),
+    let key = match key_of(app, client, &req) {
+        Ok(key) => key,
+        Err(e) => return refusal(&path, e),
     };
+    let allowed = app
+        .api_limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(key)
+        .is_none_or(RateLimit::allow);
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
     let result = match (method, path.as_str()) {
-        _ if key.is_none() && !allowed => Err(ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many requests with a missing or wrong API key (at most \
-                 {WRONG_KEYS_PER_SECOND} a second for all callers): slow down"
-            ),
-        )),
-        _ if key.is_none() => Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API key".into(),
-        )),
         _ if !allowed => Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests for this key (API_MAX_REQUESTS_PER_SECOND): slow down".into(),
@@ -132,31 +131,56 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
     };
     match result {
         Ok((status, body)) => json_response(status, body.to_string()),
-        Err(ApiError(status, why)) => {
-            let mut r = error(status, &why);
-            if status == StatusCode::METHOD_NOT_ALLOWED {
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(methods_of(&path)));
-            }
-            if matches!(
-                status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            ) {
-                // A key's limit is per second; a database that did not answer within
-                // DB_TIMEOUT_MS is worth another try soon (as a socket's client retries).
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            r
-        }
+        Err(e) => refusal(&path, e),
     }
+}
+
+/// Which of the API's keys `req` carries. Errors: 401 for no or a wrong key (which takes one of
+/// `client`'s address's budget of them), 429 for an address that spent that budget: it is
+/// refused before its key is looked at, so no answer tells a right guess from a wrong one.
+fn key_of(app: &App, client: IpAddr, req: &Request<Incoming>) -> Result<usize, ApiError> {
+    let address = crate::address::subscriber(client);
+    let mut wrong_keys = app.api_refused.lock().unwrap_or_else(|p| p.into_inner());
+    if !wrong_keys.has(&address) {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many requests with a missing or wrong API key from this address (at most \
+                 {WRONG_KEYS_BURST}, then one a second): wait"
+            ),
+        ));
+    }
+    authorized(&app.api_keys, req).ok_or_else(|| {
+        wrong_keys.allow(address);
+        ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key".into())
+    })
+}
+
+/// The answer to a refused call of the endpoint at `path`: `{"error"}` with its status, `Allow`
+/// on a 405, `Retry-After` on a 429 or 503.
+fn refusal(path: &str, ApiError(status, why): ApiError) -> HttpResponse {
+    let mut r = error(status, &why);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(methods_of(path)));
+    }
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        // The limits refill within a second; a database that did not answer within
+        // DB_TIMEOUT_MS is worth another try soon (as a socket's client retries).
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 /// The methods an endpoint takes, for a 405's `Allow` (RFC 9110 §15.5.6).
 fn methods_of(path: &str) -> &'static str {
     match path {
         "messages" | "bans" => "GET, HEAD, POST",
-        "rooms" | "presence" => "GET, HEAD",
+        "rooms" | "presence" | "openapi.json" => "GET, HEAD",
         "disconnect" => "POST",
         _ => "DELETE", // messages/{id}, bans/{id}
     }
@@ -307,7 +331,11 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
             "name must be at most {MAX_TOKEN_NAME_CHARS} characters, without control or format characters"
         )));
     }
-    if !ns.broadcaster.admit(&room, ns.config.max_rooms) {
+    if ns
+        .broadcaster
+        .admit(&room, ns.config.max_rooms, || true)
+        .is_err()
+    {
         return Err(ApiError(
             StatusCode::CONFLICT,
             format!("too many rooms: the limit is {}", ns.config.max_rooms),
@@ -523,17 +551,17 @@ struct BanRequest {
 }
 
 /// An optional whole number as JSON Schema 2020-12 (OpenAPI 3.1) reads `integer`: any number
-/// with no fraction, so `60.0` (what Python's `json` writes for a float) is 60. Errors: a
-/// fraction, a negative number, or one beyond 2^53 written as a float.
+/// with no fraction, so `60.0` (what Python's `json` writes for a float) is 60, and one beyond
+/// `u64` is `u64::MAX` (the caller's range check names the bound). Errors: a fraction, or a
+/// negative number.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
         Some(n) => match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 => {
-                Ok(Some(f as u64))
-            }
+            // `as` saturates: 1e30 is u64::MAX.
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as u64)),
             _ => Err(D::Error::custom(format!(
                 "expected a whole number of seconds, got {n}"
             ))),

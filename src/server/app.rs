@@ -56,9 +56,9 @@ pub struct App {
     pub api_keys: Vec<String>,
     /// Each key's rate limit (`API_MAX_REQUESTS_PER_SECOND`), by its place in `api_keys`.
     pub api_limits: std::sync::Mutex<Vec<crate::namespace::rate::RateLimit>>,
-    /// The budget of requests answered 401, all callers together
-    /// ([`super::api::WRONG_KEYS_PER_SECOND`]).
-    pub api_refused: std::sync::Mutex<crate::namespace::rate::RateLimit>,
+    /// Each client address's budget of requests with a missing or wrong API key
+    /// ([`super::api::wrong_keys_budget`]).
+    pub api_refused: std::sync::Mutex<crate::namespace::rate::Budget<std::net::IpAddr>>,
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether an `X-Forwarded-For` from a peer not in `trusted_proxies` was logged (once).

@@ -58,15 +58,7 @@ pub type Answer = BoxFuture<'static, HttpResponse>;
 /// Routes a request to `/socket.io/`, and adds the CORS headers an allowed cross-origin page
 /// needs to read the answer.
 pub fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Answer {
-    // The client's address: the peer's, or behind a trusted proxy the one it forwarded.
-    let forwarded = joined_header(&req, "x-forwarded-for");
-    if forwarded.is_some() {
-        warn_untrusted_forwarder(&app, peer.ip());
-    }
-    let peer = SocketAddr::new(
-        client_ip(&app.trusted_proxies, peer.ip(), forwarded.as_deref()),
-        peer.port(),
-    );
+    let peer = SocketAddr::new(client_of(&app, peer.ip(), &req), peer.port());
     let origin = header(&req, header::ORIGIN).map(str::to_string);
     let allowed = app
         .origins
@@ -119,6 +111,16 @@ fn now(response: HttpResponse) -> Answer {
 /// not parse where one is needed ends the walk at the proxy before it. An entry with a port
 /// (`203.0.113.5:4711`, `[2001:db8::1]:4711`, which some proxies write) is its address. IPv4
 /// addresses written as IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
+/// The address of the client that sent `req` through `peer`: the peer's, or behind a trusted
+/// proxy ([`App::trusted_proxies`]) the one it forwarded ([`client_ip`]).
+pub fn client_of(app: &App, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
+    let forwarded = joined_header(req, "x-forwarded-for");
+    if forwarded.is_some() {
+        warn_untrusted_forwarder(app, peer);
+    }
+    client_ip(&app.trusted_proxies, peer, forwarded.as_deref())
+}
+
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
     let mut client = peer.to_canonical();
     let mut hops = forwarded.unwrap_or("").rsplit(',');

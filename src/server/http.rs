@@ -32,14 +32,17 @@ pub fn handle(
     if path == "/socket.io/" || path == "/socket.io" {
         return endpoint::handle(app, peer, req).map(Ok).boxed();
     }
-    route(app, req).map(Ok).boxed()
+    route(app, peer, req).map(Ok).boxed()
 }
 
 /// Everything but `/socket.io/`.
-async fn route(app: Arc<App>, req: Request<Incoming>) -> HttpResponse {
+async fn route(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path();
     match path {
-        _ if path == "/api" || path.starts_with("/api/") => api::handle(&app, req).await,
+        _ if path == "/api" || path.starts_with("/api/") => {
+            let client = endpoint::client_of(&app, peer.ip(), &req);
+            api::handle(&app, client, req).await
+        }
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }

@@ -274,7 +274,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 .map(|_| RateLimit::new(config.api_max_requests_per_second))
                 .collect(),
         ),
-        api_refused: std::sync::Mutex::new(RateLimit::new(api::WRONG_KEYS_PER_SECOND)),
+        api_refused: std::sync::Mutex::new(api::wrong_keys_budget()),
         api_keys,
         trusted_proxies,
     });

@@ -194,7 +194,7 @@ pub fn document() -> Value {
                     } } }
                 },
                 "Retry": {
-                    "description": "Not now (429: this key's API_MAX_REQUESTS_PER_SECOND; 503: the database did not answer within DB_TIMEOUT_MS): try again after `Retry-After` seconds. `error` says why.",
+                    "description": "Not now (429: this key's API_MAX_REQUESTS_PER_SECOND, or this address sent 20 calls with a missing or wrong key and may send one a second, whatever its key; 503: the database did not answer within DB_TIMEOUT_MS): try again after `Retry-After` seconds. `error` says why.",
                     "headers": { "Retry-After": { "required": true, "schema": { "type": "integer", "minimum": 1 } } },
                     "content": { "application/json": { "schema": {
                         "type": "object", "required": ["error"],
