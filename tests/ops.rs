@@ -417,15 +417,10 @@ async fn a_new_rooms_failed_first_message_keeps_no_room_place() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     unlock(holder).await;
     for (i, room) in ["r3", "r4"].into_iter().enumerate() {
-        a.emit_in(room, Some(i as u64), "kept", &format!("{room}-1"))
+        let ack = a
+            .emit_in_acked(room, i as u64, "kept", &format!("{room}-1"))
             .await;
-        loop {
-            let t = a.recv_text().await;
-            if t.starts_with("43/") {
-                assert_eq!(t, format!("43/{room},{i}[]"), "acked, not refused");
-                break;
-            }
-        }
+        assert_eq!(ack, format!("43/{room},{i}[]"), "acked, not refused");
     }
     s.stop().await;
 }
@@ -453,17 +448,8 @@ async fn a_new_rooms_failed_first_message_costs_its_opener_nothing() {
         tokio::time::sleep(Duration::from_millis(450)).await; // each round fails at 300 ms
     }
     unlock(holder).await;
-    async fn ack_of(c: &mut Client, room: &str, ack: u64, offset: &str) -> String {
-        c.emit_in(room, Some(ack), "kept", offset).await;
-        loop {
-            let t = c.recv_text().await;
-            if t.starts_with("43/") {
-                return t;
-            }
-        }
-    }
-    assert_eq!(ack_of(&mut a, "r1", 1, "r1-1").await, "43/r1,1[]");
-    let refused = ack_of(&mut a, "r2", 2, "r2-1").await;
+    assert_eq!(a.emit_in_acked("r1", 1, "kept", "r1-1").await, "43/r1,1[]");
+    let refused = a.emit_in_acked("r2", 2, "kept", "r2-1").await;
     assert!(refused.contains("too many new rooms"), "{refused}");
     assert_eq!(s.count().await, 1);
     s.stop().await;

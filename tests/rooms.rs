@@ -149,6 +149,14 @@ async fn only_valid_listed_rooms_exist() {
     s.stop().await;
 }
 
+/// Sends a message in `room` asking ack `ack`, and asserts that it was stored (an empty ack).
+async fn stored(c: &mut Client, room: &str, ack: u64) {
+    let reply = c
+        .emit_in_acked(room, ack, "hello", &format!("{room}-{ack}"))
+        .await;
+    assert_eq!(reply, format!("43/{room},{ack}[]"));
+}
+
 /// One guest address may open `MAX_NEW_ROOMS_PER_HOUR` new rooms: past it a new room's first
 /// message gets an error ack and nothing is stored, while the rooms it opened, the rooms others
 /// opened, and other addresses go on. Before, one guest could fill `MAX_ROOMS` for everyone.
@@ -171,31 +179,21 @@ async fn a_guest_address_opens_at_most_its_new_rooms_an_hour() {
     for room in ["l1", "l2", "l3"] {
         local.join_room(room, None).await;
     }
-    async fn ack_of(c: &mut Client, room: &str, ack: u64, offset: &str) -> String {
-        c.emit_in(room, Some(ack), "hello", offset).await;
-        loop {
-            let t = c.recv_text().await;
-            if t.starts_with("43/") {
-                return t;
-            }
-        }
-    }
-    assert_eq!(ack_of(&mut other, "o1", 1, "o-1").await, "43/o1,1[]");
-    assert_eq!(ack_of(&mut guest, "g1", 1, "g-1").await, "43/g1,1[]");
-    assert_eq!(ack_of(&mut guest, "g2", 2, "g-2").await, "43/g2,2[]");
-    let refused = ack_of(&mut guest, "g3", 3, "g-3").await;
+    stored(&mut other, "o1", 1).await;
+    stored(&mut guest, "g1", 1).await;
+    stored(&mut guest, "g2", 2).await;
+    let refused = guest.emit_in_acked("g3", 3, "hello", "g-3").await;
     assert!(
         refused.starts_with("43/g3,3[{\"error\":\"too many new rooms: you may open at most 2"),
         "{refused}"
     );
     // Rooms with messages take the address's messages as before.
-    assert_eq!(ack_of(&mut guest, "g1", 4, "g-4").await, "43/g1,4[]");
-    assert_eq!(ack_of(&mut guest, "o1", 5, "g-5").await, "43/o1,5[]");
+    stored(&mut guest, "g1", 4).await;
+    stored(&mut guest, "o1", 5).await;
     // Another address, and a loopback client, have their own.
-    assert_eq!(ack_of(&mut other, "g4", 2, "o-2").await, "43/g4,2[]");
+    stored(&mut other, "g4", 2).await;
     for (i, room) in ["l1", "l2", "l3"].into_iter().enumerate() {
-        let ack = ack_of(&mut local, room, i as u64, &format!("l-{i}")).await;
-        assert_eq!(ack, format!("43/{room},{i}[]"));
+        stored(&mut local, room, i as u64).await;
     }
     assert_eq!(s.count().await, 9, "the refused message was not stored");
     s.stop().await;

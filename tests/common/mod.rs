@@ -495,6 +495,18 @@ impl Client {
         self.send(&format!("42/{room},{ack}{args}")).await;
     }
 
+    /// Sends a `"chat message"` in room `room` asking ack `ack`, and returns the first ack of any
+    /// room's that comes back (`43/<room>,<id>[…]`), skipping everything else.
+    pub async fn emit_in_acked(&mut self, room: &str, ack: u64, msg: &str, offset: &str) -> String {
+        self.emit_in(room, Some(ack), msg, offset).await;
+        loop {
+            let t = self.recv_text().await;
+            if t.starts_with("43/") {
+                return t;
+            }
+        }
+    }
+
     pub async fn emit(&mut self, ack: Option<u64>, msg: &str, offset: &str) {
         let args = serde_json::json!(["chat message", msg, offset]);
         match ack {
