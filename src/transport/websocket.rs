@@ -418,8 +418,12 @@ impl<S: WsCarrier> WsTransport<S> {
                 }
                 if timeout(grace, self.ws.close(Some(frame))).await.is_ok() {
                     // Drain until the client's close frame (or its disconnect), within the grace.
+                    let tcp = self.ws.get_ref().tcp.clone();
                     let _ = timeout(grace, async {
                         while let Some(Ok(_)) = self.ws.next().await {}
+                        if input_may_follow(reason) {
+                            discard_until_closed(&tcp).await
+                        }
                     })
                     .await;
                 }
@@ -441,6 +445,42 @@ impl Transport for WsTransport<WsSink> {
 
     async fn close(&mut self, reason: &DisconnectReason, grace: Duration) {
         self.close_with(reason, grace).await
+    }
+}
+
+/// Whether the client may still be sending when relay closes for `reason`: it closes on what
+/// the client sent (a frame over `maxPayload` often while the rest of it comes in). Otherwise the
+/// client is done once its close frame is read, and may wait for relay to end the connection
+/// first (RFC 6455 §7.1.1), so relay does not wait for it.
+fn input_may_follow(reason: &DisconnectReason) -> bool {
+    use DisconnectReason as R;
+    matches!(
+        reason,
+        R::PayloadTooLarge
+            | R::InvalidUtf8
+            | R::PacketParsingError(_)
+            | R::BinaryUnsupported
+            | R::RateLimited
+    )
+}
+
+/// Reads and drops what the client still sends, until it closes its side (or the socket fails).
+/// After a frame relay could not read (one over `maxPayload`, still coming in), the close frame
+/// that says why is out, but closing the socket with bytes unread sends a reset, and a client
+/// that reads the reset first sees 1006 and not the code (the Node `ws` client did, for most
+/// messages of 1.1 to 4 MB). The reference's `ws` reads on after an error for the same reason.
+async fn discard_until_closed(tcp: &TcpStream) {
+    let mut scratch = [0u8; 8192];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -62,3 +62,35 @@ describe("stock socket.io-client inputs", () => {
     );
   });
 });
+
+// A WebSocket message over maxPayload (1 MB) is answered with close code 1009 and its reason,
+// however much of it is still on its way: the Node `ws` client (the stock client's transport in
+// Node) saw 1006 for most messages of 1.1 to 4 MB, as relay closed the connection with the rest
+// unread (a reset that overtook the close frame).
+describe("a message over maxPayload, from the Node ws client", () => {
+  const { relay } = relayFixture();
+
+  async function closeCodeFor(bytes) {
+    const { default: WebSocket } = await import("ws");
+    const url = relay.url.replace(/^http/, "ws") + "/socket.io/?EIO=4&transport=websocket";
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      ws.on("message", (data) => {
+        const text = data.toString();
+        if (text.startsWith("0{")) ws.send("40");
+        else if (text.startsWith("40")) ws.send("42" + JSON.stringify(["chat message", "x".repeat(bytes), "big"]));
+      });
+      ws.on("error", () => {});
+      ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() }));
+      setTimeout(() => reject(new Error(`no close for ${bytes} bytes`)), 10000);
+    });
+  }
+
+  for (const bytes of [1_100_000, 4_000_000, 20_000_000]) {
+    it(`${bytes} bytes: 1009, three times out of three`, async () => {
+      for (let i = 0; i < 3; i++) {
+        assert.deepEqual(await closeCodeFor(bytes), { code: 1009, reason: "message exceeds maxPayload" });
+      }
+    });
+  }
+});
