@@ -148,17 +148,61 @@ fn rooms(app: &App, req: &Request<Incoming>) -> HttpResponse {
             _ => {}
         }
     }
-    let rooms: Vec<serde_json::Value> = ns
+    let mut rooms: Vec<(crate::room::Room, u64)> = ns
         .rooms_with_messages()
         .into_iter()
         .filter(|(room, _)| {
             auth.as_ref()
                 .is_none_or(|auth| identity.identify(Some(auth), room).is_ok())
         })
+        .collect();
+    let more = keep_most_recent(&mut rooms, LISTED_ROOMS);
+    let rooms: Vec<serde_json::Value> = rooms
+        .into_iter()
         .map(|(room, last)| serde_json::json!({ "room": room.label(), "last": last }))
         .collect();
-    let body = serde_json::json!({ "rooms": rooms }).to_string();
-    file(Bytes::from(body), "application/json", "no-store")
+    let body = match more {
+        true => serde_json::json!({ "rooms": rooms, "more": true }),
+        false => serde_json::json!({ "rooms": rooms }),
+    };
+    file(
+        Bytes::from(body.to_string()),
+        "application/json",
+        "no-store",
+    )
+}
+
+/// Most rooms `GET /rooms` lists. Every open page asks for the list (on connect and twice a
+/// minute), and at `MAX_ROOMS`' 10,000 it was 358 KB each time, to show a strip no one reads to
+/// the end.
+const LISTED_ROOMS: usize = 500;
+
+/// Keeps `/` and the `max` (in all) rooms of `rooms` whose last message is the newest, in their
+/// order; returns whether any was left out. Each room's last id is its own (ids are unique), so
+/// no tie keeps more.
+fn keep_most_recent(rooms: &mut Vec<(crate::room::Room, u64)>, max: usize) -> bool {
+    if rooms.len() <= max {
+        return false;
+    }
+    let keep = max.saturating_sub(usize::from(rooms.iter().any(|(r, _)| r.is_main())));
+    if keep == 0 {
+        rooms.retain(|(r, _)| r.is_main());
+        return true;
+    }
+    let mut lasts: Vec<u64> = rooms
+        .iter()
+        .filter(|(r, _)| !r.is_main())
+        .map(|(_, last)| *last)
+        .collect();
+    let cut = lasts.len() - keep;
+    let cutoff = *lasts.select_nth_unstable(cut).1;
+    let mut kept = 0;
+    rooms.retain(|(r, last)| {
+        let take = r.is_main() || (*last >= cutoff && kept < keep);
+        kept += usize::from(take && !r.is_main());
+        take
+    });
+    true
 }
 
 /// A file of the client package: cached by version (`ETag`), as the stock server does, so that a
@@ -189,4 +233,35 @@ fn client_file(
         r.headers_mut().insert(header::ETAG, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::Room;
+
+    #[test]
+    fn the_room_list_keeps_slash_and_the_most_recent_in_their_order() {
+        let list = |names: &[(&str, u64)]| -> Vec<(Room, u64)> {
+            names
+                .iter()
+                .map(|(n, last)| match *n {
+                    "/" => (Room::main(), *last),
+                    n => (Room::named(n), *last),
+                })
+                .collect()
+        };
+        let mut rooms = list(&[("/", 1), ("a", 9), ("b", 2), ("c", 7), ("d", 5)]);
+        assert!(keep_most_recent(&mut rooms, 3));
+        assert_eq!(rooms, list(&[("/", 1), ("a", 9), ("c", 7)]));
+        let mut rooms = list(&[("a", 9), ("b", 2), ("c", 7)]);
+        assert!(!keep_most_recent(&mut rooms, 3), "all fit");
+        assert!(keep_most_recent(&mut rooms, 1));
+        assert_eq!(rooms, list(&[("a", 9)]));
+        let mut rooms = list(&[("/", 1), ("a", 0), ("b", 0), ("c", 4)]);
+        assert!(keep_most_recent(&mut rooms, 2));
+        assert_eq!(rooms, list(&[("/", 1), ("c", 4)]));
+        assert!(keep_most_recent(&mut rooms, 1));
+        assert_eq!(rooms, list(&[("/", 1)]));
+    }
 }
