@@ -57,3 +57,49 @@ async fn a_reconnect_storm_waits_its_turn_and_no_socket_is_closed() {
     assert_eq!(metric(&text, "relay_replay_reads_waiting"), 0.0);
     s.stop().await;
 }
+
+/// One connection's replays from the database are read one page at a time, whatever its
+/// namespaces: a client that CONNECTs to 30 rooms at once (or to rooms over and over) waits for
+/// its own reads and holds at most one place in the line every connection's reads share. Before,
+/// its 30 reads took every turn at once (8 on MySQL) and the rest queued ahead of everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_replays_take_one_turn_at_a_time() {
+    const ROOMS: usize = 30;
+    let s = TestServer::start_with(|c| {
+        c.recent_messages = 0; // every replay from the database
+        c.max_messages_per_second = 0;
+    })
+    .await;
+    let mut writer = s.joined(None).await;
+    for i in 0..ROOMS {
+        let room = format!("q{i}");
+        writer.join_room(&room, None).await;
+        for k in 0..3u64 {
+            let ack = writer
+                .emit_in_acked(&room, k, "m", &format!("{room}-{k}"))
+                .await;
+            assert_eq!(ack, format!("43/{room},{k}[]"));
+        }
+        writer.send(&format!("41/{room},")).await;
+    }
+    let mut reader = s.joined(None).await;
+    for i in 0..ROOMS {
+        reader
+            .send(&format!("40/q{i},{{\"serverOffset\":0}}"))
+            .await;
+    }
+    let mut replayed = 0;
+    while replayed < 3 * ROOMS {
+        if reader.recv_text().await.starts_with("42/q") {
+            replayed += 1;
+        }
+    }
+    let (_, text) = http_get(s.addr, "/metrics").await;
+    assert_eq!(metric(&text, "relay_replay_failures_total"), 0.0);
+    assert_eq!(
+        metric(&text, "relay_replay_reads_queued_total"),
+        0.0,
+        "one connection never waited for a turn of the server's"
+    );
+    s.stop().await;
+}

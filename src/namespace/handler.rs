@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Semaphore;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
 /// channel allocates a block of slots up front).
@@ -167,6 +168,8 @@ pub(super) struct Handler<T: Transport> {
     bans: tokio::sync::watch::Receiver<u64>,
     /// The change it last looked at.
     bans_seen: u64,
+    /// This connection's one turn at a replay page from the database (made at its first).
+    replay_turn: Option<Arc<Semaphore>>,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -204,6 +207,7 @@ pub fn serve<T: Transport>(
         peer,
         opened: Instant::now(),
         bans_seen,
+        replay_turn: None,
         bans,
         ns,
     };
@@ -441,12 +445,12 @@ impl<T: Transport> Handler<T> {
     /// database a page at a time (each page ends by calling this again, so replay moves to
     /// memory as soon as it can).
     fn catch_up(&mut self, i: usize) {
-        let m = &mut self.members[i];
+        let room = &self.members[i].room;
         match self
             .socket
             .engine
             .queue()
-            .catch_up(&m.room, self.ns.broadcaster.recent())
+            .catch_up(room, self.ns.broadcaster.recent())
         {
             CatchUp::Live(n) => {
                 self.ns
@@ -455,7 +459,17 @@ impl<T: Transport> Handler<T> {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 count_delivered(&self.ns.metrics, n);
             }
-            CatchUp::Page(after) => m.replay = Some(self.ns.page(&m.room, after)),
+            CatchUp::Page(after) => {
+                // One page at a time per connection, whatever its namespaces: a client that
+                // CONNECTs to many rooms at once (or over and over) waits for its own reads, and
+                // holds at most one place in the line every connection's reads share.
+                let turn = self
+                    .replay_turn
+                    .get_or_insert_with(|| Arc::new(Semaphore::new(1)))
+                    .clone();
+                let m = &mut self.members[i];
+                m.replay = Some(self.ns.page(&m.room, after, turn));
+            }
         }
     }
 
