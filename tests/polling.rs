@@ -162,6 +162,33 @@ async fn wait_until_gone(addr: SocketAddr, sid: &str) {
     panic!("session {sid} still open");
 }
 
+/// The spec's test suite ("should forcefully close the session"): a client's close answers the
+/// GET that waits with a noop, and the next GET is refused as for an unknown sid (relay answered
+/// it with another noop while the session wound down).
+#[tokio::test]
+async fn a_client_close_answers_the_waiting_get_and_refuses_the_next() {
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    let query = polling(&sid);
+    let waiting = tokio::spawn(async move { get(addr, &query).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(post(addr, &polling(&sid), "1").await.0, 200);
+    assert_eq!(waiting.await.unwrap(), (200, "6".to_string()));
+    let (status, body) = get(addr, &polling(&sid)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Session ID unknown"), "{body}");
+    assert_eq!(post(addr, &polling(&sid), "3").await.0, 400);
+    // With no GET waiting, the same: the close is the session's last word.
+    for _ in 0..20 {
+        let (sid, _) = handshake(addr).await;
+        assert_eq!(post(addr, &polling(&sid), "1").await.0, 200);
+        let (status, body) = get(addr, &polling(&sid)).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_second_waiting_get_closes_the_session() {
     let s = TestServer::start().await;

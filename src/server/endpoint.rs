@@ -398,7 +398,7 @@ fn payload(body: Vec<u8>) -> HttpResponse {
 
 /// `GET` or `POST …&transport=polling&sid=…`: a long poll, or packets from the client.
 fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Answer {
-    let Some(session) = app.polling.get(sid) else {
+    let Some(session) = app.polling.get(sid).filter(|s| !s.closed_by_client()) else {
         return now(bad_request(1, "Session ID unknown"));
     };
     if session.upgraded() {

@@ -589,6 +589,10 @@ pub struct PollingSession {
     posting: AtomicBool,
     /// The HTTP side closed the session ([`PollingSession::close`]): POSTs are refused.
     closing: AtomicBool,
+    /// The client POSTed a close packet (`1`): the session is over for it, and a request after
+    /// that is answered as for an unknown sid, as the reference does (a GET already waiting
+    /// gets its noop).
+    client_closed: AtomicBool,
 }
 
 /// Why a POST was refused; each ends the session.
@@ -679,7 +683,12 @@ impl PollingSession {
                 return Err(PostError::Gone);
             }
             let event = match packet {
-                PayloadPacket::Text(text) => Inbound::Packet(text.to_string()),
+                PayloadPacket::Text(text) => {
+                    if text == engineio::CLOSE {
+                        self.client_closed.store(true, Ordering::Release);
+                    }
+                    Inbound::Packet(text.to_string())
+                }
                 PayloadPacket::Binary(len) => Inbound::Binary(len),
             };
             self.inbound
@@ -709,6 +718,12 @@ impl PollingSession {
     /// Hands the session a WebSocket opened with its sid.
     pub async fn upgrade(&self, tcp: Arc<TcpStream>, early: Box<[u8]>) {
         let _ = self.inbound.send(Inbound::Upgrade(tcp, early)).await;
+    }
+
+    /// Whether the client closed the session (POSTed `1`): its requests are then refused as
+    /// for an unknown sid.
+    pub fn closed_by_client(&self) -> bool {
+        self.client_closed.load(Ordering::Acquire)
     }
 
     /// Whether the session has moved to a WebSocket (its polling requests are then refused).
@@ -749,6 +764,7 @@ impl PollingSessions {
             inbound: tx,
             posting: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            client_closed: AtomicBool::new(false),
         });
         (transport, session)
     }
