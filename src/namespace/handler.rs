@@ -43,7 +43,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::Semaphore;
 
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
 /// channel allocates a block of slots up front).
@@ -86,6 +85,9 @@ struct Member {
     meta: bool,
     /// The socket asked for the room's presence and typing events (`auth.presence`).
     watch: bool,
+    /// Its catch-up needs a page from the database and waits for the connection's turn (one
+    /// page at a time per connection: see [`Handler::catch_up`]).
+    waiting_turn: bool,
     /// Its place in the room's presence, from its CONNECT's answer on.
     presence: Option<Ticket>,
     /// When its last `typing` went to the room's presence.
@@ -98,6 +100,7 @@ impl Member {
             speaker: None,
             meta: false,
             watch: false,
+            waiting_turn: false,
             presence: None,
             typed: None,
             room,
@@ -168,8 +171,6 @@ pub(super) struct Handler<T: Transport> {
     bans: tokio::sync::watch::Receiver<u64>,
     /// The change it last looked at.
     bans_seen: u64,
-    /// This connection's one turn at a replay page from the database (made at its first).
-    replay_turn: Option<Arc<Semaphore>>,
 }
 
 /// Serves the namespaces on an Engine.IO session until it ends, closes the session, and returns
@@ -207,7 +208,6 @@ pub fn serve<T: Transport>(
         peer,
         opened: Instant::now(),
         bans_seen,
-        replay_turn: None,
         bans,
         ns,
     };
@@ -281,6 +281,12 @@ impl<T: Transport> Handler<T> {
             let limit = self.socket.engine.config().ping_timeout;
             if let Err(reason) = self.socket.engine.flush(limit).await {
                 return reason;
+            }
+            // A page was read (or its member left): the next room waiting for one reads its own.
+            if self.members.iter().any(|m| m.waiting_turn)
+                && self.members.iter().all(|m| m.replay.is_none())
+            {
+                self.pass_turn(0);
             }
             // Only once the socket has drained: a catch-up adds a page or the recent history.
             let queue = self.socket.engine.queue();
@@ -444,31 +450,58 @@ impl<T: Transport> Handler<T> {
     /// when it reaches back far enough (and then the fan-out takes over), otherwise from the
     /// database a page at a time (each page ends by calling this again, so replay moves to
     /// memory as soon as it can).
+    ///
+    /// A connection reads one page at a time, whatever its namespaces, its rooms in turn: a
+    /// client that CONNECTs to many rooms at once (or over and over) waits for its own reads,
+    /// and holds at most one place in the line every connection's reads share.
     fn catch_up(&mut self, i: usize) {
-        let room = &self.members[i].room;
-        match self
-            .socket
-            .engine
-            .queue()
-            .catch_up(room, self.ns.broadcaster.recent())
-        {
+        let Some(after) = self.catch_up_from_memory(i) else {
+            return;
+        };
+        let reading = self.members.iter().any(|m| m.replay.is_some());
+        if reading || self.members.iter().any(|m| m.waiting_turn) {
+            self.members[i].waiting_turn = true;
+            self.pass_turn(i + 1);
+        } else {
+            self.read_page(i, after);
+        }
+    }
+
+    /// Catches member `i`'s socket up from the recent history if it reaches back far enough;
+    /// otherwise returns the id after which a page must be read from the database.
+    fn catch_up_from_memory(&mut self, i: usize) -> Option<u64> {
+        let queue = self.socket.engine.queue();
+        match queue.catch_up(&self.members[i].room, self.ns.broadcaster.recent()) {
             CatchUp::Live(n) => {
                 self.ns
                     .metrics
                     .replayed_memory
                     .fetch_add(n as u64, Ordering::Relaxed);
                 count_delivered(&self.ns.metrics, n);
+                None
             }
-            CatchUp::Page(after) => {
-                // One page at a time per connection, whatever its namespaces: a client that
-                // CONNECTs to many rooms at once (or over and over) waits for its own reads, and
-                // holds at most one place in the line every connection's reads share.
-                let turn = self
-                    .replay_turn
-                    .get_or_insert_with(|| Arc::new(Semaphore::new(1)))
-                    .clone();
-                let m = &mut self.members[i];
-                m.replay = Some(self.ns.page(&m.room, after, turn));
+            CatchUp::Page(after) => Some(after),
+        }
+    }
+
+    fn read_page(&mut self, i: usize, after: u64) {
+        let m = &mut self.members[i];
+        m.replay = Some(self.ns.page(&m.room, after));
+    }
+
+    /// When no page is being read, gives the turn to the next member waiting for one, looking
+    /// from member `from` on (round the members, so the rooms take turns).
+    fn pass_turn(&mut self, from: usize) {
+        let n = self.members.len();
+        for k in 0..n {
+            if self.members.iter().any(|m| m.replay.is_some()) {
+                return;
+            }
+            let j = (from + k) % n;
+            if std::mem::take(&mut self.members[j].waiting_turn) {
+                if let Some(after) = self.catch_up_from_memory(j) {
+                    self.read_page(j, after);
+                }
             }
         }
     }

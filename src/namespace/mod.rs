@@ -277,20 +277,16 @@ impl Namespace {
     }
 
     /// Reads the page of `room`'s rows after `after`, with the published watermark from before
-    /// the read: waits for the connection's turn (`own`: one of its pages at a time), then for a
-    /// turn of the server's (a busy database), then gives the read `DB_TIMEOUT_MS` (a database
-    /// that does not answer in that time is down).
-    fn page(&self, room: &Room, after: u64, own: Arc<Semaphore>) -> PageFuture {
+    /// the read: waits for a turn (a busy database), then gives the read `DB_TIMEOUT_MS` (a
+    /// database that does not answer in that time is down). A connection asks for one page at a
+    /// time ([`handler`]'s `catch_up`).
+    fn page(&self, room: &Room, after: u64) -> PageFuture {
         let room = room.clone();
         let reader = self.reader.clone();
         let published = self.broadcaster.published();
         let turns = self.replay_reads.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let _own = own
-                .acquire_owned()
-                .await
-                .map_err(|_| StoreError::other("replay", "connection ending".into()))?;
             let _turn = match turns.clone().try_acquire_owned() {
                 Ok(turn) => turn,
                 Err(_) => {
