@@ -312,9 +312,11 @@ impl<T: Transport> Session<T> {
         flush(&self.queue, limit)
     }
 
-    /// Ends the session: the transport tells the client why and closes.
+    /// Ends the session: the transport tells the client why and closes. The close's state (its
+    /// close frame, the drain of what a client still sends) is boxed: it is needed once, at the
+    /// end, and inline it would be part of every open session's task.
     pub async fn close(&mut self, reason: &DisconnectReason) {
-        self.transport.close(reason, Duration::from_secs(1)).await;
+        Box::pin(self.transport.close(reason, Duration::from_secs(1))).await;
     }
 }
 

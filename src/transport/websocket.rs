@@ -470,7 +470,9 @@ fn input_may_follow(reason: &DisconnectReason) -> bool {
 /// that reads the reset first sees 1006 and not the code (the Node `ws` client did, for most
 /// messages of 1.1 to 4 MB). The reference's `ws` reads on after an error for the same reason.
 async fn discard_until_closed(tcp: &TcpStream) {
-    let mut scratch = [0u8; 8192];
+    // Held across an await, an array would live in the future's state; on the heap it exists
+    // only while a close drains.
+    let mut scratch = vec![0u8; 8192];
     loop {
         if tcp.readable().await.is_err() {
             return;
