@@ -103,13 +103,10 @@ impl<K: Hash + Eq> Budget<K> {
     /// Gives `key` back a token taken for something that did not happen (the bucket never holds
     /// more than `count`).
     pub fn give_back(&mut self, key: &K) {
-        let now = Instant::now();
-        let full = self.count as f64;
-        if let Some(b) = self.buckets.get(key).copied() {
-            let tokens = (self.refilled(b, now) + 1.0).min(full);
-            if let Some(bucket) = self.buckets.get_mut(key) {
-                *bucket = (tokens, now);
-            }
+        let (count, period, now) = (self.count, self.period, Instant::now());
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            *bucket = (refill(count, period, *bucket, now) + 1.0, now);
+            bucket.0 = bucket.0.min(count as f64);
         }
     }
 
