@@ -103,14 +103,6 @@ fn now(response: HttpResponse) -> Answer {
     futures_util::future::ready(response).boxed()
 }
 
-/// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): starting from `peer`,
-/// while the address in hand is a trusted proxy's, the next one to the left in
-/// `X-Forwarded-For` (`forwarded`: every header line, joined by commas) is the one it got the
-/// request from; the first that is not a trusted proxy's is the client's. Entries left of it are
-/// the client's own word and never read, so junk there cannot hide a client; an entry that does
-/// not parse where one is needed ends the walk at the proxy before it. An entry with a port
-/// (`203.0.113.5:4711`, `[2001:db8::1]:4711`, which some proxies write) is its address. IPv4
-/// addresses written as IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
 /// The address of the client that sent `req` through `peer`: the peer's, or behind a trusted
 /// proxy ([`App::trusted_proxies`]) the one it forwarded ([`client_ip`]).
 pub fn client_of(app: &App, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
@@ -121,6 +113,14 @@ pub fn client_of(app: &App, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
     client_ip(&app.trusted_proxies, peer, forwarded.as_deref())
 }
 
+/// The client's address behind `trusted` proxies (`TRUSTED_PROXIES`): starting from `peer`,
+/// while the address in hand is a trusted proxy's, the next one to the left in
+/// `X-Forwarded-For` (`forwarded`: every header line, joined by commas) is the one it got the
+/// request from; the first that is not a trusted proxy's is the client's. Entries left of it are
+/// the client's own word and never read, so junk there cannot hide a client; an entry that does
+/// not parse where one is needed ends the walk at the proxy before it. An entry with a port
+/// (`203.0.113.5:4711`, `[2001:db8::1]:4711`, which some proxies write) is its address. IPv4
+/// addresses written as IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's) are taken as IPv4.
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
     let mut client = peer.to_canonical();
     let mut hops = forwarded.unwrap_or("").rsplit(',');
