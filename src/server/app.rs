@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -107,6 +107,18 @@ pub fn bearer<B>(req: &hyper::Request<B>) -> Option<&str> {
 /// `form_urlencoded` (the `url` crate's, already in the tree through mysql_async and redis).
 pub fn query_param<'a>(query: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
     form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// Whether 10 s have passed since `last` (milliseconds since the Unix epoch; 0: never), and if so
+/// takes now as the new `last`: one caller of many at once gets `true`. What a warning that could
+/// come at every request or accept goes through, so that it is said at most every 10 s.
+pub fn ten_seconds_since(last: &AtomicU64) -> bool {
+    let now = crate::store::now_ms();
+    let then = last.load(Ordering::Relaxed);
+    now.saturating_sub(then) >= 10_000
+        && last
+            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 #[cfg(test)]

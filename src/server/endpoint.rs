@@ -174,21 +174,10 @@ fn joined_header(req: &Request<Incoming>, name: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(","))
 }
 
-/// Whether 10 s have passed since `last` (milliseconds since the Unix epoch), and if so takes
-/// now as the new `last`: one caller of many at once gets `true`.
-fn ten_seconds_since(last: &std::sync::atomic::AtomicU64) -> bool {
-    let now = crate::store::now_ms();
-    let then = last.load(Ordering::Relaxed);
-    now.saturating_sub(then) >= 10_000
-        && last
-            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
 /// Says at warn level why a page was refused (at most once every 10 s: a refused page keeps
 /// retrying), since from the page it looks like an outage.
 fn warn_refused_origin(app: &App, origin: Option<&str>, host: Option<&str>) {
-    if !ten_seconds_since(&app.origin_warned) {
+    if !super::app::ten_seconds_since(&app.origin_warned) {
         return;
     }
     tracing::warn!(
@@ -277,7 +266,7 @@ fn admit(app: &App, client: IpAddr) -> Result<OwnedSemaphorePermit, Box<HttpResp
 /// Says at warn level (at most once every 10 s) that an address was refused for its handshakes
 /// not yet connected: a flood, or many clients behind one proxy that TRUSTED_PROXIES does not name.
 fn warn_pending_handshakes(app: &App, client: IpAddr) {
-    if !ten_seconds_since(&app.handshakes_warned) {
+    if !super::app::ten_seconds_since(&app.handshakes_warned) {
         return;
     }
     tracing::warn!(

@@ -540,7 +540,7 @@ fn metrics_node(app: &App) -> &str {
 
 async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Duration) {
     // Failed accepts since the last line about them, and when that line was written.
-    let (mut failed, mut said) = (0u64, None::<tokio::time::Instant>);
+    let (mut failed, said) = (0u64, AtomicU64::new(0));
     loop {
         let (tcp, peer) = tokio::select! {
             () = app.shutdown.cancelled() => break,
@@ -550,9 +550,9 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Durat
                     // Out of file descriptors and the like: back off instead of spinning, and
                     // say so once every 10 s, not at every try.
                     failed += 1;
-                    if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    if app::ten_seconds_since(&said) {
                         tracing::warn!(error = %e, failed, "accept failed");
-                        (failed, said) = (0, Some(tokio::time::Instant::now()));
+                        failed = 0;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
