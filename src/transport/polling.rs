@@ -425,7 +425,8 @@ pub struct PollingTransport {
     ws: Option<Box<WsTransport<PollingSink>>>,
     /// The client sent `5`: the session lives on `ws`.
     upgraded: bool,
-    /// When the upgrade in progress is given up ([`UPGRADE_TIMEOUT`]); `None` without one.
+    /// When the upgrade in progress is given up ([`UPGRADE_TIMEOUT`]): set as each upgrade
+    /// begins, and read only while its WebSocket is in `ws` and the client has not sent `5`.
     upgrade_by: Option<Instant>,
     max_payload: usize,
 }
@@ -438,6 +439,8 @@ impl Transport for PollingTransport {
 
     async fn recv(&mut self) -> Result<Received<PacketText>, DisconnectReason> {
         loop {
+            // The upgrade's deadline counts only while its WebSocket is there.
+            let upgrade_by = self.ws.as_ref().and(self.upgrade_by);
             let event = match (self.upgraded, self.ws.as_mut()) {
                 // What POSTs handed over before the client's `5` comes first: each was answered
                 // `ok`, and the client sends `5` only after that (socket.io-client's `pause`).
@@ -456,11 +459,10 @@ impl Transport for PollingTransport {
                         self.on_upgrade_packet(probe);
                         continue;
                     }
-                    () = until(self.upgrade_by) => {
+                    () = until(upgrade_by) => {
                         tracing::debug!("upgrade not completed within {UPGRADE_TIMEOUT:?}: polling goes on");
                         // Dropping the WebSocket's stream hands the sink back to polling.
                         self.ws = None;
-                        self.upgrade_by = None;
                         continue;
                     }
                 },
@@ -552,14 +554,10 @@ impl PollingTransport {
             Received::Binary(_) => "",
         }) {
             Ok("2probe") => self.queue.with_sink(PollingSink::probed),
-            Ok("5") => {
-                self.upgraded = self.queue.with_sink(PollingSink::finish_upgrade);
-                self.upgrade_by = None;
-            }
+            Ok("5") => self.upgraded = self.queue.with_sink(PollingSink::finish_upgrade),
             _ => {
                 // Dropping the WebSocket's stream hands the sink back to polling.
                 self.ws = None;
-                self.upgrade_by = None;
             }
         }
     }
