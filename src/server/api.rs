@@ -358,25 +358,20 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
         message.author.clone(),
         message.content.clone(),
     );
-    match ns.sequencer.request(message).await {
+    let answer = match ns.sequencer.request(message).await {
         Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
-        Ok(Outcome::Duplicate(id)) => {
-            if let Err(refused) = reused_key(ns, id, &sent, &p.idempotency_key).await {
-                ns.broadcaster.forget_if_empty(&sent.0);
-                return Err(refused);
-            }
-            Ok((StatusCode::OK, json!({ "id": id, "duplicate": true })))
-        }
-        Ok(Outcome::Refused(why)) => {
-            ns.broadcaster.forget_if_empty(&sent.0);
-            Err(ApiError::bad(why))
-        }
-        Ok(Outcome::Failed) => {
-            ns.broadcaster.forget_if_empty(&sent.0);
-            Err(ApiError::unavailable("the commit failed"))
-        }
+        Ok(Outcome::Duplicate(id)) => reused_key(ns, id, &sent, &p.idempotency_key)
+            .await
+            .map(|()| (StatusCode::OK, json!({ "id": id, "duplicate": true }))),
+        Ok(Outcome::Refused(why)) => Err(ApiError::bad(why)),
+        Ok(Outcome::Failed) => Err(ApiError::unavailable("the commit failed")),
         Err(_) => Err(ApiError::unavailable("the server is shutting down")),
+    };
+    if answer.is_err() {
+        // A new room's first message not stored holds no MAX_ROOMS place.
+        ns.broadcaster.forget_if_empty(&sent.0);
     }
+    answer
 }
 
 /// A publish whose idempotency key message `id` was stored under: a retry (the same room,
