@@ -1701,7 +1701,10 @@ fn main() {
         return;
     }
     let args = Args::parse();
+    // The tool's own workers are set here, so that `TOKIO_WORKER_THREADS` in its environment
+    // reaches only the relays it spawns.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .enable_all()
         .build()
         .expect("runtime");

@@ -223,7 +223,8 @@ async fn messages_beyond_the_rate_limit_get_an_error_never_a_silent_drop() {
             }
         }
     }
-    assert!(limited > 0 && ok >= 5, "ok {ok}, limited {limited}");
+    // The burst of 5 less the token the CONNECT to `/` spent.
+    assert!(limited > 0 && ok >= 4, "ok {ok}, limited {limited}");
     assert_eq!(
         chats, ok,
         "what was acked without error was stored and delivered"
@@ -247,6 +248,38 @@ async fn messages_beyond_the_rate_limit_get_an_error_never_a_silent_drop() {
     let frame = frame.expect("a close frame");
     assert_eq!(frame.code, CloseCode::Policy);
     assert_eq!(frame.reason.as_str(), "rate limit exceeded");
+    s.stop().await;
+}
+
+/// A client cycling CONNECT and DISCONNECT spends the same rate limit as its events: past it
+/// a CONNECT is refused with `44` and the reason (the connection stays, and a later CONNECT
+/// passes again), so a room's presence and replay cannot be churned as fast as a client sends.
+#[tokio::test]
+async fn connects_beyond_the_rate_limit_are_refused_not_served() {
+    let s = TestServer::start_with(|c| c.max_messages_per_second = 5).await;
+    let mut c = s.client().await;
+    let mut accepted = 0;
+    // 5 at once, then 5 a second: 30 round trips cannot all pass unless they took 5 s.
+    let refusal = loop {
+        c.send("40/churn,").await;
+        let t = c.recv_text().await;
+        if t.starts_with("40/churn,") {
+            accepted += 1;
+            assert!(accepted < 30, "never refused");
+            c.send("41/churn,").await;
+        } else if let Some(refusal) = t.strip_prefix("44/churn,") {
+            break refusal.to_string();
+        }
+    };
+    assert!(refusal.contains("rate limit exceeded"), "{refusal}");
+    assert!(accepted >= 5, "refused after {accepted}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.send("40/churn,").await;
+    let t = c.recv_text().await;
+    assert!(
+        t.starts_with("40/churn,"),
+        "not accepted after a quiet second: {t}"
+    );
     s.stop().await;
 }
 

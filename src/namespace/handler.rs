@@ -622,10 +622,13 @@ impl<T: Transport> Handler<T> {
     /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
     /// recovery or capped replay is planned.
     fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
+        // A CONNECT spends a token of the connection's rate limit, as an event does: a client
+        // cycling CONNECT and DISCONNECT would otherwise have its token checked, its presence
+        // announced and its replay planned as fast as it can send (a page's reconnect, one
+        // CONNECT a room, at most `MAX_NAMESPACES`, fits in the default burst).
         let identified = self
-            .ns
-            .identity
-            .identify(auth, &self.members[i].room)
+            .allow_connect()
+            .and_then(|()| self.ns.identity.identify(auth, &self.members[i].room))
             .and_then(|identity| {
                 let user = identity.author.user.as_deref();
                 match self.ns.bans.is_banned(user, self.ip()) {
@@ -672,6 +675,18 @@ impl<T: Transport> Handler<T> {
                 limit,
             )));
         }
+    }
+
+    /// Takes a rate-limit token for a CONNECT, or says why the CONNECT is refused.
+    fn allow_connect(&mut self) -> Result<(), String> {
+        if self.rate.allow() {
+            return Ok(());
+        }
+        let rejection = Rejection::RateLimited {
+            per_second: self.ns.config.max_messages_per_second,
+        };
+        self.ns.metrics.refused(&rejection);
+        Err(rejection.to_string())
     }
 
     fn join(&mut self, i: usize, plan: JoinPlan) {
