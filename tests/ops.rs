@@ -283,6 +283,34 @@ async fn connects_beyond_the_rate_limit_are_refused_not_served() {
     s.stop().await;
 }
 
+/// A second relay on one SQLite file would commit rows the first never broadcasts, and the
+/// first's readers would miss them for good: it waits a few seconds for the first to end (a
+/// restart), then refuses to start, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_per_sqlite_file() {
+    let mut s = TestServer::start_on(Backend::Sqlite, |_| {}).await;
+    let err = match relay::server::start(&s.config).await {
+        Ok(_) => panic!("a second relay started on the same SQLite file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("another relay serves this SQLite file"),
+        "{err}"
+    );
+    // A restart whose old relay is still ending: the new one waits for it, then starts.
+    let config = s.config.clone();
+    let second = tokio::spawn(async move { relay::server::start(&config).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "started beside the first");
+    s.shutdown().await;
+    let second = second
+        .await
+        .unwrap()
+        .expect("starts once the first has ended");
+    second.shutdown().await;
+    s.remove_database().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_database_fails_the_start_and_says_where() {
     // A database URL that points nowhere cannot even start: relay fails fast and says where.

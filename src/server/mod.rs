@@ -51,6 +51,9 @@ use tokio_util::task::TaskTracker;
 
 /// API keys shorter than this are warned of at start: they can be guessed.
 const MIN_API_KEY_CHARS: usize = 16;
+/// How long a relay waits for another relay on its SQLite file to end (a restart whose old
+/// process is still shutting down) before it refuses to start.
+const SQLITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the server could not start. The message names what failed and where.
 #[derive(Debug)]
@@ -99,6 +102,8 @@ pub struct Running {
     /// The lease, bus and follower of a cluster node.
     cluster: Option<Cluster>,
     store: Store,
+    /// A SQLite file's server lock: one relay per file (released when this is dropped).
+    _file_lock: Option<std::fs::File>,
 }
 
 /// A database URL without its password, for messages.
@@ -151,6 +156,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         error,
     };
     let store = open_store(config).await.map_err(db_error)?;
+    let file_lock = store
+        .lock_for_serving(SQLITE_LOCK_WAIT)
+        .await
+        .map_err(db_error)?;
     if config.max_message_bytes > store.content_limit() as u64 {
         tracing::warn!(
             max_message_bytes = config.max_message_bytes,
@@ -295,6 +304,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         broadcaster,
         cluster,
         store,
+        _file_lock: file_lock,
     })
 }
 

@@ -122,6 +122,19 @@ impl Store {
         }
     }
 
+    /// On SQLite, the file's server lock (see [`sqlite::SqliteStore::lock_for_serving`]), held
+    /// while the returned file is open; `None` on MySQL/MariaDB, which takes many relays (a
+    /// cluster's nodes, or one relay refused by `relay_cluster`).
+    pub async fn lock_for_serving(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<std::fs::File>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lock_for_serving(wait).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The most bytes the content column holds.
     pub fn content_limit(&self) -> usize {
         match self {

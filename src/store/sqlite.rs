@@ -138,6 +138,60 @@ impl SqliteStore {
         MAX_LENGTH
     }
 
+    /// Takes the file's server lock: an advisory `flock` on `<file>.lock`, held while the
+    /// returned file is open and released by the kernel when the process ends, however it ends.
+    /// A second relay on the same file would commit rows the first never broadcasts (live
+    /// readers of the first would miss them for good), so it is refused: it waits up to `wait`
+    /// for a relay that is still ending, then fails with
+    /// "another relay serves this SQLite file".
+    pub async fn lock_for_serving(&self, wait: Duration) -> Result<std::fs::File, StoreError> {
+        let mut name = self.inner.path.clone().into_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::other(
+                    "cannot open the SQLite file's lock",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::other(
+                        "cannot lock the SQLite file",
+                        format!("{}: {e}", path.display()),
+                    ))
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::other(
+                    "another relay serves this SQLite file",
+                    format!(
+                        "{} is locked: one relay per SQLite file (for several relays, use \
+                         MySQL/MariaDB with CLUSTER_URL)",
+                        self.inner.path.display()
+                    ),
+                ));
+            }
+            if !std::mem::replace(&mut said, true) {
+                tracing::warn!(
+                    path = %self.inner.path.display(),
+                    "another relay holds this SQLite file: waiting up to {wait:?} for it to end"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read("ping failed", |c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await
