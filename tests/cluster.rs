@@ -1459,6 +1459,41 @@ async fn deletions_bans_and_disconnects_reach_every_node() {
     drop_database(&db).await;
 }
 
+/// A disconnect asked of one node while Redis is away is kept, and ends the sockets on the other
+/// nodes once Redis is back (it was lost before: the note went out once, to no one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_while_redis_is_away_reaches_the_other_nodes_once_it_is_back() {
+    let mut redis = Redis::start();
+    let (db, cluster) = fresh();
+    let key = "cluster-api-key";
+    let env = [("API_KEYS", key)];
+    let (a, b) = (
+        Node::start_with(&db, &redis, &cluster, &env),
+        Node::start_with(&db, &redis, &cluster, &env),
+    );
+    let mut guest = b.joined(0).await;
+    redis.stop();
+    wait_for_metric_eq(a.addr, "relay_bus_up", 0.0).await;
+    let (status, reply) = api(
+        a.addr,
+        key,
+        "POST",
+        "/api/v1/disconnect",
+        r#"{"ip":"127.0.0.1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    redis.restart();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until_frame(&mut guest, |t| t == "41"),
+    )
+    .await
+    .expect("the disconnect reached the other node once Redis was back");
+    drop((a, b));
+    drop_database(&db).await;
+}
+
 /// A TCP proxy to MariaDB that the test can cut: every connection through it dropped, new ones
 /// refused, until it is restored.
 struct CutProxy {

@@ -41,6 +41,11 @@ pub const FLUSH: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest a publish (or the connection for it) may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a disconnect from the server API is kept for the other nodes: sent again while Redis
+/// cannot take it and to each node that subscribes again (it may have missed it), then dropped
+/// (logged if it never went out), so that a user who came back since is not ended by a stale
+/// one. Each node acts on a disconnect once, however often it comes.
+const KICK_KEEP: Duration = Duration::from_secs(30);
 
 /// A person on the channel: `[room, id, user, name]` (`room` is the name, `""` for `/`).
 type PersonWire = (String, String, Option<String>, Option<String>);
@@ -71,6 +76,13 @@ struct Message {
     /// End the sockets of a user or from an address (CIDR text) here: `[user, ip]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kick: Option<(Option<String>, Option<String>)>,
+    /// The disconnect's number on its node (0: not numbered).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    kick_id: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn to_wire(room: &Room, p: &Person) -> PersonWire {
@@ -133,6 +145,10 @@ pub async fn run(
         peers: HashMap::new(),
         presence,
         metrics,
+        kicked: Vec::new(),
+        kick_seq: 0,
+        resend_kicks: false,
+        kicks_seen: HashMap::new(),
     };
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(50);
@@ -153,12 +169,13 @@ pub async fn run(
                 let wait = tokio::time::sleep(backoff);
                 tokio::pin!(wait);
                 // Meanwhile: the notes are dropped (the next subscription sends this node's whole
-                // state, which holds them), so nothing grows while Redis is away.
+                // state, which holds them), so nothing grows while Redis is away; disconnects are
+                // kept a while (see KICK_KEEP).
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = &mut wait => break,
-                        Some(_) = notes.recv() => {}
+                        Some(note) = notes.recv() => state.keep_kick(note),
                     }
                 }
                 state.forget_quiet();
@@ -168,8 +185,11 @@ pub async fn run(
         };
         backoff = Duration::from_millis(50);
         // Subscribed (again): tell everyone all of ours, and ask for all of theirs.
-        let hello = [state.full(), state.want("")];
-        publish(&channel, &mut conn, &hello).await;
+        let mut hello = vec![state.full(), state.want("")];
+        hello.extend(state.kicks(true));
+        if publish(&channel, &mut conn, &hello).await {
+            state.kicks_published();
+        }
         let mut flush = tokio::time::interval(FLUSH);
         let mut last_spoke = Instant::now();
         loop {
@@ -181,6 +201,9 @@ pub async fn run(
                     if let Some(reply) = state.receive(m.get_payload_bytes()) {
                         out.push(reply);
                     }
+                    if std::mem::take(&mut state.resend_kicks) {
+                        out.extend(state.kicks(true));
+                    }
                 }
                 Some(note) = notes.recv() => match note {
                     Note::Typing(room, person) => out.push(Message {
@@ -188,11 +211,10 @@ pub async fn run(
                         typing: Some(to_wire(&room, &person)),
                         ..Message::default()
                     }),
-                    Note::Kick(user, ip) => out.push(Message {
-                        n: state.node.clone(),
-                        kick: Some((user, ip)),
-                        ..Message::default()
-                    }),
+                    note @ Note::Kick(..) => {
+                        state.keep_kick(note);
+                        out.extend(state.kicks(false));
+                    }
                     note => state.keep(note),
                 },
                 _ = flush.tick() => {
@@ -200,13 +222,17 @@ pub async fn run(
                     if !state.pending.is_empty() || last_spoke.elapsed() >= HEARTBEAT {
                         out.push(state.delta());
                     }
+                    // Disconnects a failed publish left: again.
+                    out.extend(state.kicks(false));
                 }
             }
             if !out.is_empty() {
                 if out.iter().any(|m| m.s != 0) {
                     last_spoke = Instant::now();
                 }
-                publish(&channel, &mut conn, &out).await;
+                if publish(&channel, &mut conn, &out).await {
+                    state.kicks_published();
+                }
             }
         }
         tracing::warn!(
@@ -225,9 +251,76 @@ struct State {
     peers: HashMap<Arc<str>, Peer>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
+    /// Disconnects from the server API of this node, kept for [`KICK_KEEP`].
+    kicked: Vec<Kick>,
+    /// The number of this node's last disconnect.
+    kick_seq: u64,
+    /// Another node subscribed again: send it the kept disconnects.
+    resend_kicks: bool,
+    /// The disconnects acted on, by node and number, for [`KICK_KEEP`] and more.
+    kicks_seen: HashMap<(Arc<str>, u64), Instant>,
+}
+
+/// A disconnect from the server API, kept.
+struct Kick {
+    at: Instant,
+    /// Its number on this node (from 1): the others act on it once.
+    id: u64,
+    user: Option<String>,
+    ip: Option<String>,
+    /// Taken by Redis once at least.
+    published: bool,
 }
 
 impl State {
+    /// Keeps a disconnect for [`KICK_KEEP`] (other notes: see [`State::keep`]).
+    fn keep_kick(&mut self, note: Note) {
+        if let Note::Kick(user, ip) = note {
+            self.kick_seq += 1;
+            self.kicked.push(Kick {
+                at: Instant::now(),
+                id: self.kick_seq,
+                user,
+                ip,
+                published: false,
+            });
+        }
+    }
+
+    /// The kept disconnects (`all`), or those Redis has not taken yet, as messages; those older
+    /// than [`KICK_KEEP`] are dropped.
+    fn kicks(&mut self, all: bool) -> Vec<Message> {
+        self.kicked.retain(|k| {
+            let fresh = k.at.elapsed() < KICK_KEEP;
+            if !fresh && !k.published {
+                tracing::warn!(
+                    user = k.user.as_deref(),
+                    ip = k.ip.as_deref(),
+                    "a disconnect from the server API could not reach the other nodes within \
+                     {KICK_KEEP:?} (Redis unavailable): dropped"
+                );
+            }
+            fresh
+        });
+        self.kicked
+            .iter()
+            .filter(|k| all || !k.published)
+            .map(|k| Message {
+                n: self.node.clone(),
+                kick: Some((k.user.clone(), k.ip.clone())),
+                kick_id: k.id,
+                ..Message::default()
+            })
+            .collect()
+    }
+
+    /// A publish went through: every kept disconnect was in it or in one before.
+    fn kicks_published(&mut self) {
+        for k in &mut self.kicked {
+            k.published = true;
+        }
+    }
+
     fn keep(&mut self, note: Note) {
         match note {
             Note::Here(room, person) => {
@@ -236,9 +329,9 @@ impl State {
             Note::Gone(room, id) => {
                 self.pending.insert((room, id), None);
             }
-            // Not worth keeping while Redis is away: typing is stale in 2 s, and a disconnect's
-            // sockets are ended by the ban that usually comes with it.
-            Note::Typing(..) | Note::Kick(..) => {}
+            // Not worth keeping while Redis is away: typing is stale in 2 s.
+            Note::Typing(..) => {}
+            note @ Note::Kick(..) => self.keep_kick(note),
         }
     }
 
@@ -300,8 +393,19 @@ impl State {
         }
         let node: Arc<str> = m.n.as_str().into();
         if let Some((user, ip)) = m.kick {
-            self.presence.remote_kick(user.as_deref(), ip.as_deref());
-            tracing::info!(from = %node, "a disconnect from another node");
+            // Once each (0: a node that does not number them).
+            let now = Instant::now();
+            self.kicks_seen
+                .retain(|_, at| now.duration_since(*at) < 2 * KICK_KEEP);
+            if m.kick_id == 0
+                || self
+                    .kicks_seen
+                    .insert((node.clone(), m.kick_id), now)
+                    .is_none()
+            {
+                self.presence.remote_kick(user.as_deref(), ip.as_deref());
+                tracing::info!(from = %node, "a disconnect from another node");
+            }
             return None;
         }
         if let Some(person) = m.typing {
@@ -311,6 +415,8 @@ impl State {
             return None;
         }
         if let Some(of) = &m.want {
+            // A node that subscribed again asks every node: it may have missed a disconnect.
+            self.resend_kicks |= of.is_empty() && !self.kicked.is_empty();
             return (of.is_empty() || *of == self.node).then(|| self.full());
         }
         let now = Instant::now();
@@ -363,7 +469,7 @@ async fn publish(
     channel: &Channel,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
     messages: &[Message],
-) {
+) -> bool {
     // Bounded: a Redis that hangs must not stop this loop from reading its notes and
     // forgetting quiet nodes.
     if conn.is_none() {
@@ -374,7 +480,7 @@ async fn publish(
             .and_then(Result::ok);
     }
     let Some(c) = conn.as_mut() else {
-        return;
+        return false;
     };
     let mut pipe = redis::pipe();
     for m in messages {
@@ -386,7 +492,9 @@ async fn publish(
     if !matches!(sent, Ok(Ok(()))) {
         tracing::debug!("presence: publishing failed or timed out");
         *conn = None;
+        return false;
     }
+    true
 }
 
 #[cfg(test)]
@@ -402,7 +510,38 @@ mod tests {
             peers: HashMap::new(),
             presence: Arc::new(Presence::new(metrics.clone())),
             metrics,
+            kicked: Vec::new(),
+            kick_seq: 0,
+            resend_kicks: false,
+            kicks_seen: HashMap::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnect_is_sent_until_published_and_to_a_node_that_subscribes_again() {
+        let mut a = state("a");
+        let mut b = state("b");
+        a.keep(Note::Kick(Some("troll".into()), None));
+        let sent = a.kicks(false);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].kick, Some((Some("troll".into()), None)));
+        // Not published (Redis away): the next try sends it again; once published, not.
+        tokio::time::advance(KICK_KEEP / 2).await;
+        assert_eq!(a.kicks(false).len(), 1);
+        a.kicks_published();
+        assert!(a.kicks(false).is_empty());
+        // b acts on it once, however often it comes.
+        let bytes = serde_json::to_vec(&sent[0]).unwrap();
+        assert_eq!(b.receive(&bytes), None);
+        assert_eq!(b.receive(&bytes), None);
+        assert_eq!(b.kicks_seen.len(), 1);
+        // A node that subscribes again asks everyone: a sends it again.
+        let want = serde_json::to_vec(&b.want("")).unwrap();
+        assert!(a.receive(&want).is_some());
+        assert!(std::mem::take(&mut a.resend_kicks));
+        assert_eq!(a.kicks(true).len(), 1);
+        tokio::time::advance(KICK_KEEP / 2).await;
+        assert!(a.kicks(true).is_empty(), "stale: dropped");
     }
 
     fn ana() -> Person {
