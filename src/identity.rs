@@ -182,12 +182,21 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.validate_exp = true;
         validation.required_spec_claims.clear();
+        // jsonwebtoken checks `iss` and `aud` only when the token has them: a configured issuer
+        // or audience is required too, or any token the same key signed, for whatever use,
+        // would do.
         match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                validation.required_spec_claims.insert("iss".into());
+            }
             None => validation.iss = None,
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
             None => validation.validate_aud = false,
         }
         let claims = match jsonwebtoken::decode::<Claims>(token, key, &validation) {
@@ -200,6 +209,8 @@ impl Verifier {
                     K::ImmatureSignature => "not yet valid",
                     K::InvalidIssuer => "wrong issuer",
                     K::InvalidAudience => "wrong audience",
+                    K::MissingRequiredClaim(c) if c == "iss" => "no issuer",
+                    K::MissingRequiredClaim(c) if c == "aud" => "no audience",
                     K::InvalidAlgorithm => "signed with an algorithm this server does not take",
                     K::Json(_) => "claims of the wrong type",
                     _ => "not a JWT",
@@ -239,12 +250,16 @@ impl Verifier {
         let name = claims
             .name
             .map(|n| {
-                n.chars()
+                let kept = n
+                    .chars()
                     .filter(|c| !is_control_or_format(*c))
+                    .collect::<String>();
+                trim_blank(&kept)
+                    .chars()
                     .take(MAX_TOKEN_NAME_CHARS)
                     .collect::<String>()
             })
-            .filter(|n| !n.trim().is_empty());
+            .filter(|n| !n.is_empty());
         Ok(Identity {
             author: Author {
                 user: Some(Arc::from(user)),
@@ -312,12 +327,25 @@ fn ec_curve(pem: &[u8]) -> Option<Algorithm> {
     }
 }
 
-/// A guest's own name (`auth.name`): 1–32 characters after trimming, none of them a control or
-/// format character; `None` when not given.
+/// `name` without the blank characters at its ends: white space, and the characters that show
+/// as nothing though Unicode does not call them space (the Hangul fillers U+115F, U+1160,
+/// U+3164, U+FFA0 and the blank braille pattern U+2800), so a name cannot look empty.
+fn trim_blank(name: &str) -> &str {
+    name.trim_matches(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+            )
+    })
+}
+
+/// A guest's own name (`auth.name`): 1–32 characters after trimming blanks ([`trim_blank`]),
+/// none of them a control or format character; `None` when not given.
 fn guest_name(auth: Option<&Value>) -> Result<Option<Arc<str>>, String> {
     let name = match auth.and_then(|a| a.get("name")) {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(n)) => n.trim(),
+        Some(Value::String(n)) => trim_blank(n),
         Some(_) => return Err("invalid name: must be a string".into()),
     };
     if name.is_empty() {
@@ -395,6 +423,15 @@ mod tests {
             connect(&v, json!({ "token": t })).unwrap().author.name,
             None
         );
+        // Trimmed as a guest's is, blanks that show as nothing too.
+        let t = token(json!({"sub": "u4", "name": "  Ana \u{3164}"}));
+        let id = connect(&v, json!({ "token": t })).unwrap();
+        assert_eq!(id.author.name.as_deref(), Some("Ana"));
+        let t = token(json!({"sub": "u5", "name": "\u{2800}"}));
+        assert_eq!(
+            connect(&v, json!({ "token": t })).unwrap().author.name,
+            None
+        );
     }
 
     #[test]
@@ -442,6 +479,15 @@ mod tests {
             (
                 json!({"token": with(json!({"sub": ""}))}),
                 "invalid token: no sub",
+            ),
+            // A configured issuer and audience are required, not only checked when present.
+            (
+                json!({"token": token(json!({"sub": "u", "aud": "chat"}))}),
+                "invalid token: no issuer",
+            ),
+            (
+                json!({"token": token(json!({"sub": "u", "iss": "me"}))}),
+                "invalid token: no audience",
             ),
             (
                 json!({"token": with(json!({"rooms": ["help"]}))}),
@@ -535,6 +581,10 @@ mod tests {
             json!("a\u{202E}b"),
             json!("a\u{200B}b"),
             json!("x".repeat(33)),
+            // Characters that show as nothing: no name at all.
+            json!("\u{3164}"),
+            json!("\u{2800}\u{2800}"),
+            json!(" \u{FFA0} "),
         ] {
             assert!(connect(&v, json!({ "name": bad }))
                 .unwrap_err()
