@@ -79,6 +79,10 @@
   var STALL_MS = 3000;
   // Messages a first visit shows, and each "load earlier" adds.
   var HISTORY_PAGE = 100;
+  // Rooms kept connected besides the one shown (the server takes 64 per connection): past it,
+  // the one shown longest ago, with nothing of its own waiting, is disconnected (and leaves that
+  // room's presence) until it is shown again, when it asks for what it missed.
+  var MAX_OPEN_ROOMS = 12;
   // A room's name, as the server takes it (protocol.md, "Rooms").
   var ROOM_NAME = /^[a-z0-9][a-z0-9_-]{0,47}$/;
   var ROOM_RULE = "A room name is 1\u201348 characters of a\u2013z, 0\u20139, _ and -, starting with a letter or digit.";
@@ -304,7 +308,17 @@
     if (typeof meta.at === "number" && meta.at > 0) {
       var at = new Date(meta.at);
       li.dataset.at = String(meta.at);
-      li.dataset.time = pad2(at.getHours()) + ":" + pad2(at.getMinutes());
+      var time = pad2(at.getHours()) + ":" + pad2(at.getMinutes());
+      var today = new Date();
+      if (at.toDateString() !== today.toDateString()) {
+        // Not today: the date too (a phone shows no tooltip).
+        var day = { month: "short", day: "numeric" };
+        if (at.getFullYear() !== today.getFullYear()) {
+          day.year = "numeric";
+        }
+        time = at.toLocaleDateString(undefined, day) + " " + time;
+      }
+      li.dataset.time = time;
       li.title = at.toLocaleString();
     }
   }
@@ -459,11 +473,16 @@
       unread: 0,
       state: "connecting",
       stateText: "connecting\u2026",
+      shownAt: 0,
+      parked: false, // disconnected by the page while not shown (MAX_OPEN_ROOMS)
       sticky: "", // a notice that stays until its cause goes (shown again when the room is)
       scroll: null, // where the reader was while another room is shown (null: at the end)
     };
     var list = room.list;
     var stallTimer = null;
+    // When the server last answered here (an ack, or a message): the stock client sends one own
+    // message at a time, so on a slow link a queue of them is not an outage.
+    var heardAt = 0;
     var refused = false;
     // Why the server refused this room's CONNECT, when it was for who we are: "name" or "token".
     var refusedFor = null;
@@ -559,7 +578,7 @@
         }
         return;
       }
-      var waited = Date.now() - outbox[0].since;
+      var waited = Date.now() - Math.max(outbox[0].since, heardAt);
       if (waited >= STALL_MS) {
         if (socket.connected && room.state !== "stalled") {
           setStatus("stalled", "server not answering");
@@ -629,6 +648,7 @@
         return; // already shown (or malformed): never render twice
       }
       lastQueuedId = serverOffset;
+      heardAt = Date.now();
       pending.push({ text: String(msg), id: serverOffset, meta: meta });
       // A verified user's message ends their "is typing" (a guest's typing id is not in meta).
       if (meta && typeof meta.user === "string" && room.typers["u:" + meta.user]) {
@@ -645,10 +665,14 @@
     });
 
     /**
-     * The row the server sent for an acknowledged own message: the ack comes after the row, so it
-     * is the first unmarked row with the same text among those received since the emit.
+     * The row the server sent for an acknowledged own message: the ack comes after the row. The
+     * ack names the row's id (this page asks for meta); from a server that does not say, it is
+     * the first unmarked row with the same text among those received since the emit.
      */
-    function rowOf(entry) {
+    function rowOf(entry, reply) {
+      if (reply && typeof reply.id === "number") {
+        return list.querySelector('li[data-id="' + reply.id + '"]');
+      }
       var found = null;
       for (var li = list.lastElementChild; li; li = li.previousElementSibling) {
         if (!li.dataset.id) {
@@ -671,6 +695,9 @@
 
     function settle(entry, err, reply) {
       render(); // rows received before this answer go on screen first, above the own rows
+      if (!err) {
+        heardAt = Date.now();
+      }
       outbox.splice(outbox.indexOf(entry), 1);
       watchStall();
       // Given up by the client (no ack after its retries): kept, so a reload tries it again.
@@ -696,7 +723,7 @@
         mark(entry.li, "failed", "not sent: " + reply.error);
       } else {
         // The server's row for it came before the ack, so it is on screen now.
-        var row = rowOf(entry);
+        var row = rowOf(entry, reply);
         if (row) {
           entry.li.remove();
           mark(row, "sent", "sent");
@@ -848,8 +875,10 @@
       }
       if (!socket.active && /^(token required|invalid token\b)/.test(message)) {
         refusedFor = "token";
-        setStatus("refused", "token refused");
-        say("The server refused this page's token (" + message + ").", true);
+        setStatus("refused", token ? "token refused" : "sign-in required");
+        say(token
+          ? "The server refused this page's token (" + message + ")."
+          : "This server lets only signed-in users in: open this page with ?token=<your token>.", true);
         updateToggle();
         return;
       }
@@ -1062,14 +1091,33 @@
     };
 
     room.connect = function () {
+      room.parked = false;
       if (!socket.active) {
         socket.connect();
         setStatus("reconnecting", "connecting\u2026");
       }
     };
 
+    /**
+     * Disconnects this room while another is shown, unless an own message waits for its answer;
+     * says whether it did. Showing it again connects it (see MAX_OPEN_ROOMS).
+     */
+    room.park = function () {
+      if (outbox.length || !socket.active) {
+        return false;
+      }
+      socket.disconnect();
+      room.parked = true;
+      setStatus("offline", "offline");
+      return true;
+    };
+
     /** Puts this room's list where the shown room's was, with its badge, notice and buttons. */
     room.show = function () {
+      room.shownAt = Date.now();
+      if (room.parked) {
+        room.connect(); // from the last message it has: it gets what it missed
+      }
       room.shown = true;
       room.unread = 0;
       seenBelow();
@@ -1245,8 +1293,26 @@
     input.disabled = sendButton.disabled = false;
     setTitle(name === "/" ? "relay chat" : label(name));
     room.show();
+    parkIdleRooms();
     updateToggle();
     renderRoomList(true);
+  }
+
+  /** Past MAX_OPEN_ROOMS connected rooms not shown, disconnects the ones shown longest ago. */
+  function parkIdleRooms() {
+    var open = Object.keys(rooms).map(function (n) {
+      return rooms[n];
+    }).filter(function (r) {
+      return r !== current && !r.parked && r.socket.active;
+    }).sort(function (a, b) {
+      return a.shownAt - b.shownAt;
+    });
+    var excess = open.length - MAX_OPEN_ROOMS;
+    for (var i = 0; i < open.length && excess > 0; i++) {
+      if (open[i].park()) {
+        excess--; // (a room with an own message waiting is kept)
+      }
+    }
   }
 
   /** A hash that names no room: says so, connects nothing, sends nothing. */
@@ -1332,8 +1398,9 @@
         a.setAttribute("aria-current", "page");
       }
       var unread = rooms[name] ? rooms[name].unread : 0;
-      if (!rooms[name] && listed[name] > (seen[name] || 0)) {
-        // Not opened in this page, and newer than this browser last saw it.
+      if ((!rooms[name] || rooms[name].parked) && !unread && listed[name] > (seen[name] || 0)) {
+        // Not opened in this page (or disconnected while not shown), and newer than this
+        // browser last saw it.
         var dot = document.createElement("span");
         dot.className = "unread dot";
         dot.textContent = "\u2022";

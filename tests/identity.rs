@@ -90,6 +90,11 @@ async fn token_mode_refuses_every_bad_token_and_names_the_good_ones() {
         "commit time {at}"
     );
     assert_eq!(v[4], "1", "the recovery offset stays last: {row}");
+    // With meta the ack names the row, so a page finds its own message by id, not by its text.
+    assert_eq!(c.recv_text().await, r#"431[{"id":1}]"#);
+    // Its retry (the same clientOffset) is acked with the same id, and not broadcast again.
+    c.emit(Some(2), "hello", "ana-1").await;
+    assert_eq!(c.recv_text().await, r#"432[{"id":1}]"#);
     // The room list is for token holders too, each seeing the rooms their token opens.
     let rooms = |token: Option<String>| {
         let addr = s.addr;

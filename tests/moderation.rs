@@ -114,10 +114,12 @@ async fn a_deletion_is_an_entry_of_the_log_for_every_socket_replay_and_history(b
         delete(&mut moderator, 10, json!(99_999)).await,
         json!({ "error": "no such message" })
     );
-    assert!(delete(&mut moderator, 11, json!("x")).await["error"]
-        .as_str()
-        .unwrap()
-        .starts_with("invalid id"));
+    for (ack, bad) in [(11, json!("x")), (111, json!(0))] {
+        assert!(delete(&mut moderator, ack, bad).await["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid id"));
+    }
     assert_eq!(delete(&mut moderator, 12, json!(spam)).await, json!({}));
     let four = say(&mut guest, 4, "four").await;
     // Again: done already, no second entry.

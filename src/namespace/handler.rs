@@ -563,8 +563,13 @@ impl<T: Transport> Handler<T> {
                 } else {
                     id.min(self.ns.broadcaster.room_last(&m.room))
                 };
-                m.acks
-                    .push(wait, socketio::encode_empty_ack(&m.room.nsp(), ack_id));
+                // A socket that asked for meta learns its message's id: a page matches the ack
+                // to its row by it, not by text another author may have sent too.
+                let ack = match m.meta {
+                    true => socketio::encode_ack(&m.room.nsp(), ack_id, &json!([{ "id": id }])),
+                    false => socketio::encode_empty_ack(&m.room.nsp(), ack_id),
+                };
+                m.acks.push(wait, ack);
             }
             Outcome::Refused(reason) => {
                 let reason = Rejection::Refused(reason).to_string();
@@ -773,7 +778,8 @@ impl<T: Transport> Handler<T> {
             }
             return;
         };
-        let Some(target) = payload.get(1).and_then(serde_json::Value::as_u64) else {
+        let id = payload.get(1).and_then(serde_json::Value::as_u64);
+        let Some(target) = id.filter(|&id| id > 0) else {
             if let Some(ack_id) = ack_id {
                 m.answer(
                     ack_id,

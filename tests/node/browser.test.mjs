@@ -422,6 +422,31 @@ describe("chat page in Chromium", () => {
       await type(page, "second");
       await expectMessages(page, "pending", [text, "from the other page", "second"]);
       await page.waitForFunction(() => document.querySelector("#messages > li:last-child").dataset.state === "sent", null, { timeout: WAIT_MS });
+
+      // Someone else sends the same words while this page's message waits: the ack names its
+      // row, so the own mark goes to the page's row, not to the other's that came first.
+      await page.locator("#toggle-btn").click();
+      await page.waitForFunction(() => document.getElementById("status").dataset.state === "offline", null, { timeout: WAIT_MS });
+      await type(page, "same words");
+      const sender = io(own.url, { transports: ["websocket"], forceNew: true });
+      try {
+        await sender.timeout(PATIENCE_MS).emitWithAck("chat message", "same words", "same-words-other");
+      } finally {
+        sender.disconnect();
+      }
+      await page.locator("#toggle-btn").click();
+      await page.waitForFunction(
+        () => {
+          const rows = [...document.querySelectorAll("#messages > li")].filter((li) => li.textContent === "same words");
+          return rows.length === 2 && rows.every((li) => li.dataset.id) && !document.querySelector('#messages > li[data-state="pending"]');
+        },
+        null,
+        { timeout: WAIT_MS },
+      );
+      const marks = await page.$$eval("#messages > li", (lis) =>
+        lis.filter((li) => li.textContent === "same words").map((li) => [li.hasAttribute("data-own"), li.dataset.state || ""]),
+      );
+      assert.deepEqual(marks, [[false, ""], [true, "sent"]], "the other's row first, unmarked; the own row after it, sent");
       await Promise.all([page.context().close(), other.context().close()]);
     } finally {
       await closePages();
