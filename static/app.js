@@ -878,7 +878,7 @@
         setStatus("refused", token ? "token refused" : "sign-in required");
         say(token
           ? "The server refused this page's token (" + message + ")."
-          : "This server lets only signed-in users in: open this page with ?token=<your token>.", true);
+          : "This server lets only signed-in users in (" + message + "): open this page with ?token=<your token>.", true);
         updateToggle();
         return;
       }
