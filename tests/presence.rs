@@ -209,8 +209,7 @@ async fn rooms_are_counted_apart_and_a_reconnect_storm_is_a_few_events() {
 /// ack id) nor refused the message it then sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_is_not_counted_against_the_rate_limit() {
-    // 3: the CONNECT spends one, the two messages the rest.
-    let s = TestServer::start_on(Backend::Sqlite, |c| c.max_messages_per_second = 3).await;
+    let s = TestServer::start_on(Backend::Sqlite, |c| c.max_messages_per_second = 2).await;
     let mut c = s.client().await;
     c.join_room("general", None).await;
     for _ in 0..25 {

@@ -88,7 +88,7 @@ on_both_stores!(a_rooms_replay_skips_the_other_rooms_and_goes_live);
 /// error; `/` goes on throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_room_connects_from_one_client_each_get_an_answer() {
-    // No rate limit: a CONNECT spends a token of it (a test of its own, in `ops.rs`).
+    // No rate limit: past 64, a CONNECT spends a token of it (a test of its own, in `ops.rs`).
     let s = TestServer::start_with(|c| c.max_messages_per_second = 0).await;
     let mut c = s.joined(None).await;
     let rooms = knob("ROOM_CONNECTS", 10_000);

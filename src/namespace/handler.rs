@@ -14,7 +14,7 @@
 
 use super::acks::AckQueue;
 use super::rate::RateLimit;
-use super::socket::{Inbound, Socket};
+use super::socket::{Inbound, Socket, MAX_NAMESPACES};
 use super::{
     HistoryFuture, JoinFuture, JoinPlan, Namespace, Opener, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
 };
@@ -201,7 +201,7 @@ pub fn serve<T: Transport>(
         receipts: None,
         in_flight: VecDeque::new(),
         next_tag: 0,
-        rate: RateLimit::new(ns.config.max_messages_per_second),
+        rate: RateLimit::new(ns.config.max_messages_per_second, MAX_NAMESPACES as u16),
         expiry: None,
         conn,
         guest: None,
@@ -627,10 +627,10 @@ impl<T: Transport> Handler<T> {
     /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
     /// recovery or capped replay is planned.
     fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
-        // A CONNECT spends a token of the connection's rate limit, as an event does: a client
-        // cycling CONNECT and DISCONNECT would otherwise have its token checked, its presence
-        // announced and its replay planned as fast as it can send (a page's reconnect, one
-        // CONNECT a room, at most `MAX_NAMESPACES`, fits in the default burst).
+        // Past a connection's first `MAX_NAMESPACES` CONNECTs (a client opening its rooms, at
+        // most that many at once, whatever the limit), a CONNECT spends a token of the rate
+        // limit, as an event does: a client cycling CONNECT and DISCONNECT would otherwise have
+        // its token checked, its presence announced and its replay planned as fast as it sends.
         let identified = self
             .allow_connect()
             .and_then(|()| self.ns.identity.identify(auth, &self.members[i].room))
@@ -684,7 +684,10 @@ impl<T: Transport> Handler<T> {
 
     /// Takes a rate-limit token for a CONNECT, or says why the CONNECT is refused.
     fn allow_connect(&mut self) -> Result<(), String> {
-        if self.rate.allow() {
+        if self
+            .rate
+            .allow_connect(self.ns.config.max_messages_per_second)
+        {
             return Ok(());
         }
         let rejection = Rejection::RateLimited {
@@ -970,7 +973,7 @@ impl<T: Transport> Handler<T> {
             self.on_typing(i, ack_id);
             return Ok(None);
         }
-        if !self.rate.allow() {
+        if !self.rate.allow(self.ns.config.max_messages_per_second) {
             let rejection = Rejection::RateLimited {
                 per_second: self.ns.config.max_messages_per_second,
             };

@@ -1,39 +1,42 @@
-//! Rate limits as token buckets: the per-connection limit on events ([`RateLimit`]:
-//! `per_second` tokens a second, holding at most `per_second`, so a burst of that many passes
-//! after a quiet second), and a budget per key over a longer period ([`Budget`]: new rooms per
-//! user or address an hour).
+//! Rate limits as token buckets: the per-connection limit on events and CONNECTs
+//! ([`RateLimit`]: `per_second` tokens a second, holding at most `per_second`, so a burst of that
+//! many passes after a quiet second; a connection's first CONNECTs are free), and a budget per key
+//! over a longer period ([`Budget`]: new rooms per user or address an hour).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use tokio::time::{Duration, Instant};
 
-/// Three words (`f32`s, not `f64`s: a connection holds one all its life).
+/// Three words (an `f32`, not an `f64`, and the limit itself passed in: a connection holds one
+/// all its life). The limit (`per_second`, `0` for none) is the caller's, the same on every call.
 #[derive(Debug)]
 pub struct RateLimit {
-    per_second: f32,
     tokens: f32,
+    /// CONNECTs still free of charge.
+    free_connects: u16,
     last: Instant,
 }
 
 impl RateLimit {
-    /// A full bucket. `per_second == 0`: no limit.
-    pub fn new(per_second: u32) -> RateLimit {
+    /// A full bucket of `per_second` tokens, and `free_connects` CONNECTs that cost none.
+    pub fn new(per_second: u32, free_connects: u16) -> RateLimit {
         RateLimit {
             // Exact up to 2^24 a second; a limit above that is as good as none.
-            per_second: per_second as f32,
             tokens: per_second as f32,
+            free_connects,
             last: Instant::now(),
         }
     }
 
     /// Takes a token if there is one.
-    pub fn allow(&mut self) -> bool {
-        if self.per_second == 0.0 {
+    pub fn allow(&mut self, per_second: u32) -> bool {
+        if per_second == 0 {
             return true;
         }
+        let per_second = per_second as f32;
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f32() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second);
+        let refill = now.duration_since(self.last).as_secs_f32() * per_second;
+        self.tokens = (self.tokens + refill).min(per_second);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -41,6 +44,16 @@ impl RateLimit {
         } else {
             false
         }
+    }
+
+    /// A CONNECT: free while the connection has free ones left (a client opening its
+    /// namespaces, or reconnecting to them, on a new connection), then a token like an event.
+    pub fn allow_connect(&mut self, per_second: u32) -> bool {
+        if self.free_connects > 0 {
+            self.free_connects -= 1;
+            return true;
+        }
+        self.allow(per_second)
     }
 }
 
@@ -128,18 +141,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_passes_then_the_rate_refills() {
-        let mut r = RateLimit::new(10);
-        assert_eq!((0..15).filter(|_| r.allow()).count(), 10);
+        let mut r = RateLimit::new(10, 3);
+        assert_eq!((0..15).filter(|_| r.allow(10)).count(), 10);
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!((0..15).filter(|_| r.allow()).count(), 5);
+        assert_eq!((0..15).filter(|_| r.allow(10)).count(), 5);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(
-            (0..15).filter(|_| r.allow()).count(),
+            (0..15).filter(|_| r.allow(10)).count(),
             10,
             "never more than a second's worth"
         );
-        let mut free = RateLimit::new(0);
-        assert!((0..10_000).all(|_| free.allow()));
+        // The first CONNECTs cost nothing; then they spend the tokens.
+        assert_eq!((0..5).filter(|_| r.allow_connect(10)).count(), 3);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((0..15).filter(|_| r.allow_connect(10)).count(), 10);
+        let mut free = RateLimit::new(0, 0);
+        assert!((0..10_000).all(|_| free.allow(0) && free.allow_connect(0)));
     }
 
     #[tokio::test(start_paused = true)]

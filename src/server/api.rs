@@ -20,7 +20,7 @@ use crate::identity::{is_control_or_format, Author, MAX_TOKEN_NAME_CHARS, MAX_US
 use crate::log::Body;
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
-use crate::namespace::rate::{Budget, RateLimit};
+use crate::namespace::rate::Budget;
 use crate::namespace::Namespace;
 use crate::protocol::socketio;
 use crate::room::Room;
@@ -92,12 +92,12 @@ pub async fn handle(app: &App, client: IpAddr, req: Request<Incoming>) -> HttpRe
         Ok(key) => key,
         Err(e) => return refusal(&path, e),
     };
-    let allowed = app
-        .api_limits
+    let (per_second, limits) = &app.api_limits;
+    let allowed = limits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get_mut(key)
-        .is_none_or(RateLimit::allow);
+        .is_none_or(|limit| limit.allow(*per_second));
     let ns = &*app.namespace;
     let query = req.uri().query().unwrap_or("").to_string();
     let result = match (method, path.as_str()) {

@@ -54,8 +54,12 @@ pub struct App {
     pub handshakes_warned: AtomicU64,
     /// The server API's keys (`API_KEYS`); empty: the API is off.
     pub api_keys: Vec<String>,
-    /// Each key's rate limit (`API_MAX_REQUESTS_PER_SECOND`), by its place in `api_keys`.
-    pub api_limits: std::sync::Mutex<Vec<crate::namespace::rate::RateLimit>>,
+    /// Each key's rate limit, by its place in `api_keys`: `API_MAX_REQUESTS_PER_SECOND` and
+    /// the keys' buckets.
+    pub api_limits: (
+        u32,
+        std::sync::Mutex<Vec<crate::namespace::rate::RateLimit>>,
+    ),
     /// Each client address's budget of requests with a missing or wrong API key
     /// ([`super::api::wrong_keys_budget`]).
     pub api_refused: std::sync::Mutex<crate::namespace::rate::Budget<std::net::IpAddr>>,

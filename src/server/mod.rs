@@ -277,11 +277,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         origin_warned: AtomicU64::new(0),
         handshakes_warned: AtomicU64::new(0),
         forwarded_warned: Default::default(),
-        api_limits: std::sync::Mutex::new(
-            api_keys
-                .iter()
-                .map(|_| RateLimit::new(config.api_max_requests_per_second))
-                .collect(),
+        api_limits: (
+            config.api_max_requests_per_second,
+            std::sync::Mutex::new(
+                api_keys
+                    .iter()
+                    .map(|_| RateLimit::new(config.api_max_requests_per_second, 0))
+                    .collect(),
+            ),
         ),
         api_refused: std::sync::Mutex::new(api::wrong_keys_budget()),
         api_keys,
