@@ -329,15 +329,31 @@ fn ec_curve(pem: &[u8]) -> Option<Algorithm> {
 
 /// `name` without the blank characters at its ends: white space, and the characters that show
 /// as nothing though Unicode does not call them space (the Hangul fillers U+115F, U+1160,
-/// U+3164, U+FFA0 and the blank braille pattern U+2800), so a name cannot look empty.
+/// U+3164, U+FFA0 and the blank braille pattern U+2800); empty when nothing in it shows by
+/// itself (only blanks, joiners, variation selectors or combining marks), so a name cannot look
+/// empty.
 fn trim_blank(name: &str) -> &str {
-    name.trim_matches(|c: char| {
+    let blank = |c: char| {
         c.is_whitespace()
             || matches!(
                 c,
                 '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
             )
-    })
+    };
+    // What only joins or changes the characters beside it: the joiners, the combining grapheme
+    // joiner, variation selectors, and the blocks of combining marks.
+    let modifier = |c: char| {
+        matches!(c,
+            '\u{200C}' | '\u{200D}' | '\u{034F}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180F}'
+            | '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+    };
+    let trimmed = name.trim_matches(blank);
+    match trimmed.chars().all(|c| blank(c) || modifier(c)) {
+        true => "",
+        false => trimmed,
+    }
 }
 
 /// A guest's own name (`auth.name`): 1–32 characters after trimming blanks ([`trim_blank`]),
@@ -585,6 +601,11 @@ mod tests {
             json!("\u{3164}"),
             json!("\u{2800}\u{2800}"),
             json!(" \u{FFA0} "),
+            json!("\u{3164}\u{200D}\u{3164}"),
+            json!("\u{200C}"),
+            json!("\u{034F}"),
+            json!("\u{2800}\u{FE0F}\u{2800}"),
+            json!("\u{0301}\u{0301}"),
         ] {
             assert!(connect(&v, json!({ "name": bad }))
                 .unwrap_err()

@@ -298,6 +298,20 @@ async fn one_relay_per_sqlite_file() {
         err.contains("another relay serves this SQLite file"),
         "{err}"
     );
+    // Through a symbolic link to the same file, the same.
+    let file = s.config.database_url["sqlite:".len()..].to_string();
+    let link = format!("{file}-link.db");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let mut linked = s.config.clone();
+    linked.database_url = format!("sqlite:{link}");
+    let err = match relay::server::start(&linked).await {
+        Ok(_) => panic!("a second relay started through a link to the same SQLite file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("another relay serves this SQLite file"),
+        "{err}"
+    );
     // A restart whose old relay is still ending: the new one waits for it, then starts.
     let config = s.config.clone();
     let second = tokio::spawn(async move { relay::server::start(&config).await });

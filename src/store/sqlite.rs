@@ -104,7 +104,12 @@ impl SqliteStore {
                     )
                 })?;
             }
-            let conn = connect(&path).map_err(StoreError::sqlite("cannot open the SQLite file"))?;
+            // SQLite writes `-wal` and `-shm` files beside the database, and relay a `.lock`:
+            // a directory relay cannot write fails here, in SQLite's words ("unable to open
+            // database file", "attempt to write a readonly database"), so the context says so.
+            let conn = connect(&path).map_err(StoreError::sqlite(
+                "cannot open the SQLite file (relay must be able to write it and its directory)",
+            ))?;
             let mode: String = conn
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
                 .map_err(StoreError::sqlite("cannot set the SQLite journal mode"))?;
@@ -144,8 +149,30 @@ impl SqliteStore {
     /// readers of the first would miss them for good), so it is refused: it waits up to `wait`
     /// for a relay that is still ending, then fails with
     /// "another relay serves this SQLite file".
+    ///
+    /// The lock sits beside the file's real path (symbolic links resolved), so a relay started
+    /// through a link is held off too. Another hard link is another name the lock cannot see: a
+    /// file with several is warned of.
     pub async fn lock_for_serving(&self, wait: Duration) -> Result<std::fs::File, StoreError> {
-        let mut name = self.inner.path.clone().into_os_string();
+        use std::os::unix::fs::MetadataExt;
+        let real = std::fs::canonicalize(&self.inner.path).map_err(|e| {
+            StoreError::other(
+                "cannot find the SQLite file's real path",
+                format!("{}: {e}", self.inner.path.display()),
+            )
+        })?;
+        if let Ok(links) = std::fs::metadata(&real).map(|m| m.nlink()) {
+            if links > 1 {
+                tracing::warn!(
+                    path = %real.display(),
+                    links,
+                    "the SQLite file has other names (hard links): a relay started on another \
+                     name is not held off by this one's lock, and SQLite keeps a journal beside \
+                     each name; keep one name per database"
+                );
+            }
+        }
+        let mut name = real.into_os_string();
         name.push(".lock");
         let path = PathBuf::from(name);
         let file = std::fs::OpenOptions::new()
