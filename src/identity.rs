@@ -254,10 +254,12 @@ impl Verifier {
                     .chars()
                     .filter(|c| !is_control_or_format(*c))
                     .collect::<String>();
-                trim_blank(&kept)
+                let cut = trim_blank(&kept)
                     .chars()
                     .take(MAX_TOKEN_NAME_CHARS)
-                    .collect::<String>()
+                    .collect::<String>();
+                // Again: the cut may leave only blanks and marks (64 joiners, then a letter).
+                trim_blank(&cut).to_string()
             })
             .filter(|n| !n.is_empty());
         Ok(Identity {
@@ -329,7 +331,8 @@ fn ec_curve(pem: &[u8]) -> Option<Algorithm> {
 
 /// `name` without the blank characters at its ends: white space, and the characters that show
 /// as nothing though Unicode does not call them space (the Hangul fillers U+115F, U+1160,
-/// U+3164, U+FFA0 and the blank braille pattern U+2800); empty when nothing in it shows by
+/// U+3164, U+FFA0, the blank braille pattern U+2800, the Khmer inherent vowels U+17B4 and
+/// U+17B5, the Khitan filler U+16FE4); empty when nothing in it shows by
 /// itself (only blanks, joiners, variation selectors or combining marks), so a name cannot look
 /// empty.
 fn trim_blank(name: &str) -> &str {
@@ -337,7 +340,14 @@ fn trim_blank(name: &str) -> &str {
         c.is_whitespace()
             || matches!(
                 c,
-                '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+                '\u{115F}'
+                    | '\u{1160}'
+                    | '\u{3164}'
+                    | '\u{FFA0}'
+                    | '\u{2800}'
+                    | '\u{17B4}'
+                    | '\u{17B5}'
+                    | '\u{16FE4}'
             )
     };
     // What only joins or changes the characters beside it: the joiners, the combining grapheme
@@ -387,7 +397,12 @@ pub(crate) fn is_control_or_format(c: char) -> bool {
         || matches!(c,
             '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}' | '\u{200E}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}'
+            // The rest of Unicode's format characters (Cf): Arabic and Syriac number signs,
+            // Kaithi, Egyptian hieroglyph, shorthand and musical format controls.
+            | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}')
 }
 
 #[cfg(test)]
@@ -443,6 +458,12 @@ mod tests {
         let t = token(json!({"sub": "u4", "name": "  Ana \u{3164}"}));
         let id = connect(&v, json!({ "token": t })).unwrap();
         assert_eq!(id.author.name.as_deref(), Some("Ana"));
+        let t = token(json!({"sub": "u6", "name": format!("{}X", "\u{200D}".repeat(64))}));
+        assert_eq!(
+            connect(&v, json!({ "token": t })).unwrap().author.name,
+            None,
+            "what is left after the cut shows nothing"
+        );
         let t = token(json!({"sub": "u5", "name": "\u{2800}"}));
         assert_eq!(
             connect(&v, json!({ "token": t })).unwrap().author.name,
@@ -606,6 +627,9 @@ mod tests {
             json!("\u{034F}"),
             json!("\u{2800}\u{FE0F}\u{2800}"),
             json!("\u{0301}\u{0301}"),
+            json!("\u{17B4}\u{17B5}"),
+            json!("\u{1D173}x"),
+            json!("\u{0600}"),
         ] {
             assert!(connect(&v, json!({ "name": bad }))
                 .unwrap_err()

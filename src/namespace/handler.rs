@@ -609,6 +609,15 @@ impl<T: Transport> Handler<T> {
                 }
             }
             Inbound::Reconnect { room } => {
+                // Answered like any CONNECT within the rate limit; past it, not at all (the
+                // namespace is connected: a refusal would say otherwise).
+                if !self
+                    .rate
+                    .allow_connect(self.ns.config.max_messages_per_second)
+                {
+                    tracing::debug!(%room, "second CONNECT over the rate limit: not answered");
+                    return Ok(None);
+                }
                 // The same answer again: the sid and pid, the identity and the cursor stay.
                 let m = self.members.iter().find(|m| m.room == room);
                 match m.and_then(|m| m.identity.as_ref()) {

@@ -51,9 +51,10 @@ use tokio_util::task::TaskTracker;
 
 /// API keys shorter than this are warned of at start: they can be guessed.
 const MIN_API_KEY_CHARS: usize = 16;
-/// How long a relay waits for another relay on its SQLite file to end (a restart whose old
-/// process is still shutting down) before it refuses to start.
-const SQLITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a relay waits, beyond `SHUTDOWN_TIMEOUT_MS`, for another relay on its SQLite file
+/// to end (a restart whose old process is still shutting down: it takes at most
+/// `SHUTDOWN_TIMEOUT_MS` + 9 s) before it refuses to start.
+const SQLITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the server could not start. The message names what failed and where.
 #[derive(Debug)]
@@ -157,7 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let store = open_store(config).await.map_err(db_error)?;
     let file_lock = store
-        .lock_for_serving(SQLITE_LOCK_WAIT)
+        .lock_for_serving(config.shutdown_timeout() + SQLITE_LOCK_WAIT)
         .await
         .map_err(db_error)?;
     if config.max_message_bytes > store.content_limit() as u64 {

@@ -110,6 +110,14 @@ impl SqliteStore {
             let conn = connect(&path).map_err(StoreError::sqlite(
                 "cannot open the SQLite file (relay must be able to write it and its directory)",
             ))?;
+            // A file relay may not write opens read-only without a word, and every commit
+            // would fail: refused here instead.
+            if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+                return Err(StoreError::other(
+                    "the SQLite file is read-only",
+                    format!("{}: relay must be able to write it", path.display()),
+                ));
+            }
             let mode: String = conn
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
                 .map_err(StoreError::sqlite("cannot set the SQLite journal mode"))?;
