@@ -250,10 +250,7 @@ impl Verifier {
         let name = claims
             .name
             .map(|n| {
-                let kept = n
-                    .chars()
-                    .filter(|c| !is_control_or_format(*c))
-                    .collect::<String>();
+                let kept = without_hidden(&n);
                 let cut = trim_blank(&kept)
                     .chars()
                     .take(MAX_TOKEN_NAME_CHARS)
@@ -382,10 +379,48 @@ fn guest_name(auth: Option<&Value>) -> Result<Option<Arc<str>>, String> {
             "invalid name: over {MAX_GUEST_NAME_CHARS} characters"
         ));
     }
-    if name.chars().any(is_control_or_format) {
+    if has_hidden(name) {
         return Err("invalid name: control or format characters".into());
     }
     Ok(Some(Arc::from(name)))
+}
+
+/// Whether each of `name`'s characters hides or reorders text ([`is_control_or_format`]); the
+/// tag characters of an emoji subdivision flag (U+1F3F4, tags, U+E007F CANCEL TAG: the flags of
+/// England, Scotland and Wales) do not.
+fn hidden(name: &str) -> Vec<bool> {
+    let chars: Vec<char> = name.chars().collect();
+    let mut hidden: Vec<bool> = chars.iter().map(|&c| is_control_or_format(c)).collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\u{1F3F4}' {
+            let tags = chars[i + 1..]
+                .iter()
+                .take_while(|c| ('\u{E0020}'..='\u{E007E}').contains(*c))
+                .count();
+            let end = i + 1 + tags;
+            if tags > 0 && chars.get(end) == Some(&'\u{E007F}') {
+                hidden[i + 1..=end].iter_mut().for_each(|h| *h = false);
+                i = end;
+            }
+        }
+        i += 1;
+    }
+    hidden
+}
+
+/// Whether `name` holds a character that hides or reorders text (see [`hidden`]).
+pub(crate) fn has_hidden(name: &str) -> bool {
+    hidden(name).contains(&true)
+}
+
+/// `name` without the characters that hide or reorder text (see [`hidden`]).
+pub(crate) fn without_hidden(name: &str) -> String {
+    name.chars()
+        .zip(hidden(name))
+        .filter(|(_, h)| !h)
+        .map(|(c, _)| c)
+        .collect()
 }
 
 /// Control characters (Cc) and the format characters (Cf) that reorder or hide text: bidi
@@ -463,6 +498,13 @@ mod tests {
             connect(&v, json!({ "token": t })).unwrap().author.name,
             None,
             "what is left after the cut shows nothing"
+        );
+        let wales = "\u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F}";
+        let t = token(json!({"sub": "u7", "name": format!("Dai {wales}")}));
+        let id = connect(&v, json!({ "token": t })).unwrap();
+        assert_eq!(
+            id.author.name.as_deref(),
+            Some(format!("Dai {wales}").as_str())
         );
         let t = token(json!({"sub": "u5", "name": "\u{2800}"}));
         assert_eq!(
@@ -630,6 +672,9 @@ mod tests {
             json!("\u{17B4}\u{17B5}"),
             json!("\u{1D173}x"),
             json!("\u{0600}"),
+            // Tag characters outside a flag: no black flag before them, or no CANCEL TAG after.
+            json!("a\u{E0067}\u{E0062}\u{E007F}"),
+            json!("\u{1F3F4}\u{E0067}\u{E0062}"),
         ] {
             assert!(connect(&v, json!({ "name": bad }))
                 .unwrap_err()
@@ -640,6 +685,8 @@ mod tests {
             "👩\u{200D}💻 Ana",
             "Sam 🏳\u{FE0F}\u{200D}🌈",
             "مهدی\u{200C}زاده",
+            // A subdivision flag: the black flag, tag characters, CANCEL TAG (Scotland).
+            "Iain \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
         ] {
             let id = connect(&v, json!({ "name": good })).unwrap();
             assert_eq!(id.author.name.as_deref(), Some(good));

@@ -16,7 +16,7 @@
 
 use super::app::{bearer, file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
-use crate::identity::{is_control_or_format, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::identity::{has_hidden, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::log::Body;
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
@@ -324,9 +324,10 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty());
     // The rule of every name shown to people (identity.rs): no bidi override, no hidden text.
-    if name.as_ref().is_some_and(|n| {
-        n.chars().count() > MAX_TOKEN_NAME_CHARS || n.chars().any(is_control_or_format)
-    }) {
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_TOKEN_NAME_CHARS || has_hidden(n))
+    {
         return Err(ApiError::bad(format!(
             "name must be at most {MAX_TOKEN_NAME_CHARS} characters, without control or format characters"
         )));
