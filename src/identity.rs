@@ -427,7 +427,7 @@ pub(crate) fn without_hidden(name: &str) -> String {
 /// controls, zero-width spaces, the BOM, soft hyphen, tags. The zero-width joiner and non-joiner
 /// (U+200D, U+200C) are letters' business, not hiding: emoji sequences (👩‍💻, 🏳️‍🌈) and Persian or
 /// Indic names need them.
-pub(crate) fn is_control_or_format(c: char) -> bool {
+fn is_control_or_format(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}' | '\u{200E}'..='\u{200F}'

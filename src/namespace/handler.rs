@@ -609,13 +609,10 @@ impl<T: Transport> Handler<T> {
                 }
             }
             Inbound::Reconnect { room } => {
-                // Answered like any CONNECT within the rate limit; past it, not at all (the
+                // Counted like any CONNECT; past the rate limit not answered at all (the
                 // namespace is connected: a refusal would say otherwise).
-                if !self
-                    .rate
-                    .allow_connect(self.ns.config.max_messages_per_second)
-                {
-                    tracing::debug!(%room, "second CONNECT over the rate limit: not answered");
+                if let Err(why) = self.allow_connect() {
+                    tracing::debug!(%room, why, "second CONNECT over the rate limit: not answered");
                     return Ok(None);
                 }
                 // The same answer again: the sid and pid, the identity and the cursor stay.
@@ -691,7 +688,8 @@ impl<T: Transport> Handler<T> {
         }
     }
 
-    /// Takes a rate-limit token for a CONNECT, or says why the CONNECT is refused.
+    /// Takes a rate-limit token for a CONNECT, or says why the CONNECT is refused (counted as a
+    /// refusal in the metrics).
     fn allow_connect(&mut self) -> Result<(), String> {
         if self
             .rate
