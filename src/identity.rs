@@ -332,7 +332,7 @@ fn ec_curve(pem: &[u8]) -> Option<Algorithm> {
 /// U+17B5, the Khitan filler U+16FE4); empty when nothing in it shows by
 /// itself (only blanks, joiners, variation selectors or combining marks), so a name cannot look
 /// empty.
-fn trim_blank(name: &str) -> &str {
+pub(crate) fn trim_blank(name: &str) -> &str {
     let blank = |c: char| {
         c.is_whitespace()
             || matches!(

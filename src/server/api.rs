@@ -16,7 +16,7 @@
 
 use super::app::{bearer, file, query_param, App, HttpResponse};
 use crate::chat::{self, NewMessage};
-use crate::identity::{has_hidden, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
+use crate::identity::{has_hidden, trim_blank, Author, MAX_TOKEN_NAME_CHARS, MAX_USER_BYTES};
 use crate::log::Body;
 use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
@@ -321,7 +321,7 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
     }
     let name = p
         .name
-        .map(|n| n.trim().to_string())
+        .map(|n| trim_blank(&n).to_string())
         .filter(|n| !n.is_empty());
     // The rule of every name shown to people (identity.rs): no bidi override, no hidden text.
     if name

@@ -212,7 +212,7 @@ pub fn document() -> Value {
                         "content": { "type": "string", "description": "At most MAX_MESSAGE_BYTES bytes of UTF-8." },
                         "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 245, "description": "One message's key: a retry with it (the same room, content, user and name) answers 200 with the message stored; the key with anything else is refused with 422." },
                         "user": { "type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "The author's user id: at most 128 UTF-8 bytes. Absent or null: none." },
-                        "name": { "type": ["string", "null"], "maxLength": 64, "description": "The author's display name, without control or format characters. Absent or null: none." }
+                        "name": { "type": ["string", "null"], "maxLength": 64, "description": "The author's display name, without control or format characters; trimmed of white space and of the characters that show as nothing (as a guest's name is). Absent, null or blank: none." }
                     }
                 },
                 "Published": {
