@@ -534,7 +534,8 @@ async fn warm_broadcaster(
     let rooms = store.rooms().await?;
     let newest = store.newest(limits.rows).await?;
     let fanout = Fanout::start(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        // One shard per worker thread of the runtime (`TOKIO_WORKER_THREADS`, else a core each).
+        tokio::runtime::Handle::current().metrics().num_workers(),
         Duration::from_millis(config.fanout_interval_ms),
         metrics.clone(),
         background,
