@@ -92,6 +92,8 @@ struct Args {
     spawn: bool,
     /// With --spawn: start this many relays on one database as a cluster (through
     /// --cluster-url's Redis), and spread the clients over them, one node after the other.
+    /// The nodes share this machine's cores: each gets cores / nodes worker threads (at least
+    /// one; `TOKIO_WORKER_THREADS` in the tool's environment overrides it).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// With --spawn: the Redis a cluster of --nodes uses (a channel of the run's own on it).
@@ -229,6 +231,8 @@ struct RelaySpec {
     database_url: String,
     /// CLUSTER_URL and CLUSTER_NAME, in cluster mode.
     cluster: Option<(String, String)>,
+    /// TOKIO_WORKER_THREADS for each relay, when the nodes split the machine's cores.
+    workers: Option<usize>,
 }
 
 impl RelaySpec {
@@ -236,6 +240,9 @@ impl RelaySpec {
         let mut c = Command::new(&self.binary);
         if let Some((url, name)) = &self.cluster {
             c.env("CLUSTER_URL", url).env("CLUSTER_NAME", name);
+        }
+        if let Some(workers) = self.workers {
+            c.env("TOKIO_WORKER_THREADS", workers.to_string());
         }
         c
     }
@@ -332,6 +339,14 @@ impl Target {
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into()),
             database_url: url.clone(),
             cluster: cluster.map(|name| (args.cluster_url.clone(), name)),
+            // Nodes on one machine split its cores, as a cluster on one machine should be run
+            // (README, "Several relays"); each on its own machine would have them all.
+            workers: (args.nodes > 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none()).then(
+                || {
+                    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                    (cores / args.nodes).max(1)
+                },
+            ),
         };
         let mut nodes = Vec::new();
         for _ in 0..args.nodes.max(1) {
