@@ -464,6 +464,39 @@ async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
     s.stop().await;
 }
 
+/// A client whose waiting GET was cut (a proxy, a network reset) and that sends it again is told
+/// the session is gone, as the reference tells it, however soon it asks and with messages
+/// waiting: python-engineio takes a `1` (close) for a server's goodbye and never reconnects.
+#[tokio::test]
+async fn a_get_after_a_cut_get_is_refused_as_for_an_unknown_sid() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    assert_eq!(post(addr, &polling(&sid), "40").await.0, 200);
+    assert!(poll_packets(addr, &sid, 1).await[0].starts_with("40{"));
+    let mut waiting = TcpStream::connect(addr).await.expect("tcp connect");
+    let get_request = format!(
+        "GET /socket.io/?EIO=4&{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+        polling(&sid)
+    );
+    waiting
+        .write_all(get_request.as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(waiting);
+    // A message for the session meanwhile.
+    let mut ws = s.joined(None).await;
+    ws.emit(Some(1), "meanwhile", "w-1").await;
+    for _ in 0..3 {
+        let (status, body) = get(addr, &polling(&sid)).await;
+        assert_eq!(status, 400, "{body:?}");
+        assert!(body.contains("\"code\":1"), "{body}");
+    }
+    s.stop().await;
+}
+
 /// Under load a polling client gets at most one answer per `POLLING_INTERVAL_MS`, carrying every
 /// chat message of the interval; a packet of its own session (its ack) is not held.
 #[tokio::test]

@@ -585,7 +585,7 @@ pub struct PollingSession {
     inbound: mpsc::Sender<Inbound>,
     /// A POST is being read.
     posting: AtomicBool,
-    /// The HTTP side closed the session ([`PollingSession::close`]): POSTs are refused.
+    /// The HTTP side closed the session ([`PollingSession::close`]): requests are refused.
     closing: AtomicBool,
     /// The client POSTed a close packet (`1`): the session is over for it, and a request after
     /// that is answered as for an unknown sid, as the reference does (a GET already waiting
@@ -718,10 +718,15 @@ impl PollingSession {
         let _ = self.inbound.send(Inbound::Upgrade(tcp, early)).await;
     }
 
-    /// Whether the client closed the session (POSTed `1`): its requests are then refused as
-    /// for an unknown sid.
-    pub fn closed_by_client(&self) -> bool {
-        self.client_closed.load(Ordering::Acquire)
+    /// Whether the session is over for its HTTP requests, which are then refused as for an
+    /// unknown sid: the client closed it (POSTed `1`), or a request of its own ended it
+    /// ([`PollingSession::close`]: a GET whose connection went away, overlapping requests, a
+    /// bad or oversized body). The reference forgets such a session at once (socket.ts
+    /// `onClose` on the transport's error), so a client that resends a GET it lost is told the
+    /// session is gone (`400`), which every client answers by reconnecting, not handed a close
+    /// packet (`1`), which python-engineio takes for a server's goodbye and never reconnects.
+    pub fn refuses_requests(&self) -> bool {
+        self.client_closed.load(Ordering::Acquire) || self.closing.load(Ordering::Acquire)
     }
 
     /// Whether the session has moved to a WebSocket (its polling requests are then refused).
@@ -809,6 +814,10 @@ mod tests {
         drop(posting);
         // The queue is full (the session is not reading): the close must not be lost.
         session.close(DisconnectReason::PayloadTooLarge);
+        assert!(
+            session.refuses_requests(),
+            "requests are refused from the close on, before the session has read it"
+        );
         let posting = session.begin_post().expect("the first POST ended");
         assert_eq!(
             session.post(&posting, b"40").await,
@@ -890,6 +899,18 @@ mod tests {
         };
         assert_eq!(q.offer(&room, 1, &[batch(3, &[4])]), Some(1));
         assert_eq!(rx.await.unwrap(), b"42[\"chat message\",\"m\",4]");
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_connection_went_away_ends_the_session_for_every_request_at_once() {
+        let (mut transport, session) = PollingSessions::create(1_000_000, Duration::ZERO);
+        drop(session.begin_wait());
+        // A GET sent again at once is refused, though the session has not read the close yet.
+        assert!(session.refuses_requests());
+        assert!(matches!(
+            transport.recv().await.err(),
+            Some(DisconnectReason::TransportError(_))
+        ));
     }
 
     #[tokio::test]
