@@ -1462,6 +1462,10 @@ mod tests {
             .next()
             .await
             .starts_with("432[{\"error\":\"history: before"));
+        // `historyLimit: 0`: nothing from before, then live messages (not the whole log).
+        let mut live = Client::joined(&chat, "{\"serverOffset\":0,\"historyLimit\":0}").await;
+        writer.say(11..=11).await;
+        assert_eq!(live.next().await, "42[\"chat message\",\"m11\",11]");
     }
 
     #[tokio::test(start_paused = true)]

@@ -210,8 +210,12 @@ impl Namespace {
         }
     }
 
-    /// The cursor after which `room`'s newest `limit` messages come (0 when there are no more).
+    /// The cursor after which `room`'s newest `limit` messages come (0 when there are no more;
+    /// with `limit` 0, the newest id published: live messages only).
     async fn start_of_newest(&self, room: &Room, limit: usize) -> u64 {
+        if limit == 0 {
+            return self.broadcaster.published();
+        }
         if let Some(id) = self.broadcaster.recent().nth_newest(room, limit) {
             return id.saturating_sub(1);
         }
