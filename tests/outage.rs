@@ -222,6 +222,33 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
     s.stop().await;
 }
 
+/// A database that went away and came back while the chat was quiet: the first message after
+/// is stored at its first attempt, not refused on a connection the outage left dead (which costs
+/// its sender a whole ack timeout, 10 s on the page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_message_after_a_quiet_outage_is_stored_at_once() {
+    let proxy = Proxy::start().await;
+    let s = server_behind(&proxy).await;
+    let mut a = s.joined(None).await;
+    a.emit(Some(0), "before", "quiet-0").await;
+    a.recv_chat().await;
+    a.recv_ack().await;
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    // Quiet for longer than the writer's connection is trusted without a ping.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.emit(Some(1), "after", "quiet-1").await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        (a.recv_chat().await, a.recv_ack().await)
+    })
+    .await
+    .expect("the first message after the outage was not stored at its first attempt");
+    assert_eq!((answered.0 .0.as_str(), answered.1 .0), ("after", 1));
+    assert_eq!(s.count().await, 2);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
     let proxy = Proxy::start().await;

@@ -486,13 +486,30 @@ impl MysqlStore {
         f: impl AsyncFnOnce(&mut WriterConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.writer.lock().await;
-        let mut conn = match slot.take() {
+        let kept = match slot.take() {
+            // Idle a while: the server may have dropped it meanwhile (a restart, a failover, a
+            // network cut, `wait_timeout`), and a round sent on a dead connection fails and
+            // leaves its senders waiting for their retry. A ping, answered or not, tells; under
+            // load there is no idle round to check.
+            Some(mut kept) if kept.used.elapsed() >= WRITER_CHECK_AFTER => {
+                match kept.conn.ping().await {
+                    Ok(()) => Some(kept),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the writer's connection broke while idle; opening another");
+                        None // a lock it held went with it
+                    }
+                }
+            }
+            kept => kept,
+        };
+        let mut conn = match kept {
             Some(conn) => conn,
             None => WriterConn {
                 conn: mysql_async::Conn::new(self.opts.clone())
                     .await
                     .map_err(StoreError::mysql("cannot get a database connection"))?,
                 held: None,
+                used: Instant::now(),
             },
         };
         let mut watch = Abandoned {
@@ -500,6 +517,7 @@ impl MysqlStore {
             to: &self.abandoned,
         };
         let result = f(&mut conn).await;
+        conn.used = Instant::now();
         watch.id = None;
         // Keep the connection unless it broke (or a timeout dropped this future mid-query, in
         // which case it is dropped with it).
@@ -780,13 +798,18 @@ pub const POOL_MAX: usize = 16;
 /// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
 const ER_NO_SUCH_THREAD: u16 = 1094;
 
-/// Records a writer connection's id when the INSERT running on it is dropped unfinished.
+/// How long the writer's connection may sit idle before a round first pings it (one round
+/// trip, only on the first round after a quiet spell).
+const WRITER_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// The writer's connection, and whether it holds the cluster's commit lock.
 struct WriterConn {
     conn: mysql_async::Conn,
     /// While the commit lock is held: the highest id committed (no other node commits meanwhile),
     /// and since when it is held.
     held: Option<(u64, Instant)>,
+    /// When a round last used it.
+    used: Instant,
 }
 
 impl WriterConn {
@@ -798,6 +821,7 @@ impl WriterConn {
     }
 }
 
+/// Records a writer connection's id when the INSERT running on it is dropped unfinished.
 struct Abandoned<'a> {
     id: Option<u32>,
     to: &'a std::sync::Mutex<Option<u32>>,
