@@ -24,6 +24,8 @@ struct Proxy {
     /// Armed: once a client sends an INSERT, the packet after it (the execute) is forwarded and
     /// every answer from then on is swallowed — a commit whose reply never arrives.
     lose_insert_reply: Arc<AtomicBool>,
+    /// Set: the database's answers are swallowed, on every connection (a database that hangs).
+    hang: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -35,11 +37,13 @@ impl Proxy {
             up: Arc::new(AtomicBool::new(true)),
             pipes: Arc::default(),
             lose_insert_reply: Arc::default(),
+            hang: Arc::default(),
         };
-        let (up, pipes, lose) = (
+        let (up, pipes, lose, hang) = (
             proxy.up.clone(),
             proxy.pipes.clone(),
             proxy.lose_insert_reply.clone(),
+            proxy.hang.clone(),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -47,7 +51,7 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let task = tokio::spawn(pipe(client, lose.clone()));
+                let task = tokio::spawn(pipe(client, lose.clone(), hang.clone()));
                 pipes.lock().unwrap().push(task);
             }
         });
@@ -77,7 +81,7 @@ impl Proxy {
     }
 }
 
-async fn pipe(client: TcpStream, lose: Arc<AtomicBool>) {
+async fn pipe(client: TcpStream, lose: Arc<AtomicBool>, hang: Arc<AtomicBool>) {
     let Ok(server) = TcpStream::connect("127.0.0.1:3306").await else {
         return;
     };
@@ -115,7 +119,7 @@ async fn pipe(client: TcpStream, lose: Arc<AtomicBool>) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if swallowing.load(Ordering::SeqCst) {
+            if swallowing.load(Ordering::SeqCst) || hang.load(Ordering::SeqCst) {
                 continue;
             }
             if cw.write_all(&buf[..n]).await.is_err() {
@@ -199,10 +203,11 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
     b.recv_chat().await;
 
     proxy.cut().await;
-    assert_eq!(
-        http_get(s.addr, "/readyz").await.0,
-        503,
-        "not ready without the database"
+    let (status, text) = http_get(s.addr, "/readyz").await;
+    assert_eq!(status, 503, "not ready without the database");
+    assert!(
+        text.ends_with("\r\n\r\ndatabase unavailable\n"),
+        "and says why: {text}"
     );
     assert_eq!(http_get(s.addr, "/healthz").await.0, 200, "but alive");
     a.emit(Some(1), "during", "cut-1").await;
@@ -219,6 +224,47 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
     b.expect_silence(Duration::from_millis(10)).await;
     assert_eq!(s.count().await, 2);
     assert_eq!(http_get(s.addr, "/readyz").await.0, 200, "ready again");
+    s.stop().await;
+}
+
+/// A database that hangs: `/readyz` says so within a second (a probe's usual timeout), not after
+/// `DB_TIMEOUT_MS`, and while the canary stalls behind it still names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_hung_database_within_a_second() {
+    let proxy = Proxy::start().await;
+    let s = TestServer::start_with(|c| {
+        let db = c
+            .database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        c.database_url = proxy.url(&db);
+        c.db_timeout_ms = 5000;
+        c.canary_timeout_ms = 1500;
+    })
+    .await;
+    assert_eq!(http_get(s.addr, "/readyz").await.0, 200);
+    proxy.hang.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        let answer = http_get(s.addr, "/readyz").await;
+        assert!(
+            asked.elapsed() < Duration::from_millis(2000),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(answer.0, 503);
+        assert!(
+            answer.1.ends_with("\r\n\r\ndatabase unavailable\n"),
+            "{}",
+            answer.1
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    proxy.hang.store(false, Ordering::SeqCst);
+    proxy.cut().await;
+    proxy.restore();
     s.stop().await;
 }
 

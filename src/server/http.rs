@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Routes one request. The answer's future is boxed: hyper keeps room for one service future
 /// in every connection for as long as it is open, and a waiting long poll (what a polling
@@ -90,7 +91,14 @@ async fn ready(app: &App) -> HttpResponse {
     if app.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let ping = tokio::time::timeout(app.db_timeout, app.namespace.store.ping()).await;
+    // A probe waits a second at most (Kubernetes' default probe timeout), not `DB_TIMEOUT_MS`:
+    // a database that hangs is then reported as such, not as a probe that timed out.
+    let deadline = app.db_timeout.min(READY_PING_TIMEOUT);
+    let ping = tokio::time::timeout(deadline, app.namespace.store.ping()).await;
+    if !matches!(ping, Ok(Ok(()))) {
+        // The cause, before what it causes (a canary that stalls, commits that fail).
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n");
+    }
     let bus_down = app.bus_up.as_ref().is_some_and(|up| !*up.borrow());
     let away = app.canary.age();
     // Each a 503 with its reason, once its state has lasted CANARY_TIMEOUT_MS.
@@ -115,15 +123,17 @@ async fn ready(app: &App) -> HttpResponse {
             return plain(StatusCode::SERVICE_UNAVAILABLE, body);
         }
     }
-    match ping {
-        Ok(Ok(())) if bus_down => plain(
+    match bus_down {
+        true => plain(
             StatusCode::OK,
             "ready; bus unavailable (other nodes' messages are read from the database)\n",
         ),
-        Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
-        _ => plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+        false => plain(StatusCode::OK, "ready\n"),
     }
 }
+
+/// The longest `/readyz` waits for the database's answer to its ping.
+const READY_PING_TIMEOUT: Duration = Duration::from_millis(900);
 
 /// `GET /rooms`: every room that holds messages (and exists under `ROOMS`) with its last id, by
 /// name, `/` first: `{"rooms":[{"room":"/","last":17},{"room":"general","last":42}]}` (protocol.md,
