@@ -142,13 +142,13 @@ impl Metrics {
         one(
             "relay_connections_total",
             "counter",
-            "WebSocket connections accepted.",
+            "Engine.IO sessions opened (WebSocket and HTTP long-polling).",
             self.connections_total.load(Relaxed),
         );
         one(
             "relay_connections_refused_total",
             "counter",
-            "WebSocket upgrades refused (origin, limits, shutdown).",
+            "Engine.IO handshakes refused (origin, limits, shutdown).",
             self.refused_connections.load(Relaxed),
         );
         one(

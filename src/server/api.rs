@@ -141,7 +141,21 @@ pub async fn handle(app: &App, client: IpAddr, req: Request<Incoming>) -> HttpRe
 fn key_of(app: &App, client: IpAddr, req: &Request<Incoming>) -> Result<usize, ApiError> {
     let address = crate::address::subscriber(client);
     let mut wrong_keys = app.api_refused.lock().unwrap_or_else(|p| p.into_inner());
+    // At most a line every 10 s: enough for an operator to see why a backend gets 401 or 429
+    // (a key rotated under a cron job), not a flood for a guesser.
+    let warn = |locked: bool| {
+        if super::app::ten_seconds_since(&app.api_key_warned) {
+            tracing::warn!(
+                %client,
+                locked,
+                "server API: a request with a missing or wrong API key (401); past \
+                 {WRONG_KEYS_BURST} of them an address gets 429 for every request, a right \
+                 key's too, refilled by one a second"
+            );
+        }
+    };
     if !wrong_keys.has(&address) {
+        warn(true);
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -151,6 +165,7 @@ fn key_of(app: &App, client: IpAddr, req: &Request<Incoming>) -> Result<usize, A
         ));
     }
     authorized(&app.api_keys, req).ok_or_else(|| {
+        warn(false);
         wrong_keys.allow(address);
         ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key".into())
     })
@@ -495,7 +510,8 @@ async fn delete(ns: &Namespace, id: &str) -> Answer {
         Err(DeleteError::NotFound) => {
             Err(ApiError(StatusCode::NOT_FOUND, format!("no message {id}")))
         }
-        Err(e) => Err(ApiError::unavailable(e)),
+        Err(DeleteError::Unavailable(why)) => Err(ApiError::unavailable(why)),
+        Err(e @ DeleteError::Stopped) => Err(ApiError::unavailable(e)),
     }
 }
 

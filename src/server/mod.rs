@@ -51,6 +51,8 @@ use tokio_util::task::TaskTracker;
 
 /// API keys shorter than this are warned of at start: they can be guessed.
 const MIN_API_KEY_CHARS: usize = 16;
+/// A `JWT_SECRET` shorter than this is warned of at start (256 bits, RFC 7518 §3.2).
+const MIN_JWT_SECRET_BYTES: usize = 32;
 /// How long a relay waits, beyond `SHUTDOWN_TIMEOUT_MS`, for another relay on its SQLite file
 /// to end (a restart whose old process is still shutting down: it takes at most
 /// `SHUTDOWN_TIMEOUT_MS` + 9 s) before it refuses to start.
@@ -256,6 +258,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
              random one (`openssl rand -hex 32`)"
         );
     }
+    // RFC 7518 §3.2: an HS256 key of at least 256 bits. A shorter secret is found offline from
+    // any one token (tokens travel in page URLs), and with it anyone signs a moderator's.
+    if config
+        .jwt_secret
+        .as_deref()
+        .is_some_and(|k| k.len() < MIN_JWT_SECRET_BYTES)
+    {
+        tracing::warn!(
+            "JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 §3.2 asks 256 bits \
+             for HS256): it can be guessed offline from any token; use a random one \
+             (`openssl rand -hex 32`)"
+        );
+    }
     let engine = Registry::new(engine_config(config));
     engine.start(&background, shutdown.clone(), stop_background.clone());
     let connections = TaskTracker::new();
@@ -276,6 +291,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
+        api_key_warned: AtomicU64::new(0),
         handshakes_warned: AtomicU64::new(0),
         forwarded_warned: Default::default(),
         api_limits: (

@@ -63,9 +63,21 @@ impl MysqlStore {
         // (`?socket=…`, or `?prefer_socket=true`).
         let prefer_socket = url_has_param(url, "prefer_socket") && opts.prefer_socket();
         let opts = Opts::from(OptsBuilder::from_opts(opts).prefer_socket(prefer_socket));
-        if let Some(db) = opts.db_name() {
-            create_database(&opts, db).await?;
-        }
+        let Some(db) = opts.db_name().filter(|db| !db.is_empty()) else {
+            return Err(StoreError::other(
+                "invalid DATABASE_URL",
+                "it names no database: mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE".into(),
+            ));
+        };
+        // A name relay may not create (see `create_database`) must exist: say so if it does not.
+        let connect_context = match creatable(db) {
+            true => "cannot connect to the database",
+            false => {
+                "cannot connect to the database (relay creates only databases named with \
+                 letters, digits, _ and $: create this one yourself, or rename it)"
+            }
+        };
+        create_database(&opts, db).await?;
         // Reset on return only when the URL asks for it (`?reset_connection=true`).
         let reset = url.contains("reset_connection=true");
         let opts = OptsBuilder::from_opts(opts)
@@ -89,7 +101,7 @@ impl MysqlStore {
         let mut conn = pool
             .get_conn()
             .await
-            .map_err(StoreError::mysql("cannot connect to the database"))?;
+            .map_err(StoreError::mysql(connect_context))?;
         conn.query_drop(SCHEMA)
             .await
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
@@ -1035,14 +1047,19 @@ fn placeholders(one: &str, n: usize) -> String {
     s
 }
 
+/// Whether relay creates a database of this name when it is missing: a name of
+/// `[A-Za-z0-9_$]`, which needs no quoting rules of its own.
+fn creatable(db: &str) -> bool {
+    !db.is_empty()
+        && db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
 /// `CREATE DATABASE IF NOT EXISTS`, through a connection without a default database. Names outside
 /// `[A-Za-z0-9_$]` are left alone (the operator creates those by hand).
 async fn create_database(opts: &Opts, db: &str) -> Result<(), StoreError> {
-    if db.is_empty()
-        || !db
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-    {
+    if !creatable(db) {
         return Ok(());
     }
     let bare = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
