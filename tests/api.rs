@@ -286,6 +286,12 @@ async fn publish_read_and_delete_like_a_socket(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200, "again: still deleted");
+    // Its key again: the message it names is gone, and the answer says so.
+    let (status, again) = call(a, "POST", "/api/v1/messages", Some(KEY), Some(first)).await;
+    assert_eq!(
+        (status, again),
+        (200, json!({ "id": id, "duplicate": true, "deleted": true }))
+    );
     loop {
         let t = watcher.recv_text().await;
         if t.starts_with("42[\"chat deleted\"") {

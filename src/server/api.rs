@@ -376,9 +376,17 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
     );
     let answer = match ns.sequencer.request(message).await {
         Ok(Outcome::Stored(id)) => Ok((StatusCode::CREATED, json!({ "id": id }))),
-        Ok(Outcome::Duplicate(id)) => reused_key(ns, id, &sent, &p.idempotency_key)
-            .await
-            .map(|()| (StatusCode::OK, json!({ "id": id, "duplicate": true }))),
+        Ok(Outcome::Duplicate(id)) => {
+            reused_key(ns, id, &sent, &p.idempotency_key)
+                .await
+                .map(|deleted| {
+                    let mut body = json!({ "id": id, "duplicate": true });
+                    if deleted {
+                        body["deleted"] = json!(true);
+                    }
+                    (StatusCode::OK, body)
+                })
+        }
         Ok(Outcome::Refused(why)) => Err(ApiError::bad(why)),
         Ok(Outcome::Failed) => Err(ApiError::unavailable("the commit failed")),
         Err(_) => Err(ApiError::unavailable("the server is shutting down")),
@@ -394,14 +402,16 @@ async fn publish(ns: &Namespace, body: Value, lossy: bool) -> Answer {
 /// author and content) is answered with that message, anything else is refused with 422, as
 /// the IETF's Idempotency-Key draft (§2.7) asks: before, a backend that used one key for two
 /// messages (the same notice to two rooms) got a success for the second, which was never stored.
-/// A message deleted since is compared by room and author alone; when the stored message cannot
-/// be read, the retry is believed.
+/// A message deleted since keeps no content to compare: it is compared by room and author
+/// alone, and the answer says it was deleted (`Ok(true)`), so that a caller whose new text went
+/// under an old key learns nothing of it was stored. When the stored message cannot be read,
+/// the retry is believed.
 async fn reused_key(
     ns: &Namespace,
     id: u64,
     (room, author, content): &(Room, Author, String),
     key: &str,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let stored = match ns.reader.after(id - 1, 1).await {
         Ok(entries) => entries.into_iter().find(|e| e.id == id),
         Err(e) => {
@@ -410,14 +420,15 @@ async fn reused_key(
         }
     };
     let Some(stored) = stored else {
-        return Ok(());
+        return Ok(false);
     };
-    let same_content = match &stored.body {
-        Body::Message { content: c } => c == content,
-        _ => true,
+    let (same_content, deleted) = match &stored.body {
+        Body::Message { content: c } => (c == content, false),
+        Body::Deleted => (true, true),
+        Body::Deletion { .. } => (true, false),
     };
     if stored.room == *room && stored.author == *author && same_content {
-        return Ok(());
+        return Ok(deleted);
     }
     Err(ApiError(
         StatusCode::UNPROCESSABLE_ENTITY,

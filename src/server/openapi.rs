@@ -217,7 +217,7 @@ pub fn document() -> Value {
                 },
                 "Published": {
                     "type": "object", "required": ["id"],
-                    "properties": { "id": { "type": "integer" }, "duplicate": { "const": true } }
+                    "properties": { "id": { "type": "integer" }, "duplicate": { "const": true }, "deleted": { "const": true, "description": "On a duplicate: the message stored under the key was deleted since (its content is gone, so only its room and author were compared)." } }
                 },
                 "Message": {
                     "type": "object",
