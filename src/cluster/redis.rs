@@ -286,7 +286,9 @@ async fn bus_canary(
             } else {
                 tracing::warn!(
                     node = endpoint.node,
-                    "bus down: the subscription has not delivered this node's canary for 3 s"
+                    redis = %endpoint.client.get_connection_info().addr(),
+                    "bus down: the subscription has not delivered this node's canary for 3 s \
+                     (Redis stopped feeding it or answers nothing; with rediss://, check that it speaks TLS)"
                 );
             }
         }
@@ -582,7 +584,12 @@ async fn subscribe(
             Err(e) => {
                 // Once per outage (a wrong password or DB index is one that lasts): then quietly.
                 if !unreachable_said {
-                    tracing::warn!(node = endpoint.node, error = %e, "bus down: cannot reach Redis");
+                    tracing::warn!(
+                        node = endpoint.node,
+                        redis = %endpoint.client.get_connection_info().addr(),
+                        error = %e,
+                        "bus down: cannot reach Redis"
+                    );
                     unreachable_said = true;
                 } else {
                     tracing::debug!(node = endpoint.node, error = %e, "Redis still unreachable");
