@@ -475,6 +475,20 @@ async fn bans_end_sockets_refuse_connects_persist_and_expire(backend: Backend) {
         .send(&format!("40{}", json!({ "token": token("spammer") })))
         .await;
     assert!(again.recv_text().await.starts_with("40{\"sid\""));
+    // The audit names the key by the start of its SHA-256, never by the key itself.
+    let actors = s
+        .column("SELECT actor FROM relay_moderation ORDER BY id")
+        .await;
+    let actions = s
+        .column("SELECT action FROM relay_moderation ORDER BY id")
+        .await;
+    assert_eq!(
+        (actors, actions),
+        (
+            vec!["api:4552a382".to_string(); 2],
+            vec!["ban".into(), "unban".into()]
+        )
+    );
 
     // An address ban that expires: every socket from it ended, then it ends by itself.
     let mut guest = s.joined(None).await;

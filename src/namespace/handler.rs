@@ -801,7 +801,7 @@ impl<T: Transport> Handler<T> {
         let (ns, by, room) = (self.ns.clone(), speaker.author.clone(), m.room.clone());
         let queue = self.socket.engine.queue().clone();
         tokio::spawn(async move {
-            let reply = match ns.delete(target, by, Some(&room)).await {
+            let reply = match ns.delete(target, by, Some(&room), None).await {
                 Ok(_) => json!([{}]),
                 Err(e) => json!([{ "error": e.to_string() }]),
             };

@@ -87,12 +87,14 @@ impl Namespace {
     /// stored and published after everything committed before it; the message's content is
     /// emptied in the table, and every node marks it deleted in its memory (never sent again; its
     /// bytes leave memory when the recent history moves past it). Deleting it again is no error
-    /// (`already`), and two deletions at once (two nodes) are one entry.
+    /// (`already`), and two deletions at once (two nodes) are one entry. The audit names
+    /// `actor`, else `by`'s user id or name.
     pub(crate) async fn delete(
         &self,
         target: u64,
         by: Author,
         room: Option<&Room>,
+        actor: Option<&str>,
     ) -> Result<Deleted, DeleteError> {
         let Some(before) = target.checked_sub(1) else {
             return Err(DeleteError::NotFound);
@@ -123,7 +125,10 @@ impl Namespace {
         };
         match self.sequencer.request(deletion).await {
             Ok(Outcome::Stored(id)) => {
-                let actor = by.user.as_deref().or(by.name.as_deref()).unwrap_or("-");
+                let actor = actor
+                    .or(by.user.as_deref())
+                    .or(by.name.as_deref())
+                    .unwrap_or("-");
                 let subject = format!("message {target} in {} (deletion {id})", entry.room);
                 self.record(actor, "delete", subject, None).await;
                 Ok(deleted(false))
