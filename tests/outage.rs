@@ -268,6 +268,47 @@ async fn readyz_names_a_hung_database_within_a_second() {
     s.stop().await;
 }
 
+/// Commits failed through an outage, and then nobody sent anything: once the database answers
+/// again, `/readyz` says ready (no round comes to succeed on a quiet chat, and a node out of
+/// its balancer for that would stay out for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_ready_again_after_an_outage_on_a_quiet_chat() {
+    let proxy = Proxy::start().await;
+    let s = TestServer::start_with(|c| {
+        let db = c
+            .database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        c.database_url = proxy.url(&db);
+        c.db_timeout_ms = 500;
+        c.canary_timeout_ms = 1500;
+    })
+    .await;
+    let mut a = s.joined(None).await;
+    proxy.cut().await;
+    // Rounds fail for longer than CANARY_TIMEOUT_MS.
+    for i in 0..6 {
+        a.emit(Some(i), "lost", &format!("quiet-fail-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = http_get(s.addr, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not ready 10 s after the database came back: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.stop().await;
+}
+
 /// A database that went away and came back while the chat was quiet: the first message after
 /// is stored at its first attempt, not refused on a connection the outage left dead (which costs
 /// its sender a whole ack timeout, 10 s on the page).

@@ -165,13 +165,17 @@ pub struct Sequencer {
 /// database that refuses or holds every INSERT (a table lock) is seen here, not there.
 #[derive(Default)]
 struct Failing {
+    /// When the current run of failed rounds began (ms since the Unix epoch; 0: none).
     since_ms: AtomicU64,
+    /// When a round last failed (the same).
+    last_ms: AtomicU64,
 }
 
 impl Failing {
     /// A round failed: every submission of it answered `Failed`.
     fn round_failed(&self) {
         let now = crate::store::now_ms().max(1);
+        self.last_ms.store(now, Ordering::Relaxed);
         let _ = self
             .since_ms
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
@@ -233,13 +237,19 @@ impl Sequencer {
     }
 
     /// How long every round of the writer has failed (not one message stored, found or
-    /// refused), or `None` when the last round did not fail. `/readyz` reads it.
-    pub fn failing_for(&self) -> Option<Duration> {
+    /// refused), or `None` when the last round did not fail, or when none failed within
+    /// `recent`: a writer with nothing to write proves nothing either way (after an outage on a
+    /// quiet chat no round comes to succeed), and the next failure counts from the run's start
+    /// again. `/readyz` reads it.
+    pub fn failing_for(&self, recent: Duration) -> Option<Duration> {
+        let now = crate::store::now_ms();
+        let last = self.failing.last_ms.load(Ordering::Relaxed);
+        if Duration::from_millis(now.saturating_sub(last)) > recent {
+            return None;
+        }
         match self.failing.since_ms.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(Duration::from_millis(
-                crate::store::now_ms().saturating_sub(since),
-            )),
+            since => Some(Duration::from_millis(now.saturating_sub(since))),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct App {
     pub origin_warned: AtomicU64,
     /// When an address refused for its pending handshakes was last logged (the same).
     pub handshakes_warned: AtomicU64,
+    /// When `/readyz` last logged why it is not ready (the same).
+    pub ready_warned: AtomicU64,
     /// When an API request with a missing or wrong key was last logged (the same).
     pub api_key_warned: AtomicU64,
     /// The server API's keys (`API_KEYS`); empty: the API is off.

@@ -112,14 +112,17 @@ async fn ready(app: &App) -> HttpResponse {
         // Every round failed: the database answers a ping (the canary passes between failed
         // rounds) but stores nothing (a table lock, a full disk, a refused write).
         (
-            app.namespace.sequencer.failing_for(),
+            app.namespace.sequencer.failing_for(app.canary_timeout),
             "every message has failed to commit",
             "commits failing: no message could be stored for over CANARY_TIMEOUT_MS\n",
         ),
     ];
     for (lasted, why, body) in stalled {
         if let Some(lasted) = lasted.filter(|d| *d > app.canary_timeout) {
-            tracing::warn!(secs = lasted.as_secs(), "not ready: {why}");
+            // A line every 10 s at most, whatever the probes' rate.
+            if super::app::ten_seconds_since(&app.ready_warned) {
+                tracing::warn!(secs = lasted.as_secs(), "not ready: {why}");
+            }
             return plain(StatusCode::SERVICE_UNAVAILABLE, body);
         }
     }

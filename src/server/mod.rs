@@ -292,6 +292,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
         api_key_warned: AtomicU64::new(0),
+        ready_warned: AtomicU64::new(0),
         handshakes_warned: AtomicU64::new(0),
         forwarded_warned: Default::default(),
         api_limits: (
