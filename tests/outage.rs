@@ -268,6 +268,36 @@ async fn readyz_names_a_hung_database_within_a_second() {
     s.stop().await;
 }
 
+/// A cut shorter than the writer's idle check, between two messages of a chat in use: the next
+/// message is stored at its first attempt on a new connection, not refused on the broken one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_right_after_a_short_cut_is_stored_at_once() {
+    let proxy = Proxy::start().await;
+    let s = server_behind(&proxy).await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+    for round in 0..3u64 {
+        a.emit(Some(2 * round), "before", &format!("short-{round}-0"))
+            .await;
+        a.recv_chat().await;
+        a.recv_ack().await;
+        proxy.cut().await;
+        proxy.restore();
+        a.emit(Some(2 * round + 1), "after", &format!("short-{round}-1"))
+            .await;
+        let (msg, ack) = tokio::time::timeout(Duration::from_secs(5), async {
+            (a.recv_chat().await, a.recv_ack().await)
+        })
+        .await
+        .expect("the message after a short cut was not stored at its first attempt");
+        assert_eq!((msg.0.as_str(), ack.0), ("after", 2 * round + 1));
+        assert_eq!(b.recv_chat().await.0, "before");
+        assert_eq!(b.recv_chat().await.0, "after");
+    }
+    assert_eq!(s.count().await, 6);
+    s.stop().await;
+}
+
 /// Commits failed through an outage, and then nobody sent anything: once the database answers
 /// again, `/readyz` says ready (no round comes to succeed on a quiet chat, and a node out of
 /// its balancer for that would stay out for good).

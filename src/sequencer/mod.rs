@@ -413,7 +413,20 @@ impl<A: Adapter> Writer<A> {
         let mut rounds: Vec<(u64, Vec<usize>)> = Vec::new();
         let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
         let started = std::time::Instant::now();
-        let inserted = self.insert(&messages).await;
+        let mut inserted = self.insert(&messages).await;
+        if let Err(e) = &inserted {
+            if e.is_connection_lost() {
+                // The writer's connection broke since the last round (a database restart or a
+                // cut too short for the idle check to see). What the round sent may have
+                // committed before it broke: reconcile, then try once more on a new connection,
+                // rather than leave its senders to their ack timeout.
+                tracing::info!(error = %e, "the database connection broke; trying the round again");
+                self.outcome_unknown = true;
+                if self.reconcile().await.is_ok() {
+                    inserted = self.insert(&messages).await;
+                }
+            }
+        }
         tracing::trace!(
             rows = messages.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -564,6 +564,20 @@ impl StoreError {
         }
     }
 
+    /// True when the connection it happened on broke (closed or reset by the server or the
+    /// network, or not opened): unlike after a timeout, a new connection may well work at once.
+    pub(crate) fn is_connection_lost(&self) -> bool {
+        match &self.cause {
+            Cause::Mysql(
+                ::mysql_async::Error::Server(_)
+                | ::mysql_async::Error::Other(_)
+                | ::mysql_async::Error::Url(_),
+            ) => false,
+            Cause::Mysql(e) => e.is_fatal(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn mysql_error(&self) -> Option<&::mysql_async::Error> {
         match &self.cause {
             Cause::Mysql(e) => Some(e),
