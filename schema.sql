@@ -74,8 +74,9 @@ CREATE TABLE IF NOT EXISTS relay_bans (
 ;
 
 -- Every moderation action, who did it and when (protocol.md, "Moderation"): action is delete,
--- ban, unban or disconnect; subject what it was done to (a message id, a ban id, a user, an
--- address); actor who did it (a moderator's sub, or "api").
+-- ban or unban (a disconnect through the server API is only logged); subject what it was done
+-- to (a message id, a ban id, a user, an address); actor who did it (a moderator's sub, or for
+-- the server API "api:" and the first 8 hex digits of the SHA-256 of the key used).
 CREATE TABLE IF NOT EXISTS relay_moderation (
   id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   at            BIGINT UNSIGNED NOT NULL,

@@ -411,12 +411,12 @@ pub fn wants_meta(auth: Option<&Value>) -> bool {
     auth.and_then(|a| a.get("meta")) == Some(&Value::Bool(true))
 }
 
-/// A first visit's cap on the replay: `auth.historyLimit`, an integer from 0 (nothing from
+/// A first visit's cap on the replay: `auth.historyLimit`, a JSON integer from 0 (nothing from
 /// before: live messages only) to [`MAX_HISTORY_PAGE`] (a larger one is cut to it); anything
-/// else means no cap.
+/// else (a fraction, a string, a negative number) means no cap.
 pub fn history_limit(auth: Option<&Value>) -> Option<usize> {
     auth.and_then(|a| a.get("historyLimit"))
-        .and_then(integer)
+        .and_then(Value::as_u64)
         .map(|n| n.min(MAX_HISTORY_PAGE as u64) as usize)
 }
 
@@ -627,6 +627,9 @@ mod tests {
         );
         assert_eq!(history_limit(Some(&json!({"historyLimit": 0}))), Some(0));
         assert_eq!(history_limit(Some(&json!({"historyLimit": -1}))), None);
+        assert_eq!(history_limit(Some(&json!({"historyLimit": 0.5}))), None);
+        assert_eq!(history_limit(Some(&json!({"historyLimit": 1.5}))), None);
+        assert_eq!(history_limit(Some(&json!({"historyLimit": "5"}))), None);
         assert_eq!(history_limit(Some(&json!({"historyLimit": "x"}))), None);
         assert_eq!(history_limit(None), None);
     }

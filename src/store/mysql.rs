@@ -69,14 +69,7 @@ impl MysqlStore {
                 "it names no database: mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE".into(),
             ));
         };
-        // A name relay may not create (see `create_database`) must exist: say so if it does not.
-        let connect_context = match creatable(db) {
-            true => "cannot connect to the database",
-            false => {
-                "cannot connect to the database (relay creates only databases named with \
-                 letters, digits, _ and $: create this one yourself, or rename it)"
-            }
-        };
+        let may_create = creatable(db);
         create_database(&opts, db).await?;
         // Reset on return only when the URL asks for it (`?reset_connection=true`).
         let reset = url.contains("reset_connection=true");
@@ -98,10 +91,18 @@ impl MysqlStore {
             );
         let opts = Opts::from(opts);
         let pool = Pool::new(opts.clone());
-        let mut conn = pool
-            .get_conn()
-            .await
-            .map_err(StoreError::mysql(connect_context))?;
+        let mut conn = pool.get_conn().await.map_err(|e| {
+            // A name relay may not create (see `create_database`) must exist: say why not.
+            let unknown = matches!(&e, mysql_async::Error::Server(s) if s.code == ER_BAD_DB_ERROR);
+            let context = match unknown && !may_create {
+                true => {
+                    "cannot connect to the database (relay creates only databases named \
+                         with letters, digits, _ and $: create this one yourself, or rename it)"
+                }
+                false => "cannot connect to the database",
+            };
+            StoreError::mysql(context)(e)
+        })?;
         conn.query_drop(SCHEMA)
             .await
             .map_err(StoreError::mysql("cannot apply schema.sql"))?;
@@ -807,6 +808,8 @@ pub const KEEP_LOCK_FOR: Duration = Duration::from_millis(100);
 /// Pooled connections at most (reads; the writer has its own).
 pub const POOL_MAX: usize = 16;
 
+/// `ER_BAD_DB_ERROR`: the database named does not exist.
+const ER_BAD_DB_ERROR: u16 = 1049;
 /// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
 const ER_NO_SUCH_THREAD: u16 = 1094;
 
