@@ -178,6 +178,14 @@ async fn retry_until_acked(c: &mut Client, msg: &str, offset: &str, first_ack: u
 }
 
 async fn server_behind(proxy: &Proxy) -> TestServer {
+    server_behind_with(proxy, |_| {}).await
+}
+
+/// As [`server_behind`], after `tune` adjusts the configuration further.
+async fn server_behind_with(
+    proxy: &Proxy,
+    tune: impl FnOnce(&mut relay::config::Config),
+) -> TestServer {
     TestServer::start_with(|c| {
         let db = c
             .database_url
@@ -187,6 +195,7 @@ async fn server_behind(proxy: &Proxy) -> TestServer {
             .to_string();
         c.database_url = proxy.url(&db);
         c.db_timeout_ms = 700;
+        tune(c);
     })
     .await
 }
@@ -232,14 +241,7 @@ async fn database_cut_means_no_ack_then_the_retry_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_a_hung_database_within_a_second() {
     let proxy = Proxy::start().await;
-    let s = TestServer::start_with(|c| {
-        let db = c
-            .database_url
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        c.database_url = proxy.url(&db);
+    let s = server_behind_with(&proxy, |c| {
         c.db_timeout_ms = 5000;
         c.canary_timeout_ms = 1500;
     })
@@ -304,14 +306,7 @@ async fn a_message_right_after_a_short_cut_is_stored_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_ready_again_after_an_outage_on_a_quiet_chat() {
     let proxy = Proxy::start().await;
-    let s = TestServer::start_with(|c| {
-        let db = c
-            .database_url
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        c.database_url = proxy.url(&db);
+    let s = server_behind_with(&proxy, |c| {
         c.db_timeout_ms = 500;
         c.canary_timeout_ms = 1500;
     })

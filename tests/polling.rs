@@ -443,21 +443,26 @@ async fn a_post_still_arriving_when_its_session_ends_is_ended_with_it() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
-    // polling.ts: "poll connection closed prematurely".
+/// Sends a GET of session `sid` that waits, then closes its connection unanswered (a client
+/// that went away, a proxy or a NAT that cut it).
+async fn cut_a_waiting_get(addr: SocketAddr, sid: &str) {
     use tokio::io::AsyncWriteExt;
-    let s = TestServer::start().await; // the heartbeat alone would take 45 s
-    let addr = s.addr;
-    let (sid, _) = handshake(addr).await;
     let mut waiting = TcpStream::connect(addr).await.expect("tcp connect");
     let get = format!(
         "GET /socket.io/?EIO=4&{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
-        polling(&sid)
+        polling(sid)
     );
     waiting.write_all(get.as_bytes()).await.expect("write");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(waiting);
+}
+
+#[tokio::test]
+async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
+    // polling.ts: "poll connection closed prematurely".
+    let s = TestServer::start().await; // the heartbeat alone would take 45 s
+    let addr = s.addr;
+    let (sid, _) = handshake(addr).await;
+    cut_a_waiting_get(addr, &sid).await;
     let started = std::time::Instant::now();
     wait_until_gone(addr, &sid).await;
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -469,23 +474,12 @@ async fn a_get_cancelled_by_its_client_closes_the_session_at_once() {
 /// waiting: python-engineio takes a `1` (close) for a server's goodbye and never reconnects.
 #[tokio::test]
 async fn a_get_after_a_cut_get_is_refused_as_for_an_unknown_sid() {
-    use tokio::io::AsyncWriteExt;
     let s = TestServer::start().await;
     let addr = s.addr;
     let (sid, _) = handshake(addr).await;
     assert_eq!(post(addr, &polling(&sid), "40").await.0, 200);
     assert!(poll_packets(addr, &sid, 1).await[0].starts_with("40{"));
-    let mut waiting = TcpStream::connect(addr).await.expect("tcp connect");
-    let get_request = format!(
-        "GET /socket.io/?EIO=4&{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
-        polling(&sid)
-    );
-    waiting
-        .write_all(get_request.as_bytes())
-        .await
-        .expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(waiting);
+    cut_a_waiting_get(addr, &sid).await;
     // A message for the session meanwhile.
     let mut ws = s.joined(None).await;
     ws.emit(Some(1), "meanwhile", "w-1").await;
