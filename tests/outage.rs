@@ -26,6 +26,10 @@ struct Proxy {
     lose_insert_reply: Arc<AtomicBool>,
     /// Set: the database's answers are swallowed, on every connection (a database that hangs).
     hang: Arc<AtomicBool>,
+    /// Armed: the connection that prepared an INSERT is closed on relay's side right after the
+    /// next packet (the execute) is forwarded, the server's side kept open 5 s (the statement
+    /// runs on in the server), once.
+    break_after_insert: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -38,12 +42,14 @@ impl Proxy {
             pipes: Arc::default(),
             lose_insert_reply: Arc::default(),
             hang: Arc::default(),
+            break_after_insert: Arc::default(),
         };
-        let (up, pipes, lose, hang) = (
+        let (up, pipes, lose, hang, break_after) = (
             proxy.up.clone(),
             proxy.pipes.clone(),
             proxy.lose_insert_reply.clone(),
             proxy.hang.clone(),
+            proxy.break_after_insert.clone(),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -51,7 +57,12 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let task = tokio::spawn(pipe(client, lose.clone(), hang.clone()));
+                let faults = Faults {
+                    lose: lose.clone(),
+                    hang: hang.clone(),
+                    break_after: break_after.clone(),
+                };
+                let task = tokio::spawn(pipe(client, faults));
                 pipes.lock().unwrap().push(task);
             }
         });
@@ -81,7 +92,19 @@ impl Proxy {
     }
 }
 
-async fn pipe(client: TcpStream, lose: Arc<AtomicBool>, hang: Arc<AtomicBool>) {
+/// What a pipe of the proxy does wrong, when armed (see [`Proxy`]).
+struct Faults {
+    lose: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
+    break_after: Arc<AtomicBool>,
+}
+
+async fn pipe(client: TcpStream, faults: Faults) {
+    let Faults {
+        lose,
+        hang,
+        break_after,
+    } = faults;
     let Ok(server) = TcpStream::connect("127.0.0.1:3306").await else {
         return;
     };
@@ -93,6 +116,7 @@ async fn pipe(client: TcpStream, lose: Arc<AtomicBool>, hang: Arc<AtomicBool>) {
         async move {
             let mut buf = vec![0u8; 64 * 1024];
             let mut insert_seen = false;
+            let mut prepared = false;
             loop {
                 let n = match cr.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -107,6 +131,19 @@ async fn pipe(client: TcpStream, lose: Arc<AtomicBool>, hang: Arc<AtomicBool>) {
                     }
                 }
                 if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                // The statement's text goes in its PREPARE; the packet after it runs it.
+                let prepared_before = prepared;
+                prepared |= buf[..n].windows(20).any(|w| w == b"INSERT INTO messages");
+                if prepared_before && break_after.swap(false, Ordering::SeqCst) {
+                    // relay's side is closed with the pipe; the server's stays open a while
+                    // (a reset on one side of a proxy): the statement runs on, unaware.
+                    let held = sw;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        drop(held);
+                    });
                     return;
                 }
             }
@@ -297,6 +334,50 @@ async fn a_message_right_after_a_short_cut_is_stored_at_once() {
         assert_eq!(b.recv_chat().await.0, "after");
     }
     assert_eq!(s.count().await, 6);
+    s.stop().await;
+}
+
+/// The connection breaks while its INSERT still waits in the server (for a lock): the round is
+/// tried again at once, and the INSERT left behind must not commit unseen beside the retry (the
+/// retry would find its row a duplicate that no socket was ever sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_left_running_by_a_broken_connection_is_stopped_before_the_retry() {
+    use mysql_async::prelude::Queryable;
+    let proxy = Proxy::start().await;
+    let s = server_behind_with(&proxy, |c| c.db_timeout_ms = 3000).await;
+    let mut watcher = s.joined(None).await;
+    let mut a = s.joined(None).await;
+    let mut foreign = mysql_async::Conn::from_url(format!("{}/{}", mysql_base(), s.db))
+        .await
+        .unwrap();
+    foreign.query_drop("BEGIN").await.unwrap();
+    // A gap lock over the end of the table: every INSERT waits for it.
+    foreign
+        .query_drop("SELECT COUNT(*) FROM messages WHERE id > 0 FOR UPDATE")
+        .await
+        .unwrap();
+    proxy.break_after_insert.store(true, Ordering::SeqCst);
+    a.emit(Some(1), "mine", "held").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The INSERT left in the server would commit now, beside relay's retry.
+    foreign.query_drop("ROLLBACK").await.unwrap();
+    let _ = foreign.disconnect().await;
+    let acked = tokio::time::timeout(Duration::from_secs(5), async {
+        (a.recv_chat().await, a.recv_ack().await)
+    })
+    .await;
+    let mine = match acked {
+        Ok(((_, id), (1, _))) => id,
+        _ => retry_until_acked(&mut a, "mine", "held", 2).await,
+    };
+    let seen = tokio::time::timeout(WAIT, watcher.recv_chat()).await;
+    assert_eq!(
+        seen.ok(),
+        Some(("mine".to_string(), mine)),
+        "the table holds {:?}",
+        s.ids().await
+    );
+    assert_eq!(s.ids().await, [mine], "stored once");
     s.stop().await;
 }
 

@@ -1197,6 +1197,7 @@ mod tests {
                 published: 0,
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
+                failing_window: Duration::from_secs(10),
                 metrics: metrics.clone(),
             },
             &tasks,

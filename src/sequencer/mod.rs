@@ -169,16 +169,23 @@ struct Failing {
     since_ms: AtomicU64,
     /// When a round last failed (the same).
     last_ms: AtomicU64,
+    /// A failure longer ago than this ends the run (ms).
+    window_ms: u64,
 }
 
 impl Failing {
     /// A round failed: every submission of it answered `Failed`.
     fn round_failed(&self) {
         let now = crate::store::now_ms().max(1);
-        self.last_ms.store(now, Ordering::Relaxed);
-        let _ = self
-            .since_ms
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let last = self.last_ms.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(last) > self.window_ms {
+            // The last failure is too old to belong to this one: a new run begins.
+            self.since_ms.store(now, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .since_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// A round stored, found or refused something: the database answers.
@@ -203,6 +210,9 @@ pub struct SequencerOptions {
     pub queue: usize,
     /// Longest a database round may take before it counts as failed.
     pub db_timeout: Duration,
+    /// How long after a failed round the writer still counts as failing (`CANARY_TIMEOUT_MS`):
+    /// see [`Sequencer::failing_for`].
+    pub failing_window: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -218,7 +228,10 @@ impl Sequencer {
     ) -> Sequencer {
         let (submissions, queue) = mpsc::channel(options.queue.max(1));
         let (probes, probes_rx) = mpsc::unbounded_channel();
-        let failing = Arc::new(Failing::default());
+        let failing = Arc::new(Failing {
+            window_ms: options.failing_window.as_millis() as u64,
+            ..Failing::default()
+        });
         let writer = Writer {
             store: options.store,
             adapter,
@@ -237,14 +250,15 @@ impl Sequencer {
     }
 
     /// How long every round of the writer has failed (not one message stored, found or
-    /// refused), or `None` when the last round did not fail, or when none failed within
-    /// `recent`: a writer with nothing to write proves nothing either way (after an outage on a
-    /// quiet chat no round comes to succeed), and the next failure counts from the run's start
-    /// again. `/readyz` reads it.
-    pub fn failing_for(&self, recent: Duration) -> Option<Duration> {
+    /// refused), or `None` when the last round did not fail, or when none failed within the
+    /// failing window (`CANARY_TIMEOUT_MS`): a writer with nothing to write proves nothing
+    /// either way (after an outage on a quiet chat no round comes to succeed). A run of
+    /// failures ends with a round that does not fail, or when the next failure comes later
+    /// than the window. `/readyz` reads it.
+    pub fn failing_for(&self) -> Option<Duration> {
         let now = crate::store::now_ms();
         let last = self.failing.last_ms.load(Ordering::Relaxed);
-        if Duration::from_millis(now.saturating_sub(last)) > recent {
+        if now.saturating_sub(last) > self.failing.window_ms {
             return None;
         }
         match self.failing.since_ms.load(Ordering::Relaxed) {
@@ -685,6 +699,7 @@ mod tests {
                 published,
                 queue: 64,
                 db_timeout: Duration::from_secs(5),
+                failing_window: Duration::from_secs(10),
                 metrics: Arc::new(Metrics::default()),
             },
             &tasks,

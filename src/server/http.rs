@@ -112,7 +112,7 @@ async fn ready(app: &App) -> HttpResponse {
         // Every round failed: the database answers a ping (the canary passes between failed
         // rounds) but stores nothing (a table lock, a full disk, a refused write).
         (
-            app.namespace.sequencer.failing_for(app.canary_timeout),
+            app.namespace.sequencer.failing_for(),
             "every message has failed to commit",
             "commits failing: no message could be stored for over CANARY_TIMEOUT_MS\n",
         ),

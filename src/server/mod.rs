@@ -421,6 +421,7 @@ fn sequencer_options(
         published: broadcaster.published(),
         queue: 16 * 1024,
         db_timeout: config.db_timeout(),
+        failing_window: config.canary_timeout(),
         metrics: metrics.clone(),
     }
 }

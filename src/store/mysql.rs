@@ -531,10 +531,13 @@ impl MysqlStore {
         };
         let result = f(&mut conn).await;
         conn.used = Instant::now();
-        watch.id = None;
         // Keep the connection unless it broke (or a timeout dropped this future mid-query, in
-        // which case it is dropped with it).
+        // which case it is dropped with it). A connection that broke may have left its
+        // statement running in the server (which notices a gone client only when it answers):
+        // it is recorded, as an abandoned one is, so that nothing is read as the whole log
+        // before that statement has ended.
         if !matches!(&result, Err(e) if e.is_fatal()) {
+            watch.id = None;
             *slot = Some(conn);
         }
         result
@@ -675,10 +678,11 @@ impl MysqlStore {
             .map_err(StoreError::mysql("cannot get a database connection"))
     }
 
-    /// Waits until no INSERT of this store can still commit. One abandoned by a timeout may still
-    /// be running in the server (waiting for a lock, say) and commit after the caller has read
-    /// what is there: it is stopped with `KILL` (an autocommit INSERT is then rolled back, unless
-    /// it committed already) and waited for until its connection is gone.
+    /// Waits until no INSERT of this store can still commit. One abandoned by a timeout, or whose
+    /// connection broke (the server notices a gone client only when it answers), may still be
+    /// running in the server (waiting for a lock, say) and commit after the caller has read what
+    /// is there: it is stopped with `KILL` (an autocommit INSERT is then rolled back, unless it
+    /// committed already) and waited for until its connection is gone.
     pub async fn end_abandoned_insert(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let abandoned = *self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
@@ -686,6 +690,20 @@ impl MysqlStore {
             return Ok(());
         };
         let mut conn = self.conn().await?;
+        // Only a thread of this user still running a statement: after a server restart the id
+        // may be another connection's, which must not be killed.
+        let running: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? \
+                 AND USER = SUBSTRING_INDEX(USER(), '@', 1) AND INFO IS NOT NULL",
+                (id,),
+            )
+            .await
+            .map_err(StoreError::mysql("cannot watch an abandoned INSERT"))?;
+        if running.unwrap_or(0) == 0 {
+            *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(());
+        }
         match conn.query_drop(format!("KILL {id}")).await {
             Ok(()) => {}
             Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_THREAD => {}
@@ -705,7 +723,10 @@ impl MysqlStore {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(connection = id, "stopped an INSERT abandoned by a timeout");
+        tracing::info!(
+            connection = id,
+            "stopped an INSERT abandoned by a timeout or a broken connection"
+        );
         *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
