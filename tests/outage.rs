@@ -26,9 +26,9 @@ struct Proxy {
     lose_insert_reply: Arc<AtomicBool>,
     /// Set: the database's answers are swallowed, on every connection (a database that hangs).
     hang: Arc<AtomicBool>,
-    /// Armed: the connection that prepared an INSERT is closed on relay's side right after the
-    /// next packet (the execute) is forwarded, the server's side kept open 5 s (the statement
-    /// runs on in the server), once.
+    /// Armed: the connection that prepared an INSERT is closed on relay's side when the next
+    /// packet (the execute) comes, which reaches the server 5 ms later on a side kept open 5 s
+    /// (the statement runs on in the server), once.
     break_after_insert: Arc<AtomicBool>,
 }
 
@@ -130,20 +130,22 @@ async fn pipe(client: TcpStream, faults: Faults) {
                         insert_seen = true;
                     }
                 }
-                if sw.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
                 // The statement's text goes in its PREPARE; the packet after it runs it.
                 let prepared_before = prepared;
                 prepared |= buf[..n].windows(20).any(|w| w == b"INSERT INTO messages");
                 if prepared_before && break_after.swap(false, Ordering::SeqCst) {
-                    // relay's side is closed with the pipe; the server's stays open a while
-                    // (a reset on one side of a proxy): the statement runs on, unaware.
-                    let held = sw;
+                    // relay's side is closed with the pipe; the statement reaches the server
+                    // 5 ms later, on a side kept open a while (a reset on one side of a
+                    // proxy): it runs on, unaware.
+                    let (packet, mut held) = (buf[..n].to_vec(), sw);
                     tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let _ = held.write_all(&packet).await;
                         tokio::time::sleep(Duration::from_secs(5)).await;
-                        drop(held);
                     });
+                    return;
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
             }

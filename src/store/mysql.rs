@@ -42,9 +42,9 @@ pub struct MysqlStore {
     /// The writer's own connection, kept across batches so its prepared INSERTs stay warm; only
     /// the sequencer writes, so the lock is never contended.
     writer: Arc<tokio::sync::Mutex<Option<WriterConn>>>,
-    /// The server-side id of the writer connection whose INSERT a timeout abandoned mid-statement:
-    /// the server may still be running it.
-    abandoned: Arc<std::sync::Mutex<Option<u32>>>,
+    /// The writer connection whose INSERT a timeout abandoned mid-statement, or that broke: the
+    /// server may still be running it (or, behind a proxy, not have received it yet).
+    abandoned: Arc<std::sync::Mutex<Option<Recorded>>>,
     /// Bytes the `content` column holds.
     content_limit: usize,
     /// `@@auto_increment_increment`: the step between consecutive ids of one multi-row INSERT.
@@ -517,16 +517,23 @@ impl MysqlStore {
         };
         let mut conn = match kept {
             Some(conn) => conn,
-            None => WriterConn {
-                conn: mysql_async::Conn::new(self.opts.clone())
+            None => {
+                let mut conn = mysql_async::Conn::new(self.opts.clone())
                     .await
-                    .map_err(StoreError::mysql("cannot get a database connection"))?,
-                held: None,
-                used: Instant::now(),
-            },
+                    .map_err(StoreError::mysql("cannot get a database connection"))?;
+                WriterConn {
+                    server_started: started_at(&mut conn).await,
+                    conn,
+                    held: None,
+                    used: Instant::now(),
+                }
+            }
         };
         let mut watch = Abandoned {
-            id: Some(conn.conn.id()),
+            id: Some(Recorded {
+                id: conn.conn.id(),
+                server_started: conn.server_started,
+            }),
             to: &self.abandoned,
         };
         let result = f(&mut conn).await;
@@ -686,21 +693,31 @@ impl MysqlStore {
     pub async fn end_abandoned_insert(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let abandoned = *self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(id) = abandoned else {
+        let Some(Recorded { id, server_started }) = abandoned else {
             return Ok(());
         };
         let mut conn = self.conn().await?;
-        // Only a thread of this user still running a statement: after a server restart the id
-        // may be another connection's, which must not be killed.
-        let running: Option<u64> = conn
+        // A server that restarted since ended the statement with itself, and the id may now be
+        // another connection's, which must not be killed.
+        let now_started = started_at(&mut conn).await;
+        if server_started
+            .zip(now_started)
+            .is_some_and(|(a, b)| a.abs_diff(b) > 2)
+        {
+            *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(());
+        }
+        // The connection is killed even when it runs nothing: behind a proxy that reset only
+        // relay's side, the statement may not have reached the server yet, and must never run.
+        let present: Option<u64> = conn
             .exec_first(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? \
-                 AND USER = SUBSTRING_INDEX(USER(), '@', 1) AND INFO IS NOT NULL",
+                 AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
                 (id,),
             )
             .await
             .map_err(StoreError::mysql("cannot watch an abandoned INSERT"))?;
-        if running.unwrap_or(0) == 0 {
+        if present.unwrap_or(0) == 0 {
             *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(());
         }
@@ -846,6 +863,31 @@ struct WriterConn {
     held: Option<(u64, Instant)>,
     /// When a round last used it.
     used: Instant,
+    /// When its server started ([`started_at`]).
+    server_started: Option<u64>,
+}
+
+/// A writer connection that may have left a statement running: its server-side id, and when its
+/// server started (so that an id of a server that restarted since is not taken for it).
+#[derive(Clone, Copy)]
+struct Recorded {
+    id: u32,
+    server_started: Option<u64>,
+}
+
+/// When the server `conn` reaches started, in seconds since the Unix epoch (from its `Uptime`;
+/// `None` if it does not say).
+async fn started_at(conn: &mut mysql_async::Conn) -> Option<u64> {
+    let uptime: Option<(String, u64)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        .await
+        .ok()
+        .flatten();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    uptime.map(|(_, up)| now.saturating_sub(up))
 }
 
 impl WriterConn {
@@ -859,8 +901,8 @@ impl WriterConn {
 
 /// Records a writer connection's id when the INSERT running on it is dropped unfinished.
 struct Abandoned<'a> {
-    id: Option<u32>,
-    to: &'a std::sync::Mutex<Option<u32>>,
+    id: Option<Recorded>,
+    to: &'a std::sync::Mutex<Option<Recorded>>,
 }
 
 impl Drop for Abandoned<'_> {
