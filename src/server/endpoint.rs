@@ -387,7 +387,7 @@ fn payload(body: Vec<u8>) -> HttpResponse {
 
 /// `GET` or `POST …&transport=polling&sid=…`: a long poll, or packets from the client.
 fn poll(app: Arc<App>, sid: &str, req: Request<Incoming>) -> Answer {
-    let Some(session) = app.polling.get(sid).filter(|s| !s.refuses_requests()) else {
+    let Some(session) = app.polling.get(sid) else {
         return now(bad_request(1, "Session ID unknown"));
     };
     if session.upgraded() {
@@ -481,7 +481,7 @@ async fn post(app: Arc<App>, session: Arc<PollingSession>, req: Request<Incoming
 /// `GET …&transport=websocket&sid=…`: a polling session's WebSocket; the session takes it over
 /// once the client has probed it and sent `5`.
 fn upgrade(app: Arc<App>, sid: &str, mut req: Request<Incoming>) -> HttpResponse {
-    let Some(session) = app.polling.get(sid).filter(|s| !s.refuses_requests()) else {
+    let Some(session) = app.polling.get(sid) else {
         return bad_request(1, "Session ID unknown");
     };
     // One WebSocket per session: a second, during the probe or after `5`, is refused before it

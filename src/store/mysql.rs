@@ -883,11 +883,7 @@ async fn started_at(conn: &mut mysql_async::Conn) -> Option<u64> {
         .await
         .ok()
         .flatten();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    uptime.map(|(_, up)| now.saturating_sub(up))
+    uptime.map(|(_, up)| (super::now_ms() / 1000).saturating_sub(up))
 }
 
 impl WriterConn {

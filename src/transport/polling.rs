@@ -776,8 +776,13 @@ impl PollingSessions {
         self.lock().insert(sid.to_string(), session);
     }
 
+    /// The session `sid`, while it takes requests (see [`PollingSession::refuses_requests`]);
+    /// `None` is answered as for an unknown sid.
     pub fn get(&self, sid: &str) -> Option<Arc<PollingSession>> {
-        self.lock().get(sid).cloned()
+        self.lock()
+            .get(sid)
+            .filter(|s| !s.refuses_requests())
+            .cloned()
     }
 
     pub fn remove(&self, sid: &str) {
