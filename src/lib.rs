@@ -13,7 +13,7 @@
 //! | cluster | `cluster` | several relays on one database, behind the adapter seam: the commit lock, the sequencer lease, forwarding, the Redis bus, the ordered follower |
 //! | Engine.IO | `engine` | the transport-neutral session: open, close; the registry of open sessions, whose one task keeps every heartbeat and tells them of shutdown |
 //! | transports | `transport` | WebSocket and HTTP long-polling, and the upgrade between them |
-//! | Socket.IO | [`namespace`] | the namespaces, one room each: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler.rs`) |
+//! | Socket.IO | [`namespace`] | the namespaces, one room each: the Socket.IO socket (`socket.rs`) and the chat's handler on it (`handler/`) |
 //! | server | [`server`], [`config`] | routing, limits, the composition root, start and shutdown |
 //!
 //! The public surface is what `tests/` and `benches/` use: the codecs, the store contract,

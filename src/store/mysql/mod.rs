@@ -1,18 +1,25 @@
 //! MySQL/MariaDB through mysql_async: a pool for reads, one writer connection whose prepared
 //! multi-row INSERTs stay warm.
+//!
+//! This file is the store and its writer: the group insert with exact ids, the cluster's commit
+//! lock, and the INSERTs a timeout or a broken connection abandoned. Opening the store (the URL,
+//! the database, the schema and its upgrades in place) is in [`connect`]; the log's reads
+//! (replay pages, history pages, the rooms, the newest rows) in [`reads`]; the other records
+//! (the cluster's identity, recovery sessions, bans, the moderation audit) in [`records`].
 
-use super::{Action, Ban, Inserted, SessionRecord, StoreError, MAX_BATCH};
+mod connect;
+mod reads;
+mod records;
+
+pub use connect::SCHEMA;
+
+use super::{Inserted, StoreError};
 use crate::chat::NewMessage;
-use crate::log::{Author, Entry};
-use crate::room::Room;
 use mysql_async::prelude::*;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Opts, Pool};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The schema, applied at start when the table is missing (`CREATE TABLE IF NOT EXISTS`).
-pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// MySQL server error codes that blame a row's data rather than the database's health: retrying
 /// the same row can never succeed.
@@ -52,84 +59,6 @@ pub struct MysqlStore {
 }
 
 impl MysqlStore {
-    /// Connects, creates the database if it is missing (when the URL names one), applies the schema
-    /// and reads the column limits. Errors say which step failed.
-    pub async fn connect(url: &str) -> Result<MysqlStore, StoreError> {
-        let opts = Opts::from_url(url)
-            .map_err(|e| StoreError::mysql("invalid DATABASE_URL")(mysql_async::Error::Url(e)))?;
-        // The endpoint given is the endpoint used. mysql_async's default `prefer_socket` asks a
-        // server reached on 127.0.0.1 for its Unix socket and moves there, around any TCP proxy in
-        // between (ProxySQL, HAProxy, a TLS tunnel); a socket only when the URL asks for one
-        // (`?socket=…`, or `?prefer_socket=true`).
-        let prefer_socket = url_has_param(url, "prefer_socket") && opts.prefer_socket();
-        let opts = Opts::from(OptsBuilder::from_opts(opts).prefer_socket(prefer_socket));
-        let Some(db) = opts.db_name().filter(|db| !db.is_empty()) else {
-            return Err(StoreError::other(
-                "invalid DATABASE_URL",
-                "it names no database: mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE".into(),
-            ));
-        };
-        let may_create = creatable(db);
-        create_database(&opts, db).await?;
-        // Reset on return only when the URL asks for it (`?reset_connection=true`).
-        let reset = url.contains("reset_connection=true");
-        let opts = OptsBuilder::from_opts(opts)
-            // utf8mb4 both ways, and strict mode so that nothing is ever silently truncated.
-            // "setup", not "init": these run again after a connection reset, init ones do not.
-            .setup(vec![
-                "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
-                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-            ])
-            .stmt_cache_size(2 * MAX_BATCH + 16)
-            .pool_opts(
-                PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(1, POOL_MAX).unwrap_or_default())
-                    // relay leaves no state on a connection (no temporary tables, variables or
-                    // open transactions), and a reset on every return to the pool would cost a
-                    // round trip and throw away the prepared statements.
-                    .with_reset_connection(reset),
-            );
-        let opts = Opts::from(opts);
-        let pool = Pool::new(opts.clone());
-        let mut conn = pool.get_conn().await.map_err(|e| {
-            // A name relay may not create (see `create_database`) must exist: say why not.
-            let unknown = matches!(&e, mysql_async::Error::Server(s) if s.code == ER_BAD_DB_ERROR);
-            let context = match unknown && !may_create {
-                true => {
-                    "cannot connect to the database (relay creates only databases named \
-                         with letters, digits, _ and $: create this one yourself, or rename it)"
-                }
-                false => "cannot connect to the database",
-            };
-            StoreError::mysql(context)(e)
-        })?;
-        conn.query_drop(SCHEMA)
-            .await
-            .map_err(StoreError::mysql("cannot apply schema.sql"))?;
-        upgrade_in_place(&mut conn).await?;
-        widen_moderation_subject(&mut conn).await?;
-        let content_limit = column_bytes(
-            &mut conn,
-            ("messages", "content"),
-            "cannot read the messages table's columns",
-        )
-        .await?;
-        let id_step: Option<u64> = conn
-            .query_first("SELECT @@auto_increment_increment")
-            .await
-            .map_err(StoreError::mysql("cannot read auto_increment_increment"))?;
-        Ok(MysqlStore {
-            pool,
-            opts,
-            writer: Arc::default(),
-            abandoned: Arc::default(),
-            content_limit: content_limit
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .unwrap_or(usize::MAX),
-            id_step: id_step.unwrap_or(1).max(1),
-        })
-    }
-
     /// The most bytes the content column holds.
     pub fn content_limit(&self) -> usize {
         self.content_limit
@@ -139,274 +68,6 @@ impl MysqlStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         conn.ping().await.map_err(StoreError::mysql("ping failed"))
-    }
-
-    /// The chat's identity for cluster mode (`relay_cluster` in schema.sql): `proposed` if this
-    /// is the first node to ask, else what the first one proposed. The same on every node of one
-    /// database, different for every database.
-    pub async fn chat_id(&self, proposed: &str) -> Result<String, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "INSERT IGNORE INTO relay_cluster (one, chat) VALUES (1, ?)",
-            (proposed,),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot record the chat's identity"))?;
-        drop(conn);
-        self.recorded_chat_id().await?.ok_or_else(|| {
-            StoreError::other(
-                "cannot read the chat's identity",
-                "relay_cluster is empty".into(),
-            )
-        })
-    }
-
-    /// The cluster's name on this database (`relay_cluster_name` in schema.sql): `name` if this
-    /// is the first node to record one, else the one recorded.
-    pub async fn cluster_name(&self, name: &str) -> Result<String, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "INSERT IGNORE INTO relay_cluster_name (one, name) VALUES (1, ?)",
-            (name,),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot record the cluster's name"))?;
-        let recorded: Option<String> = conn
-            .query_first("SELECT name FROM relay_cluster_name WHERE one = 1")
-            .await
-            .map_err(StoreError::mysql("cannot read the cluster's name"))?;
-        Ok(recorded.unwrap_or_else(|| name.to_string()))
-    }
-
-    /// The chat's identity if a node of a cluster recorded one (`relay_cluster`), without
-    /// recording one: a database some node has run a cluster on.
-    pub async fn recorded_chat_id(&self) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.query_first("SELECT chat FROM relay_cluster WHERE one = 1")
-            .await
-            .map_err(StoreError::mysql("cannot read the chat's identity"))
-    }
-
-    /// The highest stored id, 0 for an empty table.
-    pub async fn max_id(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
-        let id: Option<u64> = conn
-            .query_first("SELECT COALESCE(MAX(id), 0) FROM messages")
-            .await
-            .map_err(StoreError::mysql("cannot read the highest id"))?;
-        Ok(id.unwrap_or(0))
-    }
-
-    /// Up to `limit` rows with `id > after`, ascending: of every room, or of `room` alone (a range
-    /// of `messages_room_id`, named: with a parameter for the room, MariaDB may otherwise walk
-    /// the whole room and filter on the id, a second for a page deep in a long history). Replay calls this page by page, so a long history is never held
-    /// in memory at once.
-    pub async fn page_after(
-        &self,
-        room: Option<&Room>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let mut conn = self.conn().await?;
-        let read = match room {
-            None => {
-                conn.exec_map(
-                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
-                     WHERE id > ? ORDER BY id LIMIT ?",
-                    (after, limit as u64),
-                    |r: Row| entry_of(r, None),
-                )
-                .await
-            }
-            Some(room) => {
-                conn.exec_map(
-                    "SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
-                     FROM messages FORCE INDEX (messages_room_id) \
-                     WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
-                    (room.name(), after, limit as u64),
-                    |r: Row| entry_of(r, Some(room)),
-                )
-                .await
-            }
-        };
-        read.map_err(StoreError::mysql("cannot read messages"))
-    }
-
-    /// Up to `limit` chat messages of `room` (neither deletions nor deleted) with `id < before`,
-    /// the newest of them, ascending.
-    pub async fn page_before(
-        &self,
-        room: &Room,
-        before: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_map(
-            "SELECT * FROM \
-             (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted \
-              FROM messages FORCE INDEX (messages_room_id) \
-              WHERE room = ? AND id < ? AND deletes = 0 AND deleted = 0 \
-              ORDER BY id DESC LIMIT ?) page \
-             ORDER BY id",
-            (room.name(), before, limit as u64),
-            |r: Row| entry_of(r, Some(room)),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot read messages"))
-    }
-
-    /// Every room that holds messages, with its highest id, by name (`/` first).
-    pub async fn rooms(&self) -> Result<Vec<(Room, u64)>, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.query_map(
-            "SELECT room, MAX(id) FROM messages GROUP BY room ORDER BY room",
-            |(room, last): (Vec<u8>, u64)| (room_of(&room), last),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot list the rooms"))
-    }
-
-    /// Upserts session records and forgets the expired ones.
-    pub async fn save_sessions(
-        &self,
-        records: &[SessionRecord],
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let sql = format!(
-            "INSERT INTO relay_sessions (pid, sid, expires_at) VALUES {} \
-             ON DUPLICATE KEY UPDATE sid = VALUES(sid), expires_at = VALUES(expires_at)",
-            placeholders("(?,?,?)", records.len())
-        );
-        let params: Vec<mysql_async::Value> = records
-            .iter()
-            .flat_map(|r| {
-                [
-                    mysql_async::Value::Bytes(r.pid.as_bytes().to_vec()),
-                    mysql_async::Value::Bytes(r.sid.as_bytes().to_vec()),
-                    mysql_async::Value::UInt(r.expires_at_ms),
-                ]
-            })
-            .collect();
-        conn.exec_drop(sql, params)
-            .await
-            .map_err(StoreError::mysql("cannot save sessions"))?;
-        // (Rows of expires_at 0 are sessions an older relay claimed and kept: gone with them.)
-        conn.exec_drop("DELETE FROM relay_sessions WHERE expires_at < ?", (now_ms,))
-            .await
-            .map_err(StoreError::mysql("cannot forget expired sessions"))
-    }
-
-    /// Claims an unexpired, unheld session: the UPDATE is the claim, so one client wins; the
-    /// row is then deleted (the session is saved again if it ends without a clean close).
-    pub async fn claim_session(
-        &self,
-        pid: &str,
-        now_ms: u64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "UPDATE relay_sessions SET expires_at = 0 WHERE pid = ? AND expires_at >= ?",
-            (pid.as_bytes(), now_ms),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot claim a session"))?;
-        if conn.affected_rows() != 1 {
-            return Ok(None);
-        }
-        let sid: Option<Vec<u8>> = conn
-            .exec_first(
-                "SELECT sid FROM relay_sessions WHERE pid = ?",
-                (pid.as_bytes(),),
-            )
-            .await
-            .map_err(StoreError::mysql("cannot read a session"))?;
-        // Claimed, the row has done its work: kept, one that ended cleanly stayed for ever.
-        conn.exec_drop(
-            "DELETE FROM relay_sessions WHERE pid = ? AND expires_at = 0",
-            (pid.as_bytes(),),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot forget a claimed session"))?;
-        Ok(sid.and_then(|s| String::from_utf8(s).ok()))
-    }
-
-    pub async fn add_ban(&self, ban: &Ban) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "INSERT INTO relay_bans (user_id, ip, reason, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
-            (
-                &ban.user,
-                &ban.ip,
-                &ban.reason,
-                ban.created_at,
-                ban.expires_at,
-            ),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot record a ban"))?;
-        Ok(conn.last_insert_id().unwrap_or(0))
-    }
-
-    pub async fn bans(&self, now_ms: u64) -> Result<Vec<Ban>, StoreError> {
-        let mut conn = self.conn().await?;
-        type BanRow = (
-            u64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            u64,
-            u64,
-        );
-        conn.exec_map(
-            "SELECT id, user_id, ip, reason, created_at, expires_at FROM relay_bans \
-             WHERE expires_at = 0 OR expires_at > ? ORDER BY id",
-            (now_ms,),
-            |(id, user, ip, reason, created_at, expires_at): BanRow| Ban {
-                id,
-                user,
-                ip,
-                reason,
-                created_at,
-                expires_at,
-            },
-        )
-        .await
-        .map_err(StoreError::mysql("cannot read the bans"))
-    }
-
-    pub async fn lift_ban(&self, id: u64) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop("DELETE FROM relay_bans WHERE id = ?", (id,))
-            .await
-            .map_err(StoreError::mysql("cannot lift a ban"))?;
-        Ok(conn.affected_rows() == 1)
-    }
-
-    pub async fn record_action(&self, a: &Action) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "INSERT INTO relay_moderation (at, actor, action, subject, reason) \
-             VALUES (?, ?, ?, ?, ?)",
-            (a.at, &a.actor, a.action, &a.subject, &a.reason),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot record a moderation action"))
-    }
-
-    /// The newest `limit` rows, ascending (to warm the in-memory history at start).
-    pub async fn newest(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_map(
-            "SELECT * FROM \
-             (SELECT id, content, room, user_id, user_name, created_at, deletes, deleted FROM messages \
-              ORDER BY id DESC LIMIT ?) newest ORDER BY id",
-            (limit as u64,),
-            |r: Row| entry_of(r, None),
-        )
-        .await
-        .map_err(StoreError::mysql("cannot read the newest messages"))
     }
 
     /// Stores the messages not stored yet, in the order given, with one multi-row INSERT, and says
@@ -846,8 +507,6 @@ pub const KEEP_LOCK_FOR: Duration = Duration::from_millis(100);
 /// Pooled connections at most (reads; the writer has its own).
 pub const POOL_MAX: usize = 16;
 
-/// `ER_BAD_DB_ERROR`: the database named does not exist.
-const ER_BAD_DB_ERROR: u16 = 1049;
 /// `ER_NO_SUCH_THREAD`: KILL of a connection that is gone already.
 const ER_NO_SUCH_THREAD: u16 = 1094;
 
@@ -909,164 +568,11 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// A row as read: id, content, room, user_id, user_name, created_at, deletes, deleted.
-type Row = (
-    u64,
-    String,
-    Vec<u8>,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    u64,
-    u64,
-    u8,
-);
-
-/// The entry a row holds: a message, a deletion (`deletes`), or a deleted message (`deleted`).
-/// `room`: the room it was read from, known to the caller (no allocation for its name).
-fn entry_of(
-    (id, content, stored_room, user, name, at, deletes, deleted): Row,
-    room: Option<&Room>,
-) -> Entry {
-    let room = room.cloned().unwrap_or_else(|| room_of(&stored_room));
-    Entry::stored(id, room, content, deletes, deleted != 0).by(author_of(user, name), at)
-}
-
-/// An author as stored, read back.
-fn author_of(user: Option<Vec<u8>>, name: Option<Vec<u8>>) -> Author {
-    let text = |b: Vec<u8>| Arc::from(String::from_utf8_lossy(&b).as_ref());
-    Author {
-        user: user.map(text),
-        name: name.map(text),
-    }
-}
-
 /// A nullable text column's parameter.
 fn text_or_null(text: Option<&str>) -> mysql_async::Value {
     text.map_or(mysql_async::Value::NULL, |t| {
         mysql_async::Value::Bytes(t.as_bytes().to_vec())
     })
-}
-
-/// A room's name as stored, read back (only relay writes it; anything else would still be kept
-/// apart, under its own name).
-fn room_of(name: &[u8]) -> Room {
-    Room::named(&String::from_utf8_lossy(name))
-}
-
-/// The columns a table made by an older relay (or by the tutorial's own DDL: `id, client_offset,
-/// content`) may lack, as `ALTER TABLE … ADD COLUMN` defines them.
-const ADDED_COLUMNS: [(&str, &str); 6] = [
-    ("room", "room VARBINARY(48) NOT NULL DEFAULT ''"),
-    ("user_id", "user_id VARBINARY(128) NULL"),
-    ("user_name", "user_name VARBINARY(256) NULL"),
-    (
-        "created_at",
-        "created_at BIGINT UNSIGNED NOT NULL DEFAULT 0",
-    ),
-    ("deletes", "deletes BIGINT UNSIGNED NOT NULL DEFAULT 0"),
-    ("deleted", "deleted TINYINT UNSIGNED NOT NULL DEFAULT 0"),
-];
-
-/// Brings a table made before rooms and authors (by an older schema.sql, or by the tutorial's
-/// own DDL) up to this schema in place: adds the columns it lacks (every row so far is `/`'s, of
-/// no known author or time) and `messages_room_id`, online (`ALGORITHM=INPLACE, LOCK=NONE`:
-/// reads and writes go on), and logs what it did. Nothing to do on a table that has them all.
-/// Checked through `information_schema`, as MySQL 8 has no `ADD COLUMN IF NOT EXISTS`.
-async fn upgrade_in_place(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
-    let mut changes = Vec::new();
-    for (column, definition) in ADDED_COLUMNS {
-        let sql = format!(
-            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'messages' AND COLUMN_NAME = '{column}'"
-        );
-        if count(conn, &sql, "cannot read the messages table's columns").await? == 0 {
-            changes.push(format!("ADD COLUMN {definition}"));
-        }
-    }
-    let index = count(
-        conn,
-        "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
-         AND TABLE_NAME = 'messages' AND INDEX_NAME = 'messages_room_id'",
-        "cannot read the messages table's indexes",
-    )
-    .await?;
-    if index == 0 {
-        changes.push("ADD KEY messages_room_id (room, id)".into());
-    }
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let sql = format!(
-        "ALTER TABLE messages {}, ALGORITHM=INPLACE, LOCK=NONE",
-        changes.join(", ")
-    );
-    if let Err(e) = conn.query_drop(&sql).await {
-        // An engine that cannot do it online (MyISAM, say): do it the blocking way.
-        tracing::warn!(error = %e, "cannot upgrade the messages table online; locking it to upgrade");
-        let sql = format!("ALTER TABLE messages {}", changes.join(", "));
-        conn.query_drop(&sql)
-            .await
-            .map_err(StoreError::mysql("cannot upgrade the messages table"))?;
-    }
-    tracing::info!(
-        change = %changes.join(", "),
-        ms = started.elapsed().as_millis() as u64,
-        "upgraded the messages table in place: its rows so far are the room /'s, of no known author or time"
-    );
-    Ok(())
-}
-
-/// `relay_moderation.subject` as schema.sql makes it now: a table made when it was 128 bytes
-/// could not hold a ban's subject (`ban <id>: user <128 bytes> ip <block>`), and the record was
-/// lost. Widened at start (a small table: a plain `ALTER`).
-async fn widen_moderation_subject(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
-    let width = column_bytes(
-        conn,
-        ("relay_moderation", "subject"),
-        "cannot read the relay_moderation table's columns",
-    )
-    .await?
-    .unwrap_or(0);
-    if width < 512 {
-        conn.query_drop("ALTER TABLE relay_moderation MODIFY subject VARBINARY(512) NOT NULL")
-            .await
-            .map_err(StoreError::mysql("cannot widen relay_moderation.subject"))?;
-        tracing::info!(
-            from = width,
-            "widened relay_moderation.subject to 512 bytes"
-        );
-    }
-    Ok(())
-}
-
-/// The most bytes column `column` of `table` (in this database) holds, from
-/// `information_schema`; `None` for a column it does not know. `what` names the step in an error.
-async fn column_bytes(
-    conn: &mut mysql_async::Conn,
-    (table, column): (&str, &str),
-    what: &'static str,
-) -> Result<Option<u64>, StoreError> {
-    conn.exec_first(
-        "SELECT CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-        (table, column),
-    )
-    .await
-    .map_err(StoreError::mysql(what))
-}
-
-/// The one number a `SELECT COUNT(*)` answers; `what` names the step in an error.
-async fn count(
-    conn: &mut mysql_async::Conn,
-    sql: &str,
-    what: &'static str,
-) -> Result<u64, StoreError> {
-    let n: Option<u64> = conn
-        .query_first(sql)
-        .await
-        .map_err(StoreError::mysql(what))?;
-    Ok(n.unwrap_or(0))
 }
 
 /// The clientOffsets of `batch` that are stored already, with their ids.
@@ -1089,15 +595,6 @@ async fn existing_offsets(
     Ok(found.into_iter().collect())
 }
 
-/// Whether the URL's query names `key` (`?key=…` or `&key=…`).
-fn url_has_param(url: &str, key: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, query)| {
-        query
-            .split('&')
-            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == key)
-    })
-}
-
 fn placeholders(one: &str, n: usize) -> String {
     let mut s = String::with_capacity((one.len() + 1) * n);
     for i in 0..n {
@@ -1109,46 +606,9 @@ fn placeholders(one: &str, n: usize) -> String {
     s
 }
 
-/// Whether relay creates a database of this name when it is missing: a name of
-/// `[A-Za-z0-9_$]`, which needs no quoting rules of its own.
-fn creatable(db: &str) -> bool {
-    !db.is_empty()
-        && db
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-}
-
-/// `CREATE DATABASE IF NOT EXISTS`, through a connection without a default database. Names outside
-/// `[A-Za-z0-9_$]` are left alone (the operator creates those by hand).
-async fn create_database(opts: &Opts, db: &str) -> Result<(), StoreError> {
-    if !creatable(db) {
-        return Ok(());
-    }
-    let bare = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
-    let mut conn = mysql_async::Conn::new(bare)
-        .await
-        .map_err(StoreError::mysql("cannot connect to the database server"))?;
-    conn.query_drop(format!(
-        "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ))
-    .await
-    .map_err(StoreError::mysql("cannot create the database"))?;
-    let _ = conn.disconnect().await;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{placeholders, url_has_param};
-
-    #[test]
-    fn url_params_are_found_by_name() {
-        let url = "mysql://u@127.0.0.1:3306/chat?reset_connection=true&prefer_socket=true";
-        assert!(url_has_param(url, "prefer_socket"));
-        assert!(url_has_param(url, "reset_connection"));
-        assert!(!url_has_param(url, "socket"));
-        assert!(!url_has_param("mysql://u@h/prefer_socket", "prefer_socket"));
-    }
+    use super::placeholders;
 
     #[test]
     fn placeholders_join_with_commas() {

@@ -4,6 +4,11 @@
 //! ([`crate::chat`]) and published to the sequencer, receipts turned into acks that follow their
 //! rows, history pages, the rate limit (one for the connection, whatever its rooms).
 //!
+//! This file is the connection's loop and the way of a `"chat message"`: the event checked,
+//! published, its receipt turned into an ack. A socket's way in (CONNECT, replay, catch-up) is
+//! in [`join`]; its other events (`typing`, `delete message`, `history`, `refresh token`) and the
+//! ends the server decides for it (token expiry, bans) in [`events`].
+//!
 //! One task per connection drives it: it waits on its sockets (packets, the heartbeat, the
 //! fan-out's wake-ups), on the sequencer's receipts, on replay and history pages and on join
 //! plans, and writes everything it queued with one flush per turn. Live messages are written by
@@ -12,21 +17,20 @@
 //! Must not: parse packets (the socket does), frame them for a transport, or write to the
 //! database (the sequencer does).
 
+mod events;
+mod join;
+
 use super::acks::AckQueue;
 use super::rate::RateLimit;
 use super::socket::{Inbound, Socket, MAX_NAMESPACES};
-use super::{
-    HistoryFuture, JoinFuture, JoinPlan, Namespace, Opener, PageFuture, MAX_IN_FLIGHT, REPLAY_PAGE,
-};
+use super::{HistoryFuture, JoinFuture, JoinPlan, Namespace, Opener, PageFuture, MAX_IN_FLIGHT};
 use crate::chat::{self, Rejection};
-use crate::delivery::fanout::Subscriber;
-use crate::delivery::queue::CatchUp;
 use crate::delivery::NotAdmitted;
 use crate::engine::{DisconnectReason, Session, Transport};
-use crate::identity::{Author, Identity};
+use crate::identity::Identity;
 use crate::log::Entry;
 use crate::metrics::Metrics;
-use crate::presence::{self, Person, Presence, Ticket};
+use crate::presence::{self, Ticket};
 use crate::protocol::sid::Sid;
 use crate::protocol::socketio;
 use crate::room::Room;
@@ -47,9 +51,6 @@ use tokio::sync::mpsc::error::TrySendError;
 /// A socket's mailbox, created at its first submission (an idle socket never needs one, and a
 /// channel allocates a block of slots up front).
 type Receipts = Option<Mailbox>;
-
-/// Most bytes of a database page queued for a socket at once during a replay.
-const REPLAY_SLICE_BYTES: usize = 256 * 1024;
 
 /// A replay page being fed to a socket.
 struct Feed {
@@ -378,134 +379,6 @@ impl<T: Transport> Handler<T> {
         }
     }
 
-    fn on_page(
-        &mut self,
-        i: usize,
-        page: Result<(Vec<Entry>, u64), StoreError>,
-    ) -> Result<(), DisconnectReason> {
-        match page {
-            Ok((rows, published)) => {
-                if rows.is_empty() {
-                    // Nothing of the room after the cursor, though rows up to `published` were
-                    // committed before the read: carry on after them.
-                    let m = &self.members[i];
-                    self.socket.engine.queue().skip_to(&m.room, published);
-                    self.catch_up(i);
-                } else {
-                    let short = rows.len() < REPLAY_PAGE;
-                    self.members[i].feeding = Some(Box::new(Feed {
-                        rows,
-                        next: 0,
-                        short,
-                        published,
-                    }));
-                    self.feed(i);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "replay failed");
-                Err(DisconnectReason::StoreUnavailable)
-            }
-        }
-    }
-
-    /// Queues the next slice of the page being fed to member `i`: at most
-    /// [`REPLAY_SLICE_BYTES`] of it (one larger message goes alone). The loop flushes it before
-    /// it feeds more, so a reconnect never queues more than a slice from the database, however
-    /// slowly its client reads; the page done, the catch-up goes on.
-    fn feed(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        let Some(feed) = m.feeding.as_mut() else {
-            return;
-        };
-        let mut end = feed.next;
-        let mut bytes = 0;
-        while end < feed.rows.len() && (end == feed.next || bytes < REPLAY_SLICE_BYTES) {
-            bytes += feed.rows[end].content().len() + 48;
-            end += 1;
-        }
-        let slice = &feed.rows[feed.next..end];
-        feed.next = end;
-        let done = end == feed.rows.len();
-        let queue = self.socket.engine.queue();
-        let n = queue.deliver_entries(&m.room, slice, self.ns.broadcaster.wire());
-        if done {
-            if feed.short {
-                queue.skip_to(&m.room, feed.published);
-            }
-            m.feeding = None;
-        }
-        count_delivered(&self.ns.metrics, n);
-        self.ns
-            .metrics
-            .replayed_database
-            .fetch_add(n as u64, Ordering::Relaxed);
-        if done {
-            self.catch_up(i);
-        }
-    }
-
-    /// Brings member `i`'s socket up to date from its cursor: from the recent history in memory
-    /// when it reaches back far enough (and then the fan-out takes over), otherwise from the
-    /// database a page at a time (each page ends by calling this again, so replay moves to
-    /// memory as soon as it can).
-    ///
-    /// A connection reads one page at a time, whatever its namespaces, its rooms in turn: a
-    /// client that CONNECTs to many rooms at once (or over and over) waits for its own reads,
-    /// and holds at most one place in the line every connection's reads share.
-    fn catch_up(&mut self, i: usize) {
-        let Some(after) = self.catch_up_from_memory(i) else {
-            return;
-        };
-        let reading = self.members.iter().any(|m| m.replay.is_some());
-        if reading || self.members.iter().any(|m| m.waiting_turn) {
-            self.members[i].waiting_turn = true;
-            self.pass_turn(i + 1);
-        } else {
-            self.read_page(i, after);
-        }
-    }
-
-    /// Catches member `i`'s socket up from the recent history if it reaches back far enough;
-    /// otherwise returns the id after which a page must be read from the database.
-    fn catch_up_from_memory(&mut self, i: usize) -> Option<u64> {
-        let queue = self.socket.engine.queue();
-        match queue.catch_up(&self.members[i].room, self.ns.broadcaster.recent()) {
-            CatchUp::Live(n) => {
-                self.ns
-                    .metrics
-                    .replayed_memory
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                count_delivered(&self.ns.metrics, n);
-                None
-            }
-            CatchUp::Page(after) => Some(after),
-        }
-    }
-
-    fn read_page(&mut self, i: usize, after: u64) {
-        let m = &mut self.members[i];
-        m.replay = Some(self.ns.page(&m.room, after));
-    }
-
-    /// When no page is being read, gives the turn to the next member waiting for one, looking
-    /// from member `from` on (round the members, so the rooms take turns).
-    fn pass_turn(&mut self, from: usize) {
-        let n = self.members.len();
-        for k in 0..n {
-            if self.members.iter().any(|m| m.replay.is_some()) {
-                return;
-            }
-            let j = (from + k) % n;
-            if std::mem::take(&mut self.members[j].waiting_turn) {
-                if let Some(after) = self.catch_up_from_memory(j) {
-                    self.read_page(j, after);
-                }
-            }
-        }
-    }
-
     fn on_receipt(&mut self, receipt: Receipt) {
         let Some(at) = self
             .in_flight
@@ -630,270 +503,6 @@ impl<T: Transport> Handler<T> {
         Ok(None)
     }
 
-    /// A CONNECT to member `i`'s room: refused (its identity), or answered at once, or once its
-    /// recovery or capped replay is planned.
-    fn on_connect(&mut self, i: usize, auth: Option<&serde_json::Value>) {
-        // Past a connection's first `MAX_NAMESPACES` CONNECTs (a client opening its rooms, at
-        // most that many at once, whatever the limit), a CONNECT spends a token of the rate
-        // limit, as an event does: a client cycling CONNECT and DISCONNECT would otherwise have
-        // its token checked, its presence announced and its replay planned as fast as it sends.
-        let identified = self
-            .allow_connect()
-            .and_then(|()| self.ns.identity.identify(auth, &self.members[i].room))
-            .and_then(|identity| {
-                let user = identity.author.user.as_deref();
-                match self.ns.bans.is_banned(user, self.ip()) {
-                    true => Err("banned".to_string()),
-                    false => Ok(identity),
-                }
-            });
-        match identified {
-            Ok(identity) => {
-                let m = &mut self.members[i];
-                if identity != Identity::default() {
-                    m.speaker = Some(Box::new(identity));
-                }
-                m.meta = chat::wants_meta(auth);
-                m.watch = presence::wanted(auth);
-                self.set_expiry();
-            }
-            Err(why) => {
-                let m = self.members.swap_remove(i);
-                tracing::debug!(room = %m.room, why, "CONNECT refused");
-                self.socket.refuse(&m.room, &why);
-                return;
-            }
-        }
-        let server_offset = chat::server_offset(auth);
-        let recovery = self
-            .ns
-            .recovery
-            .as_ref()
-            .and_then(|_| chat::recovery_request(auth));
-        let limit = chat::history_limit(auth);
-        // An offset beyond what this node has published: in a cluster this node may be behind
-        // the others (ask, and wait); otherwise the database was reset (the join clamps it).
-        let ahead = server_offset > self.ns.broadcaster.published();
-        if recovery.is_none() && limit.is_none() && !ahead {
-            let plan = self.ns.fresh_plan(server_offset);
-            self.join(i, plan);
-        } else {
-            let room = self.members[i].room.clone();
-            self.members[i].joining = Some(Box::pin(self.ns.clone().plan(
-                room,
-                server_offset,
-                recovery,
-                limit,
-            )));
-        }
-    }
-
-    /// Takes a rate-limit token for a CONNECT, or says why the CONNECT is refused (counted as a
-    /// refusal in the metrics).
-    fn allow_connect(&mut self) -> Result<(), String> {
-        if self
-            .rate
-            .allow_connect(self.ns.config.max_messages_per_second)
-        {
-            return Ok(());
-        }
-        let rejection = Rejection::RateLimited {
-            per_second: self.ns.config.max_messages_per_second,
-        };
-        self.ns.metrics.refused(&rejection);
-        Err(rejection.to_string())
-    }
-
-    fn join(&mut self, i: usize, plan: JoinPlan) {
-        // An offset beyond the newest id (a database that was reset) would hide every new message.
-        let cursor = plan.cursor.min(self.ns.broadcaster.published());
-        let m = &mut self.members[i];
-        self.socket.accept(&m.room, &plan.sid, plan.pid.as_deref());
-        if plan.recovered {
-            tracing::debug!(sid = plan.sid, cursor, room = %m.room, "session recovered");
-        }
-        // Every id relay makes parses; one from elsewhere (a recovery record of another
-        // version) that does not only costs that socket its next recovery.
-        m.identity =
-            Sid::parse(&plan.sid).map(|sid| (sid, plan.pid.as_deref().and_then(Sid::parse)));
-        // Counted, and (asked) told who is here, right after the CONNECT reply.
-        let person = self.person(i);
-        // Who is where: the one place a moderator can find a guest's address (presence lists
-        // a guest by this id and name, never by address) to ban it.
-        tracing::info!(
-            peer = self.peer.map(tracing::field::display),
-            sid = self.socket.engine.sid(),
-            room = %self.members[i].room,
-            person = %person.id,
-            name = person.name.as_deref(),
-            "joined"
-        );
-        let m = &mut self.members[i];
-        let queue = self.socket.engine.queue().clone();
-        let watch = m.watch.then(|| queue.clone() as Arc<dyn Subscriber>);
-        m.presence = Some(self.ns.presence.enter(&m.room, &person, self.conn, watch));
-        m.generation = queue.join(&m.room, cursor, m.meta);
-        // Registered before reading history: see the module docs for why this order closes the gap.
-        self.ns
-            .broadcaster
-            .register(m.room.clone(), m.generation, queue);
-        self.catch_up(i);
-    }
-
-    /// Member `i`'s socket as presence lists it: its verified user, or this connection's guest.
-    fn person(&mut self, i: usize) -> Person {
-        let author = match &self.members[i].speaker {
-            Some(speaker) => speaker.author.clone(),
-            None => Author::default(),
-        };
-        let guest = &mut self.guest;
-        Person::new(&author, || {
-            guest.get_or_insert_with(Presence::guest_id).clone()
-        })
-    }
-
-    /// `["typing"]`: passed on to the room's other watchers (see [`Presence::typing`]); acked
-    /// `[]` when asked. Not a chat message: neither stored, nor counted as a refusal, nor against
-    /// the rate limit. One per [`presence::TYPING_EVERY`] from this socket reaches the room's
-    /// presence (which passes on one per person in that time); the rest stop here, so a flood
-    /// of them costs the shared presence nothing.
-    fn on_typing(&mut self, i: usize, ack_id: Option<u64>) {
-        let m = &mut self.members[i];
-        let now = Instant::now();
-        let due = m
-            .typed
-            .is_none_or(|at| now.duration_since(at) >= presence::TYPING_EVERY);
-        if let (true, Some(ticket)) = (due, &m.presence) {
-            m.typed = Some(now);
-            self.ns.presence.typing(&m.room, ticket.person());
-        }
-        if let Some(ack_id) = ack_id {
-            m.answer(ack_id, &json!([]));
-        }
-    }
-
-    /// `["delete message", id]` from a moderator's socket (a token whose `role` is `moderator` or
-    /// `admin`): deletes message `id` of member `i`'s room through the log
-    /// ([`Namespace::delete`]); acked `{}` once its deletion is committed, or `{"error": …}`
-    /// (`not allowed`, `no such message`, …). The ack is queued by the deletion's own task: it
-    /// does not wait behind this socket's messages, and this socket's loop does not wait for it.
-    fn on_delete(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
-        let m = &mut self.members[i];
-        let moderator = m.speaker.as_ref().filter(|s| {
-            matches!(s.role.as_deref(), Some("moderator" | "admin")) && s.author.user.is_some()
-        });
-        let Some(speaker) = moderator else {
-            if let Some(ack_id) = ack_id {
-                m.answer(ack_id, &json!([{ "error": "not allowed" }]));
-            }
-            return;
-        };
-        let id = payload.get(1).and_then(serde_json::Value::as_u64);
-        let Some(target) = id.filter(|&id| id > 0) else {
-            if let Some(ack_id) = ack_id {
-                m.answer(
-                    ack_id,
-                    &json!([{ "error": "invalid id: a message id is a positive integer" }]),
-                );
-            }
-            return;
-        };
-        let (ns, by, room) = (self.ns.clone(), speaker.author.clone(), m.room.clone());
-        let queue = self.socket.engine.queue().clone();
-        tokio::spawn(async move {
-            let reply = match ns.delete(target, by, Some(&room), None).await {
-                Ok(_) => json!([{}]),
-                Err(e) => json!([{ "error": e.to_string() }]),
-            };
-            if let Some(ack_id) = ack_id {
-                queue.send_reply(&socketio::encode_ack(&room.nsp(), ack_id, &reply));
-            }
-        });
-    }
-
-    /// `["history", {"before": id, "limit": n}]`: a page of member `i`'s room's older messages,
-    /// in the ack.
-    fn on_history(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
-        let request = chat::parse_history(payload).and_then(|r| match self.members[i].history {
-            Some(_) => Err(Rejection::HistoryBusy),
-            None => Ok(r),
-        });
-        match (request, ack_id) {
-            (Ok(request), Some(ack_id)) => {
-                // The answer stays within maxPayload, and within the page budget.
-                let m = &self.members[i];
-                let overhead = 64 + m.room.name().len(); // `43<nsp>,<id>[{"messages":[…],"more":false}]`
-                let budget = self
-                    .socket
-                    .engine
-                    .config()
-                    .max_payload
-                    .min(chat::HISTORY_PAGE_BYTES)
-                    .saturating_sub(overhead);
-                let page = self
-                    .ns
-                    .history_page(m.room.clone(), ack_id, request, budget, m.meta);
-                self.members[i].history = Some(page);
-            }
-            (Ok(_), None) => {} // nobody to answer: nothing to read
-            (Err(rejection), ack_id) => self.refuse(i, ack_id, &rejection),
-        }
-    }
-
-    /// Answers a history request with its page (ascending), or an error to retry.
-    fn on_history_page(&mut self, i: usize, ack_id: u64, page: Result<String, StoreError>) {
-        let m = &mut self.members[i];
-        let ack = match page {
-            Ok(args) => {
-                self.ns
-                    .metrics
-                    .history_pages
-                    .fetch_add(1, Ordering::Relaxed);
-                socketio::encode_ack_json(&m.room.nsp(), ack_id, &args)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "history page failed");
-                let reply = json!([{ "error": "history: database unavailable, try again" }]);
-                socketio::encode_ack(&m.room.nsp(), ack_id, &reply)
-            }
-        };
-        m.acks.push(0, ack);
-    }
-
-    /// `["refresh token", token]`: a new token for member `i`'s socket, of the same user; acked
-    /// `{"exp": <seconds>}` (`null` for a token that never expires), or `{"error": …}` for an
-    /// invalid token, one of another user, or a socket without one. Not a chat message: it is
-    /// neither stored nor counted as a refusal.
-    fn on_refresh(&mut self, i: usize, ack_id: Option<u64>, payload: &serde_json::Value) {
-        let token = payload.get(1).cloned().unwrap_or_default();
-        let m = &mut self.members[i];
-        let current = m.speaker.as_ref().and_then(|s| s.author.user.clone());
-        // Checked first: no token at all would read as a guest's connect.
-        let identified = match token.is_string() {
-            true => self
-                .ns
-                .identity
-                .identify(Some(&json!({ "token": token })), &m.room),
-            false => Err("the token must be a string".into()),
-        };
-        let reply = match identified {
-            Ok(id) if current.is_some() && id.author.user == current => {
-                let exp = id.expires;
-                m.speaker = Some(Box::new(id));
-                json!([{ "exp": exp }])
-            }
-            Ok(_) if current.is_none() => {
-                json!([{ "error": "refresh token: this socket has no token to refresh" }])
-            }
-            Ok(_) => json!([{ "error": "refresh token: another user's token" }]),
-            Err(why) => json!([{ "error": format!("refresh token: {why}") }]),
-        };
-        if let Some(ack_id) = ack_id {
-            m.answer(ack_id, &reply);
-        }
-        self.set_expiry();
-    }
-
     /// Sets the timer to the first expiry among the members' tokens (none: no timer).
     fn set_expiry(&mut self) {
         let first = self.members.iter().filter_map(Member::expires).min();
@@ -902,58 +511,6 @@ impl<T: Transport> Handler<T> {
             let wait = expiry_ms(exp).saturating_sub(now);
             Box::pin(tokio::time::sleep(std::time::Duration::from_millis(wait)))
         });
-    }
-
-    /// Ends every socket whose token has expired: `("token expired")`, then the server's
-    /// DISCONNECT for that namespace (the stock client does not reconnect by itself). The
-    /// connection and its other namespaces stay.
-    fn on_expiry(&mut self) {
-        let now = crate::store::now_ms();
-        let mut i = 0;
-        while i < self.members.len() {
-            let expired = self.members[i]
-                .expires()
-                .is_some_and(|exp| expiry_ms(exp) <= now);
-            if !expired {
-                i += 1;
-                continue;
-            }
-            let m = self.members.swap_remove(i);
-            tracing::debug!(room = %m.room, "token expired: socket ended");
-            let queue = self.socket.engine.queue();
-            queue.leave(&m.room);
-            queue.send(&socketio::encode_bare_event(
-                &m.room.nsp(),
-                chat::EXPIRED_EVENT,
-            ));
-            self.socket.disconnect(&m.room);
-        }
-        self.set_expiry();
-    }
-
-    /// The bans changed, or the server API asked to disconnect someone: ends each socket of this
-    /// connection that is banned now or named by a disconnect asked since it last looked, with the
-    /// server's DISCONNECT for its namespace (the stock client's "io server disconnect": no
-    /// reconnect loop). The connection stays; the client closes it once it has no socket left.
-    fn on_bans(&mut self) {
-        let since = self.bans_seen;
-        self.bans_seen = *self.bans.borrow_and_update();
-        let mut i = 0;
-        while i < self.members.len() {
-            if !self.ns.bans.ends(self.members[i].user(), self.ip(), since) {
-                i += 1;
-                continue;
-            }
-            let m = self.members.swap_remove(i);
-            tracing::info!(
-                room = %m.room,
-                user = m.user().unwrap_or("-"),
-                "socket ended by a ban or a disconnect"
-            );
-            self.socket.engine.queue().leave(&m.room);
-            self.socket.disconnect(&m.room);
-        }
-        self.set_expiry();
     }
 
     /// Acks a refused event with the reason (nothing to answer without an ack id) and counts it.
