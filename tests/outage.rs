@@ -477,6 +477,52 @@ async fn a_commit_whose_reply_was_lost_is_published_once_and_the_retry_acked() {
     s.stop().await;
 }
 
+/// The last guard: a row committed behind relay's writer (here written by another program; in the
+/// field an INSERT that committed after relay gave up its connection) is found when its sender's
+/// retry comes back a duplicate, and every socket is sent it, in id order, before the ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_behind_relays_back_reaches_every_socket_with_the_retry() {
+    let s = TestServer::start().await;
+    let mut a = s.joined(None).await;
+    let mut b = s.joined(None).await;
+    a.emit(Some(0), "first", "o-1").await;
+    let (first, _) = row_then_ack(&mut a, WAIT).await.expect("the first message");
+    assert_eq!(b.recv_chat().await, first);
+    s.sql::<u64>("INSERT INTO messages (client_offset, content) VALUES ('o-2', 'behind')")
+        .await;
+    // Its retry, and a fresh message queued with it.
+    a.emit(Some(1), "behind", "o-2").await;
+    a.emit(Some(2), "fresh", "o-3").await;
+    let got = tokio::time::timeout(WAIT, b.recv_chats(2))
+        .await
+        .expect("the row behind relay's back was never sent");
+    let ids = s.ids().await;
+    assert_eq!(ids.len(), 3);
+    let want = [
+        ("behind".to_string(), ids[1]),
+        ("fresh".to_string(), ids[2]),
+    ];
+    assert_eq!(got, want, "the row behind relay's back, then the fresh one");
+    // The sender gets both rows, each before its ack.
+    let mut seen = Vec::new();
+    while seen.iter().filter(|e| matches!(e, Err(_))).count() < 2 {
+        let t = a.recv_text().await;
+        if let Some(row) = parse_chat(&t) {
+            seen.push(Ok(row.1));
+        } else if let Some((ack, _)) = parse_ack(&t) {
+            seen.push(Err(ack));
+        }
+    }
+    let at = |e: Result<u64, u64>| seen.iter().position(|x| *x == e).expect("seen");
+    assert!(at(Ok(ids[1])) < at(Ok(ids[2])), "{seen:?}");
+    assert!(
+        at(Ok(ids[1])) < at(Err(1)) && at(Ok(ids[2])) < at(Err(2)),
+        "{seen:?}"
+    );
+    b.expect_silence(Duration::from_millis(300)).await;
+    s.stop().await;
+}
+
 /// SQLite's outage: another process holds the file's write lock. relay's insert times out (no
 /// ack) but keeps waiting for the lock in the background and commits when it is released. A retry
 /// that arrives while that insert is still waiting must not be acked as a duplicate before the

@@ -501,9 +501,27 @@ impl<A: Adapter> Writer<A> {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        let shared = self.adapter.shared();
+        if !shared && self.duplicates_unpublished(&outcomes) {
+            // A row this node never published (an INSERT that committed after its connection
+            // was given up, a writer other than relay): published now from the database, in id
+            // order with this round's rows, rather than skipped by every socket's cursor.
+            tracing::warn!(
+                published = self.published,
+                "a duplicate of a row never published; publishing the rows after it from the database"
+            );
+            self.outcome_unknown = true;
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "reading the rows to publish failed; the next round tries again");
+            }
+            // After the rows: a session acks a duplicate once its socket has been sent the row.
+            for (s, outcome) in batch.drain(..).zip(outcomes) {
+                s.answer(outcome, None).send();
+            }
+            return;
+        }
         // One batch per round, in id order; the messages' contents move into the rows the bus
         // may carry to other nodes. A single node's rounds follow one another: one batch.
-        let shared = self.adapter.shared();
         if !shared && rounds.len() > 1 {
             let members = rounds.drain(..).flat_map(|(_, m)| m).collect();
             rounds.push((0, members));
@@ -565,6 +583,16 @@ impl<A: Adapter> Writer<A> {
         for (batch, rows) in published {
             self.broadcast(batch, rows);
         }
+    }
+
+    /// Whether a round's `outcomes` name a duplicate above the last id published that the round
+    /// itself did not store: a row committed behind this writer's back.
+    fn duplicates_unpublished(&self, outcomes: &[Outcome]) -> bool {
+        let stored_here = |id: u64| outcomes.contains(&Outcome::Stored(id));
+        outcomes.iter().any(|o| match o {
+            Outcome::Duplicate(id) => *id > self.published && !stored_here(*id),
+            _ => false,
+        })
     }
 
     /// One insert round: the outcomes, and (with a shared log) the id committed before it.
@@ -796,6 +824,29 @@ mod tests {
         assert_eq!(retry.outcome, Outcome::Duplicate(1));
         assert_eq!(fresh.outcome, Outcome::Stored(3));
         assert_eq!(f.bus.published(), [(0, vec![1, 2]), (2, vec![3])]);
+        f.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_of_a_row_never_published_publishes_it_in_order() {
+        let store = MemoryStore::new();
+        let mut f = start(store.clone(), 0);
+        f.submit("a", 0).await;
+        assert_eq!(f.receipt().await.outcome, Outcome::Stored(1));
+        // Committed behind the writer's back (an INSERT given up that committed later): its
+        // sender's retry finds it a duplicate, in a round that stores a fresh message too.
+        store.insert_foreign("orphan", "x");
+        f.submit("orphan", 1).await;
+        f.submit("fresh", 2).await;
+        let retry = f.receipt().await;
+        let fresh = f.receipt().await;
+        assert_eq!(retry.outcome, Outcome::Duplicate(2));
+        assert_eq!(fresh.outcome, Outcome::Stored(3));
+        // Published before the answers, with no gap in the chain and nothing twice.
+        assert_eq!(f.bus.published(), [(0, vec![1]), (1, vec![2, 3])]);
+        f.submit("next", 3).await;
+        assert_eq!(f.receipt().await.outcome, Outcome::Stored(4));
+        assert_eq!(f.bus.published().last(), Some(&(3, vec![4])));
         f.stop().await;
     }
 
