@@ -125,9 +125,20 @@ pub enum Note {
     Gone(Room, Arc<str>),
     /// The person types in the room (already rate-limited here).
     Typing(Room, Person),
-    /// The server API asked to end the sockets of a user or an address (CIDR text) on every
-    /// node.
-    Kick(Option<String>, Option<String>),
+    /// The server API asked to end the sockets of a user or an address on every node.
+    Kick(Kick),
+}
+
+/// The server API's request to end the sockets of a user (a verified id) or an address (CIDR
+/// text) on every node: a disconnect, or a ban.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kick {
+    pub user: Option<String>,
+    pub ip: Option<String>,
+    /// For a ban: when it ends, in milliseconds since the Unix epoch (0: never). The other nodes
+    /// hold it in force until they read it from the database (a node that cannot read the
+    /// database would not know of it).
+    pub ban_until: Option<u64>,
 }
 
 /// One person in one room.
@@ -379,7 +390,7 @@ impl RoomPresence {
 
 /// Every room's presence on this node.
 /// What ends a user's or an address's sockets on this node (set by the namespaces).
-type KickHook = Box<dyn Fn(Option<&str>, Option<&str>) + Send + Sync>;
+type KickHook = Box<dyn Fn(&Kick) + Send + Sync>;
 
 pub struct Presence {
     rooms: Mutex<HashMap<Room, RoomPresence>>,
@@ -650,19 +661,19 @@ impl Presence {
     }
 
     /// Sets what ends a user's or an address's sockets on this node (once).
-    pub fn set_kick(&self, hook: impl Fn(Option<&str>, Option<&str>) + Send + Sync + 'static) {
+    pub fn set_kick(&self, hook: impl Fn(&Kick) + Send + Sync + 'static) {
         let _ = self.kick.set(Box::new(hook));
     }
 
-    /// Asks the other nodes of the cluster (if any) to end the sockets of `user` or from `ip`.
-    pub fn kick_elsewhere(&self, user: Option<&str>, ip: Option<&str>) {
-        self.note(Note::Kick(user.map(Into::into), ip.map(Into::into)));
+    /// Asks the other nodes of the cluster (if any) to end the sockets `kick` names.
+    pub fn kick_elsewhere(&self, kick: Kick) {
+        self.note(Note::Kick(kick));
     }
 
-    /// Another node asks to end the sockets of `user` or from `ip` here.
-    pub fn remote_kick(&self, user: Option<&str>, ip: Option<&str>) {
-        if let Some(kick) = self.kick.get() {
-            kick(user, ip);
+    /// Another node asks to end the sockets `kick` names here.
+    pub fn remote_kick(&self, kick: &Kick) {
+        if let Some(hook) = self.kick.get() {
+            hook(kick);
         }
     }
 

@@ -196,13 +196,18 @@ impl Node {
 
     /// A node on the database at `url` (a proxy in front of it, say).
     fn start_at(url: &str, redis: &Redis, cluster: &str, env: &[(&str, &str)]) -> Node {
+        Node::start_through(url, &redis.url(), cluster, env)
+    }
+
+    /// A node on the database at `url` and the Redis at `redis` (proxies in front of them, say).
+    fn start_through(url: &str, redis: &str, cluster: &str, env: &[(&str, &str)]) -> Node {
         let (child, addr) = spawn_relay(
             Command::new(env!("CARGO_BIN_EXE_relay"))
                 .envs(env.iter().copied())
                 .env("HOST", "127.0.0.1")
                 .env("PORT", "0")
                 .env("DATABASE_URL", url)
-                .env("CLUSTER_URL", redis.url())
+                .env("CLUSTER_URL", redis)
                 .env("CLUSTER_NAME", cluster)
                 .env("MAX_MESSAGES_PER_SECOND", "0")
                 .env("RUST_LOG", "relay=warn"),
@@ -1494,8 +1499,107 @@ async fn a_disconnect_while_redis_is_away_reaches_the_other_nodes_once_it_is_bac
     drop_database(&db).await;
 }
 
-/// A TCP proxy to MariaDB that the test can cut: every connection through it dropped, new ones
-/// refused, until it is restored.
+/// A disconnect asked while one node is cut off from Redis (Redis itself up) ends that node's
+/// sockets once its link is back: the node asks every node again for what it may have missed,
+/// until Redis takes the request (its publishing connection broke with the cut; the request was
+/// lost on it, and the disconnect never came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_reaches_a_node_whose_link_to_redis_was_cut_meanwhile() {
+    let redis = Redis::start();
+    let proxy = CutProxy::start_to(redis.port).await;
+    let (db, cluster) = fresh();
+    let key = "cluster-api-key";
+    let env = [("API_KEYS", key)];
+    let a = Node::start_with(&db, &redis, &cluster, &env);
+    let url = format!("{}/{db}", mysql_base());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let b = Node::start_through(&url, &proxied, &cluster, &env);
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let mut guest = b.joined(0).await;
+    proxy.cut(true);
+    wait_for_metric_eq(b.addr, "relay_bus_up", 0.0).await;
+    let (status, reply) = api(
+        a.addr,
+        key,
+        "POST",
+        "/api/v1/disconnect",
+        r#"{"ip":"127.0.0.1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut(false);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until_frame(&mut guest, |t| t == "41"),
+    )
+    .await
+    .expect("the disconnect reached the node once its link to Redis was back");
+    drop((a, b));
+    drop_database(&db).await;
+}
+
+/// A ban made on one node holds at once on a node cut off from the database (which reads the bans
+/// from there every second, and could not): its banned user's socket is ended, their messages
+/// refused and their CONNECT refused, where before the node forwarded their messages to the
+/// sequencer, which stored them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_holds_on_a_node_cut_off_from_the_database() {
+    let redis = Redis::start();
+    let proxy = CutProxy::start().await;
+    let (db, cluster) = fresh();
+    let secret = "cluster-moderation-secret-of-32-bytes!";
+    let key = "cluster-api-key";
+    let env = [("JWT_SECRET", secret), ("API_KEYS", key)];
+    let a = Node::start_with(&db, &redis, &cluster, &env);
+    let url = format!("mysql://root@127.0.0.1:{}/{db}", proxy.port);
+    let b = Node::start_at(&url, &redis, &cluster, &env);
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": "troll" }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut troll = Client::open(&b.ws_url()).await;
+    troll.join(Some(json!({ "token": token }))).await;
+    proxy.cut(true);
+    let (status, reply) = api(a.addr, key, "POST", "/api/v1/bans", r#"{"user":"troll"}"#).await;
+    assert_eq!(status, 201, "{reply}");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        until_frame(&mut troll, |t| t == "41"),
+    )
+    .await
+    .expect("the banned socket on the cut-off node was ended");
+    // Its CONNECT again, on the same connection, is refused; so is a new connection's.
+    troll
+        .send(&format!("40{}", json!({ "token": token })))
+        .await;
+    assert_eq!(troll.recv_text().await, r#"44{"message":"banned"}"#);
+    let mut again = Client::open(&b.ws_url()).await;
+    again
+        .send(&format!("40{}", json!({ "token": token })))
+        .await;
+    assert_eq!(again.recv_text().await, r#"44{"message":"banned"}"#);
+    proxy.cut(false);
+    // Once the node reads the bans again, the database's answer holds: banned still.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut later = Client::open(&b.ws_url()).await;
+    later
+        .send(&format!("40{}", json!({ "token": token })))
+        .await;
+    assert_eq!(later.recv_text().await, r#"44{"message":"banned"}"#);
+    drop((a, b));
+    drop_database(&db).await;
+}
+
+/// A TCP proxy to MariaDB (or, [`CutProxy::start_to`], to a Redis) that the test can cut: every
+/// connection through it dropped, new ones refused, until it is restored.
 struct CutProxy {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1505,6 +1609,10 @@ struct CutProxy {
 
 impl CutProxy {
     async fn start() -> CutProxy {
+        CutProxy::start_to(3306).await
+    }
+
+    async fn start_to(to: u16) -> CutProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -1516,7 +1624,8 @@ impl CutProxy {
                     continue; // dropped: refused
                 }
                 pipes.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:3306").await {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 }));

@@ -504,8 +504,8 @@ async fn a_row_committed_behind_relays_back_reaches_every_socket_with_the_retry(
     ];
     assert_eq!(got, want, "the row behind relay's back, then the fresh one");
     // The sender gets both rows, each before its ack.
-    let mut seen = Vec::new();
-    while seen.iter().filter(|e| matches!(e, Err(_))).count() < 2 {
+    let mut seen: Vec<Result<u64, u64>> = Vec::new();
+    while seen.iter().filter(|e| e.is_err()).count() < 2 {
         let t = a.recv_text().await;
         if let Some(row) = parse_chat(&t) {
             seen.push(Ok(row.1));

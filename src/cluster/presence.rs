@@ -19,7 +19,7 @@
 //! stored.
 
 use crate::metrics::Metrics;
-use crate::presence::{Note, Person, Presence};
+use crate::presence::{Kick, Note, Person, Presence};
 use crate::room::Room;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,11 @@ struct Message {
     /// The disconnect's number on its node (0: not numbered).
     #[serde(default, skip_serializing_if = "is_zero")]
     kick_id: u64,
+    /// The disconnect is a ban's, in force until this time (ms since the Unix epoch; 0: for
+    /// good): held on every node until it reads the ban from the database. (A node that does not
+    /// know the field takes it for a disconnect.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ban: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -184,15 +189,21 @@ pub async fn run(
             }
         };
         backoff = Duration::from_millis(50);
-        // Subscribed (again): tell everyone all of ours, and ask for all of theirs.
-        let mut hello = vec![state.full(), state.want("")];
-        hello.extend(state.kicks(true));
-        if publish(&channel, &mut conn, &hello).await {
-            state.kicks_published();
-        }
+        // Subscribed (again): tell everyone all of ours, and ask for all of theirs (and for the
+        // disconnects this node may have missed). Until Redis takes it: the publishing
+        // connection may be one that broke with the subscription's, and a lost "want" is never
+        // asked again.
+        let mut hello_due = true;
         let mut flush = tokio::time::interval(FLUSH);
         let mut last_spoke = Instant::now();
         loop {
+            if hello_due {
+                let hello = state.hello();
+                if publish(&channel, &mut conn, &hello).await {
+                    state.kicks_published();
+                    hello_due = false;
+                }
+            }
             let mut out = Vec::new();
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -252,7 +263,7 @@ struct State {
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     /// Disconnects from the server API of this node, kept for [`KICK_KEEP`].
-    kicked: Vec<Kick>,
+    kicked: Vec<Kept>,
     /// The number of this node's last disconnect.
     kick_seq: u64,
     /// Another node subscribed again: send it the kept disconnects.
@@ -261,13 +272,12 @@ struct State {
     kicks_seen: HashMap<(Arc<str>, u64), Instant>,
 }
 
-/// A disconnect from the server API, kept.
-struct Kick {
+/// A disconnect (or ban) from the server API, kept.
+struct Kept {
     at: Instant,
     /// Its number on this node (from 1): the others act on it once.
     id: u64,
-    user: Option<String>,
-    ip: Option<String>,
+    kick: Kick,
     /// Taken by Redis once at least.
     published: bool,
 }
@@ -275,13 +285,12 @@ struct Kick {
 impl State {
     /// Keeps a disconnect for [`KICK_KEEP`] (other notes: see [`State::keep`]).
     fn keep_kick(&mut self, note: Note) {
-        if let Note::Kick(user, ip) = note {
+        if let Note::Kick(kick) = note {
             self.kick_seq += 1;
-            self.kicked.push(Kick {
+            self.kicked.push(Kept {
                 at: Instant::now(),
                 id: self.kick_seq,
-                user,
-                ip,
+                kick,
                 published: false,
             });
         }
@@ -294,8 +303,8 @@ impl State {
             let fresh = k.at.elapsed() < KICK_KEEP;
             if !fresh && !k.published {
                 tracing::warn!(
-                    user = k.user.as_deref(),
-                    ip = k.ip.as_deref(),
+                    user = k.kick.user.as_deref(),
+                    ip = k.kick.ip.as_deref(),
                     "a disconnect from the server API could not reach the other nodes within \
                      {KICK_KEEP:?} (Redis unavailable): dropped"
                 );
@@ -307,8 +316,9 @@ impl State {
             .filter(|k| all || !k.published)
             .map(|k| Message {
                 n: self.node.clone(),
-                kick: Some((k.user.clone(), k.ip.clone())),
+                kick: Some((k.kick.user.clone(), k.kick.ip.clone())),
                 kick_id: k.id,
+                ban: k.kick.ban_until,
                 ..Message::default()
             })
             .collect()
@@ -354,6 +364,14 @@ impl State {
             }
         }
         m
+    }
+
+    /// What a node says when it has subscribed: its whole state, a "want" of every node's, and
+    /// every disconnect it keeps.
+    fn hello(&mut self) -> Vec<Message> {
+        let mut hello = vec![self.full(), self.want("")];
+        hello.extend(self.kicks(true));
+        hello
     }
 
     /// Everyone this node counts (and what was pending is in it).
@@ -403,7 +421,12 @@ impl State {
                     .insert((node.clone(), m.kick_id), now)
                     .is_none()
             {
-                self.presence.remote_kick(user.as_deref(), ip.as_deref());
+                let ban_until = m.ban;
+                self.presence.remote_kick(&Kick {
+                    user,
+                    ip,
+                    ban_until,
+                });
                 tracing::info!(from = %node, "a disconnect from another node");
             }
             return None;
@@ -521,7 +544,10 @@ mod tests {
     async fn a_disconnect_is_sent_until_published_and_to_a_node_that_subscribes_again() {
         let mut a = state("a");
         let mut b = state("b");
-        a.keep(Note::Kick(Some("troll".into()), None));
+        a.keep(Note::Kick(Kick {
+            user: Some("troll".into()),
+            ..Kick::default()
+        }));
         let sent = a.kicks(false);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].kick, Some((Some("troll".into()), None)));

@@ -1,7 +1,9 @@
 //! Bans in force on this node (protocol.md, "Moderation"): by user (a verified `sub`) or by
 //! address (the client's IP: the peer, or behind `TRUSTED_PROXIES` the address they forwarded),
-//! read from the database every [`REFRESH`] — so a ban made on any node applies on every node
-//! within a second, survives restarts and ends at its time — and at once on the node that made it.
+//! read from the database every [`REFRESH`] — so a ban survives restarts and ends at its time —
+//! and put in force at once on the node that made it and, in a cluster, on every node it tells
+//! over Redis: each holds it until a read of the bans that began after it came (the ban was
+//! stored before it was sent), so a node cut off from the database applies it all the same.
 //!
 //! A banned CONNECT is refused (`{"message": "banned"}`), a banned socket's messages are refused,
 //! and when the bans change (or the server API asks to disconnect someone) every connection looks
@@ -16,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,7 +29,7 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 const DISCONNECTS_KEPT: usize = 64;
 
 /// A ban as checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Active {
     user: Option<String>,
     net: Option<IpNet>,
@@ -61,6 +63,9 @@ pub struct Bans {
     active: RwLock<Vec<Active>>,
     /// The bans as last read, to tell a change from a re-read.
     read: Mutex<Vec<Ban>>,
+    /// Bans made since that read (here or on another node), with when each came: held in force
+    /// until a read that began after it.
+    held: Mutex<Vec<(Active, Instant)>>,
     changes: watch::Sender<u64>,
     disconnects: Mutex<VecDeque<Disconnect>>,
 }
@@ -70,6 +75,7 @@ impl Default for Bans {
         Bans {
             active: RwLock::default(),
             read: Mutex::default(),
+            held: Mutex::default(),
             changes: watch::Sender::new(0),
             disconnects: Mutex::default(),
         }
@@ -109,24 +115,60 @@ impl Bans {
         active.iter().any(|b| b.matches(user, ip, now))
     }
 
-    /// Puts `bans` in force; when they differ from those in force, every connection looks at its
-    /// sockets again ([`Bans::changes`]).
+    /// Puts `bans`, read from the database now, in force (with the bans held since); when they
+    /// differ from those in force, every connection looks at its sockets again
+    /// ([`Bans::changes`]).
+    #[cfg(test)]
     pub fn set(&self, bans: Vec<Ban>) {
+        self.set_read(bans, Instant::now());
+    }
+
+    /// Puts `bans`, from a read that began at `began`, in force, with the bans held since then.
+    fn set_read(&self, bans: Vec<Ban>, began: Instant) {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        if *read == bans {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let before = held.len();
+        // The read holds every ban that came before it began (or its lifting).
+        held.retain(|(_, at)| *at > began);
+        if *read == bans && held.len() == before {
             return;
         }
-        let active: Vec<Active> = bans
+        *read = bans;
+        self.put_in_force(&read, &held);
+    }
+
+    /// Holds in force, until a read of the bans that begins after now, a ban of `user` or `net`
+    /// until `expires_at` (ms since the Unix epoch, 0: for good) that was stored in the database
+    /// before it came: made here, or on another node.
+    pub fn hold(&self, user: Option<&str>, net: Option<IpNet>, expires_at: u64) {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let ban = Active {
+            user: user.map(Into::into),
+            net,
+            expires_at,
+        };
+        held.push((ban, Instant::now()));
+        self.put_in_force(&read, &held);
+    }
+
+    /// Puts the bans `read` and `held` in force; every connection looks at its sockets again.
+    fn put_in_force(&self, read: &[Ban], held: &[(Active, Instant)]) {
+        let active: Vec<Active> = read
             .iter()
             .map(|b| Active {
                 user: b.user.clone(),
                 net: b.ip.as_deref().and_then(parse_net),
                 expires_at: b.expires_at,
             })
+            .chain(held.iter().map(|(ban, _)| ban.clone()))
             .collect();
-        *self.active.write().unwrap_or_else(|p| p.into_inner()) = active;
-        *read = bans;
-        self.changes.send_modify(|n| *n += 1);
+        let mut in_force = self.active.write().unwrap_or_else(|p| p.into_inner());
+        if *in_force != active {
+            *in_force = active;
+            drop(in_force);
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// Asks every connection to end its sockets of `user` or from `net` (the server API's
@@ -181,8 +223,9 @@ impl Bans {
 
     /// Reads the bans now and puts them in force. Errors: the database's.
     pub async fn refresh(&self, reader: &Reader) -> Result<(), crate::store::StoreError> {
+        let began = Instant::now();
         let bans = reader.bans(now_ms()).await?;
-        self.set(bans);
+        self.set_read(bans, began);
         Ok(())
     }
 
@@ -253,6 +296,28 @@ mod tests {
         assert!(!bans.ends(Some("cy"), "192.0.2.1".parse().ok(), since));
         assert!(bans.ends(Some("bo"), None, since), "banned");
         assert_eq!(ended.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_ban_held_stays_in_force_until_a_read_that_began_after_it() {
+        let bans = Bans::default();
+        let seen = bans.changes();
+        let began = Instant::now();
+        bans.hold(Some("troll"), None, 0);
+        assert!(seen.has_changed().unwrap(), "connections look at once");
+        assert!(bans.is_banned(Some("troll"), None));
+        // A read that began before the ban came may not have it: still held.
+        bans.set_read(vec![], began);
+        assert!(bans.is_banned(Some("troll"), None));
+        // One that began after it has it (or its lifting): the read decides.
+        bans.set_read(vec![ban(Some("troll"), None, 0)], Instant::now());
+        assert!(bans.is_banned(Some("troll"), None));
+        assert!(bans.held.lock().unwrap().is_empty());
+        bans.set_read(vec![], Instant::now());
+        assert!(!bans.is_banned(Some("troll"), None), "lifted since");
+        // A held ban ends at its time, read or not.
+        bans.hold(None, parse_net("10.0.0.0/8"), 1);
+        assert!(!bans.is_banned(None, "10.1.1.1".parse().ok()));
     }
 
     #[test]

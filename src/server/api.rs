@@ -22,6 +22,7 @@ use crate::namespace::bans::parse_net;
 use crate::namespace::moderation::DeleteError;
 use crate::namespace::rate::Budget;
 use crate::namespace::Namespace;
+use crate::presence::Kick;
 use crate::protocol::socketio;
 use crate::room::Room;
 use crate::sequencer::Outcome;
@@ -673,6 +674,14 @@ async fn add_ban(ns: &Namespace, body: Value, actor: &str) -> Answer {
     let id = within(ns.reader.deadline(), "adding a ban", ns.store.add_ban(&ban))
         .await
         .map_err(ApiError::unavailable)?;
+    // In force here and on every node at once, whatever their next read of the bans finds
+    // (a node that cannot reach the database holds it until it reads it).
+    ns.bans.hold(ban.user.as_deref(), net, expires_at);
+    ns.presence.kick_elsewhere(Kick {
+        user: ban.user.clone(),
+        ip: ban.ip.clone(),
+        ban_until: Some(expires_at),
+    });
     if let Err(e) = ns.bans.refresh(&ns.reader).await {
         tracing::warn!(error = %e, "ban stored; it applies with the next read of the bans");
     }
@@ -742,8 +751,11 @@ async fn disconnect(ns: &Namespace, body: Value, actor: &str) -> Answer {
         serde_json::from_value(body).map_err(|e| ApiError::bad(e.to_string()))?;
     let (user, net) = who(d.user, d.ip)?;
     let ended = ns.bans.disconnect(user.as_deref(), net);
-    ns.presence
-        .kick_elsewhere(user.as_deref(), net.map(|n| n.to_string()).as_deref());
+    ns.presence.kick_elsewhere(Kick {
+        user: user.clone(),
+        ip: net.map(|n| n.to_string()),
+        ban_until: None,
+    });
     // Every connection looks at once; the count is of the sockets ended here meanwhile.
     tokio::time::sleep(DISCONNECT_WAIT).await;
     let n = ended.load(std::sync::atomic::Ordering::Relaxed);

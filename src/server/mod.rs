@@ -234,9 +234,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tracing::warn!(error = %e, "cannot read the bans at start; trying again every second");
     }
     let bans = namespace.bans.clone();
-    namespace.presence.set_kick(move |user, ip| {
-        let net = ip.and_then(crate::namespace::bans::parse_net);
-        bans.disconnect(user, net);
+    namespace.presence.set_kick(move |kick| {
+        let net = kick
+            .ip
+            .as_deref()
+            .and_then(crate::namespace::bans::parse_net);
+        match kick.ban_until {
+            Some(until) => bans.hold(kick.user.as_deref(), net, until),
+            None => drop(bans.disconnect(kick.user.as_deref(), net)),
+        }
     });
     namespace.bans.start(
         Reader::new(store.clone(), config.db_timeout()),
