@@ -677,12 +677,19 @@ impl Presence {
         }
     }
 
-    /// `person` types in `room` on another node (rate-limited there).
+    /// `person` types in `room` on another node (rate-limited there): told here at most once
+    /// per [`TYPING_EVERY`] per person, whichever nodes they type on.
     pub fn remote_typing(&self, room: &Room, person: &Person) {
         let mut rooms = self.lock();
-        if let Some(p) = rooms.get_mut(room) {
-            self.tell_typing(p, room, person);
-        }
+        let Some(p) = rooms.get_mut(room) else {
+            return;
+        };
+        let now = Instant::now();
+        match p.typing.get(&person.id) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => return,
+            _ => p.typing.insert(person.id.clone(), now),
+        };
+        self.tell_typing(p, room, person);
     }
 }
 
@@ -864,6 +871,29 @@ mod tests {
         assert_eq!(to_bo.len(), 2);
         assert_eq!(to_bo[0][1]["name"], "Ana");
         assert!(events(&wa).iter().all(|e| e[0] != "typing"), "never echoed");
+    }
+
+    #[tokio::test]
+    async fn typing_on_several_nodes_reaches_a_watcher_once_per_two_seconds() {
+        tokio::time::pause();
+        let hub = hub();
+        let room = Room::main();
+        let (ana, bo) = (person(Some("ana"), "Ana", ""), person(None, "Bo", "g"));
+        let wb = watcher();
+        let _a = hub.enter(&room, &ana, 1, None);
+        let _b = hub.enter(&room, &bo, 2, Some(wb.clone()));
+        // Ana types here, then on two other nodes within 2 s: Bo is told once.
+        assert!(hub.typing(&room, &ana.id));
+        hub.remote_typing(&room, &ana);
+        hub.remote_typing(&room, &ana);
+        tokio::time::advance(TYPING_EVERY).await;
+        hub.remote_typing(&room, &ana);
+        assert!(
+            !hub.typing(&room, &ana.id),
+            "told from another node within 2 s"
+        );
+        let typing = |w| events(w).into_iter().filter(|e| e[0] == "typing").count();
+        assert_eq!(typing(&wb), 2);
     }
 
     #[tokio::test]
