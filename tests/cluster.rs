@@ -1598,6 +1598,46 @@ async fn a_ban_holds_on_a_node_cut_off_from_the_database() {
     drop_database(&db).await;
 }
 
+/// A client whose offset a node has not published yet, while the node is cut off from both the
+/// bus and the database (so it cannot learn whether the database holds that id), is sent what
+/// follows its offset once the node is back, and not again what it has: the node took an offset
+/// it could not find for one of a database that was reset, and replayed from its own last id
+/// (10 rows the client had, twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_a_cut_off_node_cannot_check_is_kept_not_replayed_from() {
+    let redis = Redis::start();
+    let to_redis = CutProxy::start_to(redis.port).await;
+    let to_db = CutProxy::start().await;
+    let (db, cluster) = fresh();
+    let a = Node::start(&db, &redis, &cluster);
+    let b = Node::start_through(
+        &format!("mysql://root@127.0.0.1:{}/{db}", to_db.port),
+        &format!("redis://127.0.0.1:{}", to_redis.port),
+        &cluster,
+        &[("DB_TIMEOUT_MS", "1500")],
+    );
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    to_redis.cut(true);
+    to_db.cut(true);
+    wait_for_metric_eq(b.addr, "relay_bus_up", 0.0).await;
+    send_all(a.joined(0).await, "while-cut".into(), 20).await;
+    let ids = table(&db).await;
+    assert_eq!(ids.len(), 20);
+    // Answered once the node has waited for the id in vain (DB_TIMEOUT_MS).
+    let mut late = b.joined(ids[9]).await;
+    to_redis.cut(false);
+    to_db.cut(false);
+    let got = tokio::time::timeout(WAIT, chats(&mut late, 10))
+        .await
+        .expect("the rows after the offset, once the node is back");
+    assert_eq!(got, ids[10..], "exactly what follows the offset");
+    late.expect_silence(Duration::from_millis(500)).await;
+    drop((a, b));
+    drop_database(&db).await;
+}
+
 /// A TCP proxy to MariaDB (or, [`CutProxy::start_to`], to a Redis) that the test can cut: every
 /// connection through it dropped, new ones refused, until it is restored.
 struct CutProxy {

@@ -36,6 +36,17 @@ use tokio::sync::{oneshot, Notify};
 /// What asks a cluster's follower to publish up to an id (see [`Broadcaster::set_fill`]).
 type FillFn = dyn Fn(u64) -> oneshot::Receiver<()> + Send + Sync;
 
+/// What [`Broadcaster::wait_published`] found of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reached {
+    /// Published here.
+    Published,
+    /// Not in the database: a client of a database that was reset.
+    NotStored,
+    /// Not published here, and the database did not answer in time.
+    Unknown,
+}
+
 /// Why [`Broadcaster::admit`] did not let a new room take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotAdmitted {
@@ -109,17 +120,21 @@ impl Broadcaster {
         let _ = self.fill.set(Box::new(f));
     }
 
-    /// Waits until id `id` is published here, asking the cluster to fill to it ([`Broadcaster::set_fill`]). `false` when
-    /// it is not: not within `limit`, no cluster to ask, or the database has no such id (a client
-    /// of a database that was reset; answered after one read, not at the limit).
-    pub async fn wait_published(&self, id: u64, limit: std::time::Duration) -> bool {
+    /// Waits until id `id` is published here, asking the cluster to fill to it
+    /// ([`Broadcaster::set_fill`]), within `limit`: [`Reached::Published`]; or
+    /// [`Reached::NotStored`] when the database has no such id (a client of a database that was
+    /// reset; answered after one read, not at the limit), as on one node, which publishes
+    /// everything it stores; or [`Reached::Unknown`] when no read of the database answered in
+    /// time (a node cut off from it).
+    pub async fn wait_published(&self, id: u64, limit: std::time::Duration) -> Reached {
         if self.published() >= id {
-            return true;
+            return Reached::Published;
         }
         let Some(fill) = self.fill.get() else {
-            return false;
+            return Reached::NotStored;
         };
-        let read = fill(id);
+        let mut read = fill(id);
+        let mut was_read = false;
         let published = async {
             loop {
                 let progress = self.progress.notified();
@@ -133,12 +148,16 @@ impl Broadcaster {
         };
         let _ = tokio::time::timeout(limit, async {
             tokio::select! {
-                _ = read => {}
+                answered = &mut read => was_read = answered.is_ok(),
                 () = published => {}
             }
         })
         .await;
-        self.published() >= id
+        match self.published() >= id {
+            true => Reached::Published,
+            false if was_read => Reached::NotStored,
+            false => Reached::Unknown,
+        }
     }
 
     /// Makes a batch visible to every local socket of its rooms. Batches must come in order

@@ -30,7 +30,7 @@ pub(crate) mod recovery;
 pub(crate) mod socket;
 
 use crate::chat;
-use crate::delivery::Broadcaster;
+use crate::delivery::{Broadcaster, Reached};
 use crate::identity::Verifier;
 use crate::log::Entry;
 use crate::metrics::Metrics;
@@ -168,11 +168,14 @@ impl Namespace {
         let wanted = recovery
             .as_ref()
             .map_or(server_offset, |r| r.offset.max(server_offset));
-        if wanted > self.broadcaster.published() {
-            self.broadcaster
-                .wait_published(wanted, self.config.db_timeout)
-                .await;
-        }
+        let reached = match wanted > self.broadcaster.published() {
+            true => {
+                self.broadcaster
+                    .wait_published(wanted, self.config.db_timeout)
+                    .await
+            }
+            false => Reached::Published,
+        };
         if let Some(request) = recovery {
             if self.offset_is_known(&room, request.offset).await {
                 if let Ok(Some(sid)) = self.store.claim_session(&request.pid, now_ms()).await {
@@ -188,6 +191,13 @@ impl Namespace {
             self.metrics.not_recovered.fetch_add(1, Ordering::Relaxed);
         }
         let mut plan = self.fresh_plan(server_offset);
+        if reached == Reached::NotStored {
+            // An offset beyond the newest id (a database that was reset) would hide every new
+            // message. One merely not known yet (a node cut off from the bus and the database)
+            // stays: the socket is sent what follows it once the node has it, not again what the
+            // client has.
+            plan.cursor = plan.cursor.min(self.broadcaster.published());
+        }
         if let Some(limit) = limit {
             plan.cursor = plan.cursor.max(self.start_of_newest(&room, limit).await);
         }

@@ -100,8 +100,9 @@ impl<T: Transport> Handler<T> {
     }
 
     pub(super) fn join(&mut self, i: usize, plan: JoinPlan) {
-        // An offset beyond the newest id (a database that was reset) would hide every new message.
-        let cursor = plan.cursor.min(self.ns.broadcaster.published());
+        // Beyond what is published here only when this node is behind (the plan clamps an
+        // offset beyond the database's newest id): what follows it comes as the node catches up.
+        let cursor = plan.cursor;
         let m = &mut self.members[i];
         self.socket.accept(&m.room, &plan.sid, plan.pid.as_deref());
         if plan.recovered {
