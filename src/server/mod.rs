@@ -20,6 +20,7 @@ pub(crate) mod origin;
 
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
+use crate::delivery::canary::Canary;
 use crate::delivery::fanout::Fanout;
 use crate::delivery::recent::RecentLimits;
 use crate::delivery::Broadcaster;
@@ -126,43 +127,201 @@ pub fn redact(url: &str) -> String {
 /// Connects the database, starts the sequencer and the fan-out (and with `--cluster-url` joins
 /// the cluster), and begins accepting connections. Errors: a setting that cannot be used, a
 /// database that cannot be reached or read, an address that cannot be bound.
+///
+/// The composition root, in the order things start: the settings checked; the database opened;
+/// the broadcaster (fan-out and recent history), presence and the sequencer, alone or through the
+/// cluster; the listener bound; the namespaces and their background tasks; the HTTP side and its
+/// accept loop. [`Running::stop`] ends them in the reverse order.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
-    let trusted_proxies = config
-        .trusted_proxies
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            crate::namespace::bans::parse_net(p)
-                .ok_or_else(|| format!("TRUSTED_PROXIES: {p:?} is not an address or a CIDR block"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StartError::Config)?;
-    let identity = verifier(config).map_err(StartError::Config)?;
-    if let Some(dir) = &config.static_dir {
-        if !dir.is_dir() {
-            return Err(StartError::Config(format!(
-                "STATIC_DIR: {} is not a directory (unset it to serve the page built into relay)",
-                dir.display()
-            )));
+    let Settings {
+        http,
+        identity,
+        cluster: join,
+    } = Settings::check(config)?;
+    let (store, file_lock) = open_database(config, join.is_some()).await?;
+    let stages = Stages::new(config.max_connections);
+    let metrics = Arc::new(Metrics::default());
+    let warm = warm_broadcaster(&store, config, &metrics, &stages.background);
+    let broadcaster = store::within(config.db_timeout() * 2, "reading the newest messages", warm)
+        .await
+        .map_err(|error| database_error(config, error))?;
+    let core = Core {
+        store,
+        broadcaster: Arc::new(broadcaster),
+        presence: Arc::new(Presence::new(metrics.clone())),
+        metrics,
+    };
+    let (sequencer, cluster) = start_sequencer(config, join, &core, &stages).await?;
+    let (listener, addr) = bind(config).await?;
+    let (namespace, canary) = start_namespace(config, &core, sequencer, identity, &stages).await;
+    let app = http_app(config, http, namespace, canary, cluster.as_ref(), &stages);
+    tracing::info!(%addr, database = %redact(&config.database_url), node = metrics_node(&app), "relay started");
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        Arc::new(app),
+        config.header_timeout(),
+    ));
+    Ok(Running {
+        addr,
+        shutdown: stages.shutdown,
+        accept,
+        connections: stages.connections,
+        permits: stages.permits,
+        max_connections: config.max_connections,
+        timeout: config.shutdown_timeout(),
+        stop_background: stages.stop_background,
+        background: stages.background,
+        broadcaster: core.broadcaster,
+        cluster,
+        store: core.store,
+        _file_lock: file_lock,
+    })
+}
+
+/// The tasks every stage of the server runs on, and the two moments of shutdown they follow.
+struct Stages {
+    /// Background work: the sequencer's writer, the fan-out's shards, the recovery log, the
+    /// canary, presence's ticks, the bans' reads, the heartbeat.
+    background: TaskTracker,
+    /// Cancelled when shutdown begins: accepting stops, sessions finish (and a cluster's
+    /// sequencer node gives up its lease).
+    shutdown: CancellationToken,
+    /// Cancelled once the sessions are gone: the writer and the recovery log finish.
+    stop_background: CancellationToken,
+    /// HTTP connections and the sessions they upgraded to.
+    connections: TaskTracker,
+    /// One per open session, `MAX_CONNECTIONS` in all.
+    permits: Arc<Semaphore>,
+}
+
+impl Stages {
+    fn new(max_connections: usize) -> Stages {
+        Stages {
+            background: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(max_connections)),
         }
     }
-    warn_of_unreachable_message_bytes(config);
-    let cluster = cluster_options(config);
-    if let Some(options) = &cluster {
-        options
-            .validate(&config.database_url)
-            .map_err(|e| join_error(config, e))?;
+}
+
+/// What the stages after the database share.
+struct Core {
+    store: Store,
+    broadcaster: Arc<Broadcaster>,
+    metrics: Arc<Metrics>,
+    presence: Arc<Presence>,
+}
+
+/// The settings checked before anything starts, in the form the stages take them.
+struct Settings {
+    http: HttpSettings,
+    identity: Verifier,
+    cluster: Option<cluster::Options>,
+}
+
+/// The HTTP side's settings: the Origin policy, the trusted proxies, the server API's keys.
+struct HttpSettings {
+    origins: OriginPolicy,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    api_keys: Vec<String>,
+}
+
+impl Settings {
+    /// Checks what can be checked without the database; warns of settings that work but are
+    /// weak. Errors: a setting that cannot be used, in words.
+    fn check(config: &Config) -> Result<Settings, StartError> {
+        let origins = OriginPolicy::new(&config.allowed_origins).map_err(StartError::Config)?;
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                crate::namespace::bans::parse_net(p).ok_or_else(|| {
+                    format!("TRUSTED_PROXIES: {p:?} is not an address or a CIDR block")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Config)?;
+        let identity = verifier(config).map_err(StartError::Config)?;
+        if let Some(dir) = &config.static_dir {
+            if !dir.is_dir() {
+                return Err(StartError::Config(format!(
+                    "STATIC_DIR: {} is not a directory (unset it to serve the page built into relay)",
+                    dir.display()
+                )));
+            }
+        }
+        warn_of_unreachable_message_bytes(config);
+        let cluster = cluster_options(config);
+        if let Some(options) = &cluster {
+            options
+                .validate(&config.database_url)
+                .map_err(|e| join_error(config, e))?;
+        }
+        let api_keys: Vec<String> = config
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if api_keys
+            .iter()
+            .any(|k| k.chars().count() < MIN_API_KEY_CHARS)
+        {
+            tracing::warn!(
+                "an API key is shorter than {MIN_API_KEY_CHARS} characters: easy to guess; use a \
+                 random one (`openssl rand -hex 32`)"
+            );
+        }
+        // RFC 7518 §3.2: an HS256 key of at least 256 bits. A shorter secret is found offline
+        // from any one token (tokens travel in page URLs), and with it anyone signs a
+        // moderator's.
+        if config
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|k| k.len() < MIN_JWT_SECRET_BYTES)
+        {
+            tracing::warn!(
+                "JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 §3.2 asks 256 \
+                 bits for HS256): it can be guessed offline from any token; use a random one \
+                 (`openssl rand -hex 32`)"
+            );
+        }
+        Ok(Settings {
+            http: HttpSettings {
+                origins,
+                trusted_proxies,
+                api_keys,
+            },
+            identity,
+            cluster,
+        })
     }
-    let db_error = |error| StartError::Database {
+}
+
+fn database_error(config: &Config, error: StoreError) -> StartError {
+    StartError::Database {
         url: redact(&config.database_url),
         error,
-    };
-    let store = open_store(config).await.map_err(db_error)?;
+    }
+}
+
+/// Opens the store, takes a SQLite file's server lock (one relay per file) and checks the store
+/// against the settings: a content column narrower than `MAX_MESSAGE_BYTES` is warned of; a
+/// node without `CLUSTER_URL` (`clustered` false) on a cluster's database is refused.
+async fn open_database(
+    config: &Config,
+    clustered: bool,
+) -> Result<(Store, Option<std::fs::File>), StartError> {
+    let store = open_store(config)
+        .await
+        .map_err(|e| database_error(config, e))?;
     let file_lock = store
         .lock_for_serving(config.shutdown_timeout() + SQLITE_LOCK_WAIT)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| database_error(config, e))?;
     if config.max_message_bytes > store.content_limit() as u64 {
         tracing::warn!(
             max_message_bytes = config.max_message_bytes,
@@ -172,33 +331,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             store.content_limit()
         );
     }
-    if cluster.is_none() {
+    if !clustered {
         refuse_a_clusters_database(config, &store).await?;
     }
-    let metrics = Arc::new(Metrics::default());
-    let background = TaskTracker::new();
-    let warm = warm_broadcaster(&store, config, &metrics, &background);
-    let broadcaster = store::within(config.db_timeout() * 2, "reading the newest messages", warm)
-        .await
-        .map_err(db_error)?;
-    let broadcaster = Arc::new(broadcaster);
-    // Cancelled when shutdown begins: a cluster's sequencer node gives up its lease then.
-    let shutdown = CancellationToken::new();
-    // Cancelled once the sessions are gone: the writer and the recovery log finish.
-    let stop_background = CancellationToken::new();
-    let presence = Arc::new(Presence::new(metrics.clone()));
-    let (sequencer, cluster) = start_sequencer(
-        config,
-        cluster,
-        &store,
-        &broadcaster,
-        &metrics,
-        &presence,
-        &background,
-        &shutdown,
-        &stop_background,
-    )
-    .await?;
+    Ok((store, file_lock))
+}
+
+/// Binds `HOST:PORT`: the listener and the address it got (`PORT=0` picks one).
+async fn bind(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|error| StartError::Listen {
         addr: addr.clone(),
@@ -207,29 +347,35 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let local = listener
         .local_addr()
         .map_err(|error| StartError::Listen { addr, error })?;
+    Ok((listener, local))
+}
+
+/// The namespaces (what their sockets share), with their background tasks started: the recovery
+/// log, the delivery canary (returned, for `/readyz`), presence's ticks, and the bans (read once
+/// before the first connection is accepted, then every second, and put in force when another
+/// node tells of one).
+async fn start_namespace(
+    config: &Config,
+    core: &Core,
+    sequencer: Sequencer,
+    identity: Verifier,
+    stages: &Stages,
+) -> (Namespace, Arc<Canary>) {
+    let (background, stop) = (&stages.background, &stages.stop_background);
     let recovery = (config.recovery_window_ms > 0).then(|| {
         let window = Duration::from_millis(config.recovery_window_ms);
-        RecoveryLog::start(store.clone(), window, &background, stop_background.clone())
+        RecoveryLog::start(core.store.clone(), window, background, stop.clone())
     });
     let canary = crate::sequencer::canary::start(
         sequencer.clone(),
-        metrics.clone(),
-        &background,
-        stop_background.clone(),
+        core.metrics.clone(),
+        background,
+        stop.clone(),
     );
-    presence.start(&background, stop_background.clone());
-    let mut namespace = namespace(
-        config,
-        &store,
-        &broadcaster,
-        sequencer,
-        metrics,
-        recovery,
-        presence,
-    );
+    core.presence.start(background, stop.clone());
+    let mut namespace = namespace(config, core, sequencer, recovery);
     namespace.identity = identity;
-    // The bans in force before the first connection is accepted (then every second).
-    let reader = Reader::new(store.clone(), config.db_timeout());
+    let reader = Reader::new(core.store.clone(), config.db_timeout());
     if let Err(e) = namespace.bans.refresh(&reader).await {
         tracing::warn!(error = %e, "cannot read the bans at start; trying again every second");
     }
@@ -244,56 +390,38 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             None => drop(bans.disconnect(kick.user.as_deref(), net)),
         }
     });
-    namespace.bans.start(
-        Reader::new(store.clone(), config.db_timeout()),
-        &background,
-        stop_background.clone(),
-    );
-    let api_keys: Vec<String> = config
-        .api_keys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
-    if api_keys
-        .iter()
-        .any(|k| k.chars().count() < MIN_API_KEY_CHARS)
-    {
-        tracing::warn!(
-            "an API key is shorter than {MIN_API_KEY_CHARS} characters: easy to guess; use a \
-             random one (`openssl rand -hex 32`)"
-        );
-    }
-    // RFC 7518 §3.2: an HS256 key of at least 256 bits. A shorter secret is found offline from
-    // any one token (tokens travel in page URLs), and with it anyone signs a moderator's.
-    if config
-        .jwt_secret
-        .as_deref()
-        .is_some_and(|k| k.len() < MIN_JWT_SECRET_BYTES)
-    {
-        tracing::warn!(
-            "JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes (RFC 7518 §3.2 asks 256 bits \
-             for HS256): it can be guessed offline from any token; use a random one \
-             (`openssl rand -hex 32`)"
-        );
-    }
+    namespace.bans.start(reader, background, stop.clone());
+    (namespace, canary)
+}
+
+/// What the HTTP handlers share, the Engine.IO sessions' registry (and its heartbeat) started.
+fn http_app(
+    config: &Config,
+    settings: HttpSettings,
+    namespace: Namespace,
+    canary: Arc<Canary>,
+    cluster: Option<&Cluster>,
+    stages: &Stages,
+) -> App {
     let engine = Registry::new(engine_config(config));
-    engine.start(&background, shutdown.clone(), stop_background.clone());
-    let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let app = Arc::new(App {
+    engine.start(
+        &stages.background,
+        stages.shutdown.clone(),
+        stages.stop_background.clone(),
+    );
+    App {
         namespace: Arc::new(namespace),
         engine,
         polling_interval: Duration::from_millis(config.polling_interval_ms),
         db_timeout: config.db_timeout(),
         static_dir: config.static_dir.clone(),
-        shutdown: shutdown.clone(),
-        connections: connections.clone(),
-        permits: permits.clone(),
+        shutdown: stages.shutdown.clone(),
+        connections: stages.connections.clone(),
+        permits: stages.permits.clone(),
         handshakes: handshakes::Handshakes::new(config.max_handshakes_per_address),
-        origins,
+        origins: settings.origins,
         polling: Default::default(),
-        bus_up: cluster.as_ref().map(Cluster::bus_up),
+        bus_up: cluster.map(Cluster::bus_up),
         canary,
         canary_timeout: config.canary_timeout(),
         origin_warned: AtomicU64::new(0),
@@ -304,56 +432,39 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         api_limits: (
             config.api_max_requests_per_second,
             std::sync::Mutex::new(
-                api_keys
+                settings
+                    .api_keys
                     .iter()
                     .map(|_| RateLimit::new(config.api_max_requests_per_second, 0))
                     .collect(),
             ),
         ),
         api_refused: std::sync::Mutex::new(api::wrong_keys_budget()),
-        api_keys,
-        trusted_proxies,
-    });
-    let node = metrics_node(&app);
-    let database = redact(&config.database_url);
-    tracing::info!(addr = %local, %database, node, "relay started");
-    let accept = tokio::spawn(accept_loop(listener, app, config.header_timeout()));
-    Ok(Running {
-        addr: local,
-        shutdown,
-        accept,
-        connections,
-        permits,
-        max_connections: config.max_connections,
-        timeout: config.shutdown_timeout(),
-        stop_background,
-        background,
-        broadcaster,
-        cluster,
-        store,
-        _file_lock: file_lock,
-    })
+        api_keys: settings.api_keys,
+        trusted_proxies: settings.trusted_proxies,
+    }
 }
 
-/// Starts the sequencer on `background` (until `stop`), committing through this process alone,
-/// or, with `cluster` options, through the cluster this node joins (resigning its lease once
-/// `shutdown` begins).
-#[allow(clippy::too_many_arguments)]
+/// Starts the sequencer on the background tasks (until they stop), committing through this
+/// process alone, or, with `cluster` options, through the cluster this node joins (resigning its
+/// lease once shutdown begins).
 async fn start_sequencer(
     config: &Config,
     cluster: Option<cluster::Options>,
-    store: &Store,
-    broadcaster: &Arc<Broadcaster>,
-    metrics: &Arc<Metrics>,
-    presence: &Arc<Presence>,
-    background: &TaskTracker,
-    shutdown: &CancellationToken,
-    stop: &CancellationToken,
+    core: &Core,
+    stages: &Stages,
 ) -> Result<(Sequencer, Option<Cluster>), StartError> {
+    let Core {
+        store,
+        broadcaster,
+        metrics,
+        presence,
+    } = core;
     let options = sequencer_options(config, store, broadcaster, metrics);
+    let (background, stop) = (&stages.background, stages.stop_background.clone());
     let Some(mut join) = cluster else {
         let adapter = LocalAdapter(broadcaster.clone());
-        let sequencer = Sequencer::start(adapter, options, background, stop.clone());
+        let sequencer = Sequencer::start(adapter, options, background, stop);
         return Ok((sequencer, None));
     };
     join.max_message_bytes = max_message_bytes(config, store);
@@ -365,11 +476,11 @@ async fn start_sequencer(
         broadcaster,
         metrics,
         presence,
-        shutdown.clone(),
+        stages.shutdown.clone(),
     )
     .await
     .map_err(|e| join_error(config, e))?;
-    let sequencer = Sequencer::start(adapter, options, background, stop.clone());
+    let sequencer = Sequencer::start(adapter, options, background, stop);
     Ok((sequencer, Some(cluster)))
 }
 
@@ -435,16 +546,14 @@ fn sequencer_options(
 /// The namespaces (`/` and the rooms): what their sockets share.
 fn namespace(
     config: &Config,
-    store: &Store,
-    broadcaster: &Arc<Broadcaster>,
+    core: &Core,
     sequencer: Sequencer,
-    metrics: Arc<Metrics>,
     recovery: Option<RecoveryLog>,
-    presence: Arc<Presence>,
 ) -> Namespace {
+    let store = &core.store;
     Namespace {
         sequencer,
-        broadcaster: broadcaster.clone(),
+        broadcaster: core.broadcaster.clone(),
         store: store.clone(),
         reader: Reader::new(store.clone(), config.db_timeout()),
         config: NamespaceConfig {
@@ -456,11 +565,11 @@ fn namespace(
             max_rooms: config.max_rooms,
             max_new_rooms_per_hour: config.max_new_rooms_per_hour,
         },
-        metrics,
+        metrics: core.metrics.clone(),
         replay_reads: Arc::new(Semaphore::new(store.read_concurrency())),
         recovery,
         identity: Verifier::guests(),
-        presence,
+        presence: core.presence.clone(),
         bans: Default::default(),
         new_rooms: std::sync::Mutex::new(crate::namespace::rate::Budget::new(
             config.max_new_rooms_per_hour,
