@@ -626,3 +626,88 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
         "relay RSS grew {growth_mb:.1} MB while {sent_mb:.0} MB went to a stuck socket, which got {chats} and then: {end}"
     );
 }
+
+/// Idle connections (never a request: a flood, or many half-open ones) hold descriptors until the
+/// header timeout, counted by no limit of relay's. Near the open-file limit they took the
+/// database's too: once relay needed a new database connection, every commit and replay failed
+/// ("Too many open files") until they timed out. Past a ceiling (the limit less a twentieth, at
+/// least 32) a new connection is now closed at once: the chat keeps its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_near_the_open_file_limit_leave_the_database_its_descriptors() {
+    use mysql_async::prelude::Queryable;
+    let (db, url) = common::Backend::Mysql.fresh();
+    let mut command = Command::new("prlimit");
+    command
+        .args(["--nofile=256:256", "--"])
+        .arg(env!("CARGO_BIN_EXE_relay"))
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", &url)
+        .env("HEADER_TIMEOUT_MS", "120000")
+        .env("RUST_LOG", "relay=warn");
+    let (mut child, addr) = common::spawn_relay(&mut command);
+    let ws = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let mut c = common::Client::open(&ws).await;
+    c.join(None).await;
+    c.emit(Some(0), "before", "before").await;
+    assert_eq!(c.recv_chat().await.0, "before");
+    assert_eq!(c.recv_ack().await.0, 0);
+    // More idle connections than the limit: none sends a byte.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(tcp) = TcpStream::connect(addr).await {
+            idle.push(tcp);
+        }
+    }
+    // relay's database connections go (a restart, a proxy's idle cut): it needs new ones.
+    let mut admin = mysql_async::Conn::from_url(common::mysql_base())
+        .await
+        .unwrap();
+    let ids: Vec<u64> = admin
+        .exec(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+            (&db,),
+        )
+        .await
+        .unwrap();
+    assert!(!ids.is_empty(), "relay's connections");
+    for id in ids {
+        let _ = admin.query_drop(format!("KILL {id}")).await;
+    }
+    // A message is acked within seconds (retried with the same offset, as the stock client
+    // does), not after the idle connections' two minutes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut ack = 1;
+    loop {
+        c.emit(Some(ack), "after", "after").await;
+        let got = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Some((id, _)) = parse_ack(&c.recv_text().await) {
+                    return id;
+                }
+            }
+        })
+        .await;
+        if got == Ok(ack) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ack while idle connections held the descriptors"
+        );
+        ack += 1;
+    }
+    let stored: Vec<String> = admin
+        .exec(
+            format!("SELECT content FROM `{db}`.messages ORDER BY id"),
+            (),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, ["before", "after"]);
+    drop(idle);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = admin.disconnect().await;
+    common::drop_database(&db).await;
+}

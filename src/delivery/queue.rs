@@ -39,6 +39,9 @@ pub trait PacketSink: Send + 'static {
     fn push_packet(&mut self, packet: &str);
     /// Bytes appended and not yet taken by the connection.
     fn backlog(&self) -> usize;
+    /// A count that moves whenever the connection takes something (bytes written to the socket,
+    /// a payload handed to a GET), and only then: what appending adds is not progress.
+    fn progress(&self) -> u64;
     /// Hands over what is queued as far as the connection takes it now. An error means the
     /// connection is broken; the session finds it at its next flush.
     fn send_now(&mut self) -> io::Result<()>;
@@ -201,6 +204,11 @@ impl<S: PacketSink> PacketQueue<S> {
     /// Bytes queued that the connection has not taken.
     pub fn backlog(&self) -> usize {
         self.lock().sink.backlog()
+    }
+
+    /// Moves whenever the connection takes something ([`PacketSink::progress`]).
+    pub fn progress(&self) -> u64 {
+        self.lock().sink.progress()
     }
 
     /// Sends what is queued; ready once the connection has taken all of it.

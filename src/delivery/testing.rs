@@ -80,6 +80,9 @@ impl PacketSink for MemorySink {
     fn backlog(&self) -> usize {
         self.queued.iter().map(String::len).sum()
     }
+    fn progress(&self) -> u64 {
+        self.sent.len() as u64
+    }
     fn send_now(&mut self) -> io::Result<()> {
         if self.closed {
             return Err(io::ErrorKind::BrokenPipe.into());

@@ -329,7 +329,8 @@ async fn passed(deadline: &mut Option<Box<Deadline>>) {
 }
 
 /// Sends what `queue` holds. A client that takes nothing of it for `limit` is too slow
-/// ([`DisconnectReason::SlowClient`]); one that keeps taking, however slowly, is waited for.
+/// ([`DisconnectReason::SlowClient`]), however much is added meanwhile; one that keeps taking,
+/// however slowly, is waited for.
 pub async fn flush<S: PacketSink>(
     queue: &PacketQueue<S>,
     limit: Duration,
@@ -344,13 +345,14 @@ pub async fn flush<S: PacketSink>(
     let done = match first {
         Poll::Ready(r) => r,
         Poll::Pending => {
-            let mut left = queue.backlog();
+            let mut seen = queue.progress();
             loop {
                 match timeout(limit, write.as_mut()).await {
                     Ok(r) => break r,
-                    // The client took some since the last look (or the fan-out added, which it
-                    // does only up to LIVE_BACKLOG): keep waiting.
-                    Err(_) if queue.backlog() != left => left = queue.backlog(),
+                    // The client took some since the last look: keep waiting. (What the fan-out
+                    // or the heartbeat added meanwhile is not the client's progress: a client
+                    // that stopped reading in a busy room was kept until its backlog was full.)
+                    Err(_) if queue.progress() != seen => seen = queue.progress(),
                     Err(_) => return Err(DisconnectReason::SlowClient),
                 }
             }
@@ -445,6 +447,38 @@ mod tests {
             DisconnectReason::HeartbeatTimeout
         );
         assert_eq!(start.elapsed(), Duration::from_millis(550));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_too_slow_however_much_is_added() {
+        let (_transport, _client, queue) = MemoryTransport::new();
+        queue.with_sink(|s| s.taking = false);
+        queue.send_reply("42[\"x\"]");
+        // A busy room: something is added every 50 ms while the client takes nothing.
+        let adding = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    queue.with_sink(|s| s.queued.push("42[\"more\"]".into()));
+                }
+            })
+        };
+        let start = Instant::now();
+        let limit = Duration::from_millis(200);
+        assert_eq!(
+            flush(&queue, limit).await,
+            Err(DisconnectReason::SlowClient)
+        );
+        assert_eq!(
+            start.elapsed(),
+            limit,
+            "at the limit, not when the backlog stops growing"
+        );
+        // One that takes, however slowly, is waited for.
+        queue.with_sink(|s| s.taking = true);
+        assert_eq!(flush(&queue, limit).await, Ok(()));
+        adding.abort();
     }
 
     #[tokio::test(start_paused = true)]

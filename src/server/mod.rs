@@ -686,9 +686,20 @@ fn metrics_node(app: &App) -> &str {
     app.namespace.metrics.node.get().map_or("-", String::as_str)
 }
 
+/// The lowest descriptor number at which a new connection is closed at once: the open-file
+/// limit less a twentieth of it (at least 32), kept for the database's and Redis's connections
+/// whatever the clients hold. (The lowest free number is always the one given, so a connection
+/// given this number means every one below it is open.) `None`: no limit to keep.
+fn descriptor_ceiling() -> Option<u64> {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    (soft < rlimit::INFINITY).then(|| soft.saturating_sub((soft / 20).max(32)))
+}
+
 async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Duration) {
     // Failed accepts since the last line about them, and when that line was written.
     let (mut failed, said) = (0u64, AtomicU64::new(0));
+    let ceiling = descriptor_ceiling();
+    let (mut shed, shed_said) = (0u64, AtomicU64::new(0));
     loop {
         let (tcp, peer) = tokio::select! {
             () = app.shutdown.cancelled() => break,
@@ -707,6 +718,24 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Durat
                 }
             },
         };
+        // Connections that hold descriptors without being sessions (idle ones until the header
+        // timeout, a flood of them) must not take the database's: past the ceiling a new one is
+        // closed at once, and the sessions already open keep committing and replaying.
+        #[cfg(unix)]
+        if ceiling.is_some_and(|c| std::os::fd::AsRawFd::as_raw_fd(&tcp) as u64 >= c) {
+            shed += 1;
+            if app::ten_seconds_since(&shed_said) {
+                tracing::warn!(
+                    closed = shed,
+                    "near the open-file limit: new connections closed at once, descriptors kept \
+                     for the database (raise `ulimit -n`, or limit connections per address at \
+                     the proxy)"
+                );
+                shed = 0;
+            }
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let app_for_conn = app.clone();
         app.connections.spawn(async move {

@@ -61,6 +61,8 @@ pub struct PollBuffer {
     hold: Duration,
     /// When the last GET was answered.
     answered: Option<Instant>,
+    /// GETs answered (wrapping): [`PacketSink::progress`].
+    answers: u64,
     /// The payload holds a packet of the session's own (an ack, the CONNECT reply, a ping, a
     /// presence event): it goes at once, whatever the interval; only the fan-out's chat
     /// messages wait for it.
@@ -104,6 +106,7 @@ impl PollBuffer {
     /// A GET was just answered (at `now`).
     fn took_payload(&mut self, now: Instant) {
         self.answered = Some(now);
+        self.answers = self.answers.wrapping_add(1);
         self.urgent = false;
         self.wake_drained();
     }
@@ -332,6 +335,14 @@ impl PacketSink for PollingSink {
             PollingSink::WebSocket(ws) => ws.backlog(),
             PollingSink::Polling(b) => b.payload.len(),
             PollingSink::Upgrading { polling, ws } => polling.payload.len() + ws.backlog(),
+        }
+    }
+
+    fn progress(&self) -> u64 {
+        match self {
+            PollingSink::WebSocket(ws) => ws.progress(),
+            PollingSink::Polling(b) => b.answers,
+            PollingSink::Upgrading { polling, ws } => polling.answers.wrapping_add(ws.progress()),
         }
     }
 

@@ -142,6 +142,8 @@ pub struct WsSink {
     /// `None` once the connection is over.
     tcp: Option<Arc<TcpStream>>,
     pending: Vec<u8>,
+    /// Bytes the socket has taken (wrapping): [`PacketSink::progress`].
+    taken: u64,
 }
 
 impl WsSink {
@@ -149,6 +151,7 @@ impl WsSink {
         WsSink {
             tcp: Some(tcp),
             pending: Vec::new(),
+            taken: 0,
         }
     }
 
@@ -167,6 +170,7 @@ impl WsSink {
                 Err(e) => return Err(e),
             }
         }
+        self.taken = self.taken.wrapping_add(written as u64);
         if written == self.pending.len() {
             // All sent: give the memory back, or every idle socket keeps as much as the largest
             // write it ever had. (An allocation a write is nothing beside the system call.)
@@ -211,6 +215,10 @@ impl PacketSink for WsSink {
 
     fn backlog(&self) -> usize {
         self.pending.len()
+    }
+
+    fn progress(&self) -> u64 {
+        self.taken
     }
 
     fn send_now(&mut self) -> io::Result<()> {
