@@ -127,6 +127,8 @@ pub enum Note {
     Typing(Room, Person),
     /// The server API asked to end the sockets of a user or an address on every node.
     Kick(Kick),
+    /// The server API lifted ban `id`: if Redis has not taken its [`Kick`] yet, it must not.
+    Unban(u64),
 }
 
 /// The server API's request to end the sockets of a user (a verified id) or an address (CIDR
@@ -139,6 +141,8 @@ pub struct Kick {
     /// hold it in force until they read it from the database (a node that cannot read the
     /// database would not know of it).
     pub ban_until: Option<u64>,
+    /// For a ban made here: its id (not sent; lifting it withdraws a kick not sent yet).
+    pub ban_id: Option<u64>,
 }
 
 /// One person in one room.
@@ -668,6 +672,11 @@ impl Presence {
     /// Asks the other nodes of the cluster (if any) to end the sockets `kick` names.
     pub fn kick_elsewhere(&self, kick: Kick) {
         self.note(Note::Kick(kick));
+    }
+
+    /// Ban `id`, made here, was lifted: its kick is not to reach a node that has not had it.
+    pub fn unban_elsewhere(&self, id: u64) {
+        self.note(Note::Unban(id));
     }
 
     /// Another node asks to end the sockets `kick` names here.

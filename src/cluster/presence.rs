@@ -283,21 +283,31 @@ struct Kept {
 }
 
 impl State {
-    /// Keeps a disconnect for [`KICK_KEEP`] (other notes: see [`State::keep`]).
+    /// Keeps a disconnect for [`KICK_KEEP`], or withdraws a lifted ban's (other notes: see
+    /// [`State::keep`]).
     fn keep_kick(&mut self, note: Note) {
-        if let Note::Kick(kick) = note {
-            self.kick_seq += 1;
-            self.kicked.push(Kept {
-                at: Instant::now(),
-                id: self.kick_seq,
-                kick,
-                published: false,
-            });
+        match note {
+            Note::Kick(kick) => {
+                self.kick_seq += 1;
+                self.kicked.push(Kept {
+                    at: Instant::now(),
+                    id: self.kick_seq,
+                    kick,
+                    published: false,
+                });
+            }
+            // A ban lifted before Redis took it: never sent.
+            Note::Unban(id) => self
+                .kicked
+                .retain(|k| k.published || k.kick.ban_id != Some(id)),
+            _ => {}
         }
     }
 
-    /// The kept disconnects (`all`), or those Redis has not taken yet, as messages; those older
-    /// than [`KICK_KEEP`] are dropped.
+    /// The kept disconnects (`all`: for a node that subscribed again), or those Redis has not
+    /// taken yet, as messages; those older than [`KICK_KEEP`] are dropped. A ban goes until Redis
+    /// takes it, and not again: it may have been lifted since (a node that missed it reads it from
+    /// the database).
     fn kicks(&mut self, all: bool) -> Vec<Message> {
         self.kicked.retain(|k| {
             let fresh = k.at.elapsed() < KICK_KEEP;
@@ -313,7 +323,7 @@ impl State {
         });
         self.kicked
             .iter()
-            .filter(|k| all || !k.published)
+            .filter(|k| !k.published || (all && k.kick.ban_until.is_none()))
             .map(|k| Message {
                 n: self.node.clone(),
                 kick: Some((k.kick.user.clone(), k.kick.ip.clone())),
@@ -341,7 +351,7 @@ impl State {
             }
             // Not worth keeping while Redis is away: typing is stale in 2 s.
             Note::Typing(..) => {}
-            note @ Note::Kick(..) => self.keep_kick(note),
+            note @ (Note::Kick(..) | Note::Unban(..)) => self.keep_kick(note),
         }
     }
 
@@ -426,6 +436,7 @@ impl State {
                     user,
                     ip,
                     ban_until,
+                    ban_id: None,
                 });
                 tracing::info!(from = %node, "a disconnect from another node");
             }
@@ -568,6 +579,29 @@ mod tests {
         assert_eq!(a.kicks(true).len(), 1);
         tokio::time::advance(KICK_KEEP / 2).await;
         assert!(a.kicks(true).is_empty(), "stale: dropped");
+    }
+
+    #[tokio::test]
+    async fn a_ban_goes_until_published_and_not_again_and_a_lift_withdraws_it() {
+        let mut a = state("a");
+        let ban = |id| {
+            Note::Kick(Kick {
+                user: Some("troll".into()),
+                ban_until: Some(0),
+                ban_id: Some(id),
+                ..Kick::default()
+            })
+        };
+        a.keep(ban(1));
+        let sent = a.kicks(false);
+        assert_eq!(sent[0].ban, Some(0));
+        a.kicks_published();
+        // To a node that subscribes again: not sent again (it may have been lifted since).
+        assert!(a.kicks(true).is_empty());
+        // Lifted before Redis took it: never sent.
+        a.keep(ban(2));
+        a.keep(Note::Unban(2));
+        assert!(a.kicks(false).is_empty());
     }
 
     fn ana() -> Person {

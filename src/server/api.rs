@@ -681,6 +681,7 @@ async fn add_ban(ns: &Namespace, body: Value, actor: &str) -> Answer {
         user: ban.user.clone(),
         ip: ban.ip.clone(),
         ban_until: Some(expires_at),
+        ban_id: Some(id),
     });
     if let Err(e) = ns.bans.refresh(&ns.reader).await {
         tracing::warn!(error = %e, "ban stored; it applies with the next read of the bans");
@@ -726,6 +727,7 @@ async fn lift_ban(ns: &Namespace, id: &str, actor: &str) -> Answer {
     if !lifted {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no ban {id}")));
     }
+    ns.presence.unban_elsewhere(id);
     if let Err(e) = ns.bans.refresh(&ns.reader).await {
         tracing::warn!(error = %e, "ban lifted; it ends with the next read of the bans");
     }
@@ -754,7 +756,7 @@ async fn disconnect(ns: &Namespace, body: Value, actor: &str) -> Answer {
     ns.presence.kick_elsewhere(Kick {
         user: user.clone(),
         ip: net.map(|n| n.to_string()),
-        ban_until: None,
+        ..Kick::default()
     });
     // Every connection looks at once; the count is of the sockets ended here meanwhile.
     tokio::time::sleep(DISCONNECT_WAIT).await;
