@@ -388,6 +388,8 @@ impl<A: Adapter> Writer<A> {
         }
     }
 
+    /// One group commit: `batch` stored in one round (dedupe within it, then the store), each
+    /// submission answered, and the new rows published in id order.
     async fn commit(&mut self, batch: &mut Vec<Submission>) {
         if !self.adapter.can_commit() {
             self.fail_round(batch);
@@ -400,30 +402,43 @@ impl<A: Adapter> Writer<A> {
                 return;
             }
         }
-
         // The round's time of commit, the one every message of it records.
         let at = crate::store::now_ms();
         for s in batch.iter_mut() {
             s.message.at = at;
         }
-        // A clientOffset repeated inside the batch is stored once; the repeats follow its fate.
-        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-        let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
-        let mut repeat_of: Vec<Option<usize>> = vec![None; batch.len()];
-        for (i, s) in batch.iter().enumerate() {
-            match first_of.get(s.message.client_offset.as_str()) {
-                Some(&first) => repeat_of[i] = Some(first),
-                None => {
-                    first_of.insert(s.message.client_offset.as_str(), i);
-                    unique.push(i);
-                }
+        let (unique, repeat_of) = first_of_each_offset(batch);
+        let (mut outcomes, rounds) = self.store_batch(batch, &unique).await;
+        // A clientOffset repeated inside the batch was stored once; the repeats follow its fate.
+        for (i, repeat) in repeat_of.iter().enumerate() {
+            if let Some(first) = repeat {
+                outcomes[i] = match outcomes[*first] {
+                    Outcome::Stored(id) | Outcome::Duplicate(id) => Outcome::Duplicate(id),
+                    _ => Outcome::Failed,
+                };
             }
         }
+        self.count(&outcomes);
+        if !self.adapter.shared() && self.duplicates_unpublished(&outcomes) {
+            self.publish_from_database(batch, outcomes).await;
+            return;
+        }
+        let published = self.batches(batch, &outcomes, rounds);
+        self.answer_and_publish(batch, outcomes, published);
+    }
 
+    /// Stores the messages `unique` (indexes into `batch`, one per clientOffset) in one round,
+    /// tried once more on a new connection if the writer's broke, and one by one if a row's data
+    /// poisons the group INSERT. Returns each submission's outcome (the repeats' are filled in by
+    /// the caller) and the rounds that stored rows: the id committed before each, and its
+    /// submissions. One node, or one group INSERT: one round; a row-refused fallback with a
+    /// cluster: a round per row (another node may commit in between).
+    async fn store_batch(
+        &mut self,
+        batch: &[Submission],
+        unique: &[usize],
+    ) -> (Vec<Outcome>, Vec<(u64, Vec<usize>)>) {
         let mut outcomes: Vec<Outcome> = vec![Outcome::Failed; batch.len()];
-        // The rounds that stored rows: the id committed before each, and its submissions. One
-        // node, or one group INSERT: one round. A row-refused fallback with a cluster: a round per
-        // row (another node may commit in between).
         let mut rounds: Vec<(u64, Vec<usize>)> = Vec::new();
         let messages: Vec<&NewMessage> = unique.iter().map(|&i| &batch[i].message).collect();
         let started = std::time::Instant::now();
@@ -452,7 +467,7 @@ impl<A: Adapter> Writer<A> {
                 for (&i, result) in unique.iter().zip(inserted) {
                     outcomes[i] = result.into();
                 }
-                rounds.push((prev, unique.clone()));
+                rounds.push((prev, unique.to_vec()));
             }
             Err(e) if e.is_row_data_error() => {
                 // One row poisons a multi-row INSERT: store them one by one so only it is refused.
@@ -472,25 +487,21 @@ impl<A: Adapter> Writer<A> {
             }
             Err(e) => self.failed(&e),
         }
-        for (i, repeat) in repeat_of.iter().enumerate() {
-            if let Some(first) = repeat {
-                outcomes[i] = match outcomes[*first] {
-                    Outcome::Stored(id) | Outcome::Duplicate(id) => Outcome::Duplicate(id),
-                    _ => Outcome::Failed,
-                };
-            }
-        }
+        (outcomes, rounds)
+    }
 
+    /// Counts a round's outcomes (and whether it failed whole), and has a cluster node fill to
+    /// each duplicate's row, which it may not have published yet (another node's).
+    fn count(&mut self, outcomes: &[Outcome]) {
         if outcomes.iter().all(|o| *o == Outcome::Failed) {
             self.failing.round_failed();
         } else {
             self.failing.round_done();
         }
-        for outcome in &outcomes {
+        for outcome in outcomes {
             let counter = match outcome {
                 Outcome::Stored(_) => &self.metrics.stored,
                 Outcome::Duplicate(id) => {
-                    // Its row may be one this node has not published yet (another node's).
                     if self.adapter.shared() {
                         self.adapter.fill_to(*id);
                     }
@@ -501,27 +512,36 @@ impl<A: Adapter> Writer<A> {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let shared = self.adapter.shared();
-        if !shared && self.duplicates_unpublished(&outcomes) {
-            // A row this node never published (an INSERT that committed after its connection
-            // was given up, a writer other than relay): published now from the database, in id
-            // order with this round's rows, rather than skipped by every socket's cursor.
-            tracing::warn!(
-                published = self.published,
-                "a duplicate of a row never published; publishing the rows after it from the database"
-            );
-            self.outcome_unknown = true;
-            if let Err(e) = self.reconcile().await {
-                tracing::warn!(error = %e, "reading the rows to publish failed; the next round tries again");
-            }
-            // After the rows: a session acks a duplicate once its socket has been sent the row.
-            for (s, outcome) in batch.drain(..).zip(outcomes) {
-                s.answer(outcome, None).send();
-            }
-            return;
+    }
+
+    /// A row this node never published (an INSERT that committed after its connection was
+    /// given up, a writer other than relay): published now from the database, in id order with
+    /// this round's rows, rather than skipped by every socket's cursor; then the answers, so that
+    /// a session acks a duplicate once its socket has been sent the row.
+    async fn publish_from_database(&mut self, batch: &mut Vec<Submission>, outcomes: Vec<Outcome>) {
+        tracing::warn!(
+            published = self.published,
+            "a duplicate of a row never published; publishing the rows after it from the database"
+        );
+        self.outcome_unknown = true;
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "reading the rows to publish failed; the next round tries again");
         }
-        // One batch per round, in id order; the messages' contents move into the rows the bus
-        // may carry to other nodes. A single node's rounds follow one another: one batch.
+        for (s, outcome) in batch.drain(..).zip(outcomes) {
+            s.answer(outcome, None).send();
+        }
+    }
+
+    /// One batch per round that stored rows, in id order, encoded once; the messages' contents
+    /// move into the rows the bus may carry to other nodes. A single node's rounds follow one
+    /// another: one batch.
+    fn batches(
+        &mut self,
+        batch: &mut [Submission],
+        outcomes: &[Outcome],
+        mut rounds: Vec<(u64, Vec<usize>)>,
+    ) -> Vec<(Arc<Batch>, Vec<Entry>)> {
+        let shared = self.adapter.shared();
         if !shared && rounds.len() > 1 {
             let members = rounds.drain(..).flat_map(|(_, m)| m).collect();
             rounds.push((0, members));
@@ -554,6 +574,20 @@ impl<A: Adapter> Writer<A> {
             }
             published.push((Arc::new(Batch { prev, messages }), entries));
         }
+        published
+    }
+
+    /// Answers each submission (a stored or duplicate one with the batch holding its row) and
+    /// publishes the batches. One node answers first: the senders' sessions deliver their batch
+    /// and ack without waiting for the fan-out's pass. A cluster's sequencer publishes first:
+    /// the batch then reaches the bus before the replies to other nodes' forwarded messages, so
+    /// their nodes have it in hand to deliver with the ack ([`Adapter::shared`]).
+    fn answer_and_publish(
+        &mut self,
+        batch: &mut Vec<Submission>,
+        outcomes: Vec<Outcome>,
+        mut published: Vec<(Arc<Batch>, Vec<Entry>)>,
+    ) {
         let answers: Vec<Answer> = batch
             .drain(..)
             .zip(outcomes)
@@ -568,11 +602,7 @@ impl<A: Adapter> Writer<A> {
                 s.answer(outcome, batch)
             })
             .collect();
-        // One node answers first: the senders' sessions deliver their batch and ack without
-        // waiting for the fan-out's pass. A cluster's sequencer publishes first: the batch then
-        // reaches the bus before the replies to other nodes' forwarded messages, so their nodes
-        // have it in hand to deliver with the ack ([`Adapter::shared`]).
-        if shared {
+        if self.adapter.shared() {
             for (batch, rows) in published.drain(..) {
                 self.broadcast(batch, rows);
             }
@@ -657,6 +687,24 @@ impl<A: Adapter> Writer<A> {
         self.published = self.published.max(batch.last());
         self.adapter.broadcast(batch, entries);
     }
+}
+
+/// The submissions of `batch` to store, one per clientOffset (the first of each), and for each
+/// submission the index of the first with its clientOffset, if it repeats one.
+fn first_of_each_offset(batch: &[Submission]) -> (Vec<usize>, Vec<Option<usize>>) {
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut repeat_of: Vec<Option<usize>> = vec![None; batch.len()];
+    for (i, s) in batch.iter().enumerate() {
+        match first_of.get(s.message.client_offset.as_str()) {
+            Some(&first) => repeat_of[i] = Some(first),
+            None => {
+                first_of.insert(s.message.client_offset.as_str(), i);
+                unique.push(i);
+            }
+        }
+    }
+    (unique, repeat_of)
 }
 
 impl From<Inserted> for Outcome {
