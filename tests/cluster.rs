@@ -1464,6 +1464,13 @@ async fn deletions_bans_and_disconnects_reach_every_node() {
     drop_database(&db).await;
 }
 
+/// Waits (20 s at most) for the server's DISCONNECT of `/` on `c`; `why` says what failed.
+async fn ended_by_the_server(c: &mut Client, why: &str) {
+    tokio::time::timeout(Duration::from_secs(20), until_frame(c, |t| t == "41"))
+        .await
+        .expect(why);
+}
+
 /// A disconnect asked of one node while Redis is away is kept, and ends the sockets on the other
 /// nodes once Redis is back (it was lost before: the note went out once, to no one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1489,12 +1496,11 @@ async fn a_disconnect_while_redis_is_away_reaches_the_other_nodes_once_it_is_bac
     .await;
     assert_eq!(status, 200, "{reply}");
     redis.restart();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        until_frame(&mut guest, |t| t == "41"),
+    ended_by_the_server(
+        &mut guest,
+        "the disconnect reached the other node once Redis was back",
     )
-    .await
-    .expect("the disconnect reached the other node once Redis was back");
+    .await;
     drop((a, b));
     drop_database(&db).await;
 }
@@ -1531,12 +1537,11 @@ async fn a_disconnect_reaches_a_node_whose_link_to_redis_was_cut_meanwhile() {
     assert_eq!(status, 200, "{reply}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.cut(false);
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        until_frame(&mut guest, |t| t == "41"),
+    ended_by_the_server(
+        &mut guest,
+        "the disconnect reached the node once its link to Redis was back",
     )
-    .await
-    .expect("the disconnect reached the node once its link to Redis was back");
+    .await;
     drop((a, b));
     drop_database(&db).await;
 }

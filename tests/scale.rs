@@ -478,6 +478,18 @@ async fn one_address_that_never_connects_cannot_keep_others_out() {
     }
 }
 
+/// relay on the database at `url`, on a free port, at an open-file limit of 256 (soft and hard).
+fn relay_at_256_descriptors(url: &str) -> Command {
+    let mut command = Command::new("prlimit");
+    command
+        .args(["--nofile=256:256", "--"])
+        .arg(env!("CARGO_BIN_EXE_relay"))
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", url);
+    command
+}
+
 /// At an open-file limit below `MAX_CONNECTIONS` relay admits what fits, leaving room for the
 /// database, HTTP and polling requests: connections past it get 503 (and are closed), and
 /// `/healthz` still answers. Before, every descriptor went to sockets, accepts failed (a warning
@@ -485,13 +497,8 @@ async fn one_address_that_never_connects_cannot_keep_others_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_a_low_open_file_limit_relay_admits_what_fits_and_stays_reachable() {
     let (db, url) = common::Backend::Sqlite.fresh();
-    let mut command = Command::new("prlimit");
+    let mut command = relay_at_256_descriptors(&url);
     command
-        .args(["--nofile=256:256", "--"])
-        .arg(env!("CARGO_BIN_EXE_relay"))
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("DATABASE_URL", url)
         .env("MAX_HANDSHAKES_PER_ADDRESS", "0")
         .env("RUST_LOG", "relay=warn");
     let (child, addr) = common::spawn_relay(&mut command);
@@ -636,13 +643,8 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
 async fn idle_connections_near_the_open_file_limit_leave_the_database_its_descriptors() {
     use mysql_async::prelude::Queryable;
     let (db, url) = common::Backend::Mysql.fresh();
-    let mut command = Command::new("prlimit");
+    let mut command = relay_at_256_descriptors(&url);
     command
-        .args(["--nofile=256:256", "--"])
-        .arg(env!("CARGO_BIN_EXE_relay"))
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("DATABASE_URL", &url)
         .env("HEADER_TIMEOUT_MS", "120000")
         .env("RUST_LOG", "relay=warn");
     let (mut child, addr) = common::spawn_relay(&mut command);
