@@ -1643,6 +1643,54 @@ async fn an_offset_a_cut_off_node_cannot_check_is_kept_not_replayed_from() {
     drop_database(&db).await;
 }
 
+/// A ban lifted while a node was cut off from Redis does not come back when its link does: the
+/// node that made it sent it again to any node that subscribed again (as it does disconnects),
+/// and the node held it: the user, free again, was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifted_ban_does_not_come_back_with_a_nodes_link_to_redis() {
+    let redis = Redis::start();
+    let proxy = CutProxy::start_to(redis.port).await;
+    let (db, cluster) = fresh();
+    let secret = "cluster-moderation-secret-of-32-bytes!";
+    let key = "cluster-api-key";
+    let env = [("JWT_SECRET", secret), ("API_KEYS", key)];
+    let a = Node::start_with(&db, &redis, &cluster, &env);
+    let url = format!("{}/{db}", mysql_base());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let b = Node::start_through(&url, &proxied, &cluster, &env);
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": "troll" }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    proxy.cut(true);
+    wait_for_metric_eq(b.addr, "relay_bus_up", 0.0).await;
+    let (status, reply) = api(a.addr, key, "POST", "/api/v1/bans", r#"{"user":"troll"}"#).await;
+    assert_eq!(status, 201, "{reply}");
+    let id = reply["id"].as_u64().unwrap();
+    let (status, _) = api(a.addr, key, "DELETE", &format!("/api/v1/bans/{id}"), "").await;
+    assert_eq!(status, 200);
+    // B reads the bans every second: lifted there too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.cut(false);
+    wait_for_metric_eq(b.addr, "relay_bus_up", 1.0).await;
+    // For the next three seconds the user joins B, again and again, and is never refused.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let mut c = Client::open(&b.ws_url()).await;
+        c.send(&format!("40{}", json!({ "token": token }))).await;
+        let reply = c.recv_text().await;
+        assert!(reply.starts_with("40{"), "refused after the lift: {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((a, b));
+    drop_database(&db).await;
+}
+
 /// A TCP proxy to MariaDB (or, [`CutProxy::start_to`], to a Redis) that the test can cut: every
 /// connection through it dropped, new ones refused, until it is restored.
 struct CutProxy {
