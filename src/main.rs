@@ -52,13 +52,15 @@ async fn main() -> ExitCode {
 /// Every socket is a file descriptor, and the usual soft limit (1024) is far below
 /// `MAX_CONNECTIONS`: raise it to the hard limit, as the process may. Returns the connections
 /// relay may admit: `max_connections`, or fewer when even the hard limit is short, leaving room
-/// for the database's connections, the listener, HTTP requests and polling's requests (a tenth
-/// of the limit, at least 64). At the limit itself every accept fails, `/metrics` and `/readyz`
-/// included: better to refuse the connection past the cap with a 503.
+/// for the database's connections, the listener and HTTP requests (a two-hundredth of the limit,
+/// at least 64: 19,900 sockets at a limit of 20,000; the database needs some 25 descriptors at
+/// most, and the accept loop keeps 32 of them whatever the clients hold). At the limit itself
+/// every accept fails, `/metrics` and `/readyz` included: better to refuse the connection past
+/// the cap with a 503.
 fn raise_open_file_limit(max_connections: usize) -> usize {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            let reserve = (limit / 10).max(64);
+            let reserve = (limit / 200).max(64);
             let fits = usize::try_from(limit.saturating_sub(reserve))
                 .unwrap_or(usize::MAX)
                 .max(1);

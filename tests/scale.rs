@@ -515,7 +515,7 @@ async fn at_a_low_open_file_limit_relay_admits_what_fits_and_stays_reachable() {
             (_, other) => panic!("answered {other}"),
         }
     }
-    // 256 less a tenth (at least 64) for everything else.
+    // 256 less a two-hundredth (at least 64) for everything else.
     assert_eq!((held.len(), refused), (192, 108));
     assert_eq!(common::http_get(relay.addr, "/healthz").await.0, 200);
 }
@@ -637,7 +637,7 @@ async fn a_stuck_reader_holds_up_no_one_and_costs_bounded_memory() {
 /// Idle connections (never a request: a flood, or many half-open ones) hold descriptors until the
 /// header timeout, counted by no limit of relay's. Near the open-file limit they took the
 /// database's too: once relay needed a new database connection, every commit and replay failed
-/// ("Too many open files") until they timed out. Past a ceiling (the limit less a twentieth, at
+/// ("Too many open files") until they timed out. Past a ceiling (the limit less a four-hundredth, at
 /// least 32) a new connection is now closed at once: the chat keeps its database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_near_the_open_file_limit_leave_the_database_its_descriptors() {

@@ -687,12 +687,12 @@ fn metrics_node(app: &App) -> &str {
 }
 
 /// The lowest descriptor number at which a new connection is closed at once: the open-file
-/// limit less a twentieth of it (at least 32), kept for the database's and Redis's connections
+/// limit less a four-hundredth of it (at least 32), kept for the database's and Redis's connections
 /// whatever the clients hold. (The lowest free number is always the one given, so a connection
 /// given this number means every one below it is open.) `None`: no limit to keep.
 fn descriptor_ceiling() -> Option<u64> {
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
-    (soft < rlimit::INFINITY).then(|| soft.saturating_sub((soft / 20).max(32)))
+    (soft < rlimit::INFINITY).then(|| soft.saturating_sub((soft / 400).max(32)))
 }
 
 async fn accept_loop(listener: TcpListener, app: Arc<App>, header_timeout: Duration) {
