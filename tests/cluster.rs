@@ -1505,24 +1505,31 @@ async fn a_disconnect_while_redis_is_away_reaches_the_other_nodes_once_it_is_bac
     drop_database(&db).await;
 }
 
+/// Two nodes with `env` on a fresh database and a Redis of their own, node B reaching Redis
+/// through a proxy the test can cut; both with the bus up. Returns the Redis, the proxy, the
+/// database's name and the nodes A and B.
+async fn b_behind_a_redis_proxy(env: &[(&str, &str)]) -> (Redis, CutProxy, String, Node, Node) {
+    let redis = Redis::start();
+    let proxy = CutProxy::start_to(redis.port).await;
+    let (db, cluster) = fresh();
+    let a = Node::start_with(&db, &redis, &cluster, env);
+    let url = format!("{}/{db}", mysql_base());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let b = Node::start_through(&url, &proxied, &cluster, env);
+    for n in [&a, &b] {
+        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
+    }
+    (redis, proxy, db, a, b)
+}
+
 /// A disconnect asked while one node is cut off from Redis (Redis itself up) ends that node's
 /// sockets once its link is back: the node asks every node again for what it may have missed,
 /// until Redis takes the request (its publishing connection broke with the cut; the request was
 /// lost on it, and the disconnect never came).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_reaches_a_node_whose_link_to_redis_was_cut_meanwhile() {
-    let redis = Redis::start();
-    let proxy = CutProxy::start_to(redis.port).await;
-    let (db, cluster) = fresh();
     let key = "cluster-api-key";
-    let env = [("API_KEYS", key)];
-    let a = Node::start_with(&db, &redis, &cluster, &env);
-    let url = format!("{}/{db}", mysql_base());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
-    let b = Node::start_through(&url, &proxied, &cluster, &env);
-    for n in [&a, &b] {
-        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
-    }
+    let (_redis, proxy, db, a, b) = b_behind_a_redis_proxy(&[("API_KEYS", key)]).await;
     let mut guest = b.joined(0).await;
     proxy.cut(true);
     wait_for_metric_eq(b.addr, "relay_bus_up", 0.0).await;
@@ -1648,19 +1655,10 @@ async fn an_offset_a_cut_off_node_cannot_check_is_kept_not_replayed_from() {
 /// and the node held it: the user, free again, was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lifted_ban_does_not_come_back_with_a_nodes_link_to_redis() {
-    let redis = Redis::start();
-    let proxy = CutProxy::start_to(redis.port).await;
-    let (db, cluster) = fresh();
     let secret = "cluster-moderation-secret-of-32-bytes!";
     let key = "cluster-api-key";
     let env = [("JWT_SECRET", secret), ("API_KEYS", key)];
-    let a = Node::start_with(&db, &redis, &cluster, &env);
-    let url = format!("{}/{db}", mysql_base());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
-    let b = Node::start_through(&url, &proxied, &cluster, &env);
-    for n in [&a, &b] {
-        wait_for_metric_eq(n.addr, "relay_bus_up", 1.0).await;
-    }
+    let (_redis, proxy, db, a, b) = b_behind_a_redis_proxy(&env).await;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({ "sub": "troll" }),
