@@ -1471,6 +1471,13 @@ async fn ended_by_the_server(c: &mut Client, why: &str) {
         .expect(why);
 }
 
+/// Asks node `n`, through the server API with `key`, to disconnect every socket from 127.0.0.1.
+async fn disconnect_loopback(n: &Node, key: &str) {
+    let body = r#"{"ip":"127.0.0.1"}"#;
+    let (status, reply) = api(n.addr, key, "POST", "/api/v1/disconnect", body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
 /// A disconnect asked of one node while Redis is away is kept, and ends the sockets on the other
 /// nodes once Redis is back (it was lost before: the note went out once, to no one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1486,15 +1493,7 @@ async fn a_disconnect_while_redis_is_away_reaches_the_other_nodes_once_it_is_bac
     let mut guest = b.joined(0).await;
     redis.stop();
     wait_for_metric_eq(a.addr, "relay_bus_up", 0.0).await;
-    let (status, reply) = api(
-        a.addr,
-        key,
-        "POST",
-        "/api/v1/disconnect",
-        r#"{"ip":"127.0.0.1"}"#,
-    )
-    .await;
-    assert_eq!(status, 200, "{reply}");
+    disconnect_loopback(&a, key).await;
     redis.restart();
     ended_by_the_server(
         &mut guest,
@@ -1533,15 +1532,7 @@ async fn a_disconnect_reaches_a_node_whose_link_to_redis_was_cut_meanwhile() {
     let mut guest = b.joined(0).await;
     proxy.cut(true);
     wait_for_metric_eq(b.addr, "relay_bus_up", 0.0).await;
-    let (status, reply) = api(
-        a.addr,
-        key,
-        "POST",
-        "/api/v1/disconnect",
-        r#"{"ip":"127.0.0.1"}"#,
-    )
-    .await;
-    assert_eq!(status, 200, "{reply}");
+    disconnect_loopback(&a, key).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.cut(false);
     ended_by_the_server(
