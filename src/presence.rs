@@ -213,6 +213,19 @@ struct RoomPresence {
 }
 
 impl RoomPresence {
+    /// Whether person `id`'s typing is passed on now (none of theirs for [`TYPING_EVERY`],
+    /// from this node or another); if so, it counts from now.
+    fn typing_due(&mut self, id: &Arc<str>) -> bool {
+        let now = Instant::now();
+        match self.typing.get(id) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
+            _ => {
+                self.typing.insert(id.clone(), now);
+                true
+            }
+        }
+    }
+
     /// Counts one more socket of `person` (on this node, or on `node`). Returns whether this was
     /// their first on this node (for the cluster).
     fn add(&mut self, person: &Person, node: Option<&Arc<str>>) -> bool {
@@ -517,11 +530,9 @@ impl Presence {
         let Some(person) = p.people.get(person).map(|e| e.person.clone()) else {
             return false;
         };
-        let now = Instant::now();
-        match p.typing.get(&person.id) {
-            Some(at) if now.duration_since(*at) < TYPING_EVERY => return false,
-            _ => p.typing.insert(person.id.clone(), now),
-        };
+        if !p.typing_due(&person.id) {
+            return false;
+        }
         self.tell_typing(p, room, &person);
         self.note(Note::Typing(room.clone(), person));
         true
@@ -693,12 +704,9 @@ impl Presence {
         let Some(p) = rooms.get_mut(room) else {
             return;
         };
-        let now = Instant::now();
-        match p.typing.get(&person.id) {
-            Some(at) if now.duration_since(*at) < TYPING_EVERY => return,
-            _ => p.typing.insert(person.id.clone(), now),
-        };
-        self.tell_typing(p, room, person);
+        if p.typing_due(&person.id) {
+            self.tell_typing(p, room, person);
+        }
     }
 }
 

@@ -168,14 +168,10 @@ impl Namespace {
         let wanted = recovery
             .as_ref()
             .map_or(server_offset, |r| r.offset.max(server_offset));
-        let reached = match wanted > self.broadcaster.published() {
-            true => {
-                self.broadcaster
-                    .wait_published(wanted, self.config.db_timeout)
-                    .await
-            }
-            false => Reached::Published,
-        };
+        let reached = self
+            .broadcaster
+            .wait_published(wanted, self.config.db_timeout)
+            .await;
         if let Some(request) = recovery {
             if self.offset_is_known(&room, request.offset).await {
                 if let Ok(Some(sid)) = self.store.claim_session(&request.pid, now_ms()).await {

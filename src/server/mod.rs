@@ -512,10 +512,7 @@ async fn refuse_a_clusters_database(config: &Config, store: &Store) -> Result<()
         db.recorded_chat_id(),
     )
     .await
-    .map_err(|error| StartError::Database {
-        url: redact(&config.database_url),
-        error,
-    })?;
+    .map_err(|error| database_error(config, error))?;
     match recorded {
         None => Ok(()),
         Some(chat) => Err(StartError::Config(format!(
@@ -637,10 +634,7 @@ fn cluster_options(config: &Config) -> Option<cluster::Options> {
 fn join_error(config: &Config, e: cluster::JoinError) -> StartError {
     match e {
         cluster::JoinError::Config(why) => StartError::Config(why),
-        cluster::JoinError::Database(error) => StartError::Database {
-            url: redact(&config.database_url),
-            error,
-        },
+        cluster::JoinError::Database(error) => database_error(config, error),
     }
 }
 

@@ -67,7 +67,7 @@ impl<T: Transport> Handler<T> {
             .and_then(|_| chat::recovery_request(auth));
         let limit = chat::history_limit(auth);
         // An offset beyond what this node has published: in a cluster this node may be behind
-        // the others (ask, and wait); otherwise the database was reset (the join clamps it).
+        // the others (ask, and wait); otherwise the database was reset (the plan clamps it).
         let ahead = server_offset > self.ns.broadcaster.published();
         if recovery.is_none() && limit.is_none() && !ahead {
             let plan = self.ns.fresh_plan(server_offset);
